@@ -1,0 +1,364 @@
+//! The directory snapshot and the handle readers load it from.
+//!
+//! A [`Directory`] is immutable once published. Readers call
+//! [`DirectoryHandle::snapshot`] exactly once per request and never wait for
+//! a writer (arc-swap's "consistent snapshot" pattern). Writers either build
+//! a whole new directory aside and [`DirectoryHandle::replace`] it (file
+//! reloads, LDAP full loads) or [`DirectoryHandle::update`] the current one:
+//! the update clones the snapshot (cheap, see [`crate::table`]), applies any
+//! number of edits and publishes the result in one atomic store, so a moved
+//! alias is never briefly missing.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use crate::model::{PackedUser, Settings, User, UserSpec};
+use crate::table::Table;
+
+/// What a domain is to us.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// Listed explicitly by a domain source.
+    pub explicit: bool,
+    /// Users and aliases in this domain (a domain with any is ours).
+    pub refs: u32,
+}
+
+/// Where a snapshot came from and when, for `stats` and logs.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// Increases with every published snapshot.
+    pub generation: u64,
+    /// When this snapshot was published.
+    pub published: SystemTime,
+    /// Human description of the sources (`3 files`, `ldap://…`).
+    pub source: Arc<str>,
+}
+
+/// An immutable view of all users, aliases, sender logins and domains.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    settings: Arc<Settings>,
+    users: Table<PackedUser>,
+    aliases: Table<Box<[Box<str>]>>,
+    senders: Table<Box<[Box<str>]>>,
+    domains: Table<DomainInfo>,
+    meta: Meta,
+}
+
+/// Sizes, for `stats` and load logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Mailboxes.
+    pub users: usize,
+    /// Alias keys (catch-alls included).
+    pub aliases: usize,
+    /// Sender-login keys.
+    pub senders: usize,
+    /// Domains.
+    pub domains: usize,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new(settings: Settings) -> Directory {
+        Directory {
+            settings: Arc::new(settings),
+            users: Table::new(),
+            aliases: Table::new(),
+            senders: Table::new(),
+            domains: Table::new(),
+            meta: Meta { generation: 0, published: SystemTime::now(), source: "empty".into() },
+        }
+    }
+
+    /// The lookup settings of this snapshot.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Provenance of this snapshot.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Describe the sources of this snapshot.
+    pub fn set_source(&mut self, source: &str) {
+        self.meta.source = source.into();
+    }
+
+    /// Sizes.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            users: self.users.len(),
+            aliases: self.aliases.len(),
+            senders: self.senders.len(),
+            domains: self.domains.len(),
+        }
+    }
+
+    /// The user whose canonical login is exactly `login` (already folded).
+    pub fn user(&self, login: &str) -> Option<User<'_>> {
+        let (k, v) = self.users.get_key_value(login)?;
+        Some(v.view(k, &self.settings))
+    }
+
+    /// Whether a user with exactly this login exists.
+    pub fn has_user(&self, login: &str) -> bool {
+        self.users.contains_key(login)
+    }
+
+    /// All users' logins (iteration order is unspecified).
+    pub fn logins(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().map(|(k, _)| k)
+    }
+
+    /// Targets of the alias stored under exactly `key` (`a@x` or `@x`).
+    pub fn alias(&self, key: &str) -> Option<&[Box<str>]> {
+        self.aliases.get(key).map(|b| &**b)
+    }
+
+    /// Explicit sender logins stored under exactly `key`.
+    pub fn sender_logins(&self, key: &str) -> Option<&[Box<str>]> {
+        self.senders.get(key).map(|b| &**b)
+    }
+
+    /// Whether `domain` (folded) is ours.
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.get(domain).is_some_and(|d| d.explicit || d.refs > 0)
+    }
+
+    fn domain_ref(&mut self, key: &str, delta: i32) {
+        let Some(domain) = key.rsplit_once('@').map(|(_, d)| d) else { return };
+        if domain.is_empty() {
+            return;
+        }
+        match self.domains.get_mut(domain) {
+            Some(d) => {
+                d.refs = d.refs.saturating_add_signed(delta);
+                if d.refs == 0 && !d.explicit {
+                    self.domains.remove(domain);
+                }
+            }
+            None if delta > 0 => {
+                self.domains.insert(domain, DomainInfo { explicit: false, refs: delta as u32 });
+            }
+            None => {}
+        }
+    }
+
+    /// Add or replace a user (its login must be folded already).
+    pub fn insert_user(&mut self, spec: &UserSpec) {
+        let packed = PackedUser::pack(spec, &self.settings);
+        if self.users.insert(&spec.login, packed).is_none() {
+            self.domain_ref(&spec.login, 1);
+        }
+    }
+
+    /// Remove a user; returns whether it existed.
+    pub fn remove_user(&mut self, login: &str) -> bool {
+        let existed = self.users.remove(login).is_some();
+        if existed {
+            self.domain_ref(login, -1);
+        }
+        existed
+    }
+
+    /// Set the targets of an alias key (`a@x`, or `@x` for a catch-all).
+    /// An empty target list removes the alias.
+    pub fn set_alias(&mut self, key: &str, targets: Vec<String>) {
+        if targets.is_empty() {
+            self.remove_alias(key);
+            return;
+        }
+        let targets: Box<[Box<str>]> = targets.into_iter().map(Into::into).collect();
+        if self.aliases.insert(key, targets).is_none() {
+            self.domain_ref(key, 1);
+        }
+    }
+
+    /// Remove an alias key; returns whether it existed.
+    pub fn remove_alias(&mut self, key: &str) -> bool {
+        let existed = self.aliases.remove(key).is_some();
+        if existed {
+            self.domain_ref(key, -1);
+        }
+        existed
+    }
+
+    /// Set the SASL logins allowed to use `key` as sender (`a@x` or `@x`).
+    pub fn set_sender_logins(&mut self, key: &str, logins: Vec<String>) {
+        if logins.is_empty() {
+            self.senders.remove(key);
+        } else {
+            self.senders.insert(key, logins.into_iter().map(Into::into).collect());
+        }
+    }
+
+    /// Remove explicit sender logins for `key`.
+    pub fn remove_sender_logins(&mut self, key: &str) -> bool {
+        self.senders.remove(key).is_some()
+    }
+
+    /// List a domain explicitly (it is ours even with no users).
+    pub fn add_domain(&mut self, domain: &str) {
+        match self.domains.get_mut(domain) {
+            Some(d) => d.explicit = true,
+            None => {
+                self.domains.insert(domain, DomainInfo { explicit: true, refs: 0 });
+            }
+        }
+    }
+
+    /// Unlist a domain; it stays ours while users or aliases are in it.
+    pub fn remove_domain(&mut self, domain: &str) {
+        if let Some(d) = self.domains.get_mut(domain) {
+            d.explicit = false;
+            if d.refs == 0 {
+                self.domains.remove(domain);
+            }
+        }
+    }
+
+    /// Release spare capacity after a bulk load.
+    pub fn shrink_to_fit(&mut self) {
+        self.users.shrink_to_fit();
+        self.aliases.shrink_to_fit();
+        self.senders.shrink_to_fit();
+        self.domains.shrink_to_fit();
+    }
+
+    /// How many user shards two snapshots share (tests, stats).
+    pub fn shared_user_shards(&self, other: &Directory) -> usize {
+        self.users.shared_shards(&other.users)
+    }
+}
+
+/// The shared, lock-free holder of the current snapshot.
+#[derive(Debug)]
+pub struct DirectoryHandle {
+    current: ArcSwap<Directory>,
+    /// Serialises writers only; readers never touch it.
+    writer: Mutex<()>,
+}
+
+impl DirectoryHandle {
+    /// Publish `dir` as the first snapshot.
+    pub fn new(dir: Directory) -> DirectoryHandle {
+        DirectoryHandle { current: ArcSwap::from_pointee(dir), writer: Mutex::new(()) }
+    }
+
+    /// The current snapshot. Take it once per request.
+    pub fn snapshot(&self) -> Arc<Directory> {
+        self.current.load_full()
+    }
+
+    /// Publish a directory built aside (a reload).
+    pub fn replace(&self, mut dir: Directory) {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        dir.meta.generation = self.current.load().meta.generation + 1;
+        dir.meta.published = SystemTime::now();
+        self.current.store(Arc::new(dir));
+    }
+
+    /// Apply edits to a copy of the current snapshot and publish it
+    /// atomically. Readers see all of the edits or none.
+    pub fn update<R>(&self, edit: impl FnOnce(&mut Directory) -> R) -> R {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Directory::clone(&self.current.load());
+        let r = edit(&mut next);
+        next.meta.generation += 1;
+        next.meta.published = SystemTime::now();
+        self.current.store(Arc::new(next));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(login: &str) -> UserSpec {
+        UserSpec { login: login.into(), enabled: true, ..UserSpec::default() }
+    }
+
+    #[test]
+    fn domains_follow_users_and_aliases() {
+        let mut d = Directory::new(Settings::default());
+        d.insert_user(&user("a@x.org"));
+        d.set_alias("b@y.org", vec!["a@x.org".into()]);
+        assert!(d.has_domain("x.org") && d.has_domain("y.org"));
+        d.remove_user("a@x.org");
+        assert!(!d.has_domain("x.org"));
+        d.add_domain("x.org");
+        assert!(d.has_domain("x.org"));
+        d.set_alias("b@y.org", vec![]);
+        assert!(!d.has_domain("y.org"));
+        d.remove_domain("x.org");
+        assert!(!d.has_domain("x.org"));
+        assert_eq!(d.counts().domains, 0);
+    }
+
+    #[test]
+    fn update_is_atomic_and_old_snapshots_stay_intact() {
+        let mut d = Directory::new(Settings::default());
+        for i in 0..5000 {
+            d.insert_user(&user(&format!("u{i}@x.org")));
+        }
+        d.set_alias("old@x.org", vec!["u1@x.org".into()]);
+        let h = DirectoryHandle::new(d);
+        let before = h.snapshot();
+        h.update(|d| {
+            d.remove_alias("old@x.org");
+            d.set_alias("new@x.org", vec!["u1@x.org".into()]);
+            d.remove_user("u2@x.org");
+        });
+        let after = h.snapshot();
+        assert!(before.alias("old@x.org").is_some() && before.alias("new@x.org").is_none());
+        assert!(after.alias("old@x.org").is_none() && after.alias("new@x.org").is_some());
+        assert!(before.has_user("u2@x.org") && !after.has_user("u2@x.org"));
+        assert_eq!(after.meta().generation, before.meta().generation + 1);
+        // A single-user edit copied one user shard, not the table.
+        assert!(after.shared_user_shards(&before) >= crate::table::SHARDS - 1);
+    }
+
+    #[test]
+    fn readers_never_see_a_half_applied_update() {
+        // A writer moves an alias between two keys in one update; readers
+        // must always find exactly one of them.
+        let mut d = Directory::new(Settings::default());
+        d.insert_user(&user("t@x.org"));
+        d.set_alias("a@x.org", vec!["t@x.org".into()]);
+        let h = Arc::new(DirectoryHandle::new(d));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (h, stop) = (h.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let s = h.snapshot();
+                        let found =
+                            s.alias("a@x.org").is_some() as u8 + s.alias("b@x.org").is_some() as u8;
+                        assert_eq!(found, 1);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for i in 0..2000 {
+            let (from, to) = if i % 2 == 0 { ("a@x.org", "b@x.org") } else { ("b@x.org", "a@x.org") };
+            h.update(|d| {
+                d.remove_alias(from);
+                d.set_alias(to, vec!["t@x.org".into()]);
+            });
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+    }
+}

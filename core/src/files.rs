@@ -1,0 +1,399 @@
+//! File sources: the operator's existing text files.
+//!
+//! - Dovecot **passwd-file** (`src/auth/db-passwd-file.c`):
+//!   `user:password:uid:gid:gecos:home:shell:extra_fields`; the extra fields
+//!   are space-separated `key=value` pairs and may contain `:` (everything
+//!   after the seventh `:` is joined back, as Dovecot does). Recognised
+//!   extras: `userdb_quota_rule` (the user's limit), `userdb_quota_rule2…`
+//!   (folder rules), `userdb_mail`, `userdb_uid`, `userdb_gid`, `userdb_home`,
+//!   and `nologin` (the user may not log in but still receives mail). Other
+//!   extras are kept and handed to Dovecot as they are.
+//! - Postfix **map sources** as for `postmap(1)`: `key value`, `#` comments,
+//!   a line that starts with whitespace continues the previous one. Aliases
+//!   (`address target, target…`, `@domain target` for a catch-all), domains
+//!   (`domain [anything]`) and sender logins (`address login, login…`).
+//!
+//! A bad line is an error naming the file and line, and the whole load fails:
+//! on reload the caller keeps serving the previous snapshot.
+
+use std::fmt;
+use std::io::{self, BufRead, Read};
+use std::path::{Path, PathBuf};
+
+use crate::directory::Directory;
+use crate::model::{Settings, UserSpec};
+use crate::quota::{QuotaRule, parse_main_rule};
+
+/// Longest line read from a source file. Real lines are far shorter; the
+/// bound only stops a corrupt file (no newlines) from eating memory.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// The files a directory is built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileSources {
+    /// Dovecot passwd-files.
+    pub passwd_files: Vec<PathBuf>,
+    /// Postfix map sources for aliases.
+    pub alias_files: Vec<PathBuf>,
+    /// Postfix map sources for domains.
+    pub domain_files: Vec<PathBuf>,
+    /// Postfix map sources for sender logins.
+    pub sender_login_files: Vec<PathBuf>,
+}
+
+impl FileSources {
+    /// Every file, for change watching.
+    pub fn all(&self) -> impl Iterator<Item = &Path> {
+        self.passwd_files
+            .iter()
+            .chain(&self.alias_files)
+            .chain(&self.domain_files)
+            .chain(&self.sender_login_files)
+            .map(PathBuf::as_path)
+    }
+}
+
+/// What went wrong, with where.
+#[derive(Debug)]
+pub struct LoadError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number, when a line is at fault.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub kind: LoadErrorKind,
+}
+
+/// The kinds of load error.
+#[derive(Debug)]
+pub enum LoadErrorKind {
+    /// Reading the file failed.
+    Io(io::Error),
+    /// A line cannot be used.
+    Syntax(String),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: ", self.path.display(), l)?,
+            None => write!(f, "{}: ", self.path.display())?,
+        }
+        match &self.kind {
+            LoadErrorKind::Io(e) => write!(f, "{e}"),
+            LoadErrorKind::Syntax(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            LoadErrorKind::Io(e) => Some(e),
+            LoadErrorKind::Syntax(_) => None,
+        }
+    }
+}
+
+/// Build a directory from files.
+pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, LoadError> {
+    let mut dir = Directory::new(settings);
+    for p in &sources.domain_files {
+        read_map(p, |line, key, _value| {
+            let d = dir
+                .settings()
+                .normalizer
+                .domain(key)
+                .ok_or_else(|| syntax(p, line, format!("{key:?} is not a domain name")))?;
+            dir.add_domain(&d);
+            Ok(())
+        })?;
+    }
+    let mut seen_users = hashbrown::HashMap::<String, (usize, usize)>::new();
+    for (fi, p) in sources.passwd_files.iter().enumerate() {
+        read_lines(p, |line, text| {
+            let spec = parse_passwd_line(text, dir.settings())
+                .map_err(|m| syntax(p, line, m))?;
+            if let Some((ffi, fl)) = seen_users.insert(spec.login.clone(), (fi, line)) {
+                let first = &sources.passwd_files[ffi];
+                return Err(syntax(
+                    p,
+                    line,
+                    format!("duplicate user {}, first at {}:{fl}", spec.login, first.display()),
+                ));
+            }
+            dir.insert_user(&spec);
+            Ok(())
+        })?;
+    }
+    drop(seen_users);
+    for p in &sources.alias_files {
+        read_map(p, |line, key, value| {
+            let key = map_key(&dir, key).ok_or_else(|| {
+                syntax(p, line, format!("{key:?} is not an address or @domain"))
+            })?;
+            let value = value.ok_or_else(|| syntax(p, line, format!("{key} has no target")))?;
+            let targets: Vec<String> = split_list(value).map(str::to_string).collect();
+            if targets.is_empty() {
+                return Err(syntax(p, line, format!("{key} has no target")));
+            }
+            if dir.alias(&key).is_some() {
+                return Err(syntax(p, line, format!("duplicate alias {key}")));
+            }
+            dir.set_alias(&key, targets);
+            Ok(())
+        })?;
+    }
+    for p in &sources.sender_login_files {
+        read_map(p, |line, key, value| {
+            let key = map_key(&dir, key).ok_or_else(|| {
+                syntax(p, line, format!("{key:?} is not an address or @domain"))
+            })?;
+            let value = value.ok_or_else(|| syntax(p, line, format!("{key} has no login")))?;
+            let logins: Vec<String> = split_list(value).map(str::to_string).collect();
+            dir.set_sender_logins(&key, logins);
+            Ok(())
+        })?;
+    }
+    dir.shrink_to_fit();
+    let n = sources.all().count();
+    dir.set_source(&format!("{n} file{}", if n == 1 { "" } else { "s" }));
+    Ok(dir)
+}
+
+fn syntax(path: &Path, line: usize, msg: String) -> LoadError {
+    LoadError { path: path.to_path_buf(), line: Some(line), kind: LoadErrorKind::Syntax(msg) }
+}
+
+/// A map key: an address (folded, extension kept) or `@domain`.
+fn map_key(dir: &Directory, key: &str) -> Option<String> {
+    let n = &dir.settings().normalizer;
+    if let Some(d) = key.strip_prefix('@') {
+        return n.domain(d).map(|d| format!("@{d}"));
+    }
+    n.address(key).map(|a| a.full())
+}
+
+/// Split a Postfix list value: commas and/or whitespace.
+fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty())
+}
+
+/// Call `f(line_number, line)` for each line, with `#` comment lines and
+/// blank lines skipped. Lines are read one by one so a million-user file
+/// never sits in memory whole.
+fn read_lines(
+    path: &Path,
+    mut f: impl FnMut(usize, &str) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let io_err = |e| LoadError { path: path.to_path_buf(), line: None, kind: LoadErrorKind::Io(e) };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let mut r = io::BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::with_capacity(256);
+    let mut line = 0;
+    loop {
+        buf.clear();
+        let n = (&mut r)
+            .take(MAX_LINE_LEN as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io_err)?;
+        if n == 0 {
+            return Ok(());
+        }
+        line += 1;
+        if buf.len() > MAX_LINE_LEN {
+            return Err(syntax(path, line, format!("line longer than {MAX_LINE_LEN} bytes")));
+        }
+        let text = std::str::from_utf8(&buf)
+            .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()))?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        let t = text.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        f(line, text)?;
+    }
+}
+
+/// Read a postmap source: logical lines (continuations joined), then
+/// `f(first_line_number, key, value)`.
+fn read_map(
+    path: &Path,
+    mut f: impl FnMut(usize, &str, Option<&str>) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let mut pending: Option<(usize, String)> = None;
+    let mut flush = |p: Option<(usize, String)>| -> Result<(), LoadError> {
+        if let Some((l, text)) = p {
+            let text = text.trim();
+            let (key, value) = match text.split_once(char::is_whitespace) {
+                Some((k, v)) => (k, Some(v.trim()).filter(|v| !v.is_empty())),
+                None => (text, None),
+            };
+            f(l, key, value)?;
+        }
+        Ok(())
+    };
+    read_lines(path, |line, text| {
+        if text.starts_with(char::is_whitespace) {
+            match pending.as_mut() {
+                Some((_, acc)) => {
+                    acc.push(' ');
+                    acc.push_str(text.trim());
+                    return Ok(());
+                }
+                None => return Err(syntax(path, line, "continuation line with nothing to continue".into())),
+            }
+        }
+        flush(pending.replace((line, text.to_string())))
+    })?;
+    flush(pending.take())
+}
+
+/// Parse one passwd-file line into a user.
+pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, String> {
+    let mut parts = line.splitn(8, ':');
+    let user = parts.next().unwrap_or("");
+    let password = parts.next().unwrap_or("");
+    let uid = parts.next().unwrap_or("");
+    let gid = parts.next().unwrap_or("");
+    let _gecos = parts.next();
+    let home = parts.next().unwrap_or("");
+    let _shell = parts.next();
+    let extra = parts.next().unwrap_or("");
+
+    let addr = settings
+        .normalizer
+        .address(user)
+        .ok_or_else(|| format!("user {user:?} is not an address (user@domain)"))?;
+    // The login is stored as written (folded); a login that contains the
+    // delimiter stays reachable by its full key.
+    let login = addr.full();
+    let num = |what: &str, v: &str| -> Result<Option<u32>, String> {
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|_| format!("{what} {v:?} is not a number"))
+    };
+    let mut spec = UserSpec {
+        login,
+        password: (!password.is_empty()).then(|| password.to_string()),
+        uid: num("uid", uid)?,
+        gid: num("gid", gid)?,
+        home: (!home.is_empty()).then(|| home.to_string()),
+        enabled: true,
+        ..UserSpec::default()
+    };
+    let mut rules: Vec<(u32, QuotaRule)> = Vec::new();
+    for field in extra.split_whitespace() {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        match k {
+            "nologin" => spec.enabled = false,
+            "userdb_quota_rule" | "quota_rule" => {
+                spec.quota = Some(parse_main_rule(v).map_err(|e| e.to_string())?);
+            }
+            "userdb_mail" => spec.mail = Some(v.to_string()),
+            "userdb_home" => spec.home = Some(v.to_string()),
+            "userdb_uid" => spec.uid = num("userdb_uid", v)?,
+            "userdb_gid" => spec.gid = num("userdb_gid", v)?,
+            _ if k.starts_with("userdb_quota_rule") => {
+                let n: u32 = k["userdb_quota_rule".len()..]
+                    .parse()
+                    .map_err(|_| format!("unknown field {k}"))?;
+                rules.push((n, QuotaRule::parse(v).map_err(|e| e.to_string())?));
+            }
+            _ => spec.extra.push((k.to_string(), v.to_string())),
+        }
+    }
+    rules.sort_by_key(|(n, _)| *n);
+    spec.quota_rules = rules.into_iter().map(|(_, r)| r).collect();
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::QuotaLimit;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn passwd_line_with_extras() {
+        let s = Settings::default();
+        let u = parse_passwd_line(
+            "Jane@Example.org:{SHA512-CRYPT}$6$x:5000:5000::/var/vmail/jane::userdb_quota_rule=*:storage=1G userdb_quota_rule2=Trash:storage=+100M userdb_mail=maildir:~/M nologin userdb_foo=bar",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(u.login, "jane@example.org");
+        assert_eq!(u.password.as_deref(), Some("{SHA512-CRYPT}$6$x"));
+        assert_eq!((u.uid, u.gid), (Some(5000), Some(5000)));
+        assert_eq!(u.home.as_deref(), Some("/var/vmail/jane"));
+        assert_eq!(u.quota, Some(QuotaLimit { storage: Some(1 << 30), messages: None }));
+        assert_eq!(u.quota_rules[0].to_dovecot(), "Trash:storage=+104857600B");
+        assert_eq!(u.mail.as_deref(), Some("maildir:~/M"));
+        assert!(!u.enabled);
+        assert_eq!(u.extra, [("userdb_foo".to_string(), "bar".to_string())]);
+    }
+
+    #[test]
+    fn passwd_line_errors_say_why() {
+        let s = Settings::default();
+        for (line, want) in [
+            ("nodomain:{PLAIN}x", "not an address"),
+            ("a@x.org:{PLAIN}x:abc", "uid"),
+            ("a@x.org:{PLAIN}x::::::userdb_quota_rule=lots", "bad size"),
+        ] {
+            let e = parse_passwd_line(line, &s).unwrap_err();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_builds_directory_and_reports_bad_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let sources = FileSources {
+            passwd_files: vec![write(d, "users", "# users\na@x.org:{PLAIN}a:5000:5000::/h/a::\n\nb@x.org:{PLAIN}b\n")],
+            alias_files: vec![write(d, "aliases", "info@x.org a@x.org,\n  b@x.org\n@y.org a@x.org\n")],
+            domain_files: vec![write(d, "domains", "z.org OK\nw.org\n")],
+            sender_login_files: vec![write(d, "senders", "boss@x.org a@x.org b@x.org\n")],
+        };
+        let dir = load(&sources, Settings::default()).unwrap();
+        assert_eq!(dir.counts().users, 2);
+        assert_eq!(dir.alias("info@x.org").unwrap().len(), 2);
+        assert!(dir.has_domain("z.org") && dir.has_domain("w.org") && dir.has_domain("y.org"));
+        assert_eq!(dir.sender_logins("boss@x.org").unwrap().len(), 2);
+
+        let bad = FileSources {
+            alias_files: vec![write(d, "bad", "ok@x.org a@x.org\nnoval@x.org\n")],
+            ..FileSources::default()
+        };
+        let e = load(&bad, Settings::default()).unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.to_string().contains("bad:2: noval@x.org has no target"), "{e}");
+
+        let dup = FileSources {
+            passwd_files: vec![write(d, "dup", "a@x.org:x\nA@X.org:y\n")],
+            ..FileSources::default()
+        };
+        let e = load(&dup, Settings::default()).unwrap_err();
+        assert!(e.to_string().contains("dup:2: duplicate user a@x.org, first at"), "{e}");
+
+        let missing = FileSources { passwd_files: vec![d.join("nope")], ..FileSources::default() };
+        let e = load(&missing, Settings::default()).unwrap_err();
+        assert!(matches!(e.kind, LoadErrorKind::Io(_)) && e.line.is_none());
+    }
+
+    #[test]
+    fn continuation_without_a_first_line_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(tmp.path(), "a", "  a@x.org b@x.org\n");
+        let e = load(&FileSources { alias_files: vec![p], ..Default::default() }, Settings::default())
+            .unwrap_err();
+        assert_eq!(e.line, Some(1));
+    }
+}

@@ -1,0 +1,331 @@
+//! Lookup semantics, the same for every protocol.
+//!
+//! An address key resolves in this order (architecture.md, protocols.md 1.4):
+//! 1. an alias for the full key (`user+ext@domain`);
+//! 2. an alias for the key without its extension (`user@domain`); the
+//!    unmatched extension is re-appended to local targets when
+//!    `propagate_extension` is on, as Postfix does for hash tables;
+//! 3. a mailbox (full key, then without extension): a mailbox is final and is
+//!    never swallowed by a catch-all;
+//! 4. the catch-all `@domain`: its targets get the extension too, and a
+//!    target of the form `@other.domain` keeps the local part (an alias
+//!    domain, as Postfix's `@domain` results do).
+//!
+//! Alias targets are expanded recursively with the same rules, to
+//! [`MAX_ALIAS_DEPTH`] levels and [`MAX_ALIAS_EXPANSION`] final targets. An
+//! address met again on its own expansion path is a loop: it is kept when it
+//! is a mailbox ("an address may expand to itself", Postfix
+//! `src/cleanup/cleanup_map1n.c`) and dropped otherwise; an alias that
+//! expands to nothing but loops is an error, so Postfix defers rather than
+//! bounces while the operator fixes it.
+
+use std::fmt;
+
+use crate::address::Address;
+use crate::directory::Directory;
+use crate::model::User;
+
+/// Deepest alias nesting followed. Postfix's own
+/// `virtual_alias_recursion_limit` is 1000; real directories nest a few
+/// levels, so 100 is generous while keeping a bad directory cheap.
+pub const MAX_ALIAS_DEPTH: usize = 100;
+
+/// Most final targets one address may expand to, as Postfix's
+/// `virtual_alias_expansion_limit` (default 1000).
+pub const MAX_ALIAS_EXPANSION: usize = 1000;
+
+/// Why a lookup could not give an answer (never "not found": these are
+/// directory errors the operator must fix, so callers answer "temporary").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// Every target of the alias leads back to itself.
+    AliasLoop(String),
+    /// Nesting deeper than [`MAX_ALIAS_DEPTH`].
+    TooDeep(String),
+    /// More than [`MAX_ALIAS_EXPANSION`] targets.
+    TooMany(String),
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupError::AliasLoop(a) => write!(f, "alias loop at {a}"),
+            LookupError::TooDeep(a) => write!(f, "alias nesting deeper than {MAX_ALIAS_DEPTH} at {a}"),
+            LookupError::TooMany(a) => {
+                write!(f, "alias expands to more than {MAX_ALIAS_EXPANSION} targets at {a}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LookupError {}
+
+/// What one address is, before expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Matched an alias key (`key` is the key that matched).
+    Alias {
+        /// The alias key that matched (`a@x` or `a+e@x`).
+        key: String,
+        /// Extension to re-append to local targets.
+        propagate: Option<String>,
+    },
+    /// A mailbox; `login` is its canonical login.
+    Mailbox {
+        /// Canonical login.
+        login: String,
+    },
+    /// Matched the domain's catch-all.
+    CatchAll {
+        /// `@domain`.
+        key: String,
+    },
+    /// In one of our domains, but nothing matches.
+    UnknownLocal,
+    /// Not in our domains (or not an address at all).
+    Foreign,
+}
+
+/// What a final target of an expansion is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A local mailbox with this login.
+    Mailbox(String),
+    /// In one of our domains, but no such mailbox or alias.
+    UnknownLocal,
+    /// Not ours: delivered elsewhere.
+    Remote,
+}
+
+/// One final target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The address mail goes to (extension included).
+    pub address: String,
+    /// What it is.
+    pub kind: TargetKind,
+}
+
+/// How an address resolves, step by step (for `explain`, and for quota
+/// decisions that need the final mailboxes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The key as given.
+    pub input: String,
+    /// The normalised address, `None` when the key is not an address.
+    pub address: Option<Address>,
+    /// What the key itself is.
+    pub class: Class,
+    /// Final targets, deduplicated, in order. For a mailbox, itself.
+    pub targets: Vec<Target>,
+    /// Each step: (depth, text), for humans.
+    pub trace: Vec<(usize, String)>,
+}
+
+impl Directory {
+    /// Classify an address without expanding it.
+    pub fn classify(&self, key: &str) -> (Option<Address>, Class) {
+        let Some(addr) = self.settings().normalizer.address(key) else {
+            return (None, Class::Foreign);
+        };
+        let full = addr.full();
+        if self.alias(&full).is_some() {
+            return (Some(addr), Class::Alias { key: full, propagate: None });
+        }
+        let base = addr.base();
+        if addr.extension.is_some() && self.alias(&base).is_some() {
+            let propagate = addr.extension.clone().filter(|_| self.settings().propagate_extension);
+            return (Some(addr), Class::Alias { key: base, propagate });
+        }
+        if self.has_user(&full) {
+            return (Some(addr), Class::Mailbox { login: full });
+        }
+        if self.has_user(&base) {
+            return (Some(addr), Class::Mailbox { login: base });
+        }
+        let catch = addr.catch_all();
+        if self.alias(&catch).is_some() {
+            return (Some(addr), Class::CatchAll { key: catch });
+        }
+        if self.has_domain(&addr.domain) {
+            return (Some(addr), Class::UnknownLocal);
+        }
+        (Some(addr), Class::Foreign)
+    }
+
+    /// Resolve an address fully.
+    pub fn resolve(&self, key: &str) -> Result<Resolution, LookupError> {
+        let (address, class) = self.classify(key);
+        let mut r = Resolution {
+            input: key.to_string(),
+            address: address.clone(),
+            class: class.clone(),
+            targets: Vec::new(),
+            trace: Vec::new(),
+        };
+        let Some(addr) = address else {
+            r.trace.push((0, format!("{key:?} is not an address ramdir can hold")));
+            return Ok(r);
+        };
+        let mut path = vec![addr.full()];
+        self.expand_one(&addr, &class, key, 0, &mut path, &mut r)?;
+        if matches!(class, Class::Alias { .. } | Class::CatchAll { .. }) && r.targets.is_empty() {
+            return Err(LookupError::AliasLoop(addr.full()));
+        }
+        Ok(r)
+    }
+
+    fn expand_one(
+        &self,
+        addr: &Address,
+        class: &Class,
+        written: &str,
+        depth: usize,
+        path: &mut Vec<String>,
+        r: &mut Resolution,
+    ) -> Result<(), LookupError> {
+        if depth > MAX_ALIAS_DEPTH {
+            return Err(LookupError::TooDeep(addr.full()));
+        }
+        let (targets, ext, catch_local) = match class {
+            Class::Alias { key, propagate } => {
+                r.trace.push((depth, format!("{} is an alias ({key})", addr.full())));
+                (self.alias(key).unwrap_or_default(), propagate.clone(), None)
+            }
+            Class::CatchAll { key } => {
+                r.trace.push((depth, format!("{} matches the catch-all {key}", addr.full())));
+                let ext = addr.extension.clone().filter(|_| self.settings().propagate_extension);
+                let local = format!("{}{}", addr.local, addr.extension.as_deref().unwrap_or(""));
+                (self.alias(key).unwrap_or_default(), ext, Some(local))
+            }
+            Class::Mailbox { login } => {
+                r.trace.push((depth, format!("{} is the mailbox {login}", addr.full())));
+                push_target(r, addr.full(), TargetKind::Mailbox(login.clone()))?;
+                return Ok(());
+            }
+            Class::UnknownLocal => {
+                r.trace.push((depth, format!("{} is in our domain but unknown", addr.full())));
+                push_target(r, addr.full(), TargetKind::UnknownLocal)?;
+                return Ok(());
+            }
+            Class::Foreign => {
+                r.trace.push((depth, format!("{written} is not ours (remote)")));
+                push_target(r, written.trim().to_string(), TargetKind::Remote)?;
+                return Ok(());
+            }
+        };
+        for t in targets {
+            let t = self.rewrite_target(t, ext.as_deref(), catch_local.as_deref());
+            let (taddr, tclass) = self.classify(&t);
+            let Some(taddr) = taddr else {
+                r.trace.push((depth + 1, format!("{t} is not ours (remote)")));
+                push_target(r, t.trim().to_string(), TargetKind::Remote)?;
+                continue;
+            };
+            let tfull = taddr.full();
+            if path.contains(&tfull) {
+                match tclass {
+                    // Loops back to an address that is a mailbox too: deliver there.
+                    _ if self.has_user(&taddr.base()) || self.has_user(&tfull) => {
+                        let login =
+                            if self.has_user(&tfull) { tfull.clone() } else { taddr.base() };
+                        r.trace.push((depth + 1, format!("{tfull} is the mailbox {login} (self)")));
+                        push_target(r, tfull, TargetKind::Mailbox(login))?;
+                    }
+                    _ => {
+                        tracing::warn!(address = %tfull, "alias loop; target dropped");
+                        r.trace.push((depth + 1, format!("{tfull} loops back; dropped")));
+                    }
+                }
+                continue;
+            }
+            path.push(tfull);
+            self.expand_one(&taddr, &tclass, &t, depth + 1, path, r)?;
+            path.pop();
+        }
+        Ok(())
+    }
+
+    /// Apply extension propagation and `@domain` (alias domain) targets.
+    fn rewrite_target(&self, t: &str, ext: Option<&str>, catch_local: Option<&str>) -> String {
+        let t = t.trim();
+        if let (Some(domain), Some(local)) = (t.strip_prefix('@'), catch_local) {
+            return format!("{local}@{domain}");
+        }
+        let Some(ext) = ext else { return t.to_string() };
+        let Some((local, domain)) = t.rsplit_once('@') else { return t.to_string() };
+        let n = &self.settings().normalizer;
+        let has_ext = n.address(t).is_some_and(|a| a.extension.is_some());
+        let ours = n.domain(domain).is_some_and(|d| self.has_domain(&d));
+        if ours && !has_ext { format!("{local}{ext}@{domain}") } else { t.to_string() }
+    }
+
+    /// Socketmap `domains`: the folded domain when it is ours.
+    pub fn lookup_domain(&self, key: &str) -> Option<String> {
+        let d = self.settings().normalizer.domain(key)?;
+        self.has_domain(&d).then_some(d)
+    }
+
+    /// Socketmap `mailboxes`: the mailbox an address delivers to directly.
+    pub fn lookup_mailbox(&self, key: &str) -> Option<User<'_>> {
+        let addr = self.settings().normalizer.address(key)?;
+        let full = addr.full();
+        self.user(&full).or_else(|| self.user(&addr.base()))
+    }
+
+    /// Socketmap `aliases`: the final targets of an alias or catch-all;
+    /// `None` for mailboxes and unknown addresses.
+    pub fn lookup_alias(&self, key: &str) -> Result<Option<Vec<String>>, LookupError> {
+        let (_, class) = self.classify(key);
+        if !matches!(class, Class::Alias { .. } | Class::CatchAll { .. }) {
+            return Ok(None);
+        }
+        let r = self.resolve(key)?;
+        Ok(Some(r.targets.into_iter().map(|t| t.address).collect()))
+    }
+
+    /// Socketmap `senders`: the SASL logins allowed to use `key` as sender.
+    ///
+    /// Explicit entries are looked up as Postfix does for a hash table (full
+    /// key, key without extension, `@domain`; first match wins). With
+    /// `implicit_sender_logins`, a mailbox owns its own address and the
+    /// mailboxes an alias delivers to own the alias (not a catch-all).
+    pub fn lookup_sender_logins(&self, key: &str) -> Result<Option<Vec<String>>, LookupError> {
+        let Some(addr) = self.settings().normalizer.address(key) else { return Ok(None) };
+        let mut out: Vec<String> = Vec::new();
+        let explicit = self
+            .sender_logins(&addr.full())
+            .or_else(|| self.sender_logins(&addr.base()))
+            .or_else(|| self.sender_logins(&addr.catch_all()));
+        if let Some(list) = explicit {
+            out.extend(list.iter().map(|s| s.to_string()));
+        }
+        if self.settings().implicit_sender_logins {
+            match self.classify(key).1 {
+                Class::Mailbox { login } => out.push(login),
+                Class::Alias { .. } => {
+                    for t in self.resolve(key)?.targets {
+                        if let TargetKind::Mailbox(login) = t.kind {
+                            out.push(login);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|l| seen.insert(l.to_lowercase()));
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+fn push_target(r: &mut Resolution, address: String, kind: TargetKind) -> Result<(), LookupError> {
+    if r.targets.iter().any(|t| t.address == address) {
+        return Ok(());
+    }
+    if r.targets.len() >= MAX_ALIAS_EXPANSION {
+        return Err(LookupError::TooMany(r.input.clone()));
+    }
+    r.targets.push(Target { address, kind });
+    Ok(())
+}

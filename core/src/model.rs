@@ -1,0 +1,382 @@
+//! The directory's data model: settings that shape lookups, and users.
+//!
+//! Users are stored packed (one allocation per user besides its key) because
+//! the directory must hold millions of them in a few hundred megabytes; the
+//! [`User`] view borrows from the packed bytes.
+
+use std::fmt;
+
+use crate::address::Normalizer;
+use crate::quota::{QuotaLimit, QuotaRule};
+
+/// Settings that shape every lookup; part of each snapshot so a reload that
+/// changes them is atomic with the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Case folding and extension splitting.
+    pub normalizer: Normalizer,
+    /// Re-append an unmatched `+ext` to local alias targets, as Postfix's
+    /// `propagate_unmatched_extensions` (default `canonical, virtual`) does.
+    pub propagate_extension: bool,
+    /// A user's address also logs in as itself, and an alias may be used as
+    /// sender by the mailboxes it delivers to (`senders` table).
+    pub implicit_sender_logins: bool,
+    /// Limit for users that set none (`default_quota`, 10G).
+    pub default_quota: QuotaLimit,
+    /// Folder rules for every user (`Trash:storage=+500M`, …).
+    pub quota_rules: Vec<QuotaRule>,
+    /// Template for `home` (`%d` domain, `%n` local part, `%u` address);
+    /// a user whose home equals it stores none.
+    pub home_template: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            normalizer: Normalizer::default(),
+            propagate_extension: true,
+            implicit_sender_logins: true,
+            default_quota: QuotaLimit { storage: Some(10 << 30), messages: None },
+            quota_rules: vec![
+                QuotaRule::parse("Trash:storage=+500M").expect("valid built-in rule"),
+                QuotaRule::parse("Junk:storage=+500M").expect("valid built-in rule"),
+            ],
+            home_template: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Expand the home template for `login` (`local@domain`).
+    pub fn expand_home(&self, login: &str) -> Option<String> {
+        let t = self.home_template.as_deref()?;
+        let (n, d) = login.rsplit_once('@').unwrap_or((login, ""));
+        Some(t.replace("%d", d).replace("%n", n).replace("%u", login))
+    }
+}
+
+/// A user as sources produce it (owned, easy to build).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UserSpec {
+    /// Canonical login, `local@domain`, already folded.
+    pub login: String,
+    /// Password hash with its `{SCHEME}` prefix.
+    pub password: Option<String>,
+    /// System uid for mail files.
+    pub uid: Option<u32>,
+    /// System gid for mail files.
+    pub gid: Option<u32>,
+    /// Home directory, if it differs from the template.
+    pub home: Option<String>,
+    /// Dovecot `mail` location, if set.
+    pub mail: Option<String>,
+    /// Own limit; `None` uses the default.
+    pub quota: Option<QuotaLimit>,
+    /// Own folder rules (`quota_rule2…`); empty uses the defaults.
+    pub quota_rules: Vec<QuotaRule>,
+    /// Whether the user may log in. A disabled user still receives mail.
+    pub enabled: bool,
+    /// Other passdb/userdb fields, as the source gave them
+    /// (`userdb_foo=bar` is kept as `("userdb_foo", "bar")`).
+    pub extra: Vec<(String, String)>,
+}
+
+impl fmt::Debug for UserSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserSpec")
+            .field("login", &self.login)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("home", &self.home)
+            .field("mail", &self.mail)
+            .field("quota", &self.quota)
+            .field("quota_rules", &self.quota_rules)
+            .field("enabled", &self.enabled)
+            .field("extra", &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+const F_ENABLED: u8 = 1;
+const F_UID: u8 = 2;
+const F_GID: u8 = 4;
+const F_STORAGE: u8 = 8;
+const F_MESSAGES: u8 = 16;
+const F_OWN_QUOTA: u8 = 32;
+
+/// A user packed into one byte string (the login is the table key).
+///
+/// Layout: flags, then the present numbers as LEB128 varints, then
+/// length-prefixed strings: password, home, mail, the folder rules and the
+/// extra fields. Sizes are bounded by the sources (lines of a file, LDAP
+/// attributes), and a corrupt buffer can only come from a bug here, so
+/// decoding treats it as a broken invariant.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackedUser(Box<[u8]>);
+
+impl fmt::Debug for PackedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackedUser({} bytes)", self.0.len())
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> u64 {
+        let mut n = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+    fn str(&mut self) -> &'a str {
+        let len = self.varint() as usize;
+        let s = &self.buf[self.pos..self.pos + len];
+        self.pos += len;
+        // Only `PackedUser::pack` writes these bytes, always from `&str`.
+        std::str::from_utf8(s).expect("packed user strings are UTF-8")
+    }
+    fn opt_str(&mut self) -> Option<&'a str> {
+        let s = self.str();
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+impl PackedUser {
+    /// Pack a user. The home is dropped when it equals the template's.
+    pub fn pack(spec: &UserSpec, settings: &Settings) -> PackedUser {
+        let mut out = Vec::with_capacity(64);
+        let q = spec.quota.unwrap_or_default();
+        let mut flags = 0;
+        if spec.enabled {
+            flags |= F_ENABLED;
+        }
+        if spec.uid.is_some() {
+            flags |= F_UID;
+        }
+        if spec.gid.is_some() {
+            flags |= F_GID;
+        }
+        if spec.quota.is_some() {
+            flags |= F_OWN_QUOTA;
+        }
+        if q.storage.is_some() {
+            flags |= F_STORAGE;
+        }
+        if q.messages.is_some() {
+            flags |= F_MESSAGES;
+        }
+        out.push(flags);
+        for n in [spec.uid.map(u64::from), spec.gid.map(u64::from), q.storage, q.messages]
+            .into_iter()
+            .flatten()
+        {
+            put_varint(&mut out, n);
+        }
+        put_str(&mut out, spec.password.as_deref().unwrap_or(""));
+        let home = match (&spec.home, settings.expand_home(&spec.login)) {
+            (Some(h), Some(t)) if *h == t => "",
+            (Some(h), _) => h.as_str(),
+            (None, _) => "",
+        };
+        put_str(&mut out, home);
+        put_str(&mut out, spec.mail.as_deref().unwrap_or(""));
+        put_varint(&mut out, spec.quota_rules.len() as u64);
+        for r in &spec.quota_rules {
+            put_str(&mut out, &r.to_dovecot());
+        }
+        put_varint(&mut out, spec.extra.len() as u64);
+        for (k, v) in &spec.extra {
+            put_str(&mut out, k);
+            put_str(&mut out, v);
+        }
+        PackedUser(out.into_boxed_slice())
+    }
+
+    /// Bytes used by the packed form (for memory statistics).
+    pub fn packed_len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Unpack into a borrowed view.
+    pub fn view<'a>(&'a self, login: &'a str, settings: &Settings) -> User<'a> {
+        let mut r = Reader { buf: &self.0, pos: 1 };
+        let flags = self.0[0];
+        let uid = (flags & F_UID != 0).then(|| r.varint() as u32);
+        let gid = (flags & F_GID != 0).then(|| r.varint() as u32);
+        let storage = (flags & F_STORAGE != 0).then(|| r.varint());
+        let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
+        let password = r.opt_str();
+        let home = r.opt_str().map(str::to_string).or_else(|| settings.expand_home(login));
+        let mail = r.opt_str();
+        let nrules = r.varint() as usize;
+        let own_rules: Vec<&str> = (0..nrules).map(|_| r.str()).collect();
+        let nextra = r.varint() as usize;
+        let extra = (0..nextra).map(|_| (r.str(), r.str())).collect();
+        let (quota, own_quota) = if flags & F_OWN_QUOTA != 0 {
+            (QuotaLimit { storage, messages }, true)
+        } else {
+            (settings.default_quota, false)
+        };
+        let quota_rules = if own_rules.is_empty() {
+            settings.quota_rules.iter().map(QuotaRule::to_dovecot).collect()
+        } else {
+            own_rules.into_iter().map(str::to_string).collect()
+        };
+        User {
+            login,
+            password,
+            uid,
+            gid,
+            home,
+            mail,
+            quota,
+            own_quota,
+            quota_rules,
+            enabled: flags & F_ENABLED != 0,
+            extra,
+        }
+    }
+}
+
+/// A user as lookups see it, borrowing from the snapshot.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User<'a> {
+    /// Canonical login (`local@domain`).
+    pub login: &'a str,
+    /// Password hash with `{SCHEME}`.
+    pub password: Option<&'a str>,
+    /// uid for mail files.
+    pub uid: Option<u32>,
+    /// gid for mail files.
+    pub gid: Option<u32>,
+    /// Home: the user's own, else the template's expansion.
+    pub home: Option<String>,
+    /// Dovecot `mail` location.
+    pub mail: Option<&'a str>,
+    /// Effective limit (own or default).
+    pub quota: QuotaLimit,
+    /// Whether the limit is the user's own rather than the default.
+    pub own_quota: bool,
+    /// Effective folder rules in Dovecot syntax (own or default).
+    pub quota_rules: Vec<String>,
+    /// May log in.
+    pub enabled: bool,
+    /// Other fields from the source.
+    pub extra: Vec<(&'a str, &'a str)>,
+}
+
+impl fmt::Debug for User<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("login", &self.login)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("home", &self.home)
+            .field("mail", &self.mail)
+            .field("quota", &self.quota)
+            .field("quota_rules", &self.quota_rules)
+            .field("enabled", &self.enabled)
+            .field("extra", &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trips_and_uses_defaults() {
+        let settings = Settings {
+            home_template: Some("/var/vmail/%d/%n".into()),
+            ..Settings::default()
+        };
+        let spec = UserSpec {
+            login: "a@x.org".into(),
+            password: Some("{SHA512-CRYPT}$6$abc".into()),
+            uid: Some(5000),
+            gid: Some(5000),
+            home: Some("/var/vmail/x.org/a".into()),
+            mail: None,
+            quota: None,
+            quota_rules: vec![],
+            enabled: true,
+            extra: vec![("userdb_foo".into(), "bar".into())],
+        };
+        let packed = PackedUser::pack(&spec, &settings);
+        let u = packed.view("a@x.org", &settings);
+        assert_eq!(u.password, Some("{SHA512-CRYPT}$6$abc"));
+        assert_eq!((u.uid, u.gid), (Some(5000), Some(5000)));
+        assert_eq!(u.home.as_deref(), Some("/var/vmail/x.org/a"));
+        assert_eq!(u.quota.storage, Some(10 << 30));
+        assert!(!u.own_quota);
+        assert_eq!(u.quota_rules, ["Trash:storage=+524288000B", "Junk:storage=+524288000B"]);
+        assert!(u.enabled);
+        assert_eq!(u.extra, [("userdb_foo", "bar")]);
+        // The home equal to the template is not stored.
+        assert!(packed.packed_len() < 60, "{}", packed.packed_len());
+    }
+
+    #[test]
+    fn own_quota_and_rules_are_kept() {
+        let settings = Settings::default();
+        let spec = UserSpec {
+            login: "b@x.org".into(),
+            quota: Some(QuotaLimit { storage: Some(1 << 20), messages: Some(9) }),
+            quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
+            home: Some("/h".into()),
+            ..UserSpec::default()
+        };
+        let packed = PackedUser::pack(&spec, &settings);
+        let u = packed.view("b@x.org", &settings);
+        assert_eq!(u.quota, QuotaLimit { storage: Some(1 << 20), messages: Some(9) });
+        assert!(u.own_quota);
+        assert_eq!(u.quota_rules, ["Trash:storage=+1073741824B"]);
+        assert_eq!(u.home.as_deref(), Some("/h"));
+        assert!(!u.enabled);
+        assert_eq!(u.password, None);
+    }
+
+    #[test]
+    fn debug_output_never_shows_password() {
+        let spec = UserSpec {
+            login: "c@x.org".into(),
+            password: Some("{PLAIN}secret".into()),
+            ..UserSpec::default()
+        };
+        assert!(!format!("{spec:?}").contains("secret"));
+        let settings = Settings::default();
+        let packed = PackedUser::pack(&spec, &settings);
+        assert!(!format!("{:?}", packed.view("c@x.org", &settings)).contains("secret"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Postfix-facing servers.

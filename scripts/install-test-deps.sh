@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs the Debian packages that ramdir's real-peer tests need: Postfix
+# (socketmap/policy/milter peer), Dovecot (dict peer), slapd (LDAP source) and
+# miltertest. Idempotent and quiet; safe to run on a developer machine because
+# no package is allowed to start a daemon (policy-rc.d) and Postfix/slapd are
+# installed without any system configuration.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+
+PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux"
+
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Never let a package start its daemon: the tests run their own instances.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+fi
+
+$SUDO debconf-set-selections <<'SEL'
+postfix postfix/main_mailer_type select No configuration
+postfix postfix/mailname string localhost
+slapd slapd/no_configuration boolean true
+SEL
+
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $missing

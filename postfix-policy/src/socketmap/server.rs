@@ -1,0 +1,326 @@
+//! Socketmap server: Unix-socket I/O, limits, timeouts and shutdown.
+//!
+//! One task per connection, one request at a time per connection (Postfix
+//! never pipelines; a client that does simply has its requests answered in
+//! order). Each request takes exactly one directory snapshot. A malformed or
+//! oversized netstring gets a `warn` log line and the connection is closed:
+//! after a framing error the stream cannot be trusted. Other connections
+//! are not affected.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ramdir_core::DirectoryHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::codec::Request;
+use super::service::{answer, truncate};
+
+/// Idle time after which ramdir closes a connection. Postfix closes an idle
+/// socketmap connection after 10 s and any connection after 100 s
+/// (`DICT_SOCKMAP_DEF_MAX_IDLE`/`MAX_TTL`, `src/util/dict_sockmap.c`), so
+/// 120 s means ramdir never closes first under a live Postfix and only
+/// reaps clients that vanished without closing.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Time allowed to write one reply. Postfix waits up to 100 s
+/// (`DICT_SOCKMAP_DEF_TIMEOUT`); a peer that does not read for that long
+/// is gone.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// Default cap on concurrent connections. Each Postfix process keeps one
+/// connection per socketmap endpoint and `default_process_limit` is 100 per
+/// service (smtpd, cleanup, trivial-rewrite, …): a few hundred in practice.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// How long shutdown waits for connections to finish their current request.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Tunables of one socketmap listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Concurrent connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_connections: DEFAULT_MAX_CONNECTIONS, idle_timeout: IDLE_TIMEOUT }
+    }
+}
+
+/// Counters for `stats` and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: AtomicU64,
+}
+
+/// Serve socketmap requests on `listener` until `shutdown` completes, then
+/// let connections finish their current request (up to [`DRAIN_TIMEOUT`]).
+///
+/// # Errors
+/// Only when the listener itself fails; a single connection's failure is
+/// logged and closes that connection.
+pub async fn run(
+    listener: UnixListener,
+    directory: Arc<DirectoryHandle>,
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for a free slot before accepting, so excess clients queue in
+        // the kernel's backlog instead of being accepted and dropped.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %e, "socketmap accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "socketmap listener failed");
+                    return Err(e);
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        let (directory, config, stats, stop) =
+            (directory.clone(), config.clone(), stats.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            serve_connection(stream, &directory, &config, &stats, stop).await;
+        });
+        // Reap finished tasks so the set does not grow with churn.
+        while tasks.try_join_next().is_some() {}
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
+        .await;
+    Ok(())
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    // EMFILE/ENFILE/ECONNABORTED and friends: the listener is still fine.
+    matches!(e.raw_os_error(), Some(23 | 24 | 103 | 105 | 12))
+        || e.kind() == std::io::ErrorKind::ConnectionAborted
+        || e.kind() == std::io::ErrorKind::Interrupted
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    directory: &DirectoryHandle,
+    config: &Config,
+    stats: &Stats,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(512);
+    loop {
+        // Answer every complete request already buffered.
+        loop {
+            match Request::decode(&mut buf) {
+                Ok(Some(req)) => {
+                    let reply = answer(&directory.snapshot(), &req);
+                    tracing::trace!(
+                        map = %String::from_utf8_lossy(&req.map),
+                        key = %truncate(&String::from_utf8_lossy(&req.key), 100),
+                        reply = ?reply,
+                        "socketmap lookup"
+                    );
+                    out.clear();
+                    reply.encode(&mut out);
+                    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "socketmap client went away");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("socketmap client did not read its reply; closing");
+                            return;
+                        }
+                    }
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "closing socketmap connection");
+                    return;
+                }
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(config.idle_timeout, stream.read_buf(&mut buf)) => match r {
+                Ok(Ok(0)) => {
+                    if !buf.is_empty() {
+                        tracing::debug!(pending = buf.len(), "socketmap client closed mid-request");
+                    }
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "socketmap read failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("socketmap connection idle; closing");
+                    return;
+                }
+            },
+            _ = stop.changed() => {
+                // Shutting down: a request whose bytes already arrived is
+                // answered by the loop above before we return.
+                if buf.is_empty() { return; }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socketmap::codec::Reply;
+    use ramdir_core::{Directory, Settings, UserSpec};
+
+    struct TestServer {
+        path: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+        stats: Arc<Stats>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn spawn(config: Config) -> TestServer {
+        let mut d = Directory::new(Settings::default());
+        d.insert_user(&UserSpec { login: "a@x.org".into(), ..Default::default() });
+        let handle = Arc::new(DirectoryHandle::new(d));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(listener, handle, config, stats.clone(), async {
+            let _ = rx.await;
+        }));
+        TestServer { path, _dir: dir, stats, stop: Some(tx), task }
+    }
+
+    async fn roundtrip(s: &mut UnixStream, bytes: &[u8]) -> Vec<u8> {
+        s.write_all(bytes).await.unwrap();
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(r) = Reply::decode(&mut buf).unwrap() {
+                let mut out = BytesMut::new();
+                r.encode(&mut out);
+                return out.to_vec();
+            }
+            assert_ne!(s.read_buf(&mut buf).await.unwrap(), 0, "server closed");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_in_order_on_one_connection() {
+        let srv = spawn(Config::default()).await;
+        let mut c = UnixStream::connect(&srv.path).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
+        assert_eq!(roundtrip(&mut c, b"17:mailboxes b@x.org,").await, b"9:NOTFOUND ,");
+        // Two requests in one write are answered in order.
+        c.write_all(b"13:domains x.org,13:domains y.org,").await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut replies = Vec::new();
+        while replies.len() < 2 {
+            c.read_buf(&mut buf).await.unwrap();
+            while let Some(r) = Reply::decode(&mut buf).unwrap() {
+                replies.push(r);
+            }
+        }
+        assert_eq!(replies, [Reply::Ok("x.org".into()), Reply::NotFound]);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_close_only_that_connection() {
+        let srv = spawn(Config::default()).await;
+        let mut good = UnixStream::connect(&srv.path).await.unwrap();
+        for bad in [&b"abc:"[..], b"99999999999:", b"3:abc,", b"5:a b c;"] {
+            let mut c = UnixStream::connect(&srv.path).await.unwrap();
+            c.write_all(bad).await.unwrap();
+            let mut rest = Vec::new();
+            let n = c.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(n, 0, "{bad:?} got a reply");
+            // The good connection still works.
+            assert_eq!(roundtrip(&mut good, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
+        }
+        assert_eq!(srv.stats.protocol_errors.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        let srv = spawn(Config { idle_timeout: Duration::from_secs(120), ..Config::default() }).await;
+        let mut c = UnixStream::connect(&srv.path).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Still open after 60 s (longer than Postfix's own 10 s idle close).
+        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        tokio::time::advance(Duration::from_secs(121)).await;
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_connections_and_connection_limit() {
+        let srv = spawn(Config { max_connections: 8, ..Config::default() }).await;
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let path = srv.path.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = UnixStream::connect(&path).await.unwrap();
+                for _ in 0..50 {
+                    assert_eq!(roundtrip(&mut c, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(srv.stats.requests.load(Ordering::Relaxed), 32 * 50);
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_and_returns() {
+        let mut srv = spawn(Config::default()).await;
+        let mut c = UnixStream::connect(&srv.path).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        srv.stop.take().unwrap().send(()).unwrap();
+        srv.task.await.unwrap().unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,298 @@
+//! Socketmap service: request + directory snapshot → reply. Pure.
+//!
+//! Tables (the name after the last `:` of `socketmap:unix:…:<name>`):
+//!
+//! | table | key | `OK` value | used for |
+//! |---|---|---|---|
+//! | `domains` | bare domain | the domain | `virtual_mailbox_domains` |
+//! | `mailboxes` | address | the mailbox's login | `virtual_mailbox_maps` |
+//! | `aliases` | address | final targets, comma-separated | `virtual_alias_maps` |
+//! | `senders` | address | SASL logins, comma-separated | `smtpd_sender_login_maps` |
+//!
+//! This module is the one place where outcomes become answers
+//! ([`to_reply`]): found → `OK value` (never an empty value), not ours or
+//! garbage → `NOTFOUND`, a directory error (alias loop, expansion too large)
+//! or an unknown table → `TEMP`, so Postfix defers and never bounces.
+
+use std::fmt;
+
+use ramdir_core::Directory;
+use ramdir_core::lookup::LookupError;
+
+use super::codec::{MAX_QUERY, MAX_REPLY, Reply, Request};
+
+/// The tables ramdir serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `virtual_mailbox_domains`.
+    Domains,
+    /// `virtual_mailbox_maps`.
+    Mailboxes,
+    /// `virtual_alias_maps`.
+    Aliases,
+    /// `smtpd_sender_login_maps`.
+    Senders,
+}
+
+impl Table {
+    /// Every table, for docs and `--help`.
+    pub const ALL: [Table; 4] = [Table::Domains, Table::Mailboxes, Table::Aliases, Table::Senders];
+
+    /// The table's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Domains => "domains",
+            Table::Mailboxes => "mailboxes",
+            Table::Aliases => "aliases",
+            Table::Senders => "senders",
+        }
+    }
+
+    /// The table with this wire name.
+    pub fn from_name(name: &[u8]) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.name().as_bytes() == name)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a lookup came to, before it is put in socketmap words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Found, with values (at least one).
+    Found(Vec<String>),
+    /// Not ours, or not a key ramdir can hold.
+    NotFound,
+    /// The directory cannot answer now.
+    Trouble(String),
+}
+
+/// Look `key` up in `table`.
+pub fn lookup(dir: &Directory, table: Table, key: &str) -> Outcome {
+    if key.len() > MAX_QUERY {
+        return Outcome::NotFound;
+    }
+    let from = |r: Result<Option<Vec<String>>, LookupError>| match r {
+        Ok(Some(v)) => Outcome::Found(v),
+        Ok(None) => Outcome::NotFound,
+        Err(e) => Outcome::Trouble(e.to_string()),
+    };
+    match table {
+        Table::Domains => match dir.lookup_domain(key) {
+            Some(d) => Outcome::Found(vec![d]),
+            None => Outcome::NotFound,
+        },
+        Table::Mailboxes => match dir.lookup_mailbox(key) {
+            Some(u) => Outcome::Found(vec![u.login.to_string()]),
+            None => Outcome::NotFound,
+        },
+        Table::Aliases => from(dir.lookup_alias(key)),
+        Table::Senders => from(dir.lookup_sender_logins(key)),
+    }
+}
+
+/// The one mapping from outcomes to socketmap replies.
+pub fn to_reply(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Found(values) => {
+            let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+            if values.is_empty() {
+                // An empty OK is a configuration error for Postfix; a lookup
+                // that found nothing usable has found nothing.
+                return Reply::NotFound;
+            }
+            let data = values.join(",");
+            // "OK " plus the data must fit Postfix's reply limit.
+            if data.len() + 3 > MAX_REPLY {
+                return Reply::Temp(format!("result longer than {MAX_REPLY} bytes"));
+            }
+            Reply::Ok(data)
+        }
+        Outcome::NotFound => Reply::NotFound,
+        Outcome::Trouble(reason) => Reply::Temp(reason),
+    }
+}
+
+/// Answer one request from one snapshot.
+pub fn answer(dir: &Directory, req: &Request) -> Reply {
+    let Some(table) = Table::from_name(&req.map) else {
+        // A misspelt table in main.cf: defer (and Postfix logs the reason)
+        // rather than declare every address unknown.
+        let name = String::from_utf8_lossy(&req.map);
+        return Reply::Temp(format!("unknown table {:?}", truncate(&name, 100)));
+    };
+    let Ok(key) = std::str::from_utf8(&req.key) else {
+        return Reply::NotFound;
+    };
+    to_reply(lookup(dir, table, key))
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary (for logs).
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramdir_core::{Settings, UserSpec};
+
+    /// A small directory exercising every rule.
+    fn directory() -> Directory {
+        let mut d = Directory::new(Settings::default());
+        for login in ["alice@example.org", "bob@example.org", "carol@example.org", "real@catch.test"] {
+            d.insert_user(&UserSpec { login: login.into(), enabled: true, ..Default::default() });
+        }
+        d.add_domain("empty.test");
+        let alias = |d: &mut Directory, k: &str, t: &[&str]| {
+            d.set_alias(k, t.iter().map(|s| s.to_string()).collect())
+        };
+        alias(&mut d, "info@example.org", &["alice@example.org"]);
+        alias(&mut d, "team@example.org", &["info@example.org", "bob@example.org", "ext@remote.test"]);
+        alias(&mut d, "copy@example.org", &["copy@example.org", "carol@example.org"]);
+        alias(&mut d, "alice@example.org", &["alice@example.org", "archive@remote.test"]);
+        alias(&mut d, "loop1@example.org", &["loop2@example.org"]);
+        alias(&mut d, "loop2@example.org", &["loop1@example.org"]);
+        alias(&mut d, "half@example.org", &["loop1@example.org", "bob@example.org"]);
+        alias(&mut d, "@catch.test", &["bob@example.org"]);
+        alias(&mut d, "@alias.test", &["@example.org"]);
+        alias(&mut d, "tagged+x@example.org", &["carol@example.org"]);
+        d.set_sender_logins("boss@example.org", vec!["alice@example.org".into()]);
+        d.set_sender_logins("@example.org", vec!["admin@example.org".into()]);
+        d
+    }
+
+    fn ask(d: &Directory, table: &str, key: &str) -> Reply {
+        answer(d, &Request::new(table, key))
+    }
+
+    fn ok(s: &str) -> Reply {
+        Reply::Ok(s.into())
+    }
+
+    #[test]
+    fn request_to_reply_table() {
+        let d = directory();
+        let cases: Vec<(&str, &str, Reply)> = vec![
+            // domains
+            ("domains", "example.org", ok("example.org")),
+            ("domains", "EXAMPLE.ORG", ok("example.org")),
+            ("domains", "example.org.", ok("example.org")),
+            ("domains", "empty.test", ok("empty.test")),
+            ("domains", "catch.test", ok("catch.test")),
+            ("domains", "other.test", Reply::NotFound),
+            ("domains", "[1.2.3.4]", Reply::NotFound),
+            ("domains", "*", Reply::NotFound),
+            ("domains", "", Reply::NotFound),
+            // mailboxes
+            ("mailboxes", "alice@example.org", ok("alice@example.org")),
+            ("mailboxes", "Alice@EXAMPLE.org", ok("alice@example.org")),
+            ("mailboxes", "alice+news@example.org", ok("alice@example.org")),
+            ("mailboxes", "info@example.org", Reply::NotFound),
+            ("mailboxes", "nobody@example.org", Reply::NotFound),
+            ("mailboxes", "example.org", Reply::NotFound),
+            ("mailboxes", "@example.org", Reply::NotFound),
+            ("mailboxes", "\"\"@example.org", Reply::NotFound),
+            ("mailboxes", "alice@[1.2.3.4]", Reply::NotFound),
+            ("mailboxes", "*", Reply::NotFound),
+            ("mailboxes", "", Reply::NotFound),
+            // aliases: exact, alias of alias, remote, self-copy
+            ("aliases", "info@example.org", ok("alice@example.org,archive@remote.test")),
+            (
+                "aliases",
+                "team@example.org",
+                ok("alice@example.org,archive@remote.test,bob@example.org,ext@remote.test"),
+            ),
+            // a self-reference that is not a mailbox is dropped
+            ("aliases", "copy@example.org", ok("carol@example.org")),
+            ("aliases", "INFO@Example.Org", ok("alice@example.org,archive@remote.test")),
+            // extension re-appended to local targets only
+            ("aliases", "info+x@example.org", ok("alice+x@example.org,archive@remote.test")),
+            // an alias key with its own extension matches exactly
+            ("aliases", "tagged+x@example.org", ok("carol@example.org")),
+            // a mailbox with no alias: not an alias
+            ("aliases", "bob@example.org", Reply::NotFound),
+            ("aliases", "bob+x@example.org", Reply::NotFound),
+            // an alias on a mailbox keeps the mailbox (self) and adds copies
+            ("aliases", "alice@example.org", ok("alice@example.org,archive@remote.test")),
+            // catch-all after mailbox
+            ("aliases", "real@catch.test", Reply::NotFound),
+            ("aliases", "anything@catch.test", ok("bob@example.org")),
+            ("aliases", "any+thing@catch.test", ok("bob+thing@example.org")),
+            // alias domain keeps the local part
+            ("aliases", "carol@alias.test", ok("carol@example.org")),
+            ("aliases", "carol+x@alias.test", ok("carol+x@example.org")),
+            // loops
+            ("aliases", "loop1@example.org", Reply::Temp("alias loop at loop1@example.org".into())),
+            ("aliases", "half@example.org", ok("bob@example.org")),
+            // unknown and garbage
+            ("aliases", "nobody@example.org", Reply::NotFound),
+            ("aliases", "x@remote.test", Reply::NotFound),
+            ("aliases", "example.org", Reply::NotFound),
+            ("aliases", "[1.2.3.4]", Reply::NotFound),
+            ("aliases", "\"\"", Reply::NotFound),
+            ("aliases", "*", Reply::NotFound),
+            // senders: explicit, implicit (self and alias owners), domain-wide
+            ("senders", "boss@example.org", ok("alice@example.org")),
+            ("senders", "alice@example.org", ok("admin@example.org,alice@example.org")),
+            ("senders", "bob+x@example.org", ok("admin@example.org,bob@example.org")),
+            ("senders", "info@example.org", ok("admin@example.org,alice@example.org")),
+            ("senders", "real@catch.test", ok("real@catch.test")),
+            ("senders", "anything@catch.test", Reply::NotFound),
+            ("senders", "x@remote.test", Reply::NotFound),
+            // tables
+            ("nosuch", "alice@example.org", Reply::Temp("unknown table \"nosuch\"".into())),
+        ];
+        for (table, key, want) in cases {
+            assert_eq!(ask(&d, table, key), want, "{table} {key:?}");
+        }
+    }
+
+    #[test]
+    fn copy_alias_to_itself_keeps_the_mailbox_when_it_is_one() {
+        let mut d = directory();
+        d.insert_user(&UserSpec { login: "copy@example.org".into(), ..Default::default() });
+        assert_eq!(ask(&d, "aliases", "copy@example.org"), ok("copy@example.org,carol@example.org"));
+    }
+
+    #[test]
+    fn non_utf8_and_oversized_keys_are_not_found() {
+        let d = directory();
+        let req = Request { map: b"mailboxes".to_vec(), key: b"\xffa@example.org".to_vec() };
+        assert_eq!(answer(&d, &req), Reply::NotFound);
+        let long = format!("{}@example.org", "a".repeat(MAX_QUERY));
+        assert_eq!(ask(&d, "mailboxes", &long), Reply::NotFound);
+    }
+
+    #[test]
+    fn outcome_mapping_never_gives_an_empty_ok() {
+        assert_eq!(to_reply(Outcome::Found(vec![])), Reply::NotFound);
+        assert_eq!(to_reply(Outcome::Found(vec![String::new()])), Reply::NotFound);
+        assert_eq!(to_reply(Outcome::Trouble("x".into())), Reply::Temp("x".into()));
+        let huge = vec!["a".repeat(MAX_REPLY)];
+        assert!(matches!(to_reply(Outcome::Found(huge)), Reply::Temp(_)));
+    }
+
+    #[test]
+    fn deep_and_wide_expansions_are_temporary_failures() {
+        let mut d = directory();
+        for i in 0..150 {
+            d.set_alias(&format!("deep{i}@example.org"), vec![format!("deep{}@example.org", i + 1)]);
+        }
+        assert!(matches!(ask(&d, "aliases", "deep0@example.org"), Reply::Temp(r) if r.contains("deeper")));
+        let wide: Vec<String> = (0..1100).map(|i| format!("w{i}@remote.test")).collect();
+        d.set_alias("wide@example.org", wide);
+        assert!(matches!(ask(&d, "aliases", "wide@example.org"), Reply::Temp(r) if r.contains("more than")));
+    }
+}

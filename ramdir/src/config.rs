@@ -1,0 +1,329 @@
+//! `ramdir.toml`: the daemon's configuration (documented in
+//! `docs/configuration.md`).
+//!
+//! Read in two phases, as spf-milter and ripgrep do: serde reads the raw
+//! file strictly (an unknown section or key is an error with its line
+//! number), then [`Config::from_raw`] validates values (sizes, rules, socket
+//! modes), again reporting the line. Relative paths are taken relative to
+//! the configuration file's directory. A section that is absent turns its
+//! listener or source off.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ramdir_core::Settings;
+use ramdir_core::address::Normalizer;
+use ramdir_core::files::FileSources;
+use ramdir_core::quota::{QuotaRule, parse_main_rule};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default configuration file, as the Debian package installs it.
+pub const DEFAULT_CONFIG: &str = "/etc/ramdir/ramdir.toml";
+
+/// Default socket mode: Postfix's daemons run as `postfix`, so the socket
+/// must be group-accessible at least (`0660` with group `postfix`).
+const DEFAULT_MODE: u32 = 0o660;
+
+/// A configuration error, with the line it concerns when known.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.path.display(), l, self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    directory: Option<RawDirectory>,
+    socketmap: Option<RawListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirectory {
+    #[serde(default)]
+    passwd_files: Vec<PathBuf>,
+    #[serde(default)]
+    alias_files: Vec<PathBuf>,
+    #[serde(default)]
+    domain_files: Vec<PathBuf>,
+    #[serde(default)]
+    sender_login_files: Vec<PathBuf>,
+    recipient_delimiter: Option<String>,
+    fold_local_part: Option<bool>,
+    propagate_extension: Option<bool>,
+    implicit_sender_logins: Option<bool>,
+    home_template: Option<String>,
+    default_quota: Option<Spanned<String>>,
+    quota_rules: Option<Vec<Spanned<String>>>,
+    watch_files: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    listen: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    owner: Option<String>,
+    group: Option<String>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The directory's sources and lookup settings.
+    pub directory: DirectoryConfig,
+    /// The socketmap listener, if enabled.
+    pub socketmap: Option<ListenerConfig>,
+}
+
+/// `[directory]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryConfig {
+    /// Files to load.
+    pub sources: FileSources,
+    /// Lookup settings.
+    pub settings: Settings,
+    /// Reload when a source file changes (default on).
+    pub watch_files: bool,
+}
+
+/// A listener's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Socket path (from `listen = "unix:/path"`).
+    pub path: PathBuf,
+    /// Socket file mode.
+    pub mode: u32,
+    /// Socket owner (user name or number).
+    pub owner: Option<String>,
+    /// Socket group (group name or number).
+    pub group: Option<String>,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Idle connection timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validate configuration text (`path` names it and anchors relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().to_string(),
+        })?;
+        Config::from_raw(path, text, raw)
+    }
+
+    fn from_raw(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+        let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+            path: path.to_path_buf(),
+            line: Some(line_of(text, span.start)),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let rd = raw.directory.unwrap_or(RawDirectory {
+            passwd_files: vec![],
+            alias_files: vec![],
+            domain_files: vec![],
+            sender_login_files: vec![],
+            recipient_delimiter: None,
+            fold_local_part: None,
+            propagate_extension: None,
+            implicit_sender_logins: None,
+            home_template: None,
+            default_quota: None,
+            quota_rules: None,
+            watch_files: None,
+        });
+        let mut settings = Settings::default();
+        settings.normalizer = Normalizer {
+            recipient_delimiter: rd.recipient_delimiter.unwrap_or_else(|| "+".into()),
+            fold_local_part: rd.fold_local_part.unwrap_or(true),
+        };
+        if let Some(v) = rd.propagate_extension {
+            settings.propagate_extension = v;
+        }
+        if let Some(v) = rd.implicit_sender_logins {
+            settings.implicit_sender_logins = v;
+        }
+        settings.home_template = rd.home_template;
+        if let Some(q) = rd.default_quota {
+            settings.default_quota =
+                parse_main_rule(q.get_ref()).map_err(|e| err(q.span(), e.to_string()))?;
+        }
+        if let Some(rules) = rd.quota_rules {
+            settings.quota_rules = rules
+                .iter()
+                .map(|r| QuotaRule::parse(r.get_ref()).map_err(|e| err(r.span(), e.to_string())))
+                .collect::<Result<_, _>>()?;
+        }
+        let sources = FileSources {
+            passwd_files: rd.passwd_files.into_iter().map(abs).collect(),
+            alias_files: rd.alias_files.into_iter().map(abs).collect(),
+            domain_files: rd.domain_files.into_iter().map(abs).collect(),
+            sender_login_files: rd.sender_login_files.into_iter().map(abs).collect(),
+        };
+        let socketmap = match raw.socketmap {
+            None => None,
+            Some(l) => {
+                let listen = l.listen.get_ref();
+                let Some(p) = listen.strip_prefix("unix:") else {
+                    return Err(err(
+                        l.listen.span(),
+                        format!("listen = {listen:?}: only unix:/path sockets are supported"),
+                    ));
+                };
+                if p.is_empty() {
+                    return Err(err(l.listen.span(), "listen: empty socket path".into()));
+                }
+                let mode = match &l.mode {
+                    None => DEFAULT_MODE,
+                    Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| err(m.span(), format!("mode {:?} is not octal", m.get_ref())))?,
+                };
+                let max_connections = match &l.max_connections {
+                    Some(n) if *n.get_ref() == 0 => {
+                        return Err(err(n.span(), "max_connections must be at least 1".into()));
+                    }
+                    Some(n) => *n.get_ref(),
+                    None => ramdir_postfix::socketmap::server::DEFAULT_MAX_CONNECTIONS,
+                };
+                let idle_timeout = match &l.idle_timeout_secs {
+                    Some(n) if *n.get_ref() == 0 => {
+                        return Err(err(n.span(), "idle_timeout_secs must be at least 1".into()));
+                    }
+                    Some(n) => Duration::from_secs(*n.get_ref()),
+                    None => ramdir_postfix::socketmap::server::IDLE_TIMEOUT,
+                };
+                Some(ListenerConfig {
+                    path: abs(PathBuf::from(p)),
+                    mode,
+                    owner: l.owner,
+                    group: l.group,
+                    max_connections,
+                    idle_timeout,
+                })
+            }
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            directory: DirectoryConfig {
+                sources,
+                settings,
+                watch_files: rd.watch_files.unwrap_or(true),
+            },
+            socketmap,
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/ramdir/ramdir.toml"), text)
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+[directory]
+passwd_files = ["users.passwd", "/abs/more.passwd"]
+alias_files = ["aliases"]
+domain_files = ["domains"]
+sender_login_files = []
+recipient_delimiter = "+-"
+default_quota = "2G"
+quota_rules = ["Trash:storage=+100M"]
+home_template = "/var/vmail/%d/%n"
+watch_files = false
+
+[socketmap]
+listen = "unix:/var/spool/postfix/private/ramdir-socketmap"
+mode = "0660"
+owner = "ramdir"
+group = "postfix"
+max_connections = 100
+idle_timeout_secs = 300
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.directory.sources.passwd_files[0], Path::new("/etc/ramdir/users.passwd"));
+        assert_eq!(c.directory.sources.passwd_files[1], Path::new("/abs/more.passwd"));
+        assert_eq!(c.directory.settings.default_quota.storage, Some(2 << 30));
+        assert_eq!(c.directory.settings.normalizer.recipient_delimiter, "+-");
+        assert!(!c.directory.watch_files);
+        let l = c.socketmap.unwrap();
+        assert_eq!(l.mode, 0o660);
+        assert_eq!(l.group.as_deref(), Some("postfix"));
+        assert_eq!(l.max_connections, 100);
+        assert_eq!(l.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn empty_file_means_everything_off_with_defaults() {
+        let c = parse("").unwrap();
+        assert!(c.socketmap.is_none());
+        assert_eq!(c.directory.settings, Settings::default());
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        for (text, line, want) in [
+            ("[directory]\npasswd_file = []\n", 2, "unknown field `passwd_file`"),
+            ("[directory]\n\n[nosuch]\nx = 1\n", 3, "unknown field `nosuch`"),
+            ("[directory]\ndefault_quota = \"lots\"\n", 2, "bad size"),
+            ("[directory]\nquota_rules = [\n \"Trash:storage=+1G\",\n \"Trash\"]\n", 4, "bad quota rule"),
+            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n", 2, "only unix:"),
+            ("[socketmap]\nlisten = \"unix:/x\"\nmode = \"999\"\n", 3, "not octal"),
+            ("[socketmap]\nmode = \"0660\"\n", 1, "missing field `listen`"),
+            ("[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n", 3, "at least 1"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, Some(line), "{text:?}: {e}");
+            assert!(e.message.contains(want), "{text:?}: {e}");
+        }
+    }
+}

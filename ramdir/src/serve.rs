@@ -1,0 +1,229 @@
+//! `ramdir serve`: load the directory, bind the listeners, then serve until
+//! SIGTERM/SIGINT, reloading on SIGHUP and when a source file changes.
+//!
+//! A reload re-reads the configuration and every source file off the serving
+//! path and swaps the new directory in at once; if anything fails the old
+//! snapshot stays and one error line says why (file and line). Listener
+//! settings cannot change without a restart: a reload that changes them
+//! says so in a warning.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::Watcher;
+use ramdir_core::{Directory, DirectoryHandle};
+use ramdir_postfix::socketmap;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::listener;
+
+/// Quiet period after the last change event before an automatic reload:
+/// lets a writer finish a file (editors and scripts write in bursts).
+pub const WATCH_SETTLE: Duration = Duration::from_millis(500);
+
+/// An automatic (file-change) reload that would drop more than this share
+/// of users is refused, because a half-written file would otherwise turn
+/// into "user unknown" bounces. SIGHUP forces it.
+pub const MAX_AUTO_DROP: f64 = 0.5;
+
+/// Below this many users the drop guard does not apply (small directories
+/// legitimately halve).
+const DROP_GUARD_MIN_USERS: usize = 100;
+
+/// Error type of the binary's commands: a message for the operator.
+pub type CmdError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Build a directory from the configuration's sources, logging the figures.
+pub fn load_directory(config: &Config) -> Result<Directory, CmdError> {
+    let started = Instant::now();
+    let dir = ramdir_core::files::load(&config.directory.sources, config.directory.settings.clone())?;
+    let c = dir.counts();
+    tracing::info!(
+        users = c.users,
+        aliases = c.aliases,
+        domains = c.domains,
+        senders = c.senders,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "directory loaded"
+    );
+    Ok(dir)
+}
+
+/// Why a reload was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Signal,
+    FileChange,
+}
+
+/// Run the daemon. Returns when a termination signal has been handled.
+pub fn serve(config: Config) -> Result<(), CmdError> {
+    if config.socketmap.is_none() {
+        return Err(format!(
+            "{}: nothing to serve: no listener section ([socketmap]) is configured",
+            config.path.display()
+        )
+        .into());
+    }
+    let dir = load_directory(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ramdir")
+        .build()?;
+    runtime.block_on(run(config, dir))
+}
+
+async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
+    let handle = Arc::new(DirectoryHandle::new(dir));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let mut sockets: Vec<PathBuf> = Vec::new();
+
+    if let Some(l) = &config.socketmap {
+        let listener = listener::bind(l)?;
+        sockets.push(l.path.clone());
+        let cfg = socketmap::server::Config {
+            max_connections: l.max_connections,
+            idle_timeout: l.idle_timeout,
+        };
+        let stats = Arc::new(socketmap::server::Stats::default());
+        let (h, mut stop) = (handle.clone(), stop_rx.clone());
+        tracing::info!(socket = %l.path.display(), "socketmap listening");
+        servers.spawn(async move {
+            socketmap::server::run(listener, h, cfg, stats, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
+    let mut config = config;
+    let mut watcher = start_watcher(&config, change_tx.clone());
+
+    let result = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                reload(&mut config, &handle, Trigger::Signal).await;
+                watcher = start_watcher(&config, change_tx.clone());
+            }
+            Some(()) = change_rx.recv() => {
+                // Wait until the files have been quiet for a moment.
+                loop {
+                    match tokio::time::timeout(WATCH_SETTLE, change_rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                tracing::info!("source file changed: reloading");
+                reload(&mut config, &handle, Trigger::FileChange).await;
+                watcher = start_watcher(&config, change_tx.clone());
+            }
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            Some(r) = servers.join_next() => {
+                // A listener stopped on its own: it cannot serve any more.
+                break match r {
+                    Ok(Ok(())) => Err("a listener stopped unexpectedly".into()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        }
+    };
+    drop(watcher);
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    for s in &sockets {
+        listener::cleanup(s);
+    }
+    result
+}
+
+async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Trigger) {
+    let path = config.path.clone();
+    let old_users = handle.snapshot().counts().users;
+    let result = tokio::task::spawn_blocking(move || -> Result<(Config, Directory), CmdError> {
+        let cfg = Config::load(&path)?;
+        let dir = load_directory(&cfg)?;
+        Ok((cfg, dir))
+    })
+    .await;
+    let (new_cfg, dir) = match result {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reload failed; still serving the previous directory");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed; still serving the previous directory");
+            return;
+        }
+    };
+    let new_users = dir.counts().users;
+    if trigger == Trigger::FileChange
+        && old_users >= DROP_GUARD_MIN_USERS
+        && (new_users as f64) < old_users as f64 * (1.0 - MAX_AUTO_DROP)
+    {
+        tracing::error!(
+            old_users,
+            new_users,
+            "automatic reload refused: too many users would disappear (a half-written file?); \
+             still serving the previous directory; send SIGHUP to force"
+        );
+        return;
+    }
+    if new_cfg.socketmap != config.socketmap {
+        tracing::warn!("listener settings changed; they take effect after a restart");
+    }
+    handle.replace(dir);
+    let keep_listeners = config.socketmap.clone();
+    *config = new_cfg;
+    config.socketmap = keep_listeners;
+    tracing::info!(generation = handle.snapshot().meta().generation, "reload done");
+}
+
+/// Watch the directories holding the source files and the configuration;
+/// changes to those files (including atomic renames over them) send a
+/// reload request. `None` when watching is off or unavailable.
+fn start_watcher(config: &Config, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    if !config.directory.watch_files {
+        return None;
+    }
+    let mut files: HashSet<PathBuf> =
+        config.directory.sources.all().map(Path::to_path_buf).collect();
+    files.insert(config.path.clone());
+    let dirs: HashSet<PathBuf> =
+        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    let watched = files.clone();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if matches!(ev.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        if ev.paths.iter().any(|p| watched.contains(p)) {
+            let _ = tx.try_send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch source files; reload with SIGHUP");
+            return None;
+        }
+    };
+    for d in dirs {
+        if let Err(e) = watcher.watch(&d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "cannot watch; reload with SIGHUP");
+        }
+    }
+    Some(watcher)
+}

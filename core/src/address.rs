@@ -62,7 +62,10 @@ pub struct Normalizer {
 
 impl Default for Normalizer {
     fn default() -> Self {
-        Normalizer { recipient_delimiter: "+".into(), fold_local_part: true }
+        Normalizer {
+            recipient_delimiter: "+".into(),
+            fold_local_part: true,
+        }
     }
 }
 
@@ -83,9 +86,17 @@ impl Normalizer {
         if local.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return None;
         }
-        let local = if self.fold_local_part { local.to_lowercase() } else { local.to_string() };
+        let local = if self.fold_local_part {
+            local.to_lowercase()
+        } else {
+            local.to_string()
+        };
         let (base, extension) = self.split_extension(&local);
-        Some(Address { local: base.to_string(), extension: extension.map(str::to_string), domain })
+        Some(Address {
+            local: base.to_string(),
+            extension: extension.map(str::to_string),
+            domain,
+        })
     }
 
     /// Fold a bare domain. `None` for things that are not a domain name of
@@ -166,7 +177,10 @@ mod tests {
 
     #[test]
     fn several_delimiters_split_at_the_first() {
-        let norm = Normalizer { recipient_delimiter: "+-".into(), fold_local_part: true };
+        let norm = Normalizer {
+            recipient_delimiter: "+-".into(),
+            fold_local_part: true,
+        };
         let a = norm.address("a-b+c@x.org").unwrap();
         assert_eq!(a.local, "a");
         assert_eq!(a.extension.as_deref(), Some("-b+c"));
@@ -174,13 +188,19 @@ mod tests {
 
     #[test]
     fn no_delimiter_configured_keeps_local_part() {
-        let norm = Normalizer { recipient_delimiter: String::new(), fold_local_part: true };
+        let norm = Normalizer {
+            recipient_delimiter: String::new(),
+            fold_local_part: true,
+        };
         assert_eq!(norm.address("a+b@x.org").unwrap().local, "a+b");
     }
 
     #[test]
     fn local_part_case_kept_when_configured() {
-        let norm = Normalizer { recipient_delimiter: "+".into(), fold_local_part: false };
+        let norm = Normalizer {
+            recipient_delimiter: "+".into(),
+            fold_local_part: false,
+        };
         let a = norm.address("John@EXAMPLE.org").unwrap();
         assert_eq!(a.local, "John");
         assert_eq!(a.domain, "example.org");

@@ -70,7 +70,11 @@ impl Directory {
             aliases: Table::new(),
             senders: Table::new(),
             domains: Table::new(),
-            meta: Meta { generation: 0, published: SystemTime::now(), source: "empty".into() },
+            meta: Meta {
+                generation: 0,
+                published: SystemTime::now(),
+                source: "empty".into(),
+            },
         }
     }
 
@@ -127,11 +131,15 @@ impl Directory {
 
     /// Whether `domain` (folded) is ours.
     pub fn has_domain(&self, domain: &str) -> bool {
-        self.domains.get(domain).is_some_and(|d| d.explicit || d.refs > 0)
+        self.domains
+            .get(domain)
+            .is_some_and(|d| d.explicit || d.refs > 0)
     }
 
     fn domain_ref(&mut self, key: &str, delta: i32) {
-        let Some(domain) = key.rsplit_once('@').map(|(_, d)| d) else { return };
+        let Some(domain) = key.rsplit_once('@').map(|(_, d)| d) else {
+            return;
+        };
         if domain.is_empty() {
             return;
         }
@@ -143,7 +151,13 @@ impl Directory {
                 }
             }
             None if delta > 0 => {
-                self.domains.insert(domain, DomainInfo { explicit: false, refs: delta as u32 });
+                self.domains.insert(
+                    domain,
+                    DomainInfo {
+                        explicit: false,
+                        refs: delta as u32,
+                    },
+                );
             }
             None => {}
         }
@@ -193,7 +207,8 @@ impl Directory {
         if logins.is_empty() {
             self.senders.remove(key);
         } else {
-            self.senders.insert(key, logins.into_iter().map(Into::into).collect());
+            self.senders
+                .insert(key, logins.into_iter().map(Into::into).collect());
         }
     }
 
@@ -207,7 +222,13 @@ impl Directory {
         match self.domains.get_mut(domain) {
             Some(d) => d.explicit = true,
             None => {
-                self.domains.insert(domain, DomainInfo { explicit: true, refs: 0 });
+                self.domains.insert(
+                    domain,
+                    DomainInfo {
+                        explicit: true,
+                        refs: 0,
+                    },
+                );
             }
         }
     }
@@ -247,7 +268,10 @@ pub struct DirectoryHandle {
 impl DirectoryHandle {
     /// Publish `dir` as the first snapshot.
     pub fn new(dir: Directory) -> DirectoryHandle {
-        DirectoryHandle { current: ArcSwap::from_pointee(dir), writer: Mutex::new(()) }
+        DirectoryHandle {
+            current: ArcSwap::from_pointee(dir),
+            writer: Mutex::new(()),
+        }
     }
 
     /// The current snapshot. Take it once per request.
@@ -281,7 +305,11 @@ mod tests {
     use super::*;
 
     fn user(login: &str) -> UserSpec {
-        UserSpec { login: login.into(), enabled: true, ..UserSpec::default() }
+        UserSpec {
+            login: login.into(),
+            enabled: true,
+            ..UserSpec::default()
+        }
     }
 
     #[test]
@@ -350,7 +378,11 @@ mod tests {
             })
             .collect();
         for i in 0..2000 {
-            let (from, to) = if i % 2 == 0 { ("a@x.org", "b@x.org") } else { ("b@x.org", "a@x.org") };
+            let (from, to) = if i % 2 == 0 {
+                ("a@x.org", "b@x.org")
+            } else {
+                ("b@x.org", "a@x.org")
+            };
             h.update(|d| {
                 d.remove_alias(from);
                 d.set_alias(to, vec!["t@x.org".into()]);

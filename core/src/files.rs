@@ -112,14 +112,17 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     let mut seen_users = hashbrown::HashMap::<String, (usize, usize)>::new();
     for (fi, p) in sources.passwd_files.iter().enumerate() {
         read_lines(p, |line, text| {
-            let spec = parse_passwd_line(text, dir.settings())
-                .map_err(|m| syntax(p, line, m))?;
+            let spec = parse_passwd_line(text, dir.settings()).map_err(|m| syntax(p, line, m))?;
             if let Some((ffi, fl)) = seen_users.insert(spec.login.clone(), (fi, line)) {
                 let first = &sources.passwd_files[ffi];
                 return Err(syntax(
                     p,
                     line,
-                    format!("duplicate user {}, first at {}:{fl}", spec.login, first.display()),
+                    format!(
+                        "duplicate user {}, first at {}:{fl}",
+                        spec.login,
+                        first.display()
+                    ),
                 ));
             }
             dir.insert_user(&spec);
@@ -129,9 +132,8 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     drop(seen_users);
     for p in &sources.alias_files {
         read_map(p, |line, key, value| {
-            let key = map_key(&dir, key).ok_or_else(|| {
-                syntax(p, line, format!("{key:?} is not an address or @domain"))
-            })?;
+            let key = map_key(&dir, key)
+                .ok_or_else(|| syntax(p, line, format!("{key:?} is not an address or @domain")))?;
             let value = value.ok_or_else(|| syntax(p, line, format!("{key} has no target")))?;
             let targets: Vec<String> = split_list(value).map(str::to_string).collect();
             if targets.is_empty() {
@@ -146,9 +148,8 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     }
     for p in &sources.sender_login_files {
         read_map(p, |line, key, value| {
-            let key = map_key(&dir, key).ok_or_else(|| {
-                syntax(p, line, format!("{key:?} is not an address or @domain"))
-            })?;
+            let key = map_key(&dir, key)
+                .ok_or_else(|| syntax(p, line, format!("{key:?} is not an address or @domain")))?;
             let value = value.ok_or_else(|| syntax(p, line, format!("{key} has no login")))?;
             let logins: Vec<String> = split_list(value).map(str::to_string).collect();
             dir.set_sender_logins(&key, logins);
@@ -162,7 +163,11 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
 }
 
 fn syntax(path: &Path, line: usize, msg: String) -> LoadError {
-    LoadError { path: path.to_path_buf(), line: Some(line), kind: LoadErrorKind::Syntax(msg) }
+    LoadError {
+        path: path.to_path_buf(),
+        line: Some(line),
+        kind: LoadErrorKind::Syntax(msg),
+    }
 }
 
 /// A map key: an address (folded, extension kept) or `@domain`.
@@ -176,7 +181,8 @@ fn map_key(dir: &Directory, key: &str) -> Option<String> {
 
 /// Split a Postfix list value: commas and/or whitespace.
 fn split_list(v: &str) -> impl Iterator<Item = &str> {
-    v.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty())
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
 }
 
 /// Call `f(line_number, line)` for each line, with `#` comment lines and
@@ -186,7 +192,11 @@ fn read_lines(
     path: &Path,
     mut f: impl FnMut(usize, &str) -> Result<(), LoadError>,
 ) -> Result<(), LoadError> {
-    let io_err = |e| LoadError { path: path.to_path_buf(), line: None, kind: LoadErrorKind::Io(e) };
+    let io_err = |e| LoadError {
+        path: path.to_path_buf(),
+        line: None,
+        kind: LoadErrorKind::Io(e),
+    };
     let file = std::fs::File::open(path).map_err(io_err)?;
     let mut r = io::BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(256);
@@ -202,7 +212,11 @@ fn read_lines(
         }
         line += 1;
         if buf.len() > MAX_LINE_LEN {
-            return Err(syntax(path, line, format!("line longer than {MAX_LINE_LEN} bytes")));
+            return Err(syntax(
+                path,
+                line,
+                format!("line longer than {MAX_LINE_LEN} bytes"),
+            ));
         }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()))?;
@@ -241,7 +255,13 @@ fn read_map(
                     acc.push_str(text.trim());
                     return Ok(());
                 }
-                None => return Err(syntax(path, line, "continuation line with nothing to continue".into())),
+                None => {
+                    return Err(syntax(
+                        path,
+                        line,
+                        "continuation line with nothing to continue".into(),
+                    ));
+                }
             }
         }
         flush(pending.replace((line, text.to_string())))
@@ -272,7 +292,9 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
         if v.is_empty() {
             return Ok(None);
         }
-        v.parse().map(Some).map_err(|_| format!("{what} {v:?} is not a number"))
+        v.parse()
+            .map(Some)
+            .map_err(|_| format!("{what} {v:?} is not a number"))
     };
     let mut spec = UserSpec {
         login,
@@ -332,7 +354,13 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("{SHA512-CRYPT}$6$x"));
         assert_eq!((u.uid, u.gid), (Some(5000), Some(5000)));
         assert_eq!(u.home.as_deref(), Some("/var/vmail/jane"));
-        assert_eq!(u.quota, Some(QuotaLimit { storage: Some(1 << 30), messages: None }));
+        assert_eq!(
+            u.quota,
+            Some(QuotaLimit {
+                storage: Some(1 << 30),
+                messages: None
+            })
+        );
         assert_eq!(u.quota_rules[0].to_dovecot(), "Trash:storage=+104857600B");
         assert_eq!(u.mail.as_deref(), Some("maildir:~/M"));
         assert!(!u.enabled);
@@ -357,8 +385,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         let sources = FileSources {
-            passwd_files: vec![write(d, "users", "# users\na@x.org:{PLAIN}a:5000:5000::/h/a::\n\nb@x.org:{PLAIN}b\n")],
-            alias_files: vec![write(d, "aliases", "info@x.org a@x.org,\n  b@x.org\n@y.org a@x.org\n")],
+            passwd_files: vec![write(
+                d,
+                "users",
+                "# users\na@x.org:{PLAIN}a:5000:5000::/h/a::\n\nb@x.org:{PLAIN}b\n",
+            )],
+            alias_files: vec![write(
+                d,
+                "aliases",
+                "info@x.org a@x.org,\n  b@x.org\n@y.org a@x.org\n",
+            )],
             domain_files: vec![write(d, "domains", "z.org OK\nw.org\n")],
             sender_login_files: vec![write(d, "senders", "boss@x.org a@x.org b@x.org\n")],
         };
@@ -374,16 +410,26 @@ mod tests {
         };
         let e = load(&bad, Settings::default()).unwrap_err();
         assert_eq!(e.line, Some(2));
-        assert!(e.to_string().contains("bad:2: noval@x.org has no target"), "{e}");
+        assert!(
+            e.to_string().contains("bad:2: noval@x.org has no target"),
+            "{e}"
+        );
 
         let dup = FileSources {
             passwd_files: vec![write(d, "dup", "a@x.org:x\nA@X.org:y\n")],
             ..FileSources::default()
         };
         let e = load(&dup, Settings::default()).unwrap_err();
-        assert!(e.to_string().contains("dup:2: duplicate user a@x.org, first at"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("dup:2: duplicate user a@x.org, first at"),
+            "{e}"
+        );
 
-        let missing = FileSources { passwd_files: vec![d.join("nope")], ..FileSources::default() };
+        let missing = FileSources {
+            passwd_files: vec![d.join("nope")],
+            ..FileSources::default()
+        };
         let e = load(&missing, Settings::default()).unwrap_err();
         assert!(matches!(e.kind, LoadErrorKind::Io(_)) && e.line.is_none());
     }
@@ -392,8 +438,14 @@ mod tests {
     fn continuation_without_a_first_line_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "a", "  a@x.org b@x.org\n");
-        let e = load(&FileSources { alias_files: vec![p], ..Default::default() }, Settings::default())
-            .unwrap_err();
+        let e = load(
+            &FileSources {
+                alias_files: vec![p],
+                ..Default::default()
+            },
+            Settings::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.line, Some(1));
     }
 }

@@ -50,9 +50,14 @@ impl fmt::Display for LookupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LookupError::AliasLoop(a) => write!(f, "alias loop at {a}"),
-            LookupError::TooDeep(a) => write!(f, "alias nesting deeper than {MAX_ALIAS_DEPTH} at {a}"),
+            LookupError::TooDeep(a) => {
+                write!(f, "alias nesting deeper than {MAX_ALIAS_DEPTH} at {a}")
+            }
             LookupError::TooMany(a) => {
-                write!(f, "alias expands to more than {MAX_ALIAS_EXPANSION} targets at {a}")
+                write!(
+                    f,
+                    "alias expands to more than {MAX_ALIAS_EXPANSION} targets at {a}"
+                )
             }
         }
     }
@@ -130,12 +135,27 @@ impl Directory {
         };
         let full = addr.full();
         if self.alias(&full).is_some() {
-            return (Some(addr), Class::Alias { key: full, propagate: None });
+            return (
+                Some(addr),
+                Class::Alias {
+                    key: full,
+                    propagate: None,
+                },
+            );
         }
         let base = addr.base();
         if addr.extension.is_some() && self.alias(&base).is_some() {
-            let propagate = addr.extension.clone().filter(|_| self.settings().propagate_extension);
-            return (Some(addr), Class::Alias { key: base, propagate });
+            let propagate = addr
+                .extension
+                .clone()
+                .filter(|_| self.settings().propagate_extension);
+            return (
+                Some(addr),
+                Class::Alias {
+                    key: base,
+                    propagate,
+                },
+            );
         }
         if self.has_user(&full) {
             return (Some(addr), Class::Mailbox { login: full });
@@ -164,7 +184,8 @@ impl Directory {
             trace: Vec::new(),
         };
         let Some(addr) = address else {
-            r.trace.push((0, format!("{key:?} is not an address ramdir can hold")));
+            r.trace
+                .push((0, format!("{key:?} is not an address ramdir can hold")));
             return Ok(r);
         };
         let mut path = vec![addr.full()];
@@ -189,27 +210,39 @@ impl Directory {
         }
         let (targets, ext, catch_local) = match class {
             Class::Alias { key, propagate } => {
-                r.trace.push((depth, format!("{} is an alias ({key})", addr.full())));
+                r.trace
+                    .push((depth, format!("{} is an alias ({key})", addr.full())));
                 (self.alias(key).unwrap_or_default(), propagate.clone(), None)
             }
             Class::CatchAll { key } => {
-                r.trace.push((depth, format!("{} matches the catch-all {key}", addr.full())));
-                let ext = addr.extension.clone().filter(|_| self.settings().propagate_extension);
+                r.trace.push((
+                    depth,
+                    format!("{} matches the catch-all {key}", addr.full()),
+                ));
+                let ext = addr
+                    .extension
+                    .clone()
+                    .filter(|_| self.settings().propagate_extension);
                 let local = format!("{}{}", addr.local, addr.extension.as_deref().unwrap_or(""));
                 (self.alias(key).unwrap_or_default(), ext, Some(local))
             }
             Class::Mailbox { login } => {
-                r.trace.push((depth, format!("{} is the mailbox {login}", addr.full())));
+                r.trace
+                    .push((depth, format!("{} is the mailbox {login}", addr.full())));
                 push_target(r, addr.full(), TargetKind::Mailbox(login.clone()))?;
                 return Ok(());
             }
             Class::UnknownLocal => {
-                r.trace.push((depth, format!("{} is in our domain but unknown", addr.full())));
+                r.trace.push((
+                    depth,
+                    format!("{} is in our domain but unknown", addr.full()),
+                ));
                 push_target(r, addr.full(), TargetKind::UnknownLocal)?;
                 return Ok(());
             }
             Class::Foreign => {
-                r.trace.push((depth, format!("{written} is not ours (remote)")));
+                r.trace
+                    .push((depth, format!("{written} is not ours (remote)")));
                 push_target(r, written.trim().to_string(), TargetKind::Remote)?;
                 return Ok(());
             }
@@ -218,7 +251,8 @@ impl Directory {
             let t = self.rewrite_target(t, ext.as_deref(), catch_local.as_deref());
             let (taddr, tclass) = self.classify(&t);
             let Some(taddr) = taddr else {
-                r.trace.push((depth + 1, format!("{t} is not ours (remote)")));
+                r.trace
+                    .push((depth + 1, format!("{t} is not ours (remote)")));
                 push_target(r, t.trim().to_string(), TargetKind::Remote)?;
                 continue;
             };
@@ -227,14 +261,19 @@ impl Directory {
                 match tclass {
                     // Loops back to an address that is a mailbox too: deliver there.
                     _ if self.has_user(&taddr.base()) || self.has_user(&tfull) => {
-                        let login =
-                            if self.has_user(&tfull) { tfull.clone() } else { taddr.base() };
-                        r.trace.push((depth + 1, format!("{tfull} is the mailbox {login} (self)")));
+                        let login = if self.has_user(&tfull) {
+                            tfull.clone()
+                        } else {
+                            taddr.base()
+                        };
+                        r.trace
+                            .push((depth + 1, format!("{tfull} is the mailbox {login} (self)")));
                         push_target(r, tfull, TargetKind::Mailbox(login))?;
                     }
                     _ => {
                         tracing::warn!(address = %tfull, "alias loop; target dropped");
-                        r.trace.push((depth + 1, format!("{tfull} loops back; dropped")));
+                        r.trace
+                            .push((depth + 1, format!("{tfull} loops back; dropped")));
                     }
                 }
                 continue;
@@ -253,11 +292,17 @@ impl Directory {
             return format!("{local}@{domain}");
         }
         let Some(ext) = ext else { return t.to_string() };
-        let Some((local, domain)) = t.rsplit_once('@') else { return t.to_string() };
+        let Some((local, domain)) = t.rsplit_once('@') else {
+            return t.to_string();
+        };
         let n = &self.settings().normalizer;
         let has_ext = n.address(t).is_some_and(|a| a.extension.is_some());
         let ours = n.domain(domain).is_some_and(|d| self.has_domain(&d));
-        if ours && !has_ext { format!("{local}{ext}@{domain}") } else { t.to_string() }
+        if ours && !has_ext {
+            format!("{local}{ext}@{domain}")
+        } else {
+            t.to_string()
+        }
     }
 
     /// Socketmap `domains`: the folded domain when it is ours.
@@ -291,7 +336,9 @@ impl Directory {
     /// `implicit_sender_logins`, a mailbox owns its own address and the
     /// mailboxes an alias delivers to own the alias (not a catch-all).
     pub fn lookup_sender_logins(&self, key: &str) -> Result<Option<Vec<String>>, LookupError> {
-        let Some(addr) = self.settings().normalizer.address(key) else { return Ok(None) };
+        let Some(addr) = self.settings().normalizer.address(key) else {
+            return Ok(None);
+        };
         let mut out: Vec<String> = Vec::new();
         let explicit = self
             .sender_logins(&addr.full())

@@ -36,7 +36,10 @@ impl Default for Settings {
             normalizer: Normalizer::default(),
             propagate_extension: true,
             implicit_sender_logins: true,
-            default_quota: QuotaLimit { storage: Some(10 << 30), messages: None },
+            default_quota: QuotaLimit {
+                storage: Some(10 << 30),
+                messages: None,
+            },
             quota_rules: vec![
                 QuotaRule::parse("Trash:storage=+500M").expect("valid built-in rule"),
                 QuotaRule::parse("Junk:storage=+500M").expect("valid built-in rule"),
@@ -93,7 +96,10 @@ impl fmt::Debug for UserSpec {
             .field("quota", &self.quota)
             .field("quota_rules", &self.quota_rules)
             .field("enabled", &self.enabled)
-            .field("extra", &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "extra",
+                &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -195,9 +201,14 @@ impl PackedUser {
             flags |= F_MESSAGES;
         }
         out.push(flags);
-        for n in [spec.uid.map(u64::from), spec.gid.map(u64::from), q.storage, q.messages]
-            .into_iter()
-            .flatten()
+        for n in [
+            spec.uid.map(u64::from),
+            spec.gid.map(u64::from),
+            q.storage,
+            q.messages,
+        ]
+        .into_iter()
+        .flatten()
         {
             put_varint(&mut out, n);
         }
@@ -228,14 +239,20 @@ impl PackedUser {
 
     /// Unpack into a borrowed view.
     pub fn view<'a>(&'a self, login: &'a str, settings: &Settings) -> User<'a> {
-        let mut r = Reader { buf: &self.0, pos: 1 };
+        let mut r = Reader {
+            buf: &self.0,
+            pos: 1,
+        };
         let flags = self.0[0];
         let uid = (flags & F_UID != 0).then(|| r.varint() as u32);
         let gid = (flags & F_GID != 0).then(|| r.varint() as u32);
         let storage = (flags & F_STORAGE != 0).then(|| r.varint());
         let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
         let password = r.opt_str();
-        let home = r.opt_str().map(str::to_string).or_else(|| settings.expand_home(login));
+        let home = r
+            .opt_str()
+            .map(str::to_string)
+            .or_else(|| settings.expand_home(login));
         let mail = r.opt_str();
         let nrules = r.varint() as usize;
         let own_rules: Vec<&str> = (0..nrules).map(|_| r.str()).collect();
@@ -247,7 +264,11 @@ impl PackedUser {
             (settings.default_quota, false)
         };
         let quota_rules = if own_rules.is_empty() {
-            settings.quota_rules.iter().map(QuotaRule::to_dovecot).collect()
+            settings
+                .quota_rules
+                .iter()
+                .map(QuotaRule::to_dovecot)
+                .collect()
         } else {
             own_rules.into_iter().map(str::to_string).collect()
         };
@@ -306,7 +327,10 @@ impl fmt::Debug for User<'_> {
             .field("quota", &self.quota)
             .field("quota_rules", &self.quota_rules)
             .field("enabled", &self.enabled)
-            .field("extra", &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "extra",
+                &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -340,7 +364,10 @@ mod tests {
         assert_eq!(u.home.as_deref(), Some("/var/vmail/x.org/a"));
         assert_eq!(u.quota.storage, Some(10 << 30));
         assert!(!u.own_quota);
-        assert_eq!(u.quota_rules, ["Trash:storage=+524288000B", "Junk:storage=+524288000B"]);
+        assert_eq!(
+            u.quota_rules,
+            ["Trash:storage=+524288000B", "Junk:storage=+524288000B"]
+        );
         assert!(u.enabled);
         assert_eq!(u.extra, [("userdb_foo", "bar")]);
         // The home equal to the template is not stored.
@@ -352,14 +379,23 @@ mod tests {
         let settings = Settings::default();
         let spec = UserSpec {
             login: "b@x.org".into(),
-            quota: Some(QuotaLimit { storage: Some(1 << 20), messages: Some(9) }),
+            quota: Some(QuotaLimit {
+                storage: Some(1 << 20),
+                messages: Some(9),
+            }),
             quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
             home: Some("/h".into()),
             ..UserSpec::default()
         };
         let packed = PackedUser::pack(&spec, &settings);
         let u = packed.view("b@x.org", &settings);
-        assert_eq!(u.quota, QuotaLimit { storage: Some(1 << 20), messages: Some(9) });
+        assert_eq!(
+            u.quota,
+            QuotaLimit {
+                storage: Some(1 << 20),
+                messages: Some(9)
+            }
+        );
         assert!(u.own_quota);
         assert_eq!(u.quota_rules, ["Trash:storage=+1073741824B"]);
         assert_eq!(u.home.as_deref(), Some("/h"));

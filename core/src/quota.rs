@@ -20,9 +20,14 @@ pub enum QuotaError {
 impl fmt::Display for QuotaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QuotaError::BadSize(s) => write!(f, "bad size {s:?} (want e.g. 10G, 500M, 1024k, 100B)"),
+            QuotaError::BadSize(s) => {
+                write!(f, "bad size {s:?} (want e.g. 10G, 500M, 1024k, 100B)")
+            }
             QuotaError::BadRule(s) => {
-                write!(f, "bad quota rule {s:?} (want e.g. *:storage=10G or Trash:storage=+500M)")
+                write!(
+                    f,
+                    "bad quota rule {s:?} (want e.g. *:storage=10G or Trash:storage=+500M)"
+                )
             }
         }
     }
@@ -34,7 +39,9 @@ impl std::error::Error for QuotaError {}
 pub fn parse_size(s: &str) -> Result<u64, QuotaError> {
     let bad = || QuotaError::BadSize(s.to_string());
     let s_trim = s.trim();
-    let digits_end = s_trim.find(|c: char| !c.is_ascii_digit()).unwrap_or(s_trim.len());
+    let digits_end = s_trim
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(s_trim.len());
     if digits_end == 0 {
         return Err(bad());
     }
@@ -124,8 +131,12 @@ impl QuotaRule {
         if mailbox.is_empty() || rest.is_empty() {
             return Err(bad());
         }
-        let mut rule =
-            QuotaRule { mailbox: mailbox.to_string(), storage: None, messages: None, ignore: false };
+        let mut rule = QuotaRule {
+            mailbox: mailbox.to_string(),
+            storage: None,
+            messages: None,
+            ignore: false,
+        };
         for part in rest.split(':') {
             if part == "ignore" {
                 rule.ignore = true;
@@ -133,7 +144,9 @@ impl QuotaRule {
             }
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
             match k {
-                "storage" | "bytes" => rule.storage = Some(parse_rule_value(v, true).ok_or_else(bad)?),
+                "storage" | "bytes" => {
+                    rule.storage = Some(parse_rule_value(v, true).ok_or_else(bad)?)
+                }
                 "messages" => rule.messages = Some(parse_rule_value(v, false).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
@@ -177,7 +190,13 @@ fn parse_rule_value(v: &str, size: bool) -> Option<RuleValue> {
     if let Some(p) = v.strip_suffix('%') {
         return p.parse().ok().map(RuleValue::Percent);
     }
-    let num = |s: &str| if size { parse_size(s).ok() } else { s.parse::<u64>().ok() };
+    let num = |s: &str| {
+        if size {
+            parse_size(s).ok()
+        } else {
+            s.parse::<u64>().ok()
+        }
+    };
     if let Some(r) = v.strip_prefix('+') {
         return i64::try_from(num(r)?).ok().map(RuleValue::Relative);
     }
@@ -193,7 +212,10 @@ pub fn parse_main_rule(s: &str) -> Result<QuotaLimit, QuotaError> {
     let s = s.trim();
     if !s.contains(':') {
         let n = parse_size(s)?;
-        return Ok(QuotaLimit { storage: (n > 0).then_some(n), messages: None });
+        return Ok(QuotaLimit {
+            storage: (n > 0).then_some(n),
+            messages: None,
+        });
     }
     let rule = QuotaRule::parse(s)?;
     if rule.mailbox != "*" {
@@ -205,7 +227,10 @@ pub fn parse_main_rule(s: &str) -> Result<QuotaLimit, QuotaError> {
         Some(RuleValue::Absolute(n)) => Ok(Some(n)),
         Some(_) => Err(QuotaError::BadRule(s.to_string())),
     };
-    Ok(QuotaLimit { storage: abs(rule.storage)?, messages: abs(rule.messages)? })
+    Ok(QuotaLimit {
+        storage: abs(rule.storage)?,
+        messages: abs(rule.messages)?,
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +259,13 @@ mod tests {
         assert_eq!(r.storage_limit(Some(1000)), Some(100));
         assert_eq!(r.to_dovecot(), "Junk:storage=10%:messages=+10");
         assert!(QuotaRule::parse("INBOX:ignore").unwrap().ignore);
-        for bad in ["Trash", ":storage=1G", "Trash:", "Trash:size=1G", "Trash:storage=x"] {
+        for bad in [
+            "Trash",
+            ":storage=1G",
+            "Trash:",
+            "Trash:size=1G",
+            "Trash:storage=x",
+        ] {
             assert!(QuotaRule::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -243,7 +274,13 @@ mod tests {
     fn main_rule_accepts_rule_or_bare_size() {
         assert_eq!(parse_main_rule("1G").unwrap().storage, Some(1 << 30));
         let l = parse_main_rule("*:storage=2M:messages=10").unwrap();
-        assert_eq!(l, QuotaLimit { storage: Some(2 << 20), messages: Some(10) });
+        assert_eq!(
+            l,
+            QuotaLimit {
+                storage: Some(2 << 20),
+                messages: Some(10)
+            }
+        );
         assert_eq!(l.to_rule().unwrap(), "*:storage=2097152B:messages=10");
         assert_eq!(parse_main_rule("*:storage=0").unwrap().storage, None);
         assert!(parse_main_rule("Trash:storage=1G").is_err());

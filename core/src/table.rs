@@ -22,22 +22,31 @@ pub const SHARDS: usize = 256;
 /// that matters since tables are never persisted by shard.
 const SHARD_SEED: u64 = 0x7261_6d64_6972_0001;
 
+/// One shard: shared between snapshots until one of them edits it.
+type Shard<V> = Arc<HashMap<Box<str>, V>>;
+
 /// A string-keyed map made of copy-on-write shards.
 #[derive(Debug)]
 pub struct Table<V> {
-    shards: Box<[Arc<HashMap<Box<str>, V>>]>,
+    shards: Box<[Shard<V>]>,
     len: usize,
 }
 
 impl<V> Clone for Table<V> {
     fn clone(&self) -> Self {
-        Table { shards: self.shards.clone(), len: self.len }
+        Table {
+            shards: self.shards.clone(),
+            len: self.len,
+        }
     }
 }
 
 impl<V> Default for Table<V> {
     fn default() -> Self {
-        Table { shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(), len: 0 }
+        Table {
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            len: 0,
+        }
     }
 }
 
@@ -59,7 +68,9 @@ impl<V: Clone> Table<V> {
 
     /// The table's own key and the value stored under `key`.
     pub fn get_key_value(&self, key: &str) -> Option<(&str, &V)> {
-        self.shards[shard_of(key)].get_key_value(key).map(|(k, v)| (&**k, v))
+        self.shards[shard_of(key)]
+            .get_key_value(key)
+            .map(|(k, v)| (&**k, v))
     }
 
     /// Whether `key` is present.
@@ -117,7 +128,9 @@ impl<V: Clone> Table<V> {
 
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
     }
 
     /// Release spare capacity after a bulk load.
@@ -130,7 +143,11 @@ impl<V: Clone> Table<V> {
     /// How many shards this table shares with `other` (for tests and stats:
     /// shows that an edit copied only what it touched).
     pub fn shared_shards(&self, other: &Table<V>) -> usize {
-        self.shards.iter().zip(other.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
+        self.shards
+            .iter()
+            .zip(other.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
     }
 }
 

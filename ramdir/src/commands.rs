@@ -39,7 +39,8 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
 
 /// `ramdir query --socket`: ask a running daemon.
 pub fn query_socket(path: &Path, table: &str, key: &str) -> Result<Reply, CmdError> {
-    let mut s = UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
+    let mut s =
+        UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut out = BytesMut::new();
@@ -72,7 +73,11 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
         c.senders
     );
     match &config.socketmap {
-        Some(l) => out.push_str(&format!("socketmap: {} (mode {:04o})\n", l.path.display(), l.mode)),
+        Some(l) => out.push_str(&format!(
+            "socketmap: {} (mode {:04o})\n",
+            l.path.display(),
+            l.mode
+        )),
         None => out.push_str("socketmap: off\n"),
     }
     Ok(out)
@@ -80,9 +85,9 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
 
 fn quota_text(q: &QuotaLimit) -> String {
     let size = |b: u64| {
-        if b % (1 << 30) == 0 {
+        if b.is_multiple_of(1 << 30) {
             format!("{}G", b >> 30)
-        } else if b % (1 << 20) == 0 {
+        } else if b.is_multiple_of(1 << 20) {
             format!("{}M", b >> 20)
         } else {
             format!("{b}B")
@@ -105,19 +110,35 @@ pub fn explain(dir: &Directory, key: &str) -> String {
     line(format!("address:    {key}"));
     let (addr, class) = dir.classify(key);
     match &addr {
-        None => line("normalised: not an address ramdir can hold (every table says NOTFOUND)".into()),
+        None => {
+            line("normalised: not an address ramdir can hold (every table says NOTFOUND)".into())
+        }
         Some(a) => {
-            let ext = a.extension.as_deref().map(|e| format!(" (extension {e})")).unwrap_or_default();
+            let ext = a
+                .extension
+                .as_deref()
+                .map(|e| format!(" (extension {e})"))
+                .unwrap_or_default();
             line(format!("normalised: {}{ext}", a.base()));
-            let ours = if dir.has_domain(&a.domain) { "ours" } else { "not ours" };
+            let ours = if dir.has_domain(&a.domain) {
+                "ours"
+            } else {
+                "not ours"
+            };
             line(format!("domain:     {} ({ours})", a.domain));
         }
     }
     let what = match &class {
-        Class::Alias { key, propagate: Some(e) } => {
+        Class::Alias {
+            key,
+            propagate: Some(e),
+        } => {
             format!("alias {key}; extension {e} re-appended to local targets")
         }
-        Class::Alias { key, propagate: None } => format!("alias {key}"),
+        Class::Alias {
+            key,
+            propagate: None,
+        } => format!("alias {key}"),
         Class::Mailbox { login } => format!("mailbox {login}"),
         Class::CatchAll { key } => format!("no alias or mailbox; catch-all {key}"),
         Class::UnknownLocal => "unknown user in one of our domains".into(),
@@ -125,7 +146,9 @@ pub fn explain(dir: &Directory, key: &str) -> String {
     };
     line(format!("resolves:   {what}"));
     match dir.resolve(key) {
-        Err(e) => line(format!("error:      {e} (socketmap answers TEMP: Postfix defers)")),
+        Err(e) => line(format!(
+            "error:      {e} (socketmap answers TEMP: Postfix defers)"
+        )),
         Ok(r) => {
             if r.trace.len() > 1 {
                 line("expansion:".into());
@@ -146,13 +169,18 @@ pub fn explain(dir: &Directory, key: &str) -> String {
                             if u.own_quota { "" } else { " (default)" }
                         );
                         line(format!("  {}  mailbox {login}", t.address));
-                        line(format!("      quota: {quota}; folder rules: {}", u.quota_rules.join(", ")));
+                        line(format!(
+                            "      quota: {quota}; folder rules: {}",
+                            u.quota_rules.join(", ")
+                        ));
                         let scheme = u
                             .password
-                            .map(|p| match p.strip_prefix('{').and_then(|p| p.split_once('}')) {
-                                Some((s, _)) => format!("set ({{{s}}}, hash not shown)"),
-                                None => "set (hash not shown)".into(),
-                            })
+                            .map(
+                                |p| match p.strip_prefix('{').and_then(|p| p.split_once('}')) {
+                                    Some((s, _)) => format!("set ({{{s}}}, hash not shown)"),
+                                    None => "set (hash not shown)".into(),
+                                },
+                            )
                             .unwrap_or_else(|| "none".into());
                         line(format!(
                             "      uid {} gid {} home {} mail {}",
@@ -163,23 +191,39 @@ pub fn explain(dir: &Directory, key: &str) -> String {
                         ));
                         line(format!(
                             "      password {scheme}; login {}",
-                            if u.enabled { "allowed" } else { "disabled (still receives mail)" }
+                            if u.enabled {
+                                "allowed"
+                            } else {
+                                "disabled (still receives mail)"
+                            }
                         ));
                     }
-                    TargetKind::UnknownLocal => {
-                        line(format!("  {}  unknown in our domain (Postfix will reject it)", t.address))
-                    }
+                    TargetKind::UnknownLocal => line(format!(
+                        "  {}  unknown in our domain (Postfix will reject it)",
+                        t.address
+                    )),
                     TargetKind::Remote => line(format!("  {}  remote", t.address)),
                 }
             }
         }
     }
     line("socketmap answers:".into());
-    let domain = addr.as_ref().map(|a| a.domain.clone()).unwrap_or_else(|| key.to_string());
+    let domain = addr
+        .as_ref()
+        .map(|a| a.domain.clone())
+        .unwrap_or_else(|| key.to_string());
     for t in Table::ALL {
-        let k = if t == Table::Domains { domain.as_str() } else { key };
+        let k = if t == Table::Domains {
+            domain.as_str()
+        } else {
+            key
+        };
         let reply = service::answer(dir, &Request::new(t.name(), k));
-        line(format!("  {:<9} {k} → {}", t.name(), reply.payload().trim_end()));
+        line(format!(
+            "  {:<9} {k} → {}",
+            t.name(),
+            reply.payload().trim_end()
+        ));
     }
     o
 }
@@ -194,10 +238,24 @@ mod tests {
         let cfg = Config::load(&crate::demo::prepare(tmp.path()).unwrap()).unwrap();
         let dir = load_directory(&cfg).unwrap();
         let text = explain(&dir, "Team+X@Example.org");
-        assert!(text.contains("normalised: team@example.org (extension +x)"), "{text}");
-        assert!(text.contains("alice+x@example.org  mailbox alice@example.org"), "{text}");
-        assert!(text.contains("password set ({PLAIN}, hash not shown)"), "{text}");
-        assert!(text.contains("aliases   Team+X@Example.org → OK alice+x@example.org,bob+x@example.org"), "{text}");
+        assert!(
+            text.contains("normalised: team@example.org (extension +x)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alice+x@example.org  mailbox alice@example.org"),
+            "{text}"
+        );
+        assert!(
+            text.contains("password set ({PLAIN}, hash not shown)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "aliases   Team+X@Example.org → OK alice+x@example.org,bob+x@example.org"
+            ),
+            "{text}"
+        );
         assert!(!text.contains("{PLAIN}alice"), "{text}");
         let text = explain(&dir, "[1.2.3.4]");
         assert!(text.contains("not an address"), "{text}");

@@ -169,10 +169,12 @@ impl Config {
             quota_rules: None,
             watch_files: None,
         });
-        let mut settings = Settings::default();
-        settings.normalizer = Normalizer {
-            recipient_delimiter: rd.recipient_delimiter.unwrap_or_else(|| "+".into()),
-            fold_local_part: rd.fold_local_part.unwrap_or(true),
+        let mut settings = Settings {
+            normalizer: Normalizer {
+                recipient_delimiter: rd.recipient_delimiter.unwrap_or_else(|| "+".into()),
+                fold_local_part: rd.fold_local_part.unwrap_or(true),
+            },
+            ..Settings::default()
         };
         if let Some(v) = rd.propagate_extension {
             settings.propagate_extension = v;
@@ -215,7 +217,9 @@ impl Config {
                     Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
                         .ok()
                         .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| err(m.span(), format!("mode {:?} is not octal", m.get_ref())))?,
+                        .ok_or_else(|| {
+                            err(m.span(), format!("mode {:?} is not octal", m.get_ref()))
+                        })?,
                 };
                 let max_connections = match &l.max_connections {
                     Some(n) if *n.get_ref() == 0 => {
@@ -254,7 +258,11 @@ impl Config {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -290,8 +298,14 @@ idle_timeout_secs = 300
 "#,
         )
         .unwrap();
-        assert_eq!(c.directory.sources.passwd_files[0], Path::new("/etc/ramdir/users.passwd"));
-        assert_eq!(c.directory.sources.passwd_files[1], Path::new("/abs/more.passwd"));
+        assert_eq!(
+            c.directory.sources.passwd_files[0],
+            Path::new("/etc/ramdir/users.passwd")
+        );
+        assert_eq!(
+            c.directory.sources.passwd_files[1],
+            Path::new("/abs/more.passwd")
+        );
         assert_eq!(c.directory.settings.default_quota.storage, Some(2 << 30));
         assert_eq!(c.directory.settings.normalizer.recipient_delimiter, "+-");
         assert!(!c.directory.watch_files);
@@ -312,14 +326,42 @@ idle_timeout_secs = 300
     #[test]
     fn errors_name_the_line() {
         for (text, line, want) in [
-            ("[directory]\npasswd_file = []\n", 2, "unknown field `passwd_file`"),
-            ("[directory]\n\n[nosuch]\nx = 1\n", 3, "unknown field `nosuch`"),
+            (
+                "[directory]\npasswd_file = []\n",
+                2,
+                "unknown field `passwd_file`",
+            ),
+            (
+                "[directory]\n\n[nosuch]\nx = 1\n",
+                3,
+                "unknown field `nosuch`",
+            ),
             ("[directory]\ndefault_quota = \"lots\"\n", 2, "bad size"),
-            ("[directory]\nquota_rules = [\n \"Trash:storage=+1G\",\n \"Trash\"]\n", 4, "bad quota rule"),
-            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n", 2, "only unix:"),
-            ("[socketmap]\nlisten = \"unix:/x\"\nmode = \"999\"\n", 3, "not octal"),
-            ("[socketmap]\nmode = \"0660\"\n", 1, "missing field `listen`"),
-            ("[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n", 3, "at least 1"),
+            (
+                "[directory]\nquota_rules = [\n \"Trash:storage=+1G\",\n \"Trash\"]\n",
+                4,
+                "bad quota rule",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n",
+                2,
+                "only unix:",
+            ),
+            (
+                "[socketmap]\nlisten = \"unix:/x\"\nmode = \"999\"\n",
+                3,
+                "not octal",
+            ),
+            (
+                "[socketmap]\nmode = \"0660\"\n",
+                1,
+                "missing field `listen`",
+            ),
+            (
+                "[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n",
+                3,
+                "at least 1",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!(e.line, Some(line), "{text:?}: {e}");

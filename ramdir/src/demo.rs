@@ -23,7 +23,7 @@ pub fn prepare(dir: &Path) -> std::io::Result<PathBuf> {
             std::fs::write(&p, text)?;
         }
     }
-    Ok(std::path::absolute(dir.join("ramdir.toml"))?)
+    std::path::absolute(dir.join("ramdir.toml"))
 }
 
 /// What to try once the demo runs.
@@ -56,8 +56,14 @@ mod tests {
         assert_eq!(dir.counts().users, 4);
         let team = dir.lookup_alias("team@example.org").unwrap().unwrap();
         assert_eq!(team, ["alice@example.org", "bob@example.org"]);
-        assert_eq!(dir.lookup_alias("x@example.net").unwrap().unwrap(), ["dave@example.net"]);
-        assert_eq!(dir.lookup_alias("carol@example.com").unwrap().unwrap(), ["carol@example.org"]);
+        assert_eq!(
+            dir.lookup_alias("x@example.net").unwrap().unwrap(),
+            ["dave@example.net"]
+        );
+        assert_eq!(
+            dir.lookup_alias("carol@example.com").unwrap().unwrap(),
+            ["carol@example.org"]
+        );
         assert!(cfg.socketmap.unwrap().path.ends_with("run/socketmap.sock"));
     }
 }

@@ -40,7 +40,8 @@ pub type CmdError = Box<dyn std::error::Error + Send + Sync>;
 /// Build a directory from the configuration's sources, logging the figures.
 pub fn load_directory(config: &Config) -> Result<Directory, CmdError> {
     let started = Instant::now();
-    let dir = ramdir_core::files::load(&config.directory.sources, config.directory.settings.clone())?;
+    let dir =
+        ramdir_core::files::load(&config.directory.sources, config.directory.settings.clone())?;
     let c = dir.counts();
     tracing::info!(
         users = c.users,
@@ -117,12 +118,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             }
             Some(()) = change_rx.recv() => {
                 // Wait until the files have been quiet for a moment.
-                loop {
-                    match tokio::time::timeout(WATCH_SETTLE, change_rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) =
+                    tokio::time::timeout(WATCH_SETTLE, change_rx.recv()).await
+                {}
                 tracing::info!("source file changed: reloading");
                 reload(&mut config, &handle, Trigger::FileChange).await;
                 watcher = start_watcher(&config, change_tx.clone());
@@ -189,7 +187,10 @@ async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Tri
     let keep_listeners = config.socketmap.clone();
     *config = new_cfg;
     config.socketmap = keep_listeners;
-    tracing::info!(generation = handle.snapshot().meta().generation, "reload done");
+    tracing::info!(
+        generation = handle.snapshot().meta().generation,
+        "reload done"
+    );
 }
 
 /// Watch the directories holding the source files and the configuration;
@@ -199,11 +200,17 @@ fn start_watcher(config: &Config, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     if !config.directory.watch_files {
         return None;
     }
-    let mut files: HashSet<PathBuf> =
-        config.directory.sources.all().map(Path::to_path_buf).collect();
+    let mut files: HashSet<PathBuf> = config
+        .directory
+        .sources
+        .all()
+        .map(Path::to_path_buf)
+        .collect();
     files.insert(config.path.clone());
-    let dirs: HashSet<PathBuf> =
-        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    let dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
     let watched = files.clone();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };

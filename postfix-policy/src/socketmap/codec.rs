@@ -89,7 +89,9 @@ fn check(buf: &[u8], max: usize) -> Result<Option<(std::ops::Range<usize>, usize
             b':' if i > 0 => break,
             b':' => return Err(CodecError::Format("empty length".into())),
             other => {
-                return Err(CodecError::Format(format!("unexpected byte 0x{other:02x} in length")));
+                return Err(CodecError::Format(format!(
+                    "unexpected byte 0x{other:02x} in length"
+                )));
             }
         }
         i += 1;
@@ -99,7 +101,9 @@ fn check(buf: &[u8], max: usize) -> Result<Option<(std::ops::Range<usize>, usize
     match buf.get(end) {
         None => Ok(None),
         Some(b',') => Ok(Some((start..end, end + 1))),
-        Some(other) => Err(CodecError::Format(format!("expected ',' after payload, got 0x{other:02x}"))),
+        Some(other) => Err(CodecError::Format(format!(
+            "expected ',' after payload, got 0x{other:02x}"
+        ))),
     }
 }
 
@@ -126,7 +130,10 @@ pub struct Request {
 impl Request {
     /// A request for `key` in `map`.
     pub fn new(map: &str, key: &str) -> Request {
-        Request { map: map.as_bytes().to_vec(), key: key.as_bytes().to_vec() }
+        Request {
+            map: map.as_bytes().to_vec(),
+            key: key.as_bytes().to_vec(),
+        }
     }
 
     /// Take one request off the front of `buf`; `Ok(None)` = need more data.
@@ -136,15 +143,22 @@ impl Request {
         };
         let payload = &buf[range];
         let Some(sp) = payload.iter().position(|&b| b == b' ') else {
-            return Err(CodecError::BadRequest("no space between map name and key".into()));
+            return Err(CodecError::BadRequest(
+                "no space between map name and key".into(),
+            ));
         };
         if sp == 0 {
             return Err(CodecError::BadRequest("empty map name".into()));
         }
         if sp > MAX_MAP_NAME {
-            return Err(CodecError::BadRequest(format!("map name longer than {MAX_MAP_NAME}")));
+            return Err(CodecError::BadRequest(format!(
+                "map name longer than {MAX_MAP_NAME}"
+            )));
         }
-        let req = Request { map: payload[..sp].to_vec(), key: payload[sp + 1..].to_vec() };
+        let req = Request {
+            map: payload[..sp].to_vec(),
+            key: payload[sp + 1..].to_vec(),
+        };
         buf.advance(total);
         Ok(Some(req))
     }
@@ -217,6 +231,8 @@ impl Reply {
 mod tests {
     use super::*;
 
+    type Decoded = Result<Vec<Request>, CodecError>;
+
     /// Decode `input` whole and split at every byte boundary; each way must
     /// give the same requests (or the same error).
     fn decode_all(input: &[u8]) -> Result<Vec<Request>, CodecError> {
@@ -268,9 +284,15 @@ mod tests {
 
     #[test]
     fn requests_decode_exactly_at_every_split() {
-        let cases: Vec<(&[u8], Result<Vec<Request>, CodecError>)> = vec![
-            (b"23:mailboxes a@example.org,", Ok(vec![Request::new("mailboxes", "a@example.org")])),
-            (b"0023:mailboxes a@example.org,", Ok(vec![Request::new("mailboxes", "a@example.org")])),
+        let cases: Vec<(&[u8], Decoded)> = vec![
+            (
+                b"23:mailboxes a@example.org,",
+                Ok(vec![Request::new("mailboxes", "a@example.org")]),
+            ),
+            (
+                b"0023:mailboxes a@example.org,",
+                Ok(vec![Request::new("mailboxes", "a@example.org")]),
+            ),
             (b"8:domains ,", Ok(vec![Request::new("domains", "")])),
             (
                 b"19:aliases \"a b\"@x.org,",
@@ -278,16 +300,44 @@ mod tests {
             ),
             (
                 b"9:domains x,9:domains y,",
-                Ok(vec![Request::new("domains", "x"), Request::new("domains", "y")]),
+                Ok(vec![
+                    Request::new("domains", "x"),
+                    Request::new("domains", "y"),
+                ]),
             ),
             (b"", Ok(vec![])),
-            (b"3:abc,", Err(CodecError::BadRequest("no space between map name and key".into()))),
-            (b"2: x,", Err(CodecError::BadRequest("empty map name".into()))),
-            (b"x:abc,", Err(CodecError::Format("unexpected byte 0x78 in length".into()))),
+            (
+                b"3:abc,",
+                Err(CodecError::BadRequest(
+                    "no space between map name and key".into(),
+                )),
+            ),
+            (
+                b"2: x,",
+                Err(CodecError::BadRequest("empty map name".into())),
+            ),
+            (
+                b"x:abc,",
+                Err(CodecError::Format("unexpected byte 0x78 in length".into())),
+            ),
             (b":abc,", Err(CodecError::Format("empty length".into()))),
-            (b"3:a b;", Err(CodecError::Format("expected ',' after payload, got 0x3b".into()))),
-            (b"-1:a,", Err(CodecError::Format("unexpected byte 0x2d in length".into()))),
-            (b"99999999:", Err(CodecError::TooLarge { len: 99999, max: MAX_REQUEST })),
+            (
+                b"3:a b;",
+                Err(CodecError::Format(
+                    "expected ',' after payload, got 0x3b".into(),
+                )),
+            ),
+            (
+                b"-1:a,",
+                Err(CodecError::Format("unexpected byte 0x2d in length".into())),
+            ),
+            (
+                b"99999999:",
+                Err(CodecError::TooLarge {
+                    len: 99999,
+                    max: MAX_REQUEST,
+                }),
+            ),
         ];
         for (input, want) in &cases {
             check_every_split(input, want);
@@ -299,20 +349,29 @@ mod tests {
         let mut buf = BytesMut::from(&b"10102:"[..]);
         assert_eq!(
             Request::decode(&mut buf),
-            Err(CodecError::TooLarge { len: 10102, max: MAX_REQUEST })
+            Err(CodecError::TooLarge {
+                len: 10102,
+                max: MAX_REQUEST
+            })
         );
         // The largest allowed request is fine.
         let key = "k".repeat(MAX_QUERY);
         let name = "m".repeat(MAX_MAP_NAME);
         let mut buf = BytesMut::new();
         Request::new(&name, &key).encode(&mut buf);
-        assert_eq!(Request::decode(&mut buf).unwrap().unwrap().key.len(), MAX_QUERY);
+        assert_eq!(
+            Request::decode(&mut buf).unwrap().unwrap().key.len(),
+            MAX_QUERY
+        );
     }
 
     #[test]
     fn endless_zeros_in_length_are_refused() {
         let mut buf = BytesMut::from(&[b'0'; 64][..]);
-        assert!(matches!(Request::decode(&mut buf), Err(CodecError::Format(_))));
+        assert!(matches!(
+            Request::decode(&mut buf),
+            Err(CodecError::Format(_))
+        ));
     }
 
     #[test]
@@ -348,9 +407,15 @@ mod tests {
             }
         }
         let mut bad = BytesMut::from(&b"5:WHAT?,"[..]);
-        assert!(matches!(Reply::decode(&mut bad), Err(CodecError::BadReply(_))));
+        assert!(matches!(
+            Reply::decode(&mut bad),
+            Err(CodecError::BadReply(_))
+        ));
         let mut bare_notfound = BytesMut::from(&b"8:NOTFOUND,"[..]);
-        assert_eq!(Reply::decode(&mut bare_notfound).unwrap(), Some(Reply::NotFound));
+        assert_eq!(
+            Reply::decode(&mut bare_notfound).unwrap(),
+            Some(Reply::NotFound)
+        );
     }
 
     proptest::proptest! {

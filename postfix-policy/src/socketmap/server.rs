@@ -53,7 +53,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_connections: DEFAULT_MAX_CONNECTIONS, idle_timeout: IDLE_TIMEOUT }
+        Config {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: IDLE_TIMEOUT,
+        }
     }
 }
 
@@ -108,8 +111,12 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, config, stats, stop) =
-            (directory.clone(), config.clone(), stats.clone(), stop_rx.clone());
+        let (directory, config, stats, stop) = (
+            directory.clone(),
+            config.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+        );
         tasks.spawn(async move {
             let _permit = permit;
             serve_connection(stream, &directory, &config, &stats, stop).await;
@@ -118,8 +125,10 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
-        .await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }
 
@@ -220,7 +229,10 @@ mod tests {
 
     async fn spawn(config: Config) -> TestServer {
         let mut d = Directory::new(Settings::default());
-        d.insert_user(&UserSpec { login: "a@x.org".into(), ..Default::default() });
+        d.insert_user(&UserSpec {
+            login: "a@x.org".into(),
+            ..Default::default()
+        });
         let handle = Arc::new(DirectoryHandle::new(d));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
@@ -230,7 +242,13 @@ mod tests {
         let task = tokio::spawn(run(listener, handle, config, stats.clone(), async {
             let _ = rx.await;
         }));
-        TestServer { path, _dir: dir, stats, stop: Some(tx), task }
+        TestServer {
+            path,
+            _dir: dir,
+            stats,
+            stop: Some(tx),
+            task,
+        }
     }
 
     async fn roundtrip(s: &mut UnixStream, bytes: &[u8]) -> Vec<u8> {
@@ -250,10 +268,18 @@ mod tests {
     async fn answers_in_order_on_one_connection() {
         let srv = spawn(Config::default()).await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
-        assert_eq!(roundtrip(&mut c, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
-        assert_eq!(roundtrip(&mut c, b"17:mailboxes b@x.org,").await, b"9:NOTFOUND ,");
+        assert_eq!(
+            roundtrip(&mut c, b"17:mailboxes a@x.org,").await,
+            b"10:OK a@x.org,"
+        );
+        assert_eq!(
+            roundtrip(&mut c, b"17:mailboxes b@x.org,").await,
+            b"9:NOTFOUND ,"
+        );
         // Two requests in one write are answered in order.
-        c.write_all(b"13:domains x.org,13:domains y.org,").await.unwrap();
+        c.write_all(b"13:domains x.org,13:domains y.org,")
+            .await
+            .unwrap();
         let mut buf = BytesMut::new();
         let mut replies = Vec::new();
         while replies.len() < 2 {
@@ -276,19 +302,32 @@ mod tests {
             let n = c.read_to_end(&mut rest).await.unwrap();
             assert_eq!(n, 0, "{bad:?} got a reply");
             // The good connection still works.
-            assert_eq!(roundtrip(&mut good, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
+            assert_eq!(
+                roundtrip(&mut good, b"17:mailboxes a@x.org,").await,
+                b"10:OK a@x.org,"
+            );
         }
         assert_eq!(srv.stats.protocol_errors.load(Ordering::Relaxed), 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_are_closed_after_the_timeout() {
-        let srv = spawn(Config { idle_timeout: Duration::from_secs(120), ..Config::default() }).await;
+        let srv = spawn(Config {
+            idle_timeout: Duration::from_secs(120),
+            ..Config::default()
+        })
+        .await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
-        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        assert_eq!(
+            roundtrip(&mut c, b"13:domains x.org,").await,
+            b"8:OK x.org,"
+        );
         tokio::time::advance(Duration::from_secs(60)).await;
         // Still open after 60 s (longer than Postfix's own 10 s idle close).
-        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        assert_eq!(
+            roundtrip(&mut c, b"13:domains x.org,").await,
+            b"8:OK x.org,"
+        );
         tokio::time::advance(Duration::from_secs(121)).await;
         let mut rest = Vec::new();
         assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
@@ -296,14 +335,21 @@ mod tests {
 
     #[tokio::test]
     async fn many_concurrent_connections_and_connection_limit() {
-        let srv = spawn(Config { max_connections: 8, ..Config::default() }).await;
+        let srv = spawn(Config {
+            max_connections: 8,
+            ..Config::default()
+        })
+        .await;
         let mut tasks = Vec::new();
         for _ in 0..32 {
             let path = srv.path.clone();
             tasks.push(tokio::spawn(async move {
                 let mut c = UnixStream::connect(&path).await.unwrap();
                 for _ in 0..50 {
-                    assert_eq!(roundtrip(&mut c, b"17:mailboxes a@x.org,").await, b"10:OK a@x.org,");
+                    assert_eq!(
+                        roundtrip(&mut c, b"17:mailboxes a@x.org,").await,
+                        b"10:OK a@x.org,"
+                    );
                 }
             }));
         }
@@ -317,7 +363,10 @@ mod tests {
     async fn shutdown_stops_accepting_and_returns() {
         let mut srv = spawn(Config::default()).await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
-        assert_eq!(roundtrip(&mut c, b"13:domains x.org,").await, b"8:OK x.org,");
+        assert_eq!(
+            roundtrip(&mut c, b"13:domains x.org,").await,
+            b"8:OK x.org,"
+        );
         srv.stop.take().unwrap().send(()).unwrap();
         srv.task.await.unwrap().unwrap();
         let mut rest = Vec::new();

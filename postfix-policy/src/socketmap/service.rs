@@ -36,7 +36,12 @@ pub enum Table {
 
 impl Table {
     /// Every table, for docs and `--help`.
-    pub const ALL: [Table; 4] = [Table::Domains, Table::Mailboxes, Table::Aliases, Table::Senders];
+    pub const ALL: [Table; 4] = [
+        Table::Domains,
+        Table::Mailboxes,
+        Table::Aliases,
+        Table::Senders,
+    ];
 
     /// The table's name on the wire.
     pub fn name(self) -> &'static str {
@@ -151,20 +156,45 @@ mod tests {
     /// A small directory exercising every rule.
     fn directory() -> Directory {
         let mut d = Directory::new(Settings::default());
-        for login in ["alice@example.org", "bob@example.org", "carol@example.org", "real@catch.test"] {
-            d.insert_user(&UserSpec { login: login.into(), enabled: true, ..Default::default() });
+        for login in [
+            "alice@example.org",
+            "bob@example.org",
+            "carol@example.org",
+            "real@catch.test",
+        ] {
+            d.insert_user(&UserSpec {
+                login: login.into(),
+                enabled: true,
+                ..Default::default()
+            });
         }
         d.add_domain("empty.test");
         let alias = |d: &mut Directory, k: &str, t: &[&str]| {
             d.set_alias(k, t.iter().map(|s| s.to_string()).collect())
         };
         alias(&mut d, "info@example.org", &["alice@example.org"]);
-        alias(&mut d, "team@example.org", &["info@example.org", "bob@example.org", "ext@remote.test"]);
-        alias(&mut d, "copy@example.org", &["copy@example.org", "carol@example.org"]);
-        alias(&mut d, "alice@example.org", &["alice@example.org", "archive@remote.test"]);
+        alias(
+            &mut d,
+            "team@example.org",
+            &["info@example.org", "bob@example.org", "ext@remote.test"],
+        );
+        alias(
+            &mut d,
+            "copy@example.org",
+            &["copy@example.org", "carol@example.org"],
+        );
+        alias(
+            &mut d,
+            "alice@example.org",
+            &["alice@example.org", "archive@remote.test"],
+        );
         alias(&mut d, "loop1@example.org", &["loop2@example.org"]);
         alias(&mut d, "loop2@example.org", &["loop1@example.org"]);
-        alias(&mut d, "half@example.org", &["loop1@example.org", "bob@example.org"]);
+        alias(
+            &mut d,
+            "half@example.org",
+            &["loop1@example.org", "bob@example.org"],
+        );
         alias(&mut d, "@catch.test", &["bob@example.org"]);
         alias(&mut d, "@alias.test", &["@example.org"]);
         alias(&mut d, "tagged+x@example.org", &["carol@example.org"]);
@@ -198,7 +228,11 @@ mod tests {
             // mailboxes
             ("mailboxes", "alice@example.org", ok("alice@example.org")),
             ("mailboxes", "Alice@EXAMPLE.org", ok("alice@example.org")),
-            ("mailboxes", "alice+news@example.org", ok("alice@example.org")),
+            (
+                "mailboxes",
+                "alice+news@example.org",
+                ok("alice@example.org"),
+            ),
             ("mailboxes", "info@example.org", Reply::NotFound),
             ("mailboxes", "nobody@example.org", Reply::NotFound),
             ("mailboxes", "example.org", Reply::NotFound),
@@ -208,7 +242,11 @@ mod tests {
             ("mailboxes", "*", Reply::NotFound),
             ("mailboxes", "", Reply::NotFound),
             // aliases: exact, alias of alias, remote, self-copy
-            ("aliases", "info@example.org", ok("alice@example.org,archive@remote.test")),
+            (
+                "aliases",
+                "info@example.org",
+                ok("alice@example.org,archive@remote.test"),
+            ),
             (
                 "aliases",
                 "team@example.org",
@@ -216,25 +254,45 @@ mod tests {
             ),
             // a self-reference that is not a mailbox is dropped
             ("aliases", "copy@example.org", ok("carol@example.org")),
-            ("aliases", "INFO@Example.Org", ok("alice@example.org,archive@remote.test")),
+            (
+                "aliases",
+                "INFO@Example.Org",
+                ok("alice@example.org,archive@remote.test"),
+            ),
             // extension re-appended to local targets only
-            ("aliases", "info+x@example.org", ok("alice+x@example.org,archive@remote.test")),
+            (
+                "aliases",
+                "info+x@example.org",
+                ok("alice+x@example.org,archive@remote.test"),
+            ),
             // an alias key with its own extension matches exactly
             ("aliases", "tagged+x@example.org", ok("carol@example.org")),
             // a mailbox with no alias: not an alias
             ("aliases", "bob@example.org", Reply::NotFound),
             ("aliases", "bob+x@example.org", Reply::NotFound),
             // an alias on a mailbox keeps the mailbox (self) and adds copies
-            ("aliases", "alice@example.org", ok("alice@example.org,archive@remote.test")),
+            (
+                "aliases",
+                "alice@example.org",
+                ok("alice@example.org,archive@remote.test"),
+            ),
             // catch-all after mailbox
             ("aliases", "real@catch.test", Reply::NotFound),
             ("aliases", "anything@catch.test", ok("bob@example.org")),
-            ("aliases", "any+thing@catch.test", ok("bob+thing@example.org")),
+            (
+                "aliases",
+                "any+thing@catch.test",
+                ok("bob+thing@example.org"),
+            ),
             // alias domain keeps the local part
             ("aliases", "carol@alias.test", ok("carol@example.org")),
             ("aliases", "carol+x@alias.test", ok("carol+x@example.org")),
             // loops
-            ("aliases", "loop1@example.org", Reply::Temp("alias loop at loop1@example.org".into())),
+            (
+                "aliases",
+                "loop1@example.org",
+                Reply::Temp("alias loop at loop1@example.org".into()),
+            ),
             ("aliases", "half@example.org", ok("bob@example.org")),
             // unknown and garbage
             ("aliases", "nobody@example.org", Reply::NotFound),
@@ -245,14 +303,30 @@ mod tests {
             ("aliases", "*", Reply::NotFound),
             // senders: explicit, implicit (self and alias owners), domain-wide
             ("senders", "boss@example.org", ok("alice@example.org")),
-            ("senders", "alice@example.org", ok("admin@example.org,alice@example.org")),
-            ("senders", "bob+x@example.org", ok("admin@example.org,bob@example.org")),
-            ("senders", "info@example.org", ok("admin@example.org,alice@example.org")),
+            (
+                "senders",
+                "alice@example.org",
+                ok("admin@example.org,alice@example.org"),
+            ),
+            (
+                "senders",
+                "bob+x@example.org",
+                ok("admin@example.org,bob@example.org"),
+            ),
+            (
+                "senders",
+                "info@example.org",
+                ok("admin@example.org,alice@example.org"),
+            ),
             ("senders", "real@catch.test", ok("real@catch.test")),
             ("senders", "anything@catch.test", Reply::NotFound),
             ("senders", "x@remote.test", Reply::NotFound),
             // tables
-            ("nosuch", "alice@example.org", Reply::Temp("unknown table \"nosuch\"".into())),
+            (
+                "nosuch",
+                "alice@example.org",
+                Reply::Temp("unknown table \"nosuch\"".into()),
+            ),
         ];
         for (table, key, want) in cases {
             assert_eq!(ask(&d, table, key), want, "{table} {key:?}");
@@ -262,14 +336,23 @@ mod tests {
     #[test]
     fn copy_alias_to_itself_keeps_the_mailbox_when_it_is_one() {
         let mut d = directory();
-        d.insert_user(&UserSpec { login: "copy@example.org".into(), ..Default::default() });
-        assert_eq!(ask(&d, "aliases", "copy@example.org"), ok("copy@example.org,carol@example.org"));
+        d.insert_user(&UserSpec {
+            login: "copy@example.org".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            ask(&d, "aliases", "copy@example.org"),
+            ok("copy@example.org,carol@example.org")
+        );
     }
 
     #[test]
     fn non_utf8_and_oversized_keys_are_not_found() {
         let d = directory();
-        let req = Request { map: b"mailboxes".to_vec(), key: b"\xffa@example.org".to_vec() };
+        let req = Request {
+            map: b"mailboxes".to_vec(),
+            key: b"\xffa@example.org".to_vec(),
+        };
         assert_eq!(answer(&d, &req), Reply::NotFound);
         let long = format!("{}@example.org", "a".repeat(MAX_QUERY));
         assert_eq!(ask(&d, "mailboxes", &long), Reply::NotFound);
@@ -278,8 +361,14 @@ mod tests {
     #[test]
     fn outcome_mapping_never_gives_an_empty_ok() {
         assert_eq!(to_reply(Outcome::Found(vec![])), Reply::NotFound);
-        assert_eq!(to_reply(Outcome::Found(vec![String::new()])), Reply::NotFound);
-        assert_eq!(to_reply(Outcome::Trouble("x".into())), Reply::Temp("x".into()));
+        assert_eq!(
+            to_reply(Outcome::Found(vec![String::new()])),
+            Reply::NotFound
+        );
+        assert_eq!(
+            to_reply(Outcome::Trouble("x".into())),
+            Reply::Temp("x".into())
+        );
         let huge = vec!["a".repeat(MAX_REPLY)];
         assert!(matches!(to_reply(Outcome::Found(huge)), Reply::Temp(_)));
     }
@@ -288,11 +377,18 @@ mod tests {
     fn deep_and_wide_expansions_are_temporary_failures() {
         let mut d = directory();
         for i in 0..150 {
-            d.set_alias(&format!("deep{i}@example.org"), vec![format!("deep{}@example.org", i + 1)]);
+            d.set_alias(
+                &format!("deep{i}@example.org"),
+                vec![format!("deep{}@example.org", i + 1)],
+            );
         }
-        assert!(matches!(ask(&d, "aliases", "deep0@example.org"), Reply::Temp(r) if r.contains("deeper")));
+        assert!(
+            matches!(ask(&d, "aliases", "deep0@example.org"), Reply::Temp(r) if r.contains("deeper"))
+        );
         let wide: Vec<String> = (0..1100).map(|i| format!("w{i}@remote.test")).collect();
         d.set_alias("wide@example.org", wide);
-        assert!(matches!(ask(&d, "aliases", "wide@example.org"), Reply::Temp(r) if r.contains("more than")));
+        assert!(
+            matches!(ask(&d, "aliases", "wide@example.org"), Reply::Temp(r) if r.contains("more than"))
+        );
     }
 }

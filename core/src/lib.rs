@@ -30,6 +30,7 @@ pub mod lookup;
 pub mod model;
 pub mod quota;
 pub mod table;
+pub mod usage;
 
 pub use directory::{Directory, DirectoryHandle};
 pub use model::{Settings, User, UserSpec};

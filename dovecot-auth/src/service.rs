@@ -1,0 +1,570 @@
+//! Dict service: command + directory snapshot (+ quota usage store) →
+//! replies. Pure apart from reading the usage store; commits are handed back
+//! to the server, which performs them durably and then replies.
+//!
+//! The **auth** dict answers
+//! - `shared/passdb/<user>`: flat JSON `{"password":"{SCHEME}…", …passdb
+//!   extras}`. A disabled user is unknown to passdb (`N`): the login fails
+//!   exactly like a wrong password, so accounts cannot be told apart.
+//! - `shared/userdb/<user>`: flat JSON with `uid`, `gid`, `home`, `mail` when
+//!   set, `quota_rule` from the user's limit and `quota_rule2…` from the
+//!   folder rules, plus `userdb_*` extras (prefix removed). Disabled users
+//!   keep their userdb (`disabled_userdb`), so mail already queued is
+//!   delivered.
+//! - iteration of `shared/userdb/` (and `shared/passdb/`): one row per user,
+//!   direct children only (Dovecot asserts every row starts with the path,
+//!   and a deeper key would show up as a user; protocols.md G16).
+//!
+//! The **quota** dict answers `priv/quota/storage` (bytes) and
+//! `priv/quota/messages` per user, and commits `S`/`U`/`A` to them. An
+//! increment of a missing counter answers `N` so Dovecot recalculates
+//! (G14).
+//!
+//! The one mapping to protocol answers: found → `O`, unknown or foreign key
+//! → `N`, store or directory trouble → `F` (Dovecot then tempfails).
+
+use std::collections::HashMap;
+
+use ramdir_core::lookup::{Class, TargetKind};
+use ramdir_core::usage::{Op, StoreError, Txn, UsageStore};
+use ramdir_core::{Directory, User};
+
+use crate::codec::{Command, CommitResult, ITER_EXACT_KEY, ITER_RECURSE, MAJORS, Reply};
+
+/// Most transactions one connection may hold open. Dovecot opens one at a
+/// time per dict user in practice; the bound only stops a client from
+/// growing memory without limit.
+pub const MAX_OPEN_TXNS: usize = 128;
+
+/// Most changes in one transaction (a quota update sends two to four).
+pub const MAX_TXN_OPS: usize = 1024;
+
+/// Prefix of auth keys (the dict client prepends `shared/` to `*_key`).
+const PASSDB: &str = "shared/passdb/";
+const USERDB: &str = "shared/userdb/";
+/// Quota keys that ramdir stores, and their store names.
+const QUOTA_KEYS: [(&str, &str); 2] =
+    [("priv/quota/storage", "quota/storage"), ("priv/quota/messages", "quota/messages")];
+
+/// Service settings (`[dict]` in ramdir.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Dict name of the auth dict (after the last `:` of the URI).
+    pub auth_dict: String,
+    /// Dict name of the quota dict.
+    pub quota_dict: String,
+    /// An alias that delivers to exactly one local mailbox may log in as it.
+    pub alias_logins: bool,
+    /// Disabled users still have a userdb entry (mail keeps being delivered).
+    pub disabled_userdb: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            auth_dict: "auth".into(),
+            quota_dict: "quota".into(),
+            alias_logins: false,
+            disabled_userdb: true,
+        }
+    }
+}
+
+/// Which dict a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dict {
+    /// passdb/userdb.
+    Auth,
+    /// Quota usage.
+    Quota,
+}
+
+/// What the server must do next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these replies (possibly none).
+    Reply(Vec<Reply>),
+    /// Stream the rows of an iteration, then [`Reply::IterEnd`].
+    Iterate(IterPlan),
+    /// Commit durably, then send [`Reply::Commit`] with the outcome.
+    Commit {
+        /// Transaction id.
+        id: u32,
+        /// Prefix the reply with `A`.
+        async_reply: bool,
+        /// The changes.
+        txn: Txn,
+    },
+    /// Protocol violation: log it and close.
+    Close(String),
+}
+
+/// An iteration to stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IterPlan {
+    /// Key prefix of each row (`shared/userdb/`).
+    pub prefix: String,
+    /// Only this login (EXACT_KEY), if set.
+    pub exact: Option<String>,
+    /// Row limit (0: none).
+    pub max_rows: u64,
+}
+
+impl IterPlan {
+    /// The rows, from one snapshot.
+    pub fn rows<'a>(&'a self, dir: &'a Directory) -> impl Iterator<Item = Reply> + 'a {
+        let limit = if self.max_rows == 0 { usize::MAX } else { self.max_rows as usize };
+        let logins: Box<dyn Iterator<Item = &str>> = match &self.exact {
+            Some(l) => Box::new(dir.user(l).map(|u| u.login).into_iter()),
+            None => Box::new(dir.logins()),
+        };
+        logins
+            .take(limit)
+            .map(|l| Reply::Row { key: format!("{}{l}", self.prefix), value: String::new() })
+    }
+}
+
+#[derive(Debug)]
+struct Open {
+    user: String,
+    ops: Vec<Op>,
+    error: Option<String>,
+}
+
+/// Per-connection state: the hello and open transactions. Dropped with the
+/// connection, which rolls back whatever was not committed.
+#[derive(Debug, Default)]
+pub struct Session {
+    dict: Option<Dict>,
+    hello_user: String,
+    txns: HashMap<u32, Open>,
+}
+
+/// Store failures become `F`; the message is what Dovecot logs.
+fn store_fail(e: StoreError) -> Reply {
+    Reply::Fail(e.to_string())
+}
+
+impl Session {
+    /// A new connection's state.
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// The dict chosen by the hello, once received.
+    pub fn dict(&self) -> Option<Dict> {
+        self.dict
+    }
+
+    /// Handle one command.
+    pub fn handle(
+        &mut self,
+        cmd: Command,
+        dir: &Directory,
+        usage: Option<&UsageStore>,
+        settings: &Settings,
+    ) -> Step {
+        let Some(dict) = self.dict else {
+            return self.hello(cmd, usage, settings);
+        };
+        match cmd {
+            Command::Hello { .. } => Step::Close("second hello".into()),
+            Command::Lookup { key, user } => Step::Reply(vec![match dict {
+                Dict::Auth => auth_lookup(&key, dir, settings),
+                Dict::Quota => {
+                    let user = if user.is_empty() { self.hello_user.clone() } else { user };
+                    quota_lookup(&key, &user, usage)
+                }
+            }]),
+            Command::Iterate { flags, max_rows, path, .. } => {
+                if dict != Dict::Auth || (path != PASSDB && path != USERDB) {
+                    // Nothing else is iterable; an empty result, not an error.
+                    return Step::Reply(vec![Reply::IterEnd]);
+                }
+                let _ = flags & ITER_RECURSE; // no deeper keys exist under these paths
+                let exact = (flags & ITER_EXACT_KEY != 0).then(|| path.clone());
+                // EXACT_KEY on a prefix path names no user.
+                if exact.is_some() {
+                    return Step::Reply(vec![Reply::IterEnd]);
+                }
+                Step::Iterate(IterPlan { prefix: path, exact: None, max_rows })
+            }
+            Command::Begin { id, user } => {
+                if self.txns.contains_key(&id) {
+                    return Step::Close(format!("transaction {id} begun twice"));
+                }
+                if self.txns.len() >= MAX_OPEN_TXNS {
+                    return Step::Close(format!("more than {MAX_OPEN_TXNS} open transactions"));
+                }
+                let user = if user.is_empty() { self.hello_user.clone() } else { user };
+                self.txns.insert(id, Open { user: user.to_lowercase(), ops: Vec::new(), error: None });
+                Step::Reply(vec![])
+            }
+            Command::Set { id, key, value } => self.change(id, dict, &key, |k| match value.parse() {
+                Ok(v) => Ok(Op::Set(k, v)),
+                Err(_) => Err(format!("value {value:?} of {key} is not a number")),
+            }),
+            Command::Unset { id, key } => self.change(id, dict, &key, |k| Ok(Op::Unset(k))),
+            Command::AtomicInc { id, key, diff } => {
+                self.change(id, dict, &key, |k| Ok(Op::Inc(k, diff)))
+            }
+            Command::Timestamp { id, .. } => match self.txns.contains_key(&id) {
+                true => Step::Reply(vec![]),
+                false => Step::Close(format!("unknown transaction {id}")),
+            },
+            Command::Rollback { id } => {
+                self.txns.remove(&id);
+                Step::Reply(vec![])
+            }
+            Command::Commit { id, async_reply } => {
+                let reply = |result| Step::Reply(vec![Reply::Commit { id, async_reply, result }]);
+                // A commit without changes was never begun (B is lazy).
+                let Some(open) = self.txns.remove(&id) else { return reply(CommitResult::Ok) };
+                if let Some(e) = open.error {
+                    return reply(CommitResult::Fail(e));
+                }
+                if open.ops.is_empty() {
+                    return reply(CommitResult::Ok);
+                }
+                if usage.is_none() {
+                    return reply(CommitResult::Fail("quota store is not configured".into()));
+                }
+                Step::Commit { id, async_reply, txn: Txn { user: open.user, ops: open.ops } }
+            }
+        }
+    }
+
+    fn hello(&mut self, cmd: Command, usage: Option<&UsageStore>, settings: &Settings) -> Step {
+        let Command::Hello { major, user, dict, .. } = cmd else {
+            return Step::Close("command before hello".into());
+        };
+        if !MAJORS.contains(&major) {
+            return Step::Close(format!("unsupported protocol major {major}"));
+        }
+        self.dict = if dict == settings.auth_dict {
+            Some(Dict::Auth)
+        } else if dict == settings.quota_dict && usage.is_some() {
+            Some(Dict::Quota)
+        } else {
+            return Step::Close(format!("unknown dict {dict:?}"));
+        };
+        self.hello_user = user.to_lowercase();
+        Step::Reply(vec![])
+    }
+
+    fn change(
+        &mut self,
+        id: u32,
+        dict: Dict,
+        key: &str,
+        op: impl FnOnce(String) -> Result<Op, String>,
+    ) -> Step {
+        let Some(open) = self.txns.get_mut(&id) else {
+            return Step::Close(format!("unknown transaction {id}"));
+        };
+        if open.error.is_some() {
+            return Step::Reply(vec![]);
+        }
+        let stored = QUOTA_KEYS.iter().find(|(k, _)| *k == key).map(|(_, s)| s.to_string());
+        match (dict, stored) {
+            (Dict::Quota, Some(k)) if open.ops.len() < MAX_TXN_OPS => match op(k) {
+                Ok(op) => open.ops.push(op),
+                Err(e) => open.error = Some(e),
+            },
+            (Dict::Quota, Some(_)) => open.error = Some(format!("more than {MAX_TXN_OPS} changes")),
+            // Writes to anything else fail the commit: the auth dict is
+            // read-only and ramdir keeps no other keys.
+            _ => open.error = Some(format!("{key} cannot be written here")),
+        }
+        Step::Reply(vec![])
+    }
+}
+
+fn quota_lookup(key: &str, user: &str, usage: Option<&UsageStore>) -> Reply {
+    let Some((_, stored)) = QUOTA_KEYS.iter().find(|(k, _)| *k == key) else {
+        return Reply::NotFound;
+    };
+    let Some(store) = usage else { return Reply::Fail("quota store is not configured".into()) };
+    match store.get(&user.to_lowercase(), stored) {
+        Ok(Some(v)) => Reply::Value(v.to_string()),
+        Ok(None) => Reply::NotFound,
+        Err(e) => store_fail(e),
+    }
+}
+
+/// Resolve an auth username to a user: the exact (folded) login, or with
+/// `alias_logins` an alias that delivers to exactly one local mailbox.
+fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<User<'d>> {
+    let addr = dir.settings().normalizer.address(name)?;
+    if let Some(u) = dir.user(&addr.full()) {
+        return Some(u);
+    }
+    if !settings.alias_logins || addr.extension.is_some() {
+        return None;
+    }
+    if !matches!(dir.classify(name).1, Class::Alias { .. }) {
+        return None;
+    }
+    let r = dir.resolve(name).ok()?;
+    match r.targets.as_slice() {
+        [t] => match &t.kind {
+            TargetKind::Mailbox(login) => dir.user(login),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn auth_lookup(key: &str, dir: &Directory, settings: &Settings) -> Reply {
+    if let Some(name) = key.strip_prefix(PASSDB) {
+        return match auth_user(dir, name, settings) {
+            Some(u) if u.enabled => Reply::Value(passdb_json(&u, name)),
+            _ => Reply::NotFound,
+        };
+    }
+    if let Some(name) = key.strip_prefix(USERDB) {
+        return match auth_user(dir, name, settings) {
+            Some(u) if u.enabled || settings.disabled_userdb => Reply::Value(userdb_json(&u, name)),
+            _ => Reply::NotFound,
+        };
+    }
+    Reply::NotFound
+}
+
+fn passdb_json(u: &User<'_>, asked: &str) -> String {
+    let mut m = serde_json::Map::new();
+    match u.password {
+        Some(p) => m.insert("password".into(), p.into()),
+        // No hash: nobody can log in with a password (but the entry exists).
+        None => m.insert("nologin".into(), "y".into()),
+    };
+    if u.login != asked {
+        m.insert("user".into(), u.login.into());
+    }
+    for (k, v) in &u.extra {
+        if !k.starts_with("userdb_") {
+            m.insert((*k).into(), (*v).into());
+        }
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+fn userdb_json(u: &User<'_>, asked: &str) -> String {
+    let mut m = serde_json::Map::new();
+    if u.login != asked {
+        m.insert("user".into(), u.login.into());
+    }
+    if let Some(uid) = u.uid {
+        m.insert("uid".into(), uid.into());
+    }
+    if let Some(gid) = u.gid {
+        m.insert("gid".into(), gid.into());
+    }
+    if let Some(h) = &u.home {
+        m.insert("home".into(), h.as_str().into());
+    }
+    if let Some(mail) = u.mail {
+        m.insert("mail".into(), mail.into());
+    }
+    // Dovecot: storage=0 means no limit.
+    let rule = u.quota.to_rule().unwrap_or_else(|| "*:storage=0".into());
+    m.insert("quota_rule".into(), rule.into());
+    for (i, r) in u.quota_rules.iter().enumerate() {
+        m.insert(format!("quota_rule{}", i + 2), r.as_str().into());
+    }
+    for (k, v) in &u.extra {
+        if let Some(k) = k.strip_prefix("userdb_") {
+            m.insert(k.into(), (*v).into());
+        }
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramdir_core::UserSpec;
+    use ramdir_core::quota::QuotaLimit;
+
+    fn directory() -> Directory {
+        let mut d = Directory::new(ramdir_core::Settings {
+            home_template: Some("/var/vmail/%d/%n".into()),
+            ..Default::default()
+        });
+        d.insert_user(&UserSpec {
+            login: "alice@x.org".into(),
+            password: Some("{SSHA}abc".into()),
+            uid: Some(5000),
+            gid: Some(5000),
+            enabled: true,
+            extra: vec![("allow_nets".into(), "127.0.0.0/8".into()), ("userdb_acl".into(), "x".into())],
+            ..Default::default()
+        });
+        d.insert_user(&UserSpec {
+            login: "bob@x.org".into(),
+            password: Some("{PLAIN}b".into()),
+            quota: Some(QuotaLimit { storage: Some(1 << 20), messages: Some(10) }),
+            mail: Some("maildir:~/M".into()),
+            enabled: false,
+            ..Default::default()
+        });
+        d.set_alias("info@x.org", vec!["alice@x.org".into()]);
+        d.set_alias("team@x.org", vec!["alice@x.org".into(), "bob@x.org".into()]);
+        d
+    }
+
+    fn run(s: &mut Session, d: &Directory, u: Option<&UsageStore>, set: &Settings, line: &str) -> Step {
+        s.handle(crate::codec::Command::parse(line).unwrap(), d, u, set)
+    }
+
+    fn replies(step: Step) -> Vec<Reply> {
+        match step {
+            Step::Reply(r) => r,
+            other => panic!("expected replies, got {other:?}"),
+        }
+    }
+
+    fn value(step: Step) -> serde_json::Value {
+        match replies(step).as_slice() {
+            [Reply::Value(v)] => serde_json::from_str(v).unwrap(),
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_lookups() {
+        let d = directory();
+        let set = Settings::default();
+        let mut s = Session::new();
+        assert!(replies(run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth")).is_empty());
+        let p = value(run(&mut s, &d, None, &set, "Lshared/passdb/alice@x.org\talice@x.org"));
+        assert_eq!(p, serde_json::json!({"password": "{SSHA}abc", "allow_nets": "127.0.0.0/8"}));
+        let u = value(run(&mut s, &d, None, &set, "Lshared/userdb/alice@x.org\talice@x.org"));
+        assert_eq!(
+            u,
+            serde_json::json!({"uid": 5000, "gid": 5000, "home": "/var/vmail/x.org/alice",
+                "quota_rule": "*:storage=10737418240B",
+                "quota_rule2": "Trash:storage=+524288000B", "quota_rule3": "Junk:storage=+524288000B",
+                "acl": "x"})
+        );
+        // Case is folded; disabled users fail passdb but keep userdb.
+        assert!(matches!(value(run(&mut s, &d, None, &set, "Lshared/passdb/ALICE@x.org\ta")), serde_json::Value::Object(_)));
+        assert_eq!(replies(run(&mut s, &d, None, &set, "Lshared/passdb/bob@x.org\tbob@x.org")), [Reply::NotFound]);
+        let b = value(run(&mut s, &d, None, &set, "Lshared/userdb/bob@x.org\tbob@x.org"));
+        assert_eq!(b["quota_rule"], "*:storage=1048576B:messages=10");
+        assert_eq!(b["mail"], "maildir:~/M");
+        // Aliases are not logins by default; unknown, foreign, odd keys: N.
+        for key in ["shared/passdb/info@x.org", "shared/userdb/nobody@x.org", "shared/userdb/alice@x.org/quota",
+                    "shared/other/alice@x.org", "priv/quota/storage", "shared/passdb/", "shared/passdb/[1.2.3.4]"] {
+            assert_eq!(replies(run(&mut s, &d, None, &set, &format!("L{key}\tu"))), [Reply::NotFound], "{key}");
+        }
+    }
+
+    #[test]
+    fn alias_logins_when_configured_and_unambiguous() {
+        let d = directory();
+        let set = Settings { alias_logins: true, ..Settings::default() };
+        let mut s = Session::new();
+        run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
+        let p = value(run(&mut s, &d, None, &set, "Lshared/passdb/info@x.org\tinfo@x.org"));
+        assert_eq!(p["user"], "alice@x.org");
+        assert_eq!(replies(run(&mut s, &d, None, &set, "Lshared/passdb/team@x.org\tx")), [Reply::NotFound]);
+    }
+
+    #[test]
+    fn iteration_lists_direct_children_only() {
+        let d = directory();
+        let set = Settings::default();
+        let mut s = Session::new();
+        run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
+        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I8\t0\tshared/userdb/\t") else { panic!() };
+        let mut rows: Vec<String> = plan
+            .rows(&d)
+            .map(|r| match r {
+                Reply::Row { key, value } => {
+                    assert!(value.is_empty());
+                    key
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        rows.sort();
+        assert_eq!(rows, ["shared/userdb/alice@x.org", "shared/userdb/bob@x.org"]);
+        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I0\t1\tshared/userdb/\t") else { panic!() };
+        assert_eq!(plan.rows(&d).count(), 1);
+        assert_eq!(replies(run(&mut s, &d, None, &set, "I0\t0\tshared/\t")), [Reply::IterEnd]);
+    }
+
+    #[test]
+    fn protocol_violations_close() {
+        let d = directory();
+        let set = Settings::default();
+        for (first, second) in [
+            ("Lshared/passdb/a\ta", None),
+            ("H2\t0\t0\t\tauth", None),
+            ("H3\t2\t0\t\tnosuch", None),
+            ("H3\t2\t0\t\tquota", None), // no store configured
+            ("H3\t2\t0\t\tauth", Some("H3\t2\t0\t\tauth")),
+            ("H3\t2\t0\t\tauth", Some("S9\tk\tv")),
+        ] {
+            let mut s = Session::new();
+            let step = run(&mut s, &d, None, &set, first);
+            let step = match second {
+                Some(l) => {
+                    assert!(matches!(step, Step::Reply(_)));
+                    run(&mut s, &d, None, &set, l)
+                }
+                None => step,
+            };
+            assert!(matches!(step, Step::Close(_)), "{first} / {second:?}: {step:?}");
+        }
+        // Major 4 (Dovecot 2.4) is accepted.
+        let mut s = Session::new();
+        assert!(matches!(run(&mut s, &d, None, &set, "H4\t0\t0\t\tauth"), Step::Reply(_)));
+    }
+
+    #[test]
+    fn quota_dict_transactions() {
+        let d = directory();
+        let set = Settings::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = UsageStore::open(&tmp.path().join("q")).unwrap();
+        let u = Some(&store);
+        let mut s = Session::new();
+        run(&mut s, &d, u, &set, "H3\t2\t0\t\tquota");
+        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")), [Reply::NotFound]);
+        // Increment on missing counters: the commit goes to the store, which says N.
+        assert!(replies(run(&mut s, &d, u, &set, "B1\talice@x.org")).is_empty());
+        run(&mut s, &d, u, &set, "A1\tpriv/quota/storage\t100");
+        let Step::Commit { id: 1, async_reply: false, txn } = run(&mut s, &d, u, &set, "C1") else { panic!() };
+        assert_eq!(store.commit_batch(&[txn]).unwrap(), [ramdir_core::usage::CommitOutcome::NotFound]);
+        // Recalculation writes absolute values (quota_clone does the same).
+        run(&mut s, &d, u, &set, "B2\tAlice@x.org");
+        run(&mut s, &d, u, &set, "U2\tpriv/quota/storage");
+        run(&mut s, &d, u, &set, "S2\tpriv/quota/storage\t2048");
+        run(&mut s, &d, u, &set, "S2\tpriv/quota/messages\t2");
+        run(&mut s, &d, u, &set, "T2\t1700000000\t0");
+        let Step::Commit { txn, .. } = run(&mut s, &d, u, &set, "C2") else { panic!() };
+        store.commit_batch(&[txn]).unwrap();
+        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")), [Reply::Value("2048".into())]);
+        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/messages\talice@x.org")), [Reply::Value("2".into())]);
+        // Bad value, foreign key: the commit fails with F, nothing written.
+        run(&mut s, &d, u, &set, "B3\talice@x.org");
+        run(&mut s, &d, u, &set, "S3\tpriv/quota/storage\tlots");
+        assert!(matches!(replies(run(&mut s, &d, u, &set, "C3")).as_slice(),
+            [Reply::Commit { id: 3, result: CommitResult::Fail(_), .. }]));
+        run(&mut s, &d, u, &set, "B4\talice@x.org");
+        run(&mut s, &d, u, &set, "S4\tshared/whatever\t1");
+        assert!(matches!(replies(run(&mut s, &d, u, &set, "D4")).as_slice(),
+            [Reply::Commit { id: 4, async_reply: true, result: CommitResult::Fail(_) }]));
+        // Rollback drops; commit of an unknown (never begun) id is an empty commit.
+        run(&mut s, &d, u, &set, "B5\talice@x.org");
+        run(&mut s, &d, u, &set, "A5\tpriv/quota/storage\t1");
+        run(&mut s, &d, u, &set, "R5");
+        assert_eq!(replies(run(&mut s, &d, u, &set, "C5")),
+            [Reply::Commit { id: 5, async_reply: false, result: CommitResult::Ok }]);
+        assert_eq!(store.get("alice@x.org", "quota/storage").unwrap(), Some(2048));
+        // Unknown priv keys are not found.
+        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/other\talice@x.org")), [Reply::NotFound]);
+    }
+}

@@ -104,8 +104,6 @@ pub enum Step {
 pub struct IterPlan {
     /// Key prefix of each row (`shared/userdb/`).
     pub prefix: String,
-    /// Only this login (EXACT_KEY), if set.
-    pub exact: Option<String>,
     /// Row limit (0: none).
     pub max_rows: u64,
 }
@@ -114,11 +112,7 @@ impl IterPlan {
     /// The rows, from one snapshot.
     pub fn rows<'a>(&'a self, dir: &'a Directory) -> impl Iterator<Item = Reply> + 'a {
         let limit = if self.max_rows == 0 { usize::MAX } else { self.max_rows as usize };
-        let logins: Box<dyn Iterator<Item = &str>> = match &self.exact {
-            Some(l) => Box::new(dir.user(l).map(|u| u.login).into_iter()),
-            None => Box::new(dir.logins()),
-        };
-        logins
+        dir.logins()
             .take(limit)
             .map(|l| Reply::Row { key: format!("{}{l}", self.prefix), value: String::new() })
     }
@@ -182,12 +176,11 @@ impl Session {
                     return Step::Reply(vec![Reply::IterEnd]);
                 }
                 let _ = flags & ITER_RECURSE; // no deeper keys exist under these paths
-                let exact = (flags & ITER_EXACT_KEY != 0).then(|| path.clone());
                 // EXACT_KEY on a prefix path names no user.
-                if exact.is_some() {
+                if flags & ITER_EXACT_KEY != 0 {
                     return Step::Reply(vec![Reply::IterEnd]);
                 }
-                Step::Iterate(IterPlan { prefix: path, exact: None, max_rows })
+                Step::Iterate(IterPlan { prefix: path, max_rows })
             }
             Command::Begin { id, user } => {
                 if self.txns.contains_key(&id) {

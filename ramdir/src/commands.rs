@@ -10,6 +10,8 @@ use ramdir_core::Directory;
 use ramdir_core::lookup::{Class, TargetKind};
 use ramdir_core::quota::QuotaLimit;
 use ramdir_postfix::socketmap::codec::{Reply, Request};
+use ramdir_dovecot::codec::{Command as DictCommand, Reply as DictReply};
+use ramdir_dovecot::service::{Session, Settings as DictSettings, Step};
 use ramdir_postfix::socketmap::service::{self, Table};
 
 use crate::config::Config;
@@ -30,11 +32,109 @@ pub fn exit_status(reply: &Reply) -> u8 {
     }
 }
 
-/// `ramdir query --config`: answer in-process with the same service the
-/// socket uses.
+/// `ramdir query --config`: answer in-process with the same services the
+/// sockets use (quota usage comes from the running daemon, or from the store
+/// when the daemon is not running).
 pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, CmdError> {
     let dir = load_directory(config)?;
-    Ok(service::answer(&dir, &Request::new(table, key)))
+    Ok(match table {
+        "passdb" | "userdb" => {
+            let settings = config.dict.as_ref().map(|d| d.settings.clone()).unwrap_or_default();
+            match auth_dict_lookup(&dir, &settings, &format!("shared/{table}/{key}")) {
+                DictReply::Value(v) => Reply::Ok(redact_password(&v)),
+                DictReply::NotFound => Reply::NotFound,
+                other => Reply::Temp(format!("{other:?}")),
+            }
+        }
+        "quota" => match usage(config, key) {
+            Ok((storage, messages)) => {
+                let show = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+                Reply::Ok(format!("storage={} messages={}", show(storage), show(messages)))
+            }
+            Err(e) => Reply::Temp(e.to_string()),
+        },
+        _ => service::answer(&dir, &Request::new(table, key)),
+    })
+}
+
+/// Answer an auth dict lookup exactly as the dict socket would.
+fn auth_dict_lookup(dir: &Directory, settings: &DictSettings, key: &str) -> DictReply {
+    let mut session = Session::new();
+    let hello = DictCommand::Hello {
+        major: 3,
+        minor: 2,
+        value_type: 0,
+        user: String::new(),
+        dict: settings.auth_dict.clone(),
+    };
+    let _ = session.handle(hello, dir, None, settings);
+    match session.handle(DictCommand::Lookup { key: key.into(), user: String::new() }, dir, None, settings) {
+        Step::Reply(mut r) if r.len() == 1 => r.remove(0),
+        other => DictReply::Fail(format!("{other:?}")),
+    }
+}
+
+/// Replace a `password` value by its scheme: `query` output is for humans.
+fn redact_password(json: &str) -> String {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(json) else {
+        return json.to_string();
+    };
+    if let Some(serde_json::Value::String(p)) = m.get("password") {
+        let scheme = p.strip_prefix('{').and_then(|p| p.split_once('}')).map(|(s, _)| s);
+        let shown = match scheme {
+            Some(s) => format!("{{{s}}}(hidden)"),
+            None => "(hidden)".into(),
+        };
+        m.insert("password".into(), shown.into());
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+/// A user's quota usage (bytes, messages): from the daemon's quota dict if
+/// it runs (it holds the store open), else from the store file.
+pub fn usage(config: &Config, user: &str) -> Result<(Option<i64>, Option<i64>), CmdError> {
+    let user = user.to_lowercase();
+    let Some(q) = &config.quota else { return Err("no [quota] store is configured".into()) };
+    if let Some(d) = &config.dict {
+        match dict_usage(&d.listener.path, &d.settings.quota_dict, &user) {
+            Ok(u) => return Ok(u),
+            Err(e) => tracing::debug!(error = %e, "daemon not reachable; reading the store"),
+        }
+    }
+    let store = ramdir_core::usage::UsageStore::open(&q.store)
+        .map_err(|e| format!("{}: {e} (is ramdir running without a [dict] socket?)", q.store.display()))?;
+    Ok((store.get(&user, "quota/storage")?, store.get(&user, "quota/messages")?))
+}
+
+fn dict_usage(socket: &Path, dict: &str, user: &str) -> Result<(Option<i64>, Option<i64>), CmdError> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut out = BytesMut::new();
+    let hello = DictCommand::Hello { major: 3, minor: 2, value_type: 0, user: String::new(), dict: dict.into() };
+    hello.encode(&mut out);
+    for key in ["priv/quota/storage", "priv/quota/messages"] {
+        DictCommand::Lookup { key: key.into(), user: user.into() }.encode(&mut out);
+    }
+    s.write_all(&out)?;
+    let mut text = String::new();
+    let mut chunk = [0u8; 1024];
+    while text.matches('\n').count() < 2 {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err("the daemon closed the dict connection".into());
+        }
+        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+    let parse = |line: &str| -> Result<Option<i64>, CmdError> {
+        match line.split_at(line.len().min(1)) {
+            ("O", v) => Ok(Some(v.parse()?)),
+            ("N", _) => Ok(None),
+            (_, e) => Err(format!("quota dict: {e}").into()),
+        }
+    };
+    let mut lines = text.lines();
+    Ok((parse(lines.next().unwrap_or(""))?, parse(lines.next().unwrap_or(""))?))
 }
 
 /// `ramdir query --socket`: ask a running daemon.
@@ -100,8 +200,11 @@ fn quota_text(q: &QuotaLimit) -> String {
     }
 }
 
+/// A user's quota usage for `explain`, when a store is configured.
+pub type UsageFn<'a> = &'a dyn Fn(&str) -> Option<Result<(Option<i64>, Option<i64>), String>>;
+
 /// `ramdir explain`: how an address resolves, and why.
-pub fn explain(dir: &Directory, key: &str) -> String {
+pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
     let mut o = String::new();
     let mut line = |s: String| {
         o.push_str(&s);
@@ -197,6 +300,21 @@ pub fn explain(dir: &Directory, key: &str) -> String {
                                 "disabled (still receives mail)"
                             }
                         ));
+                        match usage(login) {
+                            None => {}
+                            Some(Ok((bytes, messages))) => {
+                                let show = |v: Option<i64>| {
+                                    v.map(|v| v.to_string())
+                                        .unwrap_or_else(|| "unknown (Dovecot recalculates)".into())
+                                };
+                                line(format!(
+                                    "      usage: {} bytes, {} messages",
+                                    show(bytes),
+                                    show(messages)
+                                ));
+                            }
+                            Some(Err(e)) => line(format!("      usage: unavailable ({e})")),
+                        }
                     }
                     TargetKind::UnknownLocal => line(format!(
                         "  {}  unknown in our domain (Postfix will reject it)",
@@ -237,7 +355,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = Config::load(&crate::demo::prepare(tmp.path()).unwrap()).unwrap();
         let dir = load_directory(&cfg).unwrap();
-        let text = explain(&dir, "Team+X@Example.org");
+        let text = explain(&dir, "Team+X@Example.org", &|_| None);
         assert!(
             text.contains("normalised: team@example.org (extension +x)"),
             "{text}"
@@ -257,8 +375,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("{PLAIN}alice"), "{text}");
-        let text = explain(&dir, "[1.2.3.4]");
+        let text = explain(&dir, "[1.2.3.4]", &|_| Some(Err("x".into())));
         assert!(text.contains("not an address"), "{text}");
+        let text = explain(&dir, "bob@example.org", &|_| Some(Ok((Some(42), None))));
+        assert!(text.contains("usage: 42 bytes, unknown (Dovecot recalculates) messages"), "{text}");
+    }
+
+    #[test]
+    fn query_shows_dict_answers_without_the_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Config::load(&crate::demo::prepare(tmp.path()).unwrap()).unwrap();
+        let r = query_config(&cfg, "passdb", "alice@example.org").unwrap();
+        assert_eq!(r, Reply::Ok("{\"password\":\"{PLAIN}(hidden)\"}".into()));
+        let Reply::Ok(u) = query_config(&cfg, "userdb", "carol@example.org").unwrap() else { panic!() };
+        assert!(u.contains("\"quota_rule\":\"*:storage=524288000B\""), "{u}");
+        assert_eq!(query_config(&cfg, "passdb", "dave@example.net").unwrap(), Reply::NotFound);
+        assert!(query_config(&cfg, "userdb", "dave@example.net").unwrap() != Reply::NotFound);
+        assert!(matches!(query_config(&cfg, "quota", "alice@example.org").unwrap(), Reply::Temp(_)));
     }
 
     #[test]

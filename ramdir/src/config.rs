@@ -53,6 +53,30 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     directory: Option<RawDirectory>,
     socketmap: Option<RawListener>,
+    dict: Option<RawDict>,
+    quota: Option<RawQuota>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDict {
+    listen: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    owner: Option<String>,
+    group: Option<String>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    auth_dict: Option<String>,
+    quota_dict: Option<String>,
+    alias_logins: Option<bool>,
+    disabled_userdb: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    store: Spanned<PathBuf>,
+    grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +120,37 @@ pub struct Config {
     pub directory: DirectoryConfig,
     /// The socketmap listener, if enabled.
     pub socketmap: Option<ListenerConfig>,
+    /// The Dovecot dict listener, if enabled.
+    pub dict: Option<DictConfig>,
+    /// The quota usage store, if enabled.
+    pub quota: Option<QuotaConfig>,
+}
+
+/// `[dict]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DictConfig {
+    /// The socket.
+    pub listener: ListenerConfig,
+    /// Dict names and auth behaviour.
+    pub settings: ramdir_dovecot::service::Settings,
+}
+
+/// `[quota]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaConfig {
+    /// Path of the durable usage store.
+    pub store: PathBuf,
+    /// Dovecot's `quota_grace`, mirrored by the SMTP-time checks.
+    pub grace: Grace,
+}
+
+/// `quota_grace`: a percentage of the limit or a size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    /// Percent of the user's limit.
+    Percent(u32),
+    /// Bytes.
+    Bytes(u64),
 }
 
 /// `[directory]`.
@@ -199,50 +254,97 @@ impl Config {
             domain_files: rd.domain_files.into_iter().map(abs).collect(),
             sender_login_files: rd.sender_login_files.into_iter().map(abs).collect(),
         };
+        let listener = |l: ListenerFields, max_default: usize, idle_default: Duration| {
+            let listen = l.listen.get_ref();
+            let Some(p) = listen.strip_prefix("unix:") else {
+                return Err(err(
+                    l.listen.span(),
+                    format!("listen = {listen:?}: only unix:/path sockets are supported"),
+                ));
+            };
+            if p.is_empty() {
+                return Err(err(l.listen.span(), "listen: empty socket path".into()));
+            }
+            let mode = match &l.mode {
+                None => DEFAULT_MODE,
+                Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| err(m.span(), format!("mode {:?} is not octal", m.get_ref())))?,
+            };
+            let max_connections = match &l.max_connections {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(err(n.span(), "max_connections must be at least 1".into()));
+                }
+                Some(n) => *n.get_ref(),
+                None => max_default,
+            };
+            let idle_timeout = match &l.idle_timeout_secs {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(err(n.span(), "idle_timeout_secs must be at least 1".into()));
+                }
+                Some(n) => Duration::from_secs(*n.get_ref()),
+                None => idle_default,
+            };
+            Ok(ListenerConfig {
+                path: abs(PathBuf::from(p)),
+                mode,
+                owner: l.owner,
+                group: l.group,
+                max_connections,
+                idle_timeout,
+            })
+        };
         let socketmap = match raw.socketmap {
             None => None,
-            Some(l) => {
-                let listen = l.listen.get_ref();
-                let Some(p) = listen.strip_prefix("unix:") else {
-                    return Err(err(
-                        l.listen.span(),
-                        format!("listen = {listen:?}: only unix:/path sockets are supported"),
-                    ));
-                };
-                if p.is_empty() {
-                    return Err(err(l.listen.span(), "listen: empty socket path".into()));
-                }
-                let mode = match &l.mode {
-                    None => DEFAULT_MODE,
-                    Some(m) => u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8)
-                        .ok()
-                        .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| {
-                            err(m.span(), format!("mode {:?} is not octal", m.get_ref()))
-                        })?,
-                };
-                let max_connections = match &l.max_connections {
-                    Some(n) if *n.get_ref() == 0 => {
-                        return Err(err(n.span(), "max_connections must be at least 1".into()));
-                    }
-                    Some(n) => *n.get_ref(),
-                    None => ramdir_postfix::socketmap::server::DEFAULT_MAX_CONNECTIONS,
-                };
-                let idle_timeout = match &l.idle_timeout_secs {
-                    Some(n) if *n.get_ref() == 0 => {
-                        return Err(err(n.span(), "idle_timeout_secs must be at least 1".into()));
-                    }
-                    Some(n) => Duration::from_secs(*n.get_ref()),
-                    None => ramdir_postfix::socketmap::server::IDLE_TIMEOUT,
-                };
-                Some(ListenerConfig {
-                    path: abs(PathBuf::from(p)),
-                    mode,
+            Some(l) => Some(listener(
+                ListenerFields {
+                    listen: l.listen,
+                    mode: l.mode,
                     owner: l.owner,
                     group: l.group,
-                    max_connections,
-                    idle_timeout,
-                })
+                    max_connections: l.max_connections,
+                    idle_timeout_secs: l.idle_timeout_secs,
+                },
+                ramdir_postfix::socketmap::server::DEFAULT_MAX_CONNECTIONS,
+                ramdir_postfix::socketmap::server::IDLE_TIMEOUT,
+            )?),
+        };
+        let quota = match raw.quota {
+            None => None,
+            Some(q) => {
+                let grace = match &q.grace {
+                    None => Grace::Percent(10),
+                    Some(g) => parse_grace(g.get_ref()).ok_or_else(|| {
+                        err(g.span(), format!("grace {:?}: want a percentage (10%) or a size (100M)", g.get_ref()))
+                    })?,
+                };
+                Some(QuotaConfig { store: abs(q.store.into_inner()), grace })
+            }
+        };
+        let dict = match raw.dict {
+            None => None,
+            Some(d) => {
+                let defaults = ramdir_dovecot::service::Settings::default();
+                let settings = ramdir_dovecot::service::Settings {
+                    auth_dict: d.auth_dict.unwrap_or(defaults.auth_dict),
+                    quota_dict: d.quota_dict.unwrap_or(defaults.quota_dict),
+                    alias_logins: d.alias_logins.unwrap_or(defaults.alias_logins),
+                    disabled_userdb: d.disabled_userdb.unwrap_or(defaults.disabled_userdb),
+                };
+                let listener = listener(
+                    ListenerFields {
+                        listen: d.listen,
+                        mode: d.mode,
+                        owner: d.owner,
+                        group: d.group,
+                        max_connections: d.max_connections,
+                        idle_timeout_secs: d.idle_timeout_secs,
+                    },
+                    ramdir_dovecot::server::DEFAULT_MAX_CONNECTIONS,
+                    ramdir_dovecot::server::IDLE_TIMEOUT,
+                )?;
+                Some(DictConfig { listener, settings })
             }
         };
         Ok(Config {
@@ -253,8 +355,27 @@ impl Config {
                 watch_files: rd.watch_files.unwrap_or(true),
             },
             socketmap,
+            dict,
+            quota,
         })
     }
+}
+
+/// The listener keys every listener section shares.
+struct ListenerFields {
+    listen: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    owner: Option<String>,
+    group: Option<String>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+}
+
+fn parse_grace(s: &str) -> Option<Grace> {
+    if let Some(p) = s.trim().strip_suffix('%') {
+        return p.trim().parse().ok().filter(|p| *p <= 1000).map(Grace::Percent);
+    }
+    ramdir_core::quota::parse_size(s).ok().map(Grace::Bytes)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -314,6 +435,23 @@ idle_timeout_secs = 300
         assert_eq!(l.group.as_deref(), Some("postfix"));
         assert_eq!(l.max_connections, 100);
         assert_eq!(l.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn dict_and_quota_sections() {
+        let c = parse(
+            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
+        )
+        .unwrap();
+        let d = c.dict.unwrap();
+        assert_eq!(d.listener.mode, 0o666);
+        assert_eq!(d.settings.auth_dict, "a");
+        assert_eq!(d.settings.quota_dict, "quota");
+        assert!(d.settings.alias_logins && d.settings.disabled_userdb);
+        let q = c.quota.unwrap();
+        assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
+        assert_eq!(q.grace, Grace::Percent(5));
+        assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
     }
 
     #[test]

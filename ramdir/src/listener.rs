@@ -39,7 +39,10 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     if !meta.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket; not touching it", path.display()),
+            format!(
+                "{} exists and is not a socket; not touching it",
+                path.display()
+            ),
         ));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -57,7 +60,10 @@ fn resolve_user(name: &str) -> io::Result<u32> {
     }
     match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
-        Ok(None) => Err(io::Error::new(io::ErrorKind::NotFound, format!("no such user {name:?}"))),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no such user {name:?}"),
+        )),
         Err(e) => Err(io::Error::other(format!("looking up user {name:?}: {e}"))),
     }
 }
@@ -68,7 +74,10 @@ fn resolve_group(name: &str) -> io::Result<u32> {
     }
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(io::Error::new(io::ErrorKind::NotFound, format!("no such group {name:?}"))),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no such group {name:?}"),
+        )),
         Err(e) => Err(io::Error::other(format!("looking up group {name:?}: {e}"))),
     }
 }

@@ -49,7 +49,8 @@ enum Command {
         /// Ask a running daemon on this socketmap socket instead.
         #[arg(long, short)]
         socket: Option<PathBuf>,
-        /// Table: domains, mailboxes, aliases or senders.
+        /// Table: domains, mailboxes, aliases, senders (socketmap);
+        /// passdb, userdb (Dovecot auth dict, hash hidden); quota (usage).
         table: String,
         /// The key.
         key: String,
@@ -87,7 +88,10 @@ fn init_logging(level: Option<&str>, default: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve { .. });
-    init_logging(cli.log_level.as_deref(), if quiet { "warn" } else { "info" });
+    init_logging(
+        cli.log_level.as_deref(),
+        if quiet { "warn" } else { "info" },
+    );
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -99,8 +103,16 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<u8, serve::CmdError> {
     match command {
-        Command::Serve { config, demo, demo_dir } => {
-            let path = if demo { demo::prepare(&demo_dir)? } else { config };
+        Command::Serve {
+            config,
+            demo,
+            demo_dir,
+        } => {
+            let path = if demo {
+                demo::prepare(&demo_dir)?
+            } else {
+                config
+            };
             let config = Config::load(&path)?;
             if demo {
                 eprintln!("{}", demo::hints(&demo_dir));
@@ -108,7 +120,12 @@ fn run(command: Command) -> Result<u8, serve::CmdError> {
             serve::serve(config)?;
             Ok(0)
         }
-        Command::Query { config, socket, table, key } => {
+        Command::Query {
+            config,
+            socket,
+            table,
+            key,
+        } => {
             let reply = match socket {
                 Some(s) => commands::query_socket(&s, &table, &key)?,
                 None => commands::query_config(&Config::load(&config)?, &table, &key)?,
@@ -117,8 +134,13 @@ fn run(command: Command) -> Result<u8, serve::CmdError> {
             Ok(commands::exit_status(&reply))
         }
         Command::Explain { config, address } => {
-            let dir = serve::load_directory(&Config::load(&config)?)?;
-            print!("{}", commands::explain(&dir, &address));
+            let config = Config::load(&config)?;
+            let dir = serve::load_directory(&config)?;
+            let usage = |login: &str| {
+                config.quota.as_ref()?;
+                Some(commands::usage(&config, login).map_err(|e| e.to_string()))
+            };
+            print!("{}", commands::explain(&dir, &address, &usage));
             Ok(0)
         }
         Command::CheckConfig { file } => {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use ramdir_core::{Directory, DirectoryHandle};
+use ramdir_dovecot::server as dict;
 use ramdir_postfix::socketmap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -63,12 +64,15 @@ enum Trigger {
 
 /// Run the daemon. Returns when a termination signal has been handled.
 pub fn serve(config: Config) -> Result<(), CmdError> {
-    if config.socketmap.is_none() {
+    if config.socketmap.is_none() && config.dict.is_none() {
         return Err(format!(
-            "{}: nothing to serve: no listener section ([socketmap]) is configured",
+            "{}: nothing to serve: no listener section ([socketmap], [dict]) is configured",
             config.path.display()
         )
         .into());
+    }
+    if config.dict.is_some() && config.quota.is_none() {
+        tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
     let dir = load_directory(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -96,6 +100,36 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         tracing::info!(socket = %l.path.display(), "socketmap listening");
         servers.spawn(async move {
             socketmap::server::run(listener, h, cfg, stats, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+
+    if let Some(d) = &config.dict {
+        let usage = match &config.quota {
+            Some(q) => {
+                let store = Arc::new(
+                    ramdir_core::usage::UsageStore::open(&q.store)
+                        .map_err(|e| format!("{}: {e}", q.store.display()))?,
+                );
+                tracing::info!(store = %q.store.display(), "quota usage store open");
+                Some(dict::Usage { writer: ramdir_core::usage::Writer::start(store.clone()), store })
+            }
+            None => None,
+        };
+        let listener = listener::bind(&d.listener)?;
+        sockets.push(d.listener.path.clone());
+        let cfg = dict::Config {
+            max_connections: d.listener.max_connections,
+            idle_timeout: d.listener.idle_timeout,
+            settings: d.settings.clone(),
+        };
+        let stats = Arc::new(dict::Stats::default());
+        let (h, mut stop) = (handle.clone(), stop_rx.clone());
+        tracing::info!(socket = %d.listener.path.display(), "dict listening");
+        servers.spawn(async move {
+            dict::run(listener, h, usage, cfg, stats, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await
@@ -180,13 +214,16 @@ async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Tri
         );
         return;
     }
-    if new_cfg.socketmap != config.socketmap {
-        tracing::warn!("listener settings changed; they take effect after a restart");
+    if new_cfg.socketmap != config.socketmap
+        || new_cfg.dict != config.dict
+        || new_cfg.quota != config.quota
+    {
+        tracing::warn!("listener or quota store settings changed; they take effect after a restart");
     }
     handle.replace(dir);
-    let keep_listeners = config.socketmap.clone();
-    *config = new_cfg;
-    config.socketmap = keep_listeners;
+    // Only the directory part of a new configuration applies without a
+    // restart; keep the running listeners' settings.
+    config.directory = new_cfg.directory;
     tracing::info!(
         generation = handle.snapshot().meta().generation,
         "reload done"

@@ -1,0 +1,585 @@
+//! A private Postfix instance run from the stack directory, as in
+//! `docs/stack-notes.md` section 3: its own `main.cf` and `master.cf`
+//! (`chroot = n` everywhere, one smtpd listener on 127.0.0.1, a `postlog`
+//! service and a `maillog_file` inside the stack), its own spool and data
+//! directories, outbound delivery disabled, and virtual mail discarded after
+//! alias expansion (`virtual_transport = discard:`) so the maillog shows the
+//! final recipients.
+//!
+//! All of the Postfix lookups that ramdir serves go to one socket,
+//! `<spool>/private/ramdir-socketmap`, named in `main.cf` by the *relative*
+//! path `unix:private/ramdir-socketmap`, which is what operators are told to
+//! write (daemons run with the spool as their working directory, chrooted or
+//! not; protocols.md G5).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::smtp::Smtp;
+use crate::{StackDir, WAIT, process_alive, require_root, shell_quote, write_atomic};
+
+/// The socketmap socket's name inside the spool, as operators configure it.
+pub const SOCKETMAP_REL: &str = "private/ramdir-socketmap";
+
+/// The `main.cf` lines that hand Postfix's directory lookups to ramdir, as
+/// the README tells operators to write them.
+pub const RAMDIR_MAIN_CF: &str = "\
+virtual_mailbox_domains = socketmap:unix:private/ramdir-socketmap:domains
+virtual_mailbox_maps = socketmap:unix:private/ramdir-socketmap:mailboxes
+virtual_alias_maps = socketmap:unix:private/ramdir-socketmap:aliases
+virtual_alias_domains =
+smtpd_sender_login_maps = socketmap:unix:private/ramdir-socketmap:senders
+virtual_transport = discard:
+";
+
+/// A Postfix instance under `<stack>/pf/{etc,spool,data}` with its log at
+/// `<stack>/pf/maillog`. Stopped on drop.
+#[derive(Debug)]
+pub struct Postfix {
+    etc: PathBuf,
+    spool: PathBuf,
+    maillog: PathBuf,
+    port: u16,
+    started: bool,
+}
+
+impl Postfix {
+    /// Write the configuration and create the spool (with its `private/`
+    /// directory, where ramdir's socket goes). Does not start Postfix.
+    /// `main_cf_extra` is appended to `main.cf` (later lines win).
+    pub fn prepare(stack: &StackDir, main_cf_extra: &str) -> Postfix {
+        require_root();
+        require_tools();
+        let base = stack.join("pf");
+        let etc = base.join("etc");
+        let spool = base.join("spool");
+        let data = base.join("data");
+        std::fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("mkdir {}: {e}", etc.display()));
+        std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("mkdir {}: {e}", data.display()));
+        crate::set_mode(&base, 0o755);
+        // data_directory must belong to postfix (trap 3).
+        chown_postfix(&data);
+        let port = free_port();
+        let maillog = base.join("maillog");
+        write_atomic(
+            &etc.join("main.cf"),
+            &main_cf(stack.path(), &spool, &data, &maillog, main_cf_extra),
+        );
+        write_atomic(&etc.join("master.cf"), &master_cf(port));
+        age_config(&etc);
+        let pf = Postfix {
+            etc,
+            spool,
+            maillog,
+            port,
+            started: false,
+        };
+        match template_spool() {
+            Some(t) => copy_tree(&t, &pf.spool),
+            None => {
+                std::fs::create_dir(&pf.spool)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", pf.spool.display()));
+                pf.run_ok("check");
+            }
+        }
+        assert!(
+            pf.spool.join("private").is_dir(),
+            "{} has no private/ after postfix check",
+            pf.spool.display()
+        );
+        pf
+    }
+
+    /// Start Postfix and wait (up to 10 s) for the `220 ` banner (a
+    /// listening port alone proves nothing, trap 5).
+    pub fn start(&mut self) {
+        assert!(!self.started, "Postfix is already running");
+        self.run_ok("start");
+        self.started = true;
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = Smtp::connect(self.smtp_addr()) {
+                if s.banner.code == 220 {
+                    let _ = s.quit();
+                    return;
+                }
+            }
+            if start.elapsed() > WAIT {
+                panic!(
+                    "Postfix on {} gave no 220 banner within {WAIT:?}; maillog:\n{}",
+                    self.smtp_addr(),
+                    self.maillog_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop Postfix (`postfix stop`, which waits for the master to exit),
+    /// killing the master if it is still alive afterwards.
+    pub fn stop(&mut self) {
+        if !self.started {
+            return;
+        }
+        self.started = false;
+        let pid = self.master_pid();
+        let _ = self.run("stop");
+        if let Some(pid) = pid {
+            let deadline = Instant::now() + WAIT;
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if process_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// The master's pid, from `spool/pid/master.pid` (space-padded).
+    pub fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.spool.join("pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Where smtpd listens.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// A new SMTP session (banner read). Panics if the connection fails.
+    pub fn smtp(&self) -> Smtp {
+        Smtp::connect(self.smtp_addr())
+            .unwrap_or_else(|e| panic!("SMTP connect {}: {e}", self.smtp_addr()))
+    }
+
+    /// The config directory (`-c` for every Postfix command).
+    pub fn etc(&self) -> &Path {
+        &self.etc
+    }
+
+    /// The queue directory; daemons run with it as their working directory.
+    pub fn spool(&self) -> &Path {
+        &self.spool
+    }
+
+    /// Where ramdir's socketmap socket must be:
+    /// `<spool>/private/ramdir-socketmap`.
+    pub fn socketmap_path(&self) -> PathBuf {
+        self.spool.join(SOCKETMAP_REL)
+    }
+
+    /// Run `postfix -c ETC <sub>` through `script` (Postfix only prints its
+    /// errors to a terminal, trap 1). Returns the command's output.
+    pub fn run(&self, sub: &str) -> Output {
+        let cmd = format!(
+            "postfix -c {} {sub}",
+            shell_quote(&self.etc.display().to_string())
+        );
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run script -qec {cmd:?}: {e}"))
+    }
+
+    fn run_ok(&self, sub: &str) {
+        let out = self.run(sub);
+        if !out.status.success() {
+            panic!(
+                "postfix {sub} failed ({}): {}{}\nmaillog:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.maillog_text()
+            );
+        }
+    }
+
+    /// `postmap -c ETC -q KEY socketmap:unix:private/ramdir-socketmap:TABLE`
+    /// run from the spool directory (postmap does not chdir, G5). Returns
+    /// (exit code, stdout): 0 and the value when found, 1 and nothing when
+    /// not found; other codes are errors.
+    pub fn postmap_q(&self, table: &str, key: &str) -> (i32, String) {
+        let out = self.postmap(table, &["-q", key], None);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `postmap -q -` with one key per line on stdin: many lookups from one
+    /// process over one socketmap connection. Returns (exit code, stdout:
+    /// `key<TAB>value` for each key found).
+    pub fn postmap_q_many(&self, table: &str, keys: &[&str]) -> (i32, String) {
+        let mut input = keys.join("\n");
+        input.push('\n');
+        let out = self.postmap(table, &["-q", "-"], Some(&input));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn postmap(&self, table: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let map = format!("socketmap:unix:{SOCKETMAP_REL}:{table}");
+        let mut child = Command::new("postmap")
+            .arg("-c")
+            .arg(&self.etc)
+            .args(args)
+            .arg(&map)
+            .current_dir(&self.spool)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run postmap: {e}"));
+        if let Some(text) = stdin {
+            let mut w = child.stdin.take().expect("postmap stdin");
+            w.write_all(text.as_bytes()).expect("write postmap stdin");
+        }
+        child.wait_with_output().expect("wait for postmap")
+    }
+
+    /// The maillog so far.
+    pub fn maillog_text(&self) -> String {
+        std::fs::read_to_string(&self.maillog).unwrap_or_default()
+    }
+
+    /// The maillog path.
+    pub fn maillog(&self) -> &Path {
+        &self.maillog
+    }
+
+    /// Maillog lines that contain every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.maillog_text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait (up to 10 s) for a maillog line that contains every one of
+    /// `needles`, and return it. Panics with the end of the maillog when
+    /// none shows up.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.log_lines_with(needles).into_iter().next() {
+                return l;
+            }
+            if start.elapsed() > WAIT {
+                let text = self.maillog_text();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "no maillog line with all of {needles:?} within {WAIT:?}; last lines:\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn main_cf(stack: &Path, spool: &Path, data: &Path, maillog: &Path, extra: &str) -> String {
+    format!(
+        "\
+# Generated by ramdir-integration (a private test instance).
+compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {data}
+maillog_file = {maillog}
+maillog_file_prefixes = {stack}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.stack.test
+mydomain = stack.test
+myorigin = $myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+local_transport = error:5.1.1 local delivery disabled
+relayhost =
+relay_domains =
+default_transport = error:5.7.1 outbound delivery disabled (test instance)
+relay_transport = error:5.7.1 outbound delivery disabled (test instance)
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+biff = no
+in_flow_delay = 0
+smtpd_error_sleep_time = 0
+smtpd_soft_error_limit = 1000
+smtpd_hard_error_limit = 1000
+smtpd_relay_restrictions = reject_unauth_destination
+recipient_delimiter = +
+{RAMDIR_MAIN_CF}{extra}
+",
+        spool = spool.display(),
+        data = data.display(),
+        maillog = maillog.display(),
+        stack = stack.display(),
+    )
+}
+
+fn master_cf(port: u16) -> String {
+    // Every service unchrooted (trap 6); the only listener is ours.
+    let services = [
+        ("pickup", "unix", "n", "60", "1", "pickup"),
+        ("cleanup", "unix", "n", "-", "0", "cleanup"),
+        ("qmgr", "unix", "n", "300", "1", "qmgr"),
+        ("rewrite", "unix", "-", "-", "-", "trivial-rewrite"),
+        ("bounce", "unix", "-", "-", "0", "bounce"),
+        ("defer", "unix", "-", "-", "0", "bounce"),
+        ("trace", "unix", "-", "-", "0", "bounce"),
+        ("verify", "unix", "-", "-", "1", "verify"),
+        ("flush", "unix", "n", "1000?", "0", "flush"),
+        ("proxymap", "unix", "-", "-", "-", "proxymap"),
+        ("proxywrite", "unix", "-", "-", "1", "proxymap"),
+        ("smtp", "unix", "-", "-", "-", "smtp"),
+        ("relay", "unix", "-", "-", "-", "smtp"),
+        ("showq", "unix", "n", "-", "-", "showq"),
+        ("error", "unix", "-", "-", "-", "error"),
+        ("retry", "unix", "-", "-", "-", "error"),
+        ("discard", "unix", "-", "-", "-", "discard"),
+        ("lmtp", "unix", "-", "-", "-", "lmtp"),
+        ("anvil", "unix", "-", "-", "1", "anvil"),
+        ("scache", "unix", "-", "-", "1", "scache"),
+        ("postlog", "unix-dgram", "n", "-", "1", "postlogd"),
+    ];
+    let mut s = String::from("# Generated by ramdir-integration.\n");
+    s.push_str(&format!("127.0.0.1:{port} inet n - n - - smtpd\n"));
+    for (name, ty, private, wakeup, limit, cmd) in services {
+        s.push_str(&format!(
+            "{name} {ty} {private} - n {wakeup} {limit} {cmd}\n"
+        ));
+    }
+    s
+}
+
+/// Date `main.cf` and `master.cf` a minute back. Postfix re-reads a
+/// config file that changed in the last second or two, pausing 300 ms
+/// each time until it "cools down" (`dict_load_fp()`), which costs more
+/// than a second per command on a freshly written config.
+fn age_config(etc: &Path) {
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    for name in ["main.cf", "master.cf"] {
+        let p = etc.join(name);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .and_then(|f| f.set_modified(past))
+            .unwrap_or_else(|e| panic!("set mtime of {}: {e}", p.display()));
+    }
+}
+
+/// Panic, with the fix, when a needed tool is missing.
+fn require_tools() {
+    for tool in [
+        "/usr/sbin/postfix",
+        "/usr/sbin/postmap",
+        "/usr/bin/script",
+        "/usr/bin/ps",
+    ] {
+        if !Path::new(tool).exists() {
+            panic!("{tool} is missing: run scripts/install-test-deps.sh (as root) first");
+        }
+    }
+}
+
+fn chown_postfix(path: &Path) {
+    let user = nix::unistd::User::from_name("postfix")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no user 'postfix': run scripts/install-test-deps.sh"));
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+        .unwrap_or_else(|e| panic!("chown postfix {}: {e}", path.display()));
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// `cp -a` (keeps owners and modes, which Postfix checks).
+fn copy_tree(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap_or_else(|e| panic!("run cp: {e}"));
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A spool made by `postfix check` once (the first check on an empty spool
+/// takes ~2 s) and then copied for every instance. It lives next to the
+/// test binaries (`target/ramdir-it/spool-template`) and is reused across
+/// runs; `None` when it cannot be made there (then each instance runs
+/// `postfix check` itself).
+fn template_spool() -> Option<PathBuf> {
+    static LOCK: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = guard.as_ref() {
+        return Some(p.clone());
+    }
+    let root = template_root()?;
+    let tpl = root.join("spool-template");
+    if !tpl.join("private").is_dir() || !tpl.join("maildrop").is_dir() {
+        std::fs::create_dir_all(&root).ok()?;
+        // Build beside it, then rename into place: another test binary may
+        // be doing the same right now.
+        let build = root.join(format!("build-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&build);
+        let etc = build.join("etc");
+        let spool = build.join("spool");
+        let data = build.join("data");
+        std::fs::create_dir_all(&etc).ok()?;
+        std::fs::create_dir_all(&data).ok()?;
+        std::fs::create_dir_all(&spool).ok()?;
+        chown_postfix(&data);
+        let maillog = build.join("maillog");
+        write_atomic(
+            &etc.join("main.cf"),
+            &main_cf(&build, &spool, &data, &maillog, ""),
+        );
+        write_atomic(&etc.join("master.cf"), &master_cf(1));
+        age_config(&etc);
+        let cmd = format!(
+            "postfix -c {} check",
+            shell_quote(&etc.display().to_string())
+        );
+        let ok = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok || !spool.join("private").is_dir() {
+            let _ = std::fs::remove_dir_all(&build);
+            return None;
+        }
+        if std::fs::rename(&spool, &tpl).is_err() && !tpl.join("private").is_dir() {
+            let _ = std::fs::remove_dir_all(&build);
+            return None;
+        }
+        let _ = std::fs::remove_dir_all(&build);
+    }
+    *guard = Some(tpl.clone());
+    Some(tpl)
+}
+
+/// `target/ramdir-it`, found from the test binary's path
+/// (`target/<profile>/deps/<test>`).
+fn template_root() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    // dir is target/<profile> (or target/<triple>/<profile>).
+    Some(dir.parent()?.join("ramdir-it"))
+}
+
+/// One recipient's delivery as the maillog reports it
+/// (`QID: to=<…>, orig_to=<…>, relay=…, status=sent (…)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The final recipient.
+    pub to: String,
+    /// The recipient as the client sent it, when aliasing changed it.
+    pub orig_to: Option<String>,
+    /// `sent`, `bounced`, `deferred`, …
+    pub status: String,
+}
+
+impl Postfix {
+    /// Wait (up to 10 s) until the queue manager has removed message `qid`,
+    /// then return every delivery logged for it.
+    pub fn wait_deliveries(&self, qid: &str) -> Vec<Delivery> {
+        self.wait_for_log(&[&format!(" {qid}: removed")]);
+        let tag = format!(" {qid}: to=<");
+        self.log_lines_with(&[&tag]).iter().filter_map(|l| parse_delivery(l, qid)).collect()
+    }
+}
+
+fn parse_delivery(line: &str, qid: &str) -> Option<Delivery> {
+    let rest = &line[line.find(&format!(" {qid}: to=<"))? + qid.len() + 3..];
+    let field = |name: &str| -> Option<String> {
+        let start = rest.find(&format!("{name}=<"))? + name.len() + 2;
+        // `to=` also occurs inside `orig_to=`: only accept a field that
+        // starts the text or follows ", ".
+        let before = &rest[..start - name.len() - 2];
+        if !(before.is_empty() || before.ends_with(", ")) {
+            return None;
+        }
+        let end = rest[start..].find('>')? + start;
+        Some(rest[start..end].to_string())
+    };
+    let status = rest.split(", ").find_map(|f| f.strip_prefix("status="))?;
+    Some(Delivery {
+        to: field("to")?,
+        orig_to: field("orig_to"),
+        status: status.split_whitespace().next().unwrap_or("").to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_lines_are_parsed() {
+        let l = "Nov 24 03:49:01 mx postfix/discard[77]: 4AB12C: to=<alice@example.org>, \
+                 orig_to=<info@example.org>, relay=none, delay=0.03, delays=0.02/0/0/0, \
+                 dsn=2.0.0, status=sent (example.org)";
+        assert_eq!(
+            parse_delivery(l, "4AB12C"),
+            Some(Delivery {
+                to: "alice@example.org".into(),
+                orig_to: Some("info@example.org".into()),
+                status: "sent".into()
+            })
+        );
+        let l = "x postfix/discard[77]: 4AB12C: to=<real@catchall.test>, relay=none, status=sent (x)";
+        let d = parse_delivery(l, "4AB12C").unwrap();
+        assert_eq!((d.to.as_str(), d.orig_to), ("real@catchall.test", None));
+    }
+
+    #[test]
+    fn master_cf_has_one_listener_and_no_chroot() {
+        let m = master_cf(2525);
+        assert!(m.contains("127.0.0.1:2525 inet n - n - - smtpd"));
+        assert!(m.lines().skip(1).all(|l| l.split_whitespace().nth(4) == Some("n")), "{m}");
+        assert!(m.contains("postlog unix-dgram n - n - 1 postlogd"));
+    }
+}

@@ -24,6 +24,7 @@
 //! logged: [`model::UserSpec`] and [`model::User`] redact them in `Debug`.
 
 pub mod address;
+pub mod check;
 pub mod directory;
 pub mod files;
 pub mod lookup;

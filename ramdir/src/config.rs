@@ -144,14 +144,7 @@ pub struct QuotaConfig {
     pub grace: Grace,
 }
 
-/// `quota_grace`: a percentage of the limit or a size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grace {
-    /// Percent of the user's limit.
-    Percent(u32),
-    /// Bytes.
-    Bytes(u64),
-}
+pub use ramdir_core::check::Grace;
 
 /// `[directory]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,337 @@
+//! The SMTP-time quota decision, shared by the policy service and the
+//! milter.
+//!
+//! It mirrors what Dovecot will decide at LMTP time, so that mail accepted
+//! during SMTP is not refused (and bounced) later. The truth is Dovecot
+//! 2.3.19 `src/plugins/quota/quota.c` (`quota_transaction_set_limits`,
+//! `quota_default_test_alloc`) and `quota-util.c`
+//! (`quota_transaction_is_over`, `quota_root_parse_grace`):
+//! - delivery goes to INBOX, whose limit is the user's main rule (folder
+//!   rules such as `Trash:+500M` do not apply to it); usage is the total of
+//!   all folders;
+//! - bytes: with usage `u` and limit `l`, a message of `s > 0` bytes fits iff
+//!   `u < l` and `s ≤ (l − u) + grace`; `s = 0` fits iff `u ≤ l`;
+//! - messages: a new message fits iff `count < count limit`;
+//! - `quota_grace` (default 10%) is a percentage of the user's limit or an
+//!   absolute size, and applies to LDA/LMTP deliveries only;
+//! - a limit of 0 means unlimited;
+//! - an unknown size counts as 1 byte, as Dovecot's `quota-status` does.
+//!
+//! Recipients are resolved through aliases and catch-alls first. An address
+//! is refused only when **every** local mailbox it reaches is over quota;
+//! a remote target never blocks, and neither does a mailbox whose usage is
+//! not tracked yet (Dovecot creates the counters on first use, and LMTP
+//! still enforces the quota), so a new user can always receive mail.
+
+use std::fmt;
+
+use crate::directory::Directory;
+use crate::lookup::{Class, TargetKind};
+use crate::quota::QuotaLimit;
+use crate::usage::{StoreError, UsageStore};
+
+/// Dovecot's `quota_grace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grace {
+    /// Percent of the user's limit (`10%`, Dovecot's default).
+    Percent(u32),
+    /// Absolute bytes.
+    Bytes(u64),
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Grace::Percent(10)
+    }
+}
+
+impl Grace {
+    /// Grace in bytes for a user whose limit is `limit` bytes.
+    pub fn bytes(self, limit: u64) -> u64 {
+        match self {
+            // Dovecot computes `limit * percent / 100` in 64-bit integers.
+            Grace::Percent(p) => limit.saturating_mul(u64::from(p)) / 100,
+            Grace::Bytes(b) => b,
+        }
+    }
+}
+
+/// A mailbox's current usage; `None` where no counter exists yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Bytes.
+    pub storage: Option<i64>,
+    /// Messages.
+    pub messages: Option<i64>,
+}
+
+/// Where usage comes from (the durable store, or a table in tests).
+pub trait UsageSource {
+    /// Usage of `login`.
+    fn usage(&self, login: &str) -> Result<Usage, StoreError>;
+}
+
+impl UsageSource for UsageStore {
+    fn usage(&self, login: &str) -> Result<Usage, StoreError> {
+        Ok(Usage {
+            storage: self.get(login, "quota/storage")?,
+            messages: self.get(login, "quota/messages")?,
+        })
+    }
+}
+
+/// Whether one more message of `size` bytes fits, as Dovecot decides at
+/// delivery. Untracked usage fits.
+pub fn fits(limit: QuotaLimit, usage: Usage, grace: Grace, size: u64) -> bool {
+    if let (Some(l), Some(m)) = (limit.messages.filter(|l| *l > 0), usage.messages) {
+        if m.max(0) as u64 >= l {
+            return false;
+        }
+    }
+    let (Some(l), Some(u)) = (limit.storage.filter(|l| *l > 0), usage.storage) else {
+        return true;
+    };
+    let u = u.max(0) as u64;
+    if size == 0 {
+        return u <= l;
+    }
+    u < l && size <= (l - u).saturating_add(grace.bytes(l))
+}
+
+/// The decision for one recipient or one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliverable as far as quota goes.
+    Accept,
+    /// Every local mailbox reached is over quota.
+    OverQuota {
+        /// The full mailboxes.
+        mailboxes: Vec<String>,
+    },
+    /// Not an address of ours (or not known): not ours to decide.
+    NotOurs,
+    /// The check could not be made (store or directory trouble).
+    Trouble(String),
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::OverQuota { mailboxes } => write!(f, "over quota: {}", mailboxes.join(", ")),
+            Verdict::NotOurs => f.write_str("not ours"),
+            Verdict::Trouble(e) => write!(f, "cannot check: {e}"),
+        }
+    }
+}
+
+/// What resolving a recipient gave: the local mailboxes it reaches, or that
+/// it cannot be blocked (a remote target) or is not ours.
+enum Reach {
+    Mailboxes(Vec<String>),
+    Unblockable,
+    NotOurs,
+}
+
+fn reach(dir: &Directory, rcpt: &str) -> Result<Reach, String> {
+    let (_, class) = dir.classify(rcpt);
+    if matches!(class, Class::Foreign | Class::UnknownLocal) {
+        return Ok(Reach::NotOurs);
+    }
+    let r = dir.resolve(rcpt).map_err(|e| e.to_string())?;
+    let mut boxes = Vec::new();
+    for t in r.targets {
+        match t.kind {
+            TargetKind::Mailbox(login) => {
+                if !boxes.contains(&login) {
+                    boxes.push(login);
+                }
+            }
+            // Remote or unknown local targets: delivery is not ours to
+            // refuse by quota.
+            TargetKind::Remote | TargetKind::UnknownLocal => return Ok(Reach::Unblockable),
+        }
+    }
+    Ok(if boxes.is_empty() { Reach::Unblockable } else { Reach::Mailboxes(boxes) })
+}
+
+/// Check one recipient for a message of `size` bytes (0: unknown, counted
+/// as 1 byte).
+pub fn check_recipient(
+    dir: &Directory,
+    usage: &dyn UsageSource,
+    grace: Grace,
+    rcpt: &str,
+    size: u64,
+) -> Verdict {
+    check_message(dir, usage, grace, &[rcpt], size)
+}
+
+/// Check a message for all its recipients: refused only when every local
+/// mailbox of every recipient is over quota (an unknown or remote recipient
+/// makes it deliverable somewhere, so it is accepted).
+pub fn check_message(
+    dir: &Directory,
+    usage: &dyn UsageSource,
+    grace: Grace,
+    rcpts: &[&str],
+    size: u64,
+) -> Verdict {
+    let size = size.max(1);
+    let mut full = Vec::new();
+    let mut any_ours = false;
+    for rcpt in rcpts {
+        match reach(dir, rcpt) {
+            Err(e) => return Verdict::Trouble(e),
+            Ok(Reach::NotOurs) => {
+                if rcpts.len() > 1 {
+                    // Someone else's recipient: the message goes there.
+                    return Verdict::Accept;
+                }
+            }
+            Ok(Reach::Unblockable) => return Verdict::Accept,
+            Ok(Reach::Mailboxes(boxes)) => {
+                any_ours = true;
+                for login in boxes {
+                    let Some(user) = dir.user(&login) else { return Verdict::Accept };
+                    let u = match usage.usage(&login) {
+                        Ok(u) => u,
+                        Err(e) => return Verdict::Trouble(e.to_string()),
+                    };
+                    if fits(user.quota, u, grace, size) {
+                        return Verdict::Accept;
+                    }
+                    if !full.contains(&login) {
+                        full.push(login);
+                    }
+                }
+            }
+        }
+    }
+    if !any_ours {
+        return Verdict::NotOurs;
+    }
+    Verdict::OverQuota { mailboxes: full }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Settings, UserSpec};
+    use std::collections::HashMap;
+
+    const L: u64 = 1000;
+
+    fn lim(storage: u64) -> QuotaLimit {
+        QuotaLimit { storage: Some(storage), messages: None }
+    }
+
+    fn used(b: i64) -> Usage {
+        Usage { storage: Some(b), messages: None }
+    }
+
+    #[test]
+    fn dovecot_grace_boundaries() {
+        let g = Grace::Percent(10); // 100 bytes of grace on a 1000-byte limit
+        let cases = [
+            // (usage, size, fits)
+            (0, 1, true),
+            (0, 1100, true),
+            (0, 1101, false),
+            (900, 200, true),  // 100 left + 100 grace
+            (900, 201, false),
+            (999, 101, true),
+            (999, 102, false),
+            (1000, 1, false),  // at the limit: nothing fits
+            (1000, 0, true),   // size 0 only needs usage <= limit
+            (1001, 0, false),
+            (5000, 1, false),
+            (-50, 1150, false), // negative usage counts as 0
+            (-50, 1100, true),
+        ];
+        for (u, size, want) in cases {
+            assert_eq!(fits(lim(L), used(u), g, size), want, "usage {u} size {size}");
+        }
+        assert!(fits(lim(L), used(900), Grace::Bytes(0), 100));
+        assert!(!fits(lim(L), used(900), Grace::Bytes(0), 101));
+        assert!(fits(lim(L), used(900), Grace::Bytes(500), 600));
+    }
+
+    #[test]
+    fn unlimited_untracked_and_message_limits() {
+        let g = Grace::default();
+        assert!(fits(QuotaLimit::default(), used(1 << 40), g, 1 << 30));
+        assert!(fits(lim(0), used(1 << 40), g, 10));
+        assert!(fits(lim(L), Usage::default(), g, 1 << 30), "untracked usage fits");
+        let ml = QuotaLimit { storage: None, messages: Some(10) };
+        assert!(fits(ml, Usage { storage: None, messages: Some(9) }, g, 1));
+        assert!(!fits(ml, Usage { storage: None, messages: Some(10) }, g, 1));
+    }
+
+    struct Table(HashMap<String, Usage>);
+    impl UsageSource for Table {
+        fn usage(&self, login: &str) -> Result<Usage, StoreError> {
+            if login == "broken@x.org" {
+                return Err(StoreError::Db("disk on fire".into()));
+            }
+            Ok(self.0.get(login).copied().unwrap_or_default())
+        }
+    }
+
+    fn setup() -> (Directory, Table) {
+        let mut d = Directory::new(Settings::default());
+        for (login, limit) in [("full@x.org", L), ("free@x.org", L), ("full2@x.org", L), ("broken@x.org", L)] {
+            d.insert_user(&UserSpec { login: login.into(), quota: Some(lim(limit)), ..Default::default() });
+        }
+        let a = |d: &mut Directory, k: &str, t: &[&str]| d.set_alias(k, t.iter().map(|s| s.to_string()).collect());
+        a(&mut d, "alias-full@x.org", &["full@x.org"]);
+        a(&mut d, "mixed@x.org", &["full@x.org", "free@x.org"]);
+        a(&mut d, "both-full@x.org", &["full@x.org", "full2@x.org"]);
+        a(&mut d, "with-remote@x.org", &["full@x.org", "someone@remote.test"]);
+        a(&mut d, "@catch.x.org", &["full@x.org"]);
+        let usage = Table(
+            [("full@x.org", used(1000)), ("full2@x.org", used(2000)), ("free@x.org", used(10))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        (d, usage)
+    }
+
+    #[test]
+    fn recipients_resolve_through_aliases_and_catch_alls() {
+        let (d, u) = setup();
+        let g = Grace::default();
+        let over = |m: &[&str]| Verdict::OverQuota { mailboxes: m.iter().map(|s| s.to_string()).collect() };
+        let cases: Vec<(&str, u64, Verdict)> = vec![
+            ("free@x.org", 100, Verdict::Accept),
+            ("free+tag@x.org", 100, Verdict::Accept),
+            ("FULL@X.org", 0, over(&["full@x.org"])), // unknown size counts as 1 byte
+            ("full+tag@x.org", 1, over(&["full@x.org"])),
+            ("alias-full@x.org", 1, over(&["full@x.org"])),
+            ("mixed@x.org", 1, Verdict::Accept),
+            ("both-full@x.org", 1, over(&["full@x.org", "full2@x.org"])),
+            ("with-remote@x.org", 1, Verdict::Accept),
+            ("anyone@catch.x.org", 1, over(&["full@x.org"])),
+            ("nobody@x.org", 1, Verdict::NotOurs),
+            ("someone@remote.test", 1, Verdict::NotOurs),
+            ("[1.2.3.4]", 1, Verdict::NotOurs),
+            ("broken@x.org", 1, Verdict::Trouble("quota store: disk on fire".into())),
+        ];
+        for (rcpt, size, want) in cases {
+            assert_eq!(check_recipient(&d, &u, g, rcpt, size), want, "{rcpt}");
+        }
+    }
+
+    #[test]
+    fn whole_message_is_refused_only_when_every_recipient_is_full() {
+        let (d, u) = setup();
+        let g = Grace::default();
+        assert!(matches!(check_message(&d, &u, g, &["full@x.org", "full2@x.org"], 10), Verdict::OverQuota { .. }));
+        assert_eq!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 10), Verdict::Accept);
+        assert_eq!(check_message(&d, &u, g, &["full@x.org", "x@remote.test"], 10), Verdict::Accept);
+        // free has 990 left + 100 grace.
+        assert_eq!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1090), Verdict::Accept);
+        assert!(matches!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1091), Verdict::OverQuota { .. }));
+    }
+}

@@ -2,6 +2,8 @@
 //!
 //! - [`socketmap`]: Postfix `socketmap_table(5)` lookups (domains, mailboxes,
 //!   aliases, sender logins) answered from the in-memory directory.
+//! - [`policy`]: the SMTPD policy service that checks recipients' quota at
+//!   RCPT and END-OF-MESSAGE.
 //!
 //! Each protocol is split the same way: `codec` (pure bytes ↔ typed
 //! messages, says "need more data" explicitly), `service` (pure: request +
@@ -14,4 +16,6 @@
 //! no longer accept. Per-request detail is `debug`/`trace`. Keys are logged
 //! truncated; nothing from the directory besides addresses is logged.
 
+mod accept;
+pub mod policy;
 pub mod socketmap;

@@ -9,9 +9,9 @@ use bytes::BytesMut;
 use ramdir_core::Directory;
 use ramdir_core::lookup::{Class, TargetKind};
 use ramdir_core::quota::QuotaLimit;
-use ramdir_postfix::socketmap::codec::{Reply, Request};
 use ramdir_dovecot::codec::{Command as DictCommand, Reply as DictReply};
 use ramdir_dovecot::service::{Session, Settings as DictSettings, Step};
+use ramdir_postfix::socketmap::codec::{Reply, Request};
 use ramdir_postfix::socketmap::service::{self, Table};
 
 use crate::config::Config;
@@ -39,7 +39,11 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
     let dir = load_directory(config)?;
     Ok(match table {
         "passdb" | "userdb" => {
-            let settings = config.dict.as_ref().map(|d| d.settings.clone()).unwrap_or_default();
+            let settings = config
+                .dict
+                .as_ref()
+                .map(|d| d.settings.clone())
+                .unwrap_or_default();
             match auth_dict_lookup(&dir, &settings, &format!("shared/{table}/{key}")) {
                 DictReply::Value(v) => Reply::Ok(redact_password(&v)),
                 DictReply::NotFound => Reply::NotFound,
@@ -48,8 +52,13 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
         }
         "quota" => match usage(config, key) {
             Ok((storage, messages)) => {
-                let show = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
-                Reply::Ok(format!("storage={} messages={}", show(storage), show(messages)))
+                let show =
+                    |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+                Reply::Ok(format!(
+                    "storage={} messages={}",
+                    show(storage),
+                    show(messages)
+                ))
             }
             Err(e) => Reply::Temp(e.to_string()),
         },
@@ -68,7 +77,15 @@ fn auth_dict_lookup(dir: &Directory, settings: &DictSettings, key: &str) -> Dict
         dict: settings.auth_dict.clone(),
     };
     let _ = session.handle(hello, dir, None, settings);
-    match session.handle(DictCommand::Lookup { key: key.into(), user: String::new() }, dir, None, settings) {
+    match session.handle(
+        DictCommand::Lookup {
+            key: key.into(),
+            user: String::new(),
+        },
+        dir,
+        None,
+        settings,
+    ) {
         Step::Reply(mut r) if r.len() == 1 => r.remove(0),
         other => DictReply::Fail(format!("{other:?}")),
     }
@@ -80,7 +97,10 @@ fn redact_password(json: &str) -> String {
         return json.to_string();
     };
     if let Some(serde_json::Value::String(p)) = m.get("password") {
-        let scheme = p.strip_prefix('{').and_then(|p| p.split_once('}')).map(|(s, _)| s);
+        let scheme = p
+            .strip_prefix('{')
+            .and_then(|p| p.split_once('}'))
+            .map(|(s, _)| s);
         let shown = match scheme {
             Some(s) => format!("{{{s}}}(hidden)"),
             None => "(hidden)".into(),
@@ -94,27 +114,50 @@ fn redact_password(json: &str) -> String {
 /// it runs (it holds the store open), else from the store file.
 pub fn usage(config: &Config, user: &str) -> Result<(Option<i64>, Option<i64>), CmdError> {
     let user = user.to_lowercase();
-    let Some(q) = &config.quota else { return Err("no [quota] store is configured".into()) };
+    let Some(q) = &config.quota else {
+        return Err("no [quota] store is configured".into());
+    };
     if let Some(d) = &config.dict {
         match dict_usage(&d.listener.path, &d.settings.quota_dict, &user) {
             Ok(u) => return Ok(u),
             Err(e) => tracing::debug!(error = %e, "daemon not reachable; reading the store"),
         }
     }
-    let store = ramdir_core::usage::UsageStore::open(&q.store)
-        .map_err(|e| format!("{}: {e} (is ramdir running without a [dict] socket?)", q.store.display()))?;
-    Ok((store.get(&user, "quota/storage")?, store.get(&user, "quota/messages")?))
+    let store = ramdir_core::usage::UsageStore::open(&q.store).map_err(|e| {
+        format!(
+            "{}: {e} (is ramdir running without a [dict] socket?)",
+            q.store.display()
+        )
+    })?;
+    Ok((
+        store.get(&user, "quota/storage")?,
+        store.get(&user, "quota/messages")?,
+    ))
 }
 
-fn dict_usage(socket: &Path, dict: &str, user: &str) -> Result<(Option<i64>, Option<i64>), CmdError> {
+fn dict_usage(
+    socket: &Path,
+    dict: &str,
+    user: &str,
+) -> Result<(Option<i64>, Option<i64>), CmdError> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut out = BytesMut::new();
-    let hello = DictCommand::Hello { major: 3, minor: 2, value_type: 0, user: String::new(), dict: dict.into() };
+    let hello = DictCommand::Hello {
+        major: 3,
+        minor: 2,
+        value_type: 0,
+        user: String::new(),
+        dict: dict.into(),
+    };
     hello.encode(&mut out);
     for key in ["priv/quota/storage", "priv/quota/messages"] {
-        DictCommand::Lookup { key: key.into(), user: user.into() }.encode(&mut out);
+        DictCommand::Lookup {
+            key: key.into(),
+            user: user.into(),
+        }
+        .encode(&mut out);
     }
     s.write_all(&out)?;
     let mut text = String::new();
@@ -134,7 +177,10 @@ fn dict_usage(socket: &Path, dict: &str, user: &str) -> Result<(Option<i64>, Opt
         }
     };
     let mut lines = text.lines();
-    Ok((parse(lines.next().unwrap_or(""))?, parse(lines.next().unwrap_or(""))?))
+    Ok((
+        parse(lines.next().unwrap_or(""))?,
+        parse(lines.next().unwrap_or(""))?,
+    ))
 }
 
 /// `ramdir query --socket`: ask a running daemon.
@@ -378,7 +424,10 @@ mod tests {
         let text = explain(&dir, "[1.2.3.4]", &|_| Some(Err("x".into())));
         assert!(text.contains("not an address"), "{text}");
         let text = explain(&dir, "bob@example.org", &|_| Some(Ok((Some(42), None))));
-        assert!(text.contains("usage: 42 bytes, unknown (Dovecot recalculates) messages"), "{text}");
+        assert!(
+            text.contains("usage: 42 bytes, unknown (Dovecot recalculates) messages"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -387,11 +436,19 @@ mod tests {
         let cfg = Config::load(&crate::demo::prepare(tmp.path()).unwrap()).unwrap();
         let r = query_config(&cfg, "passdb", "alice@example.org").unwrap();
         assert_eq!(r, Reply::Ok("{\"password\":\"{PLAIN}(hidden)\"}".into()));
-        let Reply::Ok(u) = query_config(&cfg, "userdb", "carol@example.org").unwrap() else { panic!() };
+        let Reply::Ok(u) = query_config(&cfg, "userdb", "carol@example.org").unwrap() else {
+            panic!()
+        };
         assert!(u.contains("\"quota_rule\":\"*:storage=524288000B\""), "{u}");
-        assert_eq!(query_config(&cfg, "passdb", "dave@example.net").unwrap(), Reply::NotFound);
+        assert_eq!(
+            query_config(&cfg, "passdb", "dave@example.net").unwrap(),
+            Reply::NotFound
+        );
         assert!(query_config(&cfg, "userdb", "dave@example.net").unwrap() != Reply::NotFound);
-        assert!(matches!(query_config(&cfg, "quota", "alice@example.org").unwrap(), Reply::Temp(_)));
+        assert!(matches!(
+            query_config(&cfg, "quota", "alice@example.org").unwrap(),
+            Reply::Temp(_)
+        ));
     }
 
     #[test]

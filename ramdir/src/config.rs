@@ -55,6 +55,7 @@ struct RawConfig {
     socketmap: Option<RawListener>,
     dict: Option<RawDict>,
     quota: Option<RawQuota>,
+    policy: Option<RawListener>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +78,7 @@ struct RawDict {
 struct RawQuota {
     store: Spanned<PathBuf>,
     grace: Option<Spanned<String>>,
+    over_quota_reply: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub dict: Option<DictConfig>,
     /// The quota usage store, if enabled.
     pub quota: Option<QuotaConfig>,
+    /// The Postfix policy listener (SMTP-time quota), if enabled.
+    pub policy: Option<ListenerConfig>,
 }
 
 /// `[dict]`.
@@ -142,6 +146,8 @@ pub struct QuotaConfig {
     pub store: PathBuf,
     /// Dovecot's `quota_grace`, mirrored by the SMTP-time checks.
     pub grace: Grace,
+    /// Reply for over-quota recipients (policy and milter).
+    pub over_quota_reply: String,
 }
 
 pub use ramdir_core::check::Grace;
@@ -303,16 +309,52 @@ impl Config {
                 ramdir_postfix::socketmap::server::IDLE_TIMEOUT,
             )?),
         };
+        let policy = match raw.policy {
+            None => None,
+            Some(l) => Some(listener(
+                ListenerFields {
+                    listen: l.listen,
+                    mode: l.mode,
+                    owner: l.owner,
+                    group: l.group,
+                    max_connections: l.max_connections,
+                    idle_timeout_secs: l.idle_timeout_secs,
+                },
+                ramdir_postfix::policy::server::DEFAULT_MAX_CONNECTIONS,
+                ramdir_postfix::policy::server::IDLE_TIMEOUT,
+            )?),
+        };
         let quota = match raw.quota {
             None => None,
             Some(q) => {
                 let grace = match &q.grace {
                     None => Grace::Percent(10),
                     Some(g) => parse_grace(g.get_ref()).ok_or_else(|| {
-                        err(g.span(), format!("grace {:?}: want a percentage (10%) or a size (100M)", g.get_ref()))
+                        err(
+                            g.span(),
+                            format!(
+                                "grace {:?}: want a percentage (10%) or a size (100M)",
+                                g.get_ref()
+                            ),
+                        )
                     })?,
                 };
-                Some(QuotaConfig { store: abs(q.store.into_inner()), grace })
+                let over_quota_reply = match &q.over_quota_reply {
+                    None => ramdir_postfix::policy::service::DEFAULT_OVER_QUOTA.to_string(),
+                    Some(r) if ramdir_postfix::policy::service::valid_reply(r.get_ref()) => {
+                        r.get_ref().clone()
+                    }
+                    Some(r) => {
+                        return Err(err(
+                            r.span(),
+                            format!(
+                                "over_quota_reply {:?}: want \"4NN 4.N.N text\" or \"5NN 5.N.N text\"",
+                                r.get_ref()
+                            ),
+                        ));
+                    }
+                };
+                Some(QuotaConfig { store: abs(q.store.into_inner()), grace, over_quota_reply })
             }
         };
         let dict = match raw.dict {
@@ -340,6 +382,14 @@ impl Config {
                 Some(DictConfig { listener, settings })
             }
         };
+        if policy.is_some() && quota.is_none() {
+            let line = text.find("[policy]").map(|o| line_of(text, o));
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                line,
+                message: "[policy] needs a [quota] store to read usage from".into(),
+            });
+        }
         Ok(Config {
             path: path.to_path_buf(),
             directory: DirectoryConfig {
@@ -350,6 +400,7 @@ impl Config {
             socketmap,
             dict,
             quota,
+            policy,
         })
     }
 }
@@ -366,7 +417,12 @@ struct ListenerFields {
 
 fn parse_grace(s: &str) -> Option<Grace> {
     if let Some(p) = s.trim().strip_suffix('%') {
-        return p.trim().parse().ok().filter(|p| *p <= 1000).map(Grace::Percent);
+        return p
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p| *p <= 1000)
+            .map(Grace::Percent);
     }
     ramdir_core::quota::parse_size(s).ok().map(Grace::Bytes)
 }

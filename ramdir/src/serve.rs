@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use notify::Watcher;
 use ramdir_core::{Directory, DirectoryHandle};
 use ramdir_dovecot::server as dict;
-use ramdir_postfix::socketmap;
+use ramdir_postfix::{policy, socketmap};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -64,9 +64,9 @@ enum Trigger {
 
 /// Run the daemon. Returns when a termination signal has been handled.
 pub fn serve(config: Config) -> Result<(), CmdError> {
-    if config.socketmap.is_none() && config.dict.is_none() {
+    if config.socketmap.is_none() && config.dict.is_none() && config.policy.is_none() {
         return Err(format!(
-            "{}: nothing to serve: no listener section ([socketmap], [dict]) is configured",
+            "{}: nothing to serve: no listener section ([socketmap], [dict], [policy]) is configured",
             config.path.display()
         )
         .into());
@@ -106,18 +106,47 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         });
     }
 
-    if let Some(d) = &config.dict {
-        let usage = match &config.quota {
-            Some(q) => {
-                let store = Arc::new(
-                    ramdir_core::usage::UsageStore::open(&q.store)
-                        .map_err(|e| format!("{}: {e}", q.store.display()))?,
-                );
-                tracing::info!(store = %q.store.display(), "quota usage store open");
-                Some(dict::Usage { writer: ramdir_core::usage::Writer::start(store.clone()), store })
-            }
-            None => None,
+    // One usage store for every listener that needs it.
+    let store = match &config.quota {
+        Some(q) => {
+            let store = Arc::new(
+                ramdir_core::usage::UsageStore::open(&q.store)
+                    .map_err(|e| format!("{}: {e}", q.store.display()))?,
+            );
+            tracing::info!(store = %q.store.display(), "quota usage store open");
+            Some(store)
+        }
+        None => None,
+    };
+
+    if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
+        let listener = listener::bind(l)?;
+        sockets.push(l.path.clone());
+        let cfg = policy::server::Config {
+            max_connections: l.max_connections,
+            idle_timeout: l.idle_timeout,
+            settings: policy::service::Settings {
+                grace: q.grace,
+                over_quota: q.over_quota_reply.clone(),
+            },
         };
+        let stats = Arc::new(policy::server::Stats::default());
+        let (h, mut stop) = (handle.clone(), stop_rx.clone());
+        let usage: Arc<dyn ramdir_core::check::UsageSource + Send + Sync> = store.clone();
+        tracing::info!(socket = %l.path.display(), "policy listening");
+        servers.spawn(async move {
+            policy::server::run(listener, h, usage, cfg, stats, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+
+    if let Some(d) = &config.dict {
+        let usage = store.as_ref().map(|store| dict::Usage {
+            writer: ramdir_core::usage::Writer::start(store.clone()),
+            store: store.clone(),
+        });
         let listener = listener::bind(&d.listener)?;
         sockets.push(d.listener.path.clone());
         let cfg = dict::Config {
@@ -215,10 +244,13 @@ async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Tri
         return;
     }
     if new_cfg.socketmap != config.socketmap
+        || new_cfg.policy != config.policy
         || new_cfg.dict != config.dict
         || new_cfg.quota != config.quota
     {
-        tracing::warn!("listener or quota store settings changed; they take effect after a restart");
+        tracing::warn!(
+            "listener or quota store settings changed; they take effect after a restart"
+        );
     }
     handle.replace(dir);
     // Only the directory part of a new configuration applies without a

@@ -16,8 +16,7 @@ use bytes::BytesMut;
 use ramdir_core::DirectoryHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 
 use super::codec::Request;
 use super::service::{answer, truncate};
@@ -38,9 +37,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(100);
 /// connection per socketmap endpoint and `default_process_limit` is 100 per
 /// service (smtpd, cleanup, trivial-rewrite, …): a few hundred in practice.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-
-/// How long shutdown waits for connections to finish their current request.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tunables of one socketmap listener.
 #[derive(Debug, Clone)]
@@ -72,7 +68,7 @@ pub struct Stats {
 }
 
 /// Serve socketmap requests on `listener` until `shutdown` completes, then
-/// let connections finish their current request (up to [`DRAIN_TIMEOUT`]).
+/// let connections finish their current request (up to a few seconds).
 ///
 /// # Errors
 /// Only when the listener itself fails; a single connection's failure is
@@ -84,59 +80,13 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        // Wait for a free slot before accepting, so excess clients queue in
-        // the kernel's backlog instead of being accepted and dropped.
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) if is_transient(&e) => {
-                    tracing::warn!(error = %e, "socketmap accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "socketmap listener failed");
-                    return Err(e);
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    let max = config.max_connections;
+    crate::accept::run("socketmap", listener, max, shutdown, move |stream, stop| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, config, stats, stop) = (
-            directory.clone(),
-            config.clone(),
-            stats.clone(),
-            stop_rx.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, &directory, &config, &stats, stop).await;
-        });
-        // Reap finished tasks so the set does not grow with churn.
-        while tasks.try_join_next().is_some() {}
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while tasks.join_next().await.is_some() {}
+        let (directory, config, stats) = (directory.clone(), config.clone(), stats.clone());
+        async move { serve_connection(stream, &directory, &config, &stats, stop).await }
     })
-    .await;
-    Ok(())
-}
-
-fn is_transient(e: &std::io::Error) -> bool {
-    // EMFILE/ENFILE/ECONNABORTED and friends: the listener is still fine.
-    matches!(e.raw_os_error(), Some(23 | 24 | 103 | 105 | 12))
-        || e.kind() == std::io::ErrorKind::ConnectionAborted
-        || e.kind() == std::io::ErrorKind::Interrupted
+    .await
 }
 
 async fn serve_connection(

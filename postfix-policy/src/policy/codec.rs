@@ -1,0 +1,274 @@
+//! Policy protocol codec. Pure: no I/O.
+//!
+//! A request is `name=value` lines ended by an empty line. Names hold no `=`,
+//! NUL or LF; values no NUL or LF (`src/util/attr_scan_plain.c`). The reply
+//! is `action=<value>\n\n`; Postfix skips extra reply attributes.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, BytesMut};
+
+/// Longest name or value: Postfix's `4 * line_length_limit` (2048 by
+/// default), the bound `attr_scan_plain` puts on each.
+pub const MAX_FIELD: usize = 4 * 2048;
+
+/// Most attributes in one request. Postfix 3.7 sends 29; the bound only
+/// stops a client from growing one request without end.
+pub const MAX_ATTRIBUTES: usize = 256;
+
+/// Why bytes are not a valid request; each closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    /// A line without `=`.
+    NoEquals,
+    /// An empty attribute name.
+    EmptyName,
+    /// A name or value longer than [`MAX_FIELD`].
+    FieldTooLong,
+    /// More than [`MAX_ATTRIBUTES`] attributes.
+    TooManyAttributes,
+    /// A NUL byte, or a line that is not UTF-8.
+    BadBytes,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::NoEquals => f.write_str("attribute line without '='"),
+            CodecError::EmptyName => f.write_str("empty attribute name"),
+            CodecError::FieldTooLong => write!(f, "attribute longer than {MAX_FIELD} bytes"),
+            CodecError::TooManyAttributes => write!(f, "more than {MAX_ATTRIBUTES} attributes"),
+            CodecError::BadBytes => f.write_str("NUL or invalid UTF-8 in request"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// One policy request: its attributes in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRequest {
+    /// `(name, value)` pairs as sent.
+    pub attrs: Vec<(String, String)>,
+}
+
+impl PolicyRequest {
+    /// The first value of `name` (Postfix sends each once; the first wins,
+    /// as in Dovecot's quota-status).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Take one request off the front of `buf`; `Ok(None)` = need more data.
+    ///
+    /// Nothing is consumed until the whole request has arrived, so a request
+    /// split anywhere decodes the same; each line is checked as soon as it
+    /// is complete, so an oversized field is refused early.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<PolicyRequest>, CodecError> {
+        let mut attrs = Vec::new();
+        let mut pos = 0;
+        loop {
+            let rest = &buf[pos..];
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                // An unfinished line may not exceed name + '=' + value.
+                if rest.len() > 2 * MAX_FIELD + 1 {
+                    return Err(CodecError::FieldTooLong);
+                }
+                return Ok(None);
+            };
+            let line = &rest[..nl];
+            pos += nl + 1;
+            if line.is_empty() {
+                buf.advance(pos);
+                return Ok(Some(PolicyRequest { attrs }));
+            }
+            if line.contains(&0) {
+                return Err(CodecError::BadBytes);
+            }
+            let eq = line.iter().position(|&b| b == b'=').ok_or(CodecError::NoEquals)?;
+            let (name, value) = (&line[..eq], &line[eq + 1..]);
+            if name.is_empty() {
+                return Err(CodecError::EmptyName);
+            }
+            if name.len() > MAX_FIELD || value.len() > MAX_FIELD {
+                return Err(CodecError::FieldTooLong);
+            }
+            if attrs.len() >= MAX_ATTRIBUTES {
+                return Err(CodecError::TooManyAttributes);
+            }
+            let name = std::str::from_utf8(name).map_err(|_| CodecError::BadBytes)?;
+            let value = std::str::from_utf8(value).map_err(|_| CodecError::BadBytes)?;
+            attrs.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// The request's bytes (for tests and the load tool).
+    pub fn encode(&self, out: &mut BytesMut) {
+        for (n, v) in &self.attrs {
+            out.put_slice(n.as_bytes());
+            out.put_u8(b'=');
+            out.put_slice(v.as_bytes());
+            out.put_u8(b'\n');
+        }
+        out.put_u8(b'\n');
+    }
+}
+
+/// An action, in Postfix's `access(5)` words. There is deliberately no `OK`:
+/// in `smtpd_recipient_restrictions` it would end the evaluation as a permit
+/// (an open relay if placed badly); "fine" is `DUNNO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `DUNNO`: no opinion, go on with the next restriction.
+    Dunno,
+    /// `DEFER_IF_PERMIT <text>`: temporary failure unless rejected anyway.
+    DeferIfPermit(String),
+    /// `4NN …` or `5NN …`: a reply with its own code (checked when
+    /// configured).
+    Reply(String),
+}
+
+impl Action {
+    /// The reply's bytes: `action=…\n\n`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(b"action=");
+        match self {
+            Action::Dunno => out.put_slice(b"DUNNO"),
+            Action::DeferIfPermit(t) => {
+                out.put_slice(b"DEFER_IF_PERMIT ");
+                out.put_slice(clean(t).as_bytes());
+            }
+            Action::Reply(t) => out.put_slice(clean(t).as_bytes()),
+        }
+        out.put_slice(b"\n\n");
+    }
+
+    /// Read a reply (for tests and the load tool); `Ok(None)` = need more.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<String>, CodecError> {
+        match PolicyRequest::decode(buf)? {
+            Some(r) => Ok(Some(r.get("action").unwrap_or("").to_string())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Reply text must stay on one line.
+fn clean(t: &str) -> String {
+    t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Decoded = Result<Vec<PolicyRequest>, CodecError>;
+
+    fn req(pairs: &[(&str, &str)]) -> PolicyRequest {
+        PolicyRequest { attrs: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
+    }
+
+    fn pieces(parts: &[&[u8]]) -> Decoded {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for p in parts {
+            buf.extend_from_slice(p);
+            while let Some(r) = PolicyRequest::decode(&mut buf)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn check(input: &[u8], want: &Decoded) {
+        assert_eq!(&pieces(&[input]), want, "whole");
+        for at in 0..=input.len() {
+            assert_eq!(&pieces(&[&input[..at], &input[at..]]), want, "split {at}");
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(&pieces(&bytes), want, "bytewise");
+    }
+
+    #[test]
+    fn requests_decode_exactly_at_every_split() {
+        let cases: Vec<(&[u8], Decoded)> = vec![
+            (
+                b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=a@x.org\nsize=0\n\n",
+                Ok(vec![req(&[
+                    ("request", "smtpd_access_policy"),
+                    ("protocol_state", "RCPT"),
+                    ("recipient", "a@x.org"),
+                    ("size", "0"),
+                ])]),
+            ),
+            (b"a=\nb==c\n\n", Ok(vec![req(&[("a", ""), ("b", "=c")])])),
+            (b"\n", Ok(vec![req(&[])])),
+            (b"a=1\n\nb=2\n\n", Ok(vec![req(&[("a", "1")]), req(&[("b", "2")])])),
+            (b"a=1\n", Ok(vec![])),
+            (b"novalue\n\n", Err(CodecError::NoEquals)),
+            (b"=x\n\n", Err(CodecError::EmptyName)),
+            (b"a=\0\n\n", Err(CodecError::BadBytes)),
+            (b"a=\xff\n\n", Err(CodecError::BadBytes)),
+        ];
+        for (input, want) in &cases {
+            check(input, want);
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_early() {
+        let mut long = b"a=".to_vec();
+        long.extend(std::iter::repeat_n(b'x', MAX_FIELD + 1));
+        long.extend_from_slice(b"\n\n");
+        assert_eq!(pieces(&[&long]), Err(CodecError::FieldTooLong));
+        // Without a newline at all, refused once past the longest line.
+        let endless = vec![b'x'; 2 * MAX_FIELD + 2];
+        assert_eq!(pieces(&[&endless]), Err(CodecError::FieldTooLong));
+        let many: Vec<u8> = (0..=MAX_ATTRIBUTES).flat_map(|i| format!("a{i}=1\n").into_bytes()).collect();
+        assert_eq!(pieces(&[&many, b"\n"]), Err(CodecError::TooManyAttributes));
+        // The longest legal field is fine.
+        let mut ok = b"a=".to_vec();
+        ok.extend(std::iter::repeat_n(b'x', MAX_FIELD));
+        ok.extend_from_slice(b"\n\n");
+        assert!(pieces(&[&ok]).is_ok());
+    }
+
+    #[test]
+    fn first_occurrence_wins() {
+        assert_eq!(req(&[("a", "1"), ("a", "2")]).get("a"), Some("1"));
+        assert_eq!(req(&[]).get("a"), None);
+    }
+
+    #[test]
+    fn actions_encode_exactly() {
+        let cases = [
+            (Action::Dunno, &b"action=DUNNO\n\n"[..]),
+            (Action::DeferIfPermit("quota store down".into()), b"action=DEFER_IF_PERMIT quota store down\n\n"),
+            (Action::Reply("452 4.2.2 Mailbox full".into()), b"action=452 4.2.2 Mailbox full\n\n"),
+            (Action::Reply("452 x\ny".into()), b"action=452 x y\n\n"),
+        ];
+        for (a, bytes) in cases {
+            let mut out = BytesMut::new();
+            a.encode(&mut out);
+            assert_eq!(&out[..], bytes);
+            let mut back = out.clone();
+            assert!(Action::decode(&mut back).unwrap().is_some());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn round_trips(pairs in proptest::collection::vec(("[a-z_]{1,12}", "[ -~]{0,40}"), 0..30)) {
+            let r = PolicyRequest { attrs: pairs };
+            let mut buf = BytesMut::new();
+            r.encode(&mut buf);
+            proptest::prop_assert_eq!(PolicyRequest::decode(&mut buf).unwrap(), Some(r));
+            proptest::prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = PolicyRequest::decode(&mut buf) {}
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Policy service: request + directory snapshot + usage → action.
+//!
+//! - `protocol_state=RCPT`: check the recipient with the `size` hint (the
+//!   client's `SIZE=`, or 0 = unknown, counted as 1 byte). Fine → `DUNNO`
+//!   and the recipient is remembered under the transaction's `instance`;
+//!   over quota → the configured reply (default `452 4.2.2 Mailbox full`).
+//! - `protocol_state=END-OF-MESSAGE`: `size` is now the real size, but
+//!   `recipient` is empty with several recipients (protocols.md G7), so the
+//!   remembered recipients are checked; the message is refused only when
+//!   every one of them would be over quota (a reject here hits all
+//!   recipients). The transaction is then forgotten.
+//! - Unknown recipients are `DUNNO`: Postfix's own maps decide those.
+//! - Any other state: `DUNNO`.
+//!
+//! [`to_action`] is the one place verdicts become actions. There is no `OK`
+//! (it is a permit, G9); trouble is `DEFER_IF_PERMIT`.
+//!
+//! The 452/552 choice (G10): `452 4.2.2` makes the sending MTA retry, so a
+//! user who frees space or buys more gets the mail later; `552 5.2.2` is
+//! final (Postfix's own smtp client treats a 552 RCPT reply as permanent).
+//! The default is the temporary one: a full mailbox is usually a passing
+//! state, and a later bounce comes from the sender's MTA, not from us.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ramdir_core::Directory;
+use ramdir_core::check::{Grace, UsageSource, Verdict, check_message, check_recipient};
+
+use super::codec::{Action, PolicyRequest};
+
+/// Most transactions remembered at once. Each smtpd process runs one SMTP
+/// session at a time (`default_process_limit` 100 per service), so this is
+/// far above any real load; past it new transactions are not remembered
+/// and their END-OF-MESSAGE check answers `DUNNO` (LMTP still enforces).
+pub const MAX_TRACKED: usize = 100_000;
+
+/// Most recipients remembered per transaction, as Postfix's
+/// `smtpd_recipient_limit` (1000).
+pub const MAX_RCPTS: usize = 1000;
+
+/// A transaction not seen for this long is forgotten. smtpd allows 300 s
+/// between commands (`smtpd_timeout`), and DATA of a large message takes a
+/// while; an hour covers any live transaction.
+pub const INSTANCE_TTL: Duration = Duration::from_secs(3600);
+
+/// How often expired transactions are swept (on the next request).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Service settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Dovecot's `quota_grace`, mirrored.
+    pub grace: Grace,
+    /// Reply for an over-quota recipient or message (`4NN …` / `5NN …`).
+    pub over_quota: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { grace: Grace::default(), over_quota: DEFAULT_OVER_QUOTA.into() }
+    }
+}
+
+/// The default over-quota reply (temporary; see the module docs).
+pub const DEFAULT_OVER_QUOTA: &str = "452 4.2.2 Mailbox full";
+
+/// Whether `s` is a usable over-quota reply: `4NN` or `5NN`, a space, an
+/// RFC 3463 code of the same class, then text.
+pub fn valid_reply(s: &str) -> bool {
+    let mut parts = s.splitn(3, ' ');
+    let (Some(code), Some(ext), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let class = code.as_bytes().first().copied();
+    code.len() == 3
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && matches!(class, Some(b'4' | b'5'))
+        && ext.split('.').count() == 3
+        && ext.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && ext.as_bytes().first().copied() == class
+        && !text.trim().is_empty()
+        && !s.chars().any(char::is_control)
+}
+
+#[derive(Debug)]
+struct Tracked {
+    rcpts: Vec<String>,
+    touched: Instant,
+}
+
+/// Recipients accepted so far, per transaction (`instance`). Shared by all
+/// connections: Postfix may reconnect mid-transaction (max idle/TTL).
+#[derive(Debug)]
+pub struct Tracker {
+    inner: Mutex<(HashMap<String, Tracked>, Instant)>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker { inner: Mutex::new((HashMap::new(), Instant::now())) }
+    }
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    fn remember(&self, instance: &str, rcpt: &str, now: Instant) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, last_sweep) = &mut *g;
+        if now.duration_since(*last_sweep) >= SWEEP_EVERY {
+            map.retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
+            *last_sweep = now;
+        }
+        if !map.contains_key(instance) && map.len() >= MAX_TRACKED {
+            return;
+        }
+        let t = map
+            .entry(instance.to_string())
+            .or_insert_with(|| Tracked { rcpts: Vec::new(), touched: now });
+        t.touched = now;
+        if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
+            t.rcpts.push(rcpt.to_string());
+        }
+    }
+
+    fn take(&self, instance: &str, now: Instant) -> Option<Vec<String>> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let t = g.0.remove(instance)?;
+        (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t.rcpts)
+    }
+
+    /// Transactions currently remembered (for stats and tests).
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The one mapping from verdicts to policy actions.
+pub fn to_action(verdict: &Verdict, settings: &Settings) -> Action {
+    match verdict {
+        Verdict::Accept | Verdict::NotOurs => Action::Dunno,
+        Verdict::OverQuota { .. } => Action::Reply(settings.over_quota.clone()),
+        Verdict::Trouble(e) => Action::DeferIfPermit(format!("quota check failed: {e}")),
+    }
+}
+
+/// Decide one request.
+pub fn decide(
+    req: &PolicyRequest,
+    dir: &Directory,
+    usage: &dyn UsageSource,
+    tracker: &Tracker,
+    settings: &Settings,
+    now: Instant,
+) -> Action {
+    let size: u64 = req.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let instance = req.get("instance").unwrap_or("");
+    match req.get("protocol_state").unwrap_or("") {
+        "RCPT" => {
+            let Some(rcpt) = req.get("recipient").filter(|r| !r.is_empty()) else {
+                return Action::Dunno;
+            };
+            let verdict = check_recipient(dir, usage, settings.grace, rcpt, size);
+            if matches!(verdict, Verdict::Accept | Verdict::NotOurs) && !instance.is_empty() {
+                tracker.remember(instance, rcpt, now);
+            }
+            tracing::debug!(%rcpt, size, %verdict, "policy RCPT");
+            to_action(&verdict, settings)
+        }
+        "END-OF-MESSAGE" => {
+            let tracked = if instance.is_empty() { None } else { tracker.take(instance, now) };
+            let rcpts = match tracked {
+                Some(r) if !r.is_empty() => r,
+                _ => match req.get("recipient").filter(|r| !r.is_empty()) {
+                    Some(r) => vec![r.to_string()],
+                    // Recipients we never saw: not ours to refuse.
+                    None => return Action::Dunno,
+                },
+            };
+            let count: usize = req.get("recipient_count").and_then(|c| c.parse().ok()).unwrap_or(0);
+            if count > rcpts.len() {
+                // Postfix accepted recipients we did not see at RCPT (the
+                // service is not in smtpd_recipient_restrictions?): we
+                // cannot know that all of them are full.
+                return Action::Dunno;
+            }
+            let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+            let verdict = check_message(dir, usage, settings.grace, &refs, size);
+            tracing::debug!(rcpts = rcpts.len(), size, %verdict, "policy END-OF-MESSAGE");
+            to_action(&verdict, settings)
+        }
+        _ => Action::Dunno,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramdir_core::UserSpec;
+    use ramdir_core::check::Usage;
+    use ramdir_core::quota::QuotaLimit;
+    use ramdir_core::usage::StoreError;
+
+    struct Fixed;
+    impl UsageSource for Fixed {
+        fn usage(&self, login: &str) -> Result<Usage, StoreError> {
+            let storage = match login {
+                "full@x.org" => 1000,
+                "near@x.org" => 900,
+                "broken@x.org" => return Err(StoreError::Db("gone".into())),
+                _ => 0,
+            };
+            Ok(Usage { storage: Some(storage), messages: None })
+        }
+    }
+
+    fn dir() -> Directory {
+        let mut d = Directory::new(ramdir_core::Settings::default());
+        for u in ["full@x.org", "near@x.org", "free@x.org", "broken@x.org"] {
+            d.insert_user(&UserSpec {
+                login: u.into(),
+                quota: Some(QuotaLimit { storage: Some(1000), messages: None }),
+                ..Default::default()
+            });
+        }
+        d.set_alias("alias@x.org", vec!["full@x.org".into()]);
+        d
+    }
+
+    fn req(state: &str, instance: &str, rcpt: &str, size: u64, count: usize) -> PolicyRequest {
+        let mut attrs = vec![
+            ("request".to_string(), "smtpd_access_policy".to_string()),
+            ("protocol_state".into(), state.into()),
+            ("recipient".into(), rcpt.into()),
+            ("instance".into(), instance.into()),
+            ("size".into(), size.to_string()),
+        ];
+        if count > 0 {
+            attrs.push(("recipient_count".into(), count.to_string()));
+        }
+        PolicyRequest { attrs }
+    }
+
+    const FULL: &str = "452 4.2.2 Mailbox full";
+
+    #[test]
+    fn rcpt_decisions() {
+        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let cases = [
+            ("free@x.org", 0, Action::Dunno),
+            ("free@x.org", 1100, Action::Dunno),
+            ("free@x.org", 1101, Action::Reply(FULL.into())),
+            ("near@x.org", 200, Action::Dunno),
+            ("near@x.org", 201, Action::Reply(FULL.into())),
+            ("full@x.org", 0, Action::Reply(FULL.into())),
+            ("alias@x.org", 5000, Action::Reply(FULL.into())),
+            ("Full+tag@X.ORG", 1, Action::Reply(FULL.into())),
+            ("nobody@x.org", 1, Action::Dunno),
+            ("a@remote.test", 1, Action::Dunno),
+            ("", 1, Action::Dunno),
+            ("broken@x.org", 1, Action::DeferIfPermit("quota check failed: quota store: gone".into())),
+        ];
+        for (rcpt, size, want) in cases {
+            assert_eq!(decide(&req("RCPT", "i1", rcpt, size, 0), &d, &Fixed, &t, &s, now), want, "{rcpt} {size}");
+        }
+        for state in ["CONNECT", "MAIL", "DATA", "VRFY", ""] {
+            assert_eq!(decide(&req(state, "i2", "full@x.org", 1, 0), &d, &Fixed, &t, &s, now), Action::Dunno);
+        }
+    }
+
+    #[test]
+    fn end_of_message_uses_the_remembered_recipients() {
+        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        // Two recipients accepted at RCPT without SIZE; 150 bytes at EOM:
+        // near has 100 left + 100 grace, free has plenty → accept.
+        for r in ["near@x.org", "free@x.org"] {
+            assert_eq!(decide(&req("RCPT", "m1", r, 0, 0), &d, &Fixed, &t, &s, now), Action::Dunno);
+        }
+        assert_eq!(decide(&req("END-OF-MESSAGE", "m1", "", 150, 2), &d, &Fixed, &t, &s, now), Action::Dunno);
+        assert!(t.is_empty(), "transaction forgotten after EOM");
+
+        // Only near: 201 bytes at EOM → refused, with no bounce.
+        decide(&req("RCPT", "m2", "near@x.org", 0, 0), &d, &Fixed, &t, &s, now);
+        assert_eq!(
+            decide(&req("END-OF-MESSAGE", "m2", "near@x.org", 201, 1), &d, &Fixed, &t, &s, now),
+            Action::Reply(FULL.into())
+        );
+        // near (100 left) and an empty near2 (1000 + 100 grace): 5000 bytes
+        // fit neither → refused; 1000 bytes fit near2 → accepted.
+        let mut d2 = dir();
+        d2.insert_user(&UserSpec {
+            login: "near2@x.org".into(),
+            quota: Some(QuotaLimit { storage: Some(1000), messages: None }),
+            ..Default::default()
+        });
+        for (inst, size, want) in [("m3", 5000, Action::Reply(FULL.into())), ("m4", 1000, Action::Dunno)] {
+            decide(&req("RCPT", inst, "near@x.org", 0, 0), &d2, &Fixed, &t, &s, now);
+            decide(&req("RCPT", inst, "near2@x.org", 0, 0), &d2, &Fixed, &t, &s, now);
+            assert_eq!(decide(&req("END-OF-MESSAGE", inst, "", size, 2), &d2, &Fixed, &t, &s, now), want);
+        }
+    }
+
+    #[test]
+    fn end_of_message_without_knowledge_is_dunno() {
+        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        // Never seen, several recipients: cannot know.
+        assert_eq!(decide(&req("END-OF-MESSAGE", "zz", "", 1 << 30, 3), &d, &Fixed, &t, &s, now), Action::Dunno);
+        // Never seen but a single recipient is named: decide on it.
+        assert_eq!(
+            decide(&req("END-OF-MESSAGE", "zz", "full@x.org", 10, 1), &d, &Fixed, &t, &s, now),
+            Action::Reply(FULL.into())
+        );
+        // Saw one of two accepted recipients: cannot know the other.
+        decide(&req("RCPT", "y", "full@x.org", 0, 0), &d, &Fixed, &t, &s, now);
+        assert_eq!(decide(&req("END-OF-MESSAGE", "y", "", 10, 2), &d, &Fixed, &t, &s, now), Action::Dunno);
+    }
+
+    #[test]
+    fn tracker_expires_and_is_bounded() {
+        let t = Tracker::new();
+        let start = Instant::now();
+        t.remember("a", "r@x.org", start);
+        assert_eq!(t.take("a", start + INSTANCE_TTL), None, "expired at EOM");
+        t.remember("b", "r@x.org", start);
+        t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
+        assert_eq!(t.len(), 1, "b swept");
+        for i in 0..MAX_RCPTS + 10 {
+            t.remember("c", &format!("r{i}@x.org"), start + INSTANCE_TTL + SWEEP_EVERY);
+        }
+        assert_eq!(t.take("c", start + INSTANCE_TTL + SWEEP_EVERY).unwrap().len(), MAX_RCPTS);
+    }
+
+    #[test]
+    fn reply_validation() {
+        for ok in ["452 4.2.2 Mailbox full", "552 5.2.2 Mailbox is full", "450 4.2.2 Try later"] {
+            assert!(valid_reply(ok), "{ok}");
+        }
+        for bad in ["OK", "DUNNO", "452 Mailbox full", "452 5.2.2 mixed classes", "252 2.0.0 no", "45 4.2.2 x", "452 4.2.2 ", "452 4.2.2 a\nb"] {
+            assert!(!valid_reply(bad), "{bad}");
+        }
+    }
+}

@@ -218,13 +218,21 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
         c.domains,
         c.senders
     );
-    match &config.socketmap {
-        Some(l) => out.push_str(&format!(
-            "socketmap: {} (mode {:04o})\n",
-            l.path.display(),
-            l.mode
+    let mut listener = |name: &str, l: Option<&crate::config::ListenerConfig>| match l {
+        Some(l) => out.push_str(&format!("{name}: {} (mode {:04o})\n", l.path.display(), l.mode)),
+        None => out.push_str(&format!("{name}: off\n")),
+    };
+    listener("socketmap", config.socketmap.as_ref());
+    listener("policy", config.policy.as_ref());
+    listener("dict", config.dict.as_ref().map(|d| &d.listener));
+    match &config.quota {
+        Some(q) => out.push_str(&format!(
+            "quota store: {} (grace {:?}, over quota: {})\n",
+            q.store.display(),
+            q.grace,
+            q.over_quota_reply
         )),
-        None => out.push_str("socketmap: off\n"),
+        None => out.push_str("quota store: off\n"),
     }
     Ok(out)
 }
@@ -348,10 +356,13 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
                         ));
                         match usage(login) {
                             None => {}
+                            Some(Ok((None, None))) => line(
+                                "      usage: not tracked yet (Dovecot creates the counters on first use)"
+                                    .into(),
+                            ),
                             Some(Ok((bytes, messages))) => {
                                 let show = |v: Option<i64>| {
-                                    v.map(|v| v.to_string())
-                                        .unwrap_or_else(|| "unknown (Dovecot recalculates)".into())
+                                    v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
                                 };
                                 line(format!(
                                     "      usage: {} bytes, {} messages",

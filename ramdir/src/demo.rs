@@ -31,14 +31,19 @@ pub fn hints(dir: &Path) -> String {
     let sock = dir.join("run/socketmap.sock");
     let s = sock.display();
     format!(
-        "ramdir demo is serving the socketmap on {s}\n\
+        "ramdir demo is serving the socketmap on {s},\n\
+         the policy service on {p} and the Dovecot dict on {d}\n\
          try, in another terminal:\n  \
          ramdir query --socket {s} mailboxes alice+news@Example.ORG\n  \
          ramdir query --socket {s} aliases team@example.org\n  \
          ramdir query --socket {s} aliases anyone@example.net\n  \
-         ramdir explain --config {cfg} carol@example.com\n\
+         ramdir explain --config {cfg} carol@example.com\n  \
+         ramdir query --config {cfg} userdb carol@example.org\n  \
+         printf 'request=smtpd_access_policy\\nprotocol_state=RCPT\\nrecipient=team@example.org\\nsize=1000\\n\\n' | nc -U -q1 {p}\n\
          edit {dir}/aliases and ramdir reloads it; Ctrl-C stops.",
         cfg = dir.join("ramdir.toml").display(),
+        p = dir.join("run/policy.sock").display(),
+        d = dir.join("run/dict.sock").display(),
         dir = dir.display(),
     )
 }

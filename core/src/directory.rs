@@ -35,6 +35,12 @@ pub struct Meta {
     pub published: SystemTime,
     /// Human description of the sources (`3 files`, `ldap://…`).
     pub source: Arc<str>,
+    /// Whether a miss is a real "not found". False while an LDAP source has
+    /// not completed its first load or has lost its sync for too long: then
+    /// a miss must be looked up at the source or answered "temporary".
+    pub authoritative: bool,
+    /// Why the directory is not authoritative (for `stats` and logs).
+    pub note: Option<Arc<str>>,
 }
 
 /// An immutable view of all users, aliases, sender logins and domains.
@@ -74,6 +80,8 @@ impl Directory {
                 generation: 0,
                 published: SystemTime::now(),
                 source: "empty".into(),
+                authoritative: true,
+                note: None,
             },
         }
     }
@@ -91,6 +99,17 @@ impl Directory {
     /// Describe the sources of this snapshot.
     pub fn set_source(&mut self, source: &str) {
         self.meta.source = source.into();
+    }
+
+    /// Whether a miss in this snapshot is a real "not found".
+    pub fn authoritative(&self) -> bool {
+        self.meta.authoritative
+    }
+
+    /// Mark the snapshot (not) authoritative, with the reason when not.
+    pub fn set_authoritative(&mut self, authoritative: bool, note: Option<&str>) {
+        self.meta.authoritative = authoritative;
+        self.meta.note = note.map(Into::into);
     }
 
     /// Sizes.

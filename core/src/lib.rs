@@ -26,6 +26,7 @@
 pub mod address;
 pub mod check;
 pub mod directory;
+pub mod fallback;
 pub mod files;
 pub mod lookup;
 pub mod model;

@@ -315,6 +315,31 @@ pub struct User<'a> {
     pub extra: Vec<(&'a str, &'a str)>,
 }
 
+impl User<'_> {
+    /// Back to the owned form (to carry a user into a rebuilt directory).
+    /// Values equal to the settings' defaults stay defaults.
+    pub fn to_spec(&self, settings: &Settings) -> UserSpec {
+        let default_rules: Vec<String> = settings.quota_rules.iter().map(QuotaRule::to_dovecot).collect();
+        let quota_rules = if self.quota_rules == default_rules {
+            Vec::new()
+        } else {
+            self.quota_rules.iter().filter_map(|r| QuotaRule::parse(r).ok()).collect()
+        };
+        UserSpec {
+            login: self.login.to_string(),
+            password: self.password.map(str::to_string),
+            uid: self.uid,
+            gid: self.gid,
+            home: self.home.clone(),
+            mail: self.mail.map(str::to_string),
+            quota: self.own_quota.then_some(self.quota),
+            quota_rules,
+            enabled: self.enabled,
+            extra: self.extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+}
+
 impl fmt::Debug for User<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("User")
@@ -401,6 +426,30 @@ mod tests {
         assert_eq!(u.home.as_deref(), Some("/h"));
         assert!(!u.enabled);
         assert_eq!(u.password, None);
+    }
+
+    #[test]
+    fn to_spec_round_trips() {
+        let settings = Settings { home_template: Some("/m/%d/%n".into()), ..Settings::default() };
+        for spec in [
+            UserSpec { login: "a@x.org".into(), home: Some("/m/x.org/a".into()), enabled: true, ..Default::default() },
+            UserSpec {
+                login: "b@x.org".into(),
+                password: Some("{PLAIN}b".into()),
+                uid: Some(1),
+                gid: Some(2),
+                home: Some("/elsewhere".into()),
+                mail: Some("maildir:~/M".into()),
+                quota: Some(QuotaLimit { storage: Some(5), messages: Some(6) }),
+                quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
+                enabled: false,
+                extra: vec![("k".into(), "v".into())],
+            },
+        ] {
+            let packed = PackedUser::pack(&spec, &settings);
+            let back = packed.view(&spec.login, &settings).to_spec(&settings);
+            assert_eq!(PackedUser::pack(&back, &settings), packed, "{spec:?}");
+        }
     }
 
     #[test]

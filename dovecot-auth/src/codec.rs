@@ -214,7 +214,9 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
 impl Command {
     /// Take one command off the front of `buf`; `Ok(None)` = need more data.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Command>, CodecError> {
-        let Some(line) = take_line(buf)? else { return Ok(None) };
+        let Some(line) = take_line(buf)? else {
+            return Ok(None);
+        };
         let line = std::str::from_utf8(&line).map_err(|_| CodecError::NotUtf8)?;
         Command::parse(line).map(Some)
     }
@@ -227,10 +229,16 @@ impl Command {
         let fields: Vec<String> = rest.split('\t').map(unescape).collect();
         let bad = |why: &str| CodecError::BadArgs(cmd, why.to_string());
         let want = |n: usize| -> Result<(), CodecError> {
-            if fields.len() < n { Err(bad(&format!("want {n} fields, got {}", fields.len()))) } else { Ok(()) }
+            if fields.len() < n {
+                Err(bad(&format!("want {n} fields, got {}", fields.len())))
+            } else {
+                Ok(())
+            }
         };
         let num = |i: usize| -> Result<u32, CodecError> {
-            fields[i].parse().map_err(|_| bad(&format!("field {} is not a number", i + 1)))
+            fields[i]
+                .parse()
+                .map_err(|_| bad(&format!("field {} is not a number", i + 1)))
         };
         Ok(match cmd {
             'H' => {
@@ -254,22 +262,34 @@ impl Command {
                 want(3)?;
                 Command::Iterate {
                     flags: num(0)?,
-                    max_rows: fields[1].parse().map_err(|_| bad("max_rows is not a number"))?,
+                    max_rows: fields[1]
+                        .parse()
+                        .map_err(|_| bad("max_rows is not a number"))?,
                     path: fields[2].clone(),
                     user: fields.get(3).cloned().unwrap_or_default(),
                 }
             }
             'B' => {
                 want(1)?;
-                Command::Begin { id: num(0)?, user: fields.get(1).cloned().unwrap_or_default() }
+                Command::Begin {
+                    id: num(0)?,
+                    user: fields.get(1).cloned().unwrap_or_default(),
+                }
             }
             'S' => {
                 want(3)?;
-                Command::Set { id: num(0)?, key: fields[1].clone(), value: fields[2].clone() }
+                Command::Set {
+                    id: num(0)?,
+                    key: fields[1].clone(),
+                    value: fields[2].clone(),
+                }
             }
             'U' => {
                 want(2)?;
-                Command::Unset { id: num(0)?, key: fields[1].clone() }
+                Command::Unset {
+                    id: num(0)?,
+                    key: fields[1].clone(),
+                }
             }
             'A' => {
                 want(3)?;
@@ -288,8 +308,14 @@ impl Command {
                 }
             }
             'R' => Command::Rollback { id: num(0)? },
-            'C' => Command::Commit { id: num(0)?, async_reply: false },
-            'D' => Command::Commit { id: num(0)?, async_reply: true },
+            'C' => Command::Commit {
+                id: num(0)?,
+                async_reply: false,
+            },
+            'D' => Command::Commit {
+                id: num(0)?,
+                async_reply: true,
+            },
             other => return Err(CodecError::UnknownCommand(other)),
         })
     }
@@ -302,7 +328,13 @@ impl Command {
             escape(v, s);
         };
         match self {
-            Command::Hello { major, minor, value_type, user, dict } => {
+            Command::Hello {
+                major,
+                minor,
+                value_type,
+                user,
+                dict,
+            } => {
                 s.push_str(&format!("H{major}\t{minor}\t{value_type}"));
                 f(&mut s, user);
                 f(&mut s, dict);
@@ -312,7 +344,12 @@ impl Command {
                 escape(key, &mut s);
                 f(&mut s, user);
             }
-            Command::Iterate { flags, max_rows, path, user } => {
+            Command::Iterate {
+                flags,
+                max_rows,
+                path,
+                user,
+            } => {
                 s.push_str(&format!("I{flags}\t{max_rows}"));
                 f(&mut s, path);
                 f(&mut s, user);
@@ -335,10 +372,18 @@ impl Command {
                 f(&mut s, key);
                 s.push_str(&format!("\t{diff}"));
             }
-            Command::Timestamp { id, secs, nsecs } => s.push_str(&format!("T{id}\t{secs}\t{nsecs}")),
+            Command::Timestamp { id, secs, nsecs } => {
+                s.push_str(&format!("T{id}\t{secs}\t{nsecs}"))
+            }
             Command::Rollback { id } => s.push_str(&format!("R{id}")),
-            Command::Commit { id, async_reply: false } => s.push_str(&format!("C{id}")),
-            Command::Commit { id, async_reply: true } => s.push_str(&format!("D{id}")),
+            Command::Commit {
+                id,
+                async_reply: false,
+            } => s.push_str(&format!("C{id}")),
+            Command::Commit {
+                id,
+                async_reply: true,
+            } => s.push_str(&format!("D{id}")),
         }
         s.push('\n');
         out.put_slice(s.as_bytes());
@@ -409,7 +454,11 @@ impl Reply {
                 escape(value, &mut s);
             }
             Reply::IterEnd => {}
-            Reply::Commit { id, async_reply, result } => {
+            Reply::Commit {
+                id,
+                async_reply,
+                result,
+            } => {
                 if *async_reply {
                     s.push('A');
                 }
@@ -453,7 +502,11 @@ mod tests {
     fn check(input: &[u8], want: &Decoded) {
         assert_eq!(&decode_pieces(&[input]), want, "whole {input:?}");
         for at in 0..=input.len() {
-            assert_eq!(&decode_pieces(&[&input[..at], &input[at..]]), want, "split {at}");
+            assert_eq!(
+                &decode_pieces(&[&input[..at], &input[at..]]),
+                want,
+                "split {at}"
+            );
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(&decode_pieces(&bytes), want, "bytewise");
@@ -468,42 +521,104 @@ mod tests {
         let cases: Vec<(&[u8], Decoded)> = vec![
             (
                 b"H3\t2\t0\t\tauth\n",
-                Ok(vec![Command::Hello { major: 3, minor: 2, value_type: 0, user: s(""), dict: s("auth") }]),
+                Ok(vec![Command::Hello {
+                    major: 3,
+                    minor: 2,
+                    value_type: 0,
+                    user: s(""),
+                    dict: s("auth"),
+                }]),
             ),
             (
                 b"Lshared/passdb/a@x.org\ta@x.org\n",
-                Ok(vec![Command::Lookup { key: s("shared/passdb/a@x.org"), user: s("a@x.org") }]),
+                Ok(vec![Command::Lookup {
+                    key: s("shared/passdb/a@x.org"),
+                    user: s("a@x.org"),
+                }]),
             ),
             (
                 b"I8\t0\tshared/userdb/\t\n",
-                Ok(vec![Command::Iterate { flags: 8, max_rows: 0, path: s("shared/userdb/"), user: s("") }]),
+                Ok(vec![Command::Iterate {
+                    flags: 8,
+                    max_rows: 0,
+                    path: s("shared/userdb/"),
+                    user: s(""),
+                }]),
             ),
-            (b"B1\ta@x.org\n", Ok(vec![Command::Begin { id: 1, user: s("a@x.org") }])),
+            (
+                b"B1\ta@x.org\n",
+                Ok(vec![Command::Begin {
+                    id: 1,
+                    user: s("a@x.org"),
+                }]),
+            ),
             (
                 b"S1\tpriv/quota/storage\t100\n",
-                Ok(vec![Command::Set { id: 1, key: s("priv/quota/storage"), value: s("100") }]),
+                Ok(vec![Command::Set {
+                    id: 1,
+                    key: s("priv/quota/storage"),
+                    value: s("100"),
+                }]),
             ),
-            (b"U1\tpriv/quota/storage\n", Ok(vec![Command::Unset { id: 1, key: s("priv/quota/storage") }])),
+            (
+                b"U1\tpriv/quota/storage\n",
+                Ok(vec![Command::Unset {
+                    id: 1,
+                    key: s("priv/quota/storage"),
+                }]),
+            ),
             (
                 b"A1\tpriv/quota/storage\t-512\n",
-                Ok(vec![Command::AtomicInc { id: 1, key: s("priv/quota/storage"), diff: -512 }]),
+                Ok(vec![Command::AtomicInc {
+                    id: 1,
+                    key: s("priv/quota/storage"),
+                    diff: -512,
+                }]),
             ),
-            (b"T1\t1700000000\t5\n", Ok(vec![Command::Timestamp { id: 1, secs: 1_700_000_000, nsecs: 5 }])),
+            (
+                b"T1\t1700000000\t5\n",
+                Ok(vec![Command::Timestamp {
+                    id: 1,
+                    secs: 1_700_000_000,
+                    nsecs: 5,
+                }]),
+            ),
             (b"R7\n", Ok(vec![Command::Rollback { id: 7 }])),
             (
                 b"C7\nD8\n",
-                Ok(vec![Command::Commit { id: 7, async_reply: false }, Command::Commit { id: 8, async_reply: true }]),
+                Ok(vec![
+                    Command::Commit {
+                        id: 7,
+                        async_reply: false,
+                    },
+                    Command::Commit {
+                        id: 8,
+                        async_reply: true,
+                    },
+                ]),
             ),
             // Escapes are undone after splitting on TAB.
             (
                 b"Lshared/x\x01ty\x01n\x011\x010\x01r\ta\n",
-                Ok(vec![Command::Lookup { key: s("shared/x\ty\n\x01\0\r"), user: s("a") }]),
+                Ok(vec![Command::Lookup {
+                    key: s("shared/x\ty\n\x01\0\r"),
+                    user: s("a"),
+                }]),
             ),
             (b"Q1\n", Err(CodecError::UnknownCommand('Q'))),
             (b"\n", Err(CodecError::Empty)),
-            (b"Bx\n", Err(CodecError::BadArgs('B', s("field 1 is not a number")))),
-            (b"H3\t2\n", Err(CodecError::BadArgs('H', s("want 5 fields, got 2")))),
-            (b"A1\tk\tlots\n", Err(CodecError::BadArgs('A', s("diff is not a number")))),
+            (
+                b"Bx\n",
+                Err(CodecError::BadArgs('B', s("field 1 is not a number"))),
+            ),
+            (
+                b"H3\t2\n",
+                Err(CodecError::BadArgs('H', s("want 5 fields, got 2"))),
+            ),
+            (
+                b"A1\tk\tlots\n",
+                Err(CodecError::BadArgs('A', s("diff is not a number"))),
+            ),
             (b"L\xff\n", Err(CodecError::NotUtf8)),
             (b"Lpartial", Ok(vec![])),
         ];
@@ -529,17 +644,52 @@ mod tests {
             (Reply::Value(s("a\tb\nc\x01")), b"Oa\x01tb\x01nc\x011\n"),
             (Reply::NotFound, b"N\n"),
             (Reply::Fail(s("store down")), b"Fstore down\n"),
-            (Reply::Row { key: s("shared/userdb/a@x.org"), value: s("") }, b"Oshared/userdb/a@x.org\t\n"),
-            (Reply::IterEnd, b"\n"),
-            (Reply::Commit { id: 3, async_reply: false, result: CommitResult::Ok }, b"O3\n"),
-            (Reply::Commit { id: 3, async_reply: false, result: CommitResult::NotFound }, b"N3\n"),
-            (Reply::Commit { id: 3, async_reply: true, result: CommitResult::Ok }, b"AO3\n"),
             (
-                Reply::Commit { id: 4, async_reply: false, result: CommitResult::Fail(s("disk\tfull")) },
+                Reply::Row {
+                    key: s("shared/userdb/a@x.org"),
+                    value: s(""),
+                },
+                b"Oshared/userdb/a@x.org\t\n",
+            ),
+            (Reply::IterEnd, b"\n"),
+            (
+                Reply::Commit {
+                    id: 3,
+                    async_reply: false,
+                    result: CommitResult::Ok,
+                },
+                b"O3\n",
+            ),
+            (
+                Reply::Commit {
+                    id: 3,
+                    async_reply: false,
+                    result: CommitResult::NotFound,
+                },
+                b"N3\n",
+            ),
+            (
+                Reply::Commit {
+                    id: 3,
+                    async_reply: true,
+                    result: CommitResult::Ok,
+                },
+                b"AO3\n",
+            ),
+            (
+                Reply::Commit {
+                    id: 4,
+                    async_reply: false,
+                    result: CommitResult::Fail(s("disk\tfull")),
+                },
                 b"F4\tdisk\x01tfull\n",
             ),
             (
-                Reply::Commit { id: 4, async_reply: false, result: CommitResult::WriteUncertain(s("x")) },
+                Reply::Commit {
+                    id: 4,
+                    async_reply: false,
+                    result: CommitResult::WriteUncertain(s("x")),
+                },
                 b"W4\tx\n",
             ),
         ];

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ramdir_core::DirectoryHandle;
+use ramdir_core::fallback::Fallback;
 use ramdir_core::usage::{CommitOutcome, UsageStore, Writer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -23,7 +24,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::codec::{Command, CommitResult, Reply};
-use crate::service::{Session, Settings, Step};
+use crate::service::{Session, Settings, Step, source_question, source_unavailable};
 
 /// Close a connection idle this long. Dovecot closes its own idle
 /// connections after `idle_msecs` (0 by default: at once), so this only
@@ -55,6 +56,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Dict names and auth behaviour.
     pub settings: Settings,
+    /// Where auth misses go while the directory is not authoritative.
+    pub fallback: Option<Arc<dyn Fallback>>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
             settings: Settings::default(),
+            fallback: None,
         }
     }
 }
@@ -124,12 +128,23 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, usage, config, stats, stop) =
-            (directory.clone(), usage.clone(), config.clone(), stats.clone(), stop_rx.clone());
+        let (directory, usage, config, stats, stop) = (
+            directory.clone(),
+            usage.clone(),
+            config.clone(),
+            stats.clone(),
+            stop_rx.clone(),
+        );
         tasks.spawn(async move {
             let _permit = permit;
-            let mut conn = Conn { stream, out: BytesMut::with_capacity(1024) };
-            if let Err(why) = conn.serve(&directory, usage.as_ref(), &config, &stats, stop).await {
+            let mut conn = Conn {
+                stream,
+                out: BytesMut::with_capacity(1024),
+            };
+            if let Err(why) = conn
+                .serve(&directory, usage.as_ref(), &config, &stats, stop)
+                .await
+            {
                 stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %why, "closing dict connection");
             }
@@ -137,8 +152,10 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
-        .await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }
 
@@ -186,8 +203,30 @@ impl Conn {
                 };
                 stats.commands.fetch_add(1, Ordering::Relaxed);
                 let dir = directory.snapshot();
+                let lookup = matches!(cmd, Command::Lookup { .. }).then(|| cmd.clone());
                 match session.handle(cmd, &dir, store, &config.settings) {
                     Step::Reply(replies) => {
+                        let replies = match lookup
+                            .as_ref()
+                            .and_then(|c| source_question(&dir, c, &replies).map(|q| (c, q)))
+                        {
+                            None => replies,
+                            Some((cmd, (kind, key))) => match &config.fallback {
+                                None => vec![source_unavailable(&dir, None)],
+                                Some(fb) => match fb.fetch(kind, &key).await {
+                                    Ok(_) => match session.handle(
+                                        cmd.clone(),
+                                        &directory.snapshot(),
+                                        store,
+                                        &config.settings,
+                                    ) {
+                                        Step::Reply(r) => r,
+                                        _ => vec![source_unavailable(&dir, None)],
+                                    },
+                                    Err(e) => vec![source_unavailable(&dir, Some(&e))],
+                                },
+                            },
+                        };
                         for r in replies {
                             r.encode(&mut self.out);
                         }
@@ -201,23 +240,37 @@ impl Conn {
                         }
                         Reply::IterEnd.encode(&mut self.out);
                     }
-                    Step::Commit { id, async_reply, txn } => {
+                    Step::Commit {
+                        id,
+                        async_reply,
+                        txn,
+                    } => {
                         let result = match usage {
                             None => CommitResult::Fail("quota store is not configured".into()),
                             Some(u) => {
                                 let (tx, rx) = oneshot::channel();
-                                u.writer.commit(txn, Box::new(move |r| {
-                                    let _ = tx.send(r);
-                                }));
+                                u.writer.commit(
+                                    txn,
+                                    Box::new(move |r| {
+                                        let _ = tx.send(r);
+                                    }),
+                                );
                                 match rx.await {
                                     Ok(Ok(CommitOutcome::Ok)) => CommitResult::Ok,
                                     Ok(Ok(CommitOutcome::NotFound)) => CommitResult::NotFound,
                                     Ok(Err(e)) => CommitResult::Fail(e.to_string()),
-                                    Err(_) => CommitResult::Fail("quota store writer is gone".into()),
+                                    Err(_) => {
+                                        CommitResult::Fail("quota store writer is gone".into())
+                                    }
                                 }
                             }
                         };
-                        Reply::Commit { id, async_reply, result }.encode(&mut self.out);
+                        Reply::Commit {
+                            id,
+                            async_reply,
+                            result,
+                        }
+                        .encode(&mut self.out);
                     }
                     Step::Close(why) => {
                         let _ = self.flush().await;
@@ -273,11 +326,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dict");
         let store = Arc::new(UsageStore::open(&dir.path().join("q")).unwrap());
-        let usage = Usage { store: store.clone(), writer: Writer::start(store.clone()) };
+        let usage = Usage {
+            store: store.clone(),
+            writer: Writer::start(store.clone()),
+        };
         let listener = UnixListener::bind(&path).unwrap();
         let stats = Arc::new(Stats::default());
-        tokio::spawn(run(listener, handle, Some(usage), Config::default(), stats.clone(), std::future::pending()));
-        TestServer { path, _dir: dir, stats, store }
+        tokio::spawn(run(
+            listener,
+            handle,
+            Some(usage),
+            Config::default(),
+            stats.clone(),
+            std::future::pending(),
+        ));
+        TestServer {
+            path,
+            _dir: dir,
+            stats,
+            store,
+        }
     }
 
     /// Send `input`, read until `lines` reply lines arrived.
@@ -311,15 +379,27 @@ mod tests {
         // D2: the messages counter was missing, so N; the storage increment
         // in the same transaction was applied all the same.
         assert_eq!(got, ["N", "O1", "AN2", "O15"]);
-        assert_eq!(srv.store.get("u1@x.org", "quota/storage").unwrap(), Some(15));
+        assert_eq!(
+            srv.store.get("u1@x.org", "quota/storage").unwrap(),
+            Some(15)
+        );
     }
 
     #[tokio::test]
     async fn iteration_streams_all_users_then_an_empty_line() {
         let srv = spawn().await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
-        let got = exchange(&mut c, b"H3\t2\t0\t\tauth\nI8\t0\tshared/userdb/\t\nLshared/passdb/u7@x.org\tu7@x.org\n", 302).await;
-        assert!(got[..300].iter().all(|l| l.starts_with("Oshared/userdb/u") && l.ends_with('\t')));
+        let got = exchange(
+            &mut c,
+            b"H3\t2\t0\t\tauth\nI8\t0\tshared/userdb/\t\nLshared/passdb/u7@x.org\tu7@x.org\n",
+            302,
+        )
+        .await;
+        assert!(
+            got[..300]
+                .iter()
+                .all(|l| l.starts_with("Oshared/userdb/u") && l.ends_with('\t'))
+        );
         assert_eq!(got[300], "");
         assert_eq!(got[301], "O{\"password\":\"{PLAIN}pw\"}");
     }
@@ -328,8 +408,18 @@ mod tests {
     async fn bad_input_closes_that_connection_only() {
         let srv = spawn().await;
         let mut good = UnixStream::connect(&srv.path).await.unwrap();
-        exchange(&mut good, b"H3\t2\t0\t\tauth\nLshared/passdb/u1@x.org\tu1@x.org\n", 1).await;
-        for bad in [&b"X1\n"[..], b"Lkey\n", b"H9\t0\t0\t\tauth\n", b"H3\t2\t0\t\tauth\nS1\tk\tv\n"] {
+        exchange(
+            &mut good,
+            b"H3\t2\t0\t\tauth\nLshared/passdb/u1@x.org\tu1@x.org\n",
+            1,
+        )
+        .await;
+        for bad in [
+            &b"X1\n"[..],
+            b"Lkey\n",
+            b"H9\t0\t0\t\tauth\n",
+            b"H3\t2\t0\t\tauth\nS1\tk\tv\n",
+        ] {
             let mut c = UnixStream::connect(&srv.path).await.unwrap();
             c.write_all(bad).await.unwrap();
             let mut rest = Vec::new();
@@ -350,7 +440,10 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for i in 0..100 {
                     let mut c = UnixStream::connect(&path).await.unwrap();
-                    let line = format!("H3\t2\t0\t\tauth\nLshared/userdb/u{}@x.org\tx\n", (t * 100 + i) % 300);
+                    let line = format!(
+                        "H3\t2\t0\t\tauth\nLshared/userdb/u{}@x.org\tx\n",
+                        (t * 100 + i) % 300
+                    );
                     let got = exchange(&mut c, line.as_bytes(), 1).await;
                     assert!(got[0].starts_with("O{\"gid\":5000"), "{got:?}");
                 }

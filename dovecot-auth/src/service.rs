@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 
+use ramdir_core::fallback::KeyKind;
 use ramdir_core::lookup::{Class, TargetKind};
 use ramdir_core::usage::{Op, StoreError, Txn, UsageStore};
 use ramdir_core::{Directory, User};
@@ -43,8 +44,10 @@ pub const MAX_TXN_OPS: usize = 1024;
 const PASSDB: &str = "shared/passdb/";
 const USERDB: &str = "shared/userdb/";
 /// Quota keys that ramdir stores, and their store names.
-const QUOTA_KEYS: [(&str, &str); 2] =
-    [("priv/quota/storage", "quota/storage"), ("priv/quota/messages", "quota/messages")];
+const QUOTA_KEYS: [(&str, &str); 2] = [
+    ("priv/quota/storage", "quota/storage"),
+    ("priv/quota/messages", "quota/messages"),
+];
 
 /// Service settings (`[dict]` in ramdir.toml).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +114,15 @@ pub struct IterPlan {
 impl IterPlan {
     /// The rows, from one snapshot.
     pub fn rows<'a>(&'a self, dir: &'a Directory) -> impl Iterator<Item = Reply> + 'a {
-        let limit = if self.max_rows == 0 { usize::MAX } else { self.max_rows as usize };
-        dir.logins()
-            .take(limit)
-            .map(|l| Reply::Row { key: format!("{}{l}", self.prefix), value: String::new() })
+        let limit = if self.max_rows == 0 {
+            usize::MAX
+        } else {
+            self.max_rows as usize
+        };
+        dir.logins().take(limit).map(|l| Reply::Row {
+            key: format!("{}{l}", self.prefix),
+            value: String::new(),
+        })
     }
 }
 
@@ -166,11 +174,20 @@ impl Session {
             Command::Lookup { key, user } => Step::Reply(vec![match dict {
                 Dict::Auth => auth_lookup(&key, dir, settings),
                 Dict::Quota => {
-                    let user = if user.is_empty() { self.hello_user.clone() } else { user };
+                    let user = if user.is_empty() {
+                        self.hello_user.clone()
+                    } else {
+                        user
+                    };
                     quota_lookup(&key, &user, usage)
                 }
             }]),
-            Command::Iterate { flags, max_rows, path, .. } => {
+            Command::Iterate {
+                flags,
+                max_rows,
+                path,
+                ..
+            } => {
                 if dict != Dict::Auth || (path != PASSDB && path != USERDB) {
                     // Nothing else is iterable; an empty result, not an error.
                     return Step::Reply(vec![Reply::IterEnd]);
@@ -180,7 +197,10 @@ impl Session {
                 if flags & ITER_EXACT_KEY != 0 {
                     return Step::Reply(vec![Reply::IterEnd]);
                 }
-                Step::Iterate(IterPlan { prefix: path, max_rows })
+                Step::Iterate(IterPlan {
+                    prefix: path,
+                    max_rows,
+                })
             }
             Command::Begin { id, user } => {
                 if self.txns.contains_key(&id) {
@@ -189,14 +209,27 @@ impl Session {
                 if self.txns.len() >= MAX_OPEN_TXNS {
                     return Step::Close(format!("more than {MAX_OPEN_TXNS} open transactions"));
                 }
-                let user = if user.is_empty() { self.hello_user.clone() } else { user };
-                self.txns.insert(id, Open { user: user.to_lowercase(), ops: Vec::new(), error: None });
+                let user = if user.is_empty() {
+                    self.hello_user.clone()
+                } else {
+                    user
+                };
+                self.txns.insert(
+                    id,
+                    Open {
+                        user: user.to_lowercase(),
+                        ops: Vec::new(),
+                        error: None,
+                    },
+                );
                 Step::Reply(vec![])
             }
-            Command::Set { id, key, value } => self.change(id, dict, &key, |k| match value.parse() {
-                Ok(v) => Ok(Op::Set(k, v)),
-                Err(_) => Err(format!("value {value:?} of {key} is not a number")),
-            }),
+            Command::Set { id, key, value } => {
+                self.change(id, dict, &key, |k| match value.parse() {
+                    Ok(v) => Ok(Op::Set(k, v)),
+                    Err(_) => Err(format!("value {value:?} of {key} is not a number")),
+                })
+            }
             Command::Unset { id, key } => self.change(id, dict, &key, |k| Ok(Op::Unset(k))),
             Command::AtomicInc { id, key, diff } => {
                 self.change(id, dict, &key, |k| Ok(Op::Inc(k, diff)))
@@ -210,9 +243,17 @@ impl Session {
                 Step::Reply(vec![])
             }
             Command::Commit { id, async_reply } => {
-                let reply = |result| Step::Reply(vec![Reply::Commit { id, async_reply, result }]);
+                let reply = |result| {
+                    Step::Reply(vec![Reply::Commit {
+                        id,
+                        async_reply,
+                        result,
+                    }])
+                };
                 // A commit without changes was never begun (B is lazy).
-                let Some(open) = self.txns.remove(&id) else { return reply(CommitResult::Ok) };
+                let Some(open) = self.txns.remove(&id) else {
+                    return reply(CommitResult::Ok);
+                };
                 if let Some(e) = open.error {
                     return reply(CommitResult::Fail(e));
                 }
@@ -222,13 +263,23 @@ impl Session {
                 if usage.is_none() {
                     return reply(CommitResult::Fail("quota store is not configured".into()));
                 }
-                Step::Commit { id, async_reply, txn: Txn { user: open.user, ops: open.ops } }
+                Step::Commit {
+                    id,
+                    async_reply,
+                    txn: Txn {
+                        user: open.user,
+                        ops: open.ops,
+                    },
+                }
             }
         }
     }
 
     fn hello(&mut self, cmd: Command, usage: Option<&UsageStore>, settings: &Settings) -> Step {
-        let Command::Hello { major, user, dict, .. } = cmd else {
+        let Command::Hello {
+            major, user, dict, ..
+        } = cmd
+        else {
             return Step::Close("command before hello".into());
         };
         if !MAJORS.contains(&major) {
@@ -258,7 +309,10 @@ impl Session {
         if open.error.is_some() {
             return Step::Reply(vec![]);
         }
-        let stored = QUOTA_KEYS.iter().find(|(k, _)| *k == key).map(|(_, s)| s.to_string());
+        let stored = QUOTA_KEYS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s.to_string());
         match (dict, stored) {
             (Dict::Quota, Some(k)) if open.ops.len() < MAX_TXN_OPS => match op(k) {
                 Ok(op) => open.ops.push(op),
@@ -273,11 +327,38 @@ impl Session {
     }
 }
 
+/// An auth lookup that missed in a snapshot that is not authoritative (an
+/// LDAP source still loading, or its sync lost) may be wrong: the user to
+/// ask the source about, if any.
+pub fn source_question(dir: &Directory, cmd: &Command, replies: &[Reply]) -> Option<(KeyKind, String)> {
+    if dir.authoritative() || replies != [Reply::NotFound] {
+        return None;
+    }
+    let Command::Lookup { key, .. } = cmd else {
+        return None;
+    };
+    let name = key.strip_prefix(PASSDB).or_else(|| key.strip_prefix(USERDB))?;
+    dir.settings().normalizer.address(name)?;
+    Some((KeyKind::Address, name.to_string()))
+}
+
+/// The reply when the source could not settle a miss: a failure, so
+/// Dovecot tempfails instead of calling the user unknown.
+pub fn source_unavailable(dir: &Directory, error: Option<&str>) -> Reply {
+    match (error, dir.meta().note.as_deref()) {
+        (Some(e), _) => Reply::Fail(format!("directory source unavailable: {e}")),
+        (None, Some(note)) => Reply::Fail(format!("directory not authoritative: {note}")),
+        (None, None) => Reply::Fail("directory not authoritative".into()),
+    }
+}
+
 fn quota_lookup(key: &str, user: &str, usage: Option<&UsageStore>) -> Reply {
     let Some((_, stored)) = QUOTA_KEYS.iter().find(|(k, _)| *k == key) else {
         return Reply::NotFound;
     };
-    let Some(store) = usage else { return Reply::Fail("quota store is not configured".into()) };
+    let Some(store) = usage else {
+        return Reply::Fail("quota store is not configured".into());
+    };
     match store.get(&user.to_lowercase(), stored) {
         Ok(Some(v)) => Reply::Value(v.to_string()),
         Ok(None) => Reply::NotFound,
@@ -390,13 +471,19 @@ mod tests {
             uid: Some(5000),
             gid: Some(5000),
             enabled: true,
-            extra: vec![("allow_nets".into(), "127.0.0.0/8".into()), ("userdb_acl".into(), "x".into())],
+            extra: vec![
+                ("allow_nets".into(), "127.0.0.0/8".into()),
+                ("userdb_acl".into(), "x".into()),
+            ],
             ..Default::default()
         });
         d.insert_user(&UserSpec {
             login: "bob@x.org".into(),
             password: Some("{PLAIN}b".into()),
-            quota: Some(QuotaLimit { storage: Some(1 << 20), messages: Some(10) }),
+            quota: Some(QuotaLimit {
+                storage: Some(1 << 20),
+                messages: Some(10),
+            }),
             mail: Some("maildir:~/M".into()),
             enabled: false,
             ..Default::default()
@@ -406,7 +493,13 @@ mod tests {
         d
     }
 
-    fn run(s: &mut Session, d: &Directory, u: Option<&UsageStore>, set: &Settings, line: &str) -> Step {
+    fn run(
+        s: &mut Session,
+        d: &Directory,
+        u: Option<&UsageStore>,
+        set: &Settings,
+        line: &str,
+    ) -> Step {
         s.handle(crate::codec::Command::parse(line).unwrap(), d, u, set)
     }
 
@@ -430,9 +523,24 @@ mod tests {
         let set = Settings::default();
         let mut s = Session::new();
         assert!(replies(run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth")).is_empty());
-        let p = value(run(&mut s, &d, None, &set, "Lshared/passdb/alice@x.org\talice@x.org"));
-        assert_eq!(p, serde_json::json!({"password": "{SSHA}abc", "allow_nets": "127.0.0.0/8"}));
-        let u = value(run(&mut s, &d, None, &set, "Lshared/userdb/alice@x.org\talice@x.org"));
+        let p = value(run(
+            &mut s,
+            &d,
+            None,
+            &set,
+            "Lshared/passdb/alice@x.org\talice@x.org",
+        ));
+        assert_eq!(
+            p,
+            serde_json::json!({"password": "{SSHA}abc", "allow_nets": "127.0.0.0/8"})
+        );
+        let u = value(run(
+            &mut s,
+            &d,
+            None,
+            &set,
+            "Lshared/userdb/alice@x.org\talice@x.org",
+        ));
         assert_eq!(
             u,
             serde_json::json!({"uid": 5000, "gid": 5000, "home": "/var/vmail/x.org/alice",
@@ -441,27 +549,68 @@ mod tests {
                 "acl": "x"})
         );
         // Case is folded; disabled users fail passdb but keep userdb.
-        assert!(matches!(value(run(&mut s, &d, None, &set, "Lshared/passdb/ALICE@x.org\ta")), serde_json::Value::Object(_)));
-        assert_eq!(replies(run(&mut s, &d, None, &set, "Lshared/passdb/bob@x.org\tbob@x.org")), [Reply::NotFound]);
-        let b = value(run(&mut s, &d, None, &set, "Lshared/userdb/bob@x.org\tbob@x.org"));
+        assert!(matches!(
+            value(run(&mut s, &d, None, &set, "Lshared/passdb/ALICE@x.org\ta")),
+            serde_json::Value::Object(_)
+        ));
+        assert_eq!(
+            replies(run(
+                &mut s,
+                &d,
+                None,
+                &set,
+                "Lshared/passdb/bob@x.org\tbob@x.org"
+            )),
+            [Reply::NotFound]
+        );
+        let b = value(run(
+            &mut s,
+            &d,
+            None,
+            &set,
+            "Lshared/userdb/bob@x.org\tbob@x.org",
+        ));
         assert_eq!(b["quota_rule"], "*:storage=1048576B:messages=10");
         assert_eq!(b["mail"], "maildir:~/M");
         // Aliases are not logins by default; unknown, foreign, odd keys: N.
-        for key in ["shared/passdb/info@x.org", "shared/userdb/nobody@x.org", "shared/userdb/alice@x.org/quota",
-                    "shared/other/alice@x.org", "priv/quota/storage", "shared/passdb/", "shared/passdb/[1.2.3.4]"] {
-            assert_eq!(replies(run(&mut s, &d, None, &set, &format!("L{key}\tu"))), [Reply::NotFound], "{key}");
+        for key in [
+            "shared/passdb/info@x.org",
+            "shared/userdb/nobody@x.org",
+            "shared/userdb/alice@x.org/quota",
+            "shared/other/alice@x.org",
+            "priv/quota/storage",
+            "shared/passdb/",
+            "shared/passdb/[1.2.3.4]",
+        ] {
+            assert_eq!(
+                replies(run(&mut s, &d, None, &set, &format!("L{key}\tu"))),
+                [Reply::NotFound],
+                "{key}"
+            );
         }
     }
 
     #[test]
     fn alias_logins_when_configured_and_unambiguous() {
         let d = directory();
-        let set = Settings { alias_logins: true, ..Settings::default() };
+        let set = Settings {
+            alias_logins: true,
+            ..Settings::default()
+        };
         let mut s = Session::new();
         run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
-        let p = value(run(&mut s, &d, None, &set, "Lshared/passdb/info@x.org\tinfo@x.org"));
+        let p = value(run(
+            &mut s,
+            &d,
+            None,
+            &set,
+            "Lshared/passdb/info@x.org\tinfo@x.org",
+        ));
         assert_eq!(p["user"], "alice@x.org");
-        assert_eq!(replies(run(&mut s, &d, None, &set, "Lshared/passdb/team@x.org\tx")), [Reply::NotFound]);
+        assert_eq!(
+            replies(run(&mut s, &d, None, &set, "Lshared/passdb/team@x.org\tx")),
+            [Reply::NotFound]
+        );
     }
 
     #[test]
@@ -470,7 +619,9 @@ mod tests {
         let set = Settings::default();
         let mut s = Session::new();
         run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
-        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I8\t0\tshared/userdb/\t") else { panic!() };
+        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I8\t0\tshared/userdb/\t") else {
+            panic!()
+        };
         let mut rows: Vec<String> = plan
             .rows(&d)
             .map(|r| match r {
@@ -482,10 +633,18 @@ mod tests {
             })
             .collect();
         rows.sort();
-        assert_eq!(rows, ["shared/userdb/alice@x.org", "shared/userdb/bob@x.org"]);
-        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I0\t1\tshared/userdb/\t") else { panic!() };
+        assert_eq!(
+            rows,
+            ["shared/userdb/alice@x.org", "shared/userdb/bob@x.org"]
+        );
+        let Step::Iterate(plan) = run(&mut s, &d, None, &set, "I0\t1\tshared/userdb/\t") else {
+            panic!()
+        };
         assert_eq!(plan.rows(&d).count(), 1);
-        assert_eq!(replies(run(&mut s, &d, None, &set, "I0\t0\tshared/\t")), [Reply::IterEnd]);
+        assert_eq!(
+            replies(run(&mut s, &d, None, &set, "I0\t0\tshared/\t")),
+            [Reply::IterEnd]
+        );
     }
 
     #[test]
@@ -509,11 +668,17 @@ mod tests {
                 }
                 None => step,
             };
-            assert!(matches!(step, Step::Close(_)), "{first} / {second:?}: {step:?}");
+            assert!(
+                matches!(step, Step::Close(_)),
+                "{first} / {second:?}: {step:?}"
+            );
         }
         // Major 4 (Dovecot 2.4) is accepted.
         let mut s = Session::new();
-        assert!(matches!(run(&mut s, &d, None, &set, "H4\t0\t0\t\tauth"), Step::Reply(_)));
+        assert!(matches!(
+            run(&mut s, &d, None, &set, "H4\t0\t0\t\tauth"),
+            Step::Reply(_)
+        ));
     }
 
     #[test]
@@ -525,39 +690,90 @@ mod tests {
         let u = Some(&store);
         let mut s = Session::new();
         run(&mut s, &d, u, &set, "H3\t2\t0\t\tquota");
-        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")), [Reply::NotFound]);
+        assert_eq!(
+            replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")),
+            [Reply::NotFound]
+        );
         // Increment on missing counters: the commit goes to the store, which says N.
         assert!(replies(run(&mut s, &d, u, &set, "B1\talice@x.org")).is_empty());
         run(&mut s, &d, u, &set, "A1\tpriv/quota/storage\t100");
-        let Step::Commit { id: 1, async_reply: false, txn } = run(&mut s, &d, u, &set, "C1") else { panic!() };
-        assert_eq!(store.commit_batch(&[txn]).unwrap(), [ramdir_core::usage::CommitOutcome::NotFound]);
+        let Step::Commit {
+            id: 1,
+            async_reply: false,
+            txn,
+        } = run(&mut s, &d, u, &set, "C1")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            store.commit_batch(&[txn]).unwrap(),
+            [ramdir_core::usage::CommitOutcome::NotFound]
+        );
         // Recalculation writes absolute values (quota_clone does the same).
         run(&mut s, &d, u, &set, "B2\tAlice@x.org");
         run(&mut s, &d, u, &set, "U2\tpriv/quota/storage");
         run(&mut s, &d, u, &set, "S2\tpriv/quota/storage\t2048");
         run(&mut s, &d, u, &set, "S2\tpriv/quota/messages\t2");
         run(&mut s, &d, u, &set, "T2\t1700000000\t0");
-        let Step::Commit { txn, .. } = run(&mut s, &d, u, &set, "C2") else { panic!() };
+        let Step::Commit { txn, .. } = run(&mut s, &d, u, &set, "C2") else {
+            panic!()
+        };
         store.commit_batch(&[txn]).unwrap();
-        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")), [Reply::Value("2048".into())]);
-        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/quota/messages\talice@x.org")), [Reply::Value("2".into())]);
+        assert_eq!(
+            replies(run(&mut s, &d, u, &set, "Lpriv/quota/storage\talice@x.org")),
+            [Reply::Value("2048".into())]
+        );
+        assert_eq!(
+            replies(run(
+                &mut s,
+                &d,
+                u,
+                &set,
+                "Lpriv/quota/messages\talice@x.org"
+            )),
+            [Reply::Value("2".into())]
+        );
         // Bad value, foreign key: the commit fails with F, nothing written.
         run(&mut s, &d, u, &set, "B3\talice@x.org");
         run(&mut s, &d, u, &set, "S3\tpriv/quota/storage\tlots");
-        assert!(matches!(replies(run(&mut s, &d, u, &set, "C3")).as_slice(),
-            [Reply::Commit { id: 3, result: CommitResult::Fail(_), .. }]));
+        assert!(matches!(
+            replies(run(&mut s, &d, u, &set, "C3")).as_slice(),
+            [Reply::Commit {
+                id: 3,
+                result: CommitResult::Fail(_),
+                ..
+            }]
+        ));
         run(&mut s, &d, u, &set, "B4\talice@x.org");
         run(&mut s, &d, u, &set, "S4\tshared/whatever\t1");
-        assert!(matches!(replies(run(&mut s, &d, u, &set, "D4")).as_slice(),
-            [Reply::Commit { id: 4, async_reply: true, result: CommitResult::Fail(_) }]));
+        assert!(matches!(
+            replies(run(&mut s, &d, u, &set, "D4")).as_slice(),
+            [Reply::Commit {
+                id: 4,
+                async_reply: true,
+                result: CommitResult::Fail(_)
+            }]
+        ));
         // Rollback drops; commit of an unknown (never begun) id is an empty commit.
         run(&mut s, &d, u, &set, "B5\talice@x.org");
         run(&mut s, &d, u, &set, "A5\tpriv/quota/storage\t1");
         run(&mut s, &d, u, &set, "R5");
-        assert_eq!(replies(run(&mut s, &d, u, &set, "C5")),
-            [Reply::Commit { id: 5, async_reply: false, result: CommitResult::Ok }]);
-        assert_eq!(store.get("alice@x.org", "quota/storage").unwrap(), Some(2048));
+        assert_eq!(
+            replies(run(&mut s, &d, u, &set, "C5")),
+            [Reply::Commit {
+                id: 5,
+                async_reply: false,
+                result: CommitResult::Ok
+            }]
+        );
+        assert_eq!(
+            store.get("alice@x.org", "quota/storage").unwrap(),
+            Some(2048)
+        );
         // Unknown priv keys are not found.
-        assert_eq!(replies(run(&mut s, &d, u, &set, "Lpriv/other\talice@x.org")), [Reply::NotFound]);
+        assert_eq!(
+            replies(run(&mut s, &d, u, &set, "Lpriv/other\talice@x.org")),
+            [Reply::NotFound]
+        );
     }
 }

@@ -219,11 +219,16 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
         c.senders
     );
     let mut listener = |name: &str, l: Option<&crate::config::ListenerConfig>| match l {
-        Some(l) => out.push_str(&format!("{name}: {} (mode {:04o})\n", l.path.display(), l.mode)),
+        Some(l) => out.push_str(&format!(
+            "{name}: {} (mode {:04o})\n",
+            l.path.display(),
+            l.mode
+        )),
         None => out.push_str(&format!("{name}: off\n")),
     };
     listener("socketmap", config.socketmap.as_ref());
     listener("policy", config.policy.as_ref());
+    listener("milter", config.milter.as_ref());
     listener("dict", config.dict.as_ref().map(|d| &d.listener));
     match &config.quota {
         Some(q) => out.push_str(&format!(
@@ -435,10 +440,7 @@ mod tests {
         let text = explain(&dir, "[1.2.3.4]", &|_| Some(Err("x".into())));
         assert!(text.contains("not an address"), "{text}");
         let text = explain(&dir, "bob@example.org", &|_| Some(Ok((Some(42), None))));
-        assert!(
-            text.contains("usage: 42 bytes, unknown messages"),
-            "{text}"
-        );
+        assert!(text.contains("usage: 42 bytes, unknown messages"), "{text}");
     }
 
     #[test]

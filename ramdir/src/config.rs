@@ -56,6 +56,56 @@ struct RawConfig {
     dict: Option<RawDict>,
     quota: Option<RawQuota>,
     policy: Option<RawListener>,
+    milter: Option<RawListener>,
+    ldap: Option<RawLdap>,
+    stats: Option<RawStats>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStats {
+    listen: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    owner: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    url: Spanned<String>,
+    base: String,
+    filter: Option<String>,
+    scope: Option<Spanned<String>>,
+    bind_dn: Option<String>,
+    bind_password_file: Option<Spanned<PathBuf>>,
+    sasl_external: Option<bool>,
+    starttls: Option<bool>,
+    page_size: Option<Spanned<i32>>,
+    sync: Option<bool>,
+    state_dir: Option<PathBuf>,
+    sync_lost_after_secs: Option<u64>,
+    fallback: Option<bool>,
+    negative_ttl_secs: Option<u64>,
+    fallback_concurrency: Option<Spanned<usize>>,
+    timeout_secs: Option<Spanned<u64>>,
+    mapping: Option<RawMapping>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    address: Option<String>,
+    aliases: Option<Vec<String>>,
+    password: Option<String>,
+    quota: Option<String>,
+    enabled: Option<String>,
+    uid: Option<String>,
+    gid: Option<String>,
+    home: Option<String>,
+    mail: Option<String>,
+    default_uid: Option<u32>,
+    default_gid: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +178,12 @@ pub struct Config {
     pub quota: Option<QuotaConfig>,
     /// The Postfix policy listener (SMTP-time quota), if enabled.
     pub policy: Option<ListenerConfig>,
+    /// The quota milter listener, if enabled.
+    pub milter: Option<ListenerConfig>,
+    /// The LDAP source, if enabled.
+    pub ldap: Option<ramdir_ldap::settings::Settings>,
+    /// The stats socket, if enabled.
+    pub stats: Option<ListenerConfig>,
 }
 
 /// `[dict]`.
@@ -324,6 +380,123 @@ impl Config {
                 ramdir_postfix::policy::server::IDLE_TIMEOUT,
             )?),
         };
+        let milter = match raw.milter {
+            None => None,
+            Some(l) => Some(listener(
+                ListenerFields {
+                    listen: l.listen,
+                    mode: l.mode,
+                    owner: l.owner,
+                    group: l.group,
+                    max_connections: l.max_connections,
+                    idle_timeout_secs: l.idle_timeout_secs,
+                },
+                ramdir_milter::DEFAULT_MAX_CONNECTIONS,
+                // The milter's connection timeout is indymilter's own.
+                Duration::from_secs(7210),
+            )?),
+        };
+        let stats = match raw.stats {
+            None => None,
+            Some(l) => Some(listener(
+                ListenerFields {
+                    listen: l.listen,
+                    mode: l.mode,
+                    owner: l.owner,
+                    group: l.group,
+                    max_connections: None,
+                    idle_timeout_secs: None,
+                },
+                16,
+                Duration::from_secs(10),
+            )?),
+        };
+        let ldap = match raw.ldap {
+            None => None,
+            Some(l) => {
+                use ramdir_ldap::settings::{Bind, Scope, Settings as L};
+                let url = l.url.get_ref();
+                if !["ldap://", "ldaps://", "ldapi://"].iter().any(|p| url.starts_with(p)) {
+                    return Err(err(l.url.span(), format!("url {url:?}: want ldap://, ldaps:// or ldapi://")));
+                }
+                let mut st = L::new(url, &l.base);
+                if let Some(f) = l.filter {
+                    st.filter = f;
+                }
+                if let Some(sc) = &l.scope {
+                    st.scope = match sc.get_ref().as_str() {
+                        "base" => Scope::Base,
+                        "one" => Scope::One,
+                        "sub" => Scope::Sub,
+                        other => return Err(err(sc.span(), format!("scope {other:?}: want base, one or sub"))),
+                    };
+                }
+                st.bind = match (l.bind_dn, l.bind_password_file, l.sasl_external.unwrap_or(false)) {
+                    (None, None, false) => Bind::Anonymous,
+                    (None, None, true) => Bind::SaslExternal,
+                    (Some(dn), Some(pf), false) => {
+                        Bind::Simple { dn, password_file: abs(pf.into_inner()) }
+                    }
+                    (Some(_), None, _) => {
+                        return Err(err(0..0, "bind_dn needs bind_password_file".into()));
+                    }
+                    (None, Some(pf), _) => return Err(err(pf.span(), "bind_password_file needs bind_dn".into())),
+                    (Some(_), Some(pf), true) => {
+                        return Err(err(pf.span(), "choose simple bind or sasl_external, not both".into()));
+                    }
+                };
+                st.starttls = l.starttls.unwrap_or(false);
+                if let Some(p) = &l.page_size {
+                    if *p.get_ref() < 1 {
+                        return Err(err(p.span(), "page_size must be at least 1".into()));
+                    }
+                    st.page_size = *p.get_ref();
+                }
+                st.sync = l.sync.unwrap_or(true);
+                st.state_dir = l.state_dir.map(abs);
+                if let Some(v) = l.sync_lost_after_secs {
+                    st.sync_lost_after = Duration::from_secs(v);
+                }
+                st.fallback = l.fallback.unwrap_or(true);
+                if let Some(v) = l.negative_ttl_secs {
+                    st.negative_ttl = Duration::from_secs(v);
+                }
+                if let Some(v) = &l.fallback_concurrency {
+                    if *v.get_ref() == 0 {
+                        return Err(err(v.span(), "fallback_concurrency must be at least 1".into()));
+                    }
+                    st.fallback_concurrency = *v.get_ref();
+                }
+                if let Some(v) = &l.timeout_secs {
+                    if *v.get_ref() == 0 {
+                        return Err(err(v.span(), "timeout_secs must be at least 1".into()));
+                    }
+                    st.timeout = Duration::from_secs(*v.get_ref());
+                }
+                if let Some(m) = l.mapping {
+                    let opt = |v: Option<String>, d: Option<String>| match v {
+                        Some(s) if s.is_empty() => None,
+                        Some(s) => Some(s),
+                        None => d,
+                    };
+                    let d = st.mapping.clone();
+                    st.mapping = ramdir_ldap::mapping::Mapping {
+                        address: m.address.unwrap_or(d.address),
+                        aliases: m.aliases.unwrap_or(d.aliases),
+                        password: opt(m.password, d.password),
+                        quota: opt(m.quota, d.quota),
+                        enabled: opt(m.enabled, d.enabled),
+                        uid: opt(m.uid, d.uid),
+                        gid: opt(m.gid, d.gid),
+                        home: opt(m.home, d.home),
+                        mail: opt(m.mail, d.mail),
+                        default_uid: m.default_uid,
+                        default_gid: m.default_gid,
+                    };
+                }
+                Some(st)
+            }
+        };
         let quota = match raw.quota {
             None => None,
             Some(q) => {
@@ -354,7 +527,11 @@ impl Config {
                         ));
                     }
                 };
-                Some(QuotaConfig { store: abs(q.store.into_inner()), grace, over_quota_reply })
+                Some(QuotaConfig {
+                    store: abs(q.store.into_inner()),
+                    grace,
+                    over_quota_reply,
+                })
             }
         };
         let dict = match raw.dict {
@@ -382,13 +559,15 @@ impl Config {
                 Some(DictConfig { listener, settings })
             }
         };
-        if policy.is_some() && quota.is_none() {
-            let line = text.find("[policy]").map(|o| line_of(text, o));
-            return Err(ConfigError {
-                path: path.to_path_buf(),
-                line,
-                message: "[policy] needs a [quota] store to read usage from".into(),
-            });
+        for (section, on) in [("[policy]", policy.is_some()), ("[milter]", milter.is_some())] {
+            if on && quota.is_none() {
+                let line = text.find(section).map(|o| line_of(text, o));
+                return Err(ConfigError {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!("{section} needs a [quota] store to read usage from"),
+                });
+            }
         }
         Ok(Config {
             path: path.to_path_buf(),
@@ -401,6 +580,9 @@ impl Config {
             dict,
             quota,
             policy,
+            milter,
+            ldap,
+            stats,
         })
     }
 }
@@ -484,6 +666,32 @@ idle_timeout_secs = 300
         assert_eq!(l.group.as_deref(), Some("postfix"));
         assert_eq!(l.max_connections, 100);
         assert_eq!(l.idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn ldap_section() {
+        let c = parse(
+            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\n",
+        )
+        .unwrap();
+        let l = c.ldap.unwrap();
+        assert_eq!(l.base, "ou=people,dc=example,dc=org");
+        assert!(matches!(&l.bind, ramdir_ldap::settings::Bind::Simple { password_file, .. }
+            if password_file == Path::new("/etc/ramdir/ldap.secret")));
+        assert_eq!(l.negative_ttl, Duration::from_secs(5));
+        assert_eq!(l.mapping.aliases, ["mailAlternateAddress"]);
+        assert_eq!(l.mapping.enabled, None);
+        assert_eq!(l.mapping.address, "mail");
+        assert_eq!(l.mapping.default_uid, Some(5000));
+        for (text, want) in [
+            ("[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n", "want ldap://"),
+            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n", "scope"),
+            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nbind_password_file = \"/p\"\n", "needs bind_dn"),
+            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\n[ldap.mapping]\nmailAttr = \"x\"\n", "unknown field"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.message.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

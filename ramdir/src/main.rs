@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod listener;
 mod serve;
+mod stats;
 
 use config::{Config, DEFAULT_CONFIG};
 
@@ -62,6 +63,12 @@ enum Command {
         config: PathBuf,
         /// The address.
         address: String,
+    },
+    /// Show a running daemon's state (needs `[stats]` in the configuration).
+    Stats {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Validate a configuration and load every source it names.
     CheckConfig {
@@ -141,6 +148,14 @@ fn run(command: Command) -> Result<u8, serve::CmdError> {
                 Some(commands::usage(&config, login).map_err(|e| e.to_string()))
             };
             print!("{}", commands::explain(&dir, &address, &usage));
+            Ok(0)
+        }
+        Command::Stats { config } => {
+            let config = Config::load(&config)?;
+            let Some(l) = &config.stats else {
+                return Err(format!("{}: no [stats] section", config.path.display()).into());
+            };
+            println!("{}", stats::fetch(&l.path)?);
             Ok(0)
         }
         Command::CheckConfig { file } => {

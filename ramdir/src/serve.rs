@@ -3,8 +3,9 @@
 //!
 //! A reload re-reads the configuration and every source file off the serving
 //! path and swaps the new directory in at once; if anything fails the old
-//! snapshot stays and one error line says why (file and line). Listener
-//! settings cannot change without a restart: a reload that changes them
+//! snapshot stays and one error line says why (file and line). LDAP entries
+//! are carried over into the rebuilt directory. Listener, quota store and
+//! LDAP settings cannot change without a restart: a reload that changes them
 //! says so in a warning.
 
 use std::collections::HashSet;
@@ -13,14 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::Watcher;
+use ramdir_core::fallback::Fallback;
 use ramdir_core::{Directory, DirectoryHandle};
 use ramdir_dovecot::server as dict;
+use ramdir_ldap::fallback::LdapFallback;
+use ramdir_ldap::source::LdapSource;
 use ramdir_postfix::{policy, socketmap};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::listener;
+use crate::stats::{self, Counters};
 
 /// Quiet period after the last change event before an automatic reload:
 /// lets a writer finish a file (editors and scripts write in bursts).
@@ -38,7 +43,7 @@ const DROP_GUARD_MIN_USERS: usize = 100;
 /// Error type of the binary's commands: a message for the operator.
 pub type CmdError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Build a directory from the configuration's sources, logging the figures.
+/// Build a directory from the configuration's files, logging the figures.
 pub fn load_directory(config: &Config) -> Result<Directory, CmdError> {
     let started = Instant::now();
     let dir =
@@ -50,7 +55,7 @@ pub fn load_directory(config: &Config) -> Result<Directory, CmdError> {
         domains = c.domains,
         senders = c.senders,
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "directory loaded"
+        "directory loaded from files"
     );
     Ok(dir)
 }
@@ -64,9 +69,14 @@ enum Trigger {
 
 /// Run the daemon. Returns when a termination signal has been handled.
 pub fn serve(config: Config) -> Result<(), CmdError> {
-    if config.socketmap.is_none() && config.dict.is_none() && config.policy.is_none() {
+    if config.socketmap.is_none()
+        && config.dict.is_none()
+        && config.policy.is_none()
+        && config.milter.is_none()
+    {
         return Err(format!(
-            "{}: nothing to serve: no listener section ([socketmap], [dict], [policy]) is configured",
+            "{}: nothing to serve: no listener section \
+             ([socketmap], [policy], [milter], [dict]) is configured",
             config.path.display()
         )
         .into());
@@ -75,11 +85,16 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
     let dir = load_directory(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ramdir")
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ramdir").build()?;
     runtime.block_on(run(config, dir))
+}
+
+/// A future that completes when `stop` turns true.
+fn stopped(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }
 }
 
 async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
@@ -87,24 +102,20 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let mut sockets: Vec<PathBuf> = Vec::new();
+    let counters = Arc::new(Counters::default());
 
-    if let Some(l) = &config.socketmap {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
-        let cfg = socketmap::server::Config {
-            max_connections: l.max_connections,
-            idle_timeout: l.idle_timeout,
-        };
-        let stats = Arc::new(socketmap::server::Stats::default());
-        let (h, mut stop) = (handle.clone(), stop_rx.clone());
-        tracing::info!(socket = %l.path.display(), "socketmap listening");
-        servers.spawn(async move {
-            socketmap::server::run(listener, h, cfg, stats, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
-    }
+    // The LDAP source: warm start first (serve the last good directory at
+    // once), then load and sync in the background.
+    let ldap = config.ldap.clone().map(|s| LdapSource::new(s, handle.clone()));
+    let fallback: Option<Arc<dyn Fallback>> = match &ldap {
+        Some(src) if src.settings().fallback => Some(Arc::new(LdapFallback::new(src.clone()))),
+        _ => None,
+    };
+    let ldap_task = ldap.as_ref().map(|src| {
+        src.warm_start();
+        tracing::info!(url = %src.settings().url, base = %src.settings().base, "LDAP source starting");
+        tokio::spawn(src.clone().run(stop_rx.clone()))
+    });
 
     // One usage store for every listener that needs it.
     let store = match &config.quota {
@@ -119,6 +130,20 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
+    if let Some(l) = &config.socketmap {
+        let listener = listener::bind(l)?;
+        sockets.push(l.path.clone());
+        let cfg = socketmap::server::Config {
+            max_connections: l.max_connections,
+            idle_timeout: l.idle_timeout,
+            fallback: fallback.clone(),
+        };
+        let (h, stats) = (handle.clone(), counters.socketmap.clone());
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(socket = %l.path.display(), "socketmap listening");
+        servers.spawn(async move { socketmap::server::run(listener, h, cfg, stats, stop).await });
+    }
+
     if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
         let listener = listener::bind(l)?;
         sockets.push(l.path.clone());
@@ -130,16 +155,25 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
                 over_quota: q.over_quota_reply.clone(),
             },
         };
-        let stats = Arc::new(policy::server::Stats::default());
-        let (h, mut stop) = (handle.clone(), stop_rx.clone());
+        let (h, stats) = (handle.clone(), counters.policy.clone());
         let usage: Arc<dyn ramdir_core::check::UsageSource + Send + Sync> = store.clone();
+        let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "policy listening");
-        servers.spawn(async move {
-            policy::server::run(listener, h, usage, cfg, stats, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        servers.spawn(async move { policy::server::run(listener, h, usage, cfg, stats, stop).await });
+    }
+
+    if let (Some(l), Some(store), Some(q)) = (&config.milter, &store, &config.quota) {
+        let over_quota: ramdir_milter::OverQuotaReply = q
+            .over_quota_reply
+            .parse()
+            .map_err(|e| format!("[quota] over_quota_reply for the milter: {e}"))?;
+        let listener = listener::bind(l)?;
+        sockets.push(l.path.clone());
+        let cfg = ramdir_milter::Config { max_connections: l.max_connections, grace: q.grace, over_quota };
+        let (h, store) = (handle.clone(), store.clone());
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(socket = %l.path.display(), "milter listening");
+        servers.spawn(async move { ramdir_milter::run(listener, h, store, cfg, stop).await });
     }
 
     if let Some(d) = &config.dict {
@@ -153,16 +187,21 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             max_connections: d.listener.max_connections,
             idle_timeout: d.listener.idle_timeout,
             settings: d.settings.clone(),
+            fallback: fallback.clone(),
         };
-        let stats = Arc::new(dict::Stats::default());
-        let (h, mut stop) = (handle.clone(), stop_rx.clone());
+        let (h, stats) = (handle.clone(), counters.dict.clone());
+        let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %d.listener.path.display(), "dict listening");
-        servers.spawn(async move {
-            dict::run(listener, h, usage, cfg, stats, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        servers.spawn(async move { dict::run(listener, h, usage, cfg, stats, stop).await });
+    }
+
+    if let Some(l) = &config.stats {
+        let listener = listener::bind(l)?;
+        sockets.push(l.path.clone());
+        let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(socket = %l.path.display(), "stats listening");
+        servers.spawn(async move { stats::run(listener, h, c, src, stop).await });
     }
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -176,7 +215,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                reload(&mut config, &handle, Trigger::Signal).await;
+                reload(&mut config, &handle, ldap.as_deref(), Trigger::Signal).await;
                 watcher = start_watcher(&config, change_tx.clone());
             }
             Some(()) = change_rx.recv() => {
@@ -185,7 +224,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
                     tokio::time::timeout(WATCH_SETTLE, change_rx.recv()).await
                 {}
                 tracing::info!("source file changed: reloading");
-                reload(&mut config, &handle, Trigger::FileChange).await;
+                reload(&mut config, &handle, ldap.as_deref(), Trigger::FileChange).await;
                 watcher = start_watcher(&config, change_tx.clone());
             }
             _ = term.recv() => break Ok(()),
@@ -204,13 +243,22 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    if let Some(t) = ldap_task {
+        // Lets the LDAP source write its final warm snapshot.
+        let _ = t.await;
+    }
     for s in &sockets {
         listener::cleanup(s);
     }
     result
 }
 
-async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Trigger) {
+async fn reload(
+    config: &mut Config,
+    handle: &Arc<DirectoryHandle>,
+    ldap: Option<&LdapSource>,
+    trigger: Trigger,
+) {
     let path = config.path.clone();
     let old_users = handle.snapshot().counts().users;
     let result = tokio::task::spawn_blocking(move || -> Result<(Config, Directory), CmdError> {
@@ -230,8 +278,11 @@ async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Tri
             return;
         }
     };
+    // The guard applies to file-only directories: with LDAP, the rebuilt
+    // directory gets the LDAP entries only when it is published.
     let new_users = dir.counts().users;
-    if trigger == Trigger::FileChange
+    if ldap.is_none()
+        && trigger == Trigger::FileChange
         && old_users >= DROP_GUARD_MIN_USERS
         && (new_users as f64) < old_users as f64 * (1.0 - MAX_AUTO_DROP)
     {
@@ -245,21 +296,24 @@ async fn reload(config: &mut Config, handle: &Arc<DirectoryHandle>, trigger: Tri
     }
     if new_cfg.socketmap != config.socketmap
         || new_cfg.policy != config.policy
+        || new_cfg.milter != config.milter
         || new_cfg.dict != config.dict
         || new_cfg.quota != config.quota
+        || new_cfg.ldap != config.ldap
+        || new_cfg.stats != config.stats
     {
         tracing::warn!(
-            "listener or quota store settings changed; they take effect after a restart"
+            "listener, quota store or LDAP settings changed; they take effect after a restart"
         );
     }
-    handle.replace(dir);
+    match ldap {
+        Some(src) => src.rebuild(dir),
+        None => handle.replace(dir),
+    }
     // Only the directory part of a new configuration applies without a
     // restart; keep the running listeners' settings.
     config.directory = new_cfg.directory;
-    tracing::info!(
-        generation = handle.snapshot().meta().generation,
-        "reload done"
-    );
+    tracing::info!(generation = handle.snapshot().meta().generation, "reload done");
 }
 
 /// Watch the directories holding the source files and the configuration;
@@ -269,17 +323,11 @@ fn start_watcher(config: &Config, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     if !config.directory.watch_files {
         return None;
     }
-    let mut files: HashSet<PathBuf> = config
-        .directory
-        .sources
-        .all()
-        .map(Path::to_path_buf)
-        .collect();
+    let mut files: HashSet<PathBuf> =
+        config.directory.sources.all().map(Path::to_path_buf).collect();
     files.insert(config.path.clone());
-    let dirs: HashSet<PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(Path::to_path_buf))
-        .collect();
+    let dirs: HashSet<PathBuf> =
+        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
     let watched = files.clone();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };

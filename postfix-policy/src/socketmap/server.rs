@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ramdir_core::DirectoryHandle;
+use ramdir_core::fallback::Fallback;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::codec::Request;
-use super::service::{answer, truncate};
+use super::codec::{Reply, Request};
+use super::service::{answer, source_question, source_unavailable, truncate};
 
 /// Idle time after which ramdir closes a connection. Postfix closes an idle
 /// socketmap connection after 10 s and any connection after 100 s
@@ -45,6 +46,8 @@ pub struct Config {
     pub max_connections: usize,
     /// See [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// Where misses go while the directory is not authoritative.
+    pub fallback: Option<Arc<dyn Fallback>>,
 }
 
 impl Default for Config {
@@ -52,7 +55,26 @@ impl Default for Config {
         Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout: IDLE_TIMEOUT,
+            fallback: None,
         }
+    }
+}
+
+/// Answer one request, asking the source about misses the snapshot cannot
+/// settle.
+async fn answer_request(directory: &DirectoryHandle, config: &Config, req: &Request) -> Reply {
+    let dir = directory.snapshot();
+    let reply = answer(&dir, req);
+    let Some((kind, key)) = source_question(&dir, req, &reply) else {
+        return reply;
+    };
+    let Some(fallback) = &config.fallback else {
+        return source_unavailable(&dir, None);
+    };
+    match fallback.fetch(kind, &key).await {
+        // Found (now in the directory) or not: the fresh snapshot answers.
+        Ok(_) => answer(&directory.snapshot(), req),
+        Err(e) => source_unavailable(&dir, Some(&e)),
     }
 }
 
@@ -103,7 +125,7 @@ async fn serve_connection(
         loop {
             match Request::decode(&mut buf) {
                 Ok(Some(req)) => {
-                    let reply = answer(&directory.snapshot(), &req);
+                    let reply = answer_request(directory, config, &req).await;
                     tracing::trace!(
                         map = %String::from_utf8_lossy(&req.map),
                         key = %truncate(&String::from_utf8_lossy(&req.key), 100),

@@ -17,6 +17,7 @@
 use std::fmt;
 
 use ramdir_core::Directory;
+use ramdir_core::fallback::KeyKind;
 use ramdir_core::lookup::LookupError;
 
 use super::codec::{MAX_QUERY, MAX_REPLY, Reply, Request};
@@ -134,6 +135,32 @@ pub fn answer(dir: &Directory, req: &Request) -> Reply {
         return Reply::NotFound;
     };
     to_reply(lookup(dir, table, key))
+}
+
+/// A "not found" from a snapshot that is not authoritative may be wrong
+/// (an LDAP source still loading, or its sync lost): the key to ask the
+/// source about, if any.
+pub fn source_question(dir: &Directory, req: &Request, reply: &Reply) -> Option<(KeyKind, String)> {
+    if dir.authoritative() || *reply != Reply::NotFound {
+        return None;
+    }
+    let table = Table::from_name(&req.map)?;
+    let key = std::str::from_utf8(&req.key).ok()?;
+    let n = &dir.settings().normalizer;
+    match table {
+        Table::Domains => n.domain(key).map(|d| (KeyKind::Domain, d)),
+        _ => n.address(key).map(|_| (KeyKind::Address, key.to_string())),
+    }
+}
+
+/// The reply when the source could not settle a miss: temporary, so
+/// Postfix defers instead of rejecting a user who may exist.
+pub fn source_unavailable(dir: &Directory, error: Option<&str>) -> Reply {
+    match (error, dir.meta().note.as_deref()) {
+        (Some(e), _) => Reply::Temp(format!("directory source unavailable: {}", truncate(e, 150))),
+        (None, Some(note)) => Reply::Temp(format!("directory not authoritative: {}", truncate(note, 150))),
+        (None, None) => Reply::Temp("directory not authoritative".into()),
+    }
 }
 
 /// Cut `s` to at most `max` bytes on a character boundary (for logs).
@@ -343,6 +370,29 @@ mod tests {
         assert_eq!(
             ask(&d, "aliases", "copy@example.org"),
             ok("copy@example.org,carol@example.org")
+        );
+    }
+
+    #[test]
+    fn misses_in_a_non_authoritative_snapshot_go_to_the_source() {
+        let mut d = directory();
+        let req = Request::new("mailboxes", "new@example.org");
+        assert_eq!(source_question(&d, &req, &answer(&d, &req)), None, "authoritative: a miss is final");
+        d.set_authoritative(false, Some("LDAP initial load in progress"));
+        assert_eq!(
+            source_question(&d, &req, &answer(&d, &req)),
+            Some((KeyKind::Address, "new@example.org".into()))
+        );
+        let dom = Request::new("domains", "New.Example");
+        assert_eq!(source_question(&d, &dom, &answer(&d, &dom)), Some((KeyKind::Domain, "new.example".into())));
+        // Hits and garbage keys are never asked about.
+        let hit = Request::new("mailboxes", "alice@example.org");
+        assert_eq!(source_question(&d, &hit, &answer(&d, &hit)), None);
+        let junk = Request::new("mailboxes", "[1.2.3.4]");
+        assert_eq!(source_question(&d, &junk, &answer(&d, &junk)), None);
+        assert_eq!(
+            source_unavailable(&d, None),
+            Reply::Temp("directory not authoritative: LDAP initial load in progress".into())
         );
     }
 

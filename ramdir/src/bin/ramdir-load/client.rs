@@ -119,6 +119,8 @@ pub struct Report {
     pub server_cpu: Option<f64>,
     /// This client's CPU seconds over the window.
     pub client_cpu: Option<f64>,
+    /// CPU seconds the whole machine was busy over the window.
+    pub system_cpu: Option<f64>,
 }
 
 /// Run the load and return the figures.
@@ -156,7 +158,11 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
     let end = measure_start + opts.duration;
     // Sample CPU times at the window's edges (this thread is otherwise idle).
     sleep_until(measure_start);
-    let cpu0 = (cpu(opts.server_pid), procfs::cpu_seconds(None).ok());
+    let cpu0 = (
+        cpu(opts.server_pid),
+        procfs::cpu_seconds(None).ok(),
+        procfs::system_busy_seconds().ok(),
+    );
     // Until the window ends, or earlier if every thread is done
     // (--max-requests, or every connection failed).
     for _ in 0..threads {
@@ -165,7 +171,11 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
             break;
         }
     }
-    let cpu1 = (cpu(opts.server_pid), procfs::cpu_seconds(None).ok());
+    let cpu1 = (
+        cpu(opts.server_pid),
+        procfs::cpu_seconds(None).ok(),
+        procfs::system_busy_seconds().ok(),
+    );
     let mut tally = Tally::default();
     let mut connect_error = None;
     for h in handles {
@@ -196,6 +206,7 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
         stalled,
         server_cpu: diff(cpu0.0, cpu1.0),
         client_cpu: diff(cpu0.1, cpu1.1),
+        system_cpu: diff(cpu0.2, cpu1.2),
     })
 }
 
@@ -370,6 +381,12 @@ impl Report {
         self.tally.hist.percentile(q) as f64 / 1000.0
     }
 
+    /// CPU seconds spent by neither the server nor this client over the
+    /// window: other processes competing for the machine (noise).
+    pub fn other_cpu(&self) -> Option<f64> {
+        Some((self.system_cpu? - self.client_cpu? - self.server_cpu.unwrap_or(0.0)).max(0.0))
+    }
+
     fn per_request_us(&self, cpu: Option<f64>) -> Option<f64> {
         let n = self.tally.hist.count();
         cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64)
@@ -389,7 +406,8 @@ impl Report {
                 "\"replies\":{{\"ok\":{},\"notfound\":{},\"temp\":{},\"other\":{}}},",
                 "\"errors\":{},\"stalled\":{},\"first_error\":{},",
                 "\"server_cpu_s\":{},\"server_cpu_us_per_req\":{},",
-                "\"client_cpu_s\":{},\"client_cpu_us_per_req\":{}}}"
+                "\"client_cpu_s\":{},\"client_cpu_us_per_req\":{},",
+                "\"system_cpu_s\":{},\"other_cpu_s\":{}}}"
             ),
             json_str(&self.opts.socket.display().to_string()),
             json_str(&self.map),
@@ -420,6 +438,8 @@ impl Report {
             opt(self.per_request_us(self.server_cpu)),
             opt(self.client_cpu),
             opt(self.per_request_us(self.client_cpu)),
+            opt(self.system_cpu),
+            opt(self.other_cpu()),
         )
     }
 
@@ -461,6 +481,12 @@ impl Report {
             s.push_str(&format!(
                 "client CPU: {c:.2} s ({:.2} cores), {per:.2} µs/request\n",
                 c / self.seconds
+            ));
+        }
+        if let Some(o) = self.other_cpu() {
+            s.push_str(&format!(
+                "other processes' CPU: {o:.2} s ({:.2} cores)\n",
+                o / self.seconds
             ));
         }
         if t.errors > 0 || self.stalled > 0 {

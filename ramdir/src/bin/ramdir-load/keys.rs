@@ -104,8 +104,7 @@ impl KeyPattern {
     }
 
     /// The key of item `i` as a string.
-    #[cfg(test)]
-    pub fn render(&self, i: u64, domains: u64) -> String {
+    pub fn render_string(&self, i: u64, domains: u64) -> String {
         let mut v = Vec::with_capacity(48);
         self.render_into(i, domains, &mut v);
         String::from_utf8(v).expect("pattern and digits are UTF-8")
@@ -234,12 +233,15 @@ mod tests {
     #[test]
     fn pattern_renders_item_and_domain() {
         let p = KeyPattern::parse(DEFAULT_PATTERN).unwrap();
-        assert_eq!(p.render(0, 100), "user0000000@domain0.test");
-        assert_eq!(p.render(1234, 100), "user0001234@domain34.test");
-        assert_eq!(p.render(12_345_678, 1), "user12345678@domain0.test");
+        assert_eq!(p.render_string(0, 100), "user0000000@domain0.test");
+        assert_eq!(p.render_string(1234, 100), "user0001234@domain34.test");
+        assert_eq!(p.render_string(12_345_678, 1), "user12345678@domain0.test");
         let q = KeyPattern::parse("%%x%3d-%d%%").unwrap();
-        assert_eq!(q.render(7, 5), "%x  7-2%");
-        assert_eq!(KeyPattern::parse("plain").unwrap().render(9, 3), "plain");
+        assert_eq!(q.render_string(7, 5), "%x  7-2%");
+        assert_eq!(
+            KeyPattern::parse("plain").unwrap().render_string(9, 3),
+            "plain"
+        );
         assert!(KeyPattern::parse("%s").is_err());
         assert!(KeyPattern::parse("%d%d%d").is_err());
     }

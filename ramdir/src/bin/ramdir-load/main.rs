@@ -11,6 +11,8 @@
 //!   as ramdir's (tokio, the project's codec): the baseline.
 //! - `socketmap`: the load client: C connections, one request at a time
 //!   each (as Postfix), throughput, latency percentiles, reply counts.
+//! - `lookup`: ramdir's socketmap service in-process, no I/O: the cost of
+//!   the lookup alone, to set against the server's CPU per request.
 //! - `wait`: time until a socketmap server answers (start-up time).
 //! - `rss`: a process's resident memory (`VmRSS`, `VmHWM`).
 //!
@@ -30,6 +32,7 @@ mod client;
 mod genpasswd;
 mod hist;
 mod keys;
+mod lookup;
 mod procfs;
 
 use keys::{DEFAULT_PATTERN, KeyPattern, KeySet};
@@ -127,6 +130,33 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Time ramdir's socketmap lookups in-process (no sockets), one thread.
+    Lookup {
+        /// passwd-file(s) to load (ramdir's loader, default settings).
+        #[arg(long, required = true)]
+        passwd: Vec<PathBuf>,
+        /// Alias map source(s).
+        #[arg(long)]
+        aliases: Vec<PathBuf>,
+        /// Table.
+        #[arg(long, default_value = "mailboxes")]
+        map: String,
+        /// Key pattern (as gen-passwd's --pattern).
+        #[arg(long, default_value = DEFAULT_PATTERN)]
+        key_pattern: String,
+        /// Number of keys from the pattern (items 0..N).
+        #[arg(long)]
+        key_count: u64,
+        /// Domains for the pattern's second number.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
+        /// Lookups to time.
+        #[arg(long, default_value_t = 2_000_000)]
+        requests: u64,
+        /// Seed of the key sequence.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Wait until a socketmap server answers; print the seconds it took.
     Wait {
@@ -245,6 +275,25 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Lookup {
+            passwd,
+            aliases,
+            map,
+            key_pattern,
+            key_count,
+            key_domains,
+            requests,
+            seed,
+        } => lookup::run(&lookup::LookupOptions {
+            passwd,
+            aliases,
+            map,
+            pattern: KeyPattern::parse(&key_pattern)?,
+            key_count,
+            key_domains,
+            requests,
+            seed,
+        }),
         Command::Wait {
             socket,
             timeout,

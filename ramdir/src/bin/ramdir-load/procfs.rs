@@ -68,6 +68,29 @@ pub fn parse_stat_cpu(text: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// CPU time the whole machine has spent busy (all CPUs: user, nice,
+/// system, irq, softirq, steal), in seconds, from `/proc/stat`.
+pub fn system_busy_seconds() -> io::Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    parse_system_busy(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/stat: unexpected format"))
+}
+
+/// Busy seconds from the text of `/proc/stat` (its first, `cpu`, line).
+pub fn parse_system_busy(text: &str) -> Option<f64> {
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| v.get(i).copied().unwrap_or(0))
+        .sum::<u64>();
+    Some(busy as f64 / USER_HZ)
+}
+
 /// `rss` subcommand: print a process's memory.
 pub fn run(pid: u32, json: bool) -> io::Result<()> {
     let m = memory(pid)?;
@@ -102,7 +125,10 @@ mod tests {
         );
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 1 1";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        let stat = "cpu  100 10 50 9000 20 5 5 30 0 0\ncpu0 1 2 3\n";
+        assert_eq!(parse_system_busy(stat), Some(2.0));
         assert!(memory(std::process::id()).unwrap().rss_kib > 0);
+        assert!(system_busy_seconds().is_ok());
         assert!(cpu_seconds(None).is_ok());
     }
 }

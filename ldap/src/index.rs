@@ -1,0 +1,206 @@
+//! The LDAP entries ramdir holds, keyed by `entryUUID`.
+//!
+//! RFC 4533 names entries by UUID (deletes may arrive as bare UUIDs), and an
+//! entry's address can change (a rename, a new `mail`), so each entry
+//! remembers what it contributed to the directory: its login and its alias
+//! keys. Applying a change removes the old contributions and adds the new
+//! ones inside one [`ramdir_core::DirectoryHandle::update`], so readers see
+//! the old entry or the new one, never neither (a moved alias is never
+//! briefly missing).
+//!
+//! Conflicts: an address claimed by LDAP replaces the same address from
+//! files; two LDAP entries claiming one address is a directory error, and
+//! the later change wins.
+
+use std::collections::HashMap;
+
+use ramdir_core::Directory;
+
+use crate::mapping::EntryData;
+
+/// An entryUUID (16 bytes, as in the Sync State control).
+pub type Uuid = [u8; 16];
+
+/// Parse the textual `entryUUID` attribute (`8-4-4-4-12` hex digits).
+pub fn parse_uuid(s: &str) -> Option<Uuid> {
+    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let txt = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(txt, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Render a UUID in the textual form.
+pub fn format_uuid(u: &Uuid) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// What one entry contributed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    /// The mailbox login, if the entry is one.
+    pub login: Option<Box<str>>,
+    /// Alias keys pointing at the login.
+    pub aliases: Box<[Box<str>]>,
+}
+
+/// Entries by UUID.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    entries: HashMap<Uuid, Contribution>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `uuid` is held.
+    pub fn contains(&self, uuid: &Uuid) -> bool {
+        self.entries.contains_key(uuid)
+    }
+
+    /// All UUIDs.
+    pub fn uuids(&self) -> impl Iterator<Item = &Uuid> {
+        self.entries.keys()
+    }
+
+    /// All entries.
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &Contribution)> {
+        self.entries.iter()
+    }
+
+    /// Add or replace an entry, in `dir` too.
+    pub fn put(&mut self, dir: &mut Directory, uuid: Uuid, data: EntryData) {
+        if let Some(old) = self.entries.remove(&uuid) {
+            withdraw(dir, &old);
+        }
+        let Some(user) = data.user else {
+            // Not a mailbox (any more): nothing to hold.
+            return;
+        };
+        let login = user.login.clone();
+        dir.insert_user(&user);
+        for a in &data.aliases {
+            dir.set_alias(a, vec![login.clone()]);
+        }
+        self.entries.insert(
+            uuid,
+            Contribution {
+                login: Some(login.into()),
+                aliases: data.aliases.into_iter().map(Into::into).collect(),
+            },
+        );
+    }
+
+    /// Remove an entry, from `dir` too; returns whether it was held.
+    pub fn delete(&mut self, dir: &mut Directory, uuid: &Uuid) -> bool {
+        match self.entries.remove(uuid) {
+            Some(old) => {
+                withdraw(dir, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Copy every held entry from `from` into `to` (a directory rebuilt from
+    /// files): LDAP data lives on across file reloads.
+    pub fn carry_over(&self, from: &Directory, to: &mut Directory) {
+        for c in self.entries.values() {
+            let Some(login) = c.login.as_deref() else { continue };
+            if let Some(u) = from.user(login) {
+                to.insert_user(&u.to_spec(from.settings()));
+            }
+            for a in c.aliases.iter() {
+                to.set_alias(a, vec![login.to_string()]);
+            }
+        }
+    }
+}
+
+fn withdraw(dir: &mut Directory, c: &Contribution) {
+    if let Some(login) = c.login.as_deref() {
+        dir.remove_user(login);
+        for a in c.aliases.iter() {
+            // Only remove an alias that still points here (another entry
+            // may have claimed the address since).
+            if dir.alias(a).is_some_and(|t| t.len() == 1 && &*t[0] == login) {
+                dir.remove_alias(a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramdir_core::{Settings, UserSpec};
+
+    fn data(login: &str, aliases: &[&str]) -> EntryData {
+        EntryData {
+            user: Some(UserSpec { login: login.into(), enabled: true, ..Default::default() }),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn uuids_parse_and_format() {
+        let u = parse_uuid("4d1b2c3a-0000-1111-2222-0123456789ab").unwrap();
+        assert_eq!(format_uuid(&u), "4d1b2c3a-0000-1111-2222-0123456789ab");
+        assert_eq!(parse_uuid("xyz"), None);
+        assert_eq!(parse_uuid("4d1b2c3a-0000-1111-2222-0123456789zz"), None);
+    }
+
+    #[test]
+    fn modify_moves_contributions_and_delete_removes_them() {
+        let mut dir = Directory::new(Settings::default());
+        let mut idx = Index::new();
+        let u = [1u8; 16];
+        idx.put(&mut dir, u, data("a@x.org", &["a1@x.org"]));
+        assert!(dir.has_user("a@x.org") && dir.alias("a1@x.org").is_some());
+        // Rename: new login, alias moved.
+        idx.put(&mut dir, u, data("b@x.org", &["b1@x.org"]));
+        assert!(!dir.has_user("a@x.org") && dir.alias("a1@x.org").is_none());
+        assert!(dir.has_user("b@x.org") && dir.alias("b1@x.org").unwrap()[0].as_ref() == "b@x.org");
+        // An alias claimed by another entry is not removed by the first.
+        let v = [2u8; 16];
+        idx.put(&mut dir, v, data("c@x.org", &["b1@x.org"]));
+        assert!(idx.delete(&mut dir, &u));
+        assert_eq!(dir.alias("b1@x.org").unwrap()[0].as_ref(), "c@x.org");
+        assert!(!dir.has_user("b@x.org"));
+        assert!(!idx.delete(&mut dir, &u));
+        // An entry that stops being a mailbox withdraws.
+        idx.put(&mut dir, v, EntryData::default());
+        assert!(!dir.has_user("c@x.org") && idx.is_empty());
+    }
+
+    #[test]
+    fn carry_over_into_a_rebuilt_directory() {
+        let mut dir = Directory::new(Settings::default());
+        let mut idx = Index::new();
+        idx.put(&mut dir, [3u8; 16], data("l@x.org", &["l1@x.org"]));
+        let mut rebuilt = Directory::new(Settings::default());
+        rebuilt.insert_user(&UserSpec { login: "file@x.org".into(), ..Default::default() });
+        idx.carry_over(&dir, &mut rebuilt);
+        assert!(rebuilt.has_user("l@x.org") && rebuilt.has_user("file@x.org"));
+        assert!(rebuilt.alias("l1@x.org").is_some());
+    }
+}

@@ -1,0 +1,859 @@
+//! The LDAP source: full load, live RFC 4533 sync, warm start.
+//!
+//! Lifecycle:
+//! 1. **Warm start**: if a snapshot from an earlier run exists (directory +
+//!    sync cookie, written atomically), serve it at once, marked
+//!    non-authoritative until the sync catches up.
+//! 2. **Full load** (no cookie): read the suffix's `contextCSN`, then every
+//!    entry with paged results, with progress in the log; the result is
+//!    built aside and swapped in at once. The sync then starts from a cookie
+//!    made of that `contextCSN`, so it only sends what changed during the
+//!    load (and a present list or delete list to catch deletions).
+//! 3. **Sync**: refreshAndPersist (the control is **critical**: a server
+//!    without syncprov must fail, not answer a plain search). Adds and
+//!    modifies replace the entry, deletes remove it, by `entryUUID`; each is
+//!    one atomic directory update. The cookie is kept and persisted with the
+//!    snapshot. `e-syncRefreshRequired` (4096) means a new full load.
+//! 4. **Loss**: on any error, reconnect with exponential backoff and jitter;
+//!    keep serving. After `sync_lost_after` without sync the directory stops
+//!    being authoritative, so misses go to the fallback (or get "temporary")
+//!    instead of a wrong "not found".
+//!
+//! ldap3's sync control parsers `panic!` on malformed input (protocols.md
+//! G20): every parse runs under `catch_unwind`, and a malformed control
+//! ends the session like a network error.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+use ldap3::controls::{
+    EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest, SyncState,
+    parse_syncinfo,
+};
+use ldap3::{Ldap, ResultEntry, SearchEntry};
+use ramdir_core::{Directory, DirectoryHandle, UserSpec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::conn::{LdapError, connect, scope};
+use crate::index::{Index, Uuid, format_uuid, parse_uuid};
+use crate::mapping::EntryData;
+use crate::settings::Settings;
+
+/// OID of the Sync State control (RFC 4533).
+const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
+/// `e-syncRefreshRequired` (RFC 4533): the cookie is too old.
+const SYNC_REFRESH_REQUIRED: u32 = 4096;
+/// First reconnect delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest reconnect delay: LDAP back after an outage is noticed within a
+/// minute.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Snapshot at most this often (and never more often than ten times the
+/// last write took, so a huge directory does not spend its time writing).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+/// Log full-load progress every this many entries.
+const PROGRESS_EVERY: u64 = 100_000;
+/// File name of the warm-start snapshot in `state_dir`.
+const SNAPSHOT_FILE: &str = "ldap.snapshot";
+/// First line of a snapshot file.
+const SNAPSHOT_FORMAT: &str = "ramdir-ldap-snapshot-1";
+
+/// Counters, for `stats` and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Entries read by full loads.
+    pub entries_loaded: AtomicU64,
+    /// Full loads done.
+    pub full_loads: AtomicU64,
+    /// Adds, modifies and deletes applied from the sync (after the load).
+    pub changes_applied: AtomicU64,
+    /// Connections made by the sync.
+    pub connects: AtomicU64,
+    /// Fallback searches sent to LDAP.
+    pub fallback_searches: AtomicU64,
+    /// Fallback lookups answered from the negative cache.
+    pub fallback_cached: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: Index,
+    cookie: Option<Vec<u8>>,
+    dirty: bool,
+    /// When the sync was lost (None while in sync or not yet started).
+    lost_since: Option<Instant>,
+    /// What the source is doing, for stats.
+    phase: String,
+}
+
+/// The LDAP source, shared by the sync task, the fallback and reloads.
+#[derive(Debug)]
+pub struct LdapSource {
+    settings: Settings,
+    handle: Arc<DirectoryHandle>,
+    state: Mutex<State>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+enum SessionEnd {
+    Stopped,
+    RefreshRequired,
+    Failed(LdapError),
+}
+
+impl From<LdapError> for SessionEnd {
+    fn from(e: LdapError) -> Self {
+        SessionEnd::Failed(e)
+    }
+}
+
+impl From<ldap3::LdapError> for SessionEnd {
+    fn from(e: ldap3::LdapError) -> Self {
+        SessionEnd::Failed(e.into())
+    }
+}
+
+impl LdapSource {
+    /// A source feeding `handle`.
+    pub fn new(settings: Settings, handle: Arc<DirectoryHandle>) -> Arc<LdapSource> {
+        let state = State { phase: "starting".into(), ..State::default() };
+        Arc::new(LdapSource { settings, handle, state: Mutex::new(state), stats: Stats::default() })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The directory handle it feeds.
+    pub fn handle(&self) -> &Arc<DirectoryHandle> {
+        &self.handle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One line for `stats`: phase, entries, cookie, counters.
+    pub fn status(&self) -> serde_json::Value {
+        let st = self.lock();
+        serde_json::json!({
+            "phase": st.phase,
+            "entries": st.index.len(),
+            "have_cookie": st.cookie.is_some(),
+            "sync_lost_secs": st.lost_since.map(|t| t.elapsed().as_secs()),
+            "entries_loaded": self.stats.entries_loaded.load(Ordering::Relaxed),
+            "full_loads": self.stats.full_loads.load(Ordering::Relaxed),
+            "changes_applied": self.stats.changes_applied.load(Ordering::Relaxed),
+            "connects": self.stats.connects.load(Ordering::Relaxed),
+            "fallback_searches": self.stats.fallback_searches.load(Ordering::Relaxed),
+            "fallback_cached": self.stats.fallback_cached.load(Ordering::Relaxed),
+        })
+    }
+
+    fn set_phase(&self, phase: &str) {
+        self.lock().phase = phase.to_string();
+    }
+
+    /// Apply changes to the index and the directory in one atomic update.
+    pub fn apply<R>(&self, f: impl FnOnce(&mut Index, &mut Directory) -> R) -> R {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let r = self.handle.update(|d| f(&mut st.index, d));
+        st.dirty = true;
+        r
+    }
+
+    /// Publish a directory rebuilt from files, with every LDAP entry (and
+    /// the authoritative state) carried over from the current one. Holds the
+    /// state lock, like every sync update, so no LDAP change is lost.
+    pub fn rebuild(&self, mut files: Directory) {
+        let st = self.lock();
+        let current = self.handle.snapshot();
+        st.index.carry_over(&current, &mut files);
+        files.set_authoritative(current.authoritative(), current.meta().note.as_deref());
+        self.handle.replace(files);
+    }
+
+    /// Mark the directory as not authoritative, with why.
+    fn not_authoritative(&self, why: &str) {
+        self.handle.update(|d| d.set_authoritative(false, Some(why)));
+    }
+
+    /// Serve the snapshot of an earlier run, if there is one. Returns whether
+    /// one was loaded. The directory stays non-authoritative until the sync
+    /// has caught up.
+    pub fn warm_start(&self) -> bool {
+        let Some(dir) = &self.settings.state_dir else {
+            self.not_authoritative("LDAP initial load in progress");
+            return false;
+        };
+        let path = dir.join(SNAPSHOT_FILE);
+        match read_snapshot(&path) {
+            Ok(None) => {
+                self.not_authoritative("LDAP initial load in progress");
+                false
+            }
+            Ok(Some((cookie, written, entries))) => {
+                let n = entries.len();
+                let age = SystemTime::now().duration_since(written).unwrap_or_default();
+                let note = format!(
+                    "serving the warm LDAP snapshot written {}s ago; LDAP not yet in sync",
+                    age.as_secs()
+                );
+                let mut st = self.lock();
+                let st = &mut *st;
+                self.handle.update(|d| {
+                    for (uuid, data) in entries {
+                        st.index.put(d, uuid, data);
+                    }
+                    d.set_authoritative(false, Some(&note));
+                });
+                st.cookie = cookie;
+                st.phase = "warm snapshot".into();
+                tracing::info!(entries = n, age_secs = age.as_secs(), snapshot = %path.display(), "{note}");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %path.display(), error = %e, "warm snapshot unusable; ignoring it");
+                self.not_authoritative("LDAP initial load in progress");
+                false
+            }
+        }
+    }
+
+    /// Run until `stop` turns true: load, sync, reconnect.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let writer = tokio::spawn(self.clone().snapshot_loop(stop.clone()));
+        let watchdog = tokio::spawn(self.clone().watchdog(stop.clone()));
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let end = self.session(&mut stop).await;
+            match end {
+                SessionEnd::Stopped => break,
+                SessionEnd::RefreshRequired => {
+                    tracing::warn!("LDAP says the sync cookie is too old (e-syncRefreshRequired): full reload");
+                    self.lock().cookie = None;
+                    continue;
+                }
+                SessionEnd::Failed(e) => {
+                    {
+                        let mut st = self.lock();
+                        st.lost_since.get_or_insert_with(Instant::now);
+                        st.phase = format!("disconnected: {e}");
+                    }
+                    // A session that ran a while was healthy: start over.
+                    if started.elapsed() > BACKOFF_MAX {
+                        backoff = BACKOFF_MIN;
+                    }
+                    let delay = jitter(backoff);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "LDAP sync lost; still serving");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        let _ = writer.await;
+        watchdog.abort();
+    }
+
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+        self.set_phase("connecting");
+        let mut ldap = tokio::select! {
+            r = connect(&self.settings) => match r {
+                Ok(l) => l,
+                Err(e) => return SessionEnd::Failed(e),
+            },
+            _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
+        };
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let mut cookie = self.lock().cookie.clone();
+        if cookie.is_none() {
+            let csn = match self.context_csn(&mut ldap).await {
+                Ok(c) => c,
+                Err(e) => return SessionEnd::Failed(e),
+            };
+            self.set_phase("full load");
+            let load = self.full_load(&mut ldap);
+            tokio::pin!(load);
+            tokio::select! {
+                r = &mut load => if let Err(e) = r { return SessionEnd::Failed(e) },
+                _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
+            }
+            cookie = csn.map(|c| format!("rid=000,csn={c}").into_bytes());
+            self.lock().cookie = cookie.clone();
+        }
+        if !self.settings.sync {
+            // Loaded once; misses keep going to the fallback.
+            self.set_phase("loaded (sync disabled)");
+            let _ = stop.wait_for(|s| *s).await;
+            let _ = ldap.unbind().await;
+            return SessionEnd::Stopped;
+        }
+        let end = self.sync(&mut ldap, cookie, stop).await;
+        let _ = ldap.unbind().await;
+        end
+    }
+
+    /// The `contextCSN` of the naming context holding the base, joined
+    /// with `;` when there are several (multi-provider).
+    async fn context_csn(&self, ldap: &mut Ldap) -> Result<Option<String>, LdapError> {
+        let (root, _) = ldap
+            .search("", ldap3::Scope::Base, "(objectClass=*)", vec!["namingContexts"])
+            .await?
+            .success()?;
+        let base = self.settings.base.to_ascii_lowercase();
+        let nc = root
+            .into_iter()
+            .map(SearchEntry::construct)
+            .flat_map(|e| e.attrs.get("namingContexts").cloned().unwrap_or_default())
+            .filter(|nc| base.ends_with(&nc.to_ascii_lowercase()))
+            .max_by_key(String::len);
+        let Some(nc) = nc else { return Ok(None) };
+        let (entries, _) = ldap
+            .search(&nc, ldap3::Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+            .await?
+            .success()?;
+        let csns: Vec<String> = entries
+            .into_iter()
+            .map(SearchEntry::construct)
+            .flat_map(|e| e.attrs.get("contextCSN").cloned().unwrap_or_default())
+            .collect();
+        Ok((!csns.is_empty()).then(|| csns.join(";")))
+    }
+
+    /// Read every entry with paged results, build the directory aside and
+    /// swap it in.
+    async fn full_load(&self, ldap: &mut Ldap) -> Result<(), LdapError> {
+        let started = Instant::now();
+        let s = &self.settings;
+        let mut dir = Directory::clone(&self.handle.snapshot());
+        // Withdraw what the previous load contributed (a reload).
+        let mut old = self.lock().index.clone();
+        let uuids: Vec<Uuid> = old.uuids().copied().collect();
+        for u in &uuids {
+            old.delete(&mut dir, u);
+        }
+        let mut index = Index::new();
+        let adapters: Vec<Box<dyn Adapter<_, _>>> =
+            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(s.page_size))];
+        let attrs = s.mapping.attributes();
+        let mut search = ldap
+            .streaming_search_with(adapters, &s.base, scope(s.scope), &s.filter, attrs)
+            .await?;
+        let normalizer = dir.settings().normalizer.clone();
+        let mut n = 0u64;
+        while let Some(re) = search.next().await? {
+            let e = SearchEntry::construct(re);
+            n += 1;
+            if let Some((uuid, data)) = self.entry_data(&e, &normalizer) {
+                index.put(&mut dir, uuid, data);
+            }
+            if n.is_multiple_of(PROGRESS_EVERY) {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(entries = n, per_sec = (n as f64 / secs) as u64, "LDAP full load progress");
+            }
+        }
+        let res = search.finish().await;
+        if res.rc != 0 {
+            return Err(LdapError::Result { op: "full load search", rc: res.rc, text: res.text });
+        }
+        dir.shrink_to_fit();
+        {
+            let mut st = self.lock();
+            st.index = index;
+            st.dirty = true;
+            self.handle.replace(dir);
+        }
+        self.stats.entries_loaded.fetch_add(n, Ordering::Relaxed);
+        self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            entries = n,
+            mailboxes = self.lock().index.len(),
+            elapsed_ms = (secs * 1000.0) as u64,
+            per_sec = (n as f64 / secs.max(1e-9)) as u64,
+            "LDAP full load done"
+        );
+        Ok(())
+    }
+
+    /// Map an entry; a bad one is skipped with a warning.
+    fn entry_data(
+        &self,
+        e: &SearchEntry,
+        normalizer: &ramdir_core::address::Normalizer,
+    ) -> Option<(Uuid, EntryData)> {
+        let uuid = e
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
+            .and_then(|(_, v)| v.first())
+            .and_then(|v| parse_uuid(v));
+        let Some(uuid) = uuid else {
+            tracing::warn!(dn = %e.dn, "entry without entryUUID; skipped");
+            return None;
+        };
+        match self.settings.mapping.map(&e.attrs, normalizer) {
+            Ok(d) => Some((uuid, d)),
+            Err(err) => {
+                tracing::warn!(dn = %e.dn, error = %err, "entry cannot be mapped; skipped");
+                None
+            }
+        }
+    }
+
+    async fn sync(
+        &self,
+        ldap: &mut Ldap,
+        cookie: Option<Vec<u8>>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let s = &self.settings;
+        let req = SyncRequest { mode: RefreshMode::RefreshAndPersist, cookie, reload_hint: false };
+        let attrs = s.mapping.attributes();
+        let search = ldap
+            .with_controls(req.critical())
+            .streaming_search(&s.base, scope(s.scope), &s.filter, attrs)
+            .await;
+        let mut search = match search {
+            Ok(x) => x,
+            Err(e) => return SessionEnd::Failed(e.into()),
+        };
+        self.set_phase("sync refresh");
+        let normalizer = self.handle.snapshot().settings().normalizer.clone();
+        let mut present: HashSet<Uuid> = HashSet::new();
+        let mut present_phase = false;
+        let mut refreshing = true;
+        loop {
+            let next = tokio::select! {
+                r = search.next() => r,
+                // Dropping the stream and unbinding ends the search.
+                _ = stop.wait_for(|s| *s) => return SessionEnd::Stopped,
+            };
+            let re = match next {
+                Ok(Some(re)) => re,
+                Ok(None) => break,
+                Err(e) => return SessionEnd::Failed(e.into()),
+            };
+            if re.is_intermediate() {
+                let info = match catch_unwind(AssertUnwindSafe(move || parse_syncinfo(re))) {
+                    Ok(i) => i,
+                    Err(_) => return SessionEnd::Failed(LdapError::Protocol("malformed Sync Info message".into())),
+                };
+                match info {
+                    SyncInfo::NewCookie(c) => self.set_cookie(Some(c)),
+                    SyncInfo::RefreshDelete { cookie, refresh_done } => {
+                        self.set_cookie(cookie);
+                        if refresh_done && refreshing {
+                            refreshing = false;
+                            self.refresh_done(present_phase, &present);
+                        }
+                    }
+                    SyncInfo::RefreshPresent { cookie, refresh_done } => {
+                        present_phase = true;
+                        self.set_cookie(cookie);
+                        if refresh_done && refreshing {
+                            refreshing = false;
+                            self.refresh_done(true, &present);
+                        }
+                    }
+                    SyncInfo::SyncIdSet { cookie, refresh_deletes, sync_uuids } => {
+                        let ids: Vec<Uuid> =
+                            sync_uuids.into_iter().filter_map(|u| Uuid::try_from(u.as_slice()).ok()).collect();
+                        if refresh_deletes {
+                            let n = self.apply(|idx, d| ids.iter().filter(|u| idx.delete(d, u)).count());
+                            self.stats.changes_applied.fetch_add(n as u64, Ordering::Relaxed);
+                        } else {
+                            present_phase = true;
+                            present.extend(ids);
+                        }
+                        self.set_cookie(cookie);
+                    }
+                }
+                continue;
+            }
+            if re.is_ref() {
+                continue;
+            }
+            let Some(ctrl) = re.1.iter().find(|c| c.1.ctype == SYNC_STATE_OID).map(|c| c.1.clone()) else {
+                tracing::warn!("sync entry without a Sync State control; ignored");
+                continue;
+            };
+            let ss: SyncState = match catch_unwind(AssertUnwindSafe(|| ctrl.parse::<SyncState>())) {
+                Ok(ss) => ss,
+                Err(_) => return SessionEnd::Failed(LdapError::Protocol("malformed Sync State control".into())),
+            };
+            let Ok(uuid) = Uuid::try_from(ss.entry_uuid.as_slice()) else {
+                tracing::warn!("sync entry with a malformed entryUUID; ignored");
+                continue;
+            };
+            match ss.state {
+                EntryState::Present => {
+                    present.insert(uuid);
+                }
+                EntryState::Add | EntryState::Modify => {
+                    present.insert(uuid);
+                    let e = SearchEntry::construct(re);
+                    match self.settings.mapping.map(&e.attrs, &normalizer) {
+                        Ok(data) => {
+                            tracing::debug!(dn = %e.dn, uuid = %format_uuid(&uuid), "LDAP change");
+                            self.apply(|idx, d| idx.put(d, uuid, data));
+                            self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => {
+                            tracing::warn!(dn = %e.dn, error = %err, "changed entry cannot be mapped; removed");
+                            self.apply(|idx, d| idx.delete(d, &uuid));
+                        }
+                    }
+                }
+                EntryState::Delete => {
+                    if self.apply(|idx, d| idx.delete(d, &uuid)) {
+                        self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            self.set_cookie(ss.cookie);
+        }
+        let res = search.finish().await;
+        if res.rc == SYNC_REFRESH_REQUIRED {
+            return SessionEnd::RefreshRequired;
+        }
+        SessionEnd::Failed(LdapError::Result { op: "sync", rc: res.rc, text: res.text })
+    }
+
+    fn set_cookie(&self, cookie: Option<Vec<u8>>) {
+        if let Some(c) = cookie {
+            let mut st = self.lock();
+            st.cookie = Some(c);
+            st.dirty = true;
+        }
+    }
+
+    /// The refresh phase is over: sweep what was not present, and serve as
+    /// authoritative.
+    fn refresh_done(&self, present_phase: bool, present: &HashSet<Uuid>) {
+        let swept = if present_phase {
+            self.apply(|idx, d| {
+                let gone: Vec<Uuid> = idx.uuids().filter(|u| !present.contains(*u)).copied().collect();
+                for u in &gone {
+                    idx.delete(d, u);
+                }
+                gone.len()
+            })
+        } else {
+            0
+        };
+        {
+            let mut st = self.lock();
+            st.lost_since = None;
+            st.phase = "in sync".into();
+        }
+        self.handle.update(|d| d.set_authoritative(true, None));
+        tracing::info!(swept, entries = self.lock().index.len(), "LDAP in sync; directory is authoritative");
+    }
+
+    async fn watchdog(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let lost = self.lock().lost_since;
+            if let Some(t) = lost {
+                if t.elapsed() >= self.settings.sync_lost_after && self.handle.snapshot().authoritative() {
+                    let why = format!("LDAP sync lost for {}s", t.elapsed().as_secs());
+                    tracing::warn!("{why}: misses are now asked to LDAP or answered temporarily");
+                    self.not_authoritative(&why);
+                }
+            }
+        }
+    }
+
+    async fn snapshot_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(dir) = self.settings.state_dir.clone() else { return };
+        let mut every = SNAPSHOT_EVERY;
+        loop {
+            let stopping = tokio::select! {
+                () = tokio::time::sleep(every) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+            let this = self.clone();
+            let dir2 = dir.clone();
+            let started = Instant::now();
+            match tokio::task::spawn_blocking(move || this.write_snapshot(&dir2)).await {
+                Ok(Ok(true)) => {
+                    every = SNAPSHOT_EVERY.max(started.elapsed() * 10);
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the LDAP warm snapshot"),
+                Err(e) => tracing::warn!(error = %e, "LDAP snapshot task failed"),
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Write the snapshot if something changed. The index, cookie and
+    /// directory are taken together under the state lock (every LDAP update
+    /// holds it), so they match.
+    pub fn write_snapshot(&self, dir: &Path) -> std::io::Result<bool> {
+        let (index, cookie, snap) = {
+            let mut st = self.lock();
+            if !st.dirty || st.index.is_empty() && st.cookie.is_none() {
+                return Ok(false);
+            }
+            st.dirty = false;
+            (st.index.clone(), st.cookie.clone(), self.handle.snapshot())
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(SNAPSHOT_FILE);
+        let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let result = (|| {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode_0600()
+                .open(&tmp)?;
+            let mut w = std::io::BufWriter::new(file);
+            let header = Header {
+                format: SNAPSHOT_FORMAT.into(),
+                cookie: cookie.as_deref().map(hex),
+                written: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+            };
+            serde_json::to_writer(&mut w, &header)?;
+            w.write_all(b"\n")?;
+            for (uuid, c) in index.iter() {
+                let Some(login) = c.login.as_deref() else { continue };
+                let Some(u) = snap.user(login) else { continue };
+                let spec = u.to_spec(snap.settings());
+                let saved = Saved::from_spec(format_uuid(uuid), &spec, c.aliases.iter().map(|a| a.to_string()).collect());
+                serde_json::to_writer(&mut w, &saved)?;
+                w.write_all(b"\n")?;
+            }
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            self.lock().dirty = true;
+        }
+        result.map(|()| true)
+    }
+}
+
+trait OpenOptionsExt0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl OpenOptionsExt0600 for std::fs::OpenOptions {
+    // The snapshot holds password hashes: owner only.
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    // Spread reconnects of many ramdir hosts: ±25% from the clock's nanos
+    // (no random crate needed for this).
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let f = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(f)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    cookie: Option<String>,
+    written: u64,
+}
+
+/// One mailbox in the snapshot file.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    uuid: String,
+    login: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    home: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<u64>,
+    own_quota: bool,
+    enabled: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aliases: Vec<String>,
+}
+
+impl Saved {
+    fn from_spec(uuid: String, s: &UserSpec, aliases: Vec<String>) -> Saved {
+        Saved {
+            uuid,
+            login: s.login.clone(),
+            password: s.password.clone(),
+            uid: s.uid,
+            gid: s.gid,
+            home: s.home.clone(),
+            mail: s.mail.clone(),
+            storage: s.quota.and_then(|q| q.storage),
+            messages: s.quota.and_then(|q| q.messages),
+            own_quota: s.quota.is_some(),
+            enabled: s.enabled,
+            aliases,
+        }
+    }
+
+    fn into_data(self) -> Option<(Uuid, EntryData)> {
+        let uuid = parse_uuid(&self.uuid)?;
+        let quota = self
+            .own_quota
+            .then_some(ramdir_core::quota::QuotaLimit { storage: self.storage, messages: self.messages });
+        let user = UserSpec {
+            login: self.login,
+            password: self.password,
+            uid: self.uid,
+            gid: self.gid,
+            home: self.home,
+            mail: self.mail,
+            quota,
+            quota_rules: Vec::new(),
+            enabled: self.enabled,
+            extra: Vec::new(),
+        };
+        Some((uuid, EntryData { user: Some(user), aliases: self.aliases }))
+    }
+}
+
+type SnapshotData = (Option<Vec<u8>>, SystemTime, Vec<(Uuid, EntryData)>);
+
+fn read_snapshot(path: &Path) -> Result<Option<SnapshotData>, String> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut lines = std::io::BufReader::new(file).lines();
+    let header: Header = match lines.next() {
+        Some(Ok(l)) => serde_json::from_str(&l).map_err(|e| format!("header: {e}"))?,
+        _ => return Err("empty snapshot".into()),
+    };
+    if header.format != SNAPSHOT_FORMAT {
+        return Err(format!("unknown snapshot format {:?}", header.format));
+    }
+    let cookie = match header.cookie {
+        Some(c) => Some(unhex(&c).ok_or("bad cookie")?),
+        None => None,
+    };
+    let mut entries = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        let saved: Saved = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?;
+        entries.push(saved.into_data().ok_or_else(|| format!("line {}: bad uuid", i + 2))?);
+    }
+    let written = SystemTime::UNIX_EPOCH + Duration::from_secs(header.written);
+    Ok(Some((cookie, written, entries)))
+}
+
+/// Path of the snapshot file in `state_dir` (for docs and tests).
+pub fn snapshot_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SNAPSHOT_FILE)
+}
+
+/// A consumed result entry, for callers that want to map entries themselves.
+pub fn construct(re: ResultEntry) -> SearchEntry {
+    SearchEntry::construct(re)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramdir_core::Settings as DirSettings;
+
+    #[test]
+    fn snapshot_round_trips_with_cookie() {
+        let tmp = tempfile::tempdir().unwrap();
+        let handle = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
+        let mut s = Settings::new("ldap://127.0.0.1:1", "dc=x");
+        s.state_dir = Some(tmp.path().to_path_buf());
+        let src = LdapSource::new(s.clone(), handle.clone());
+        src.apply(|idx, d| {
+            idx.put(
+                d,
+                [7u8; 16],
+                EntryData {
+                    user: Some(UserSpec {
+                        login: "a@x.org".into(),
+                        password: Some("{SSHA}h".into()),
+                        quota: Some(ramdir_core::quota::QuotaLimit { storage: Some(9), messages: None }),
+                        enabled: true,
+                        ..Default::default()
+                    }),
+                    aliases: vec!["b@x.org".into()],
+                },
+            )
+        });
+        src.set_cookie(Some(b"rid=000,csn=20261124".to_vec()));
+        assert!(src.write_snapshot(tmp.path()).unwrap());
+        assert!(!src.write_snapshot(tmp.path()).unwrap(), "nothing changed");
+        let mode = std::fs::metadata(snapshot_path(tmp.path())).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+
+        let handle2 = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
+        let src2 = LdapSource::new(s, handle2.clone());
+        assert!(src2.warm_start());
+        let d = handle2.snapshot();
+        assert!(!d.authoritative());
+        assert!(d.meta().note.as_deref().unwrap().contains("warm LDAP snapshot"));
+        let u = d.user("a@x.org").unwrap();
+        assert_eq!(u.password, Some("{SSHA}h"));
+        assert_eq!(u.quota.storage, Some(9));
+        assert_eq!(d.alias("b@x.org").unwrap()[0].as_ref(), "a@x.org");
+        assert_eq!(src2.lock().cookie.as_deref(), Some(&b"rid=000,csn=20261124"[..]));
+    }
+
+    #[test]
+    fn corrupt_snapshot_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(snapshot_path(tmp.path()), "garbage\n").unwrap();
+        let handle = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
+        let mut s = Settings::new("ldap://127.0.0.1:1", "dc=x");
+        s.state_dir = Some(tmp.path().to_path_buf());
+        assert!(!LdapSource::new(s, handle.clone()).warm_start());
+        assert!(!handle.snapshot().authoritative());
+    }
+}

@@ -83,10 +83,10 @@ impl UsageSource for UsageStore {
 /// Whether one more message of `size` bytes fits, as Dovecot decides at
 /// delivery. Untracked usage fits.
 pub fn fits(limit: QuotaLimit, usage: Usage, grace: Grace, size: u64) -> bool {
-    if let (Some(l), Some(m)) = (limit.messages.filter(|l| *l > 0), usage.messages) {
-        if m.max(0) as u64 >= l {
-            return false;
-        }
+    if let (Some(l), Some(m)) = (limit.messages.filter(|l| *l > 0), usage.messages)
+        && m.max(0) as u64 >= l
+    {
+        return false;
     }
     let (Some(l), Some(u)) = (limit.storage.filter(|l| *l > 0), usage.storage) else {
         return true;

@@ -326,7 +326,18 @@ impl Directory {
             return Ok(None);
         }
         let r = self.resolve(key)?;
-        Ok(Some(r.targets.into_iter().map(|t| t.address).collect()))
+        let mut targets = r.targets;
+        if matches!(class, Class::CatchAll { .. }) {
+            // A catch-all that only leads to unknown local addresses (an
+            // alias domain `@a @b` for a user `b` lacks) accepts nothing:
+            // answering with those targets would make Postfix accept the
+            // mail and bounce it after queueing.
+            targets.retain(|t| t.kind != TargetKind::UnknownLocal);
+            if targets.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(targets.into_iter().map(|t| t.address).collect()))
     }
 
     /// Socketmap `senders`: the SASL logins allowed to use `key` as sender.

@@ -18,6 +18,7 @@
 //! Set `RAMDIR_KEEP_STACK=1` to keep the stack directory after a test; it is
 //! always kept (and its logs printed) when a test fails.
 
+pub mod dovecot;
 pub mod postfix;
 pub mod ramdir;
 pub mod sasl;
@@ -52,10 +53,15 @@ pub struct StackDir {
 }
 
 impl StackDir {
-    /// Create a fresh, empty stack directory.
+    /// Create a fresh, empty stack directory. The first call in a process
+    /// also stops daemons left running by an earlier test run that was
+    /// killed before it could clean up.
     pub fn new() -> StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            sweep_stale_stacks();
+        }
         let path = PathBuf::from(format!("/tmp/rdi-{}-{n}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path)
@@ -103,6 +109,64 @@ impl Drop for StackDir {
                 "ramdir-integration: could not remove {}: {e}",
                 self.path.display()
             );
+        }
+    }
+}
+
+/// Stop the Postfix masters and ramdir processes of stacks whose test
+/// process is gone (a run killed by Ctrl-C or a timeout never reaches the
+/// `Drop`s). A process is only signalled when it provably belongs to that
+/// stack: the master's working directory is the stack's spool, ramdir's
+/// command line names the stack's config. The directories are left for
+/// inspection.
+fn sweep_stale_stacks() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rdi-")) else {
+            continue;
+        };
+        let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if owner == std::process::id() as i32 || process_alive(owner) {
+            continue;
+        }
+        let root = e.path();
+        let pid_in =
+            |p: PathBuf| -> Option<i32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+        let spool = root.join("pf/spool");
+        if let Some(pid) = pid_in(spool.join("pid/master.pid")) {
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            if cwd == spool && process_alive(pid) {
+                eprintln!(
+                    "ramdir-integration: stopping leaked Postfix master {pid} of {}",
+                    root.display()
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        if let Some(pid) = pid_in(root.join("ramdir.pid")) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let config = root.join("ramdir.toml");
+            let mine = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .any(|a| Path::new(a) == config);
+            if mine && process_alive(pid) {
+                eprintln!(
+                    "ramdir-integration: stopping leaked ramdir {pid} of {}",
+                    root.display()
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
         }
     }
 }
@@ -203,8 +267,11 @@ impl Stack {
     pub fn start_with(content: &DirectoryContent, opts: &StackOptions) -> Stack {
         let dir = StackDir::new();
         let files = DirectoryFiles::write(&dir.join("data"), content);
-        let main_cf_extra =
-            if opts.sasl { format!("{SASL_MAIN_CF}{}", opts.main_cf_extra) } else { opts.main_cf_extra.clone() };
+        let main_cf_extra = if opts.sasl {
+            format!("{SASL_MAIN_CF}{}", opts.main_cf_extra)
+        } else {
+            opts.main_cf_extra.clone()
+        };
         let mut postfix = Postfix::prepare(&dir, &main_cf_extra);
         let config = ramdir::write_config(
             &dir.join("ramdir.toml"),
@@ -220,7 +287,13 @@ impl Stack {
             )
         });
         postfix.start();
-        Stack { postfix, ramdir, sasl, files, dir }
+        Stack {
+            postfix,
+            ramdir,
+            sasl,
+            files,
+            dir,
+        }
     }
 }
 

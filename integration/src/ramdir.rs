@@ -88,7 +88,12 @@ impl DirectoryFiles {
 /// Write a ramdir config serving `files` on the socketmap socket `socket`
 /// (mode 0666, so Postfix's daemons, user `postfix`, can connect), with
 /// `directory_extra` added to the `[directory]` section. Returns `path`.
-pub fn write_config(path: &Path, files: &DirectoryFiles, socket: &Path, directory_extra: &str) -> PathBuf {
+pub fn write_config(
+    path: &Path,
+    files: &DirectoryFiles,
+    socket: &Path,
+    directory_extra: &str,
+) -> PathBuf {
     let q = |p: &Path| toml_string(&p.display().to_string());
     let text = format!(
         "[directory]\n\
@@ -171,6 +176,9 @@ impl Ramdir {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        // For the sweep of stacks left by a killed test run (see
+        // `sweep_stale_stacks`).
+        let _ = std::fs::write(self.pid_file(), format!("{}\n", child.id()));
         self.child = Some(child);
         let start = Instant::now();
         loop {
@@ -198,6 +206,10 @@ impl Ramdir {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.log.with_extension("pid")
     }
 
     /// Does the socket answer a query with any well-formed reply?
@@ -300,23 +312,42 @@ impl Ramdir {
     }
 
     /// Run `ramdir query --config FILE TABLE KEY`; returns (exit code,
-    /// stdout).
+    /// stdout). Panics if it takes more than 10 s.
     pub fn query_cli(&self, table: &str, key: &str) -> (i32, String) {
         let bin = ramdir_bin();
-        let out = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .arg("query")
             .arg("--config")
             .arg(&self.config)
             .arg(table)
             .arg(key)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap_or_else(|e| {
                 panic!("run {} query: {e}", shell_quote(&bin.display().to_string()))
             });
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        // The reply is one short line: it fits in the pipe, so waiting
+        // before reading cannot deadlock.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait for ramdir query") {
+                break st;
+            }
+            if start.elapsed() > WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ramdir query {table} {key:?} did not finish within {WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut out);
+        }
+        (status.code().unwrap_or(-1), out)
     }
 }
 

@@ -31,8 +31,12 @@ impl FakeDovecotAuth {
         let _ = std::fs::remove_file(path);
         let l = UnixListener::bind(path).unwrap_or_else(|e| panic!("bind {}: {e}", path.display()));
         crate::set_mode(path, 0o666);
-        let users: Arc<HashMap<String, String>> =
-            Arc::new(users.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect());
+        let users: Arc<HashMap<String, String>> = Arc::new(
+            users
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect(),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -47,7 +51,11 @@ impl FakeDovecotAuth {
                 });
             }
         });
-        FakeDovecotAuth { path: path.to_path_buf(), stop, thread: Some(thread) }
+        FakeDovecotAuth {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Parse the `{PLAIN}` passwords out of passwd-file text.
@@ -121,7 +129,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -158,9 +170,20 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for s in ["", "a", "ab", "abc", "abcd", "\0alice@example.org\0alice-pw"] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "\0alice@example.org\0alice-pw",
+        ] {
             let e = base64_encode(s.as_bytes());
-            assert_eq!(base64_decode(&e).as_deref(), Some(s.as_bytes()), "{s:?} -> {e}");
+            assert_eq!(
+                base64_decode(&e).as_deref(),
+                Some(s.as_bytes()),
+                "{s:?} -> {e}"
+            );
         }
         assert_eq!(base64_encode(b"ab"), "YWI=");
         assert_eq!(base64_decode("!!"), None);

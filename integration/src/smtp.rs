@@ -106,7 +106,10 @@ impl Smtp {
     /// `AUTH PLAIN` with an initial response.
     pub fn auth_plain(&mut self, user: &str, password: &str) -> io::Result<Reply> {
         let raw = format!("\0{user}\0{password}");
-        self.command(&format!("AUTH PLAIN {}", crate::sasl::base64_encode(raw.as_bytes())))
+        self.command(&format!(
+            "AUTH PLAIN {}",
+            crate::sasl::base64_encode(raw.as_bytes())
+        ))
     }
 
     /// `QUIT`.

@@ -572,12 +572,13 @@ impl LdapSource {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let lost = self.lock().lost_since;
-            if let Some(t) = lost {
-                if t.elapsed() >= self.settings.sync_lost_after && self.handle.snapshot().authoritative() {
-                    let why = format!("LDAP sync lost for {}s", t.elapsed().as_secs());
-                    tracing::warn!("{why}: misses are now asked to LDAP or answered temporarily");
-                    self.not_authoritative(&why);
-                }
+            if let Some(t) = lost
+                && t.elapsed() >= self.settings.sync_lost_after
+                && self.handle.snapshot().authoritative()
+            {
+                let why = format!("LDAP sync lost for {}s", t.elapsed().as_secs());
+                tracing::warn!("{why}: misses are now asked to LDAP or answered temporarily");
+                self.not_authoritative(&why);
             }
         }
     }
@@ -682,7 +683,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()

@@ -91,10 +91,8 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
 }
 
 /// A future that completes when `stop` turns true.
-fn stopped(mut stop: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {

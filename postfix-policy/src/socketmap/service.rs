@@ -314,6 +314,9 @@ mod tests {
             // alias domain keeps the local part
             ("aliases", "carol@alias.test", ok("carol@example.org")),
             ("aliases", "carol+x@alias.test", ok("carol+x@example.org")),
+            // …but a user the aliased domain lacks is unknown (r1: Postfix
+            // would otherwise accept and then bounce).
+            ("aliases", "nobody@alias.test", Reply::NotFound),
             // loops
             (
                 "aliases",

@@ -1,0 +1,1395 @@
+//! A private Dovecot 2.3 instance that authenticates users and keeps quota
+//! usage through ramdir's dict socket, and the clients the tests drive it
+//! with.
+//!
+//! How Dovecot is run follows `docs/stack-notes.md` section 4: one
+//! self-contained `dovecot.conf` (no `!include` of `/etc/dovecot`) under
+//! `<stack>/dv`, with `base_dir`, `state_dir`, the log and the mail root all
+//! inside it; IMAP on a free 127.0.0.1 port, LMTP on the unix socket
+//! `<stack>/dv/run/lmtp` (mode 0666 so Postfix's `lmtp` client, user
+//! `postfix`, can connect; trap 11). Dovecot is started with stdin, stdout
+//! and stderr redirected away from the test (it keeps the caller's stderr
+//! open after daemonizing, trap 8) and every `doveadm` call gets `-c` (trap
+//! 9).
+//!
+//! passdb and userdb are `driver = dict` on ramdir's `auth` dict, and the
+//! quota backend is `dict:User quota::proxy:…:quota`, both through
+//! `proxy:idle_msecs=10000:` URIs (trap 10, G11). No `quota_rule` is set in
+//! `dovecot.conf`: every limit comes from ramdir's userdb answer.
+//!
+//! Pieces:
+//! - [`Dovecot`]: the instance (start, stop, `doveadm` wrappers);
+//! - [`Lmtp`]: a tiny LMTP client for the `lmtp` socket;
+//! - [`Imap`]: a tiny IMAP client (LOGIN, APPEND, COPY, …);
+//! - [`DictClient`]: a raw dict-protocol client for ramdir's socket, to
+//!   read and damage quota counters behind Dovecot's back;
+//! - [`MailStack`]: ramdir (socketmap, dict, quota store) + Dovecot, and
+//!   optionally a Postfix that delivers to Dovecot over LMTP.
+//!
+//! Set `RAMDIR_DOVECOT_DEBUG=1` to run Dovecot with `auth_debug` and
+//! `mail_debug` (the log then shows every dict lookup and transaction).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::postfix::Postfix;
+use crate::ramdir::{DirectoryContent, DirectoryFiles, Ramdir, write_config};
+use crate::smtp::Reply;
+use crate::{StackDir, WAIT, process_alive, require_root, set_mode, write_atomic};
+
+/// uid and gid that own the mail (`mail_uid`, `first_valid_uid`, and the
+/// passwd-file entries of the tests).
+pub const VMAIL_ID: u32 = 5000;
+
+/// Placeholder in [`DirectoryContent::users`] that [`MailStack`] replaces
+/// by the mail root (`<stack>/dv/mail`), for users with an explicit home.
+pub const MAIL_ROOT_VAR: &str = "@MAILROOT@";
+
+/// The binaries and system users a Dovecot instance needs.
+const REQUIRED: [&str; 5] = [
+    "/usr/sbin/dovecot",
+    "/usr/bin/doveadm",
+    "/usr/lib/dovecot/imap",
+    "/usr/lib/dovecot/lmtp",
+    "/usr/lib/dovecot/modules/lib10_quota_plugin.so",
+];
+
+/// Panic, saying how to fix it, unless Dovecot (core, imapd, lmtpd) and its
+/// system users are installed and we are root.
+pub fn require_dovecot() {
+    require_root();
+    for p in REQUIRED {
+        if !Path::new(p).exists() {
+            panic!(
+                "{p} is missing: Dovecot (dovecot-core, dovecot-imapd, dovecot-lmtpd) is needed; \
+                 run scripts/install-test-deps.sh (as root) first"
+            );
+        }
+    }
+    for user in ["dovecot", "dovenull"] {
+        if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+            panic!(
+                "no system user '{user}': run scripts/install-test-deps.sh (installs dovecot-core)"
+            );
+        }
+    }
+}
+
+/// A Dovecot instance under `<stack>/dv`. Stopped on drop.
+#[derive(Debug)]
+pub struct Dovecot {
+    root: PathBuf,
+    conf: PathBuf,
+    imap_port: u16,
+    started: bool,
+}
+
+impl Dovecot {
+    /// Write `dovecot.conf` and `dovecot-dict-auth.conf.ext` for an
+    /// instance that uses the ramdir dict socket `dict_socket`, create its
+    /// directories (the mail root owned by 5000:5000). Does not start it.
+    /// `extra` is appended to `dovecot.conf` (later settings win).
+    pub fn prepare(stack: &StackDir, dict_socket: &Path, extra: &str) -> Dovecot {
+        require_dovecot();
+        let root = stack.join("dv");
+        for d in ["run", "state", "mail"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        }
+        set_mode(&root, 0o755);
+        let mail = root.join("mail");
+        nix::unistd::chown(
+            &mail,
+            Some(nix::unistd::Uid::from_raw(VMAIL_ID)),
+            Some(nix::unistd::Gid::from_raw(VMAIL_ID)),
+        )
+        .unwrap_or_else(|e| panic!("chown 5000:5000 {}: {e}", mail.display()));
+        let conf = root.join("dovecot.conf");
+        let auth_ext = root.join("dovecot-dict-auth.conf.ext");
+        let imap_port = free_port();
+        let instance = stack
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rdi".into());
+        write_atomic(&auth_ext, &auth_ext_text(dict_socket));
+        write_atomic(
+            &conf,
+            &dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra),
+        );
+        Dovecot {
+            root,
+            conf,
+            imap_port,
+            started: false,
+        }
+    }
+
+    /// Start Dovecot and wait (up to 10 s) until the master's pid file, the
+    /// LMTP socket and the IMAP `* OK` greeting are all there.
+    pub fn start(&mut self) {
+        assert!(!self.started, "Dovecot is already running");
+        let stderr_path = self.root.join("dovecot.stderr");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", stderr_path.display()));
+        // Never our own stdio: the daemon keeps it open (trap 8).
+        let status = Command::new("/usr/sbin/dovecot")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .status()
+            .unwrap_or_else(|e| panic!("run dovecot: {e}"));
+        if !status.success() {
+            panic!(
+                "dovecot -c {} failed ({status}): {}\nlog:\n{}",
+                self.conf.display(),
+                std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                self.log_text()
+            );
+        }
+        self.started = true;
+        let start = Instant::now();
+        loop {
+            let ready = self.master_pid().is_some()
+                && self.lmtp_socket().exists()
+                && Imap::connect(self.imap_addr()).is_ok_and(|i| i.greeting.starts_with("* OK"));
+            if ready {
+                return;
+            }
+            if start.elapsed() > WAIT {
+                panic!(
+                    "Dovecot was not ready within {WAIT:?} (pid file, {}, IMAP greeting on {}); \
+                     stderr: {}\nlog:\n{}",
+                    self.lmtp_socket().display(),
+                    self.imap_addr(),
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Stop Dovecot: SIGTERM to the master, wait (up to 10 s) until it has
+    /// exited (a zombie counts as exited, trap 15), SIGKILL otherwise.
+    pub fn stop(&mut self) {
+        if !self.started {
+            return;
+        }
+        self.started = false;
+        let Some(pid) = self.master_pid() else { return };
+        let pid_t = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        if process_alive(pid) {
+            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// The master's pid (`base_dir/master.pid`).
+    pub fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("run/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `dovecot.conf`.
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
+    /// `<stack>/dv`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The mail root, `<stack>/dv/mail` (owned by 5000:5000).
+    pub fn mail_root(&self) -> PathBuf {
+        self.root.join("mail")
+    }
+
+    /// The LMTP socket, `base_dir/lmtp`.
+    pub fn lmtp_socket(&self) -> PathBuf {
+        self.root.join("run/lmtp")
+    }
+
+    /// Where IMAP listens.
+    pub fn imap_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.imap_port))
+    }
+
+    /// Dovecot's log (`log_path`).
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("dovecot.log")
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Log lines that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Log lines that report trouble: `Panic:`, `Fatal:` and `Error:`
+    /// lines, and the quota plugin's warnings about lost updates.
+    pub fn trouble(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| {
+                [" Panic: ", " Fatal: ", " Error: ", "desynced", "broken"]
+                    .iter()
+                    .any(|n| l.contains(n))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Run `doveadm -c CONF ARGS…` and return its output.
+    pub fn doveadm(&self, args: &[&str]) -> Output {
+        Command::new("/usr/bin/doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run doveadm {args:?}: {e}"))
+    }
+
+    /// Run `doveadm ARGS…`, panic unless it exits 0; its stdout.
+    pub fn doveadm_ok(&self, args: &[&str]) -> String {
+        let out = self.doveadm(args);
+        if !out.status.success() {
+            panic!(
+                "doveadm {args:?} failed ({}): {}{}\nlog:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail(&self.log_text(), 30)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `doveadm auth test USER PASSWORD`: did the passdb accept it? Panics
+    /// when doveadm itself fails in another way than "auth failed".
+    pub fn auth_test(&self, user: &str, password: &str) -> bool {
+        let out = self.doveadm(&["auth", "test", user, password]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() && text.contains("auth succeeded") {
+            return true;
+        }
+        if text.contains("auth failed") {
+            return false;
+        }
+        panic!(
+            "doveadm auth test {user}: unexpected result ({}): {text}",
+            out.status
+        );
+    }
+
+    /// `doveadm user USER`: the userdb fields, or `None` when the user does
+    /// not exist (exit 67). Panics on any other failure.
+    pub fn user(&self, user: &str) -> Option<BTreeMap<String, String>> {
+        let out = self.doveadm(&["user", user]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(0) => Some(
+                stdout
+                    .lines()
+                    .skip_while(|l| !l.starts_with("field"))
+                    .skip(1)
+                    .filter_map(|l| l.split_once('\t'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect(),
+            ),
+            Some(67) => None,
+            _ => panic!(
+                "doveadm user {user} failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// `doveadm user MASK` with a wildcard mask (`*`): the users the userdb
+    /// iteration returns, in the order given.
+    pub fn list_users(&self, mask: &str) -> Vec<String> {
+        self.doveadm_ok(&["user", mask])
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// `doveadm quota get -u USER` (tab format), which reads the counters
+    /// through the quota dict and recalculates them when they are missing.
+    pub fn quota_get(&self, user: &str) -> DovecotQuota {
+        let text = self.doveadm_ok(&["-f", "tab", "quota", "get", "-u", user]);
+        DovecotQuota::parse(&text)
+            .unwrap_or_else(|| panic!("unparsable doveadm quota get output: {text:?}"))
+    }
+
+    /// `doveadm quota recalc -u USER`.
+    pub fn quota_recalc(&self, user: &str) {
+        self.doveadm_ok(&["quota", "recalc", "-u", user]);
+    }
+
+    /// A new LMTP session on the `lmtp` socket (greeting read, `LHLO`
+    /// sent).
+    pub fn lmtp(&self) -> Lmtp {
+        let mut l = Lmtp::connect(&self.lmtp_socket())
+            .unwrap_or_else(|e| panic!("LMTP connect {}: {e}", self.lmtp_socket().display()));
+        let r = l.command("LHLO test.client").expect("LHLO");
+        assert_eq!(r.code, 250, "LHLO: {r}");
+        l
+    }
+
+    /// A new IMAP connection (greeting read).
+    pub fn imap(&self) -> Imap {
+        Imap::connect(self.imap_addr())
+            .unwrap_or_else(|e| panic!("IMAP connect {}: {e}", self.imap_addr()))
+    }
+
+    /// An IMAP session logged in as `user`; panics if the login fails.
+    pub fn imap_login(&self, user: &str, password: &str) -> Imap {
+        let mut i = self.imap();
+        let r = i.login(user, password).expect("IMAP LOGIN");
+        assert!(
+            r.is_ok(),
+            "IMAP LOGIN {user}: {r}\nlog:\n{}",
+            tail(&self.log_text(), 20)
+        );
+        i
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn auth_ext_text(dict_socket: &Path) -> String {
+    format!(
+        "\
+# Generated by ramdir-integration: passdb and userdb from ramdir's auth dict.
+uri = proxy:idle_msecs=10000:{sock}:auth
+password_key = passdb/%u
+user_key = userdb/%u
+iterate_disable = no
+iterate_prefix = userdb/
+default_pass_scheme = PLAIN
+",
+        sock = dict_socket.display()
+    )
+}
+
+fn dovecot_conf(
+    root: &Path,
+    instance: &str,
+    auth_ext: &Path,
+    dict_socket: &Path,
+    imap_port: u16,
+    extra: &str,
+) -> String {
+    let debug = if std::env::var_os("RAMDIR_DOVECOT_DEBUG").is_some_and(|v| v == "1") {
+        "yes"
+    } else {
+        "no"
+    };
+    format!(
+        "\
+# Generated by ramdir-integration (a private test instance).
+instance_name = {instance}
+base_dir = {root}/run
+state_dir = {root}/state
+protocols = imap lmtp
+listen = 127.0.0.1
+log_path = {root}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_username_format = %Lu
+auth_cache_size = 0
+# No 2 s sleep after each failed login (Dovecot still answers failures on
+# a 0.5 s tick).
+auth_failure_delay = 0
+auth_debug = {debug}
+mail_debug = {debug}
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+mail_uid = {id}
+mail_gid = {id}
+first_valid_uid = {id}
+last_valid_uid = {id}
+first_valid_gid = {id}
+mail_location = maildir:~/Maildir
+mail_plugins = quota
+lmtp_rcpt_check_quota = yes
+postmaster_address = postmaster@example.org
+passdb {{
+  driver = dict
+  args = {auth_ext}
+}}
+userdb {{
+  driver = dict
+  args = {auth_ext}
+}}
+protocol imap {{
+  mail_plugins = $mail_plugins imap_quota
+}}
+protocol lmtp {{
+  mail_plugins = $mail_plugins
+}}
+plugin {{
+  # Usage in ramdir's quota dict; limits come from ramdir's userdb.
+  quota = dict:User quota::proxy:idle_msecs=10000:{sock}:quota
+  quota_grace = 10%%
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  # Moved away, so the auth process finds no penalty socket and turns the
+  # per-IP auth penalty off (2 s doubling up to 15 s before each login
+  # after a failure; the tests fail logins on purpose).
+  unix_listener anvil-auth-penalty {{
+    path = anvil-auth-penalty-off
+  }}
+}}
+{extra}
+",
+        root = root.display(),
+        auth_ext = auth_ext.display(),
+        sock = dict_socket.display(),
+        id = VMAIL_ID,
+    )
+}
+
+/// One quota root as `doveadm quota get` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DovecotQuota {
+    /// Storage in KiB (Dovecot rounds the byte count up).
+    pub storage_kib: u64,
+    /// Storage limit in KiB, if any.
+    pub storage_limit_kib: Option<u64>,
+    /// Message count.
+    pub messages: u64,
+}
+
+impl DovecotQuota {
+    /// Parse `doveadm -f tab quota get` output (a header, then one
+    /// `name<TAB>type<TAB>value<TAB>limit<TAB>%` row per resource).
+    pub fn parse(text: &str) -> Option<DovecotQuota> {
+        let mut storage = None;
+        let mut messages = None;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let limit = f[3].trim().parse::<u64>().ok();
+            let value = f[2].trim().parse::<u64>().ok()?;
+            match f[1].trim() {
+                "STORAGE" => storage = Some((value, limit)),
+                "MESSAGE" => messages = Some(value),
+                _ => {}
+            }
+        }
+        let (storage_kib, storage_limit_kib) = storage?;
+        Some(DovecotQuota {
+            storage_kib,
+            storage_limit_kib,
+            messages: messages?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LMTP
+
+/// The replies to one LMTP transaction.
+#[derive(Debug, Clone)]
+pub struct LmtpOutcome {
+    /// Reply to `MAIL FROM`.
+    pub mail: Reply,
+    /// Reply to each `RCPT TO`, in order.
+    pub rcpts: Vec<Reply>,
+    /// Reply to `DATA` when it was not 354 (or was not sent because no
+    /// recipient was accepted: then `None` and `per_rcpt` is empty).
+    pub data: Option<Reply>,
+    /// After the message: one reply per accepted recipient, in order.
+    pub per_rcpt: Vec<Reply>,
+}
+
+impl LmtpOutcome {
+    /// Was the message accepted for every recipient?
+    pub fn delivered(&self) -> bool {
+        self.mail.is_positive()
+            && self.rcpts.iter().all(Reply::is_positive)
+            && !self.per_rcpt.is_empty()
+            && self.per_rcpt.iter().all(Reply::is_positive)
+    }
+
+    /// The first negative reply, if any (RCPT, DATA or after the message).
+    pub fn refusal(&self) -> Option<&Reply> {
+        std::iter::once(&self.mail)
+            .chain(&self.rcpts)
+            .chain(&self.data)
+            .chain(&self.per_rcpt)
+            .find(|r| !r.is_positive() && r.code != 354)
+    }
+}
+
+impl fmt::Display for LmtpOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MAIL: {}", self.mail)?;
+        for r in &self.rcpts {
+            write!(f, "; RCPT: {r}")?;
+        }
+        if let Some(d) = &self.data {
+            write!(f, "; DATA: {d}")?;
+        }
+        for r in &self.per_rcpt {
+            write!(f, "; after data: {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An LMTP session over a unix socket.
+#[derive(Debug)]
+pub struct Lmtp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    /// The greeting.
+    pub banner: Reply,
+}
+
+impl Lmtp {
+    /// Connect and read the greeting (10 s timeouts).
+    pub fn connect(path: &Path) -> io::Result<Lmtp> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let banner = read_reply(&mut reader)?;
+        Ok(Lmtp {
+            reader,
+            writer: s,
+            banner,
+        })
+    }
+
+    /// Send one command line and read its reply.
+    pub fn command(&mut self, line: &str) -> io::Result<Reply> {
+        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
+        self.writer.flush()?;
+        read_reply(&mut self.reader)
+    }
+
+    /// One transaction: `MAIL FROM`, a `RCPT TO` per recipient, and when
+    /// any was accepted `DATA` with `message` (dot-stuffed, CRLF) and one
+    /// reply per accepted recipient. Ends with `RSET` when nothing was
+    /// sent, so the session can be reused.
+    pub fn send(&mut self, from: &str, rcpts: &[&str], message: &str) -> io::Result<LmtpOutcome> {
+        let mail = self.command(&format!("MAIL FROM:<{from}>"))?;
+        let mut out = LmtpOutcome {
+            mail,
+            rcpts: Vec::new(),
+            data: None,
+            per_rcpt: Vec::new(),
+        };
+        if !out.mail.is_positive() {
+            self.command("RSET")?;
+            return Ok(out);
+        }
+        for r in rcpts {
+            out.rcpts.push(self.command(&format!("RCPT TO:<{r}>"))?);
+        }
+        let accepted = out.rcpts.iter().filter(|r| r.is_positive()).count();
+        if accepted == 0 {
+            self.command("RSET")?;
+            return Ok(out);
+        }
+        let go = self.command("DATA")?;
+        if go.code != 354 {
+            out.data = Some(go);
+            return Ok(out);
+        }
+        self.writer.write_all(dot_stuff(message).as_bytes())?;
+        self.writer.flush()?;
+        for _ in 0..accepted {
+            out.per_rcpt.push(read_reply(&mut self.reader)?);
+        }
+        Ok(out)
+    }
+
+    /// `QUIT`.
+    pub fn quit(mut self) -> io::Result<Reply> {
+        self.command("QUIT")
+    }
+}
+
+/// The message with CRLF line ends, dot-stuffed, and the final `.` line.
+fn dot_stuff(message: &str) -> String {
+    let mut body = String::with_capacity(message.len() + 64);
+    for line in message.lines() {
+        if line.starts_with('.') {
+            body.push('.');
+        }
+        body.push_str(line);
+        body.push_str("\r\n");
+    }
+    body.push_str(".\r\n");
+    body
+}
+
+/// Read one (possibly multi-line) SMTP/LMTP reply.
+fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let mut text = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let code = line
+            .get(..3)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| bad(format!("bad reply line {line:?}")))?;
+        text.push(line.get(4..).unwrap_or("").to_string());
+        match line.as_bytes().get(3) {
+            Some(b'-') => continue,
+            Some(b' ') | None => {
+                return Ok(Reply {
+                    code,
+                    text: text.join("\n"),
+                });
+            }
+            Some(_) => return Err(bad(format!("bad reply line {line:?}"))),
+        }
+    }
+}
+
+/// A test message of about `size` bytes (headers included) whose subject
+/// and `Message-ID` carry `token`, so it can be found in a Maildir.
+pub fn message(token: &str, size: usize) -> String {
+    let mut m = format!(
+        "From: sender@outside.test\r\n\
+         To: someone@example.org\r\n\
+         Subject: test {token}\r\n\
+         Message-ID: <{token}@ramdir.test>\r\n\
+         \r\n\
+         token {token}\r\n"
+    );
+    let line = format!("{}\r\n", "x".repeat(76));
+    while m.len() + line.len() <= size {
+        m.push_str(&line);
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------
+// IMAP
+
+/// The tagged completion of one IMAP command and the untagged lines before
+/// it.
+#[derive(Debug, Clone)]
+pub struct ImapResponse {
+    /// `OK`, `NO` or `BAD`.
+    pub status: String,
+    /// The rest of the tagged line (`[CODE] text`).
+    pub text: String,
+    /// Untagged (`* …`) and continuation lines, literals inlined.
+    pub untagged: Vec<String>,
+}
+
+impl ImapResponse {
+    /// Tagged `OK`?
+    pub fn is_ok(&self) -> bool {
+        self.status == "OK"
+    }
+}
+
+impl fmt::Display for ImapResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.text)?;
+        for u in &self.untagged {
+            write!(f, "\n  {u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An IMAP connection over TCP (no TLS: the test instance has `ssl = no`).
+#[derive(Debug)]
+pub struct Imap {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+    /// The server greeting line.
+    pub greeting: String,
+}
+
+impl Imap {
+    /// Connect and read the greeting (10 s timeouts).
+    pub fn connect(addr: SocketAddr) -> io::Result<Imap> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let greeting = read_imap_line(&mut reader)?;
+        Ok(Imap {
+            reader,
+            writer: s,
+            tag: 0,
+            greeting,
+        })
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.tag += 1;
+        format!("a{}", self.tag)
+    }
+
+    /// Send `TAG command` and read until the tagged completion.
+    pub fn command(&mut self, command: &str) -> io::Result<ImapResponse> {
+        let tag = self.next_tag();
+        self.writer
+            .write_all(format!("{tag} {command}\r\n").as_bytes())?;
+        self.writer.flush()?;
+        self.read_completion(&tag)
+    }
+
+    fn read_completion(&mut self, tag: &str) -> io::Result<ImapResponse> {
+        let mut untagged = Vec::new();
+        loop {
+            let line = read_imap_line(&mut self.reader)?;
+            if let Some(rest) = line.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')) {
+                let (status, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                return Ok(ImapResponse {
+                    status: status.to_string(),
+                    text: text.to_string(),
+                    untagged,
+                });
+            }
+            untagged.push(line);
+        }
+    }
+
+    /// `LOGIN user password` (quoted strings).
+    pub fn login(&mut self, user: &str, password: &str) -> io::Result<ImapResponse> {
+        self.command(&format!("LOGIN {} {}", quote(user), quote(password)))
+    }
+
+    /// `SELECT mailbox`.
+    pub fn select(&mut self, mailbox: &str) -> io::Result<ImapResponse> {
+        self.command(&format!("SELECT {}", quote(mailbox)))
+    }
+
+    /// `APPEND mailbox {n}` with `message` (CRLF line ends) as a
+    /// synchronizing literal.
+    pub fn append(&mut self, mailbox: &str, message: &str) -> io::Result<ImapResponse> {
+        let data: String = message.lines().flat_map(|l| [l, "\r\n"]).collect();
+        let tag = self.next_tag();
+        self.writer.write_all(
+            format!("{tag} APPEND {} {{{}}}\r\n", quote(mailbox), data.len()).as_bytes(),
+        )?;
+        self.writer.flush()?;
+        let go = read_imap_line(&mut self.reader)?;
+        if !go.starts_with('+') {
+            // Refused before the literal: that line is the tagged reply.
+            let rest = go.strip_prefix(&tag).map(str::trim_start).unwrap_or(&go);
+            let (status, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Ok(ImapResponse {
+                status: status.to_string(),
+                text: text.to_string(),
+                untagged: Vec::new(),
+            });
+        }
+        self.writer.write_all(data.as_bytes())?;
+        self.writer.write_all(b"\r\n")?;
+        self.writer.flush()?;
+        self.read_completion(&tag)
+    }
+
+    /// The `STORAGE` and `MESSAGE` usage and limits from `GETQUOTAROOT
+    /// mailbox`: `(resource, usage, limit)` triples.
+    pub fn quota(&mut self, mailbox: &str) -> io::Result<Vec<(String, u64, u64)>> {
+        let r = self.command(&format!("GETQUOTAROOT {}", quote(mailbox)))?;
+        if !r.is_ok() {
+            return Err(io::Error::other(format!("GETQUOTAROOT: {r}")));
+        }
+        let mut out = Vec::new();
+        for l in r.untagged.iter().filter(|l| l.starts_with("* QUOTA ")) {
+            let Some(inner) = l.rsplit_once('(').and_then(|(_, r)| r.strip_suffix(')')) else {
+                continue;
+            };
+            let f: Vec<&str> = inner.split_whitespace().collect();
+            for c in f.chunks(3) {
+                if let [name, used, limit] = c {
+                    out.push((
+                        name.to_string(),
+                        used.parse().unwrap_or(u64::MAX),
+                        limit.parse().unwrap_or(u64::MAX),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `LOGOUT`.
+    pub fn logout(mut self) -> io::Result<ImapResponse> {
+        self.command("LOGOUT")
+    }
+}
+
+/// Read one response line, with any `{n}` literals it announces inlined.
+fn read_imap_line(r: &mut impl BufRead) -> io::Result<String> {
+    let mut out = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "IMAP server closed the connection",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        out.push_str(line);
+        let literal = line
+            .strip_suffix('}')
+            .and_then(|l| l.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok());
+        match literal {
+            Some(n) => {
+                let mut buf = vec![0; n];
+                r.read_exact(&mut buf)?;
+                out.push_str(&String::from_utf8_lossy(&buf));
+            }
+            None => return Ok(out),
+        }
+    }
+}
+
+/// An IMAP quoted string.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+// ---------------------------------------------------------------------------
+// Dict protocol
+
+/// A raw Dovecot dict-protocol (v3.2) client: it speaks to ramdir's dict
+/// socket the way Dovecot's `proxy` dict does, one line per command, and
+/// returns the raw reply lines.
+#[derive(Debug)]
+pub struct DictClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_txid: u32,
+}
+
+impl DictClient {
+    /// Connect and send the hello for dict `name` (`auth`, `quota`).
+    pub fn connect(path: &Path, name: &str) -> io::Result<DictClient> {
+        let s = UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut c = DictClient {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            next_txid: 1,
+        };
+        c.send(&format!("H3\t2\t0\t\t{}", escape(name)))?;
+        Ok(c)
+    }
+
+    /// Send one line (LF added) without reading anything.
+    pub fn send(&mut self, line: &str) -> io::Result<()> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        self.writer.flush()
+    }
+
+    /// Read one reply line (without its LF).
+    pub fn read_line(&mut self) -> io::Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "dict server closed the connection",
+            ));
+        }
+        Ok(line.trim_end_matches('\n').to_string())
+    }
+
+    /// `L<key>\t<user>`: the raw reply (`O<value>`, `N`, `F<error>`).
+    pub fn lookup(&mut self, key: &str, user: &str) -> io::Result<String> {
+        self.send(&format!("L{}\t{}", escape(key), escape(user)))?;
+        self.read_line()
+    }
+
+    /// One transaction for `user`: `B`, then each change (`S\tkey\tvalue`,
+    /// `U\tkey`, `A\tkey\tdiff`: the letter and its arguments without the
+    /// transaction id), then `C`. Returns the raw commit reply (`O<id>`,
+    /// `N<id>`, `F<id>\t<error>`).
+    pub fn transaction(&mut self, user: &str, changes: &[&str]) -> io::Result<String> {
+        let id = self.next_txid;
+        self.next_txid += 1;
+        self.send(&format!("B{id}\t{}", escape(user)))?;
+        for c in changes {
+            let (cmd, args) = c.split_at(1);
+            let args = args.strip_prefix('\t').unwrap_or(args);
+            self.send(&format!("{cmd}{id}\t{args}"))?;
+        }
+        self.send(&format!("C{id}"))?;
+        self.read_line()
+    }
+}
+
+/// Dict tab-escaping (`\x01` escapes; protocols.md 3.1).
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\x01' => out.push_str("\x011"),
+            '\0' => out.push_str("\x010"),
+            '\t' => out.push_str("\x01t"),
+            '\r' => out.push_str("\x01r"),
+            '\n' => out.push_str("\x01n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The stack
+
+/// Quota usage as ramdir holds it (`None`: no counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// `priv/quota/storage`, bytes.
+    pub storage: Option<i64>,
+    /// `priv/quota/messages`.
+    pub messages: Option<i64>,
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
+        write!(
+            f,
+            "storage={} messages={}",
+            show(self.storage),
+            show(self.messages)
+        )
+    }
+}
+
+/// What a user's Maildir holds, from the `,S=<size>` of every message file
+/// in every folder (what Dovecot's quota counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaildirUsage {
+    /// Sum of the message sizes, bytes.
+    pub bytes: i64,
+    /// Number of messages.
+    pub messages: i64,
+}
+
+impl MaildirUsage {
+    /// Walk `maildir` (`<home>/Maildir`): `cur/` and `new/` of the INBOX
+    /// and of every `.Folder`.
+    pub fn of(maildir: &Path) -> MaildirUsage {
+        let mut u = MaildirUsage::default();
+        let mut folders = vec![maildir.to_path_buf()];
+        if let Ok(rd) = std::fs::read_dir(maildir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with('.') && e.path().is_dir() {
+                    folders.push(e.path());
+                }
+            }
+        }
+        for f in folders {
+            for sub in ["cur", "new"] {
+                let Ok(rd) = std::fs::read_dir(f.join(sub)) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let size = name
+                        .split([',', ':'])
+                        .find_map(|p| p.strip_prefix("S="))
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or_else(|| e.metadata().map(|m| m.len() as i64).unwrap_or(0));
+                    u.bytes += size;
+                    u.messages += 1;
+                }
+            }
+        }
+        u
+    }
+}
+
+/// Knobs for [`MailStack::start`].
+#[derive(Debug, Clone, Default)]
+pub struct MailStackOptions {
+    /// Lines added to ramdir's `[directory]` section. A `home_template`
+    /// under the mail root (`<mail root>/%d/%n`) is always set first.
+    pub directory_extra: String,
+    /// Lines appended to `dovecot.conf`.
+    pub dovecot_extra: String,
+    /// Also run a Postfix that uses ramdir's socketmap and delivers to
+    /// Dovecot over LMTP (`virtual_transport = lmtp:unix:<lmtp socket>`).
+    pub postfix: bool,
+    /// Lines appended to `main.cf` (with `postfix`).
+    pub main_cf_extra: String,
+}
+
+/// ramdir (socketmap, `[dict]` on `<stack>/run/dict.sock`, `[quota]` store
+/// `<stack>/quota.redb`) with a Dovecot that uses it for passdb, userdb
+/// and quota, and optionally a Postfix in front (with its socketmap socket
+/// at `<spool>/private/ramdir-socketmap`).
+///
+/// Dropping it stops Postfix, Dovecot, ramdir, then removes the directory.
+#[derive(Debug)]
+pub struct MailStack {
+    /// The Postfix instance, when asked for.
+    pub postfix: Option<Postfix>,
+    /// The Dovecot instance (started).
+    pub dovecot: Dovecot,
+    /// The ramdir process.
+    pub ramdir: Ramdir,
+    /// The directory files ramdir serves.
+    pub files: DirectoryFiles,
+    /// ramdir's dict socket.
+    pub dict_socket: PathBuf,
+    /// Holds everything; dropped last.
+    pub dir: StackDir,
+}
+
+impl MailStack {
+    /// Write the files (with [`MAIL_ROOT_VAR`] in the users replaced by the
+    /// mail root), start ramdir, then Dovecot, then Postfix if asked.
+    pub fn start(content: &DirectoryContent, opts: &MailStackOptions) -> MailStack {
+        require_dovecot();
+        let dir = StackDir::new();
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).unwrap_or_else(|e| panic!("mkdir {}: {e}", run.display()));
+        set_mode(&run, 0o755);
+        let dict_socket = run.join("dict.sock");
+        let mail_root = dir.join("dv/mail");
+        let mut content = content.clone();
+        content.users = content
+            .users
+            .replace(MAIL_ROOT_VAR, &mail_root.display().to_string());
+        let files = DirectoryFiles::write(&dir.join("data"), &content);
+        let postfix = opts.postfix.then(|| {
+            let lmtp = dir.join("dv/run/lmtp");
+            let extra = format!(
+                "virtual_transport = lmtp:unix:{}\n{}",
+                lmtp.display(),
+                opts.main_cf_extra
+            );
+            Postfix::prepare(&dir, &extra)
+        });
+        let socketmap = match &postfix {
+            Some(p) => p.socketmap_path(),
+            None => run.join("socketmap.sock"),
+        };
+        let config_path = dir.join("ramdir.toml");
+        let directory_extra = format!(
+            "home_template = {:?}\n{}",
+            format!("{}/%d/%n", mail_root.display()),
+            opts.directory_extra
+        );
+        write_config(&config_path, &files, &socketmap, &directory_extra);
+        let mut text = std::fs::read_to_string(&config_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", config_path.display()));
+        text.push_str(&format!(
+            "\n[dict]\nlisten = {:?}\nmode = \"0666\"\n\n[quota]\nstore = {:?}\n",
+            format!("unix:{}", dict_socket.display()),
+            dir.join("quota.redb").display().to_string(),
+        ));
+        write_atomic(&config_path, &text);
+        let ramdir = Ramdir::start(&config_path, &socketmap, &dir.join("ramdir.log"));
+        wait_dict(&dict_socket);
+        let mut dovecot = Dovecot::prepare(&dir, &dict_socket, &opts.dovecot_extra);
+        dovecot.start();
+        let postfix = postfix.map(|mut p| {
+            p.start();
+            p
+        });
+        MailStack {
+            postfix,
+            dovecot,
+            ramdir,
+            files,
+            dict_socket,
+            dir,
+        }
+    }
+
+    /// `kill -9` ramdir (nothing is flushed or cleaned up).
+    pub fn kill_ramdir(&mut self) {
+        self.ramdir.kill();
+    }
+
+    /// Start ramdir again with the same config and wait until its dict
+    /// socket answers too ([`Ramdir::restart`] only waits for the
+    /// socketmap, which comes up first).
+    pub fn restart_ramdir(&mut self) {
+        self.ramdir.restart();
+        wait_dict(&self.dict_socket);
+    }
+
+    /// The Postfix instance; panics when the stack has none.
+    pub fn postfix(&self) -> &Postfix {
+        self.postfix.as_ref().expect("this stack runs no Postfix")
+    }
+
+    /// A raw connection to ramdir's quota dict.
+    pub fn quota_dict(&self) -> DictClient {
+        DictClient::connect(&self.dict_socket, "quota")
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.dict_socket.display()))
+    }
+
+    /// A raw connection to ramdir's auth dict.
+    pub fn auth_dict(&self) -> DictClient {
+        DictClient::connect(&self.dict_socket, "auth")
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.dict_socket.display()))
+    }
+
+    /// `user`'s counters, read with `ramdir query --config F quota USER`
+    /// (which asks the running daemon). Panics unless it answers `OK`.
+    pub fn usage(&self, user: &str) -> Usage {
+        let (rc, out) = self.ramdir.query_cli("quota", user);
+        assert_eq!(
+            rc, 0,
+            "ramdir query quota {user}: exit {rc}, output {out:?}"
+        );
+        let field = |name: &str| -> Option<i64> {
+            let v = out.split_whitespace().find_map(|w| w.strip_prefix(name))?;
+            match v {
+                "unknown" => None,
+                v => Some(
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("ramdir query quota {user}: {out:?}")),
+                ),
+            }
+        };
+        assert!(
+            out.contains("storage="),
+            "ramdir query quota {user}: {out:?}"
+        );
+        Usage {
+            storage: field("storage="),
+            messages: field("messages="),
+        }
+    }
+
+    /// `user`'s counters read directly over the dict protocol (`L` on
+    /// `priv/quota/{storage,messages}`).
+    pub fn usage_raw(&self, user: &str) -> Usage {
+        let mut d = self.quota_dict();
+        let mut get = |key: &str| -> Option<i64> {
+            let r = d
+                .lookup(key, user)
+                .unwrap_or_else(|e| panic!("dict lookup {key}: {e}"));
+            match r.strip_prefix('O') {
+                Some(v) => Some(
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("dict lookup {key}: {r:?}")),
+                ),
+                None if r == "N" => None,
+                None => panic!("dict lookup {key} for {user}: {r:?}"),
+            }
+        };
+        Usage {
+            storage: get("priv/quota/storage"),
+            messages: get("priv/quota/messages"),
+        }
+    }
+
+    /// Wait (up to 10 s) until ramdir's counters for `user` equal `want`
+    /// (Dovecot commits its quota updates asynchronously). Panics with the
+    /// last value seen and `what`.
+    pub fn wait_usage(&self, user: &str, want: Usage, what: &str) {
+        let start = Instant::now();
+        loop {
+            let got = self.usage(user);
+            if got == want {
+                return;
+            }
+            if start.elapsed() > WAIT {
+                panic!(
+                    "{what}: ramdir's counters for {user} are {got}, expected {want} \
+                     (waited {WAIT:?})\nDovecot log trouble: {:#?}",
+                    self.dovecot.trouble()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// The Maildir of `user` (`local@domain`) under the template home
+    /// `<mail root>/<domain>/<local>/Maildir`.
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        let (local, domain) = user.rsplit_once('@').unwrap_or((user, ""));
+        self.dovecot
+            .mail_root()
+            .join(domain)
+            .join(local)
+            .join("Maildir")
+    }
+
+    /// Deliver `message` to `rcpt` over LMTP; the outcome.
+    pub fn lmtp_deliver(&self, rcpt: &str, message: &str) -> LmtpOutcome {
+        let mut l = self.dovecot.lmtp();
+        let out = l
+            .send("sender@outside.test", &[rcpt], message)
+            .unwrap_or_else(|e| panic!("LMTP delivery to {rcpt}: {e}"));
+        let _ = l.quit();
+        out
+    }
+
+    /// Deliver over LMTP and panic unless it was accepted.
+    pub fn lmtp_deliver_ok(&self, rcpt: &str, message: &str) {
+        let out = self.lmtp_deliver(rcpt, message);
+        assert!(
+            out.delivered(),
+            "LMTP delivery to {rcpt} ({} bytes) was not accepted: {out}\nDovecot log trouble: {:#?}",
+            message.len(),
+            self.dovecot.trouble()
+        );
+    }
+}
+
+/// Wait (up to 10 s) until the dict socket `path` answers a quota lookup
+/// (a socket file left by a killed process does not count).
+fn wait_dict(path: &Path) {
+    let start = Instant::now();
+    loop {
+        let answer = DictClient::connect(path, "quota")
+            .and_then(|mut d| d.lookup("priv/quota/storage", "ramdir-probe@example.invalid"));
+        match answer {
+            Ok(r) if r.starts_with(['O', 'N']) => return,
+            Ok(r) => panic!(
+                "ramdir's dict {} answered a probe lookup with {r:?}",
+                path.display()
+            ),
+            Err(e) if start.elapsed() > WAIT => {
+                panic!(
+                    "ramdir's dict {} did not answer within {WAIT:?}: {e}",
+                    path.display()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doveadm_quota_output_is_parsed() {
+        let t = "Quota name\tType\tValue\tLimit\t%\n\
+                 User quota\tSTORAGE\t2\t100\t2\n\
+                 User quota\tMESSAGE\t1\t-\t0\n";
+        assert_eq!(
+            DovecotQuota::parse(t),
+            Some(DovecotQuota {
+                storage_kib: 2,
+                storage_limit_kib: Some(100),
+                messages: 1
+            })
+        );
+        assert_eq!(
+            DovecotQuota::parse("Quota name\tType\tValue\tLimit\t%\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn imap_literals_are_inlined() {
+        let mut r = io::Cursor::new(&b"* 1 FETCH (BODY[] {5}\r\nab\r\nc)\r\na1 OK done\r\n"[..]);
+        assert_eq!(
+            read_imap_line(&mut r).unwrap(),
+            "* 1 FETCH (BODY[] {5}ab\r\nc)"
+        );
+        assert_eq!(read_imap_line(&mut r).unwrap(), "a1 OK done");
+    }
+
+    #[test]
+    fn dict_escaping() {
+        assert_eq!(escape("a\tb\nc\x01"), "a\x01tb\x01nc\x011");
+    }
+
+    #[test]
+    fn messages_have_the_asked_size() {
+        let m = message("tok", 5000);
+        assert!(m.len() <= 5000 && m.len() > 5000 - 80, "{}", m.len());
+        assert!(m.contains("Subject: test tok\r\n"));
+        assert_eq!(dot_stuff(".a\r\nb\r\n"), "..a\r\nb\r\n.\r\n");
+    }
+}

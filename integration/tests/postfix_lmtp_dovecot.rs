@@ -1,0 +1,177 @@
+//! The whole chain: SMTP → Postfix (domains, mailboxes and aliases from
+//! ramdir's socketmap) → LMTP → Dovecot (userdb from ramdir's dict) →
+//! Maildir.
+//!
+//! One [`MailStack`] with a Postfix whose `virtual_transport` is
+//! `lmtp:unix:<stack>/dv/run/lmtp` (Postfix runs unchrooted in the
+//! harness, so the absolute path works; Dovecot's listener is mode 0666
+//! because Postfix's `lmtp` client runs as `postfix`). Messages are sent
+//! over SMTP and must show up as files in the right `Maildir/new/`.
+//!
+//! Needs root, the packages from `scripts/install-test-deps.sh` and the
+//! binary: `cargo build -p ramdir` (or `RAMDIR_BIN=/path/to/ramdir`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ramdir_integration::dovecot::{MailStack, MailStackOptions, message};
+use ramdir_integration::{DirectoryContent, WAIT};
+
+const USERS: &str = "\
+alice@example.org:{PLAIN}alice-pw:5000:5000::::
+bob@example.org:{PLAIN}bob-pw:5000:5000::@MAILROOT@/elsewhere/bob::
+";
+
+const ALIASES: &str = "\
+info@example.org alice@example.org
+team@example.org alice@example.org, bob@example.org
+";
+
+const DOMAINS: &str = "example.org\n";
+
+/// Files in `dir/new` and `dir/cur`.
+fn message_files(maildir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(maildir.join(sub)) {
+            v.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    v
+}
+
+/// Wait (up to 10 s) for a file in `maildir/new/` whose text contains
+/// `token`; return its path. Panics with the maillog's end otherwise.
+fn wait_for_mail(s: &MailStack, maildir: &Path, token: &str) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        if let Ok(rd) = std::fs::read_dir(maildir.join("new")) {
+            for e in rd.flatten() {
+                if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(token)) {
+                    return e.path();
+                }
+            }
+        }
+        if start.elapsed() > WAIT {
+            let log = s.postfix().maillog_text();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "no message with {token:?} in {}/new within {WAIT:?}; maillog:\n{}\nDovecot trouble: {:#?}",
+                maildir.display(),
+                lines[lines.len().saturating_sub(20)..].join("\n"),
+                s.dovecot.trouble()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Send one message over SMTP to `rcpts` (all accepted); its queue id.
+fn send(s: &MailStack, rcpts: &[&str], token: &str) -> String {
+    let mut c = s.postfix().smtp();
+    let r = c.ehlo("client.test").expect("EHLO");
+    assert_eq!(r.code, 250, "EHLO: {r}");
+    let r = c.mail_from("sender@outside.test").expect("MAIL FROM");
+    assert_eq!(r.code, 250, "MAIL FROM: {r}");
+    for rcpt in rcpts {
+        let r = c.rcpt_to(rcpt).expect("RCPT TO");
+        assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r}");
+    }
+    let r = c.data(&message(token, 1_500)).expect("DATA");
+    assert_eq!(r.code, 250, "end of DATA: {r}");
+    let _ = c.quit();
+    r.queue_id()
+        .unwrap_or_else(|| panic!("no queue id in {r}"))
+        .to_string()
+}
+
+#[test]
+fn smtp_to_maildir_through_lmtp() {
+    let content = DirectoryContent {
+        users: USERS.into(),
+        aliases: ALIASES.into(),
+        domains: DOMAINS.into(),
+        senders: String::new(),
+    };
+    let s = MailStack::start(
+        &content,
+        &MailStackOptions {
+            postfix: true,
+            ..Default::default()
+        },
+    );
+    let alice = s.maildir("alice@example.org");
+    let bob = s.dovecot.mail_root().join("elsewhere/bob/Maildir");
+
+    // 1. A mailbox, straight.
+    let qid = send(&s, &["alice@example.org"], "direct-1");
+    let f = wait_for_mail(&s, &alice, "direct-1");
+    let deliveries = s.postfix().wait_deliveries(&qid);
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(
+        (deliveries[0].to.as_str(), deliveries[0].status.as_str()),
+        ("alice@example.org", "sent")
+    );
+    let line = s
+        .postfix()
+        .wait_for_log(&[&qid, "to=<alice@example.org>", "status=sent"]);
+    assert!(
+        line.contains("/dv/run/lmtp") && line.contains("Saved"),
+        "delivered by LMTP to Dovecot: {line}"
+    );
+    let text = std::fs::read_to_string(&f).expect("read the delivered file");
+    assert!(
+        text.contains("Delivered-To: alice@example.org") || text.contains("alice@example.org"),
+        "{text}"
+    );
+
+    // 2. Through an alias: lands in alice's Maildir (Postfix expands it
+    //    with ramdir's aliases table; Dovecot sees the final recipient).
+    let qid = send(&s, &["info@example.org"], "alias-1");
+    wait_for_mail(&s, &alice, "alias-1");
+    let d = s.postfix().wait_deliveries(&qid);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].to, "alice@example.org");
+    assert_eq!(d[0].orig_to.as_deref(), Some("info@example.org"));
+
+    // 3. An alias with two targets, one with an explicit home elsewhere.
+    let qid = send(&s, &["team@example.org"], "team-1");
+    wait_for_mail(&s, &alice, "team-1");
+    wait_for_mail(&s, &bob, "team-1");
+    let mut to: Vec<String> = s
+        .postfix()
+        .wait_deliveries(&qid)
+        .into_iter()
+        .map(|d| d.to)
+        .collect();
+    to.sort();
+    assert_eq!(to, ["alice@example.org", "bob@example.org"]);
+
+    // 4. An address extension (recipient_delimiter = +) still reaches alice.
+    send(&s, &["alice+news@example.org"], "ext-1");
+    wait_for_mail(&s, &alice, "ext-1");
+
+    // Nothing went anywhere else, and every file belongs to the mail user.
+    assert_eq!(message_files(&alice).len(), 4, "alice's Maildir");
+    assert_eq!(message_files(&bob).len(), 1, "bob's Maildir");
+    assert!(
+        !s.dovecot.mail_root().join("example.org/bob").exists(),
+        "bob's explicit home must be used, not the template"
+    );
+    for f in message_files(&alice).iter().chain(&message_files(&bob)) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(f).expect("stat");
+        assert_eq!((m.uid(), m.gid()), (5000, 5000), "{}", f.display());
+    }
+
+    // Dovecot's quota dict counted the deliveries in ramdir.
+    let u = s.usage("alice@example.org");
+    assert_eq!(u.messages, Some(4), "alice's counters in ramdir: {u}");
+
+    let trouble = s.dovecot.trouble();
+    assert!(
+        trouble.is_empty(),
+        "Dovecot logged trouble:\n{}",
+        trouble.join("\n")
+    );
+}

@@ -152,7 +152,11 @@ fn reach(dir: &Directory, rcpt: &str) -> Result<Reach, String> {
             TargetKind::Remote | TargetKind::UnknownLocal => return Ok(Reach::Unblockable),
         }
     }
-    Ok(if boxes.is_empty() { Reach::Unblockable } else { Reach::Mailboxes(boxes) })
+    Ok(if boxes.is_empty() {
+        Reach::Unblockable
+    } else {
+        Reach::Mailboxes(boxes)
+    })
 }
 
 /// Check one recipient for a message of `size` bytes (0: unknown, counted
@@ -193,7 +197,9 @@ pub fn check_message(
             Ok(Reach::Mailboxes(boxes)) => {
                 any_ours = true;
                 for login in boxes {
-                    let Some(user) = dir.user(&login) else { return Verdict::Accept };
+                    let Some(user) = dir.user(&login) else {
+                        return Verdict::Accept;
+                    };
                     let u = match usage.usage(&login) {
                         Ok(u) => u,
                         Err(e) => return Verdict::Trouble(e.to_string()),
@@ -223,11 +229,17 @@ mod tests {
     const L: u64 = 1000;
 
     fn lim(storage: u64) -> QuotaLimit {
-        QuotaLimit { storage: Some(storage), messages: None }
+        QuotaLimit {
+            storage: Some(storage),
+            messages: None,
+        }
     }
 
     fn used(b: i64) -> Usage {
-        Usage { storage: Some(b), messages: None }
+        Usage {
+            storage: Some(b),
+            messages: None,
+        }
     }
 
     #[test]
@@ -238,19 +250,23 @@ mod tests {
             (0, 1, true),
             (0, 1100, true),
             (0, 1101, false),
-            (900, 200, true),  // 100 left + 100 grace
+            (900, 200, true), // 100 left + 100 grace
             (900, 201, false),
             (999, 101, true),
             (999, 102, false),
-            (1000, 1, false),  // at the limit: nothing fits
-            (1000, 0, true),   // size 0 only needs usage <= limit
+            (1000, 1, false), // at the limit: nothing fits
+            (1000, 0, true),  // size 0 only needs usage <= limit
             (1001, 0, false),
             (5000, 1, false),
             (-50, 1150, false), // negative usage counts as 0
             (-50, 1100, true),
         ];
         for (u, size, want) in cases {
-            assert_eq!(fits(lim(L), used(u), g, size), want, "usage {u} size {size}");
+            assert_eq!(
+                fits(lim(L), used(u), g, size),
+                want,
+                "usage {u} size {size}"
+            );
         }
         assert!(fits(lim(L), used(900), Grace::Bytes(0), 100));
         assert!(!fits(lim(L), used(900), Grace::Bytes(0), 101));
@@ -262,10 +278,32 @@ mod tests {
         let g = Grace::default();
         assert!(fits(QuotaLimit::default(), used(1 << 40), g, 1 << 30));
         assert!(fits(lim(0), used(1 << 40), g, 10));
-        assert!(fits(lim(L), Usage::default(), g, 1 << 30), "untracked usage fits");
-        let ml = QuotaLimit { storage: None, messages: Some(10) };
-        assert!(fits(ml, Usage { storage: None, messages: Some(9) }, g, 1));
-        assert!(!fits(ml, Usage { storage: None, messages: Some(10) }, g, 1));
+        assert!(
+            fits(lim(L), Usage::default(), g, 1 << 30),
+            "untracked usage fits"
+        );
+        let ml = QuotaLimit {
+            storage: None,
+            messages: Some(10),
+        };
+        assert!(fits(
+            ml,
+            Usage {
+                storage: None,
+                messages: Some(9)
+            },
+            g,
+            1
+        ));
+        assert!(!fits(
+            ml,
+            Usage {
+                storage: None,
+                messages: Some(10)
+            },
+            g,
+            1
+        ));
     }
 
     struct Table(HashMap<String, Usage>);
@@ -280,20 +318,39 @@ mod tests {
 
     fn setup() -> (Directory, Table) {
         let mut d = Directory::new(Settings::default());
-        for (login, limit) in [("full@x.org", L), ("free@x.org", L), ("full2@x.org", L), ("broken@x.org", L)] {
-            d.insert_user(&UserSpec { login: login.into(), quota: Some(lim(limit)), ..Default::default() });
+        for (login, limit) in [
+            ("full@x.org", L),
+            ("free@x.org", L),
+            ("full2@x.org", L),
+            ("broken@x.org", L),
+        ] {
+            d.insert_user(&UserSpec {
+                login: login.into(),
+                quota: Some(lim(limit)),
+                ..Default::default()
+            });
         }
-        let a = |d: &mut Directory, k: &str, t: &[&str]| d.set_alias(k, t.iter().map(|s| s.to_string()).collect());
+        let a = |d: &mut Directory, k: &str, t: &[&str]| {
+            d.set_alias(k, t.iter().map(|s| s.to_string()).collect())
+        };
         a(&mut d, "alias-full@x.org", &["full@x.org"]);
         a(&mut d, "mixed@x.org", &["full@x.org", "free@x.org"]);
         a(&mut d, "both-full@x.org", &["full@x.org", "full2@x.org"]);
-        a(&mut d, "with-remote@x.org", &["full@x.org", "someone@remote.test"]);
+        a(
+            &mut d,
+            "with-remote@x.org",
+            &["full@x.org", "someone@remote.test"],
+        );
         a(&mut d, "@catch.x.org", &["full@x.org"]);
         let usage = Table(
-            [("full@x.org", used(1000)), ("full2@x.org", used(2000)), ("free@x.org", used(10))]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            [
+                ("full@x.org", used(1000)),
+                ("full2@x.org", used(2000)),
+                ("free@x.org", used(10)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
         );
         (d, usage)
     }
@@ -302,7 +359,9 @@ mod tests {
     fn recipients_resolve_through_aliases_and_catch_alls() {
         let (d, u) = setup();
         let g = Grace::default();
-        let over = |m: &[&str]| Verdict::OverQuota { mailboxes: m.iter().map(|s| s.to_string()).collect() };
+        let over = |m: &[&str]| Verdict::OverQuota {
+            mailboxes: m.iter().map(|s| s.to_string()).collect(),
+        };
         let cases: Vec<(&str, u64, Verdict)> = vec![
             ("free@x.org", 100, Verdict::Accept),
             ("free+tag@x.org", 100, Verdict::Accept),
@@ -316,7 +375,11 @@ mod tests {
             ("nobody@x.org", 1, Verdict::NotOurs),
             ("someone@remote.test", 1, Verdict::NotOurs),
             ("[1.2.3.4]", 1, Verdict::NotOurs),
-            ("broken@x.org", 1, Verdict::Trouble("quota store: disk on fire".into())),
+            (
+                "broken@x.org",
+                1,
+                Verdict::Trouble("quota store: disk on fire".into()),
+            ),
         ];
         for (rcpt, size, want) in cases {
             assert_eq!(check_recipient(&d, &u, g, rcpt, size), want, "{rcpt}");
@@ -327,11 +390,26 @@ mod tests {
     fn whole_message_is_refused_only_when_every_recipient_is_full() {
         let (d, u) = setup();
         let g = Grace::default();
-        assert!(matches!(check_message(&d, &u, g, &["full@x.org", "full2@x.org"], 10), Verdict::OverQuota { .. }));
-        assert_eq!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 10), Verdict::Accept);
-        assert_eq!(check_message(&d, &u, g, &["full@x.org", "x@remote.test"], 10), Verdict::Accept);
+        assert!(matches!(
+            check_message(&d, &u, g, &["full@x.org", "full2@x.org"], 10),
+            Verdict::OverQuota { .. }
+        ));
+        assert_eq!(
+            check_message(&d, &u, g, &["full@x.org", "free@x.org"], 10),
+            Verdict::Accept
+        );
+        assert_eq!(
+            check_message(&d, &u, g, &["full@x.org", "x@remote.test"], 10),
+            Verdict::Accept
+        );
         // free has 990 left + 100 grace.
-        assert_eq!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1090), Verdict::Accept);
-        assert!(matches!(check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1091), Verdict::OverQuota { .. }));
+        assert_eq!(
+            check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1090),
+            Verdict::Accept
+        );
+        assert!(matches!(
+            check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1091),
+            Verdict::OverQuota { .. }
+        ));
     }
 }

@@ -319,11 +319,18 @@ impl User<'_> {
     /// Back to the owned form (to carry a user into a rebuilt directory).
     /// Values equal to the settings' defaults stay defaults.
     pub fn to_spec(&self, settings: &Settings) -> UserSpec {
-        let default_rules: Vec<String> = settings.quota_rules.iter().map(QuotaRule::to_dovecot).collect();
+        let default_rules: Vec<String> = settings
+            .quota_rules
+            .iter()
+            .map(QuotaRule::to_dovecot)
+            .collect();
         let quota_rules = if self.quota_rules == default_rules {
             Vec::new()
         } else {
-            self.quota_rules.iter().filter_map(|r| QuotaRule::parse(r).ok()).collect()
+            self.quota_rules
+                .iter()
+                .filter_map(|r| QuotaRule::parse(r).ok())
+                .collect()
         };
         UserSpec {
             login: self.login.to_string(),
@@ -335,7 +342,11 @@ impl User<'_> {
             quota: self.own_quota.then_some(self.quota),
             quota_rules,
             enabled: self.enabled,
-            extra: self.extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra: self
+                .extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 }
@@ -430,9 +441,17 @@ mod tests {
 
     #[test]
     fn to_spec_round_trips() {
-        let settings = Settings { home_template: Some("/m/%d/%n".into()), ..Settings::default() };
+        let settings = Settings {
+            home_template: Some("/m/%d/%n".into()),
+            ..Settings::default()
+        };
         for spec in [
-            UserSpec { login: "a@x.org".into(), home: Some("/m/x.org/a".into()), enabled: true, ..Default::default() },
+            UserSpec {
+                login: "a@x.org".into(),
+                home: Some("/m/x.org/a".into()),
+                enabled: true,
+                ..Default::default()
+            },
             UserSpec {
                 login: "b@x.org".into(),
                 password: Some("{PLAIN}b".into()),
@@ -440,7 +459,10 @@ mod tests {
                 gid: Some(2),
                 home: Some("/elsewhere".into()),
                 mail: Some("maildir:~/M".into()),
-                quota: Some(QuotaLimit { storage: Some(5), messages: Some(6) }),
+                quota: Some(QuotaLimit {
+                    storage: Some(5),
+                    messages: Some(6),
+                }),
                 quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
                 enabled: false,
                 extra: vec![("k".into(), "v".into())],

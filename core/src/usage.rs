@@ -126,14 +126,17 @@ impl UsageStore {
                 for op in &txn.ops {
                     match op {
                         Op::Set(k, v) => {
-                            t.insert((txn.user.as_str(), k.as_str()), *v).map_err(db_err)?;
+                            t.insert((txn.user.as_str(), k.as_str()), *v)
+                                .map_err(db_err)?;
                         }
                         Op::Unset(k) => {
                             t.remove((txn.user.as_str(), k.as_str())).map_err(db_err)?;
                         }
                         Op::Inc(k, d) => {
-                            let cur =
-                                t.get((txn.user.as_str(), k.as_str())).map_err(db_err)?.map(|v| v.value());
+                            let cur = t
+                                .get((txn.user.as_str(), k.as_str()))
+                                .map_err(db_err)?
+                                .map(|v| v.value());
                             match cur {
                                 Some(v) => {
                                     t.insert((txn.user.as_str(), k.as_str()), v.saturating_add(*d))
@@ -227,27 +230,48 @@ mod tests {
     use std::sync::Arc;
 
     fn txn(user: &str, ops: Vec<Op>) -> Txn {
-        Txn { user: user.into(), ops }
+        Txn {
+            user: user.into(),
+            ops,
+        }
     }
 
     #[test]
     fn inc_on_missing_counter_is_not_found_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let s = UsageStore::open(&dir.path().join("q.redb")).unwrap();
-        let r = s.commit_batch(&[txn("a", vec![Op::Inc("quota/storage".into(), 100)])]).unwrap();
+        let r = s
+            .commit_batch(&[txn("a", vec![Op::Inc("quota/storage".into(), 100)])])
+            .unwrap();
         assert_eq!(r, [CommitOutcome::NotFound]);
         assert_eq!(s.get("a", "quota/storage").unwrap(), None);
         let r = s
             .commit_batch(&[
-                txn("a", vec![Op::Set("quota/storage".into(), 1000), Op::Set("quota/messages".into(), 3)]),
-                txn("a", vec![Op::Inc("quota/storage".into(), -200), Op::Inc("quota/messages".into(), 1)]),
+                txn(
+                    "a",
+                    vec![
+                        Op::Set("quota/storage".into(), 1000),
+                        Op::Set("quota/messages".into(), 3),
+                    ],
+                ),
+                txn(
+                    "a",
+                    vec![
+                        Op::Inc("quota/storage".into(), -200),
+                        Op::Inc("quota/messages".into(), 1),
+                    ],
+                ),
                 txn("b", vec![Op::Set("quota/storage".into(), 7)]),
             ])
             .unwrap();
         assert_eq!(r, [CommitOutcome::Ok; 3]);
         assert_eq!(s.get("a", "quota/storage").unwrap(), Some(800));
-        assert_eq!(s.user_counters("a").unwrap(), [("quota/messages".into(), 4), ("quota/storage".into(), 800)]);
-        s.commit_batch(&[txn("a", vec![Op::Unset("quota/storage".into())])]).unwrap();
+        assert_eq!(
+            s.user_counters("a").unwrap(),
+            [("quota/messages".into(), 4), ("quota/storage".into(), 800)]
+        );
+        s.commit_batch(&[txn("a", vec![Op::Unset("quota/storage".into())])])
+            .unwrap();
         assert_eq!(s.get("a", "quota/storage").unwrap(), None);
         assert_eq!(s.get("b", "quota/storage").unwrap(), Some(7));
     }
@@ -258,7 +282,8 @@ mod tests {
         let p = dir.path().join("sub/q.redb");
         {
             let s = UsageStore::open(&p).unwrap();
-            s.commit_batch(&[txn("a", vec![Op::Set("quota/storage".into(), 42)])]).unwrap();
+            s.commit_batch(&[txn("a", vec![Op::Set("quota/storage".into(), 42)])])
+                .unwrap();
         }
         let s = UsageStore::open(&p).unwrap();
         assert_eq!(s.get("a", "quota/storage").unwrap(), Some(42));
@@ -268,7 +293,8 @@ mod tests {
     fn writer_answers_every_commit_after_it_is_durable() {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(UsageStore::open(&dir.path().join("q.redb")).unwrap());
-        s.commit_batch(&[txn("u", vec![Op::Set("quota/storage".into(), 0)])]).unwrap();
+        s.commit_batch(&[txn("u", vec![Op::Set("quota/storage".into(), 0)])])
+            .unwrap();
         let w = Writer::start(s.clone());
         let (tx, rx) = mpsc::channel();
         for _ in 0..500 {

@@ -330,14 +330,20 @@ impl Session {
 /// An auth lookup that missed in a snapshot that is not authoritative (an
 /// LDAP source still loading, or its sync lost) may be wrong: the user to
 /// ask the source about, if any.
-pub fn source_question(dir: &Directory, cmd: &Command, replies: &[Reply]) -> Option<(KeyKind, String)> {
+pub fn source_question(
+    dir: &Directory,
+    cmd: &Command,
+    replies: &[Reply],
+) -> Option<(KeyKind, String)> {
     if dir.authoritative() || replies != [Reply::NotFound] {
         return None;
     }
     let Command::Lookup { key, .. } = cmd else {
         return None;
     };
-    let name = key.strip_prefix(PASSDB).or_else(|| key.strip_prefix(USERDB))?;
+    let name = key
+        .strip_prefix(PASSDB)
+        .or_else(|| key.strip_prefix(USERDB))?;
     dir.settings().normalizer.address(name)?;
     Some((KeyKind::Address, name.to_string()))
 }

@@ -66,7 +66,9 @@ pub fn read_password(path: &std::path::Path) -> Result<String, LdapError> {
 /// Connect, optionally StartTLS, bind. The connection's driver runs on the
 /// current runtime until the handle is dropped or unbound.
 pub async fn connect(s: &Settings) -> Result<Ldap, LdapError> {
-    let conn_settings = LdapConnSettings::new().set_conn_timeout(s.timeout).set_starttls(s.starttls);
+    let conn_settings = LdapConnSettings::new()
+        .set_conn_timeout(s.timeout)
+        .set_starttls(s.starttls);
     let fut = LdapConnAsync::with_settings(conn_settings, &s.url);
     let (conn, mut ldap) = tokio::time::timeout(s.timeout, fut)
         .await
@@ -86,7 +88,11 @@ pub async fn connect(s: &Settings) -> Result<Ldap, LdapError> {
     };
     let res = res.map_err(|_| LdapError::Timeout("bind"))??;
     if res.rc != 0 {
-        return Err(LdapError::Result { op: "bind", rc: res.rc, text: res.text });
+        return Err(LdapError::Result {
+            op: "bind",
+            rc: res.rc,
+            text: res.text,
+        });
     }
     Ok(ldap)
 }

@@ -65,12 +65,19 @@ impl LdapFallback {
                     keys.push(a.base());
                 }
                 keys.iter()
-                    .flat_map(|k| attrs.iter().map(move |at| format!("({at}={})", ldap_escape(k.as_str()))))
+                    .flat_map(|k| {
+                        attrs
+                            .iter()
+                            .map(move |at| format!("({at}={})", ldap_escape(k.as_str())))
+                    })
                     .collect()
             }
             KeyKind::Domain => {
                 let d = n.domain(key)?;
-                attrs.iter().map(|at| format!("({at}=*@{})", ldap_escape(d.as_str()))).collect()
+                attrs
+                    .iter()
+                    .map(|at| format!("({at}=*@{})", ldap_escape(d.as_str())))
+                    .collect()
             }
         };
         Some(format!("(&{}(|{}))", s.filter, alts.concat()))
@@ -103,19 +110,28 @@ impl LdapFallback {
         };
         // Size limit exceeded (4) still carries entries: enough for a domain probe.
         if r.1.rc != 0 && r.1.rc != 4 {
-            return Err(LdapError::Result { op: "fallback search", rc: r.1.rc, text: r.1.text });
+            return Err(LdapError::Result {
+                op: "fallback search",
+                rc: r.1.rc,
+                text: r.1.text,
+            });
         }
         Ok(r.0.into_iter().map(SearchEntry::construct).collect())
     }
 
     async fn fetch_inner(&self, kind: KeyKind, key: &str) -> Result<bool, String> {
-        let Some(filter) = self.filter(kind, key) else { return Ok(false) };
+        let Some(filter) = self.filter(kind, key) else {
+            return Ok(false);
+        };
         let cache_key = filter.clone();
         let ttl = self.source.settings().negative_ttl;
         {
             let neg = self.negative.lock().unwrap_or_else(|e| e.into_inner());
             if neg.get(&cache_key).is_some_and(|t| t.elapsed() < ttl) {
-                self.source.stats.fallback_cached.fetch_add(1, Ordering::Relaxed);
+                self.source
+                    .stats
+                    .fallback_cached
+                    .fetch_add(1, Ordering::Relaxed);
                 return Ok(false);
             }
         }
@@ -124,10 +140,22 @@ impl LdapFallback {
             .await
             .map_err(|_| "too many LDAP fallback lookups in flight".to_string())?
             .expect("semaphore never closed");
-        self.source.stats.fallback_searches.fetch_add(1, Ordering::Relaxed);
+        self.source
+            .stats
+            .fallback_searches
+            .fetch_add(1, Ordering::Relaxed);
         let limit = if kind == KeyKind::Domain { 1 } else { 10 };
-        let entries = self.search(&filter, limit).await.map_err(|e| e.to_string())?;
-        let normalizer = self.source.handle().snapshot().settings().normalizer.clone();
+        let entries = self
+            .search(&filter, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        let normalizer = self
+            .source
+            .handle()
+            .snapshot()
+            .settings()
+            .normalizer
+            .clone();
         let mut found = false;
         for e in entries {
             let uuid = e
@@ -136,7 +164,10 @@ impl LdapFallback {
                 .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
                 .and_then(|(_, v)| v.first())
                 .and_then(|v| crate::index::parse_uuid(v));
-            let (Some(uuid), Ok(data)) = (uuid, self.source.settings().mapping.map(&e.attrs, &normalizer)) else {
+            let (Some(uuid), Ok(data)) = (
+                uuid,
+                self.source.settings().mapping.map(&e.attrs, &normalizer),
+            ) else {
                 continue;
             };
             if data.user.is_some() {

@@ -38,7 +38,14 @@ pub fn parse_uuid(s: &str) -> Option<Uuid> {
 /// Render a UUID in the textual form.
 pub fn format_uuid(u: &Uuid) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// What one entry contributed.
@@ -125,7 +132,9 @@ impl Index {
     /// files): LDAP data lives on across file reloads.
     pub fn carry_over(&self, from: &Directory, to: &mut Directory) {
         for c in self.entries.values() {
-            let Some(login) = c.login.as_deref() else { continue };
+            let Some(login) = c.login.as_deref() else {
+                continue;
+            };
             if let Some(u) = from.user(login) {
                 to.insert_user(&u.to_spec(from.settings()));
             }
@@ -142,7 +151,10 @@ fn withdraw(dir: &mut Directory, c: &Contribution) {
         for a in c.aliases.iter() {
             // Only remove an alias that still points here (another entry
             // may have claimed the address since).
-            if dir.alias(a).is_some_and(|t| t.len() == 1 && &*t[0] == login) {
+            if dir
+                .alias(a)
+                .is_some_and(|t| t.len() == 1 && &*t[0] == login)
+            {
                 dir.remove_alias(a);
             }
         }
@@ -156,7 +168,11 @@ mod tests {
 
     fn data(login: &str, aliases: &[&str]) -> EntryData {
         EntryData {
-            user: Some(UserSpec { login: login.into(), enabled: true, ..Default::default() }),
+            user: Some(UserSpec {
+                login: login.into(),
+                enabled: true,
+                ..Default::default()
+            }),
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -198,7 +214,10 @@ mod tests {
         let mut idx = Index::new();
         idx.put(&mut dir, [3u8; 16], data("l@x.org", &["l1@x.org"]));
         let mut rebuilt = Directory::new(Settings::default());
-        rebuilt.insert_user(&UserSpec { login: "file@x.org".into(), ..Default::default() });
+        rebuilt.insert_user(&UserSpec {
+            login: "file@x.org".into(),
+            ..Default::default()
+        });
         idx.carry_over(&dir, &mut rebuilt);
         assert!(rebuilt.has_user("l@x.org") && rebuilt.has_user("file@x.org"));
         assert!(rebuilt.alias("l1@x.org").is_some());

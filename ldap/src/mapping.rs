@@ -99,9 +99,17 @@ impl Mapping {
     pub fn attributes(&self) -> Vec<String> {
         let mut v = vec![self.address.clone()];
         v.extend(self.aliases.iter().cloned());
-        for a in [&self.password, &self.quota, &self.enabled, &self.uid, &self.gid, &self.home, &self.mail]
-            .into_iter()
-            .flatten()
+        for a in [
+            &self.password,
+            &self.quota,
+            &self.enabled,
+            &self.uid,
+            &self.gid,
+            &self.home,
+            &self.mail,
+        ]
+        .into_iter()
+        .flatten()
         {
             v.push(a.clone());
         }
@@ -116,11 +124,16 @@ impl Mapping {
         attrs: &HashMap<String, Vec<String>>,
         normalizer: &Normalizer,
     ) -> Result<EntryData, MapError> {
-        let lower: HashMap<String, &Vec<String>> =
-            attrs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        let lower: HashMap<String, &Vec<String>> = attrs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         let get = |name: &str| lower.get(&name.to_ascii_lowercase()).copied();
         let first = |name: &Option<String>| {
-            name.as_deref().and_then(get).and_then(|v| v.first()).map(String::as_str)
+            name.as_deref()
+                .and_then(get)
+                .and_then(|v| v.first())
+                .map(String::as_str)
         };
         let Some(addr) = get(&self.address).and_then(|v| v.first()) else {
             return Ok(EntryData::default());
@@ -130,20 +143,31 @@ impl Mapping {
             .ok_or_else(|| MapError(format!("{}: {addr:?} is not an address", self.address)))?
             .full();
         let num = |what: &str, v: Option<&str>| -> Result<Option<u32>, MapError> {
-            v.map(|v| v.trim().parse().map_err(|_| MapError(format!("{what} {v:?} is not a number"))))
-                .transpose()
+            v.map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| MapError(format!("{what} {v:?} is not a number")))
+            })
+            .transpose()
         };
         let quota = match first(&self.quota) {
             None => None,
             Some(q) => {
                 let bytes = parse_size(q).map_err(|e| MapError(e.to_string()))?;
-                Some(QuotaLimit { storage: (bytes > 0).then_some(bytes), messages: None })
+                Some(QuotaLimit {
+                    storage: (bytes > 0).then_some(bytes),
+                    messages: None,
+                })
             }
         };
         let enabled = match first(&self.enabled).map(str::to_ascii_lowercase).as_deref() {
             None | Some("true" | "1" | "yes") => true,
             Some("false" | "0" | "no") => false,
-            Some(other) => return Err(MapError(format!("enabled flag {other:?} is not TRUE/FALSE"))),
+            Some(other) => {
+                return Err(MapError(format!(
+                    "enabled flag {other:?} is not TRUE/FALSE"
+                )));
+            }
         };
         let user = UserSpec {
             login: login.clone(),
@@ -161,13 +185,18 @@ impl Mapping {
         for attr in &self.aliases {
             for a in get(attr).into_iter().flatten() {
                 match normalizer.address(a) {
-                    Some(n) if n.full() != login && !aliases.contains(&n.full()) => aliases.push(n.full()),
+                    Some(n) if n.full() != login && !aliases.contains(&n.full()) => {
+                        aliases.push(n.full())
+                    }
                     Some(_) => {}
                     None => tracing::warn!(%login, alias = %a, "alias is not an address; skipped"),
                 }
             }
         }
-        Ok(EntryData { user: Some(user), aliases })
+        Ok(EntryData {
+            user: Some(user),
+            aliases,
+        })
     }
 }
 
@@ -176,7 +205,10 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect()
     }
 
     #[test]
@@ -186,7 +218,10 @@ mod tests {
             .map(
                 &attrs(&[
                     ("Mail", &["Jane@Example.org"]),
-                    ("mailLocalAddress", &["jd@example.org", "jane@example.org", "JD@example.org"]),
+                    (
+                        "mailLocalAddress",
+                        &["jd@example.org", "jane@example.org", "JD@example.org"],
+                    ),
                     ("userPassword", &["{SSHA}xyz"]),
                     ("mailQuotaBytes", &["1048576"]),
                     ("mailEnabled", &["FALSE"]),
@@ -198,7 +233,13 @@ mod tests {
         let u = e.user.unwrap();
         assert_eq!(u.login, "jane@example.org");
         assert_eq!(u.password.as_deref(), Some("{SSHA}xyz"));
-        assert_eq!(u.quota, Some(QuotaLimit { storage: Some(1 << 20), messages: None }));
+        assert_eq!(
+            u.quota,
+            Some(QuotaLimit {
+                storage: Some(1 << 20),
+                messages: None
+            })
+        );
         assert!(!u.enabled);
         assert_eq!(u.uid, Some(5000));
         assert_eq!(e.aliases, ["jd@example.org"]);
@@ -208,10 +249,25 @@ mod tests {
     fn entries_without_address_contribute_nothing_and_bad_values_are_errors() {
         let m = Mapping::default();
         let n = Normalizer::default();
-        assert_eq!(m.map(&attrs(&[("cn", &["x"])]), &n).unwrap(), EntryData::default());
+        assert_eq!(
+            m.map(&attrs(&[("cn", &["x"])]), &n).unwrap(),
+            EntryData::default()
+        );
         assert!(m.map(&attrs(&[("mail", &["nodomain"])]), &n).is_err());
-        assert!(m.map(&attrs(&[("mail", &["a@x.org"]), ("mailQuotaBytes", &["lots"])]), &n).is_err());
-        assert!(m.map(&attrs(&[("mail", &["a@x.org"]), ("mailEnabled", &["maybe"])]), &n).is_err());
+        assert!(
+            m.map(
+                &attrs(&[("mail", &["a@x.org"]), ("mailQuotaBytes", &["lots"])]),
+                &n
+            )
+            .is_err()
+        );
+        assert!(
+            m.map(
+                &attrs(&[("mail", &["a@x.org"]), ("mailEnabled", &["maybe"])]),
+                &n
+            )
+            .is_err()
+        );
         assert!(m.attributes().contains(&"entryUUID".to_string()));
     }
 }

@@ -33,8 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::{
-    EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest, SyncState,
-    parse_syncinfo,
+    EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest, SyncState, parse_syncinfo,
 };
 use ldap3::{Ldap, ResultEntry, SearchEntry};
 use ramdir_core::{Directory, DirectoryHandle, UserSpec};
@@ -124,8 +123,16 @@ impl From<ldap3::LdapError> for SessionEnd {
 impl LdapSource {
     /// A source feeding `handle`.
     pub fn new(settings: Settings, handle: Arc<DirectoryHandle>) -> Arc<LdapSource> {
-        let state = State { phase: "starting".into(), ..State::default() };
-        Arc::new(LdapSource { settings, handle, state: Mutex::new(state), stats: Stats::default() })
+        let state = State {
+            phase: "starting".into(),
+            ..State::default()
+        };
+        Arc::new(LdapSource {
+            settings,
+            handle,
+            state: Mutex::new(state),
+            stats: Stats::default(),
+        })
     }
 
     /// The settings.
@@ -185,7 +192,8 @@ impl LdapSource {
 
     /// Mark the directory as not authoritative, with why.
     fn not_authoritative(&self, why: &str) {
-        self.handle.update(|d| d.set_authoritative(false, Some(why)));
+        self.handle
+            .update(|d| d.set_authoritative(false, Some(why)));
     }
 
     /// Serve the snapshot of an earlier run, if there is one. Returns whether
@@ -204,7 +212,9 @@ impl LdapSource {
             }
             Ok(Some((cookie, written, entries))) => {
                 let n = entries.len();
-                let age = SystemTime::now().duration_since(written).unwrap_or_default();
+                let age = SystemTime::now()
+                    .duration_since(written)
+                    .unwrap_or_default();
                 let note = format!(
                     "serving the warm LDAP snapshot written {}s ago; LDAP not yet in sync",
                     age.as_secs()
@@ -241,7 +251,9 @@ impl LdapSource {
             match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::RefreshRequired => {
-                    tracing::warn!("LDAP says the sync cookie is too old (e-syncRefreshRequired): full reload");
+                    tracing::warn!(
+                        "LDAP says the sync cookie is too old (e-syncRefreshRequired): full reload"
+                    );
                     self.lock().cookie = None;
                     continue;
                 }
@@ -311,7 +323,12 @@ impl LdapSource {
     /// with `;` when there are several (multi-provider).
     async fn context_csn(&self, ldap: &mut Ldap) -> Result<Option<String>, LdapError> {
         let (root, _) = ldap
-            .search("", ldap3::Scope::Base, "(objectClass=*)", vec!["namingContexts"])
+            .search(
+                "",
+                ldap3::Scope::Base,
+                "(objectClass=*)",
+                vec!["namingContexts"],
+            )
             .await?
             .success()?;
         let base = self.settings.base.to_ascii_lowercase();
@@ -323,7 +340,12 @@ impl LdapSource {
             .max_by_key(String::len);
         let Some(nc) = nc else { return Ok(None) };
         let (entries, _) = ldap
-            .search(&nc, ldap3::Scope::Base, "(objectClass=*)", vec!["contextCSN"])
+            .search(
+                &nc,
+                ldap3::Scope::Base,
+                "(objectClass=*)",
+                vec!["contextCSN"],
+            )
             .await?
             .success()?;
         let csns: Vec<String> = entries
@@ -347,8 +369,10 @@ impl LdapSource {
             old.delete(&mut dir, u);
         }
         let mut index = Index::new();
-        let adapters: Vec<Box<dyn Adapter<_, _>>> =
-            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(s.page_size))];
+        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(s.page_size)),
+        ];
         let attrs = s.mapping.attributes();
         let mut search = ldap
             .streaming_search_with(adapters, &s.base, scope(s.scope), &s.filter, attrs)
@@ -363,12 +387,20 @@ impl LdapSource {
             }
             if n.is_multiple_of(PROGRESS_EVERY) {
                 let secs = started.elapsed().as_secs_f64();
-                tracing::info!(entries = n, per_sec = (n as f64 / secs) as u64, "LDAP full load progress");
+                tracing::info!(
+                    entries = n,
+                    per_sec = (n as f64 / secs) as u64,
+                    "LDAP full load progress"
+                );
             }
         }
         let res = search.finish().await;
         if res.rc != 0 {
-            return Err(LdapError::Result { op: "full load search", rc: res.rc, text: res.text });
+            return Err(LdapError::Result {
+                op: "full load search",
+                rc: res.rc,
+                text: res.text,
+            });
         }
         dir.shrink_to_fit();
         {
@@ -422,7 +454,11 @@ impl LdapSource {
         stop: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
         let s = &self.settings;
-        let req = SyncRequest { mode: RefreshMode::RefreshAndPersist, cookie, reload_hint: false };
+        let req = SyncRequest {
+            mode: RefreshMode::RefreshAndPersist,
+            cookie,
+            reload_hint: false,
+        };
         let attrs = s.mapping.attributes();
         let search = ldap
             .with_controls(req.critical())
@@ -451,18 +487,28 @@ impl LdapSource {
             if re.is_intermediate() {
                 let info = match catch_unwind(AssertUnwindSafe(move || parse_syncinfo(re))) {
                     Ok(i) => i,
-                    Err(_) => return SessionEnd::Failed(LdapError::Protocol("malformed Sync Info message".into())),
+                    Err(_) => {
+                        return SessionEnd::Failed(LdapError::Protocol(
+                            "malformed Sync Info message".into(),
+                        ));
+                    }
                 };
                 match info {
                     SyncInfo::NewCookie(c) => self.set_cookie(Some(c)),
-                    SyncInfo::RefreshDelete { cookie, refresh_done } => {
+                    SyncInfo::RefreshDelete {
+                        cookie,
+                        refresh_done,
+                    } => {
                         self.set_cookie(cookie);
                         if refresh_done && refreshing {
                             refreshing = false;
                             self.refresh_done(present_phase, &present);
                         }
                     }
-                    SyncInfo::RefreshPresent { cookie, refresh_done } => {
+                    SyncInfo::RefreshPresent {
+                        cookie,
+                        refresh_done,
+                    } => {
                         present_phase = true;
                         self.set_cookie(cookie);
                         if refresh_done && refreshing {
@@ -470,12 +516,21 @@ impl LdapSource {
                             self.refresh_done(true, &present);
                         }
                     }
-                    SyncInfo::SyncIdSet { cookie, refresh_deletes, sync_uuids } => {
-                        let ids: Vec<Uuid> =
-                            sync_uuids.into_iter().filter_map(|u| Uuid::try_from(u.as_slice()).ok()).collect();
+                    SyncInfo::SyncIdSet {
+                        cookie,
+                        refresh_deletes,
+                        sync_uuids,
+                    } => {
+                        let ids: Vec<Uuid> = sync_uuids
+                            .into_iter()
+                            .filter_map(|u| Uuid::try_from(u.as_slice()).ok())
+                            .collect();
                         if refresh_deletes {
-                            let n = self.apply(|idx, d| ids.iter().filter(|u| idx.delete(d, u)).count());
-                            self.stats.changes_applied.fetch_add(n as u64, Ordering::Relaxed);
+                            let n = self
+                                .apply(|idx, d| ids.iter().filter(|u| idx.delete(d, u)).count());
+                            self.stats
+                                .changes_applied
+                                .fetch_add(n as u64, Ordering::Relaxed);
                         } else {
                             present_phase = true;
                             present.extend(ids);
@@ -488,13 +543,21 @@ impl LdapSource {
             if re.is_ref() {
                 continue;
             }
-            let Some(ctrl) = re.1.iter().find(|c| c.1.ctype == SYNC_STATE_OID).map(|c| c.1.clone()) else {
+            let Some(ctrl) =
+                re.1.iter()
+                    .find(|c| c.1.ctype == SYNC_STATE_OID)
+                    .map(|c| c.1.clone())
+            else {
                 tracing::warn!("sync entry without a Sync State control; ignored");
                 continue;
             };
             let ss: SyncState = match catch_unwind(AssertUnwindSafe(|| ctrl.parse::<SyncState>())) {
                 Ok(ss) => ss,
-                Err(_) => return SessionEnd::Failed(LdapError::Protocol("malformed Sync State control".into())),
+                Err(_) => {
+                    return SessionEnd::Failed(LdapError::Protocol(
+                        "malformed Sync State control".into(),
+                    ));
+                }
             };
             let Ok(uuid) = Uuid::try_from(ss.entry_uuid.as_slice()) else {
                 tracing::warn!("sync entry with a malformed entryUUID; ignored");
@@ -531,7 +594,11 @@ impl LdapSource {
         if res.rc == SYNC_REFRESH_REQUIRED {
             return SessionEnd::RefreshRequired;
         }
-        SessionEnd::Failed(LdapError::Result { op: "sync", rc: res.rc, text: res.text })
+        SessionEnd::Failed(LdapError::Result {
+            op: "sync",
+            rc: res.rc,
+            text: res.text,
+        })
     }
 
     fn set_cookie(&self, cookie: Option<Vec<u8>>) {
@@ -547,7 +614,11 @@ impl LdapSource {
     fn refresh_done(&self, present_phase: bool, present: &HashSet<Uuid>) {
         let swept = if present_phase {
             self.apply(|idx, d| {
-                let gone: Vec<Uuid> = idx.uuids().filter(|u| !present.contains(*u)).copied().collect();
+                let gone: Vec<Uuid> = idx
+                    .uuids()
+                    .filter(|u| !present.contains(*u))
+                    .copied()
+                    .collect();
                 for u in &gone {
                     idx.delete(d, u);
                 }
@@ -562,7 +633,11 @@ impl LdapSource {
             st.phase = "in sync".into();
         }
         self.handle.update(|d| d.set_authoritative(true, None));
-        tracing::info!(swept, entries = self.lock().index.len(), "LDAP in sync; directory is authoritative");
+        tracing::info!(
+            swept,
+            entries = self.lock().index.len(),
+            "LDAP in sync; directory is authoritative"
+        );
     }
 
     async fn watchdog(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -584,7 +659,9 @@ impl LdapSource {
     }
 
     async fn snapshot_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let Some(dir) = self.settings.state_dir.clone() else { return };
+        let Some(dir) = self.settings.state_dir.clone() else {
+            return;
+        };
         let mut every = SNAPSHOT_EVERY;
         loop {
             let stopping = tokio::select! {
@@ -634,15 +711,24 @@ impl LdapSource {
             let header = Header {
                 format: SNAPSHOT_FORMAT.into(),
                 cookie: cookie.as_deref().map(hex),
-                written: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+                written: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs(),
             };
             serde_json::to_writer(&mut w, &header)?;
             w.write_all(b"\n")?;
             for (uuid, c) in index.iter() {
-                let Some(login) = c.login.as_deref() else { continue };
+                let Some(login) = c.login.as_deref() else {
+                    continue;
+                };
                 let Some(u) = snap.user(login) else { continue };
                 let spec = u.to_spec(snap.settings());
-                let saved = Saved::from_spec(format_uuid(uuid), &spec, c.aliases.iter().map(|a| a.to_string()).collect());
+                let saved = Saved::from_spec(
+                    format_uuid(uuid),
+                    &spec,
+                    c.aliases.iter().map(|a| a.to_string()).collect(),
+                );
                 serde_json::to_writer(&mut w, &saved)?;
                 w.write_all(b"\n")?;
             }
@@ -673,7 +759,10 @@ impl OpenOptionsExt0600 for std::fs::OpenOptions {
 fn jitter(d: Duration) -> Duration {
     // Spread reconnects of many ramdir hosts: ±25% from the clock's nanos
     // (no random crate needed for this).
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
     let f = 0.75 + f64::from(nanos % 1000) / 2000.0;
     d.mul_f64(f)
 }
@@ -686,7 +775,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -741,9 +833,10 @@ impl Saved {
 
     fn into_data(self) -> Option<(Uuid, EntryData)> {
         let uuid = parse_uuid(&self.uuid)?;
-        let quota = self
-            .own_quota
-            .then_some(ramdir_core::quota::QuotaLimit { storage: self.storage, messages: self.messages });
+        let quota = self.own_quota.then_some(ramdir_core::quota::QuotaLimit {
+            storage: self.storage,
+            messages: self.messages,
+        });
         let user = UserSpec {
             login: self.login,
             password: self.password,
@@ -756,7 +849,13 @@ impl Saved {
             enabled: self.enabled,
             extra: Vec::new(),
         };
-        Some((uuid, EntryData { user: Some(user), aliases: self.aliases }))
+        Some((
+            uuid,
+            EntryData {
+                user: Some(user),
+                aliases: self.aliases,
+            },
+        ))
     }
 }
 
@@ -783,8 +882,13 @@ fn read_snapshot(path: &Path) -> Result<Option<SnapshotData>, String> {
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {
         let line = line.map_err(|e| e.to_string())?;
-        let saved: Saved = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?;
-        entries.push(saved.into_data().ok_or_else(|| format!("line {}: bad uuid", i + 2))?);
+        let saved: Saved =
+            serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 2))?;
+        entries.push(
+            saved
+                .into_data()
+                .ok_or_else(|| format!("line {}: bad uuid", i + 2))?,
+        );
     }
     let written = SystemTime::UNIX_EPOCH + Duration::from_secs(header.written);
     Ok(Some((cookie, written, entries)))
@@ -820,7 +924,10 @@ mod tests {
                     user: Some(UserSpec {
                         login: "a@x.org".into(),
                         password: Some("{SSHA}h".into()),
-                        quota: Some(ramdir_core::quota::QuotaLimit { storage: Some(9), messages: None }),
+                        quota: Some(ramdir_core::quota::QuotaLimit {
+                            storage: Some(9),
+                            messages: None,
+                        }),
                         enabled: true,
                         ..Default::default()
                     }),
@@ -831,20 +938,34 @@ mod tests {
         src.set_cookie(Some(b"rid=000,csn=20261124".to_vec()));
         assert!(src.write_snapshot(tmp.path()).unwrap());
         assert!(!src.write_snapshot(tmp.path()).unwrap(), "nothing changed");
-        let mode = std::fs::metadata(snapshot_path(tmp.path())).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        let mode = std::fs::metadata(snapshot_path(tmp.path()))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
 
         let handle2 = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
         let src2 = LdapSource::new(s, handle2.clone());
         assert!(src2.warm_start());
         let d = handle2.snapshot();
         assert!(!d.authoritative());
-        assert!(d.meta().note.as_deref().unwrap().contains("warm LDAP snapshot"));
+        assert!(
+            d.meta()
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("warm LDAP snapshot")
+        );
         let u = d.user("a@x.org").unwrap();
         assert_eq!(u.password, Some("{SSHA}h"));
         assert_eq!(u.quota.storage, Some(9));
         assert_eq!(d.alias("b@x.org").unwrap()[0].as_ref(), "a@x.org");
-        assert_eq!(src2.lock().cookie.as_deref(), Some(&b"rid=000,csn=20261124"[..]));
+        assert_eq!(
+            src2.lock().cookie.as_deref(),
+            Some(&b"rid=000,csn=20261124"[..])
+        );
     }
 
     #[test]

@@ -70,7 +70,9 @@ where
         while tasks.try_join_next().is_some() {}
     }
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
-        .await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }

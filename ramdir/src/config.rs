@@ -416,8 +416,14 @@ impl Config {
             Some(l) => {
                 use ramdir_ldap::settings::{Bind, Scope, Settings as L};
                 let url = l.url.get_ref();
-                if !["ldap://", "ldaps://", "ldapi://"].iter().any(|p| url.starts_with(p)) {
-                    return Err(err(l.url.span(), format!("url {url:?}: want ldap://, ldaps:// or ldapi://")));
+                if !["ldap://", "ldaps://", "ldapi://"]
+                    .iter()
+                    .any(|p| url.starts_with(p))
+                {
+                    return Err(err(
+                        l.url.span(),
+                        format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
+                    ));
                 }
                 let mut st = L::new(url, &l.base);
                 if let Some(f) = l.filter {
@@ -428,21 +434,36 @@ impl Config {
                         "base" => Scope::Base,
                         "one" => Scope::One,
                         "sub" => Scope::Sub,
-                        other => return Err(err(sc.span(), format!("scope {other:?}: want base, one or sub"))),
+                        other => {
+                            return Err(err(
+                                sc.span(),
+                                format!("scope {other:?}: want base, one or sub"),
+                            ));
+                        }
                     };
                 }
-                st.bind = match (l.bind_dn, l.bind_password_file, l.sasl_external.unwrap_or(false)) {
+                st.bind = match (
+                    l.bind_dn,
+                    l.bind_password_file,
+                    l.sasl_external.unwrap_or(false),
+                ) {
                     (None, None, false) => Bind::Anonymous,
                     (None, None, true) => Bind::SaslExternal,
-                    (Some(dn), Some(pf), false) => {
-                        Bind::Simple { dn, password_file: abs(pf.into_inner()) }
-                    }
+                    (Some(dn), Some(pf), false) => Bind::Simple {
+                        dn,
+                        password_file: abs(pf.into_inner()),
+                    },
                     (Some(_), None, _) => {
                         return Err(err(0..0, "bind_dn needs bind_password_file".into()));
                     }
-                    (None, Some(pf), _) => return Err(err(pf.span(), "bind_password_file needs bind_dn".into())),
+                    (None, Some(pf), _) => {
+                        return Err(err(pf.span(), "bind_password_file needs bind_dn".into()));
+                    }
                     (Some(_), Some(pf), true) => {
-                        return Err(err(pf.span(), "choose simple bind or sasl_external, not both".into()));
+                        return Err(err(
+                            pf.span(),
+                            "choose simple bind or sasl_external, not both".into(),
+                        ));
                     }
                 };
                 st.starttls = l.starttls.unwrap_or(false);
@@ -463,7 +484,10 @@ impl Config {
                 }
                 if let Some(v) = &l.fallback_concurrency {
                     if *v.get_ref() == 0 {
-                        return Err(err(v.span(), "fallback_concurrency must be at least 1".into()));
+                        return Err(err(
+                            v.span(),
+                            "fallback_concurrency must be at least 1".into(),
+                        ));
                     }
                     st.fallback_concurrency = *v.get_ref();
                 }
@@ -559,7 +583,10 @@ impl Config {
                 Some(DictConfig { listener, settings })
             }
         };
-        for (section, on) in [("[policy]", policy.is_some()), ("[milter]", milter.is_some())] {
+        for (section, on) in [
+            ("[policy]", policy.is_some()),
+            ("[milter]", milter.is_some()),
+        ] {
             if on && quota.is_none() {
                 let line = text.find(section).map(|o| line_of(text, o));
                 return Err(ConfigError {
@@ -676,18 +703,32 @@ idle_timeout_secs = 300
         .unwrap();
         let l = c.ldap.unwrap();
         assert_eq!(l.base, "ou=people,dc=example,dc=org");
-        assert!(matches!(&l.bind, ramdir_ldap::settings::Bind::Simple { password_file, .. }
-            if password_file == Path::new("/etc/ramdir/ldap.secret")));
+        assert!(
+            matches!(&l.bind, ramdir_ldap::settings::Bind::Simple { password_file, .. }
+            if password_file == Path::new("/etc/ramdir/ldap.secret"))
+        );
         assert_eq!(l.negative_ttl, Duration::from_secs(5));
         assert_eq!(l.mapping.aliases, ["mailAlternateAddress"]);
         assert_eq!(l.mapping.enabled, None);
         assert_eq!(l.mapping.address, "mail");
         assert_eq!(l.mapping.default_uid, Some(5000));
         for (text, want) in [
-            ("[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n", "want ldap://"),
-            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n", "scope"),
-            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nbind_password_file = \"/p\"\n", "needs bind_dn"),
-            ("[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\n[ldap.mapping]\nmailAttr = \"x\"\n", "unknown field"),
+            (
+                "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
+                "want ldap://",
+            ),
+            (
+                "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n",
+                "scope",
+            ),
+            (
+                "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nbind_password_file = \"/p\"\n",
+                "needs bind_dn",
+            ),
+            (
+                "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\n[ldap.mapping]\nmailAttr = \"x\"\n",
+                "unknown field",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.message.contains(want), "{text}: {e}");

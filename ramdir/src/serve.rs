@@ -85,8 +85,10 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
     let dir = load_directory(&config)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("ramdir").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ramdir")
+        .build()?;
     runtime.block_on(run(config, dir))
 }
 
@@ -104,7 +106,10 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
 
     // The LDAP source: warm start first (serve the last good directory at
     // once), then load and sync in the background.
-    let ldap = config.ldap.clone().map(|s| LdapSource::new(s, handle.clone()));
+    let ldap = config
+        .ldap
+        .clone()
+        .map(|s| LdapSource::new(s, handle.clone()));
     let fallback: Option<Arc<dyn Fallback>> = match &ldap {
         Some(src) if src.settings().fallback => Some(Arc::new(LdapFallback::new(src.clone()))),
         _ => None,
@@ -157,7 +162,8 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         let usage: Arc<dyn ramdir_core::check::UsageSource + Send + Sync> = store.clone();
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "policy listening");
-        servers.spawn(async move { policy::server::run(listener, h, usage, cfg, stats, stop).await });
+        servers
+            .spawn(async move { policy::server::run(listener, h, usage, cfg, stats, stop).await });
     }
 
     if let (Some(l), Some(store), Some(q)) = (&config.milter, &store, &config.quota) {
@@ -167,7 +173,11 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             .map_err(|e| format!("[quota] over_quota_reply for the milter: {e}"))?;
         let listener = listener::bind(l)?;
         sockets.push(l.path.clone());
-        let cfg = ramdir_milter::Config { max_connections: l.max_connections, grace: q.grace, over_quota };
+        let cfg = ramdir_milter::Config {
+            max_connections: l.max_connections,
+            grace: q.grace,
+            over_quota,
+        };
         let (h, store) = (handle.clone(), store.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "milter listening");
@@ -311,7 +321,10 @@ async fn reload(
     // Only the directory part of a new configuration applies without a
     // restart; keep the running listeners' settings.
     config.directory = new_cfg.directory;
-    tracing::info!(generation = handle.snapshot().meta().generation, "reload done");
+    tracing::info!(
+        generation = handle.snapshot().meta().generation,
+        "reload done"
+    );
 }
 
 /// Watch the directories holding the source files and the configuration;
@@ -321,11 +334,17 @@ fn start_watcher(config: &Config, tx: mpsc::Sender<()>) -> Option<notify::Recomm
     if !config.directory.watch_files {
         return None;
     }
-    let mut files: HashSet<PathBuf> =
-        config.directory.sources.all().map(Path::to_path_buf).collect();
+    let mut files: HashSet<PathBuf> = config
+        .directory
+        .sources
+        .all()
+        .map(Path::to_path_buf)
+        .collect();
     files.insert(config.path.clone());
-    let dirs: HashSet<PathBuf> =
-        files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    let dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
     let watched = files.clone();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };

@@ -34,7 +34,11 @@ pub struct Counters {
 }
 
 /// The document.
-pub fn document(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>) -> serde_json::Value {
+pub fn document(
+    handle: &DirectoryHandle,
+    c: &Counters,
+    ldap: Option<&LdapSource>,
+) -> serde_json::Value {
     let d = handle.snapshot();
     let counts = d.counts();
     let m = d.meta();
@@ -101,8 +105,12 @@ pub async fn run(
 
 /// `ramdir stats`: read the document from a running daemon.
 pub fn fetch(socket: &Path) -> Result<String, CmdError> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("connect {}: {e} (is ramdir running with [stats]?)", socket.display()))?;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "connect {}: {e} (is ramdir running with [stats]?)",
+            socket.display()
+        )
+    })?;
     s.set_read_timeout(Some(WRITE_TIMEOUT))?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;

@@ -56,7 +56,10 @@ impl PolicyRequest {
     /// The first value of `name` (Postfix sends each once; the first wins,
     /// as in Dovecot's quota-status).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Take one request off the front of `buf`; `Ok(None)` = need more data.
@@ -85,7 +88,10 @@ impl PolicyRequest {
             if line.contains(&0) {
                 return Err(CodecError::BadBytes);
             }
-            let eq = line.iter().position(|&b| b == b'=').ok_or(CodecError::NoEquals)?;
+            let eq = line
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or(CodecError::NoEquals)?;
             let (name, value) = (&line[..eq], &line[eq + 1..]);
             if name.is_empty() {
                 return Err(CodecError::EmptyName);
@@ -154,7 +160,9 @@ impl Action {
 
 /// Reply text must stay on one line.
 fn clean(t: &str) -> String {
-    t.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    t.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -164,7 +172,12 @@ mod tests {
     type Decoded = Result<Vec<PolicyRequest>, CodecError>;
 
     fn req(pairs: &[(&str, &str)]) -> PolicyRequest {
-        PolicyRequest { attrs: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
+        PolicyRequest {
+            attrs: pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
     }
 
     fn pieces(parts: &[&[u8]]) -> Decoded {
@@ -190,7 +203,8 @@ mod tests {
 
     #[test]
     fn requests_decode_exactly_at_every_split() {
-        let cases: Vec<(&[u8], Decoded)> = vec![
+        let cases: Vec<(&[u8], Decoded)> =
+            vec![
             (
                 b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=a@x.org\nsize=0\n\n",
                 Ok(vec![req(&[
@@ -223,7 +237,9 @@ mod tests {
         // Without a newline at all, refused once past the longest line.
         let endless = vec![b'x'; 2 * MAX_FIELD + 2];
         assert_eq!(pieces(&[&endless]), Err(CodecError::FieldTooLong));
-        let many: Vec<u8> = (0..=MAX_ATTRIBUTES).flat_map(|i| format!("a{i}=1\n").into_bytes()).collect();
+        let many: Vec<u8> = (0..=MAX_ATTRIBUTES)
+            .flat_map(|i| format!("a{i}=1\n").into_bytes())
+            .collect();
         assert_eq!(pieces(&[&many, b"\n"]), Err(CodecError::TooManyAttributes));
         // The longest legal field is fine.
         let mut ok = b"a=".to_vec();
@@ -242,8 +258,14 @@ mod tests {
     fn actions_encode_exactly() {
         let cases = [
             (Action::Dunno, &b"action=DUNNO\n\n"[..]),
-            (Action::DeferIfPermit("quota store down".into()), b"action=DEFER_IF_PERMIT quota store down\n\n"),
-            (Action::Reply("452 4.2.2 Mailbox full".into()), b"action=452 4.2.2 Mailbox full\n\n"),
+            (
+                Action::DeferIfPermit("quota store down".into()),
+                b"action=DEFER_IF_PERMIT quota store down\n\n",
+            ),
+            (
+                Action::Reply("452 4.2.2 Mailbox full".into()),
+                b"action=452 4.2.2 Mailbox full\n\n",
+            ),
             (Action::Reply("452 x\ny".into()), b"action=452 x y\n\n"),
         ];
         for (a, bytes) in cases {

@@ -81,8 +81,13 @@ pub async fn run(
     let max = config.max_connections;
     crate::accept::run("policy", listener, max, shutdown, move |stream, stop| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, usage, config, stats, tracker) =
-            (directory.clone(), usage.clone(), config.clone(), stats.clone(), tracker.clone());
+        let (directory, usage, config, stats, tracker) = (
+            directory.clone(),
+            usage.clone(),
+            config.clone(),
+            stats.clone(),
+            tracker.clone(),
+        );
         async move {
             serve_connection(stream, &directory, &*usage, &tracker, &config, &stats, stop).await
         }
@@ -162,7 +167,10 @@ mod tests {
     struct Full;
     impl UsageSource for Full {
         fn usage(&self, _: &str) -> Result<Usage, StoreError> {
-            Ok(Usage { storage: Some(1000), messages: None })
+            Ok(Usage {
+                storage: Some(1000),
+                messages: None,
+            })
         }
     }
 
@@ -170,7 +178,10 @@ mod tests {
         let mut d = Directory::new(ramdir_core::Settings::default());
         d.insert_user(&UserSpec {
             login: "full@x.org".into(),
-            quota: Some(QuotaLimit { storage: Some(1000), messages: None }),
+            quota: Some(QuotaLimit {
+                storage: Some(1000),
+                messages: None,
+            }),
             ..Default::default()
         });
         let dir = tempfile::tempdir().unwrap();
@@ -205,8 +216,12 @@ mod tests {
         let (path, _dir, stats) = spawn().await;
         let mut c = UnixStream::connect(&path).await.unwrap();
         let rcpt = b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=full@x.org\nsize=10\ninstance=1.2.3.4\n\n";
-        assert_eq!(ask(&mut c, rcpt).await, b"action=452 4.2.2 Mailbox full\n\n");
-        let other = b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=x@remote.test\n\n";
+        assert_eq!(
+            ask(&mut c, rcpt).await,
+            b"action=452 4.2.2 Mailbox full\n\n"
+        );
+        let other =
+            b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=x@remote.test\n\n";
         assert_eq!(ask(&mut c, other).await, b"action=DUNNO\n\n");
         let mut bad = UnixStream::connect(&path).await.unwrap();
         bad.write_all(b"garbage line\n\n").await.unwrap();

@@ -59,7 +59,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { grace: Grace::default(), over_quota: DEFAULT_OVER_QUOTA.into() }
+        Settings {
+            grace: Grace::default(),
+            over_quota: DEFAULT_OVER_QUOTA.into(),
+        }
     }
 }
 
@@ -78,7 +81,9 @@ pub fn valid_reply(s: &str) -> bool {
         && code.bytes().all(|b| b.is_ascii_digit())
         && matches!(class, Some(b'4' | b'5'))
         && ext.split('.').count() == 3
-        && ext.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && ext
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         && ext.as_bytes().first().copied() == class
         && !text.trim().is_empty()
         && !s.chars().any(char::is_control)
@@ -99,7 +104,9 @@ pub struct Tracker {
 
 impl Default for Tracker {
     fn default() -> Self {
-        Tracker { inner: Mutex::new((HashMap::new(), Instant::now())) }
+        Tracker {
+            inner: Mutex::new((HashMap::new(), Instant::now())),
+        }
     }
 }
 
@@ -119,9 +126,10 @@ impl Tracker {
         if !map.contains_key(instance) && map.len() >= MAX_TRACKED {
             return;
         }
-        let t = map
-            .entry(instance.to_string())
-            .or_insert_with(|| Tracked { rcpts: Vec::new(), touched: now });
+        let t = map.entry(instance.to_string()).or_insert_with(|| Tracked {
+            rcpts: Vec::new(),
+            touched: now,
+        });
         t.touched = now;
         if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
             t.rcpts.push(rcpt.to_string());
@@ -178,7 +186,11 @@ pub fn decide(
             to_action(&verdict, settings)
         }
         "END-OF-MESSAGE" => {
-            let tracked = if instance.is_empty() { None } else { tracker.take(instance, now) };
+            let tracked = if instance.is_empty() {
+                None
+            } else {
+                tracker.take(instance, now)
+            };
             let rcpts = match tracked {
                 Some(r) if !r.is_empty() => r,
                 _ => match req.get("recipient").filter(|r| !r.is_empty()) {
@@ -187,7 +199,10 @@ pub fn decide(
                     None => return Action::Dunno,
                 },
             };
-            let count: usize = req.get("recipient_count").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let count: usize = req
+                .get("recipient_count")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             if count > rcpts.len() {
                 // Postfix accepted recipients we did not see at RCPT (the
                 // service is not in smtpd_recipient_restrictions?): we
@@ -220,7 +235,10 @@ mod tests {
                 "broken@x.org" => return Err(StoreError::Db("gone".into())),
                 _ => 0,
             };
-            Ok(Usage { storage: Some(storage), messages: None })
+            Ok(Usage {
+                storage: Some(storage),
+                messages: None,
+            })
         }
     }
 
@@ -229,7 +247,10 @@ mod tests {
         for u in ["full@x.org", "near@x.org", "free@x.org", "broken@x.org"] {
             d.insert_user(&UserSpec {
                 login: u.into(),
-                quota: Some(QuotaLimit { storage: Some(1000), messages: None }),
+                quota: Some(QuotaLimit {
+                    storage: Some(1000),
+                    messages: None,
+                }),
                 ..Default::default()
             });
         }
@@ -268,13 +289,31 @@ mod tests {
             ("nobody@x.org", 1, Action::Dunno),
             ("a@remote.test", 1, Action::Dunno),
             ("", 1, Action::Dunno),
-            ("broken@x.org", 1, Action::DeferIfPermit("quota check failed: quota store: gone".into())),
+            (
+                "broken@x.org",
+                1,
+                Action::DeferIfPermit("quota check failed: quota store: gone".into()),
+            ),
         ];
         for (rcpt, size, want) in cases {
-            assert_eq!(decide(&req("RCPT", "i1", rcpt, size, 0), &d, &Fixed, &t, &s, now), want, "{rcpt} {size}");
+            assert_eq!(
+                decide(&req("RCPT", "i1", rcpt, size, 0), &d, &Fixed, &t, &s, now),
+                want,
+                "{rcpt} {size}"
+            );
         }
         for state in ["CONNECT", "MAIL", "DATA", "VRFY", ""] {
-            assert_eq!(decide(&req(state, "i2", "full@x.org", 1, 0), &d, &Fixed, &t, &s, now), Action::Dunno);
+            assert_eq!(
+                decide(
+                    &req(state, "i2", "full@x.org", 1, 0),
+                    &d,
+                    &Fixed,
+                    &t,
+                    &s,
+                    now
+                ),
+                Action::Dunno
+            );
         }
     }
 
@@ -284,15 +323,42 @@ mod tests {
         // Two recipients accepted at RCPT without SIZE; 150 bytes at EOM:
         // near has 100 left + 100 grace, free has plenty → accept.
         for r in ["near@x.org", "free@x.org"] {
-            assert_eq!(decide(&req("RCPT", "m1", r, 0, 0), &d, &Fixed, &t, &s, now), Action::Dunno);
+            assert_eq!(
+                decide(&req("RCPT", "m1", r, 0, 0), &d, &Fixed, &t, &s, now),
+                Action::Dunno
+            );
         }
-        assert_eq!(decide(&req("END-OF-MESSAGE", "m1", "", 150, 2), &d, &Fixed, &t, &s, now), Action::Dunno);
+        assert_eq!(
+            decide(
+                &req("END-OF-MESSAGE", "m1", "", 150, 2),
+                &d,
+                &Fixed,
+                &t,
+                &s,
+                now
+            ),
+            Action::Dunno
+        );
         assert!(t.is_empty(), "transaction forgotten after EOM");
 
         // Only near: 201 bytes at EOM → refused, with no bounce.
-        decide(&req("RCPT", "m2", "near@x.org", 0, 0), &d, &Fixed, &t, &s, now);
+        decide(
+            &req("RCPT", "m2", "near@x.org", 0, 0),
+            &d,
+            &Fixed,
+            &t,
+            &s,
+            now,
+        );
         assert_eq!(
-            decide(&req("END-OF-MESSAGE", "m2", "near@x.org", 201, 1), &d, &Fixed, &t, &s, now),
+            decide(
+                &req("END-OF-MESSAGE", "m2", "near@x.org", 201, 1),
+                &d,
+                &Fixed,
+                &t,
+                &s,
+                now
+            ),
             Action::Reply(FULL.into())
         );
         // near (100 left) and an empty near2 (1000 + 100 grace): 5000 bytes
@@ -300,13 +366,43 @@ mod tests {
         let mut d2 = dir();
         d2.insert_user(&UserSpec {
             login: "near2@x.org".into(),
-            quota: Some(QuotaLimit { storage: Some(1000), messages: None }),
+            quota: Some(QuotaLimit {
+                storage: Some(1000),
+                messages: None,
+            }),
             ..Default::default()
         });
-        for (inst, size, want) in [("m3", 5000, Action::Reply(FULL.into())), ("m4", 1000, Action::Dunno)] {
-            decide(&req("RCPT", inst, "near@x.org", 0, 0), &d2, &Fixed, &t, &s, now);
-            decide(&req("RCPT", inst, "near2@x.org", 0, 0), &d2, &Fixed, &t, &s, now);
-            assert_eq!(decide(&req("END-OF-MESSAGE", inst, "", size, 2), &d2, &Fixed, &t, &s, now), want);
+        for (inst, size, want) in [
+            ("m3", 5000, Action::Reply(FULL.into())),
+            ("m4", 1000, Action::Dunno),
+        ] {
+            decide(
+                &req("RCPT", inst, "near@x.org", 0, 0),
+                &d2,
+                &Fixed,
+                &t,
+                &s,
+                now,
+            );
+            decide(
+                &req("RCPT", inst, "near2@x.org", 0, 0),
+                &d2,
+                &Fixed,
+                &t,
+                &s,
+                now,
+            );
+            assert_eq!(
+                decide(
+                    &req("END-OF-MESSAGE", inst, "", size, 2),
+                    &d2,
+                    &Fixed,
+                    &t,
+                    &s,
+                    now
+                ),
+                want
+            );
         }
     }
 
@@ -314,15 +410,49 @@ mod tests {
     fn end_of_message_without_knowledge_is_dunno() {
         let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
         // Never seen, several recipients: cannot know.
-        assert_eq!(decide(&req("END-OF-MESSAGE", "zz", "", 1 << 30, 3), &d, &Fixed, &t, &s, now), Action::Dunno);
+        assert_eq!(
+            decide(
+                &req("END-OF-MESSAGE", "zz", "", 1 << 30, 3),
+                &d,
+                &Fixed,
+                &t,
+                &s,
+                now
+            ),
+            Action::Dunno
+        );
         // Never seen but a single recipient is named: decide on it.
         assert_eq!(
-            decide(&req("END-OF-MESSAGE", "zz", "full@x.org", 10, 1), &d, &Fixed, &t, &s, now),
+            decide(
+                &req("END-OF-MESSAGE", "zz", "full@x.org", 10, 1),
+                &d,
+                &Fixed,
+                &t,
+                &s,
+                now
+            ),
             Action::Reply(FULL.into())
         );
         // Saw one of two accepted recipients: cannot know the other.
-        decide(&req("RCPT", "y", "full@x.org", 0, 0), &d, &Fixed, &t, &s, now);
-        assert_eq!(decide(&req("END-OF-MESSAGE", "y", "", 10, 2), &d, &Fixed, &t, &s, now), Action::Dunno);
+        decide(
+            &req("RCPT", "y", "full@x.org", 0, 0),
+            &d,
+            &Fixed,
+            &t,
+            &s,
+            now,
+        );
+        assert_eq!(
+            decide(
+                &req("END-OF-MESSAGE", "y", "", 10, 2),
+                &d,
+                &Fixed,
+                &t,
+                &s,
+                now
+            ),
+            Action::Dunno
+        );
     }
 
     #[test]
@@ -335,17 +465,39 @@ mod tests {
         t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
         assert_eq!(t.len(), 1, "b swept");
         for i in 0..MAX_RCPTS + 10 {
-            t.remember("c", &format!("r{i}@x.org"), start + INSTANCE_TTL + SWEEP_EVERY);
+            t.remember(
+                "c",
+                &format!("r{i}@x.org"),
+                start + INSTANCE_TTL + SWEEP_EVERY,
+            );
         }
-        assert_eq!(t.take("c", start + INSTANCE_TTL + SWEEP_EVERY).unwrap().len(), MAX_RCPTS);
+        assert_eq!(
+            t.take("c", start + INSTANCE_TTL + SWEEP_EVERY)
+                .unwrap()
+                .len(),
+            MAX_RCPTS
+        );
     }
 
     #[test]
     fn reply_validation() {
-        for ok in ["452 4.2.2 Mailbox full", "552 5.2.2 Mailbox is full", "450 4.2.2 Try later"] {
+        for ok in [
+            "452 4.2.2 Mailbox full",
+            "552 5.2.2 Mailbox is full",
+            "450 4.2.2 Try later",
+        ] {
             assert!(valid_reply(ok), "{ok}");
         }
-        for bad in ["OK", "DUNNO", "452 Mailbox full", "452 5.2.2 mixed classes", "252 2.0.0 no", "45 4.2.2 x", "452 4.2.2 ", "452 4.2.2 a\nb"] {
+        for bad in [
+            "OK",
+            "DUNNO",
+            "452 Mailbox full",
+            "452 5.2.2 mixed classes",
+            "252 2.0.0 no",
+            "45 4.2.2 x",
+            "452 4.2.2 ",
+            "452 4.2.2 a\nb",
+        ] {
             assert!(!valid_reply(bad), "{bad}");
         }
     }

@@ -157,8 +157,14 @@ pub fn source_question(dir: &Directory, req: &Request, reply: &Reply) -> Option<
 /// Postfix defers instead of rejecting a user who may exist.
 pub fn source_unavailable(dir: &Directory, error: Option<&str>) -> Reply {
     match (error, dir.meta().note.as_deref()) {
-        (Some(e), _) => Reply::Temp(format!("directory source unavailable: {}", truncate(e, 150))),
-        (None, Some(note)) => Reply::Temp(format!("directory not authoritative: {}", truncate(note, 150))),
+        (Some(e), _) => Reply::Temp(format!(
+            "directory source unavailable: {}",
+            truncate(e, 150)
+        )),
+        (None, Some(note)) => Reply::Temp(format!(
+            "directory not authoritative: {}",
+            truncate(note, 150)
+        )),
         (None, None) => Reply::Temp("directory not authoritative".into()),
     }
 }
@@ -380,14 +386,21 @@ mod tests {
     fn misses_in_a_non_authoritative_snapshot_go_to_the_source() {
         let mut d = directory();
         let req = Request::new("mailboxes", "new@example.org");
-        assert_eq!(source_question(&d, &req, &answer(&d, &req)), None, "authoritative: a miss is final");
+        assert_eq!(
+            source_question(&d, &req, &answer(&d, &req)),
+            None,
+            "authoritative: a miss is final"
+        );
         d.set_authoritative(false, Some("LDAP initial load in progress"));
         assert_eq!(
             source_question(&d, &req, &answer(&d, &req)),
             Some((KeyKind::Address, "new@example.org".into()))
         );
         let dom = Request::new("domains", "New.Example");
-        assert_eq!(source_question(&d, &dom, &answer(&d, &dom)), Some((KeyKind::Domain, "new.example".into())));
+        assert_eq!(
+            source_question(&d, &dom, &answer(&d, &dom)),
+            Some((KeyKind::Domain, "new.example".into()))
+        );
         // Hits and garbage keys are never asked about.
         let hit = Request::new("mailboxes", "alice@example.org");
         assert_eq!(source_question(&d, &hit, &answer(&d, &hit)), None);

@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::codec::PolicyRequest;
-use super::service::{Settings, Tracker, decide};
+use super::service::{SWEEP_EVERY, Settings, Tracker, decide};
 
 /// Idle time after which ramdir closes a connection. Postfix closes an idle
 /// policy connection after `smtpd_policy_service_max_idle` (300 s) and any
@@ -78,8 +78,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let tracker = Arc::new(Tracker::new());
+    // Transactions that never reach END-OF-MESSAGE (client gone, message
+    // rejected by another restriction) are forgotten on a timer.
+    let sweeper = {
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                tracker.sweep(Instant::now());
+            }
+        })
+    };
     let max = config.max_connections;
-    crate::accept::run("policy", listener, max, shutdown, move |stream, stop| {
+    let result = crate::accept::run("policy", listener, max, shutdown, move |stream, stop| {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         let (directory, usage, config, stats, tracker) = (
             directory.clone(),
@@ -92,7 +104,9 @@ pub async fn run(
             serve_connection(stream, &directory, &*usage, &tracker, &config, &stats, stop).await
         }
     })
-    .await
+    .await;
+    sweeper.abort();
+    result
 }
 
 async fn serve_connection(

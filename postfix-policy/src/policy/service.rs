@@ -45,8 +45,8 @@ pub const MAX_RCPTS: usize = 1000;
 /// while; an hour covers any live transaction.
 pub const INSTANCE_TTL: Duration = Duration::from_secs(3600);
 
-/// How often expired transactions are swept (on the next request).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often expired transactions are swept.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Service settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +134,15 @@ impl Tracker {
         if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
             t.rcpts.push(rcpt.to_string());
         }
+    }
+
+    /// Forget transactions not seen for [`INSTANCE_TTL`] (run on a timer by
+    /// the server, and opportunistically on requests).
+    pub fn sweep(&self, now: Instant) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, last_sweep) = &mut *g;
+        map.retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
+        *last_sweep = now;
     }
 
     fn take(&self, instance: &str, now: Instant) -> Option<Vec<String>> {
@@ -464,6 +473,9 @@ mod tests {
         t.remember("b", "r@x.org", start);
         t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
         assert_eq!(t.len(), 1, "b swept");
+        t.sweep(start + 3 * INSTANCE_TTL);
+        assert!(t.is_empty(), "the timer sweep forgets c");
+        t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
         for i in 0..MAX_RCPTS + 10 {
             t.remember(
                 "c",

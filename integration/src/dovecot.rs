@@ -17,6 +17,11 @@
 //! `proxy:idle_msecs=10000:` URIs (trap 10, G11). No `quota_rule` is set in
 //! `dovecot.conf`: every limit comes from ramdir's userdb answer.
 //!
+//! The tests fail logins on purpose, so the instance turns off what makes
+//! that slow: `auth_failure_delay = 0`, and the anvil auth-penalty socket is
+//! moved to a name the auth process does not look for (it then silently
+//! disables the per-IP penalty of 2 s doubling up to 15 s per failure).
+//!
 //! Pieces:
 //! - [`Dovecot`]: the instance (start, stop, `doveadm` wrappers);
 //! - [`Lmtp`]: a tiny LMTP client for the `lmtp` socket;
@@ -98,6 +103,8 @@ impl Dovecot {
     /// `extra` is appended to `dovecot.conf` (later settings win).
     pub fn prepare(stack: &StackDir, dict_socket: &Path, extra: &str) -> Dovecot {
         require_dovecot();
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_leaked_masters);
         let root = stack.join("dv");
         for d in ["run", "state", "mail"] {
             let p = root.join(d);
@@ -394,6 +401,48 @@ impl Dovecot {
 impl Drop for Dovecot {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Stop Dovecot masters left behind by test processes that are gone (a
+/// run killed by a timeout never reaches the `Drop`s). A master is only
+/// signalled when its command line is exactly the one [`Dovecot::start`]
+/// runs, `/usr/sbin/dovecot -c /tmp/rdi-<owner>-<n>/dv/dovecot.conf`, and
+/// the owner process no longer runs.
+fn sweep_leaked_masters() {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let [b"/usr/sbin/dovecot", b"-c", conf] = args.as_slice() else {
+            continue;
+        };
+        let conf = String::from_utf8_lossy(conf);
+        let owner = conf
+            .strip_prefix("/tmp/rdi-")
+            .and_then(|r| r.strip_suffix("/dv/dovecot.conf"))
+            .and_then(|r| r.split_once('-'))
+            .filter(|(_, n)| n.parse::<u32>().is_ok())
+            .and_then(|(o, _)| o.parse::<i32>().ok());
+        let Some(owner) = owner else { continue };
+        if owner == std::process::id() as i32 || process_alive(owner) || !process_alive(pid) {
+            continue;
+        }
+        eprintln!("ramdir-integration: stopping leaked Dovecot master {pid} ({conf})");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 

@@ -20,8 +20,10 @@
 
 pub mod dovecot;
 pub mod postfix;
+pub mod quota;
 pub mod ramdir;
 pub mod sasl;
+pub mod slapd;
 pub mod smtp;
 pub mod socketmap;
 

@@ -118,9 +118,11 @@ pub fn usage(config: &Config, user: &str) -> Result<(Option<i64>, Option<i64>), 
         return Err("no [quota] store is configured".into());
     };
     if let Some(d) = &config.dict {
-        match dict_usage(&d.listener.path, &d.settings.quota_dict, &user) {
-            Ok(u) => return Ok(u),
-            Err(e) => tracing::debug!(error = %e, "daemon not reachable; reading the store"),
+        // A dict socket means a daemon holds the store (or is starting and
+        // about to): ask it, and never take the store's lock from under it.
+        if d.listener.path.exists() {
+            return dict_usage(&d.listener.path, &d.settings.quota_dict, &user)
+                .map_err(|e| format!("asking the running daemon: {e}").into());
         }
     }
     let store = ramdir_core::usage::UsageStore::open(&q.store).map_err(|e| {

@@ -92,6 +92,25 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
     runtime.block_on(run(config, dir))
 }
 
+/// Attempts to open the usage store: a `ramdir query`/`explain` run while
+/// no daemon was up may hold its lock for a moment.
+const STORE_OPEN_TRIES: u32 = 20;
+
+/// Open the usage store, waiting briefly if another process holds it.
+async fn open_store(path: &Path) -> Result<ramdir_core::usage::UsageStore, CmdError> {
+    let mut tries = 0;
+    loop {
+        match ramdir_core::usage::UsageStore::open(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if tries + 1 < STORE_OPEN_TRIES && e.to_string().contains("already open") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+        }
+    }
+}
+
 /// A future that completes when `stop` turns true.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -123,10 +142,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     // One usage store for every listener that needs it.
     let store = match &config.quota {
         Some(q) => {
-            let store = Arc::new(
-                ramdir_core::usage::UsageStore::open(&q.store)
-                    .map_err(|e| format!("{}: {e}", q.store.display()))?,
-            );
+            let store = Arc::new(open_store(&q.store).await?);
             tracing::info!(store = %q.store.display(), "quota usage store open");
             Some(store)
         }

@@ -82,6 +82,9 @@ pub struct UserSpec {
     /// Other passdb/userdb fields, as the source gave them
     /// (`userdb_foo=bar` is kept as `("userdb_foo", "bar")`).
     pub extra: Vec<(String, String)>,
+    /// The source entry this user came from (an LDAP entryUUID), so that a
+    /// source withdrawing an entry only removes what that entry still owns.
+    pub origin: Option<[u8; 16]>,
 }
 
 impl fmt::Debug for UserSpec {
@@ -110,6 +113,7 @@ const F_GID: u8 = 4;
 const F_STORAGE: u8 = 8;
 const F_MESSAGES: u8 = 16;
 const F_OWN_QUOTA: u8 = 32;
+const F_ORIGIN: u8 = 64;
 
 /// A user packed into one byte string (the login is the table key).
 ///
@@ -200,7 +204,13 @@ impl PackedUser {
         if q.messages.is_some() {
             flags |= F_MESSAGES;
         }
+        if spec.origin.is_some() {
+            flags |= F_ORIGIN;
+        }
         out.push(flags);
+        if let Some(o) = &spec.origin {
+            out.extend_from_slice(o);
+        }
         for n in [
             spec.uid.map(u64::from),
             spec.gid.map(u64::from),
@@ -239,11 +249,17 @@ impl PackedUser {
 
     /// Unpack into a borrowed view.
     pub fn view<'a>(&'a self, login: &'a str, settings: &Settings) -> User<'a> {
+        let flags = self.0[0];
         let mut r = Reader {
             buf: &self.0,
             pos: 1,
         };
-        let flags = self.0[0];
+        let origin = (flags & F_ORIGIN != 0).then(|| {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&self.0[1..17]);
+            r.pos = 17;
+            o
+        });
         let uid = (flags & F_UID != 0).then(|| r.varint() as u32);
         let gid = (flags & F_GID != 0).then(|| r.varint() as u32);
         let storage = (flags & F_STORAGE != 0).then(|| r.varint());
@@ -284,6 +300,7 @@ impl PackedUser {
             quota_rules,
             enabled: flags & F_ENABLED != 0,
             extra,
+            origin,
         }
     }
 }
@@ -313,6 +330,8 @@ pub struct User<'a> {
     pub enabled: bool,
     /// Other fields from the source.
     pub extra: Vec<(&'a str, &'a str)>,
+    /// The source entry this user came from.
+    pub origin: Option<[u8; 16]>,
 }
 
 impl User<'_> {
@@ -347,6 +366,7 @@ impl User<'_> {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            origin: self.origin,
         }
     }
 }
@@ -392,6 +412,7 @@ mod tests {
             quota_rules: vec![],
             enabled: true,
             extra: vec![("userdb_foo".into(), "bar".into())],
+            origin: None,
         };
         let packed = PackedUser::pack(&spec, &settings);
         let u = packed.view("a@x.org", &settings);
@@ -466,6 +487,7 @@ mod tests {
                 quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
                 enabled: false,
                 extra: vec![("k".into(), "v".into())],
+                origin: Some([9u8; 16]),
             },
         ] {
             let packed = PackedUser::pack(&spec, &settings);

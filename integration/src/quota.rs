@@ -42,13 +42,18 @@ pub const OVER_QUOTA_REPLY: &str = "452 4.2.2 Mailbox full";
 /// it goes to `default_transport`, which is `error:` in the harness).
 pub const SENDER: &str = "sender@outside.test";
 
+/// Dovecot's `quota_status_overquota`: ramdir's reply with a marker, so a
+/// test can tell which checker refused.
+pub const QUOTA_STATUS_OVER_QUOTA_REPLY: &str = "452 4.2.2 Mailbox is full (quota-status)";
+
 /// Lines appended to `dovecot.conf` for Dovecot's own `quota-status`
 /// policy service, on `base_dir/quota-status` (mode 0666: Postfix's smtpd
 /// runs as `postfix`), with the settings every guide uses (`DUNNO`, never
 /// the default `OK`, for success; `DUNNO` for unknown users so aliases are
-/// not refused; the same reply as ramdir's for over quota). LMTP answers
-/// over quota with a temporary `452 4.2.2` (`quota_full_tempfail = yes`,
-/// Dovecot's default is a final `552 5.2.2`).
+/// not refused; a temporary reply for over quota, as ramdir's, see
+/// [`QUOTA_STATUS_OVER_QUOTA_REPLY`]). LMTP answers over quota with a
+/// temporary `452 4.2.2` (`quota_full_tempfail = yes`; Dovecot's default
+/// is a final `552 5.2.2`).
 pub const QUOTA_STATUS_DOVECOT_CONF: &str = "\
 quota_full_tempfail = yes
 service quota-status {
@@ -61,7 +66,7 @@ service quota-status {
 plugin {
   quota_status_success = DUNNO
   quota_status_nouser = DUNNO
-  quota_status_overquota = \"452 4.2.2 Mailbox full\"
+  quota_status_overquota = \"452 4.2.2 Mailbox is full (quota-status)\"
 }
 ";
 
@@ -313,6 +318,8 @@ pub struct Fate {
     pub summary: String,
     /// The queue id, when the message was accepted.
     pub queue_id: Option<String>,
+    /// Every negative SMTP reply (MAIL, RCPT, end of DATA), in order.
+    pub refusals: Vec<Reply>,
     /// The maillog written during the attempt, for diagnostics.
     pub log: String,
 }
@@ -361,8 +368,10 @@ pub fn attempt(pf: &Postfix, a: &Attempt) -> Fate {
     };
     let r = c.command(&mail).expect("MAIL FROM");
     let mut queue_id = None;
+    let mut refusals = Vec::new();
     if !r.is_positive() {
         parts.push(format!("MAIL {}", short(&r)));
+        refusals.push(r);
     } else {
         let mut accepted = 0;
         for rcpt in a.rcpts {
@@ -371,6 +380,7 @@ pub fn attempt(pf: &Postfix, a: &Attempt) -> Fate {
                 accepted += 1;
             } else {
                 parts.push(format!("{}: RCPT {}", local(rcpt), short(&r)));
+                refusals.push(r);
             }
         }
         if accepted > 0 {
@@ -385,6 +395,7 @@ pub fn attempt(pf: &Postfix, a: &Attempt) -> Fate {
                 queue_id = Some(id);
             } else {
                 parts.push(format!("end of DATA {}", short(&r)));
+                refusals.push(r);
             }
         }
     }
@@ -393,6 +404,7 @@ pub fn attempt(pf: &Postfix, a: &Attempt) -> Fate {
     Fate {
         summary: parts.join("; "),
         queue_id,
+        refusals,
         log,
     }
 }

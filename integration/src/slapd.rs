@@ -76,9 +76,10 @@ pub const MAILACCOUNT_SCHEMA: &str = include_str!("../../docs/ldap/mailaccount.s
 const STOCK_SCHEMAS: [&str; 4] = ["core", "cosine", "inetorgperson", "misc"];
 
 /// What a slapd instance needs on this machine.
-const REQUIRED: [&str; 9] = [
+const REQUIRED: [&str; 10] = [
     "/usr/sbin/slapd",
     "/usr/sbin/slapadd",
+    "/usr/sbin/slapmodify",
     "/usr/bin/ldapsearch",
     "/usr/bin/ldapmodify",
     "/usr/bin/ldapadd",
@@ -206,7 +207,13 @@ pub fn ssha(password: &str, salt: &[u8]) -> String {
 /// SHA-1 (FIPS 180-4). Only for test password hashes; the integration
 /// crate has no hashing dependency.
 pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0];
+    let mut h: [u32; 5] = [
+        0x6745_2301,
+        0xEFCD_AB89,
+        0x98BA_DCFE,
+        0x1032_5476,
+        0xC3D2_E1F0,
+    ];
     let mut msg = data.to_vec();
     msg.push(0x80);
     while msg.len() % 64 != 56 {
@@ -257,7 +264,11 @@ pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -297,7 +308,12 @@ impl Slapd {
         write_atomic(&schema, MAILACCOUNT_SCHEMA);
         let conf = root.join("slapd.conf");
         write_atomic(&conf, &slapd_conf(&root, &schema));
-        let mut s = Slapd { root, conf, port: free_port(), child: None };
+        let mut s = Slapd {
+            root,
+            conf,
+            port: free_port(),
+            child: None,
+        };
         s.slapadd(ldif);
         s.start_again();
         s
@@ -334,6 +350,49 @@ impl Slapd {
         );
     }
 
+    /// Apply change records (`dn:` + `changetype:` LDIF) to the **stopped**
+    /// database with `slapmodify`: changes made while slapd is down, as a
+    /// restore or an offline fix would make them. With `write_csn` (`-w`)
+    /// the suffix's `contextCSN` moves forward to the changed entries'
+    /// `entryCSN`, so syncprov serves them to consumers after the restart.
+    ///
+    /// Traps (slapmodify 2.5.13):
+    /// - a `modify` gives the entry a **new `entryUUID`**: to a sync
+    ///   consumer, an offline modify is a delete plus an add of a new
+    ///   entry with the same DN and content;
+    /// - with `-w` it dies of SIGSEGV on a `delete` record (after
+    ///   deleting). Apply deletes without `-w` and follow them with a
+    ///   change with `-w` (e.g. to the suffix entry): a delete alone leaves
+    ///   `contextCSN` as it was, and a consumer whose cookie equals it is
+    ///   told that nothing changed.
+    pub fn slapmodify(&mut self, ldif: &str, write_csn: bool) {
+        assert!(!self.is_running(), "slapmodify needs slapd stopped");
+        let path = self.root.join("offline.ldif");
+        write_atomic(&path, ldif);
+        let mut cmd = Command::new("/usr/sbin/slapmodify");
+        if write_csn {
+            cmd.arg("-w");
+        }
+        let out = cmd
+            .arg("-f")
+            .arg(&self.conf)
+            .arg("-l")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run slapmodify: {e}"));
+        assert!(
+            out.status.success(),
+            "slapmodify{} -f {} -l {} failed ({}): {}{}\ninput:\n{ldif}",
+            if write_csn { " -w" } else { "" },
+            self.conf.display(),
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Start slapd (again, after [`stop`](Self::stop)) on the same port and
     /// database, and wait (up to 10 s) until it answers over `ldapi://`.
     /// Panics with its log if it exits or never answers.
@@ -359,11 +418,22 @@ impl Slapd {
         self.child = Some(child);
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
-                panic!("slapd exited with {status} at start; its log:\n{}", tail(&self.log_text(), 30));
+                panic!(
+                    "slapd exited with {status} at start; its log:\n{}",
+                    tail(&self.log_text(), 30)
+                );
             }
-            let probe = self.tool("ldapsearch", &["-LLL", "-b", "", "-s", "base", "namingContexts"], None);
+            let probe = self.tool(
+                "ldapsearch",
+                &["-LLL", "-b", "", "-s", "base", "namingContexts"],
+                None,
+            );
             if probe.status.success() {
                 return;
             }
@@ -381,7 +451,9 @@ impl Slapd {
     /// Stop slapd: SIGTERM, wait (up to 10 s) until it has exited, SIGKILL
     /// otherwise. It removes its ldapi socket and pid file itself.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + WAIT;
@@ -400,7 +472,9 @@ impl Slapd {
 
     /// Is slapd running?
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// `ldap://127.0.0.1:<port>` (what ramdir is configured with).
@@ -410,7 +484,10 @@ impl Slapd {
 
     /// `ldapi://` URL of the Unix socket `<stack>/ld/ldapi`, percent-encoded.
     pub fn ldapi_url(&self) -> String {
-        format!("ldapi://{}", percent_encode(&self.ldapi_path().display().to_string()))
+        format!(
+            "ldapi://{}",
+            percent_encode(&self.ldapi_path().display().to_string())
+        )
     }
 
     /// The ldapi socket.
@@ -442,7 +519,10 @@ impl Slapd {
     /// `SRCH base=… filter=…` log line contains `needle` (e.g. an address in
     /// a fallback filter).
     pub fn searches_matching(&self, needle: &str) -> usize {
-        self.log_text().lines().filter(|l| l.contains(" SRCH base=") && l.contains(needle)).count()
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" SRCH base=") && l.contains(needle))
+            .count()
     }
 
     /// Run an `ldap-utils` tool bound as the rootdn over ldapi, with `stdin`
@@ -453,13 +533,20 @@ impl Slapd {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {name}: {e}"));
         if let Some(text) = stdin {
             let mut w = child.stdin.take().expect("stdin piped");
-            w.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("write to {name}: {e}"));
+            w.write_all(text.as_bytes())
+                .unwrap_or_else(|e| panic!("write to {name}: {e}"));
         }
-        child.wait_with_output().unwrap_or_else(|e| panic!("wait for {name}: {e}"))
+        child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("wait for {name}: {e}"))
     }
 
     fn tool_ok(&self, name: &str, args: &[&str], stdin: Option<&str>) -> String {
@@ -507,7 +594,9 @@ impl Slapd {
 
     /// Add a value to an attribute of `dn` (one `ldapmodify`).
     pub fn add_value(&self, dn: &str, attr: &str, value: &str) {
-        self.ldapmodify(&format!("dn: {dn}\nchangetype: modify\nadd: {attr}\n{attr}: {value}\n"));
+        self.ldapmodify(&format!(
+            "dn: {dn}\nchangetype: modify\nadd: {attr}\n{attr}: {value}\n"
+        ));
     }
 
     /// `ldapsearch -LLL` as the rootdn; its output.
@@ -633,10 +722,14 @@ fn tail(text: &str, n: usize) -> String {
 fn sweep_stale_slapds() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let Ok(rd) = std::fs::read_dir("/tmp") else { return };
+        let Ok(rd) = std::fs::read_dir("/tmp") else {
+            return;
+        };
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rdi-")) else { continue };
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rdi-")) else {
+                continue;
+            };
             let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
                 continue;
             };
@@ -652,9 +745,14 @@ fn sweep_stale_slapds() {
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let conf = root.join("slapd.conf");
-            let mine = String::from_utf8_lossy(&cmdline).split('\0').any(|a| Path::new(a) == conf);
+            let mine = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .any(|a| Path::new(a) == conf);
             if mine && process_alive(pid) {
-                eprintln!("slapd harness: stopping leaked slapd {pid} of {}", root.display());
+                eprintln!(
+                    "slapd harness: stopping leaked slapd {pid} of {}",
+                    root.display()
+                );
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
@@ -689,7 +787,8 @@ impl RamdirStats {
 
     /// [`fetch`](Self::fetch), panicking on failure.
     pub fn get(socket: &Path) -> RamdirStats {
-        RamdirStats::fetch(socket).unwrap_or_else(|e| panic!("read stats from {}: {e}", socket.display()))
+        RamdirStats::fetch(socket)
+            .unwrap_or_else(|e| panic!("read stats from {}: {e}", socket.display()))
     }
 
     /// The raw JSON value of `"key"` (a number, `true`, `null`, or a string
@@ -753,7 +852,10 @@ mod tests {
     #[test]
     fn sha1_and_base64_match_the_standards() {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex(&sha1(b"abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
         let long = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
         assert_eq!(hex(&sha1(long)), "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
@@ -772,7 +874,10 @@ mod tests {
             raw: r#"{"directory":{"authoritative":false,"note":"serving the \"warm\" LDAP snapshot"},"ldap":{"full_loads":1,"phase":"in sync","x":null}}"#.into(),
         };
         assert!(!s.authoritative());
-        assert_eq!(s.note().as_deref(), Some("serving the \"warm\" LDAP snapshot"));
+        assert_eq!(
+            s.note().as_deref(),
+            Some("serving the \"warm\" LDAP snapshot")
+        );
         assert_eq!(s.num("full_loads"), 1);
         assert_eq!(s.phase(), "in sync");
         assert_eq!(s.field("x").as_deref(), Some("null"));
@@ -781,6 +886,9 @@ mod tests {
 
     #[test]
     fn ldapi_paths_are_percent_encoded() {
-        assert_eq!(percent_encode("/tmp/rdi-1-0/ld/ldapi"), "%2Ftmp%2Frdi-1-0%2Fld%2Fldapi");
+        assert_eq!(
+            percent_encode("/tmp/rdi-1-0/ld/ldapi"),
+            "%2Ftmp%2Frdi-1-0%2Fld%2Fldapi"
+        );
     }
 }

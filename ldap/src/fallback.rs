@@ -86,7 +86,7 @@ impl LdapFallback {
     async fn search(&self, filter: &str, limit: i32) -> Result<Vec<SearchEntry>, LdapError> {
         let s = self.source.settings();
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
+        if guard.as_mut().is_none_or(Ldap::is_closed) {
             *guard = Some(connect(s).await?);
         }
         let ldap = guard.as_mut().expect("connected above");
@@ -145,10 +145,16 @@ impl LdapFallback {
             .fallback_searches
             .fetch_add(1, Ordering::Relaxed);
         let limit = if kind == KeyKind::Domain { 1 } else { 10 };
-        let entries = self
-            .search(&filter, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let entries = match self.search(&filter, limit).await {
+            Ok(e) => e,
+            // A connection that died since its last use (LDAP restarted)
+            // is only noticed when used: reconnect and try once more.
+            Err(LdapError::Ldap(_)) => self
+                .search(&filter, limit)
+                .await
+                .map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
         let normalizer = self
             .source
             .handle()

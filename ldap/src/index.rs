@@ -97,13 +97,14 @@ impl Index {
     /// Add or replace an entry, in `dir` too.
     pub fn put(&mut self, dir: &mut Directory, uuid: Uuid, data: EntryData) {
         if let Some(old) = self.entries.remove(&uuid) {
-            withdraw(dir, &old);
+            withdraw(dir, &uuid, &old);
         }
-        let Some(user) = data.user else {
+        let Some(mut user) = data.user else {
             // Not a mailbox (any more): nothing to hold.
             return;
         };
         let login = user.login.clone();
+        user.origin = Some(uuid);
         dir.insert_user(&user);
         for a in &data.aliases {
             dir.set_alias(a, vec![login.clone()]);
@@ -121,7 +122,7 @@ impl Index {
     pub fn delete(&mut self, dir: &mut Directory, uuid: &Uuid) -> bool {
         match self.entries.remove(uuid) {
             Some(old) => {
-                withdraw(dir, &old);
+                withdraw(dir, uuid, &old);
                 true
             }
             None => false,
@@ -145,18 +146,27 @@ impl Index {
     }
 }
 
-fn withdraw(dir: &mut Directory, c: &Contribution) {
-    if let Some(login) = c.login.as_deref() {
-        dir.remove_user(login);
-        for a in c.aliases.iter() {
-            // Only remove an alias that still points here (another entry
-            // may have claimed the address since).
-            if dir
-                .alias(a)
-                .is_some_and(|t| t.len() == 1 && &*t[0] == login)
-            {
-                dir.remove_alias(a);
-            }
+/// Take an entry's contributions out of the directory — only those it
+/// still owns: when another entry has since claimed the address (moved to a
+/// new entry, or deleted and re-created while ramdir was disconnected, so the
+/// new entry arrives before the old one is swept), the new owner's mailbox
+/// and aliases stay.
+fn withdraw(dir: &mut Directory, uuid: &Uuid, c: &Contribution) {
+    let Some(login) = c.login.as_deref() else {
+        return;
+    };
+    let owned = dir.user(login).is_none_or(|u| u.origin == Some(*uuid));
+    if !owned {
+        return;
+    }
+    dir.remove_user(login);
+    for a in c.aliases.iter() {
+        // Only remove an alias that still points here.
+        if dir
+            .alias(a)
+            .is_some_and(|t| t.len() == 1 && &*t[0] == login)
+        {
+            dir.remove_alias(a);
         }
     }
 }
@@ -206,6 +216,30 @@ mod tests {
         // An entry that stops being a mailbox withdraws.
         idx.put(&mut dir, v, EntryData::default());
         assert!(!dir.has_user("c@x.org") && idx.is_empty());
+    }
+
+    #[test]
+    fn an_address_taken_over_by_another_entry_survives_the_old_one() {
+        let mut dir = Directory::new(Settings::default());
+        let mut idx = Index::new();
+        let (old, new) = ([1u8; 16], [2u8; 16]);
+        idx.put(&mut dir, old, data("x@x.org", &["a@x.org"]));
+        // Re-created while disconnected: the new entry arrives first…
+        idx.put(&mut dir, new, data("x@x.org", &["a@x.org"]));
+        // …then the old one is swept.
+        assert!(idx.delete(&mut dir, &old));
+        assert!(dir.has_user("x@x.org"), "the new owner's mailbox stays");
+        assert_eq!(dir.user("x@x.org").unwrap().origin, Some(new));
+        assert!(dir.alias("a@x.org").is_some(), "and its alias");
+        // The address moved: the old entry changes its own address.
+        let third = [3u8; 16];
+        idx.put(&mut dir, third, data("y@x.org", &[]));
+        idx.put(&mut dir, new, data("y@x.org", &[]));
+        idx.put(&mut dir, third, data("z@x.org", &[]));
+        assert!(dir.has_user("y@x.org") && dir.has_user("z@x.org"));
+        // The owner itself withdrawing does remove it.
+        assert!(idx.delete(&mut dir, &new));
+        assert!(!dir.has_user("y@x.org"));
     }
 
     #[test]

@@ -180,6 +180,8 @@ impl Mapping {
             quota_rules: Vec::new(),
             enabled,
             extra: Vec::new(),
+            // Set by the index, which knows the entry's UUID.
+            origin: None,
         };
         let mut aliases = Vec::new();
         for attr in &self.aliases {

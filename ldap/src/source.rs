@@ -310,6 +310,7 @@ impl LdapSource {
         if !self.settings.sync {
             // Loaded once; misses keep going to the fallback.
             self.set_phase("loaded (sync disabled)");
+            self.not_authoritative("LDAP sync disabled: misses are looked up in LDAP");
             let _ = stop.wait_for(|s| *s).await;
             let _ = ldap.unbind().await;
             return SessionEnd::Stopped;
@@ -848,6 +849,7 @@ impl Saved {
             quota_rules: Vec::new(),
             enabled: self.enabled,
             extra: Vec::new(),
+            origin: Some(uuid),
         };
         Some((
             uuid,

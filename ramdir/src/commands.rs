@@ -232,6 +232,18 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
     listener("policy", config.policy.as_ref());
     listener("milter", config.milter.as_ref());
     listener("dict", config.dict.as_ref().map(|d| &d.listener));
+    if let Some(l) = &config.ldap {
+        if let ramdir_ldap::settings::Bind::Simple { password_file, .. } = &l.bind {
+            ramdir_ldap::conn::read_password(password_file)?;
+        }
+        out.push_str(&format!(
+            "ldap: {} base {} (sync {}, fallback {})\n",
+            l.url,
+            l.base,
+            if l.sync { "on" } else { "off" },
+            if l.fallback { "on" } else { "off" }
+        ));
+    }
     match &config.quota {
         Some(q) => out.push_str(&format!(
             "quota store: {} (grace {:?}, over quota: {})\n",

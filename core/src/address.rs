@@ -99,6 +99,42 @@ impl Normalizer {
         })
     }
 
+    /// Whether `key` is already exactly its normalised full form (folded, no
+    /// extension, no quotes, a plain domain), so that it can be looked up as
+    /// it is, without allocating. A `false` only means "take the general
+    /// path": [`Normalizer::address`] decides what the key really is.
+    pub fn is_normal_form(&self, key: &str) -> bool {
+        let b = key.as_bytes();
+        if b.len() > MAX_KEY_LEN {
+            return false;
+        }
+        let Some(at) = b.iter().rposition(|&c| c == b'@') else { return false };
+        let (local, domain) = (&b[..at], &b[at + 1..]);
+        if local.is_empty() || local.len() > MAX_PART_LEN || domain.is_empty() || domain.len() > MAX_PART_LEN {
+            return false;
+        }
+        let delim = self.recipient_delimiter.as_bytes();
+        for (i, &c) in local.iter().enumerate() {
+            let plain = c.is_ascii_graphic() && c != b'"' && c != b'@' && c != b'\\';
+            let folded = !self.fold_local_part || !c.is_ascii_uppercase();
+            if !plain || !folded || (i > 0 && delim.contains(&c)) {
+                return false;
+            }
+        }
+        if domain[0] == b'.' || domain[domain.len() - 1] == b'.' {
+            return false;
+        }
+        let mut prev_dot = false;
+        for &c in domain {
+            let ok = c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_' || c == b'.';
+            if !ok || (c == b'.' && prev_dot) {
+                return false;
+            }
+            prev_dot = c == b'.';
+        }
+        true
+    }
+
     /// Fold a bare domain. `None` for things that are not a domain name of
     /// ours: address literals, wildcards, empty or oversized names.
     pub fn domain(&self, domain: &str) -> Option<String> {
@@ -225,6 +261,37 @@ mod tests {
             "user@example..org",
         ] {
             assert_eq!(n().address(key), None, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn normal_form_means_address_gives_the_key_back() {
+        let n = n();
+        for key in [
+            "a@x.org", "john.doe@sub.example.org", "a_b-c@x-y.org", "+foo@x.org", "a!#$%&'*/=?^`{|}~@x.org",
+        ] {
+            assert!(n.is_normal_form(key), "{key}");
+            let a = n.address(key).unwrap();
+            assert_eq!(a.full(), key);
+            assert_eq!(a.extension, None);
+        }
+        for key in [
+            "A@x.org", "a@X.org", "a+b@x.org", "\"a\"@x.org", "a@x.org.", "a@.x.org", "a@x..org", "a@[1.2.3.4]",
+            "a b@x.org", "@x.org", "a@", "x.org", "", "é@x.org", "a@x.org\n",
+        ] {
+            assert!(!n.is_normal_form(key), "{key:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normal_form_agrees_with_address(key in "[a-zA-Z0-9+.@\"_ -]{0,20}") {
+            let n = Normalizer::default();
+            if n.is_normal_form(&key) {
+                let a = n.address(&key);
+                proptest::prop_assert!(a.is_some());
+                proptest::prop_assert_eq!(a.unwrap().full(), key);
+            }
         }
     }
 

@@ -128,6 +128,12 @@ impl Directory {
         Some(v.view(k, &self.settings))
     }
 
+    /// The table's own copy of a login, if a user with exactly this login
+    /// exists.
+    pub fn user_key(&self, login: &str) -> Option<&str> {
+        self.users.get_key_value(login).map(|(k, _)| k)
+    }
+
     /// Whether a user with exactly this login exists.
     pub fn has_user(&self, login: &str) -> bool {
         self.users.contains_key(login)
@@ -296,6 +302,14 @@ impl DirectoryHandle {
     /// The current snapshot. Take it once per request.
     pub fn snapshot(&self) -> Arc<Directory> {
         self.current.load_full()
+    }
+
+    /// The current snapshot as a short-lived guard: the cheapest way to read
+    /// it for one request (no shared reference count is touched; arc-swap's
+    /// "debt" slots). Do not keep it across long waits; use
+    /// [`DirectoryHandle::snapshot`] for that.
+    pub fn current(&self) -> arc_swap::Guard<Arc<Directory>> {
+        self.current.load()
     }
 
     /// Publish a directory built aside (a reload).

@@ -311,6 +311,17 @@ impl Directory {
         self.has_domain(&d).then_some(d)
     }
 
+    /// The login of the mailbox an address delivers to directly; the fast
+    /// path of [`Directory::lookup_mailbox`] (no allocation when the key is
+    /// already in normal form, no `User` built).
+    pub fn mailbox_login(&self, key: &str) -> Option<&str> {
+        if self.settings().normalizer.is_normal_form(key) {
+            return self.user_key(key);
+        }
+        let addr = self.settings().normalizer.address(key)?;
+        self.user_key(&addr.full()).or_else(|| self.user_key(&addr.base()))
+    }
+
     /// Socketmap `mailboxes`: the mailbox an address delivers to directly.
     pub fn lookup_mailbox(&self, key: &str) -> Option<User<'_>> {
         let addr = self.settings().normalizer.address(key)?;

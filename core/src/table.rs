@@ -11,19 +11,20 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 /// Number of shards. 256 keeps a single-entry edit of a 1M-entry table at
 /// about 4,000 copied entries (well under a millisecond) while costing only
 /// 256 empty maps for a tiny directory.
 pub const SHARDS: usize = 256;
 
-/// Fixed seed for choosing the shard: stable within a process, which is all
-/// that matters since tables are never persisted by shard.
-const SHARD_SEED: u64 = 0x7261_6d64_6972_0001;
+/// Fixed seed of the key hash: stable within a process, which is all that
+/// matters since tables are never persisted. One hash per lookup picks the
+/// shard (top bits) and probes it (all bits).
+const SEED: u64 = 0x7261_6d64_6972_0001;
 
 /// One shard: shared between snapshots until one of them edits it.
-type Shard<V> = Arc<HashMap<Box<str>, V>>;
+type Shard<V> = Arc<HashTable<(Box<str>, V)>>;
 
 /// A string-keyed map made of copy-on-write shards.
 #[derive(Debug)]
@@ -44,14 +45,17 @@ impl<V> Clone for Table<V> {
 impl<V> Default for Table<V> {
     fn default() -> Self {
         Table {
-            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect(),
             len: 0,
         }
     }
 }
 
-fn shard_of(key: &str) -> usize {
-    let h = foldhash::fast::FixedState::with_seed(SHARD_SEED).hash_one(key);
+fn hash(key: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(SEED).hash_one(key)
+}
+
+fn shard_of(h: u64) -> usize {
     (h >> 56) as usize % SHARDS
 }
 
@@ -63,14 +67,13 @@ impl<V: Clone> Table<V> {
 
     /// The value stored under `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.shards[shard_of(key)].get(key)
+        self.get_key_value(key).map(|(_, v)| v)
     }
 
     /// The table's own key and the value stored under `key`.
     pub fn get_key_value(&self, key: &str) -> Option<(&str, &V)> {
-        self.shards[shard_of(key)]
-            .get_key_value(key)
-            .map(|(k, v)| (&**k, v))
+        let h = hash(key);
+        self.shards[shard_of(h)].find(h, |(k, _)| **k == *key).map(|(k, v)| (&**k, v))
     }
 
     /// Whether `key` is present.
@@ -90,64 +93,54 @@ impl<V: Clone> Table<V> {
 
     /// Insert or replace; copies the key's shard first if a snapshot shares it.
     pub fn insert(&mut self, key: &str, value: V) -> Option<V> {
-        let shard = Arc::make_mut(&mut self.shards[shard_of(key)]);
-        let old = match shard.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, value)),
+        let h = hash(key);
+        let shard = Arc::make_mut(&mut self.shards[shard_of(h)]);
+        match shard.find_mut(h, |(k, _)| **k == *key) {
+            Some((_, slot)) => Some(std::mem::replace(slot, value)),
             None => {
-                shard.insert(key.into(), value);
+                shard.insert_unique(h, (key.into(), value), |(k, _)| hash(k));
+                self.len += 1;
                 None
             }
-        };
-        if old.is_none() {
-            self.len += 1;
         }
-        old
     }
 
     /// Mutable access to a value; copies the key's shard if it is shared.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        let idx = shard_of(key);
-        if !self.shards[idx].contains_key(key) {
-            return None;
-        }
-        Arc::make_mut(&mut self.shards[idx]).get_mut(key)
+        let h = hash(key);
+        let idx = shard_of(h);
+        self.shards[idx].find(h, |(k, _)| **k == *key)?;
+        Arc::make_mut(&mut self.shards[idx]).find_mut(h, |(k, _)| **k == *key).map(|(_, v)| v)
     }
 
     /// Remove `key`; copies its shard only if the key is present.
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        let idx = shard_of(key);
-        if !self.shards[idx].contains_key(key) {
-            return None;
-        }
-        let old = Arc::make_mut(&mut self.shards[idx]).remove(key);
-        if old.is_some() {
-            self.len -= 1;
-        }
-        old
+        let h = hash(key);
+        let idx = shard_of(h);
+        self.shards[idx].find(h, |(k, _)| **k == *key)?;
+        let shard = Arc::make_mut(&mut self.shards[idx]);
+        let entry = shard.find_entry(h, |(k, _)| **k == *key).ok()?;
+        let ((_, v), _) = entry.remove();
+        self.len -= 1;
+        Some(v)
     }
 
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.shards
-            .iter()
-            .flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
     }
 
     /// Release spare capacity after a bulk load.
     pub fn shrink_to_fit(&mut self) {
         for s in self.shards.iter_mut() {
-            Arc::make_mut(s).shrink_to_fit();
+            Arc::make_mut(s).shrink_to_fit(|(k, _)| hash(k));
         }
     }
 
     /// How many shards this table shares with `other` (for tests and stats:
     /// shows that an edit copied only what it touched).
     pub fn shared_shards(&self, other: &Table<V>) -> usize {
-        self.shards
-            .iter()
-            .zip(other.shards.iter())
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
-            .count()
+        self.shards.iter().zip(other.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
     }
 }
 

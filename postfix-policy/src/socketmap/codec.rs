@@ -107,6 +107,30 @@ fn check(buf: &[u8], max: usize) -> Result<Option<(std::ops::Range<usize>, usize
     }
 }
 
+/// Decimal digits of `n` without allocating.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn itoa_buf(mut n: usize) -> Digits {
+    let mut d = Digits { buf: [0; 20], start: 20 };
+    loop {
+        d.start -= 1;
+        d.buf[d.start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return d;
+        }
+    }
+}
+
 /// Append `payload` as a netstring.
 pub fn encode_netstring(payload: &[u8], out: &mut BytesMut) {
     out.reserve(payload.len() + 12);
@@ -138,6 +162,15 @@ impl Request {
 
     /// Take one request off the front of `buf`; `Ok(None)` = need more data.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
+        Request::decode_with(buf, |map, key| Request { map: map.to_vec(), key: key.to_vec() })
+    }
+
+    /// Take one request off the front of `buf` and hand its map name and key
+    /// to `f` without copying them (the server's hot path).
+    pub fn decode_with<R>(
+        buf: &mut BytesMut,
+        f: impl FnOnce(&[u8], &[u8]) -> R,
+    ) -> Result<Option<R>, CodecError> {
         let Some((range, total)) = check(buf, MAX_REQUEST)? else {
             return Ok(None);
         };
@@ -155,12 +188,9 @@ impl Request {
                 "map name longer than {MAX_MAP_NAME}"
             )));
         }
-        let req = Request {
-            map: payload[..sp].to_vec(),
-            key: payload[sp + 1..].to_vec(),
-        };
+        let r = f(&payload[..sp], &payload[sp + 1..]);
         buf.advance(total);
-        Ok(Some(req))
+        Ok(Some(r))
     }
 
     /// Append the request's netstring.
@@ -201,11 +231,40 @@ impl Reply {
         }
     }
 
-    /// Append the reply's netstring.
+    /// Append the reply's netstring (written in place: this is on every
+    /// request's path).
     pub fn encode(&self, out: &mut BytesMut) {
-        encode_netstring(self.payload().as_bytes(), out);
+        let (word, data): (&[u8], &str) = match self {
+            Reply::Ok(d) => (b"OK ", d),
+            Reply::NotFound => (b"NOTFOUND ", ""),
+            Reply::Temp(r) => (b"TEMP ", r),
+            Reply::Timeout(r) => (b"TIMEOUT ", r),
+            Reply::Perm(r) => (b"PERM ", r),
+        };
+        encode_reply(word, data, out);
     }
 
+    /// Append `OK <data>` without building a [`Reply`] (the hot path of a
+    /// found key).
+    pub fn encode_ok(data: &str, out: &mut BytesMut) {
+        encode_reply(b"OK ", data, out);
+    }
+}
+
+fn encode_reply(word: &[u8], data: &str, out: &mut BytesMut) {
+    {
+        let len = word.len() + data.len();
+        let mut digits = itoa_buf(len);
+        out.reserve(len + 22);
+        out.put_slice(digits.as_bytes_mut());
+        out.put_u8(b':');
+        out.put_slice(word);
+        out.put_slice(data.as_bytes());
+        out.put_u8(b',');
+    }
+}
+
+impl Reply {
     /// Take one reply off the front of `buf` (for clients: `ramdir query
     /// --socket`, the load tool); `Ok(None)` = need more data.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Reply>, CodecError> {

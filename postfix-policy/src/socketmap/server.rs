@@ -20,7 +20,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::codec::{Reply, Request};
-use super::service::{answer, source_question, source_unavailable, truncate};
+use super::service::{
+    Answer, answer, decide, source_question, source_question_parts, source_unavailable, truncate,
+};
 
 /// Idle time after which ramdir closes a connection. Postfix closes an idle
 /// socketmap connection after 10 s and any connection after 100 s
@@ -111,6 +113,38 @@ pub async fn run(
     .await
 }
 
+/// Requests counted locally before they are added to the shared counter:
+/// an atomic add on every request would bounce its cache line between the
+/// CPUs serving different connections.
+const COUNT_BATCH: u64 = 256;
+
+/// A connection's request count, flushed in batches and when it ends.
+struct Counted<'a> {
+    stats: &'a Stats,
+    pending: u64,
+}
+
+impl Counted<'_> {
+    fn add(&mut self) {
+        self.pending += 1;
+        if self.pending >= COUNT_BATCH {
+            self.stats.requests.fetch_add(self.pending, Ordering::Relaxed);
+            self.pending = 0;
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.stats.requests.fetch_add(self.pending, Ordering::Relaxed);
+    }
+}
+
+/// How often a busy connection pushes its idle deadline forward. Resetting
+/// a timer on every request would cost more than the lookup itself; a
+/// deadline up to this much early is harmless next to [`IDLE_TIMEOUT`].
+const IDLE_RESET_EVERY: Duration = Duration::from_secs(1);
+
 async fn serve_connection(
     mut stream: UnixStream,
     directory: &DirectoryHandle,
@@ -120,32 +154,49 @@ async fn serve_connection(
 ) {
     let mut buf = BytesMut::with_capacity(512);
     let mut out = BytesMut::with_capacity(512);
+    // One idle timer and one stop future per connection, not per read.
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
+    let mut last_reset = tokio::time::Instant::now();
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
+    let mut stopped = false;
+    let mut counted = Counted { stats, pending: 0 };
     loop {
         // Answer every complete request already buffered.
         loop {
-            match Request::decode(&mut buf) {
-                Ok(Some(req)) => {
-                    let reply = answer_request(directory, config, &req).await;
-                    tracing::trace!(
-                        map = %String::from_utf8_lossy(&req.map),
-                        key = %truncate(&String::from_utf8_lossy(&req.key), 100),
-                        reply = ?reply,
-                        "socketmap lookup"
-                    );
-                    out.clear();
-                    reply.encode(&mut out);
-                    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "socketmap client went away");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!("socketmap client did not read its reply; closing");
-                            return;
-                        }
+            let dir = directory.current();
+            // Answer in place from the snapshot; only a miss the source must
+            // settle copies the request out of the buffer.
+            let decoded = Request::decode_with(&mut buf, |map, key| {
+                let reply = match decide(&dir, map, key) {
+                    Answer::Login(login) => {
+                        Reply::encode_ok(login, &mut out);
+                        return Ok(None);
                     }
-                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    Answer::Reply(r) => r,
+                };
+                tracing::trace!(
+                    map = %String::from_utf8_lossy(map),
+                    key = %truncate(&String::from_utf8_lossy(key), 100),
+                    reply = ?reply,
+                    "socketmap lookup"
+                );
+                match source_question_parts(&dir, map, key, &reply) {
+                    None => Ok(Some(reply)),
+                    Some(_) => Err(Request { map: map.to_vec(), key: key.to_vec() }),
+                }
+            });
+            match decoded {
+                Ok(Some(answered)) => {
+                    match answered {
+                        Ok(None) => {}
+                        Ok(Some(reply)) => reply.encode(&mut out),
+                        Err(req) => answer_request(directory, config, &req).await.encode(&mut out),
+                    }
+                    counted.add();
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -155,31 +206,67 @@ async fn serve_connection(
                 }
             }
         }
-        if *stop.borrow() {
+        if !out.is_empty() {
+            // Most replies fit the socket buffer at once: try without a timer.
+            match stream.try_write(&out) {
+                Ok(n) if n == out.len() => out.clear(),
+                Ok(n) => {
+                    let _ = out.split_to(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "socketmap client went away");
+                    return;
+                }
+            }
+            if !out.is_empty() {
+                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+                    Ok(Ok(())) => out.clear(),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "socketmap client went away");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!("socketmap client did not read its reply; closing");
+                        return;
+                    }
+                }
+            }
+        }
+        if stopped {
+            // Shutting down: the requests that had arrived are answered.
             return;
         }
         tokio::select! {
-            r = tokio::time::timeout(config.idle_timeout, stream.read_buf(&mut buf)) => match r {
-                Ok(Ok(0)) => {
+            biased;
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) => {
                     if !buf.is_empty() {
                         tracing::debug!(pending = buf.len(), "socketmap client closed mid-request");
                     }
                     return;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+                Ok(_) => {
+                    let now = tokio::time::Instant::now();
+                    if now.duration_since(last_reset) >= IDLE_RESET_EVERY {
+                        idle.as_mut().reset(now + config.idle_timeout);
+                        last_reset = now;
+                    }
+                }
+                Err(e) => {
                     tracing::debug!(error = %e, "socketmap read failed");
                     return;
                 }
-                Err(_) => {
-                    tracing::debug!("socketmap connection idle; closing");
+            },
+            () = &mut idle => {
+                tracing::debug!("socketmap connection idle; closing");
+                return;
+            }
+            () = &mut stopping, if !stopped => {
+                stopped = true;
+                if buf.is_empty() {
                     return;
                 }
-            },
-            _ = stop.changed() => {
-                // Shutting down: a request whose bytes already arrived is
-                // answered by the loop above before we return.
-                if buf.is_empty() { return; }
             }
         }
     }
@@ -327,6 +414,13 @@ mod tests {
         }
         for t in tasks {
             t.await.unwrap();
+        }
+        // Counts are flushed when each connection ends (clients just closed).
+        for _ in 0..200 {
+            if srv.stats.requests.load(Ordering::Relaxed) == 32 * 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(srv.stats.requests.load(Ordering::Relaxed), 32 * 50);
     }

@@ -92,8 +92,8 @@ pub fn lookup(dir: &Directory, table: Table, key: &str) -> Outcome {
             Some(d) => Outcome::Found(vec![d]),
             None => Outcome::NotFound,
         },
-        Table::Mailboxes => match dir.lookup_mailbox(key) {
-            Some(u) => Outcome::Found(vec![u.login.to_string()]),
+        Table::Mailboxes => match dir.mailbox_login(key) {
+            Some(login) => Outcome::Found(vec![login.to_string()]),
             None => Outcome::NotFound,
         },
         Table::Aliases => from(dir.lookup_alias(key)),
@@ -125,13 +125,53 @@ pub fn to_reply(outcome: Outcome) -> Reply {
 
 /// Answer one request from one snapshot.
 pub fn answer(dir: &Directory, req: &Request) -> Reply {
-    let Some(table) = Table::from_name(&req.map) else {
+    answer_parts(dir, &req.map, &req.key)
+}
+
+/// An answer that may borrow from the snapshot (so the common hit is
+/// encoded without allocating).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<'d> {
+    /// `OK <login>`, the login borrowed from the directory.
+    Login(&'d str),
+    /// Any other reply.
+    Reply(Reply),
+}
+
+impl Answer<'_> {
+    /// As an owned reply.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            Answer::Login(l) => Reply::Ok(l.to_string()),
+            Answer::Reply(r) => r,
+        }
+    }
+}
+
+/// Answer a request given as map name and key bytes, borrowing from `dir`
+/// where it can.
+pub fn decide<'d>(dir: &'d Directory, map: &[u8], key: &[u8]) -> Answer<'d> {
+    if map == Table::Mailboxes.name().as_bytes()
+        && key.len() <= MAX_QUERY
+        && let Ok(k) = std::str::from_utf8(key)
+    {
+        return match dir.mailbox_login(k) {
+            Some(login) => Answer::Login(login),
+            None => Answer::Reply(Reply::NotFound),
+        };
+    }
+    Answer::Reply(answer_parts(dir, map, key))
+}
+
+/// Answer a request given as map name and key bytes.
+pub fn answer_parts(dir: &Directory, map: &[u8], key: &[u8]) -> Reply {
+    let Some(table) = Table::from_name(map) else {
         // A misspelt table in main.cf: defer (and Postfix logs the reason)
         // rather than declare every address unknown.
-        let name = String::from_utf8_lossy(&req.map);
+        let name = String::from_utf8_lossy(map);
         return Reply::Temp(format!("unknown table {:?}", truncate(&name, 100)));
     };
-    let Ok(key) = std::str::from_utf8(&req.key) else {
+    let Ok(key) = std::str::from_utf8(key) else {
         return Reply::NotFound;
     };
     to_reply(lookup(dir, table, key))
@@ -141,11 +181,21 @@ pub fn answer(dir: &Directory, req: &Request) -> Reply {
 /// (an LDAP source still loading, or its sync lost): the key to ask the
 /// source about, if any.
 pub fn source_question(dir: &Directory, req: &Request, reply: &Reply) -> Option<(KeyKind, String)> {
+    source_question_parts(dir, &req.map, &req.key, reply)
+}
+
+/// [`source_question`] for a request given as map name and key bytes.
+pub fn source_question_parts(
+    dir: &Directory,
+    map: &[u8],
+    key: &[u8],
+    reply: &Reply,
+) -> Option<(KeyKind, String)> {
     if dir.authoritative() || *reply != Reply::NotFound {
         return None;
     }
-    let table = Table::from_name(&req.map)?;
-    let key = std::str::from_utf8(&req.key).ok()?;
+    let table = Table::from_name(map)?;
+    let key = std::str::from_utf8(key).ok()?;
     let n = &dir.settings().normalizer;
     match table {
         Table::Domains => n.domain(key).map(|d| (KeyKind::Domain, d)),

@@ -109,27 +109,22 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
             Ok(())
         })?;
     }
-    let mut seen_users = hashbrown::HashMap::<String, (usize, usize)>::new();
-    for (fi, p) in sources.passwd_files.iter().enumerate() {
+    // Duplicates are found through the directory itself: a side table of
+    // every login would cost about 100 MB at a million users. Only on the
+    // (rare) error path are the files read again to say where the first one is.
+    for p in &sources.passwd_files {
         read_lines(p, |line, text| {
             let spec = parse_passwd_line(text, dir.settings()).map_err(|m| syntax(p, line, m))?;
-            if let Some((ffi, fl)) = seen_users.insert(spec.login.clone(), (fi, line)) {
-                let first = &sources.passwd_files[ffi];
-                return Err(syntax(
-                    p,
-                    line,
-                    format!(
-                        "duplicate user {}, first at {}:{fl}",
-                        spec.login,
-                        first.display()
-                    ),
-                ));
+            if dir.has_user(&spec.login) {
+                let first = first_definition(&sources.passwd_files, dir.settings(), &spec.login)
+                    .map(|(f, l)| format!(", first at {}:{l}", f.display()))
+                    .unwrap_or_default();
+                return Err(syntax(p, line, format!("duplicate user {}{first}", spec.login)));
             }
             dir.insert_user(&spec);
             Ok(())
         })?;
     }
-    drop(seen_users);
     for p in &sources.alias_files {
         read_map(p, |line, key, value| {
             let key = map_key(&dir, key)
@@ -160,6 +155,30 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     let n = sources.all().count();
     dir.set_source(&format!("{n} file{}", if n == 1 { "" } else { "s" }));
     Ok(dir)
+}
+
+/// Where `login` is first defined in the passwd-files (for the duplicate
+/// error message).
+fn first_definition<'a>(
+    files: &'a [PathBuf],
+    settings: &Settings,
+    login: &str,
+) -> Option<(&'a Path, usize)> {
+    for f in files {
+        let mut found = None;
+        let _ = read_lines(f, |line, text| {
+            if parse_passwd_line(text, settings).is_ok_and(|s| s.login == login) {
+                found = Some(line);
+                // Stop reading: any error ends the scan.
+                return Err(syntax(f, line, String::new()));
+            }
+            Ok(())
+        });
+        if let Some(l) = found {
+            return Some((f, l));
+        }
+    }
+    None
 }
 
 fn syntax(path: &Path, line: usize, msg: String) -> LoadError {

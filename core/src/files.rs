@@ -119,7 +119,11 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
                 let first = first_definition(&sources.passwd_files, dir.settings(), &spec.login)
                     .map(|(f, l)| format!(", first at {}:{l}", f.display()))
                     .unwrap_or_default();
-                return Err(syntax(p, line, format!("duplicate user {}{first}", spec.login)));
+                return Err(syntax(
+                    p,
+                    line,
+                    format!("duplicate user {}{first}", spec.login),
+                ));
             }
             dir.insert_user(&spec);
             Ok(())

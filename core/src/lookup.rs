@@ -319,7 +319,8 @@ impl Directory {
             return self.user_key(key);
         }
         let addr = self.settings().normalizer.address(key)?;
-        self.user_key(&addr.full()).or_else(|| self.user_key(&addr.base()))
+        self.user_key(&addr.full())
+            .or_else(|| self.user_key(&addr.base()))
     }
 
     /// Socketmap `mailboxes`: the mailbox an address delivers to directly.

@@ -73,7 +73,9 @@ impl<V: Clone> Table<V> {
     /// The table's own key and the value stored under `key`.
     pub fn get_key_value(&self, key: &str) -> Option<(&str, &V)> {
         let h = hash(key);
-        self.shards[shard_of(h)].find(h, |(k, _)| **k == *key).map(|(k, v)| (&**k, v))
+        self.shards[shard_of(h)]
+            .find(h, |(k, _)| **k == *key)
+            .map(|(k, v)| (&**k, v))
     }
 
     /// Whether `key` is present.
@@ -110,7 +112,9 @@ impl<V: Clone> Table<V> {
         let h = hash(key);
         let idx = shard_of(h);
         self.shards[idx].find(h, |(k, _)| **k == *key)?;
-        Arc::make_mut(&mut self.shards[idx]).find_mut(h, |(k, _)| **k == *key).map(|(_, v)| v)
+        Arc::make_mut(&mut self.shards[idx])
+            .find_mut(h, |(k, _)| **k == *key)
+            .map(|(_, v)| v)
     }
 
     /// Remove `key`; copies its shard only if the key is present.
@@ -127,7 +131,9 @@ impl<V: Clone> Table<V> {
 
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (&**k, v)))
     }
 
     /// Release spare capacity after a bulk load.
@@ -140,7 +146,11 @@ impl<V: Clone> Table<V> {
     /// How many shards this table shares with `other` (for tests and stats:
     /// shows that an edit copied only what it touched).
     pub fn shared_shards(&self, other: &Table<V>) -> usize {
-        self.shards.iter().zip(other.shards.iter()).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
+        self.shards
+            .iter()
+            .zip(other.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
     }
 }
 

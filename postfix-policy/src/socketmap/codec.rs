@@ -120,7 +120,10 @@ impl Digits {
 }
 
 fn itoa_buf(mut n: usize) -> Digits {
-    let mut d = Digits { buf: [0; 20], start: 20 };
+    let mut d = Digits {
+        buf: [0; 20],
+        start: 20,
+    };
     loop {
         d.start -= 1;
         d.buf[d.start] = b'0' + (n % 10) as u8;
@@ -162,7 +165,10 @@ impl Request {
 
     /// Take one request off the front of `buf`; `Ok(None)` = need more data.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
-        Request::decode_with(buf, |map, key| Request { map: map.to_vec(), key: key.to_vec() })
+        Request::decode_with(buf, |map, key| Request {
+            map: map.to_vec(),
+            key: key.to_vec(),
+        })
     }
 
     /// Take one request off the front of `buf` and hand its map name and key

@@ -128,7 +128,9 @@ impl Counted<'_> {
     fn add(&mut self) {
         self.pending += 1;
         if self.pending >= COUNT_BATCH {
-            self.stats.requests.fetch_add(self.pending, Ordering::Relaxed);
+            self.stats
+                .requests
+                .fetch_add(self.pending, Ordering::Relaxed);
             self.pending = 0;
         }
     }
@@ -136,7 +138,9 @@ impl Counted<'_> {
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.stats.requests.fetch_add(self.pending, Ordering::Relaxed);
+        self.stats
+            .requests
+            .fetch_add(self.pending, Ordering::Relaxed);
     }
 }
 
@@ -186,7 +190,10 @@ async fn serve_connection(
                 );
                 match source_question_parts(&dir, map, key, &reply) {
                     None => Ok(Some(reply)),
-                    Some(_) => Err(Request { map: map.to_vec(), key: key.to_vec() }),
+                    Some(_) => Err(Request {
+                        map: map.to_vec(),
+                        key: key.to_vec(),
+                    }),
                 }
             });
             match decoded {
@@ -194,7 +201,9 @@ async fn serve_connection(
                     match answered {
                         Ok(None) => {}
                         Ok(Some(reply)) => reply.encode(&mut out),
-                        Err(req) => answer_request(directory, config, &req).await.encode(&mut out),
+                        Err(req) => answer_request(directory, config, &req)
+                            .await
+                            .encode(&mut out),
                     }
                     counted.add();
                 }

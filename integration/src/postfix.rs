@@ -217,8 +217,10 @@ impl Postfix {
     /// Run `postfix -c ETC <sub>` through `script` (Postfix only prints its
     /// errors to a terminal, trap 1). Returns the command's output.
     pub fn run(&self, sub: &str) -> Output {
+        // A wedged Postfix (e.g. its postlogd gone) can block `postfix
+        // stop` forever: bound every command so the suite cannot hang.
         let cmd = format!(
-            "postfix -c {} {sub}",
+            "timeout -k 5 30 postfix -c {} {sub}",
             shell_quote(&self.etc.display().to_string())
         );
         Command::new("script")

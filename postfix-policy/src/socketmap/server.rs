@@ -24,7 +24,9 @@ use super::service::{
     Answer, answer, decide, source_question, source_question_parts, source_unavailable, truncate,
 };
 
-/// Idle time after which ramdir closes a connection. Postfix closes an idle
+/// Idle time after which ramdir closes a connection (a quiet connection is
+/// closed between one and two timeouts after its last request: the timer is
+/// re-armed when it fires rather than on every request). Postfix closes an idle
 /// socketmap connection after 10 s and any connection after 100 s
 /// (`DICT_SOCKMAP_DEF_MAX_IDLE`/`MAX_TTL`, `src/util/dict_sockmap.c`), so
 /// 120 s means ramdir never closes first under a live Postfix and only
@@ -144,11 +146,6 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// How often a busy connection pushes its idle deadline forward. Resetting
-/// a timer on every request would cost more than the lookup itself; a
-/// deadline up to this much early is harmless next to [`IDLE_TIMEOUT`].
-const IDLE_RESET_EVERY: Duration = Duration::from_secs(1);
-
 async fn serve_connection(
     mut stream: UnixStream,
     directory: &DirectoryHandle,
@@ -161,7 +158,7 @@ async fn serve_connection(
     // One idle timer and one stop future per connection, not per read.
     let idle = tokio::time::sleep(config.idle_timeout);
     tokio::pin!(idle);
-    let mut last_reset = tokio::time::Instant::now();
+    let (mut reads, mut reads_when_armed) = (0u64, 0u64);
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -255,19 +252,20 @@ async fn serve_connection(
                     }
                     return;
                 }
-                Ok(_) => {
-                    let now = tokio::time::Instant::now();
-                    if now.duration_since(last_reset) >= IDLE_RESET_EVERY {
-                        idle.as_mut().reset(now + config.idle_timeout);
-                        last_reset = now;
-                    }
-                }
+                Ok(_) => reads += 1,
                 Err(e) => {
                     tracing::debug!(error = %e, "socketmap read failed");
                     return;
                 }
             },
             () = &mut idle => {
+                // No clock is read per request: when the timer fires, it
+                // checks whether the connection was used since it was set.
+                if reads != reads_when_armed {
+                    reads_when_armed = reads;
+                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
+                    continue;
+                }
                 tracing::debug!("socketmap connection idle; closing");
                 return;
             }

@@ -159,6 +159,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Commands counted locally before they are added to the shared counter (an
+/// atomic add per command would bounce its cache line between the CPUs).
+const COUNT_BATCH: u64 = 256;
+
+/// A connection's command count, flushed in batches and when it ends.
+struct Counted<'a> {
+    stats: &'a Stats,
+    pending: u64,
+}
+
+impl Counted<'_> {
+    fn add(&mut self) {
+        self.pending += 1;
+        if self.pending >= COUNT_BATCH {
+            self.stats
+                .commands
+                .fetch_add(self.pending, Ordering::Relaxed);
+            self.pending = 0;
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.stats
+            .commands
+            .fetch_add(self.pending, Ordering::Relaxed);
+    }
+}
+
 struct Conn {
     stream: UnixStream,
     out: BytesMut,
@@ -169,6 +199,20 @@ impl Conn {
     async fn flush(&mut self) -> Result<(), String> {
         if self.out.is_empty() {
             return Ok(());
+        }
+        // Most replies fit the socket buffer at once: try without a timer.
+        match self.stream.try_write(&self.out) {
+            Ok(n) => {
+                let _ = self.out.split_to(n);
+                if self.out.is_empty() {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.out.clear();
+                return Err(format!("write failed: {e}"));
+            }
         }
         let r = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)).await;
         self.out.clear();
@@ -191,6 +235,16 @@ impl Conn {
         let mut session = Session::new();
         let mut buf = BytesMut::with_capacity(1024);
         let store = usage.map(|u| &*u.store);
+        // One idle timer and one stop future per connection, re-armed when
+        // it fires if the connection was used (no timer work per command).
+        let idle = tokio::time::sleep(config.idle_timeout);
+        tokio::pin!(idle);
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopping);
+        let (mut stopped, mut reads, mut reads_when_armed) = (false, 0u64, 0u64);
+        let mut commands = Counted { stats, pending: 0 };
         loop {
             loop {
                 let cmd = match Command::decode(&mut buf) {
@@ -201,8 +255,8 @@ impl Conn {
                         return Err(e.to_string());
                     }
                 };
-                stats.commands.fetch_add(1, Ordering::Relaxed);
-                let dir = directory.snapshot();
+                commands.add();
+                let dir = directory.current();
                 let lookup = matches!(cmd, Command::Lookup { .. }).then(|| cmd.clone());
                 match session.handle(cmd, &dir, store, &config.settings) {
                     Step::Reply(replies) => {
@@ -282,16 +336,27 @@ impl Conn {
                 tracing::debug!(error = %e, "dict client went away");
                 return Ok(());
             }
-            if *stop.borrow() {
+            if stopped {
                 return Ok(());
             }
             tokio::select! {
-                r = tokio::time::timeout(config.idle_timeout, self.stream.read_buf(&mut buf)) => match r {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(()),
-                    Ok(Ok(_)) => {}
+                biased;
+                r = self.stream.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => reads += 1,
                 },
-                _ = stop.changed() => {
-                    if buf.is_empty() { return Ok(()); }
+                () = &mut idle => {
+                    if reads == reads_when_armed {
+                        return Ok(());
+                    }
+                    reads_when_armed = reads;
+                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
+                }
+                () = &mut stopping, if !stopped => {
+                    stopped = true;
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
                 }
             }
         }

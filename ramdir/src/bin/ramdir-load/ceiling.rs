@@ -12,6 +12,10 @@
 //! key out, as ramdir's does), `Reply::encode` into a reused buffer,
 //! `write_all`. It leaves out what is not I/O: no lookup, no timeouts, no
 //! connection limit, no logging.
+//!
+//! The server is generic over the protocol ([`Answer`]); `dict-ceiling`
+//! and `policy-ceiling` are the same server with the dict and policy
+//! codecs.
 
 use std::path::{Path, PathBuf};
 
@@ -21,16 +25,58 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Run the ceiling server on `socket` until SIGTERM or SIGINT.
-pub fn run(socket: &Path, reply: &str) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ceiling")
-        .build()?;
-    runtime.block_on(serve(socket.to_path_buf(), Reply::Ok(reply.to_string())))
+/// One protocol's constant answer: `dict-ceiling` and `policy-ceiling`
+/// are this server with another [`Answer`].
+pub trait Answer: Clone + Send + Sync + 'static {
+    /// Initial capacity of a connection's read buffer: the same as ramdir's
+    /// server for the protocol, so both read a request in as many calls.
+    const READ_BUF: usize = 512;
+    /// Initial capacity of a connection's reply buffer (as ramdir's).
+    const WRITE_BUF: usize = 512;
+    /// Decode one message off the front of `buf` with the protocol's codec
+    /// and append its reply (if the message gets one) to the empty `out`.
+    /// `Ok(false)`: no whole message yet. `Err`: undecodable, close.
+    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()>;
 }
 
-async fn serve(socket: PathBuf, reply: Reply) -> std::io::Result<()> {
+/// The socketmap answer: `OK <data>` to every request.
+#[derive(Debug, Clone)]
+pub struct SocketmapAnswer(pub Reply);
+
+impl Answer for SocketmapAnswer {
+    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
+        match Request::decode(buf) {
+            Ok(Some(req)) => {
+                std::hint::black_box(&req);
+                self.0.encode(out);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// Run the socketmap ceiling server on `socket` until SIGTERM or SIGINT.
+pub fn run(socket: &Path, reply: &str) -> std::io::Result<()> {
+    run_answer(
+        "ceiling",
+        socket,
+        SocketmapAnswer(Reply::Ok(reply.to_string())),
+    )
+}
+
+/// Run a constant-reply server for `answer` on `socket` until SIGTERM or
+/// SIGINT; `name` prefixes its messages.
+pub fn run_answer<A: Answer>(name: &'static str, socket: &Path, answer: A) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(name)
+        .build()?;
+    runtime.block_on(serve(name, socket.to_path_buf(), answer))
+}
+
+async fn serve<A: Answer>(name: &str, socket: PathBuf, answer: A) -> std::io::Result<()> {
     // A socket file left by an earlier run would make bind fail.
     match std::fs::remove_file(&socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -39,42 +85,42 @@ async fn serve(socket: PathBuf, reply: Reply) -> std::io::Result<()> {
     let listener = UnixListener::bind(&socket)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    eprintln!("ceiling: listening on {}", socket.display());
+    eprintln!("{name}: listening on {}", socket.display());
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    let reply = reply.clone();
+                    let answer = answer.clone();
                     tokio::spawn(async move {
                         // Errors only end this connection, as in ramdir.
-                        let _ = connection(stream, &reply).await;
+                        let _ = connection(stream, &answer).await;
                     });
                 }
-                Err(e) => eprintln!("ceiling: accept failed: {e}"),
+                Err(e) => eprintln!("{name}: accept failed: {e}"),
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     let _ = std::fs::remove_file(&socket);
-    eprintln!("ceiling: stopped");
+    eprintln!("{name}: stopped");
     Ok(())
 }
 
-async fn connection(mut stream: UnixStream, reply: &Reply) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(512);
-    let mut out = BytesMut::with_capacity(512);
+async fn connection<A: Answer>(mut stream: UnixStream, answer: &A) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(A::READ_BUF);
+    let mut out = BytesMut::with_capacity(A::WRITE_BUF);
     loop {
         loop {
-            match Request::decode(&mut buf) {
-                Ok(Some(req)) => {
-                    std::hint::black_box(&req);
-                    out.clear();
-                    reply.encode(&mut out);
-                    stream.write_all(&out).await?;
+            out.clear();
+            match answer.step(&mut buf, &mut out) {
+                Ok(true) => {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                    }
                 }
-                Ok(None) => break,
-                Err(_) => return Ok(()),
+                Ok(false) => break,
+                Err(()) => return Ok(()),
             }
         }
         if stream.read_buf(&mut buf).await? == 0 {

@@ -1,6 +1,11 @@
-//! `socketmap`: the load client. C connections, each behaving like one
-//! Postfix process: one request, wait for the reply, next request (no
-//! pipelining), keys drawn pseudo-randomly from a fixed set.
+//! The load client shared by every protocol (`socketmap`, `dict`,
+//! `policy`, `ldap-search`). C connections, each behaving like one Postfix
+//! or Dovecot process: one request, wait for the reply, next request (no
+//! pipelining), requests drawn pseudo-randomly from a fixed set.
+//!
+//! What a request is and how its reply is read is a [`Target`]; this
+//! module only runs connections, keeps time and counts. [`SocketmapTarget`]
+//! is the socketmap one; the others live next to their protocols.
 //!
 //! # Threads and runtime
 //! The client shares the machine with the server under test, so it must
@@ -39,10 +44,135 @@ use crate::hist::Histogram;
 use crate::keys::{KeySet, XorShift};
 use crate::procfs;
 
+/// How a reply counts. Each protocol maps its replies onto these four
+/// and names them ([`Kind::labels`]); the JSON keys stay `ok`, `notfound`,
+/// `temp` and `other` for every protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The normal answer (socketmap `OK`, dict `O`, policy `DUNNO`, an LDAP
+    /// entry found).
+    Ok,
+    /// A negative answer (socketmap `NOTFOUND`, dict `N`, policy reject,
+    /// no LDAP entry).
+    NotFound,
+    /// Try again later (socketmap `TEMP`/`TIMEOUT`, dict `F`, policy
+    /// defer, an LDAP error result).
+    Temp,
+    /// Anything else.
+    Other,
+}
+
+/// How a target describes itself in reports.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    /// The JSON `map` field (socketmap: the map name).
+    pub map: String,
+    /// The text report's description, e.g. `map mailboxes`.
+    pub what: String,
+    /// Names of the four [`Outcome`]s in the text report.
+    pub labels: [&'static str; 4],
+}
+
+/// A server protocol the client can drive: how to open a connection and
+/// how to make one request on it. Methods run on the client threads'
+/// current-thread runtimes (so their futures need not be `Send`).
+pub trait Target: Send + Sync + 'static {
+    /// One open connection.
+    type Conn: 'static;
+    /// Number of distinct requests (request `i` is `0..len`).
+    fn len(&self) -> usize;
+    /// How to describe the target in reports.
+    fn kind(&self) -> Kind;
+    /// Connect (and say hello, bind, …) as connection number `id`.
+    async fn connect(&self, id: usize) -> Result<Self::Conn, String>;
+    /// Send request `i` and wait for its reply.
+    async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String>;
+}
+
+/// Read from `stream` into `buf` until `decode` takes one reply off it.
+/// `decode` returns `Ok(None)` while it needs more bytes.
+pub async fn read_reply<R>(
+    stream: &mut UnixStream,
+    buf: &mut BytesMut,
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<R>, String>,
+) -> Result<R, String> {
+    loop {
+        if let Some(r) = decode(buf)? {
+            return Ok(r);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err("server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// Connect to a Unix socket, with the error message every target uses.
+pub async fn connect_unix(socket: &std::path::Path) -> Result<UnixStream, String> {
+    UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))
+}
+
+/// The socketmap protocol: pre-encoded netstring requests, replies read
+/// with the project's codec.
+pub struct SocketmapTarget {
+    /// Socket of the server.
+    pub socket: PathBuf,
+    /// Map name.
+    pub map: String,
+    /// The requests.
+    pub keys: KeySet,
+}
+
+impl Target for SocketmapTarget {
+    type Conn = (UnixStream, BytesMut);
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn kind(&self) -> Kind {
+        Kind {
+            map: self.map.clone(),
+            what: format!("map {}", self.map),
+            labels: ["OK", "NOTFOUND", "TEMP", "other"],
+        }
+    }
+
+    async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
+        Ok((
+            connect_unix(&self.socket).await?,
+            BytesMut::with_capacity(4096),
+        ))
+    }
+
+    async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String> {
+        let (stream, buf) = conn;
+        stream
+            .write_all(self.keys.request(i))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_reply(stream, buf, |b| match Reply::decode(b) {
+            Ok(Some(Reply::Ok(_))) => Ok(Some(Outcome::Ok)),
+            Ok(Some(Reply::NotFound)) => Ok(Some(Outcome::NotFound)),
+            Ok(Some(Reply::Temp(_) | Reply::Timeout(_))) => Ok(Some(Outcome::Temp)),
+            Ok(Some(Reply::Perm(_))) => Ok(Some(Outcome::Other)),
+            Ok(None) => Ok(None),
+            // A whole frame with an unknown status word: Postfix would
+            // treat it as "try again"; count it and go on.
+            Err(CodecError::BadReply(_)) => Ok(Some(Outcome::Other)),
+            Err(e) => Err(format!("bad reply: {e}")),
+        })
+        .await
+    }
+}
+
 /// How to run the load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Socketmap socket of the server under test.
+    /// Socket (or, for LDAP, URL) of the server under test, as reported.
     pub socket: PathBuf,
     /// Concurrent connections.
     pub connections: usize,
@@ -60,6 +190,9 @@ pub struct LoadOptions {
     pub seed: u64,
     /// Server process whose CPU time to measure over the window.
     pub server_pid: Option<u32>,
+    /// Also count the CPU time of every process with one of these command
+    /// names (a forking server's children) as the server's.
+    pub server_comm: Vec<String>,
 }
 
 /// Outcome counts and latencies.
@@ -67,13 +200,13 @@ pub struct LoadOptions {
 pub struct Tally {
     /// Latency of every measured request, in nanoseconds.
     pub hist: Histogram,
-    /// `OK` replies.
+    /// [`Outcome::Ok`] replies (socketmap `OK`).
     pub ok: u64,
-    /// `NOTFOUND` replies.
+    /// [`Outcome::NotFound`] replies (socketmap `NOTFOUND`).
     pub notfound: u64,
-    /// `TEMP` and `TIMEOUT` replies (Postfix: try again later).
+    /// [`Outcome::Temp`] replies (socketmap `TEMP` and `TIMEOUT`).
     pub temp: u64,
-    /// `PERM` and unknown status words.
+    /// [`Outcome::Other`] replies (socketmap `PERM` and unknown words).
     pub other: u64,
     /// Connections that ended with an I/O or framing error.
     pub errors: u64,
@@ -105,8 +238,8 @@ impl Tally {
 pub struct Report {
     /// Options used.
     pub opts: LoadOptions,
-    /// Map name.
-    pub map: String,
+    /// What was loaded.
+    pub kind: Kind,
     /// Number of distinct keys.
     pub keys: usize,
     /// Length of the measured window, in seconds.
@@ -124,12 +257,12 @@ pub struct Report {
 }
 
 /// Run the load and return the figures.
-pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String> {
-    if keys.len() == 0 {
+pub fn run<T: Target>(opts: &LoadOptions, target: T) -> Result<Report, String> {
+    if target.len() == 0 {
         return Err("no keys to send".into());
     }
     let threads = opts.threads.clamp(1, opts.connections.max(1));
-    let keys = Arc::new(keys);
+    let keys = Arc::new(target);
     let barrier = Arc::new(Barrier::new(threads + 1));
     let epoch = Arc::new(OnceLock::new());
     let per_conn_limit = opts
@@ -159,7 +292,7 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
     // Sample CPU times at the window's edges (this thread is otherwise idle).
     sleep_until(measure_start);
     let cpu0 = (
-        cpu(opts.server_pid),
+        server_cpu(opts),
         procfs::cpu_seconds(None).ok(),
         procfs::system_busy_seconds().ok(),
     );
@@ -172,7 +305,7 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
         }
     }
     let cpu1 = (
-        cpu(opts.server_pid),
+        server_cpu(opts),
         procfs::cpu_seconds(None).ok(),
         procfs::system_busy_seconds().ok(),
     );
@@ -199,7 +332,7 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
     };
     Ok(Report {
         opts: opts.clone(),
-        map: map.to_string(),
+        kind: keys.kind(),
         keys: keys.len(),
         seconds,
         tally,
@@ -210,8 +343,17 @@ pub fn run(opts: &LoadOptions, map: &str, keys: KeySet) -> Result<Report, String
     })
 }
 
-fn cpu(pid: Option<u32>) -> Option<f64> {
-    procfs::cpu_seconds(Some(pid?)).ok()
+/// CPU seconds of the server: `--server-pid` plus the `--server-comm`
+/// processes; `None` when neither is given.
+fn server_cpu(opts: &LoadOptions) -> Option<f64> {
+    let pid = opts
+        .server_pid
+        .and_then(|p| procfs::cpu_seconds(Some(p)).ok());
+    if opts.server_comm.is_empty() {
+        return pid;
+    }
+    let comm = procfs::cpu_seconds_by_comm(&opts.server_comm).ok()?;
+    Some(pid.unwrap_or(0.0) + comm)
 }
 
 fn sleep_until(t: Instant) {
@@ -222,9 +364,9 @@ fn sleep_until(t: Instant) {
 }
 
 /// One client thread: connect its connections, wait for the others, run.
-fn thread_main(
+fn thread_main<T: Target>(
     conns: &[usize],
-    keys: &Arc<KeySet>,
+    keys: &Arc<T>,
     opts: &LoadOptions,
     limit: u64,
     barrier: &Barrier,
@@ -234,18 +376,15 @@ fn thread_main(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot build a runtime: {e}"));
-    let streams =
-        runtime.as_ref().map_err(Clone::clone).and_then(|rt| {
-            rt.block_on(async {
-                let mut v = Vec::with_capacity(conns.len());
-                for _ in conns {
-                    v.push(UnixStream::connect(&opts.socket).await.map_err(|e| {
-                        format!("cannot connect to {}: {e}", opts.socket.display())
-                    })?);
-                }
-                Ok::<_, String>(v)
-            })
-        });
+    let streams = runtime.as_ref().map_err(Clone::clone).and_then(|rt| {
+        rt.block_on(async {
+            let mut v = Vec::with_capacity(conns.len());
+            for &id in conns {
+                v.push(keys.connect(id).await?);
+            }
+            Ok::<_, String>(v)
+        })
+    });
     // Everyone reaches the barrier, even after a failure, or the others
     // would wait forever.
     barrier.wait();
@@ -265,7 +404,7 @@ fn thread_main(
                 limit,
             };
             let rng = XorShift::new(opts.seed, id as u64);
-            tasks.push(tokio::task::spawn_local(connection(
+            tasks.push(tokio::task::spawn_local(connection::<T>(
                 stream,
                 keys.clone(),
                 rng,
@@ -295,53 +434,34 @@ struct Window {
     limit: u64,
 }
 
-async fn connection(
-    mut stream: UnixStream,
-    keys: Arc<KeySet>,
+async fn connection<T: Target>(
+    mut conn: T::Conn,
+    keys: Arc<T>,
     mut rng: XorShift,
     w: Window,
     tally: Rc<RefCell<Tally>>,
 ) {
-    let mut buf = BytesMut::with_capacity(4096);
     let n = keys.len() as u64;
     let mut measured = 0u64;
     let result: Result<(), String> = async {
         loop {
-            let req = keys.request(rng.below(n) as usize);
+            let i = rng.below(n) as usize;
             let t0 = Instant::now();
             if t0 >= w.end || measured >= w.limit {
                 return Ok(());
             }
-            stream
-                .write_all(req)
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let reply = loop {
-                match Reply::decode(&mut buf) {
-                    Ok(Some(r)) => break Some(r),
-                    Ok(None) => {}
-                    // A whole frame with an unknown status word: Postfix
-                    // would treat it as "try again"; count it and go on.
-                    Err(CodecError::BadReply(_)) => break None,
-                    Err(e) => return Err(format!("bad reply: {e}")),
-                }
-                match stream.read_buf(&mut buf).await {
-                    Ok(0) => return Err("server closed the connection".into()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read: {e}")),
-                }
-            };
+            let outcome = keys.call(&mut conn, i).await?;
             let t1 = Instant::now();
             if t0 >= w.measure_start {
                 measured += 1;
                 let mut t = tally.borrow_mut();
                 t.last = t.last.max(Some(t1));
                 t.hist.record((t1 - t0).as_nanos() as u64);
-                match reply {
-                    Some(Reply::Ok(_)) => t.ok += 1,
-                    Some(Reply::NotFound) => t.notfound += 1,
-                    Some(Reply::Temp(_) | Reply::Timeout(_)) => t.temp += 1,
-                    Some(Reply::Perm(_)) | None => t.other += 1,
+                match outcome {
+                    Outcome::Ok => t.ok += 1,
+                    Outcome::NotFound => t.notfound += 1,
+                    Outcome::Temp => t.temp += 1,
+                    Outcome::Other => t.other += 1,
                 }
             }
         }
@@ -410,7 +530,7 @@ impl Report {
                 "\"system_cpu_s\":{},\"other_cpu_s\":{}}}"
             ),
             json_str(&self.opts.socket.display().to_string()),
-            json_str(&self.map),
+            json_str(&self.kind.map),
             self.keys,
             self.opts.connections,
             self.opts.threads.clamp(1, self.opts.connections.max(1)),
@@ -447,16 +567,17 @@ impl Report {
     pub fn text(&self) -> String {
         let t = &self.tally;
         let h = &t.hist;
+        let [l_ok, l_nf, l_temp, l_other] = self.kind.labels;
         let mut s = format!(
-            "{} requests in {:.1} s over {} connection(s) ({} client thread(s)), map {}, {} keys\n\
+            "{} requests in {:.1} s over {} connection(s) ({} client thread(s)), {}, {} keys\n\
              throughput: {:.0} requests/s\n\
              latency µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  (min {:.1}, mean {:.1}, max {:.1})\n\
-             replies: OK {}  NOTFOUND {}  TEMP {}  other {}\n",
+             replies: {l_ok} {}  {l_nf} {}  {l_temp} {}  {l_other} {}\n",
             h.count(),
             self.seconds,
             self.opts.connections,
             self.opts.threads.clamp(1, self.opts.connections.max(1)),
-            self.map,
+            self.kind.what,
             self.keys,
             self.rate(),
             self.us(0.5),

@@ -44,7 +44,7 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 /// `{SSHA}` + base64 of 24 pseudo-random bytes (a 20-byte SHA-1 digest and
 /// a 4-byte salt, as `doveadm pw -s SSHA` makes): 32 characters, no padding.
-fn push_ssha(rng: &mut XorShift, out: &mut Vec<u8>) {
+pub fn push_ssha(rng: &mut XorShift, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{SSHA}");
     let mut raw = [0u8; 24];
     for chunk in raw.chunks_mut(8) {

@@ -180,20 +180,38 @@ impl KeySet {
 
     /// Requests for items `0..count` of `pattern`.
     pub fn from_pattern(map: &str, pattern: &KeyPattern, domains: u64, count: u64) -> KeySet {
+        KeySet::build(pattern, domains, count, 48, |key, buf| {
+            Request::new(map, key).encode(buf);
+        })
+    }
+
+    /// Requests of any protocol for items `0..count` of `pattern`:
+    /// `encode(key, buf)` appends the request for one rendered key to an
+    /// empty `buf` (with that protocol's codec); `typical` is a size hint in
+    /// bytes per request.
+    pub fn build(
+        pattern: &KeyPattern,
+        domains: u64,
+        count: u64,
+        typical: usize,
+        mut encode: impl FnMut(&str, &mut BytesMut),
+    ) -> KeySet {
         let mut set = KeySet {
-            bytes: Vec::with_capacity(count as usize * 48),
+            bytes: Vec::with_capacity(count as usize * typical),
             ends: Vec::with_capacity(count as usize),
         };
-        let mut buf = BytesMut::with_capacity(256);
+        let mut buf = BytesMut::with_capacity(1024);
         let mut key = Vec::with_capacity(64);
         for i in 0..count {
             key.clear();
             pattern.render_into(i, domains, &mut key);
-            set.push(
-                map,
+            buf.clear();
+            encode(
                 std::str::from_utf8(&key).expect("pattern is UTF-8"),
                 &mut buf,
             );
+            set.bytes.extend_from_slice(&buf);
+            set.ends.push(set.bytes.len());
         }
         set
     }

@@ -15,9 +15,18 @@
 //!   the lookup alone, to set against the server's CPU per request.
 //! - `wait`: time until a socketmap server answers (start-up time).
 //! - `rss`: a process's resident memory (`VmRSS`, `VmHWM`).
+//! - `dict-ceiling`, `dict`: the same pair for the Dovecot dict protocol
+//!   (`bench/dict.sh`), and `quota-fill` to set usage counters through it.
+//! - `policy-ceiling`, `policy`: the same pair for Postfix policy
+//!   delegation (`bench/policy.sh`).
+//! - `gen-ldif`, `ldap-search`, `watch`: LDAP entries shaped like
+//!   `gen-passwd`'s users, equality searches on an LDAP server, and the time
+//!   a change takes to show through ramdir (`bench/ldap.sh`).
 //!
-//! Everything speaks the Postfix socketmap protocol over Unix sockets only,
-//! through `ramdir_postfix::socketmap::codec`.
+//! Every protocol is spoken with the project's own codecs
+//! (`ramdir_postfix::socketmap::codec`, `ramdir_postfix::policy::codec`,
+//! `ramdir_dovecot::codec`) over Unix sockets; only `ldap-search` uses the
+//! `ldap3` crate (as ramdir does) and may use loopback TCP.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,11 +38,15 @@ use ramdir_postfix::socketmap::codec::Request;
 
 mod ceiling;
 mod client;
+mod dict;
 mod genpasswd;
 mod hist;
 mod keys;
+mod ldapload;
 mod lookup;
+mod policy;
 mod procfs;
+mod watch;
 
 use keys::{DEFAULT_PATTERN, KeyPattern, KeySet};
 
@@ -88,24 +101,8 @@ enum Command {
         /// Unix socket of the server.
         #[arg(long)]
         socket: PathBuf,
-        /// Concurrent connections (each one request at a time, as Postfix).
-        #[arg(long, short = 'c', default_value_t = 1)]
-        connections: usize,
-        /// Client OS threads, each a current-thread tokio runtime.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Measured seconds.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds of load before measuring.
-        #[arg(long, default_value_t = 2.0)]
-        warmup: f64,
-        /// Stop after this many measured requests in total.
-        #[arg(long)]
-        max_requests: Option<u64>,
-        /// Seconds after the end to wait for replies still in flight.
-        #[arg(long, default_value_t = 5.0)]
-        grace: f64,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Table (map name) to query.
         #[arg(long, default_value = "mailboxes")]
         map: String,
@@ -121,15 +118,174 @@ enum Command {
         /// Domains for the pattern's second number (as gen-passwd's --domains).
         #[arg(long, default_value_t = 100)]
         key_domains: u64,
-        /// Seed of the key sequence.
+    },
+    /// Run a constant-reply Dovecot dict server (the dict ceiling) until
+    /// SIGTERM/SIGINT: every `L` gets the same `O<value>`.
+    DictCeiling {
+        /// Unix socket to listen on (an old socket file is replaced).
+        #[arg(long)]
+        socket: PathBuf,
+        /// The constant value (default: a userdb answer as ramdir gives it).
+        #[arg(long, default_value = dict::DEFAULT_DICT_REPLY)]
+        reply: String,
+    },
+    /// Load a Dovecot dict server with lookups (`H` once per connection,
+    /// then one `L` at a time) and report throughput and latency.
+    Dict {
+        /// Unix socket of the server.
+        #[arg(long)]
+        socket: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Dict name sent in the hello.
+        #[arg(long, default_value = "auth")]
+        dict: String,
+        #[command(flatten)]
+        keys: DictKeys,
+    },
+    /// Set quota usage counters of users through a dict socket (`B`, `S`,
+    /// `S`, `C` per user), uniform in 0..=--max-bytes.
+    QuotaFill {
+        /// Unix socket of the dict server.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Quota dict name.
+        #[arg(long, default_value = "quota")]
+        dict: String,
+        /// User pattern (as gen-passwd's --pattern).
+        #[arg(long, default_value = DEFAULT_PATTERN)]
+        key_pattern: String,
+        /// Users 0..N.
+        #[arg(long)]
+        key_count: u64,
+        /// Domains of the pattern.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
+        /// Largest usage in bytes.
+        #[arg(long, default_value_t = 200_000_000)]
+        max_bytes: u64,
+        /// Concurrent connections (commits on different connections share fsyncs).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seed of the usage values.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Also measure this server process's CPU time over the window.
+    },
+    /// Run a constant-reply policy server (the policy ceiling) until
+    /// SIGTERM/SIGINT: every request gets `action=DUNNO`.
+    PolicyCeiling {
+        /// Unix socket to listen on (an old socket file is replaced).
         #[arg(long)]
-        server_pid: Option<u32>,
-        /// Print one JSON object instead of text.
+        socket: PathBuf,
+    },
+    /// Load a Postfix policy server with RCPT-time requests as Postfix 3.7
+    /// sends them and report throughput and latency.
+    Policy {
+        /// Unix socket of the server.
         #[arg(long)]
-        json: bool,
+        socket: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Recipient pattern (as gen-passwd's --pattern).
+        #[arg(long, default_value = DEFAULT_PATTERN)]
+        key_pattern: String,
+        /// Recipients 0..N.
+        #[arg(long)]
+        key_count: u64,
+        /// Domains of the pattern.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
+        /// Requests per mail transaction (`instance`) on a connection.
+        #[arg(long, default_value_t = 1)]
+        rcpts_per_mail: u64,
+    },
+    /// Write LDAP entries (LDIF) for users numbered and addressed like
+    /// gen-passwd's: `uid=u<i>,<base>` with mail, mailLocalAddress,
+    /// mailQuotaBytes, mailEnabled, userPassword.
+    GenLdif {
+        /// Number of entries.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
+        /// First user number.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Number of domains; user i is in domain i % D.
+        #[arg(long, default_value_t = 100)]
+        domains: u64,
+        /// Address pattern.
+        #[arg(long, default_value = DEFAULT_PATTERN)]
+        pattern: String,
+        /// Parent DN of the entries.
+        #[arg(long, default_value = "ou=people,dc=example,dc=org")]
+        base: String,
+        /// Leave out the `mailLocalAddress` alias.
+        #[arg(long)]
+        no_aliases: bool,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the password hashes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Load an LDAP server with equality searches (one in flight per
+    /// connection) and report throughput and latency.
+    LdapSearch {
+        /// `ldap://host:port` or `ldapi://<percent-encoded path>`.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Bind DN (simple bind; none: anonymous).
+        #[arg(long, requires = "bind_password_file")]
+        bind_dn: Option<String>,
+        /// File holding the bind password (a trailing newline is dropped).
+        #[arg(long)]
+        bind_password_file: Option<PathBuf>,
+        /// Search base (subtree).
+        #[arg(long)]
+        base: String,
+        /// Filter pattern: first %d the item, second its domain.
+        #[arg(long, default_value = "(mail=user%07d@domain%d.test)")]
+        filter_pattern: String,
+        /// Items 0..N.
+        #[arg(long)]
+        key_count: u64,
+        /// Domains of the pattern.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
+        /// Attributes to return (comma-separated).
+        #[arg(long, default_value = "mail")]
+        attrs: String,
+    },
+    /// Time how long a change takes to show: poll a key over one
+    /// persistent connection while running a command (after `--`); print
+    /// JSON with the times from the command's start and from its exit.
+    Watch {
+        /// Unix socket (socketmap, or dict with --dict).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Speak the dict protocol with this dict name (default: socketmap).
+        #[arg(long)]
+        dict: Option<String>,
+        /// Socketmap map name.
+        #[arg(long, default_value = "mailboxes")]
+        map: String,
+        /// Key to poll (a dict key is the full `shared/…` key).
+        #[arg(long)]
+        key: String,
+        /// Visible when found and the value contains this (default: found).
+        #[arg(long, default_value = "")]
+        expect: String,
+        /// Microseconds between polls.
+        #[arg(long, default_value_t = 100)]
+        interval_us: u64,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// The command making the change.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Time ramdir's socketmap lookups in-process (no sockets), one thread.
     Lookup {
@@ -187,6 +343,105 @@ enum Command {
     },
 }
 
+/// Settings every load subcommand shares.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Concurrent connections (each one request at a time, as Postfix).
+    #[arg(long, short = 'c', default_value_t = 1)]
+    connections: usize,
+    /// Client OS threads, each a current-thread tokio runtime.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Stop after this many measured requests in total.
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Seconds after the end to wait for replies still in flight.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// Seed of the key sequence.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also measure this server process's CPU time over the window.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also measure the CPU time of every process whose command name
+    /// (`/proc/PID/comm`) is one of these (comma-separated), e.g. a forking
+    /// server's children; counted as the server's CPU.
+    #[arg(long)]
+    server_comm: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    fn options(&self, socket: PathBuf) -> Result<client::LoadOptions, String> {
+        if self.connections == 0 {
+            return Err("--connections must be at least 1".into());
+        }
+        Ok(client::LoadOptions {
+            socket,
+            connections: self.connections,
+            threads: self.threads,
+            warmup: secs(self.warmup, "warmup")?,
+            duration: secs(self.duration, "duration")?,
+            max_requests: self.max_requests,
+            grace: secs(self.grace, "grace")?,
+            seed: self.seed,
+            server_pid: self.server_pid,
+            server_comm: self
+                .server_comm
+                .as_deref()
+                .map(|c| c.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The keys of the `dict` subcommand.
+#[derive(Debug, clap::Args)]
+struct DictKeys {
+    /// Key pattern: first %d the item, second its domain; the username
+    /// sent with a key is what follows its last `/`.
+    #[arg(long, default_value = dict::DEFAULT_DICT_PATTERN)]
+    key_pattern: String,
+    /// Keys 0..N.
+    #[arg(long)]
+    key_count: u64,
+    /// Domains of the pattern.
+    #[arg(long, default_value_t = 100)]
+    key_domains: u64,
+}
+
+/// Run a load and print its report; an error if connections failed.
+fn report<T: client::Target>(
+    opts: &client::LoadOptions,
+    target: T,
+    json: bool,
+) -> Result<(), String> {
+    let report = client::run(opts, target)?;
+    if json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    if report.tally.errors > 0 || report.stalled > 0 {
+        return Err(format!(
+            "{} connection(s) failed, {} stalled; first error: {}",
+            report.tally.errors,
+            report.stalled,
+            report.tally.first_error.as_deref().unwrap_or("-")
+        ));
+    }
+    Ok(())
+}
+
 fn secs(s: f64, what: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("--{what} {s} is not a duration in seconds"))
 }
@@ -221,35 +476,14 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Socketmap {
             socket,
-            connections,
-            threads,
-            duration,
-            warmup,
-            max_requests,
-            grace,
+            load,
             map,
             keys,
             key_pattern,
             key_count,
             key_domains,
-            seed,
-            server_pid,
-            json,
         } => {
-            if connections == 0 {
-                return Err("--connections must be at least 1".into());
-            }
-            let opts = client::LoadOptions {
-                socket,
-                connections,
-                threads,
-                warmup: secs(warmup, "warmup")?,
-                duration: secs(duration, "duration")?,
-                max_requests,
-                grace: secs(grace, "grace")?,
-                seed,
-                server_pid,
-            };
+            let opts = load.options(socket)?;
             let set = match keys {
                 Some(f) => {
                     KeySet::from_file(&map, &f).map_err(|e| format!("{}: {e}", f.display()))?
@@ -261,18 +495,151 @@ fn run(cli: Cli) -> Result<(), String> {
                     key_count.unwrap_or(0),
                 ),
             };
-            let report = client::run(&opts, &map, set)?;
-            if json {
-                println!("{}", report.json());
-            } else {
-                print!("{}", report.text());
-            }
-            if report.tally.errors > 0 || report.stalled > 0 {
-                return Err(format!(
-                    "{} connection(s) failed, {} stalled",
-                    report.tally.errors, report.stalled
-                ));
-            }
+            let target = client::SocketmapTarget {
+                socket: opts.socket.clone(),
+                map,
+                keys: set,
+            };
+            report(&opts, target, load.json)
+        }
+        Command::DictCeiling { socket, reply } => ceiling::run_answer(
+            "dict-ceiling",
+            &socket,
+            dict::DictAnswer(ramdir_dovecot::codec::Reply::Value(reply)),
+        )
+        .map_err(|e| format!("dict-ceiling: {e}")),
+        Command::Dict {
+            socket,
+            load,
+            dict: name,
+            keys,
+        } => {
+            let opts = load.options(socket)?;
+            let target = dict::DictTarget::new(
+                opts.socket.clone(),
+                &name,
+                &KeyPattern::parse(&keys.key_pattern)?,
+                keys.key_domains,
+                keys.key_count,
+            );
+            report(&opts, target, load.json)
+        }
+        Command::QuotaFill {
+            socket,
+            dict: name,
+            key_pattern,
+            key_count,
+            key_domains,
+            max_bytes,
+            connections,
+            seed,
+        } => dict::fill_quota(&dict::FillOptions {
+            socket,
+            dict: name,
+            pattern: KeyPattern::parse(&key_pattern)?,
+            domains: key_domains,
+            count: key_count,
+            max_bytes,
+            connections,
+            seed,
+        }),
+        Command::PolicyCeiling { socket } => {
+            ceiling::run_answer("policy-ceiling", &socket, policy::PolicyAnswer)
+                .map_err(|e| format!("policy-ceiling: {e}"))
+        }
+        Command::Policy {
+            socket,
+            load,
+            key_pattern,
+            key_count,
+            key_domains,
+            rcpts_per_mail,
+        } => {
+            let opts = load.options(socket)?;
+            let target = policy::PolicyTarget::new(
+                opts.socket.clone(),
+                &KeyPattern::parse(&key_pattern)?,
+                key_domains,
+                key_count,
+                rcpts_per_mail,
+                load.seed,
+            )?;
+            report(&opts, target, load.json)
+        }
+        Command::GenLdif {
+            users,
+            first,
+            domains,
+            pattern,
+            base,
+            no_aliases,
+            out,
+            seed,
+        } => ldapload::gen_ldif(
+            &ldapload::LdifOptions {
+                users,
+                domains: domains.max(1),
+                pattern: KeyPattern::parse(&pattern)?,
+                base,
+                aliases: !no_aliases,
+                first,
+                seed,
+            },
+            &out,
+        )
+        .map_err(|e| format!("gen-ldif: {e}")),
+        Command::LdapSearch {
+            url,
+            load,
+            bind_dn,
+            bind_password_file,
+            base,
+            filter_pattern,
+            key_count,
+            key_domains,
+            attrs,
+        } => {
+            let opts = load.options(PathBuf::from(&url))?;
+            let bind = match (bind_dn, bind_password_file) {
+                (Some(dn), Some(f)) => {
+                    let pw =
+                        std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                    Some((dn, pw.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                _ => None,
+            };
+            let target = ldapload::LdapTarget {
+                url,
+                bind,
+                base,
+                filter: KeyPattern::parse(&filter_pattern)?,
+                domains: key_domains,
+                count: key_count,
+                attrs: attrs.split(',').map(str::to_string).collect(),
+            };
+            report(&opts, target, load.json)
+        }
+        Command::Watch {
+            socket,
+            dict: name,
+            map,
+            key,
+            expect,
+            interval_us,
+            timeout,
+            command,
+        } => {
+            let t = watch::run(&watch::WatchOptions {
+                socket,
+                dict: name,
+                map,
+                key,
+                expect,
+                interval: Duration::from_micros(interval_us),
+                timeout: secs(timeout, "timeout")?,
+                command,
+            })?;
+            println!("{}", t.json());
             Ok(())
         }
         Command::Lookup {

@@ -68,6 +68,36 @@ pub fn parse_stat_cpu(text: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// The command name (field 2, without its parentheses) of the text of
+/// `/proc/<pid>/stat`.
+pub fn parse_stat_comm(text: &str) -> Option<&str> {
+    Some(&text[text.find('(')? + 1..text.rfind(')')?])
+}
+
+/// CPU seconds used so far by all processes whose command name
+/// (`/proc/<pid>/comm`, at most 15 bytes) is one of `names` (compared on
+/// their first 15 bytes). Processes that exited are not counted.
+pub fn cpu_seconds_by_comm(names: &[String]) -> io::Result<f64> {
+    let short: Vec<&[u8]> = names
+        .iter()
+        .map(|n| &n.as_bytes()[..n.len().min(15)])
+        .collect();
+    let mut total = 0.0;
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue; // exited meanwhile
+        };
+        if parse_stat_comm(&text).is_some_and(|c| short.contains(&c.as_bytes())) {
+            total += parse_stat_cpu(&text).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// CPU time the whole machine has spent busy (all CPUs: user, nice,
 /// system, irq, softirq, steal), in seconds, from `/proc/stat`.
 pub fn system_busy_seconds() -> io::Result<f64> {
@@ -125,6 +155,10 @@ mod tests {
         );
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 1 1";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        assert_eq!(parse_stat_comm(stat), Some("a (b) c"));
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(cpu_seconds_by_comm(&[me.trim().to_string()]).unwrap() >= 0.0);
+        assert_eq!(cpu_seconds_by_comm(&["no-such-comm".into()]).unwrap(), 0.0);
         let stat = "cpu  100 10 50 9000 20 5 5 30 0 0\ncpu0 1 2 3\n";
         assert_eq!(parse_system_busy(stat), Some(2.0));
         assert!(memory(std::process::id()).unwrap().rss_kib > 0);

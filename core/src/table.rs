@@ -42,7 +42,10 @@ impl Key {
         if s.len() <= INLINE {
             let mut bytes = [0u8; INLINE];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Key::Inline { len: s.len() as u8, bytes }
+            Key::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
         } else {
             Key::Heap(s.into())
         }
@@ -170,7 +173,9 @@ impl<V: Clone> Table<V> {
         let idx = shard_of(h);
         self.shards[idx].find(h, |(k, _)| k.as_bytes() == key.as_bytes())?;
         let shard = Arc::make_mut(&mut self.shards[idx]);
-        let entry = shard.find_entry(h, |(k, _)| k.as_bytes() == key.as_bytes()).ok()?;
+        let entry = shard
+            .find_entry(h, |(k, _)| k.as_bytes() == key.as_bytes())
+            .ok()?;
         let ((_, v), _) = entry.remove();
         self.len -= 1;
         Some(v)

@@ -35,7 +35,7 @@ pub const DEFAULT_DICT_PATTERN: &str = "shared/userdb/user%07d@domain%d.test";
 
 /// The ceiling's default value: what ramdir answers for
 /// `shared/userdb/user0000003@domain3.test` of a `gen-passwd` directory
-/// (196 bytes).
+/// (187 bytes).
 pub const DEFAULT_DICT_REPLY: &str = concat!(
     "{\"gid\":5000,\"home\":\"/var/vmail/domain3.test/user0000003\",",
     "\"quota_rule\":\"*:storage=524288000B\",\"quota_rule2\":\"Trash:storage=+524288000B\",",

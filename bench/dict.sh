@@ -101,6 +101,10 @@ fi
 RAMDIR=$ROOT/target/release/ramdir
 LOAD=$ROOT/target/release/ramdir-load
 [ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
+# The code under test: the tree at start (others may commit during the run).
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
+[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
 
 log "generating $USERS users over $DOMAINS domains"
 "$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --out "$TMP/users.passwd" >&2
@@ -233,8 +237,6 @@ OTHER_MAX=$(jq -s "map(.other_cpu_s / .seconds) | max" "$TMP"/runs/[rc]*.json)
 SPREAD=$(for s in ramdir ceiling; do
     jq -rs --arg s "$s" 'map(.rps | floor) | sort | "\($s) \(.[0])–\(.[-1])"' "$TMP"/runs/$s-c$CHIGH-r*.json
 done | paste -sd';' | sed 's/;/; /')
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
 
 report() {
     echo "### dict benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -147,6 +147,10 @@ fi
 RAMDIR=$ROOT/target/release/ramdir
 LOAD=$ROOT/target/release/ramdir-load
 [ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
+# The code under test: the tree at start (others may commit during the run).
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
+[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
 
 # --- slapd ------------------------------------------------------------------
 mkdir -p "$LD/db"
@@ -496,8 +500,6 @@ for s in ramdir slapd; do
 done
 C_RATIO=$(calc "${RPS[ramdir]} / ${RPS[slapd]}")
 OTHER_MAX=$(printf '%s\n' "${RD_OTHER[@]}" "${LS_OTHER[@]}" "$(jq -s 'map(.other_cpu_s / .seconds) | max' "$TMP"/runs/[rs]*-r*.json)" | sort -g | tail -1)
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
 mb() { calc "$1 * 1024 / 1000000" | xargs printf '%.0f'; }
 
 report() {

@@ -131,6 +131,10 @@ fi
 RAMDIR=$ROOT/target/release/ramdir
 LOAD=$ROOT/target/release/ramdir-load
 [ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
+# The code under test: the tree at start (others may commit during the run).
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
+[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
 
 log "generating $USERS users over $DOMAINS domains"
 "$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --pattern "$PATTERN" --out "$TMP/users.passwd" >&2
@@ -348,8 +352,6 @@ QS_RATIO_LOW=$(calc "${RPS[ramdir$CLOW]} / ${RPS[quota-status$CLOW]}")
 CPU_QS=$(calc "${SCPU[quota-status$CHIGH]} / ${SCPU[ramdir$CHIGH]}")
 CPU_CEIL=$(calc "${SCPU[ramdir$CHIGH]} / ${SCPU[ceiling$CHIGH]}")
 OTHER_MAX=$(jq -s "map(.other_cpu_s / .seconds) | max" "$TMP"/runs/[rqc]*-r*.json)
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
 pct() { calc "100 * $1 / $2" | xargs printf '%.1f'; }
 
 report() {

@@ -134,6 +134,19 @@ impl Directory {
         self.users.get_key_value(login).map(|(k, _)| k)
     }
 
+    /// The effective quota limit of the user with exactly this login,
+    /// without building the [`User`] (the SMTP-time checks' fast path).
+    pub fn user_quota(&self, login: &str) -> Option<crate::quota::QuotaLimit> {
+        self.users.get(login).map(|v| v.quota(&self.settings))
+    }
+
+    /// The table's own copy of a login with the user's effective limit.
+    pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
+        self.users
+            .get_key_value(login)
+            .map(|(k, v)| (k, v.quota(&self.settings)))
+    }
+
     /// Whether a user with exactly this login exists.
     pub fn has_user(&self, login: &str) -> bool {
         self.users.contains_key(login)
@@ -218,6 +231,15 @@ impl Directory {
         }
     }
 
+    /// Point an alias key at one target: [`Directory::set_alias`] without
+    /// building a `Vec<String>` (an LDAP load sets a million of these).
+    pub fn set_alias_to(&mut self, key: &str, target: &str) {
+        let targets: Box<[Box<str>]> = Box::new([target.into()]);
+        if self.aliases.insert(key, targets).is_none() {
+            self.domain_ref(key, 1);
+        }
+    }
+
     /// Remove an alias key; returns whether it existed.
     pub fn remove_alias(&mut self, key: &str) -> bool {
         let existed = self.aliases.remove(key).is_some();
@@ -266,6 +288,13 @@ impl Directory {
                 self.domains.remove(domain);
             }
         }
+    }
+
+    /// Make room for `users` more users and `aliases` more alias keys (a
+    /// bulk load of a known size), so they go in without rehashing.
+    pub fn reserve(&mut self, users: usize, aliases: usize) {
+        self.users.reserve(users);
+        self.aliases.reserve(aliases);
     }
 
     /// Release spare capacity after a bulk load.

@@ -54,7 +54,27 @@ impl Settings {
     pub fn expand_home(&self, login: &str) -> Option<String> {
         let t = self.home_template.as_deref()?;
         let (n, d) = login.rsplit_once('@').unwrap_or((login, ""));
-        Some(t.replace("%d", d).replace("%n", n).replace("%u", login))
+        // One pass: a value is never expanded again (a local part holding
+        // `%u` stays as it is), and one allocation per lookup.
+        let mut out = String::with_capacity(t.len() + login.len() + d.len());
+        let mut rest = t;
+        while let Some(i) = rest.find('%') {
+            out.push_str(&rest[..i]);
+            let v = match rest.as_bytes().get(i + 1) {
+                Some(b'd') => d,
+                Some(b'n') => n,
+                Some(b'u') => login,
+                _ => {
+                    out.push('%');
+                    rest = &rest[i + 1..];
+                    continue;
+                }
+            };
+            out.push_str(v);
+            rest = &rest[i + 2..];
+        }
+        out.push_str(rest);
+        Some(out)
     }
 }
 
@@ -247,8 +267,30 @@ impl PackedUser {
         self.0.len()
     }
 
+    /// The effective limit alone (own or default): what an SMTP-time check
+    /// needs, without building the whole [`User`].
+    pub fn quota(&self, settings: &Settings) -> QuotaLimit {
+        let flags = self.0[0];
+        if flags & F_OWN_QUOTA == 0 {
+            return settings.default_quota;
+        }
+        let mut r = Reader {
+            buf: &self.0,
+            pos: if flags & F_ORIGIN != 0 { 17 } else { 1 },
+        };
+        if flags & F_UID != 0 {
+            r.varint();
+        }
+        if flags & F_GID != 0 {
+            r.varint();
+        }
+        let storage = (flags & F_STORAGE != 0).then(|| r.varint());
+        let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
+        QuotaLimit { storage, messages }
+    }
+
     /// Unpack into a borrowed view.
-    pub fn view<'a>(&'a self, login: &'a str, settings: &Settings) -> User<'a> {
+    pub fn view<'a>(&'a self, login: &'a str, settings: &'a Settings) -> User<'a> {
         let flags = self.0[0];
         let mut r = Reader {
             buf: &self.0,
@@ -280,13 +322,9 @@ impl PackedUser {
             (settings.default_quota, false)
         };
         let quota_rules = if own_rules.is_empty() {
-            settings
-                .quota_rules
-                .iter()
-                .map(QuotaRule::to_dovecot)
-                .collect()
+            QuotaRules::Default(&settings.quota_rules)
         } else {
-            own_rules.into_iter().map(str::to_string).collect()
+            QuotaRules::Own(own_rules)
         };
         User {
             login,
@@ -325,7 +363,7 @@ pub struct User<'a> {
     /// Whether the limit is the user's own rather than the default.
     pub own_quota: bool,
     /// Effective folder rules in Dovecot syntax (own or default).
-    pub quota_rules: Vec<String>,
+    pub quota_rules: QuotaRules<'a>,
     /// May log in.
     pub enabled: bool,
     /// Other fields from the source.
@@ -334,16 +372,44 @@ pub struct User<'a> {
     pub origin: Option<[u8; 16]>,
 }
 
+/// A user's effective folder rules: their own, or the settings' defaults
+/// (borrowed, so a lookup of a user without own rules copies nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaRules<'a> {
+    /// The user's own rules, in Dovecot syntax.
+    Own(Vec<&'a str>),
+    /// The defaults of [`Settings::quota_rules`].
+    Default(&'a [QuotaRule]),
+}
+
+impl<'a> QuotaRules<'a> {
+    /// The rules in Dovecot syntax, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let (own, default): (&[&'a str], &'a [QuotaRule]) = match self {
+            QuotaRules::Own(v) => (v, &[]),
+            QuotaRules::Default(d) => (&[], d),
+        };
+        own.iter()
+            .copied()
+            .chain(default.iter().map(QuotaRule::as_dovecot))
+    }
+
+    /// The rules as owned strings (for display and tests).
+    pub fn to_vec(&self) -> Vec<&'a str> {
+        self.iter().collect()
+    }
+}
+
 impl User<'_> {
     /// Back to the owned form (to carry a user into a rebuilt directory).
     /// Values equal to the settings' defaults stay defaults.
     pub fn to_spec(&self, settings: &Settings) -> UserSpec {
-        let default_rules: Vec<String> = settings
+        let default_rules: Vec<&str> = settings
             .quota_rules
             .iter()
-            .map(QuotaRule::to_dovecot)
+            .map(QuotaRule::as_dovecot)
             .collect();
-        let quota_rules = if self.quota_rules == default_rules {
+        let quota_rules = if self.quota_rules.to_vec() == default_rules {
             Vec::new()
         } else {
             self.quota_rules
@@ -396,6 +462,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn home_template_expands_in_one_pass() {
+        let s = Settings {
+            home_template: Some("/var/vmail/%d/%n".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.expand_home("a@x.org").unwrap(), "/var/vmail/x.org/a");
+        let s = Settings {
+            home_template: Some("/h/%u/%%/%x/%".into()),
+            ..Default::default()
+        };
+        // A value is not expanded again; unknown escapes stay.
+        assert_eq!(s.expand_home("p%n@x").unwrap(), "/h/p%n@x/%%/%x/%");
+        assert_eq!(Settings::default().expand_home("a@x"), None);
+    }
+
+    #[test]
     fn pack_round_trips_and_uses_defaults() {
         let settings = Settings {
             home_template: Some("/var/vmail/%d/%n".into()),
@@ -420,9 +502,10 @@ mod tests {
         assert_eq!((u.uid, u.gid), (Some(5000), Some(5000)));
         assert_eq!(u.home.as_deref(), Some("/var/vmail/x.org/a"));
         assert_eq!(u.quota.storage, Some(10 << 30));
+        assert_eq!(packed.quota(&settings), u.quota);
         assert!(!u.own_quota);
         assert_eq!(
-            u.quota_rules,
+            u.quota_rules.to_vec(),
             ["Trash:storage=+524288000B", "Junk:storage=+524288000B"]
         );
         assert!(u.enabled);
@@ -454,7 +537,8 @@ mod tests {
             }
         );
         assert!(u.own_quota);
-        assert_eq!(u.quota_rules, ["Trash:storage=+1073741824B"]);
+        assert_eq!(packed.quota(&settings), u.quota);
+        assert_eq!(u.quota_rules.to_vec(), ["Trash:storage=+1073741824B"]);
         assert_eq!(u.home.as_deref(), Some("/h"));
         assert!(!u.enabled);
         assert_eq!(u.password, None);

@@ -20,9 +20,20 @@
 //!   nothing and the commit reports [`CommitOutcome::NotFound`], so Dovecot
 //!   recalculates the real usage (creating the key from a delta would make
 //!   usage wrong forever; protocols.md G14).
+//!
+//! # Read cache
+//! Every SMTP-time check reads a user's counters, and a redb read
+//! transaction per check was the largest cost of the policy service in its
+//! benchmark. Counters read once are kept in memory ([`ReadCache`]); a
+//! commit drops the cached values of the users it touched once it is
+//! durable, and the next read takes them from redb again. A read that raced
+//! with a commit does not cache what it read (a per-shard version tells),
+//! so the cache never holds a value older than a commit that was answered.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{RwLock, mpsc};
 use std::thread;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -88,10 +99,77 @@ pub struct Txn {
     pub ops: Vec<Op>,
 }
 
+/// The counters the dict and the quota checks know, in [`Cached`] order.
+const CACHED_KEYS: [&str; 2] = ["quota/storage", "quota/messages"];
+
+/// Shards of the read cache: a commit locks one shard per touched user, so
+/// readers of other users never wait for it.
+const CACHE_SHARDS: usize = 64;
+
+/// Most users cached per shard (4M in all, above the largest directories
+/// ramdir is sized for); a full shard is emptied and refills from redb.
+const MAX_CACHED_PER_SHARD: usize = 1 << 16;
+
+/// One user's cached counters, as in [`CACHED_KEYS`] (`None`: no counter).
+type Cached = [Option<i64>; 2];
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Bumped by every invalidation, so a read that raced with a commit
+    /// does not cache a value from before it.
+    version: u64,
+    users: HashMap<Box<str>, Cached, foldhash::fast::FixedState>,
+}
+
+/// The in-memory copy of counters read from redb (see the module docs).
+#[derive(Debug)]
+struct ReadCache {
+    hasher: foldhash::fast::FixedState,
+    shards: Vec<RwLock<Shard>>,
+}
+
+impl ReadCache {
+    fn new() -> ReadCache {
+        ReadCache {
+            hasher: foldhash::fast::FixedState::default(),
+            shards: (0..CACHE_SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+
+    fn shard(&self, user: &str) -> &RwLock<Shard> {
+        &self.shards[self.hasher.hash_one(user) as usize % CACHE_SHARDS]
+    }
+
+    /// The cached counters, or the shard's version to insert with.
+    fn get(&self, user: &str) -> Result<Cached, u64> {
+        // A poisoned lock only means a panic elsewhere; the map is intact.
+        let s = self.shard(user).read().unwrap_or_else(|e| e.into_inner());
+        s.users.get(user).copied().ok_or(s.version)
+    }
+
+    fn insert(&self, user: &str, version: u64, value: Cached) {
+        let mut s = self.shard(user).write().unwrap_or_else(|e| e.into_inner());
+        if s.version != version {
+            return;
+        }
+        if s.users.len() >= MAX_CACHED_PER_SHARD {
+            s.users.clear();
+        }
+        s.users.insert(user.into(), value);
+    }
+
+    fn invalidate(&self, user: &str) {
+        let mut s = self.shard(user).write().unwrap_or_else(|e| e.into_inner());
+        s.version += 1;
+        s.users.remove(user);
+    }
+}
+
 /// The durable store.
 #[derive(Debug)]
 pub struct UsageStore {
     db: Database,
+    cache: ReadCache,
 }
 
 impl UsageStore {
@@ -105,18 +183,54 @@ impl UsageStore {
         let w = db.begin_write().map_err(db_err)?;
         w.open_table(COUNTERS).map_err(db_err)?;
         w.commit().map_err(db_err)?;
-        Ok(UsageStore { db })
+        Ok(UsageStore {
+            db,
+            cache: ReadCache::new(),
+        })
     }
 
     /// Read a counter.
     pub fn get(&self, user: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        match CACHED_KEYS.iter().position(|k| *k == key) {
+            Some(i) => Ok(self.counters(user)?[i]),
+            None => self.read_db(user, &[key]).map(|v| v[0]),
+        }
+    }
+
+    /// Both counters of `user` (`quota/storage`, `quota/messages`), from the
+    /// read cache when it has them.
+    pub fn counters(&self, user: &str) -> Result<[Option<i64>; 2], StoreError> {
+        match self.cache.get(user) {
+            Ok(c) => Ok(c),
+            Err(version) => {
+                let c = self.read_db(user, &CACHED_KEYS)?;
+                let c = [c[0], c[1]];
+                self.cache.insert(user, version, c);
+                Ok(c)
+            }
+        }
+    }
+
+    fn read_db(&self, user: &str, keys: &[&str]) -> Result<Vec<Option<i64>>, StoreError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(COUNTERS).map_err(db_err)?;
-        Ok(t.get((user, key)).map_err(db_err)?.map(|v| v.value()))
+        keys.iter()
+            .map(|k| Ok(t.get((user, *k)).map_err(db_err)?.map(|v| v.value())))
+            .collect()
     }
 
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
+        let r = self.write_batch(txns);
+        // After the commit (or its failure, when what is on disk is not
+        // known): the next read of these users goes to redb.
+        for txn in txns {
+            self.cache.invalidate(&txn.user);
+        }
+        r
+    }
+
+    fn write_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
         let w = self.db.begin_write().map_err(db_err)?;
         let mut out = Vec::with_capacity(txns.len());
         {
@@ -274,6 +388,32 @@ mod tests {
             .unwrap();
         assert_eq!(s.get("a", "quota/storage").unwrap(), None);
         assert_eq!(s.get("b", "quota/storage").unwrap(), Some(7));
+    }
+
+    #[test]
+    fn cached_reads_follow_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UsageStore::open(&dir.path().join("q.redb")).unwrap();
+        assert_eq!(s.counters("a").unwrap(), [None, None]);
+        s.commit_batch(&[txn("a", vec![Op::Set("quota/storage".into(), 5)])])
+            .unwrap();
+        assert_eq!(s.counters("a").unwrap(), [Some(5), None]);
+        s.commit_batch(&[txn("a", vec![Op::Inc("quota/storage".into(), 2)])])
+            .unwrap();
+        assert_eq!(s.get("a", "quota/storage").unwrap(), Some(7));
+        s.commit_batch(&[txn("a", vec![Op::Unset("quota/storage".into())])])
+            .unwrap();
+        assert_eq!(s.get("a", "quota/storage").unwrap(), None);
+        // A read that started before a commit does not cache its value.
+        let version = s.cache.get("b").unwrap_err();
+        s.commit_batch(&[txn("b", vec![Op::Set("quota/messages".into(), 1)])])
+            .unwrap();
+        s.cache.insert("b", version, [None, Some(0)]);
+        assert_eq!(s.counters("b").unwrap(), [None, Some(1)]);
+        // Keys outside the cache are read from redb.
+        s.commit_batch(&[txn("a", vec![Op::Set("other".into(), 3)])])
+            .unwrap();
+        assert_eq!(s.get("a", "other").unwrap(), Some(3));
     }
 
     #[test]

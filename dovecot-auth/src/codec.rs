@@ -20,6 +20,7 @@
 //! for `D`. Replies are sent in command order, without async ids: the
 //! client matches a reply without `+` to its oldest pending command.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -70,7 +71,7 @@ impl std::error::Error for CodecError {}
 
 /// A command from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<'a> {
     /// `H`: protocol version and which dict.
     Hello {
         /// Protocol major.
@@ -80,16 +81,16 @@ pub enum Command {
         /// Value type (always 0, string, in 2.3).
         value_type: u32,
         /// Username (empty in 2.3; 2.2-era clients put it here).
-        user: String,
+        user: Cow<'a, str>,
         /// Dict name from the URI (`…:auth`).
-        dict: String,
+        dict: Cow<'a, str>,
     },
     /// `L`: look a key up.
     Lookup {
         /// Key (`shared/…` or `priv/…`).
-        key: String,
+        key: Cow<'a, str>,
         /// User the `priv/` keys belong to.
-        user: String,
+        user: Cow<'a, str>,
     },
     /// `I`: iterate keys under a path.
     Iterate {
@@ -98,39 +99,39 @@ pub enum Command {
         /// Row limit (0: none).
         max_rows: u64,
         /// Path prefix.
-        path: String,
+        path: Cow<'a, str>,
         /// User.
-        user: String,
+        user: Cow<'a, str>,
     },
     /// `B`: begin a transaction.
     Begin {
         /// Transaction id (per connection).
         id: u32,
         /// User.
-        user: String,
+        user: Cow<'a, str>,
     },
     /// `S`: set a key.
     Set {
         /// Transaction id.
         id: u32,
         /// Key.
-        key: String,
+        key: Cow<'a, str>,
         /// Value.
-        value: String,
+        value: Cow<'a, str>,
     },
     /// `U`: unset a key.
     Unset {
         /// Transaction id.
         id: u32,
         /// Key.
-        key: String,
+        key: Cow<'a, str>,
     },
     /// `A`: add to a counter.
     AtomicInc {
         /// Transaction id.
         id: u32,
         /// Key.
-        key: String,
+        key: Cow<'a, str>,
         /// Signed difference.
         diff: i64,
     },
@@ -157,6 +158,11 @@ pub enum Command {
     },
 }
 
+/// Bytes that must be escaped in a field.
+fn needs_escape(b: u8) -> bool {
+    matches!(b, b'\x01' | b'\0' | b'\t' | b'\r' | b'\n')
+}
+
 /// Escape one field.
 pub fn escape(s: &str, out: &mut String) {
     for c in s.chars() {
@@ -171,11 +177,34 @@ pub fn escape(s: &str, out: &mut String) {
     }
 }
 
+/// Escape one field straight into an output buffer: replies are mostly
+/// JSON without a byte to escape, which is then copied in one piece.
+pub fn put_escaped(s: &str, out: &mut BytesMut) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if !needs_escape(c) {
+            continue;
+        }
+        out.put_slice(&b[start..i]);
+        out.put_slice(match c {
+            b'\x01' => b"\x011",
+            b'\0' => b"\x010",
+            b'\t' => b"\x01t",
+            b'\r' => b"\x01r",
+            _ => b"\x01n",
+        });
+        start = i + 1;
+    }
+    out.put_slice(&b[start..]);
+}
+
 /// Unescape one field (an escape before an unknown letter yields the letter;
 /// a trailing `\x01` is dropped, as Dovecot's `str_tabunescape` does).
-pub fn unescape(s: &str) -> String {
+/// Borrows when there is nothing to unescape, which is almost always.
+pub fn unescape(s: &str) -> Cow<'_, str> {
     if !s.contains('\x01') {
-        return s.to_string();
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
@@ -194,52 +223,72 @@ pub fn unescape(s: &str) -> String {
             Some(other) => out.push(other),
         }
     }
-    out
+    Cow::Owned(out)
 }
 
-/// Take one complete line (without its LF) off the front of `buf`.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+/// Length of the first complete line in `buf` (without its LF);
+/// `Ok(None)` = need more data. The caller parses `&buf[..n]` in place with
+/// [`Command::parse_bytes`] and then drops `n + 1` bytes.
+pub fn frame(buf: &[u8]) -> Result<Option<usize>, CodecError> {
     match buf.iter().position(|&b| b == b'\n') {
         Some(i) if i > MAX_LINE => Err(CodecError::LineTooLong),
-        Some(i) => {
-            let line = buf.split_to(i);
-            buf.advance(1);
-            Ok(Some(line))
-        }
+        Some(i) => Ok(Some(i)),
         None if buf.len() > MAX_LINE => Err(CodecError::LineTooLong),
         None => Ok(None),
     }
 }
 
-impl Command {
-    /// Take one command off the front of `buf`; `Ok(None)` = need more data.
-    pub fn decode(buf: &mut BytesMut) -> Result<Option<Command>, CodecError> {
-        let Some(line) = take_line(buf)? else {
+/// Most fields any command has (`H`: five).
+const MAX_FIELDS: usize = 5;
+
+impl Command<'_> {
+    /// Take one command off the front of `buf` as an owned value;
+    /// `Ok(None)` = need more data. (The server parses in place instead.)
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Command<'static>>, CodecError> {
+        let Some(n) = frame(buf)? else {
             return Ok(None);
         };
-        let line = std::str::from_utf8(&line).map_err(|_| CodecError::NotUtf8)?;
-        Command::parse(line).map(Some)
+        let cmd = Command::parse_bytes(&buf[..n]).map(Command::into_owned);
+        buf.advance(n + 1);
+        cmd.map(Some)
     }
 
-    /// Parse one line (without LF).
-    pub fn parse(line: &str) -> Result<Command, CodecError> {
+    /// Parse one line (without LF) that may not be UTF-8.
+    pub fn parse_bytes(line: &[u8]) -> Result<Command<'_>, CodecError> {
+        let line = std::str::from_utf8(line).map_err(|_| CodecError::NotUtf8)?;
+        Command::parse(line)
+    }
+
+    /// Parse one line (without LF), borrowing every field that has no
+    /// escape in it.
+    pub fn parse(line: &str) -> Result<Command<'_>, CodecError> {
         let mut chars = line.chars();
         let cmd = chars.next().ok_or(CodecError::Empty)?;
         let rest = chars.as_str();
-        let fields: Vec<String> = rest.split('\t').map(unescape).collect();
+        // Fields past the fifth are ignored (no command has more).
+        let mut raw = [""; MAX_FIELDS];
+        let mut count = 0;
+        for (i, f) in rest.split('\t').enumerate() {
+            if i < MAX_FIELDS {
+                raw[i] = f;
+            }
+            count = i + 1;
+        }
         let bad = |why: &str| CodecError::BadArgs(cmd, why.to_string());
         let want = |n: usize| -> Result<(), CodecError> {
-            if fields.len() < n {
-                Err(bad(&format!("want {n} fields, got {}", fields.len())))
+            if count < n {
+                Err(bad(&format!("want {n} fields, got {count}")))
             } else {
                 Ok(())
             }
         };
         let num = |i: usize| -> Result<u32, CodecError> {
-            fields[i]
+            raw[i]
                 .parse()
                 .map_err(|_| bad(&format!("field {} is not a number", i + 1)))
         };
+        // A missing optional field is empty, as an empty one.
+        let text = |i: usize| unescape(raw[i]);
         Ok(match cmd {
             'H' => {
                 want(5)?;
@@ -247,63 +296,67 @@ impl Command {
                     major: num(0)?,
                     minor: num(1)?,
                     value_type: num(2)?,
-                    user: fields[3].clone(),
-                    dict: fields[4].clone(),
+                    user: text(3),
+                    dict: text(4),
                 }
             }
             'L' => {
                 want(1)?;
                 Command::Lookup {
-                    key: fields[0].clone(),
-                    user: fields.get(1).cloned().unwrap_or_default(),
+                    key: text(0),
+                    user: text(1),
                 }
             }
             'I' => {
                 want(3)?;
                 Command::Iterate {
                     flags: num(0)?,
-                    max_rows: fields[1]
+                    max_rows: unescape(raw[1])
                         .parse()
                         .map_err(|_| bad("max_rows is not a number"))?,
-                    path: fields[2].clone(),
-                    user: fields.get(3).cloned().unwrap_or_default(),
+                    path: text(2),
+                    user: text(3),
                 }
             }
             'B' => {
                 want(1)?;
                 Command::Begin {
                     id: num(0)?,
-                    user: fields.get(1).cloned().unwrap_or_default(),
+                    user: text(1),
                 }
             }
             'S' => {
                 want(3)?;
                 Command::Set {
                     id: num(0)?,
-                    key: fields[1].clone(),
-                    value: fields[2].clone(),
+                    key: text(1),
+                    value: text(2),
                 }
             }
             'U' => {
                 want(2)?;
                 Command::Unset {
                     id: num(0)?,
-                    key: fields[1].clone(),
+                    key: text(1),
                 }
             }
             'A' => {
                 want(3)?;
                 Command::AtomicInc {
                     id: num(0)?,
-                    key: fields[1].clone(),
-                    diff: fields[2].parse().map_err(|_| bad("diff is not a number"))?,
+                    key: text(1),
+                    diff: unescape(raw[2])
+                        .parse()
+                        .map_err(|_| bad("diff is not a number"))?,
                 }
             }
             'T' => {
                 want(3)?;
                 Command::Timestamp {
                     id: num(0)?,
-                    secs: fields[1].parse().map_err(|_| bad("secs is not a number"))?,
+                    secs: unescape(raw[1])
+                        .parse()
+                        .map_err(|_| bad("secs is not a number"))?,
                     nsecs: num(2)?,
                 }
             }
@@ -318,6 +371,56 @@ impl Command {
             },
             other => return Err(CodecError::UnknownCommand(other)),
         })
+    }
+
+    /// The same command owning its fields.
+    pub fn into_owned(self) -> Command<'static> {
+        let o = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        match self {
+            Command::Hello {
+                major,
+                minor,
+                value_type,
+                user,
+                dict,
+            } => Command::Hello {
+                major,
+                minor,
+                value_type,
+                user: o(user),
+                dict: o(dict),
+            },
+            Command::Lookup { key, user } => Command::Lookup {
+                key: o(key),
+                user: o(user),
+            },
+            Command::Iterate {
+                flags,
+                max_rows,
+                path,
+                user,
+            } => Command::Iterate {
+                flags,
+                max_rows,
+                path: o(path),
+                user: o(user),
+            },
+            Command::Begin { id, user } => Command::Begin { id, user: o(user) },
+            Command::Set { id, key, value } => Command::Set {
+                id,
+                key: o(key),
+                value: o(value),
+            },
+            Command::Unset { id, key } => Command::Unset { id, key: o(key) },
+            Command::AtomicInc { id, key, diff } => Command::AtomicInc {
+                id,
+                key: o(key),
+                diff,
+            },
+            Command::Timestamp { id, secs, nsecs } => Command::Timestamp { id, secs, nsecs },
+            Command::Rollback { id } => Command::Rollback { id },
+            Command::Commit { id, async_reply } => Command::Commit { id, async_reply },
+        }
     }
 
     /// The command's line with its LF (for tests and the load tool).
@@ -408,6 +511,9 @@ pub enum CommitResult {
 pub enum Reply {
     /// Lookup found a value.
     Value(String),
+    /// Lookup found a JSON value: sent as it is, since JSON escapes every
+    /// control character and so never holds a byte the dict escapes.
+    Json(String),
     /// Lookup found nothing.
     NotFound,
     /// Lookup or iteration failed.
@@ -435,23 +541,36 @@ pub enum Reply {
 impl Reply {
     /// Append the reply's line with its LF.
     pub fn encode(&self, out: &mut BytesMut) {
-        let mut s = String::new();
+        use std::fmt::Write as _;
+        // Writing to a `BytesMut` cannot fail.
+        struct W<'b>(&'b mut BytesMut);
+        impl fmt::Write for W<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0.put_slice(s.as_bytes());
+                Ok(())
+            }
+        }
         match self {
             Reply::Value(v) => {
-                s.push('O');
-                escape(v, &mut s);
+                out.put_u8(b'O');
+                put_escaped(v, out);
             }
-            Reply::NotFound => s.push('N'),
+            Reply::Json(v) => {
+                debug_assert!(!v.bytes().any(needs_escape), "{v:?}");
+                out.put_u8(b'O');
+                out.put_slice(v.as_bytes());
+            }
+            Reply::NotFound => out.put_u8(b'N'),
             Reply::Fail(e) => {
-                s.push('F');
-                escape(e, &mut s);
+                out.put_u8(b'F');
+                put_escaped(e, out);
             }
             Reply::Row { key, value } => {
-                s.push('O');
-                escape(key, &mut s);
+                out.put_u8(b'O');
+                put_escaped(key, out);
                 // The client needs a value field even when it asked for none.
-                s.push('\t');
-                escape(value, &mut s);
+                out.put_u8(b'\t');
+                put_escaped(value, out);
             }
             Reply::IterEnd => {}
             Reply::Commit {
@@ -460,24 +579,22 @@ impl Reply {
                 result,
             } => {
                 if *async_reply {
-                    s.push('A');
+                    out.put_u8(b'A');
                 }
-                match result {
-                    CommitResult::Ok => s.push_str(&format!("O{id}")),
-                    CommitResult::NotFound => s.push_str(&format!("N{id}")),
-                    CommitResult::Fail(e) => {
-                        s.push_str(&format!("F{id}\t"));
-                        escape(e, &mut s);
-                    }
-                    CommitResult::WriteUncertain(e) => {
-                        s.push_str(&format!("W{id}\t"));
-                        escape(e, &mut s);
-                    }
+                let (letter, error) = match result {
+                    CommitResult::Ok => ('O', None),
+                    CommitResult::NotFound => ('N', None),
+                    CommitResult::Fail(e) => ('F', Some(e)),
+                    CommitResult::WriteUncertain(e) => ('W', Some(e)),
+                };
+                let _ = write!(W(out), "{letter}{id}");
+                if let Some(e) = error {
+                    out.put_u8(b'\t');
+                    put_escaped(e, out);
                 }
             }
         }
-        s.push('\n');
-        out.put_slice(s.as_bytes());
+        out.put_u8(b'\n');
     }
 }
 
@@ -485,7 +602,7 @@ impl Reply {
 mod tests {
     use super::*;
 
-    type Decoded = Result<Vec<Command>, CodecError>;
+    type Decoded = Result<Vec<Command<'static>>, CodecError>;
 
     fn decode_pieces(pieces: &[&[u8]]) -> Decoded {
         let mut buf = BytesMut::new();
@@ -512,8 +629,8 @@ mod tests {
         assert_eq!(&decode_pieces(&bytes), want, "bytewise");
     }
 
-    fn s(v: &str) -> String {
-        v.to_string()
+    fn s<T: From<String>>(v: &str) -> T {
+        T::from(v.to_string())
     }
 
     #[test]
@@ -706,16 +823,19 @@ mod tests {
             let mut e = String::new();
             escape(&v, &mut e);
             proptest::prop_assert!(!e.contains(['\t', '\n', '\r', '\0']));
-            proptest::prop_assert_eq!(unescape(&e), v);
+            proptest::prop_assert_eq!(unescape(&e), v.as_str());
+            let mut b = BytesMut::new();
+            put_escaped(&v, &mut b);
+            proptest::prop_assert_eq!(&b[..], e.as_bytes());
         }
 
         #[test]
         fn commands_round_trip(key in "[ -~\\t\\n\\x01]{0,40}", user in "[a-z@.\\t]{0,20}", id in 0u32..1000, diff in proptest::num::i64::ANY) {
             for cmd in [
-                Command::Lookup { key: key.clone(), user: user.clone() },
-                Command::Begin { id, user: user.clone() },
-                Command::AtomicInc { id, key: key.clone(), diff },
-                Command::Set { id, key: key.clone(), value: user.clone() },
+                Command::Lookup { key: key.clone().into(), user: user.clone().into() },
+                Command::Begin { id, user: user.clone().into() },
+                Command::AtomicInc { id, key: key.clone().into(), diff },
+                Command::Set { id, key: key.clone().into(), value: user.clone().into() },
             ] {
                 let mut buf = BytesMut::new();
                 cmd.encode(&mut buf);

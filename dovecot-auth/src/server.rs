@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use ramdir_core::DirectoryHandle;
 use ramdir_core::fallback::Fallback;
 use ramdir_core::usage::{CommitOutcome, UsageStore, Writer};
@@ -23,7 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::codec::{Command, CommitResult, Reply};
+use crate::codec::{self, Command, CommitResult, Reply};
 use crate::service::{Session, Settings, Step, source_question, source_unavailable};
 
 /// Close a connection idle this long. Dovecot closes its own idle
@@ -163,6 +163,11 @@ pub async fn run(
 /// atomic add per command would bounce its cache line between the CPUs).
 const COUNT_BATCH: u64 = 256;
 
+/// Free room made in the read buffer before each read. Parsing in place
+/// leaves the consumed front of the buffer unusable until it is reclaimed;
+/// without this, a request read into what was left could take two reads.
+const READ_ROOM: usize = 1024;
+
 /// A connection's command count, flushed in batches and when it ends.
 struct Counted<'a> {
     stats: &'a Stats,
@@ -247,9 +252,18 @@ impl Conn {
         let mut commands = Counted { stats, pending: 0 };
         loop {
             loop {
-                let cmd = match Command::decode(&mut buf) {
-                    Ok(Some(c)) => c,
+                // Parsed in place: the command borrows from `buf` until
+                // its line is dropped at the end of this iteration.
+                let n = match codec::frame(&buf) {
+                    Ok(Some(n)) => n,
                     Ok(None) => break,
+                    Err(e) => {
+                        let _ = self.flush().await;
+                        return Err(e.to_string());
+                    }
+                };
+                let cmd = match Command::parse_bytes(&buf[..n]) {
+                    Ok(c) => c,
                     Err(e) => {
                         let _ = self.flush().await;
                         return Err(e.to_string());
@@ -257,30 +271,36 @@ impl Conn {
                 };
                 commands.add();
                 let dir = directory.current();
-                let lookup = matches!(cmd, Command::Lookup { .. }).then(|| cmd.clone());
-                match session.handle(cmd, &dir, store, &config.settings) {
-                    Step::Reply(replies) => {
-                        let replies = match lookup
-                            .as_ref()
-                            .and_then(|c| source_question(&dir, c, &replies).map(|q| (c, q)))
-                        {
-                            None => replies,
-                            Some((cmd, (kind, key))) => match &config.fallback {
-                                None => vec![source_unavailable(&dir, None)],
-                                Some(fb) => match fb.fetch(kind, &key).await {
-                                    Ok(_) => match session.handle(
-                                        cmd.clone(),
-                                        &directory.snapshot(),
-                                        store,
-                                        &config.settings,
-                                    ) {
-                                        Step::Reply(r) => r,
-                                        _ => vec![source_unavailable(&dir, None)],
-                                    },
-                                    Err(e) => vec![source_unavailable(&dir, Some(&e))],
-                                },
+                // Kept only to ask the source about a miss, which only a
+                // snapshot that is not authoritative can have.
+                let lookup = (!dir.authoritative() && matches!(cmd, Command::Lookup { .. }))
+                    .then(|| cmd.clone());
+                let mut step = session.handle(cmd, &dir, store, &config.settings);
+                // A miss in a snapshot that is not authoritative: ask the
+                // source, then answer from the snapshot it updated.
+                if let (Step::One(reply), Some(c)) = (&step, &lookup)
+                    && let Some((kind, key)) = source_question(&dir, c, std::slice::from_ref(reply))
+                {
+                    let reply = match &config.fallback {
+                        None => source_unavailable(&dir, None),
+                        Some(fb) => match fb.fetch(kind, &key).await {
+                            Ok(_) => match session.handle(
+                                c.clone(),
+                                &directory.snapshot(),
+                                store,
+                                &config.settings,
+                            ) {
+                                Step::One(r) => r,
+                                _ => source_unavailable(&dir, None),
                             },
-                        };
+                            Err(e) => source_unavailable(&dir, Some(&e)),
+                        },
+                    };
+                    step = Step::One(reply);
+                }
+                match step {
+                    Step::One(reply) => reply.encode(&mut self.out),
+                    Step::Reply(replies) => {
                         for r in replies {
                             r.encode(&mut self.out);
                         }
@@ -331,6 +351,7 @@ impl Conn {
                         return Err(why);
                     }
                 }
+                buf.advance(n + 1);
             }
             if let Err(e) = self.flush().await {
                 tracing::debug!(error = %e, "dict client went away");
@@ -341,7 +362,7 @@ impl Conn {
             }
             tokio::select! {
                 biased;
-                r = self.stream.read_buf(&mut buf) => match r {
+                r = { buf.reserve(READ_ROOM); self.stream.read_buf(&mut buf) } => match r {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => reads += 1,
                 },
@@ -510,7 +531,7 @@ mod tests {
                         (t * 100 + i) % 300
                     );
                     let got = exchange(&mut c, line.as_bytes(), 1).await;
-                    assert!(got[0].starts_with("O{\"gid\":5000"), "{got:?}");
+                    assert!(got[0].starts_with("O{\"uid\":5000,\"gid\":5000"), "{got:?}");
                 }
             }));
         }

@@ -85,6 +85,8 @@ pub enum Dict {
 /// What the server must do next.
 #[derive(Debug)]
 pub enum Step {
+    /// Send this one reply (a lookup's; no allocation for the list).
+    One(Reply),
     /// Send these replies (possibly none).
     Reply(Vec<Reply>),
     /// Stream the rows of an iteration, then [`Reply::IterEnd`].
@@ -161,7 +163,7 @@ impl Session {
     /// Handle one command.
     pub fn handle(
         &mut self,
-        cmd: Command,
+        cmd: Command<'_>,
         dir: &Directory,
         usage: Option<&UsageStore>,
         settings: &Settings,
@@ -171,17 +173,17 @@ impl Session {
         };
         match cmd {
             Command::Hello { .. } => Step::Close("second hello".into()),
-            Command::Lookup { key, user } => Step::Reply(vec![match dict {
+            Command::Lookup { key, user } => Step::One(match dict {
                 Dict::Auth => auth_lookup(&key, dir, settings),
                 Dict::Quota => {
                     let user = if user.is_empty() {
-                        self.hello_user.clone()
+                        &self.hello_user
                     } else {
-                        user
+                        &*user
                     };
-                    quota_lookup(&key, &user, usage)
+                    quota_lookup(&key, user, usage)
                 }
-            }]),
+            }),
             Command::Iterate {
                 flags,
                 max_rows,
@@ -198,7 +200,7 @@ impl Session {
                     return Step::Reply(vec![Reply::IterEnd]);
                 }
                 Step::Iterate(IterPlan {
-                    prefix: path,
+                    prefix: path.into_owned(),
                     max_rows,
                 })
             }
@@ -212,12 +214,12 @@ impl Session {
                 let user = if user.is_empty() {
                     self.hello_user.clone()
                 } else {
-                    user
+                    user.to_lowercase()
                 };
                 self.txns.insert(
                     id,
                     Open {
-                        user: user.to_lowercase(),
+                        user,
                         ops: Vec::new(),
                         error: None,
                     },
@@ -275,7 +277,7 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, cmd: Command, usage: Option<&UsageStore>, settings: &Settings) -> Step {
+    fn hello(&mut self, cmd: Command<'_>, usage: Option<&UsageStore>, settings: &Settings) -> Step {
         let Command::Hello {
             major, user, dict, ..
         } = cmd
@@ -332,7 +334,7 @@ impl Session {
 /// ask the source about, if any.
 pub fn source_question(
     dir: &Directory,
-    cmd: &Command,
+    cmd: &Command<'_>,
     replies: &[Reply],
 ) -> Option<(KeyKind, String)> {
     if dir.authoritative() || replies != [Reply::NotFound] {
@@ -375,6 +377,12 @@ fn quota_lookup(key: &str, user: &str, usage: Option<&UsageStore>) -> Reply {
 /// Resolve an auth username to a user: the exact (folded) login, or with
 /// `alias_logins` an alias that delivers to exactly one local mailbox.
 fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<User<'d>> {
+    // Dovecot asks with the login as stored almost always: no copy then.
+    if dir.settings().normalizer.is_normal_form(name)
+        && let Some(u) = dir.user(name)
+    {
+        return Some(u);
+    }
     let addr = dir.settings().normalizer.address(name)?;
     if let Some(u) = dir.user(&addr.full()) {
         return Some(u);
@@ -398,66 +406,155 @@ fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<
 fn auth_lookup(key: &str, dir: &Directory, settings: &Settings) -> Reply {
     if let Some(name) = key.strip_prefix(PASSDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled => Reply::Value(passdb_json(&u, name)),
+            Some(u) if u.enabled => Reply::Json(passdb_json(&u, name)),
             _ => Reply::NotFound,
         };
     }
     if let Some(name) = key.strip_prefix(USERDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled || settings.disabled_userdb => Reply::Value(userdb_json(&u, name)),
+            Some(u) if u.enabled || settings.disabled_userdb => Reply::Json(userdb_json(&u, name)),
             _ => Reply::NotFound,
         };
     }
     Reply::NotFound
 }
 
+/// A flat JSON object written field by field: the auth dict's answers have
+/// a handful of string and number fields, and building a `serde_json` map
+/// for each lookup cost more than the lookup itself (dict benchmark).
+struct JsonObject(String);
+
+impl JsonObject {
+    fn new() -> JsonObject {
+        // Room for a typical userdb answer (about 190 bytes).
+        let mut s = String::with_capacity(256);
+        s.push('{');
+        JsonObject(s)
+    }
+
+    fn key(&mut self, k: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        json_string(k, &mut self.0);
+        self.0.push(':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        json_string(v, &mut self.0);
+    }
+
+    fn num(&mut self, k: &str, v: u32) {
+        use std::fmt::Write as _;
+        self.key(k);
+        let _ = write!(self.0, "{v}");
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// A JSON string literal, escaped as serde_json does (`"`, `\\` and
+/// control characters; everything else verbatim UTF-8).
+fn json_string(v: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in v.bytes().enumerate() {
+        let esc = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&v[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{c:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&v[start..]);
+    out.push('"');
+}
+
 fn passdb_json(u: &User<'_>, asked: &str) -> String {
-    let mut m = serde_json::Map::new();
+    let mut m = JsonObject::new();
     match u.password {
-        Some(p) => m.insert("password".into(), p.into()),
+        Some(p) => m.str("password", p),
         // No hash: nobody can log in with a password (but the entry exists).
-        None => m.insert("nologin".into(), "y".into()),
+        None => m.str("nologin", "y"),
     };
     if u.login != asked {
-        m.insert("user".into(), u.login.into());
+        m.str("user", u.login);
     }
     for (k, v) in &u.extra {
         if !k.starts_with("userdb_") {
-            m.insert((*k).into(), (*v).into());
+            m.str(k, v);
         }
     }
-    serde_json::Value::Object(m).to_string()
+    m.finish()
 }
 
 fn userdb_json(u: &User<'_>, asked: &str) -> String {
-    let mut m = serde_json::Map::new();
+    let mut m = JsonObject::new();
     if u.login != asked {
-        m.insert("user".into(), u.login.into());
+        m.str("user", u.login);
     }
     if let Some(uid) = u.uid {
-        m.insert("uid".into(), uid.into());
+        m.num("uid", uid);
     }
     if let Some(gid) = u.gid {
-        m.insert("gid".into(), gid.into());
+        m.num("gid", gid);
     }
     if let Some(h) = &u.home {
-        m.insert("home".into(), h.as_str().into());
+        m.str("home", h);
     }
     if let Some(mail) = u.mail {
-        m.insert("mail".into(), mail.into());
+        m.str("mail", mail);
     }
+    // As `QuotaLimit::to_rule`, written in place (digits need no escape).
     // Dovecot: storage=0 means no limit.
-    let rule = u.quota.to_rule().unwrap_or_else(|| "*:storage=0".into());
-    m.insert("quota_rule".into(), rule.into());
+    m.key("quota_rule");
+    {
+        use std::fmt::Write as _;
+        let out = &mut m.0;
+        out.push_str("\"*");
+        match (u.quota.storage, u.quota.messages) {
+            (None, None) => out.push_str(":storage=0"),
+            (storage, messages) => {
+                if let Some(s) = storage {
+                    let _ = write!(out, ":storage={s}B");
+                }
+                if let Some(n) = messages {
+                    let _ = write!(out, ":messages={n}");
+                }
+            }
+        }
+        out.push('"');
+    }
+    let mut name = String::from("quota_rule");
     for (i, r) in u.quota_rules.iter().enumerate() {
-        m.insert(format!("quota_rule{}", i + 2), r.as_str().into());
+        use std::fmt::Write as _;
+        name.truncate("quota_rule".len());
+        let _ = write!(name, "{}", i + 2);
+        m.str(&name, r);
     }
     for (k, v) in &u.extra {
         if let Some(k) = k.strip_prefix("userdb_") {
-            m.insert(k.into(), (*v).into());
+            m.str(k, v);
         }
     }
-    serde_json::Value::Object(m).to_string()
+    m.finish()
 }
 
 #[cfg(test)]
@@ -511,6 +608,7 @@ mod tests {
 
     fn replies(step: Step) -> Vec<Reply> {
         match step {
+            Step::One(r) => vec![r],
             Step::Reply(r) => r,
             other => panic!("expected replies, got {other:?}"),
         }
@@ -518,9 +616,29 @@ mod tests {
 
     fn value(step: Step) -> serde_json::Value {
         match replies(step).as_slice() {
-            [Reply::Value(v)] => serde_json::from_str(v).unwrap(),
+            [Reply::Value(v) | Reply::Json(v)] => serde_json::from_str(v).unwrap(),
             other => panic!("expected a value, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_does() {
+        for v in [
+            "",
+            "plain",
+            "{SSHA}a/b+c=",
+            "quote\" back\\ slash",
+            "ctl\u{0}\u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}",
+            "ünï €",
+        ] {
+            let mut mine = String::new();
+            json_string(v, &mut mine);
+            assert_eq!(mine, serde_json::to_string(v).unwrap(), "{v:?}");
+        }
+        let mut m = JsonObject::new();
+        m.str("a", "x");
+        m.num("b", 7);
+        assert_eq!(m.finish(), r#"{"a":"x","b":7}"#);
     }
 
     #[test]

@@ -21,18 +21,18 @@ use crate::mapping::EntryData;
 /// An entryUUID (16 bytes, as in the Sync State control).
 pub type Uuid = [u8; 16];
 
-/// Parse the textual `entryUUID` attribute (`8-4-4-4-12` hex digits).
+/// Parse the textual `entryUUID` attribute (`8-4-4-4-12` hex digits;
+/// hyphens anywhere are ignored).
 pub fn parse_uuid(s: &str) -> Option<Uuid> {
-    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
-    }
     let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let txt = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(txt, 16).ok()?;
+    let mut n = 0;
+    for b in s.bytes().filter(|b| *b != b'-') {
+        let d = (b as char).to_digit(16)? as u8;
+        let byte = out.get_mut(n / 2)?;
+        *byte = *byte << 4 | d;
+        n += 1;
     }
-    Some(out)
+    (n == 32).then_some(out)
 }
 
 /// Render a UUID in the textual form.
@@ -48,19 +48,71 @@ pub fn format_uuid(u: &Uuid) -> String {
     )
 }
 
-/// What one entry contributed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What one entry contributed: its login and its alias keys, in one
+/// allocation (a million entries would otherwise cost three or more heap
+/// strings each). Each key is stored as its length ([`LEN_BYTES`] bytes,
+/// little-endian) followed by its bytes, the login first.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Contribution {
-    /// The mailbox login, if the entry is one.
-    pub login: Option<Box<str>>,
+    keys: Box<[u8]>,
+}
+
+/// Bytes of a key's length in [`Contribution`]: a `u32`, so any key fits
+/// (keys read back from a warm snapshot are not length-checked).
+const LEN_BYTES: usize = 4;
+
+impl Contribution {
+    fn new<'a>(login: &'a str, aliases: impl Iterator<Item = &'a str> + Clone) -> Contribution {
+        let size = aliases
+            .clone()
+            .chain([login])
+            .map(|k| LEN_BYTES + k.len())
+            .sum();
+        let mut keys = Vec::with_capacity(size);
+        for k in [login].into_iter().chain(aliases) {
+            keys.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            keys.extend_from_slice(k.as_bytes());
+        }
+        Contribution {
+            keys: keys.into_boxed_slice(),
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        let mut rest = &self.keys[..];
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<LEN_BYTES>()?;
+            let (key, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
+            rest = tail;
+            // Built from `&str`s in `Contribution::new`.
+            Some(std::str::from_utf8(key).expect("keys are UTF-8"))
+        })
+    }
+
+    /// The mailbox login.
+    pub fn login(&self) -> &str {
+        self.keys().next().unwrap_or_default()
+    }
+
     /// Alias keys pointing at the login.
-    pub aliases: Box<[Box<str>]>,
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.keys().skip(1)
+    }
+}
+
+impl std::fmt::Debug for Contribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contribution")
+            .field("login", &self.login())
+            .field("aliases", &self.aliases().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Entries by UUID.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    entries: HashMap<Uuid, Contribution>,
+    entries: HashMap<Uuid, Contribution, foldhash::fast::RandomState>,
 }
 
 impl Index {
@@ -77,6 +129,12 @@ impl Index {
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Make room for `additional` more entries (a full load of a known
+    /// size), so they go in without rehashing.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
     }
 
     /// Whether `uuid` is held.
@@ -103,18 +161,15 @@ impl Index {
             // Not a mailbox (any more): nothing to hold.
             return;
         };
-        let login = user.login.clone();
         user.origin = Some(uuid);
         dir.insert_user(&user);
+        let login = &user.login;
         for a in &data.aliases {
-            dir.set_alias(a, vec![login.clone()]);
+            dir.set_alias_to(a, login);
         }
         self.entries.insert(
             uuid,
-            Contribution {
-                login: Some(login.into()),
-                aliases: data.aliases.into_iter().map(Into::into).collect(),
-            },
+            Contribution::new(login, data.aliases.iter().map(String::as_str)),
         );
     }
 
@@ -133,14 +188,12 @@ impl Index {
     /// files): LDAP data lives on across file reloads.
     pub fn carry_over(&self, from: &Directory, to: &mut Directory) {
         for c in self.entries.values() {
-            let Some(login) = c.login.as_deref() else {
-                continue;
-            };
+            let login = c.login();
             if let Some(u) = from.user(login) {
                 to.insert_user(&u.to_spec(from.settings()));
             }
-            for a in c.aliases.iter() {
-                to.set_alias(a, vec![login.to_string()]);
+            for a in c.aliases() {
+                to.set_alias_to(a, login);
             }
         }
     }
@@ -152,15 +205,13 @@ impl Index {
 /// new entry arrives before the old one is swept), the new owner's mailbox
 /// and aliases stay.
 fn withdraw(dir: &mut Directory, uuid: &Uuid, c: &Contribution) {
-    let Some(login) = c.login.as_deref() else {
-        return;
-    };
+    let login = c.login();
     let owned = dir.user(login).is_none_or(|u| u.origin == Some(*uuid));
     if !owned {
         return;
     }
     dir.remove_user(login);
-    for a in c.aliases.iter() {
+    for a in c.aliases() {
         // Only remove an alias that still points here.
         if dir
             .alias(a)

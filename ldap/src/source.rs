@@ -6,7 +6,8 @@
 //!    non-authoritative until the sync catches up.
 //! 2. **Full load** (no cookie): read the suffix's `contextCSN`, then every
 //!    entry with paged results, with progress in the log; the result is
-//!    built aside and swapped in at once. The sync then starts from a cookie
+//!    built aside (on a thread of its own, while the next pages arrive)
+//!    and swapped in at once. The sync then starts from a cookie
 //!    made of that `contextCSN`, so it only sends what changed during the
 //!    load (and a present list or delete list to catch deletions).
 //! 3. **Sync**: refreshAndPersist (the control is **critical**: a server
@@ -27,7 +28,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,9 +41,10 @@ use ramdir_core::{Directory, DirectoryHandle, UserSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::bulk;
 use crate::conn::{LdapError, connect, scope};
 use crate::index::{Index, Uuid, format_uuid, parse_uuid};
-use crate::mapping::EntryData;
+use crate::mapping::{EntryData, EntryView, MapError, Resolved};
 use crate::settings::Settings;
 
 /// OID of the Sync State control (RFC 4533).
@@ -57,6 +59,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Snapshot at most this often (and never more often than ten times the
 /// last write took, so a huge directory does not spend its time writing).
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+/// Entries the full load hands to its builder thread at once: one page's
+/// worth, so the channel costs little per entry.
+const BATCH: usize = 1000;
+/// Batches on their way to the builder at most: enough that neither side
+/// waits for the other at a page turn, and a bounded amount of memory
+/// (a batch of received entries is about 1 MB).
+const BATCHES_IN_FLIGHT: usize = 4;
 /// Log full-load progress every this many entries.
 const PROGRESS_EVERY: u64 = 100_000;
 /// File name of the warm-start snapshot in `state_dir`.
@@ -359,51 +368,63 @@ impl LdapSource {
 
     /// Read every entry with paged results, build the directory aside and
     /// swap it in.
+    ///
+    /// Two threads: one receives the entries and hands them over in
+    /// batches to a builder thread, which maps them and builds the
+    /// directory, so the next page is asked for as soon as one is received,
+    /// not once it has been built. Over a plain transport the receiver is
+    /// [`bulk`]'s (entries stay the bytes they came in); with TLS it is
+    /// ldap3's search. Entries are built in the order they came; a failed
+    /// search swaps nothing in.
     async fn full_load(&self, ldap: &mut Ldap) -> Result<(), LdapError> {
         let started = Instant::now();
         let s = &self.settings;
         let mut dir = Directory::clone(&self.handle.snapshot());
         // Withdraw what the previous load contributed (a reload).
         let mut old = self.lock().index.clone();
+        let expected = old.len();
+        let expected_aliases = old.iter().map(|(_, c)| c.aliases().count()).sum();
         let uuids: Vec<Uuid> = old.uuids().copied().collect();
         for u in &uuids {
             old.delete(&mut dir, u);
         }
+        drop(old);
+        // The previous load's size (or the warm snapshot's) is the best
+        // guess of this one's.
         let mut index = Index::new();
-        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
-            Box::new(EntriesOnly::new()),
-            Box::new(PagedResults::new(s.page_size)),
-        ];
-        let attrs = s.mapping.attributes();
-        let mut search = ldap
-            .streaming_search_with(adapters, &s.base, scope(s.scope), &s.filter, attrs)
-            .await?;
-        let normalizer = dir.settings().normalizer.clone();
-        let mut n = 0u64;
-        while let Some(re) = search.next().await? {
-            let e = SearchEntry::construct(re);
-            n += 1;
-            if let Some((uuid, data)) = self.entry_data(&e, &normalizer) {
-                index.put(&mut dir, uuid, data);
+        index.reserve(expected);
+        dir.reserve(expected, expected_aliases);
+        let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_IN_FLIGHT);
+        let mapping = s.mapping.resolve();
+        let builder = tokio::task::spawn_blocking(move || build(rx, dir, index, &mapping));
+        // A plain transport is read in place (see `bulk`); TLS goes through
+        // ldap3.
+        let received = match bulk::connect(s).await {
+            Ok(Some(conn)) => {
+                // Reads block: on a thread of its own, told to stop if this
+                // load is dropped (the source is stopping).
+                let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+                let (stopped, settings, tx) = (stop.0.clone(), s.clone(), tx.clone());
+                let reader = tokio::task::spawn_blocking(move || {
+                    conn.paged_search(&settings, &tx, &stopped, |n| progress(n, started))
+                });
+                match reader.await {
+                    Ok(r) => r,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
             }
-            if n.is_multiple_of(PROGRESS_EVERY) {
-                let secs = started.elapsed().as_secs_f64();
-                tracing::info!(
-                    entries = n,
-                    per_sec = (n as f64 / secs) as u64,
-                    "LDAP full load progress"
-                );
-            }
-        }
-        let res = search.finish().await;
-        if res.rc != 0 {
-            return Err(LdapError::Result {
-                op: "full load search",
-                rc: res.rc,
-                text: res.text,
-            });
-        }
-        dir.shrink_to_fit();
+            Ok(None) => self.receive(ldap, &tx, started).await,
+            Err(e) => Err(e),
+        };
+        // The sender is gone: the builder finishes what it was given.
+        drop(tx);
+        let (dir, index) = match builder.await {
+            Ok(built) => built,
+            // A blocking task is only cancelled if it had not started when
+            // the runtime shut down, and then this task is gone too.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let n = received?;
         {
             let mut st = self.lock();
             st.index = index;
@@ -423,29 +444,49 @@ impl LdapSource {
         Ok(())
     }
 
-    /// Map an entry; a bad one is skipped with a warning.
-    fn entry_data(
+    /// The full load's paged search: every entry, in batches, to `tx`.
+    /// Returns how many entries there were.
+    async fn receive(
         &self,
-        e: &SearchEntry,
-        normalizer: &ramdir_core::address::Normalizer,
-    ) -> Option<(Uuid, EntryData)> {
-        let uuid = e
-            .attrs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
-            .and_then(|(_, v)| v.first())
-            .and_then(|v| parse_uuid(v));
-        let Some(uuid) = uuid else {
-            tracing::warn!(dn = %e.dn, "entry without entryUUID; skipped");
-            return None;
-        };
-        match self.settings.mapping.map(&e.attrs, normalizer) {
-            Ok(d) => Some((uuid, d)),
-            Err(err) => {
-                tracing::warn!(dn = %e.dn, error = %err, "entry cannot be mapped; skipped");
-                None
+        ldap: &mut Ldap,
+        tx: &tokio::sync::mpsc::Sender<Batch>,
+        started: Instant,
+    ) -> Result<u64, LdapError> {
+        let s = &self.settings;
+        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(s.page_size)),
+        ];
+        let attrs = s.mapping.attributes();
+        let mut search = ldap
+            .streaming_search_with(adapters, &s.base, scope(s.scope), &s.filter, attrs)
+            .await?;
+        let mut n = 0u64;
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(re) = search.next().await? {
+            n += 1;
+            batch.push(re);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                // Only fails if the builder panicked: its join says so.
+                if tx.send(Batch::Decoded(full)).await.is_err() {
+                    break;
+                }
             }
+            progress(n, started);
         }
+        if !batch.is_empty() {
+            let _ = tx.send(Batch::Decoded(batch)).await;
+        }
+        let res = search.finish().await;
+        if res.rc != 0 {
+            return Err(LdapError::Result {
+                op: "full load search",
+                rc: res.rc,
+                text: res.text,
+            });
+        }
+        Ok(n)
     }
 
     async fn sync(
@@ -471,6 +512,7 @@ impl LdapSource {
         };
         self.set_phase("sync refresh");
         let normalizer = self.handle.snapshot().settings().normalizer.clone();
+        let mapping = s.mapping.resolve();
         let mut present: HashSet<Uuid> = HashSet::new();
         let mut present_phase = false;
         let mut refreshing = true;
@@ -570,15 +612,17 @@ impl LdapSource {
                 }
                 EntryState::Add | EntryState::Modify => {
                     present.insert(uuid);
-                    let e = SearchEntry::construct(re);
-                    match self.settings.mapping.map(&e.attrs, &normalizer) {
+                    let view = mapping.view(&re.0);
+                    let dn = view.as_ref().map(EntryView::dn).unwrap_or_default();
+                    let mapped = view.and_then(|e| mapping.map(&e, &normalizer));
+                    match mapped {
                         Ok(data) => {
-                            tracing::debug!(dn = %e.dn, uuid = %format_uuid(&uuid), "LDAP change");
+                            tracing::debug!(%dn, uuid = %format_uuid(&uuid), "LDAP change");
                             self.apply(|idx, d| idx.put(d, uuid, data));
                             self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(err) => {
-                            tracing::warn!(dn = %e.dn, error = %err, "changed entry cannot be mapped; removed");
+                            tracing::warn!(%dn, error = %err, "changed entry cannot be mapped; removed");
                             self.apply(|idx, d| idx.delete(d, &uuid));
                         }
                     }
@@ -720,15 +764,13 @@ impl LdapSource {
             serde_json::to_writer(&mut w, &header)?;
             w.write_all(b"\n")?;
             for (uuid, c) in index.iter() {
-                let Some(login) = c.login.as_deref() else {
-                    continue;
-                };
+                let login = c.login();
                 let Some(u) = snap.user(login) else { continue };
                 let spec = u.to_spec(snap.settings());
                 let saved = Saved::from_spec(
                     format_uuid(uuid),
                     &spec,
-                    c.aliases.iter().map(|a| a.to_string()).collect(),
+                    c.aliases().map(str::to_string).collect(),
                 );
                 serde_json::to_writer(&mut w, &saved)?;
                 w.write_all(b"\n")?;
@@ -743,6 +785,92 @@ impl LdapSource {
             self.lock().dirty = true;
         }
         result.map(|()| true)
+    }
+}
+
+/// Log the full load's progress now and then.
+fn progress(n: u64, started: Instant) {
+    if n.is_multiple_of(PROGRESS_EVERY) {
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            entries = n,
+            per_sec = (n as f64 / secs) as u64,
+            "LDAP full load progress"
+        );
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Entries on their way to the full load's builder.
+#[derive(Debug)]
+enum Batch {
+    /// Decoded by ldap3.
+    Decoded(Vec<ResultEntry>),
+    /// Read in place.
+    Raw(bulk::Page),
+}
+
+impl From<bulk::Page> for Batch {
+    fn from(p: bulk::Page) -> Batch {
+        Batch::Raw(p)
+    }
+}
+
+/// The full load's builder: map each batch's entries, in order, into the
+/// directory and the index; done when the receiving side drops its sender.
+fn build(
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    mut dir: Directory,
+    mut index: Index,
+    mapping: &Resolved,
+) -> (Directory, Index) {
+    let normalizer = dir.settings().normalizer.clone();
+    let mut add = |view: Result<EntryView<'_>, MapError>| {
+        if let Some((uuid, data)) = entry_data(mapping, view, &normalizer) {
+            index.put(&mut dir, uuid, data);
+        }
+    };
+    while let Some(batch) = rx.blocking_recv() {
+        match batch {
+            Batch::Decoded(entries) => entries.iter().for_each(|re| add(mapping.view(&re.0))),
+            Batch::Raw(page) => page.entries().for_each(|e| add(mapping.view_ber(e))),
+        }
+    }
+    dir.shrink_to_fit();
+    (dir, index)
+}
+
+/// Map an entry; a bad one is skipped with a warning.
+fn entry_data(
+    mapping: &Resolved,
+    view: Result<EntryView<'_>, MapError>,
+    normalizer: &ramdir_core::address::Normalizer,
+) -> Option<(Uuid, EntryData)> {
+    let e = match view {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::warn!(error = %err, "entry cannot be read; skipped");
+            return None;
+        }
+    };
+    let Some(uuid) = mapping.entry_uuid(&e).and_then(parse_uuid) else {
+        tracing::warn!(dn = %e.dn(), "entry without entryUUID; skipped");
+        return None;
+    };
+    match mapping.map(&e, normalizer) {
+        Ok(d) => Some((uuid, d)),
+        Err(err) => {
+            tracing::warn!(dn = %e.dn(), error = %err, "entry cannot be mapped; skipped");
+            None
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
                 .map(|d| d.settings.clone())
                 .unwrap_or_default();
             match auth_dict_lookup(&dir, &settings, &format!("shared/{table}/{key}")) {
-                DictReply::Value(v) => Reply::Ok(redact_password(&v)),
+                DictReply::Value(v) | DictReply::Json(v) => Reply::Ok(redact_password(&v)),
                 DictReply::NotFound => Reply::NotFound,
                 other => Reply::Temp(format!("{other:?}")),
             }
@@ -73,19 +73,20 @@ fn auth_dict_lookup(dir: &Directory, settings: &DictSettings, key: &str) -> Dict
         major: 3,
         minor: 2,
         value_type: 0,
-        user: String::new(),
-        dict: settings.auth_dict.clone(),
+        user: String::new().into(),
+        dict: settings.auth_dict.clone().into(),
     };
     let _ = session.handle(hello, dir, None, settings);
     match session.handle(
         DictCommand::Lookup {
             key: key.into(),
-            user: String::new(),
+            user: String::new().into(),
         },
         dir,
         None,
         settings,
     ) {
+        Step::One(r) => r,
         Step::Reply(mut r) if r.len() == 1 => r.remove(0),
         other => DictReply::Fail(format!("{other:?}")),
     }
@@ -150,7 +151,7 @@ fn dict_usage(
         major: 3,
         minor: 2,
         value_type: 0,
-        user: String::new(),
+        user: String::new().into(),
         dict: dict.into(),
     };
     hello.encode(&mut out);
@@ -347,7 +348,7 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
                         line(format!("  {}  mailbox {login}", t.address));
                         line(format!(
                             "      quota: {quota}; folder rules: {}",
-                            u.quota_rules.join(", ")
+                            u.quota_rules.to_vec().join(", ")
                         ));
                         let scheme = u
                             .password

@@ -4,6 +4,7 @@
 //! NUL or LF; values no NUL or LF (`src/util/attr_scan_plain.c`). The reply
 //! is `action=<value>\n\n`; Postfix skips extra reply attributes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -45,30 +46,57 @@ impl fmt::Display for CodecError {
 
 impl std::error::Error for CodecError {}
 
-/// One policy request: its attributes in order.
+/// One policy request: its attributes in order. Parsed in place, the names
+/// and values borrow from the read buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyRequest {
+pub struct PolicyRequest<'a> {
     /// `(name, value)` pairs as sent.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-impl PolicyRequest {
+/// Attributes Postfix 3.7 sends (29), rounded up: one allocation per request.
+const TYPICAL_ATTRIBUTES: usize = 32;
+
+impl PolicyRequest<'_> {
     /// The first value of `name` (Postfix sends each once; the first wins,
     /// as in Dovecot's quota-status).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| &**v)
     }
 
-    /// Take one request off the front of `buf`; `Ok(None)` = need more data.
+    /// Take one request off the front of `buf` as an owned value;
+    /// `Ok(None)` = need more data. (The server parses in place instead.)
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<PolicyRequest<'static>>, CodecError> {
+        let Some((req, used)) = PolicyRequest::parse(buf)? else {
+            return Ok(None);
+        };
+        let req = req.into_owned();
+        buf.advance(used);
+        Ok(Some(req))
+    }
+
+    /// The same request owning its attributes.
+    pub fn into_owned(self) -> PolicyRequest<'static> {
+        PolicyRequest {
+            attrs: self
+                .attrs
+                .into_iter()
+                .map(|(n, v)| (Cow::Owned(n.into_owned()), Cow::Owned(v.into_owned())))
+                .collect(),
+        }
+    }
+
+    /// Parse the first request in `buf` in place: the request and how many
+    /// bytes it took, or `Ok(None)` = need more data.
     ///
     /// Nothing is consumed until the whole request has arrived, so a request
     /// split anywhere decodes the same; each line is checked as soon as it
     /// is complete, so an oversized field is refused early.
-    pub fn decode(buf: &mut BytesMut) -> Result<Option<PolicyRequest>, CodecError> {
-        let mut attrs = Vec::new();
+    pub fn parse(buf: &[u8]) -> Result<Option<(PolicyRequest<'_>, usize)>, CodecError> {
+        let mut attrs = Vec::with_capacity(TYPICAL_ATTRIBUTES);
         let mut pos = 0;
         loop {
             let rest = &buf[pos..];
@@ -82,8 +110,7 @@ impl PolicyRequest {
             let line = &rest[..nl];
             pos += nl + 1;
             if line.is_empty() {
-                buf.advance(pos);
-                return Ok(Some(PolicyRequest { attrs }));
+                return Ok(Some((PolicyRequest { attrs }, pos)));
             }
             if line.contains(&0) {
                 return Err(CodecError::BadBytes);
@@ -104,7 +131,7 @@ impl PolicyRequest {
             }
             let name = std::str::from_utf8(name).map_err(|_| CodecError::BadBytes)?;
             let value = std::str::from_utf8(value).map_err(|_| CodecError::BadBytes)?;
-            attrs.push((name.to_string(), value.to_string()));
+            attrs.push((Cow::Borrowed(name), Cow::Borrowed(value)));
         }
     }
 
@@ -169,13 +196,13 @@ fn clean(t: &str) -> String {
 mod tests {
     use super::*;
 
-    type Decoded = Result<Vec<PolicyRequest>, CodecError>;
+    type Decoded = Result<Vec<PolicyRequest<'static>>, CodecError>;
 
-    fn req(pairs: &[(&str, &str)]) -> PolicyRequest {
+    fn req(pairs: &[(&str, &str)]) -> PolicyRequest<'static> {
         PolicyRequest {
             attrs: pairs
                 .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .map(|(a, b)| (a.to_string().into(), b.to_string().into()))
                 .collect(),
         }
     }
@@ -280,7 +307,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn round_trips(pairs in proptest::collection::vec(("[a-z_]{1,12}", "[ -~]{0,40}"), 0..30)) {
-            let r = PolicyRequest { attrs: pairs };
+            let r = PolicyRequest { attrs: pairs.into_iter().map(|(a, b)| (a.into(), b.into())).collect() };
             let mut buf = BytesMut::new();
             r.encode(&mut buf);
             proptest::prop_assert_eq!(PolicyRequest::decode(&mut buf).unwrap(), Some(r));

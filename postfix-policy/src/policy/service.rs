@@ -95,17 +95,47 @@ struct Tracked {
     touched: Instant,
 }
 
+/// Shards of the [`Tracker`]: every RCPT with an `instance` updates it, and
+/// one lock shared by all workers was contended at benchmark rates (a
+/// contended lock parks a worker). Transactions are spread by `instance`.
+const TRACKER_SHARDS: usize = 16;
+
+/// One shard: its transactions and when it was last swept.
+#[derive(Debug)]
+struct TrackerShard {
+    map: HashMap<String, Tracked, foldhash::fast::RandomState>,
+    last_sweep: Instant,
+}
+
+impl TrackerShard {
+    fn sweep(&mut self, now: Instant) {
+        self.map
+            .retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
+        self.last_sweep = now;
+    }
+}
+
 /// Recipients accepted so far, per transaction (`instance`). Shared by all
 /// connections: Postfix may reconnect mid-transaction (max idle/TTL).
 #[derive(Debug)]
 pub struct Tracker {
-    inner: Mutex<(HashMap<String, Tracked>, Instant)>,
+    hasher: foldhash::fast::RandomState,
+    shards: Vec<Mutex<TrackerShard>>,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
+        let now = Instant::now();
         Tracker {
-            inner: Mutex::new((HashMap::new(), Instant::now())),
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..TRACKER_SHARDS)
+                .map(|_| {
+                    Mutex::new(TrackerShard {
+                        map: HashMap::default(),
+                        last_sweep: now,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -116,20 +146,28 @@ impl Tracker {
         Tracker::default()
     }
 
+    fn shard(&self, instance: &str) -> std::sync::MutexGuard<'_, TrackerShard> {
+        use std::hash::BuildHasher;
+        let i = self.hasher.hash_one(instance) as usize % TRACKER_SHARDS;
+        // A poisoned lock only means a panic elsewhere; the map is intact.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn remember(&self, instance: &str, rcpt: &str, now: Instant) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, last_sweep) = &mut *g;
-        if now.duration_since(*last_sweep) >= SWEEP_EVERY {
-            map.retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
-            *last_sweep = now;
+        let mut g = self.shard(instance);
+        if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
+            g.sweep(now);
         }
-        if !map.contains_key(instance) && map.len() >= MAX_TRACKED {
+        if !g.map.contains_key(instance) && g.map.len() >= MAX_TRACKED / TRACKER_SHARDS {
             return;
         }
-        let t = map.entry(instance.to_string()).or_insert_with(|| Tracked {
-            rcpts: Vec::new(),
-            touched: now,
-        });
+        let t = g
+            .map
+            .entry(instance.to_string())
+            .or_insert_with(|| Tracked {
+                rcpts: Vec::new(),
+                touched: now,
+            });
         t.touched = now;
         if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
             t.rcpts.push(rcpt.to_string());
@@ -139,21 +177,22 @@ impl Tracker {
     /// Forget transactions not seen for [`INSTANCE_TTL`] (run on a timer by
     /// the server, and opportunistically on requests).
     pub fn sweep(&self, now: Instant) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, last_sweep) = &mut *g;
-        map.retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
-        *last_sweep = now;
+        for s in &self.shards {
+            s.lock().unwrap_or_else(|e| e.into_inner()).sweep(now);
+        }
     }
 
     fn take(&self, instance: &str, now: Instant) -> Option<Vec<String>> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let t = g.0.remove(instance)?;
+        let t = self.shard(instance).map.remove(instance)?;
         (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t.rcpts)
     }
 
     /// Transactions currently remembered (for stats and tests).
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
+            .sum()
     }
 
     /// Whether nothing is remembered.
@@ -171,20 +210,50 @@ pub fn to_action(verdict: &Verdict, settings: &Settings) -> Action {
     }
 }
 
+/// The attributes the decision reads, found in one pass over the request
+/// (first occurrence wins, as [`PolicyRequest::get`]).
+#[derive(Default)]
+struct Attrs<'r> {
+    protocol_state: Option<&'r str>,
+    recipient: Option<&'r str>,
+    recipient_count: Option<&'r str>,
+    instance: Option<&'r str>,
+    size: Option<&'r str>,
+}
+
+impl<'r> Attrs<'r> {
+    fn of(req: &'r PolicyRequest<'_>) -> Attrs<'r> {
+        let mut a = Attrs::default();
+        for (n, v) in &req.attrs {
+            let slot = match &**n {
+                "protocol_state" => &mut a.protocol_state,
+                "recipient" => &mut a.recipient,
+                "recipient_count" => &mut a.recipient_count,
+                "instance" => &mut a.instance,
+                "size" => &mut a.size,
+                _ => continue,
+            };
+            slot.get_or_insert(&**v);
+        }
+        a
+    }
+}
+
 /// Decide one request.
 pub fn decide(
-    req: &PolicyRequest,
+    req: &PolicyRequest<'_>,
     dir: &Directory,
     usage: &dyn UsageSource,
     tracker: &Tracker,
     settings: &Settings,
     now: Instant,
 ) -> Action {
-    let size: u64 = req.get("size").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let instance = req.get("instance").unwrap_or("");
-    match req.get("protocol_state").unwrap_or("") {
+    let a = Attrs::of(req);
+    let size: u64 = a.size.and_then(|s| s.parse().ok()).unwrap_or(0);
+    let instance = a.instance.unwrap_or("");
+    match a.protocol_state.unwrap_or("") {
         "RCPT" => {
-            let Some(rcpt) = req.get("recipient").filter(|r| !r.is_empty()) else {
+            let Some(rcpt) = a.recipient.filter(|r| !r.is_empty()) else {
                 return Action::Dunno;
             };
             let verdict = check_recipient(dir, usage, settings.grace, rcpt, size);
@@ -202,16 +271,13 @@ pub fn decide(
             };
             let rcpts = match tracked {
                 Some(r) if !r.is_empty() => r,
-                _ => match req.get("recipient").filter(|r| !r.is_empty()) {
+                _ => match a.recipient.filter(|r| !r.is_empty()) {
                     Some(r) => vec![r.to_string()],
                     // Recipients we never saw: not ours to refuse.
                     None => return Action::Dunno,
                 },
             };
-            let count: usize = req
-                .get("recipient_count")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
+            let count: usize = a.recipient_count.and_then(|c| c.parse().ok()).unwrap_or(0);
             if count > rcpts.len() {
                 // Postfix accepted recipients we did not see at RCPT (the
                 // service is not in smtpd_recipient_restrictions?): we
@@ -267,16 +333,22 @@ mod tests {
         d
     }
 
-    fn req(state: &str, instance: &str, rcpt: &str, size: u64, count: usize) -> PolicyRequest {
+    fn req(
+        state: &str,
+        instance: &str,
+        rcpt: &str,
+        size: u64,
+        count: usize,
+    ) -> PolicyRequest<'static> {
         let mut attrs = vec![
-            ("request".to_string(), "smtpd_access_policy".to_string()),
-            ("protocol_state".into(), state.into()),
-            ("recipient".into(), rcpt.into()),
-            ("instance".into(), instance.into()),
-            ("size".into(), size.to_string()),
+            ("request".into(), "smtpd_access_policy".into()),
+            ("protocol_state".into(), state.to_string().into()),
+            ("recipient".into(), rcpt.to_string().into()),
+            ("instance".into(), instance.to_string().into()),
+            ("size".into(), size.to_string().into()),
         ];
         if count > 0 {
-            attrs.push(("recipient_count".into(), count.to_string()));
+            attrs.push(("recipient_count".into(), count.to_string().into()));
         }
         PolicyRequest { attrs }
     }
@@ -472,6 +544,7 @@ mod tests {
         assert_eq!(t.take("a", start + INSTANCE_TTL), None, "expired at EOM");
         t.remember("b", "r@x.org", start);
         t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
+        t.sweep(start + INSTANCE_TTL + SWEEP_EVERY);
         assert_eq!(t.len(), 1, "b swept");
         t.sweep(start + 3 * INSTANCE_TTL);
         assert!(t.is_empty(), "the timer sweep forgets c");

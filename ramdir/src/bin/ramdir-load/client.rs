@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ramdir_postfix::socketmap::codec::{CodecError, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::hist::Histogram;
 use crate::keys::{KeySet, XorShift};
@@ -89,10 +89,66 @@ pub trait Target: Send + Sync + 'static {
     async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String>;
 }
 
+/// Bytes read per `recv` by the client (replies are far smaller).
+const CLIENT_READ: usize = 8192;
+
+/// A client connection that waits for readability only, as Postfix's and
+/// Dovecot's clients do (Postfix polls for input while it waits for a reply;
+/// Dovecot's ioloop adds a write watch only when output is blocked).
+///
+/// tokio's `UnixStream` registers for reading *and* writing, edge-triggered,
+/// and on Unix sockets every `recv` by the server frees send space on the
+/// client's socket, which wakes the client's epoll for nothing. On two CPUs
+/// shared with the server, that spurious wake-up per request cost the
+/// server a cross-CPU wake-up in its `recv` and made the result depend on
+/// how long the server took (the longer, the likelier the client was
+/// asleep). A real client pays neither, so this one does not either.
+pub struct Stream {
+    fd: AsyncFd<std::os::unix::net::UnixStream>,
+}
+
+impl Stream {
+    /// Send all of `buf`. A request always fits the socket buffer of an
+    /// idle connection; if it ever does not, the task yields and retries
+    /// (the load's single request in flight makes that a corner case).
+    pub async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        while !buf.is_empty() {
+            match self.fd.get_ref().write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read what is there (waiting until something is) and append it to
+    /// `buf`; `Ok(0)` at end of stream.
+    pub async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        use std::io::Read as _;
+        let mut chunk = [0u8; CLIENT_READ];
+        loop {
+            let mut ready = self.fd.readable().await?;
+            match ready.try_io(|fd| fd.get_ref().read(&mut chunk)) {
+                Ok(r) => {
+                    let n = r?;
+                    buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
 /// Read from `stream` into `buf` until `decode` takes one reply off it.
 /// `decode` returns `Ok(None)` while it needs more bytes.
 pub async fn read_reply<R>(
-    stream: &mut UnixStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     mut decode: impl FnMut(&mut BytesMut) -> Result<Option<R>, String>,
 ) -> Result<R, String> {
@@ -109,10 +165,19 @@ pub async fn read_reply<R>(
 }
 
 /// Connect to a Unix socket, with the error message every target uses.
-pub async fn connect_unix(socket: &std::path::Path) -> Result<UnixStream, String> {
-    UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))
+pub async fn connect_unix(socket: &std::path::Path) -> Result<Stream, String> {
+    let err = |e: std::io::Error| format!("cannot connect to {}: {e}", socket.display());
+    // A Unix-socket connect completes at once or fails (no handshake).
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    // `with_interest` is deprecated for not tying the registration to the
+    // descriptor's lifetime (tokio#8587): a descriptor closed while still
+    // registered. Here the `AsyncFd` owns the stream, so the descriptor
+    // lives exactly as long as the registration; its replacement is
+    // `unsafe`, which the workspace keeps to `ffi/`.
+    #[allow(deprecated)]
+    let fd = AsyncFd::with_interest(s, Interest::READABLE).map_err(err)?;
+    Ok(Stream { fd })
 }
 
 /// The socketmap protocol: pre-encoded netstring requests, replies read
@@ -127,7 +192,7 @@ pub struct SocketmapTarget {
 }
 
 impl Target for SocketmapTarget {
-    type Conn = (UnixStream, BytesMut);
+    type Conn = (Stream, BytesMut);
 
     fn len(&self) -> usize {
         self.keys.len()

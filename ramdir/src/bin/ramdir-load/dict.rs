@@ -2,7 +2,7 @@
 //! codec (`ramdir_dovecot::codec`):
 //!
 //! - [`DictAnswer`]: the `dict-ceiling` server's protocol. Commands are
-//!   read with `Command::decode`; every `L` gets one constant `O<json>`
+//!   parsed in place with `Command::parse_bytes`, as ramdir's server does; every `L` gets one constant `O<json>`
 //!   reply encoded with `Reply::encode` (by default a userdb answer of the
 //!   size ramdir gives for a generated user), `H` and the transaction
 //!   commands get nothing, as in the protocol.
@@ -21,12 +21,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use ramdir_dovecot::codec::{Command, CommitResult, Reply};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
+use ramdir_dovecot::codec::{self, Command, CommitResult, Reply};
 
 use crate::ceiling::Answer;
-use crate::client::{Kind, Outcome, Target, connect_unix, read_reply};
+use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
 use crate::keys::{KeyPattern, KeySet, XorShift};
 
 /// Default key pattern of the `dict` client: userdb lookups of the users
@@ -37,9 +35,9 @@ pub const DEFAULT_DICT_PATTERN: &str = "shared/userdb/user%07d@domain%d.test";
 /// `shared/userdb/user0000003@domain3.test` of a `gen-passwd` directory
 /// (187 bytes).
 pub const DEFAULT_DICT_REPLY: &str = concat!(
-    "{\"gid\":5000,\"home\":\"/var/vmail/domain3.test/user0000003\",",
+    "{\"uid\":5000,\"gid\":5000,\"home\":\"/var/vmail/domain3.test/user0000003\",",
     "\"quota_rule\":\"*:storage=524288000B\",\"quota_rule2\":\"Trash:storage=+524288000B\",",
-    "\"quota_rule3\":\"Junk:storage=+524288000B\",\"uid\":5000}"
+    "\"quota_rule3\":\"Junk:storage=+524288000B\"}"
 );
 
 /// Longest reply line the client accepts before it gives up on the server.
@@ -49,38 +47,54 @@ const MAX_REPLY: usize = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct DictAnswer(pub Reply);
 
+impl DictAnswer {
+    /// Answer every lookup with `value`: as JSON, sent without an escape
+    /// pass as ramdir sends its userdb answers, unless it holds a byte the
+    /// dict must escape.
+    pub fn new(value: String) -> DictAnswer {
+        let plain = !value
+            .bytes()
+            .any(|b| matches!(b, 0 | 1 | b'\t' | b'\r' | b'\n'));
+        DictAnswer(if plain {
+            Reply::Json(value)
+        } else {
+            Reply::Value(value)
+        })
+    }
+}
+
 impl Answer for DictAnswer {
     // As ramdir's dict server (`dovecot-auth/src/server.rs`).
     const READ_BUF: usize = 1024;
     const WRITE_BUF: usize = 1024;
 
     fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
-        match Command::decode(buf) {
-            Ok(Some(Command::Lookup { key, user })) => {
+        // Parsed in place, as ramdir's server does.
+        let n = match codec::frame(buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(false),
+            Err(_) => return Err(()),
+        };
+        match Command::parse_bytes(&buf[..n]) {
+            Ok(Command::Lookup { key, user }) => {
                 std::hint::black_box((&key, &user));
                 self.0.encode(out);
-                Ok(true)
             }
             // Answered as a real server would, though the load never
             // sends them: a commit succeeds, an iteration is empty.
-            Ok(Some(Command::Commit { id, async_reply })) => {
-                Reply::Commit {
-                    id,
-                    async_reply,
-                    result: CommitResult::Ok,
-                }
-                .encode(out);
-                Ok(true)
+            Ok(Command::Commit { id, async_reply }) => Reply::Commit {
+                id,
+                async_reply,
+                result: CommitResult::Ok,
             }
-            Ok(Some(Command::Iterate { .. })) => {
-                Reply::IterEnd.encode(out);
-                Ok(true)
-            }
+            .encode(out),
+            Ok(Command::Iterate { .. }) => Reply::IterEnd.encode(out),
             // Hello and transaction commands get no reply.
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => Ok(false),
-            Err(_) => Err(()),
+            Ok(_) => {}
+            Err(_) => return Err(()),
         }
+        buf.advance(n + 1);
+        Ok(true)
     }
 }
 
@@ -128,8 +142,8 @@ pub fn hello(dict: &str) -> BytesMut {
         major: 3,
         minor: 2,
         value_type: 0,
-        user: String::new(),
-        dict: dict.to_string(),
+        user: String::new().into(),
+        dict: dict.to_string().into(),
     }
     .encode(&mut b);
     b
@@ -138,8 +152,8 @@ pub fn hello(dict: &str) -> BytesMut {
 /// The `L` line for `key` (with its user).
 pub fn lookup_line(key: &str, out: &mut BytesMut) {
     Command::Lookup {
-        key: key.to_string(),
-        user: user_of(key).to_string(),
+        key: key.to_string().into(),
+        user: user_of(key).to_string().into(),
     }
     .encode(out);
 }
@@ -175,7 +189,7 @@ impl DictTarget {
 }
 
 impl Target for DictTarget {
-    type Conn = (UnixStream, BytesMut);
+    type Conn = (Stream, BytesMut);
 
     fn len(&self) -> usize {
         self.keys.len()
@@ -243,19 +257,19 @@ fn fill_lines(id: u32, user: &str, bytes: u64, messages: u64, out: &mut BytesMut
     let user = user.to_string();
     Command::Begin {
         id,
-        user: user.clone(),
+        user: user.clone().into(),
     }
     .encode(out);
     Command::Set {
         id,
         key: "priv/quota/storage".into(),
-        value: bytes.to_string(),
+        value: bytes.to_string().into(),
     }
     .encode(out);
     Command::Set {
         id,
         key: "priv/quota/messages".into(),
-        value: messages.to_string(),
+        value: messages.to_string().into(),
     }
     .encode(out);
     Command::Commit {
@@ -368,7 +382,7 @@ mod tests {
         );
         // The ceiling reads them with the codec: nothing for H, the
         // constant value for L.
-        let answer = DictAnswer(Reply::Value(DEFAULT_DICT_REPLY.into()));
+        let answer = DictAnswer::new(DEFAULT_DICT_REPLY.into());
         let mut buf = hello("auth");
         buf.extend_from_slice(t.keys.request(3));
         let mut out = BytesMut::new();

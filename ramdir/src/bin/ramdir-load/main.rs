@@ -502,12 +502,10 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             report(&opts, target, load.json)
         }
-        Command::DictCeiling { socket, reply } => ceiling::run_answer(
-            "dict-ceiling",
-            &socket,
-            dict::DictAnswer(ramdir_dovecot::codec::Reply::Value(reply)),
-        )
-        .map_err(|e| format!("dict-ceiling: {e}")),
+        Command::DictCeiling { socket, reply } => {
+            ceiling::run_answer("dict-ceiling", &socket, dict::DictAnswer::new(reply))
+                .map_err(|e| format!("dict-ceiling: {e}"))
+        }
         Command::Dict {
             socket,
             load,

@@ -2,7 +2,7 @@
 //! project's codec (`ramdir_postfix::policy::codec`):
 //!
 //! - [`PolicyAnswer`]: the `policy-ceiling` server's protocol, reading each
-//!   request with `PolicyRequest::decode` and answering `action=DUNNO`
+//!   request in place with `PolicyRequest::parse` (as ramdir's server) and answering `action=DUNNO`
 //!   with `Action::encode`.
 //! - [`PolicyTarget`]: the `policy` load client. Each request is what
 //!   Postfix 3.7's smtpd sends at RCPT time (all 29 attributes, in
@@ -14,13 +14,11 @@
 
 use std::path::PathBuf;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use ramdir_postfix::policy::codec::{Action, PolicyRequest};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
 
 use crate::ceiling::Answer;
-use crate::client::{Kind, Outcome, Target, connect_unix, read_reply};
+use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
 use crate::keys::{KeyPattern, KeySet, XorShift};
 
 /// Hex digits of the part of `instance` that changes per transaction.
@@ -36,10 +34,12 @@ impl Answer for PolicyAnswer {
     const WRITE_BUF: usize = 128;
 
     fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
-        match PolicyRequest::decode(buf) {
-            Ok(Some(req)) => {
+        // Parsed in place, as ramdir's server does.
+        match PolicyRequest::parse(buf) {
+            Ok(Some((req, used))) => {
                 std::hint::black_box(&req);
                 Action::Dunno.encode(out);
+                buf.advance(used);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -68,7 +68,7 @@ pub fn classify(action: &str) -> Outcome {
 /// `instance` is `pid.sec.usec.` plus [`SEQ_DIGITS`] zero digits, which
 /// the client overwrites per transaction. `queue_id` is empty, as at a
 /// transaction's first RCPT.
-pub fn rcpt_request(recipient: &str, rng: &mut XorShift) -> PolicyRequest {
+pub fn rcpt_request(recipient: &str, rng: &mut XorShift) -> PolicyRequest<'static> {
     let n = rng.below(50_000);
     let host = format!("mx{}.sender{n}.example", rng.below(4));
     let pid = 0x1000 + rng.below(0xf000);
@@ -114,7 +114,10 @@ pub fn rcpt_request(recipient: &str, rng: &mut XorShift) -> PolicyRequest {
         ("policy_context", String::new()),
     ];
     PolicyRequest {
-        attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        attrs: attrs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
     }
 }
 
@@ -186,7 +189,7 @@ impl PolicyTarget {
 
 /// One policy connection.
 pub struct PolicyConn {
-    stream: UnixStream,
+    stream: Stream,
     buf: BytesMut,
     out: Vec<u8>,
     id: usize,

@@ -53,28 +53,73 @@ impl Settings {
     /// Expand the home template for `login` (`local@domain`).
     pub fn expand_home(&self, login: &str) -> Option<String> {
         let t = self.home_template.as_deref()?;
-        let (n, d) = login.rsplit_once('@').unwrap_or((login, ""));
-        // One pass: a value is never expanded again (a local part holding
-        // `%u` stays as it is), and one allocation per lookup.
-        let mut out = String::with_capacity(t.len() + login.len() + d.len());
-        let mut rest = t;
-        while let Some(i) = rest.find('%') {
-            out.push_str(&rest[..i]);
-            let v = match rest.as_bytes().get(i + 1) {
-                Some(b'd') => d,
-                Some(b'n') => n,
-                Some(b'u') => login,
-                _ => {
-                    out.push('%');
-                    rest = &rest[i + 1..];
-                    continue;
-                }
-            };
-            out.push_str(v);
-            rest = &rest[i + 2..];
-        }
-        out.push_str(rest);
+        let mut out = String::with_capacity(t.len() + 2 * login.len());
+        expand_template(t, login, |p| out.push_str(p));
         Some(out)
+    }
+}
+
+/// Expand a home template (`%d` domain, `%n` local part, `%u` address) for
+/// `login`, handing the pieces to `f`. One pass: a value is never expanded
+/// again (a local part holding `%u` stays as it is); other `%` stay.
+fn expand_template(template: &str, login: &str, mut f: impl FnMut(&str)) {
+    let (n, d) = login.rsplit_once('@').unwrap_or((login, ""));
+    let mut rest = template;
+    while let Some(i) = rest.find('%') {
+        f(&rest[..i]);
+        let v = match rest.as_bytes().get(i + 1) {
+            Some(b'd') => d,
+            Some(b'n') => n,
+            Some(b'u') => login,
+            _ => {
+                f("%");
+                rest = &rest[i + 1..];
+                continue;
+            }
+        };
+        f(v);
+        rest = &rest[i + 2..];
+    }
+    f(rest);
+}
+
+/// A user's home directory: stored with the user, or the settings'
+/// template for its login, expanded only when it is written (a userdb
+/// lookup writes it once; building a `String` per lookup showed in the
+/// dict benchmark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home<'a> {
+    /// The user's own home.
+    Own(&'a str),
+    /// `template` expanded for `login`.
+    Template {
+        /// The `home_template` setting.
+        template: &'a str,
+        /// The user's login.
+        login: &'a str,
+    },
+}
+
+impl Home<'_> {
+    /// The home in pieces, in order (one piece for [`Home::Own`]).
+    pub fn pieces(&self, f: impl FnMut(&str)) {
+        let mut f = f;
+        match *self {
+            Home::Own(h) => f(h),
+            Home::Template { template, login } => expand_template(template, login, f),
+        }
+    }
+}
+
+impl fmt::Display for Home<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut r = Ok(());
+        self.pieces(|p| {
+            if r.is_ok() {
+                r = f.write_str(p);
+            }
+        });
+        r
     }
 }
 
@@ -307,10 +352,12 @@ impl PackedUser {
         let storage = (flags & F_STORAGE != 0).then(|| r.varint());
         let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
         let password = r.opt_str();
-        let home = r
-            .opt_str()
-            .map(str::to_string)
-            .or_else(|| settings.expand_home(login));
+        let home = r.opt_str().map(Home::Own).or_else(|| {
+            settings
+                .home_template
+                .as_deref()
+                .map(|template| Home::Template { template, login })
+        });
         let mail = r.opt_str();
         let nrules = r.varint() as usize;
         let own_rules: Vec<&str> = (0..nrules).map(|_| r.str()).collect();
@@ -355,7 +402,7 @@ pub struct User<'a> {
     /// gid for mail files.
     pub gid: Option<u32>,
     /// Home: the user's own, else the template's expansion.
-    pub home: Option<String>,
+    pub home: Option<Home<'a>>,
     /// Dovecot `mail` location.
     pub mail: Option<&'a str>,
     /// Effective limit (own or default).
@@ -422,7 +469,7 @@ impl User<'_> {
             password: self.password.map(str::to_string),
             uid: self.uid,
             gid: self.gid,
-            home: self.home.clone(),
+            home: self.home.map(|h| h.to_string()),
             mail: self.mail.map(str::to_string),
             quota: self.own_quota.then_some(self.quota),
             quota_rules,
@@ -500,7 +547,10 @@ mod tests {
         let u = packed.view("a@x.org", &settings);
         assert_eq!(u.password, Some("{SHA512-CRYPT}$6$abc"));
         assert_eq!((u.uid, u.gid), (Some(5000), Some(5000)));
-        assert_eq!(u.home.as_deref(), Some("/var/vmail/x.org/a"));
+        assert_eq!(
+            u.home.map(|h| h.to_string()).as_deref(),
+            Some("/var/vmail/x.org/a")
+        );
         assert_eq!(u.quota.storage, Some(10 << 30));
         assert_eq!(packed.quota(&settings), u.quota);
         assert!(!u.own_quota);
@@ -539,7 +589,7 @@ mod tests {
         assert!(u.own_quota);
         assert_eq!(packed.quota(&settings), u.quota);
         assert_eq!(u.quota_rules.to_vec(), ["Trash:storage=+1073741824B"]);
-        assert_eq!(u.home.as_deref(), Some("/h"));
+        assert_eq!(u.home, Some(Home::Own("/h")));
         assert!(!u.enabled);
         assert_eq!(u.password, None);
     }

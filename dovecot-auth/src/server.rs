@@ -299,7 +299,10 @@ impl Conn {
                     step = Step::One(reply);
                 }
                 match step {
-                    Step::One(reply) => reply.encode(&mut self.out),
+                    Step::One(reply) => {
+                        reply.encode(&mut self.out);
+                        session.recycle(reply);
+                    }
                     Step::Reply(replies) => {
                         for r in replies {
                             r.encode(&mut self.out);

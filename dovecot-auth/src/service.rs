@@ -142,6 +142,9 @@ pub struct Session {
     dict: Option<Dict>,
     hello_user: String,
     txns: HashMap<u32, Open>,
+    /// The buffer auth answers are written into, handed back after each
+    /// reply ([`Session::recycle`]) so a lookup allocates nothing.
+    json: String,
 }
 
 /// Store failures become `F`; the message is what Dovecot logs.
@@ -153,6 +156,16 @@ impl Session {
     /// A new connection's state.
     pub fn new() -> Session {
         Session::default()
+    }
+
+    /// Take back a reply's buffer once it has been sent, for the next
+    /// answer to reuse.
+    pub fn recycle(&mut self, reply: Reply) {
+        if let Reply::Json(s) = reply
+            && s.capacity() > self.json.capacity()
+        {
+            self.json = s;
+        }
     }
 
     /// The dict chosen by the hello, once received.
@@ -174,7 +187,7 @@ impl Session {
         match cmd {
             Command::Hello { .. } => Step::Close("second hello".into()),
             Command::Lookup { key, user } => Step::One(match dict {
-                Dict::Auth => auth_lookup(&key, dir, settings),
+                Dict::Auth => auth_lookup(&key, dir, settings, &mut self.json),
                 Dict::Quota => {
                     let user = if user.is_empty() {
                         &self.hello_user
@@ -403,65 +416,94 @@ fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<
     }
 }
 
-fn auth_lookup(key: &str, dir: &Directory, settings: &Settings) -> Reply {
+/// An auth-dict lookup. The JSON is written into `buf` (a buffer the
+/// session reuses; see [`Session::recycle`]).
+fn auth_lookup(key: &str, dir: &Directory, settings: &Settings, buf: &mut String) -> Reply {
     if let Some(name) = key.strip_prefix(PASSDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled => Reply::Json(passdb_json(&u, name)),
+            Some(u) if u.enabled => {
+                passdb_json(&u, name, buf);
+                Reply::Json(std::mem::take(buf))
+            }
             _ => Reply::NotFound,
         };
     }
     if let Some(name) = key.strip_prefix(USERDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled || settings.disabled_userdb => Reply::Json(userdb_json(&u, name)),
+            Some(u) if u.enabled || settings.disabled_userdb => {
+                userdb_json(&u, name, buf);
+                Reply::Json(std::mem::take(buf))
+            }
             _ => Reply::NotFound,
         };
     }
     Reply::NotFound
 }
 
-/// A flat JSON object written field by field: the auth dict's answers have
-/// a handful of string and number fields, and building a `serde_json` map
-/// for each lookup cost more than the lookup itself (dict benchmark).
-struct JsonObject(String);
+/// A flat JSON object written field by field into a reused buffer: the
+/// auth dict's answers have a handful of string and number fields, and
+/// building a `serde_json` map (or even formatting with `write!`) for each
+/// lookup cost more than the lookup itself (dict benchmark).
+struct JsonObject<'b>(&'b mut String);
 
-impl JsonObject {
-    fn new() -> JsonObject {
-        // Room for a typical userdb answer (about 190 bytes).
-        let mut s = String::with_capacity(256);
-        s.push('{');
-        JsonObject(s)
+impl<'b> JsonObject<'b> {
+    fn new(buf: &'b mut String) -> JsonObject<'b> {
+        buf.clear();
+        buf.push('{');
+        JsonObject(buf)
     }
 
     fn key(&mut self, k: &str) {
         if self.0.len() > 1 {
             self.0.push(',');
         }
-        json_string(k, &mut self.0);
+        json_string(k, self.0);
         self.0.push(':');
     }
 
     fn str(&mut self, k: &str, v: &str) {
         self.key(k);
-        json_string(v, &mut self.0);
+        json_string(v, self.0);
     }
 
     fn num(&mut self, k: &str, v: u32) {
-        use std::fmt::Write as _;
         self.key(k);
-        let _ = write!(self.0, "{v}");
+        push_u64(self.0, v.into());
     }
 
-    fn finish(mut self) -> String {
+    fn finish(self) {
         self.0.push('}');
-        self.0
+    }
+}
+
+/// Decimal digits of `n` (no formatting machinery).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
     }
 }
 
 /// A JSON string literal, escaped as serde_json does (`"`, `\\` and
 /// control characters; everything else verbatim UTF-8).
 fn json_string(v: &str, out: &mut String) {
-    use std::fmt::Write as _;
     out.push('"');
+    json_escaped(v, out);
+    out.push('"');
+}
+
+/// The inside of a JSON string literal (see [`json_string`]).
+fn json_escaped(v: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, c) in v.bytes().enumerate() {
         let esc = match c {
@@ -477,18 +519,19 @@ fn json_string(v: &str, out: &mut String) {
         };
         out.push_str(&v[start..i]);
         if esc.is_empty() {
-            let _ = write!(out, "\\u{c:04x}");
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(c >> 4)]));
+            out.push(char::from(HEX[usize::from(c & 15)]));
         } else {
             out.push_str(esc);
         }
         start = i + 1;
     }
     out.push_str(&v[start..]);
-    out.push('"');
 }
 
-fn passdb_json(u: &User<'_>, asked: &str) -> String {
-    let mut m = JsonObject::new();
+fn passdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
+    let mut m = JsonObject::new(buf);
     match u.password {
         Some(p) => m.str("password", p),
         // No hash: nobody can log in with a password (but the entry exists).
@@ -502,11 +545,11 @@ fn passdb_json(u: &User<'_>, asked: &str) -> String {
             m.str(k, v);
         }
     }
-    m.finish()
+    m.finish();
 }
 
-fn userdb_json(u: &User<'_>, asked: &str) -> String {
-    let mut m = JsonObject::new();
+fn userdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
+    let mut m = JsonObject::new(buf);
     if u.login != asked {
         m.str("user", u.login);
     }
@@ -517,7 +560,10 @@ fn userdb_json(u: &User<'_>, asked: &str) -> String {
         m.num("gid", gid);
     }
     if let Some(h) = &u.home {
-        m.str("home", h);
+        m.key("home");
+        m.0.push('"');
+        h.pieces(|p| json_escaped(p, m.0));
+        m.0.push('"');
     }
     if let Some(mail) = u.mail {
         m.str("mail", mail);
@@ -525,36 +571,35 @@ fn userdb_json(u: &User<'_>, asked: &str) -> String {
     // As `QuotaLimit::to_rule`, written in place (digits need no escape).
     // Dovecot: storage=0 means no limit.
     m.key("quota_rule");
-    {
-        use std::fmt::Write as _;
-        let out = &mut m.0;
-        out.push_str("\"*");
-        match (u.quota.storage, u.quota.messages) {
-            (None, None) => out.push_str(":storage=0"),
-            (storage, messages) => {
-                if let Some(s) = storage {
-                    let _ = write!(out, ":storage={s}B");
-                }
-                if let Some(n) = messages {
-                    let _ = write!(out, ":messages={n}");
-                }
+    m.0.push_str("\"*");
+    match (u.quota.storage, u.quota.messages) {
+        (None, None) => m.0.push_str(":storage=0"),
+        (storage, messages) => {
+            if let Some(s) = storage {
+                m.0.push_str(":storage=");
+                push_u64(m.0, s);
+                m.0.push('B');
+            }
+            if let Some(n) = messages {
+                m.0.push_str(":messages=");
+                push_u64(m.0, n);
             }
         }
-        out.push('"');
     }
-    let mut name = String::from("quota_rule");
+    m.0.push('"');
     for (i, r) in u.quota_rules.iter().enumerate() {
-        use std::fmt::Write as _;
-        name.truncate("quota_rule".len());
-        let _ = write!(name, "{}", i + 2);
-        m.str(&name, r);
+        // `quota_rule2`, `quota_rule3`, …: a key that needs no escape.
+        m.0.push_str(",\"quota_rule");
+        push_u64(m.0, i as u64 + 2);
+        m.0.push_str("\":");
+        json_string(r, m.0);
     }
     for (k, v) in &u.extra {
         if let Some(k) = k.strip_prefix("userdb_") {
             m.str(k, v);
         }
     }
-    m.finish()
+    m.finish();
 }
 
 #[cfg(test)]
@@ -635,10 +680,14 @@ mod tests {
             json_string(v, &mut mine);
             assert_eq!(mine, serde_json::to_string(v).unwrap(), "{v:?}");
         }
-        let mut m = JsonObject::new();
+        let mut buf = String::from("stale");
+        let mut m = JsonObject::new(&mut buf);
         m.str("a", "x");
         m.num("b", 7);
-        assert_eq!(m.finish(), r#"{"a":"x","b":7}"#);
+        m.num("c", 4_294_967_295);
+        m.num("d", 0);
+        m.finish();
+        assert_eq!(buf, r#"{"a":"x","b":7,"c":4294967295,"d":0}"#);
     }
 
     #[test]

@@ -363,7 +363,7 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
                             "      uid {} gid {} home {} mail {}",
                             u.uid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                             u.gid.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                            u.home.as_deref().unwrap_or("-"),
+                            u.home.map_or("-".to_string(), |h| h.to_string()),
                             u.mail.unwrap_or("-"),
                         ));
                         line(format!(

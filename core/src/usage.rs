@@ -24,7 +24,7 @@
 //! # Read cache
 //! Every SMTP-time check reads a user's counters, and a redb read
 //! transaction per check was the largest cost of the policy service in its
-//! benchmark. Counters read once are kept in memory ([`ReadCache`]); a
+//! benchmark. Counters read once are kept in memory (`ReadCache`); a
 //! commit drops the cached values of the users it touched once it is
 //! durable, and the next read takes them from redb again. A read that raced
 //! with a commit does not cache what it read (a per-shard version tells),

@@ -50,7 +50,7 @@ pub fn format_uuid(u: &Uuid) -> String {
 
 /// What one entry contributed: its login and its alias keys, in one
 /// allocation (a million entries would otherwise cost three or more heap
-/// strings each). Each key is stored as its length ([`LEN_BYTES`] bytes,
+/// strings each). Each key is stored as its length (`LEN_BYTES` bytes,
 /// little-endian) followed by its bytes, the login first.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Contribution {

@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::codec::PolicyRequest;
-use super::service::{SWEEP_EVERY, Settings, Tracker, decide};
+use super::service::{SWEEP_EVERY, Settings, Tracker, Transactions, decide};
 
 /// Idle time after which ramdir closes a connection (between one and two of
 /// these after the last request: the timer re-arms itself when it fires).
@@ -131,6 +131,9 @@ async fn serve_connection(
 ) {
     let mut buf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::with_capacity(128);
+    // This connection's transaction; handed to `tracker` if the connection
+    // closes before its END-OF-MESSAGE.
+    let mut transactions = Transactions::new(tracker);
     // As in the socketmap server: one idle timer and one stop future per
     // connection, re-armed when it fires if the connection was used, so no
     // timer or clock work is done per request.
@@ -152,7 +155,7 @@ async fn serve_connection(
                         &req,
                         &directory.current(),
                         usage,
-                        tracker,
+                        &mut transactions,
                         &config.settings,
                         Instant::now(),
                     );

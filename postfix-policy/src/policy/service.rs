@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ramdir_core::Directory;
@@ -110,6 +111,8 @@ struct TrackerShard {
 }
 
 impl TrackerShard {
+    /// Only [`Tracker::sweep`] and [`Tracker::adopt`] call this; the
+    /// latter keeps the count only approximately (a hint, see `held`).
     fn sweep(&mut self, now: Instant) {
         self.map
             .retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
@@ -117,12 +120,17 @@ impl TrackerShard {
     }
 }
 
-/// Recipients accepted so far, per transaction (`instance`). Shared by all
-/// connections: Postfix may reconnect mid-transaction (max idle/TTL).
+/// Transactions handed over by connections that closed before their
+/// END-OF-MESSAGE: Postfix may reconnect mid-transaction (max idle/TTL).
+/// Shared by all connections; a connection keeps its own current
+/// transaction itself ([`Transactions`]).
 #[derive(Debug)]
 pub struct Tracker {
     hasher: foldhash::fast::RandomState,
     shards: Vec<Mutex<TrackerShard>>,
+    /// Transactions held (approximately: an opportunistic sweep in
+    /// `adopt` does not subtract). Zero lets `take` skip the lock.
+    held: AtomicUsize,
 }
 
 impl Default for Tracker {
@@ -138,6 +146,7 @@ impl Default for Tracker {
                     })
                 })
                 .collect(),
+            held: AtomicUsize::new(0),
         }
     }
 }
@@ -155,6 +164,20 @@ impl Tracker {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Take over a transaction from a connection that closed before its
+    /// END-OF-MESSAGE.
+    fn adopt(&self, instance: String, tracked: Tracked, now: Instant) {
+        let mut g = self.shard(&instance);
+        if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
+            g.sweep(now);
+        }
+        if g.map.len() < MAX_TRACKED / TRACKER_SHARDS {
+            g.map.insert(instance, tracked);
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
     fn remember(&self, instance: &str, rcpt: &str, now: Instant) {
         let mut g = self.shard(instance);
         if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
@@ -162,6 +185,9 @@ impl Tracker {
         }
         if !g.map.contains_key(instance) && g.map.len() >= MAX_TRACKED / TRACKER_SHARDS {
             return;
+        }
+        if !g.map.contains_key(instance) {
+            self.held.fetch_add(1, Ordering::Relaxed);
         }
         let t = g
             .map
@@ -180,13 +206,22 @@ impl Tracker {
     /// the server, and opportunistically on requests).
     pub fn sweep(&self, now: Instant) {
         for s in &self.shards {
-            s.lock().unwrap_or_else(|e| e.into_inner()).sweep(now);
+            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+            let before = g.map.len();
+            g.sweep(now);
+            self.held.fetch_sub(before - g.map.len(), Ordering::Relaxed);
         }
     }
 
-    fn take(&self, instance: &str, now: Instant) -> Option<Vec<String>> {
+    fn take(&self, instance: &str, now: Instant) -> Option<Tracked> {
+        // Almost always nothing is held (connections keep their own
+        // transaction): a read of a counter no request writes, not a lock.
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let t = self.shard(instance).map.remove(instance)?;
-        (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t.rcpts)
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t)
     }
 
     /// Transactions currently remembered (for stats and tests).
@@ -200,6 +235,74 @@ impl Tracker {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One connection's transaction tracking. An smtpd process runs one SMTP
+/// session at a time over its own policy connection, so a connection has
+/// at most one live transaction: it is kept here, with no shared lock per
+/// RCPT (the shared tracker's locks bounced between the CPUs on every
+/// request in the policy benchmark). A RCPT of another `instance` means
+/// the previous transaction ended (END-OF-MESSAGE came, or the client
+/// aborted it) and replaces it. A transaction still open when the
+/// connection closes goes to the shared [`Tracker`], where its
+/// END-OF-MESSAGE on a new connection finds it.
+#[derive(Debug)]
+pub struct Transactions<'t> {
+    shared: &'t Tracker,
+    current: Option<(String, Tracked)>,
+}
+
+impl<'t> Transactions<'t> {
+    /// A new connection's tracking, backed by the shared tracker.
+    pub fn new(shared: &'t Tracker) -> Transactions<'t> {
+        Transactions {
+            shared,
+            current: None,
+        }
+    }
+
+    fn remember(&mut self, instance: &str, rcpt: &str, now: Instant) {
+        let same = matches!(&self.current, Some((i, _)) if i == instance);
+        if !same {
+            // Continue a transaction handed over by a closed connection.
+            let t = self.shared.take(instance, now).unwrap_or(Tracked {
+                rcpts: Vec::new(),
+                touched: now,
+            });
+            self.current = Some((instance.to_string(), t));
+        }
+        let Some((_, t)) = &mut self.current else {
+            return;
+        };
+        t.touched = now;
+        if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
+            t.rcpts.push(rcpt.to_string());
+        }
+    }
+
+    fn take(&mut self, instance: &str, now: Instant) -> Option<Vec<String>> {
+        if matches!(&self.current, Some((i, _)) if i == instance) {
+            let (_, t) = self.current.take()?;
+            return (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t.rcpts);
+        }
+        self.shared.take(instance, now).map(|t| t.rcpts)
+    }
+
+    /// Whether this connection and the shared tracker hold nothing.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.shared.is_empty()
+    }
+}
+
+impl Drop for Transactions<'_> {
+    fn drop(&mut self) {
+        if let Some((instance, t)) = self.current.take() {
+            let now = Instant::now();
+            if now.duration_since(t.touched) < INSTANCE_TTL {
+                self.shared.adopt(instance, t, now);
+            }
+        }
     }
 }
 
@@ -256,7 +359,7 @@ pub fn decide(
     req: &PolicyRequest<'_>,
     dir: &Directory,
     usage: &dyn UsageSource,
-    tracker: &Tracker,
+    tracker: &mut Transactions<'_>,
     settings: &Settings,
     now: Instant,
 ) -> Action {
@@ -369,7 +472,8 @@ mod tests {
 
     #[test]
     fn rcpt_decisions() {
-        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let (d, shared, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let mut t = Transactions::new(&shared);
         let cases = [
             ("free@x.org", 0, Action::Dunno),
             ("free@x.org", 1100, Action::Dunno),
@@ -390,7 +494,14 @@ mod tests {
         ];
         for (rcpt, size, want) in cases {
             assert_eq!(
-                decide(&req("RCPT", "i1", rcpt, size, 0), &d, &Fixed, &t, &s, now),
+                decide(
+                    &req("RCPT", "i1", rcpt, size, 0),
+                    &d,
+                    &Fixed,
+                    &mut t,
+                    &s,
+                    now
+                ),
                 want,
                 "{rcpt} {size}"
             );
@@ -401,7 +512,7 @@ mod tests {
                     &req(state, "i2", "full@x.org", 1, 0),
                     &d,
                     &Fixed,
-                    &t,
+                    &mut t,
                     &s,
                     now
                 ),
@@ -412,12 +523,13 @@ mod tests {
 
     #[test]
     fn end_of_message_uses_the_remembered_recipients() {
-        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let (d, shared, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let mut t = Transactions::new(&shared);
         // Two recipients accepted at RCPT without SIZE; 150 bytes at EOM:
         // near has 100 left + 100 grace, free has plenty → accept.
         for r in ["near@x.org", "free@x.org"] {
             assert_eq!(
-                decide(&req("RCPT", "m1", r, 0, 0), &d, &Fixed, &t, &s, now),
+                decide(&req("RCPT", "m1", r, 0, 0), &d, &Fixed, &mut t, &s, now),
                 Action::Dunno
             );
         }
@@ -426,7 +538,7 @@ mod tests {
                 &req("END-OF-MESSAGE", "m1", "", 150, 2),
                 &d,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now
             ),
@@ -439,7 +551,7 @@ mod tests {
             &req("RCPT", "m2", "near@x.org", 0, 0),
             &d,
             &Fixed,
-            &t,
+            &mut t,
             &s,
             now,
         );
@@ -448,7 +560,7 @@ mod tests {
                 &req("END-OF-MESSAGE", "m2", "near@x.org", 201, 1),
                 &d,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now
             ),
@@ -473,7 +585,7 @@ mod tests {
                 &req("RCPT", inst, "near@x.org", 0, 0),
                 &d2,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now,
             );
@@ -481,7 +593,7 @@ mod tests {
                 &req("RCPT", inst, "near2@x.org", 0, 0),
                 &d2,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now,
             );
@@ -490,7 +602,7 @@ mod tests {
                     &req("END-OF-MESSAGE", inst, "", size, 2),
                     &d2,
                     &Fixed,
-                    &t,
+                    &mut t,
                     &s,
                     now
                 ),
@@ -500,15 +612,92 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_survives_a_reconnect() {
+        let (d, shared, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        {
+            let mut a = Transactions::new(&shared);
+            for r in ["near@x.org", "free@x.org"] {
+                decide(&req("RCPT", "r1", r, 0, 0), &d, &Fixed, &mut a, &s, now);
+            }
+            // A transaction the client gave up: replaced by the next one.
+            decide(
+                &req("RCPT", "r0", "near@x.org", 0, 0),
+                &d,
+                &Fixed,
+                &mut a,
+                &s,
+                now,
+            );
+            decide(
+                &req("RCPT", "r1", "near@x.org", 0, 0),
+                &d,
+                &Fixed,
+                &mut a,
+                &s,
+                now,
+            );
+            assert_eq!(shared.len(), 0, "nothing shared while connected");
+        }
+        assert_eq!(shared.len(), 1, "handed over when the connection closed");
+        // The new connection continues r1 and ends it: near alone would be
+        // refused 5000 bytes, but free was remembered too.
+        let mut b = Transactions::new(&shared);
+        decide(
+            &req("RCPT", "r1", "near@x.org", 0, 0),
+            &d,
+            &Fixed,
+            &mut b,
+            &s,
+            now,
+        );
+        assert_eq!(
+            decide(
+                &req("END-OF-MESSAGE", "r1", "", 5000, 2),
+                &d,
+                &Fixed,
+                &mut b,
+                &s,
+                now
+            ),
+            Action::Dunno
+        );
+        assert!(b.is_empty());
+        // Without free: the same size is refused at EOM.
+        decide(
+            &req("RCPT", "r2", "near@x.org", 0, 0),
+            &d,
+            &Fixed,
+            &mut b,
+            &s,
+            now,
+        );
+        drop(b);
+        let mut c = Transactions::new(&shared);
+        assert_eq!(
+            decide(
+                &req("END-OF-MESSAGE", "r2", "", 5000, 1),
+                &d,
+                &Fixed,
+                &mut c,
+                &s,
+                now
+            ),
+            Action::Reply(FULL.into())
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
     fn end_of_message_without_knowledge_is_dunno() {
-        let (d, t, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let (d, shared, s, now) = (dir(), Tracker::new(), Settings::default(), Instant::now());
+        let mut t = Transactions::new(&shared);
         // Never seen, several recipients: cannot know.
         assert_eq!(
             decide(
                 &req("END-OF-MESSAGE", "zz", "", 1 << 30, 3),
                 &d,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now
             ),
@@ -520,7 +709,7 @@ mod tests {
                 &req("END-OF-MESSAGE", "zz", "full@x.org", 10, 1),
                 &d,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now
             ),
@@ -531,7 +720,7 @@ mod tests {
             &req("RCPT", "y", "full@x.org", 0, 0),
             &d,
             &Fixed,
-            &t,
+            &mut t,
             &s,
             now,
         );
@@ -540,7 +729,7 @@ mod tests {
                 &req("END-OF-MESSAGE", "y", "", 10, 2),
                 &d,
                 &Fixed,
-                &t,
+                &mut t,
                 &s,
                 now
             ),
@@ -553,7 +742,10 @@ mod tests {
         let t = Tracker::new();
         let start = Instant::now();
         t.remember("a", "r@x.org", start);
-        assert_eq!(t.take("a", start + INSTANCE_TTL), None, "expired at EOM");
+        assert!(
+            t.take("a", start + INSTANCE_TTL).is_none(),
+            "expired at EOM"
+        );
         t.remember("b", "r@x.org", start);
         t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
         t.sweep(start + INSTANCE_TTL + SWEEP_EVERY);
@@ -571,6 +763,7 @@ mod tests {
         assert_eq!(
             t.take("c", start + INSTANCE_TTL + SWEEP_EVERY)
                 .unwrap()
+                .rcpts
                 .len(),
             MAX_RCPTS
         );

@@ -152,6 +152,8 @@ struct RawDirectory {
     watch_files: Option<bool>,
 }
 
+/// The keys every listener section shares (`[socketmap]`, `[policy]` and
+/// `[milter]` are exactly this; `[dict]` and `[stats]` are turned into it).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
@@ -309,7 +311,7 @@ impl Config {
             domain_files: rd.domain_files.into_iter().map(abs).collect(),
             sender_login_files: rd.sender_login_files.into_iter().map(abs).collect(),
         };
-        let listener = |l: ListenerFields, max_default: usize, idle_default: Duration| {
+        let listener = |l: RawListener, max_default: usize, idle_default: Duration| {
             let listen = l.listen.get_ref();
             let Some(p) = listen.strip_prefix("unix:") else {
                 return Err(err(
@@ -353,14 +355,7 @@ impl Config {
         let socketmap = match raw.socketmap {
             None => None,
             Some(l) => Some(listener(
-                ListenerFields {
-                    listen: l.listen,
-                    mode: l.mode,
-                    owner: l.owner,
-                    group: l.group,
-                    max_connections: l.max_connections,
-                    idle_timeout_secs: l.idle_timeout_secs,
-                },
+                l,
                 ramdir_postfix::socketmap::server::DEFAULT_MAX_CONNECTIONS,
                 ramdir_postfix::socketmap::server::IDLE_TIMEOUT,
             )?),
@@ -368,14 +363,7 @@ impl Config {
         let policy = match raw.policy {
             None => None,
             Some(l) => Some(listener(
-                ListenerFields {
-                    listen: l.listen,
-                    mode: l.mode,
-                    owner: l.owner,
-                    group: l.group,
-                    max_connections: l.max_connections,
-                    idle_timeout_secs: l.idle_timeout_secs,
-                },
+                l,
                 ramdir_postfix::policy::server::DEFAULT_MAX_CONNECTIONS,
                 ramdir_postfix::policy::server::IDLE_TIMEOUT,
             )?),
@@ -383,14 +371,7 @@ impl Config {
         let milter = match raw.milter {
             None => None,
             Some(l) => Some(listener(
-                ListenerFields {
-                    listen: l.listen,
-                    mode: l.mode,
-                    owner: l.owner,
-                    group: l.group,
-                    max_connections: l.max_connections,
-                    idle_timeout_secs: l.idle_timeout_secs,
-                },
+                l,
                 ramdir_milter::DEFAULT_MAX_CONNECTIONS,
                 // The milter's connection timeout is indymilter's own.
                 Duration::from_secs(7210),
@@ -399,7 +380,7 @@ impl Config {
         let stats = match raw.stats {
             None => None,
             Some(l) => Some(listener(
-                ListenerFields {
+                RawListener {
                     listen: l.listen,
                     mode: l.mode,
                     owner: l.owner,
@@ -569,7 +550,7 @@ impl Config {
                     disabled_userdb: d.disabled_userdb.unwrap_or(defaults.disabled_userdb),
                 };
                 let listener = listener(
-                    ListenerFields {
+                    RawListener {
                         listen: d.listen,
                         mode: d.mode,
                         owner: d.owner,
@@ -612,16 +593,6 @@ impl Config {
             stats,
         })
     }
-}
-
-/// The listener keys every listener section shares.
-struct ListenerFields {
-    listen: Spanned<String>,
-    mode: Option<Spanned<String>>,
-    owner: Option<String>,
-    group: Option<String>,
-    max_connections: Option<Spanned<usize>>,
-    idle_timeout_secs: Option<Spanned<u64>>,
 }
 
 fn parse_grace(s: &str) -> Option<Grace> {

@@ -111,12 +111,13 @@ struct TrackerShard {
 }
 
 impl TrackerShard {
-    /// Only [`Tracker::sweep`] and [`Tracker::adopt`] call this; the
-    /// latter keeps the count only approximately (a hint, see `held`).
-    fn sweep(&mut self, now: Instant) {
+    /// Forget expired transactions; returns how many.
+    fn sweep(&mut self, now: Instant) -> usize {
+        let before = self.map.len();
         self.map
             .retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
         self.last_sweep = now;
+        before - self.map.len()
     }
 }
 
@@ -128,8 +129,7 @@ impl TrackerShard {
 pub struct Tracker {
     hasher: foldhash::fast::RandomState,
     shards: Vec<Mutex<TrackerShard>>,
-    /// Transactions held (approximately: an opportunistic sweep in
-    /// `adopt` does not subtract). Zero lets `take` skip the lock.
+    /// Transactions held. Zero lets `take` skip the lock.
     held: AtomicUsize,
 }
 
@@ -169,7 +169,8 @@ impl Tracker {
     fn adopt(&self, instance: String, tracked: Tracked, now: Instant) {
         let mut g = self.shard(&instance);
         if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
-            g.sweep(now);
+            let gone = g.sweep(now);
+            self.held.fetch_sub(gone, Ordering::Relaxed);
         }
         if g.map.len() < MAX_TRACKED / TRACKER_SHARDS {
             g.map.insert(instance, tracked);
@@ -181,7 +182,8 @@ impl Tracker {
     fn remember(&self, instance: &str, rcpt: &str, now: Instant) {
         let mut g = self.shard(instance);
         if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
-            g.sweep(now);
+            let gone = g.sweep(now);
+            self.held.fetch_sub(gone, Ordering::Relaxed);
         }
         if !g.map.contains_key(instance) && g.map.len() >= MAX_TRACKED / TRACKER_SHARDS {
             return;
@@ -206,10 +208,8 @@ impl Tracker {
     /// the server, and opportunistically on requests).
     pub fn sweep(&self, now: Instant) {
         for s in &self.shards {
-            let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
-            let before = g.map.len();
-            g.sweep(now);
-            self.held.fetch_sub(before - g.map.len(), Ordering::Relaxed);
+            let gone = s.lock().unwrap_or_else(|e| e.into_inner()).sweep(now);
+            self.held.fetch_sub(gone, Ordering::Relaxed);
         }
     }
 
@@ -685,6 +685,7 @@ mod tests {
             Action::Reply(FULL.into())
         );
         assert!(c.is_empty());
+        assert_eq!(shared.held.load(Ordering::Relaxed), 0, "the count follows");
     }
 
     #[test]
@@ -752,6 +753,7 @@ mod tests {
         assert_eq!(t.len(), 1, "b swept");
         t.sweep(start + 3 * INSTANCE_TTL);
         assert!(t.is_empty(), "the timer sweep forgets c");
+        assert_eq!(t.held.load(Ordering::Relaxed), 0, "the count follows");
         t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
         for i in 0..MAX_RCPTS + 10 {
             t.remember(

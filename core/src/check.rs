@@ -211,7 +211,7 @@ pub fn check_message(
             Ok(Reach::Mailboxes(boxes)) => {
                 any_ours = true;
                 for login in boxes {
-                    let Some(limit) = dir.user_quota(&login) else {
+                    let Some((_, limit)) = dir.user_key_quota(&login) else {
                         return Verdict::Accept;
                     };
                     let u = match usage.usage(&login) {

@@ -134,13 +134,8 @@ impl Directory {
         self.users.get_key_value(login).map(|(k, _)| k)
     }
 
-    /// The effective quota limit of the user with exactly this login,
-    /// without building the [`User`] (the SMTP-time checks' fast path).
-    pub fn user_quota(&self, login: &str) -> Option<crate::quota::QuotaLimit> {
-        self.users.get(login).map(|v| v.quota(&self.settings))
-    }
-
-    /// The table's own copy of a login with the user's effective limit.
+    /// The table's own copy of a login with the user's effective limit,
+    /// without building the [`User`] (the SMTP-time checks' path).
     pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
         self.users
             .get_key_value(login)

@@ -324,15 +324,9 @@ impl Directory {
     }
 
     /// The mailbox a key already in normal form names when nothing takes
-    /// precedence over it (no alias of exactly that key): what
-    /// [`Directory::classify`] calls [`Class::Mailbox`], without copies.
-    /// `None` means "ask `classify`", not "unknown".
-    pub fn direct_mailbox(&self, key: &str) -> Option<&str> {
-        self.direct_mailbox_quota(key).map(|(login, _)| login)
-    }
-
-    /// [`Directory::direct_mailbox`] with the mailbox's effective limit, from
-    /// the same table probe.
+    /// precedence over it (no alias of exactly that key), with its effective
+    /// limit: what [`Directory::classify`] calls [`Class::Mailbox`], without
+    /// copies. `None` means "ask `classify`", not "unknown".
     pub fn direct_mailbox_quota(&self, key: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
         if !self.settings().normalizer.is_normal_form(key) || self.alias(key).is_some() {
             return None;

@@ -279,7 +279,7 @@ impl Conn {
                 // A miss in a snapshot that is not authoritative: ask the
                 // source, then answer from the snapshot it updated.
                 if let (Step::One(reply), Some(c)) = (&step, &lookup)
-                    && let Some((kind, key)) = source_question(&dir, c, std::slice::from_ref(reply))
+                    && let Some((kind, key)) = source_question(&dir, c, reply)
                 {
                     let reply = match &config.fallback {
                         None => source_unavailable(&dir, None),

@@ -348,9 +348,9 @@ impl Session {
 pub fn source_question(
     dir: &Directory,
     cmd: &Command<'_>,
-    replies: &[Reply],
+    reply: &Reply,
 ) -> Option<(KeyKind, String)> {
-    if dir.authoritative() || replies != [Reply::NotFound] {
+    if dir.authoritative() || *reply != Reply::NotFound {
         return None;
     }
     let Command::Lookup { key, .. } = cmd else {

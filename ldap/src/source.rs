@@ -1029,11 +1029,6 @@ pub fn snapshot_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SNAPSHOT_FILE)
 }
 
-/// A consumed result entry, for callers that want to map entries themselves.
-pub fn construct(re: ResultEntry) -> SearchEntry {
-    SearchEntry::construct(re)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

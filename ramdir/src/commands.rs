@@ -132,10 +132,8 @@ pub fn usage(config: &Config, user: &str) -> Result<(Option<i64>, Option<i64>), 
             q.store.display()
         )
     })?;
-    Ok((
-        store.get(&user, "quota/storage")?,
-        store.get(&user, "quota/messages")?,
-    ))
+    let [storage, messages] = store.counters(&user)?;
+    Ok((storage, messages))
 }
 
 fn dict_usage(

@@ -178,32 +178,6 @@ impl Tracker {
         }
     }
 
-    #[cfg(test)]
-    fn remember(&self, instance: &str, rcpt: &str, now: Instant) {
-        let mut g = self.shard(instance);
-        if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
-            let gone = g.sweep(now);
-            self.held.fetch_sub(gone, Ordering::Relaxed);
-        }
-        if !g.map.contains_key(instance) && g.map.len() >= MAX_TRACKED / TRACKER_SHARDS {
-            return;
-        }
-        if !g.map.contains_key(instance) {
-            self.held.fetch_add(1, Ordering::Relaxed);
-        }
-        let t = g
-            .map
-            .entry(instance.to_string())
-            .or_insert_with(|| Tracked {
-                rcpts: Vec::new(),
-                touched: now,
-            });
-        t.touched = now;
-        if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
-            t.rcpts.push(rcpt.to_string());
-        }
-    }
-
     /// Forget transactions not seen for [`INSTANCE_TTL`] (run on a timer by
     /// the server, and opportunistically on requests).
     pub fn sweep(&self, now: Instant) {
@@ -742,33 +716,31 @@ mod tests {
     fn tracker_expires_and_is_bounded() {
         let t = Tracker::new();
         let start = Instant::now();
-        t.remember("a", "r@x.org", start);
+        let hand_over = |instance: &str, at: Instant| {
+            let tracked = Tracked {
+                rcpts: vec!["r@x.org".into()],
+                touched: at,
+            };
+            t.adopt(instance.into(), tracked, at);
+        };
+        hand_over("a", start);
         assert!(
             t.take("a", start + INSTANCE_TTL).is_none(),
             "expired at EOM"
         );
-        t.remember("b", "r@x.org", start);
-        t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
+        hand_over("b", start);
+        hand_over("c", start + INSTANCE_TTL + SWEEP_EVERY);
         t.sweep(start + INSTANCE_TTL + SWEEP_EVERY);
         assert_eq!(t.len(), 1, "b swept");
         t.sweep(start + 3 * INSTANCE_TTL);
         assert!(t.is_empty(), "the timer sweep forgets c");
         assert_eq!(t.held.load(Ordering::Relaxed), 0, "the count follows");
-        t.remember("c", "r@x.org", start + INSTANCE_TTL + SWEEP_EVERY);
+        // A connection remembers at most MAX_RCPTS recipients.
+        let mut c = Transactions::new(&t);
         for i in 0..MAX_RCPTS + 10 {
-            t.remember(
-                "c",
-                &format!("r{i}@x.org"),
-                start + INSTANCE_TTL + SWEEP_EVERY,
-            );
+            c.remember("d", &format!("r{i}@x.org"), start);
         }
-        assert_eq!(
-            t.take("c", start + INSTANCE_TTL + SWEEP_EVERY)
-                .unwrap()
-                .rcpts
-                .len(),
-            MAX_RCPTS
-        );
+        assert_eq!(c.take("d", start).unwrap().len(), MAX_RCPTS);
     }
 
     #[test]

@@ -69,12 +69,25 @@ pub struct Usage {
 pub trait UsageSource {
     /// Usage of `login`.
     fn usage(&self, login: &str) -> Result<Usage, StoreError>;
+
+    /// Usage of `login` if it is at hand without any I/O or shared lock,
+    /// else `None` (then ask [`UsageSource::usage`]). Lets a check start
+    /// reading usage before the directory lookup has finished.
+    fn peek(&self, login: &str) -> Option<Usage> {
+        let _ = login;
+        None
+    }
 }
 
 impl UsageSource for UsageStore {
     fn usage(&self, login: &str) -> Result<Usage, StoreError> {
         let [storage, messages] = self.counters(login)?;
         Ok(Usage { storage, messages })
+    }
+
+    fn peek(&self, login: &str) -> Option<Usage> {
+        let [storage, messages] = self.local_counters(login)?;
+        Some(Usage { storage, messages })
     }
 }
 
@@ -183,11 +196,15 @@ pub fn check_message(
     let mut full = Vec::new();
     let mut any_ours = false;
     for rcpt in rcpts {
+        // Read first, so that its memory reads overlap the directory's
+        // (each is a chain of cache misses on a large directory); used only
+        // when the recipient turns out to be that very mailbox.
+        let early = usage.peek(rcpt);
         // Most recipients are a mailbox named as stored: decided without
         // resolving (the same answer `reach` gives, without its copies).
         if let Some((login, limit)) = dir.direct_mailbox_quota(rcpt) {
             any_ours = true;
-            let u = match usage.usage(login) {
+            let u = match early.map_or_else(|| usage.usage(login), Ok) {
                 Ok(u) => u,
                 Err(e) => return Verdict::Trouble(e.to_string()),
             };

@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::model::{PackedUser, Settings, User, UserSpec};
+use crate::quota::QuotaLimit;
 use crate::table::Table;
 
 /// What a domain is to us.
@@ -43,11 +44,45 @@ pub struct Meta {
     pub note: Option<Arc<str>>,
 }
 
+/// A user as the users table keeps it: the packed record, and the
+/// effective quota limit next to it, so an SMTP-time check reads the limit
+/// from the table's slot instead of following the record's pointer (one
+/// cache miss fewer per check on a directory far larger than the caches).
+#[derive(Debug, Clone)]
+struct UserRecord {
+    packed: PackedUser,
+    limit: SlotLimit,
+}
+
+/// A [`QuotaLimit`] in 16 bytes: `u64::MAX` stands for "no limit", which is
+/// what a limit of `u64::MAX` means anyway (nothing reaches it).
+#[derive(Debug, Clone, Copy)]
+struct SlotLimit {
+    storage: u64,
+    messages: u64,
+}
+
+impl SlotLimit {
+    fn new(l: QuotaLimit) -> SlotLimit {
+        SlotLimit {
+            storage: l.storage.unwrap_or(u64::MAX),
+            messages: l.messages.unwrap_or(u64::MAX),
+        }
+    }
+
+    fn get(self) -> QuotaLimit {
+        QuotaLimit {
+            storage: (self.storage != u64::MAX).then_some(self.storage),
+            messages: (self.messages != u64::MAX).then_some(self.messages),
+        }
+    }
+}
+
 /// An immutable view of all users, aliases, sender logins and domains.
 #[derive(Debug, Clone)]
 pub struct Directory {
     settings: Arc<Settings>,
-    users: Table<PackedUser>,
+    users: Table<UserRecord>,
     aliases: Table<Box<[Box<str>]>>,
     senders: Table<Box<[Box<str>]>>,
     domains: Table<DomainInfo>,
@@ -125,7 +160,7 @@ impl Directory {
     /// The user whose canonical login is exactly `login` (already folded).
     pub fn user(&self, login: &str) -> Option<User<'_>> {
         let (k, v) = self.users.get_key_value(login)?;
-        Some(v.view(k, &self.settings))
+        Some(v.packed.view(k, &self.settings))
     }
 
     /// The table's own copy of a login, if a user with exactly this login
@@ -139,7 +174,7 @@ impl Directory {
     pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
         self.users
             .get_key_value(login)
-            .map(|(k, v)| (k, v.quota(&self.settings)))
+            .map(|(k, v)| (k, v.limit.get()))
     }
 
     /// Whether a user with exactly this login exists.
@@ -199,7 +234,12 @@ impl Directory {
     /// Add or replace a user (its login must be folded already).
     pub fn insert_user(&mut self, spec: &UserSpec) {
         let packed = PackedUser::pack(spec, &self.settings);
-        if self.users.insert(&spec.login, packed).is_none() {
+        let limit = SlotLimit::new(packed.quota(&self.settings));
+        if self
+            .users
+            .insert(&spec.login, UserRecord { packed, limit })
+            .is_none()
+        {
             self.domain_ref(&spec.login, 1);
         }
     }
@@ -367,6 +407,46 @@ mod tests {
             enabled: true,
             ..UserSpec::default()
         }
+    }
+
+    #[test]
+    fn the_slot_limit_is_the_users_effective_limit() {
+        let settings = Settings {
+            default_quota: QuotaLimit {
+                storage: Some(1 << 30),
+                messages: None,
+            },
+            ..Settings::default()
+        };
+        let mut d = Directory::new(settings);
+        let limits = [
+            None,
+            Some(QuotaLimit {
+                storage: Some(5),
+                messages: Some(7),
+            }),
+            Some(QuotaLimit {
+                storage: None,
+                messages: Some(0),
+            }),
+            Some(QuotaLimit {
+                storage: Some(u64::MAX - 1),
+                messages: None,
+            }),
+        ];
+        for (i, quota) in limits.iter().enumerate() {
+            d.insert_user(&UserSpec {
+                quota: *quota,
+                ..user(&format!("u{i}@x.org"))
+            });
+        }
+        for i in 0..limits.len() {
+            let login = format!("u{i}@x.org");
+            let (key, limit) = d.user_key_quota(&login).unwrap();
+            assert_eq!(key, login);
+            assert_eq!(limit, d.user(&login).unwrap().quota, "{login}");
+        }
+        assert!(d.user_key_quota("nobody@x.org").is_none());
     }
 
     #[test]

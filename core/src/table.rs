@@ -36,13 +36,13 @@ const INLINE: usize = 30;
 /// A table key: inline when short, on the heap otherwise. Always valid
 /// UTF-8 (it is built from a `&str`).
 #[derive(Clone)]
-enum Key {
+pub(crate) enum Key {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<str>),
 }
 
 impl Key {
-    fn new(s: &str) -> Key {
+    pub(crate) fn new(s: &str) -> Key {
         if s.len() <= INLINE {
             let mut bytes = [0u8; INLINE];
             bytes[..s.len()].copy_from_slice(s.as_bytes());
@@ -55,7 +55,7 @@ impl Key {
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Key::Heap(b) => b.as_bytes(),

@@ -29,13 +29,27 @@
 //! durable, and the next read takes them from redb again. A read that raced
 //! with a commit does not cache what it read (a per-shard version tells),
 //! so the cache never holds a value older than a commit that was answered.
+//!
+//! In front of it, each thread keeps its own copy of the counters it read
+//! (`Local`): a shared cache's read lock is still a write to a shared lock
+//! word, and in the policy benchmark that word bounced between the CPUs on
+//! nearly every check. A commit, once the shared cache forgot its users,
+//! appends them to a short log and bumps a sequence number
+//! (`Invalidations`); a thread that sees a new number replays the log into
+//! its copy before it answers from it (or empties its copy when it fell
+//! further behind than the log reaches). So a thread's read touches no
+//! shared memory that is written between commits, and still never returns a
+//! value older than an answered commit.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::{RwLock, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, mpsc};
 use std::thread;
 
+use hashbrown::HashTable;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// (user, key) → value. Keys are the dict key after `priv/`
@@ -165,11 +179,97 @@ impl ReadCache {
     }
 }
 
+/// Most users one thread keeps in its own copy (about 11 MB of it at most;
+/// a full copy is emptied and refills from the shared cache). A 100k-user
+/// benchmark fits whole; on larger directories it holds the recipients seen
+/// lately, which is where mail goes.
+const LOCAL_MAX: usize = 1 << 17;
+
+/// Invalidations kept for threads that have not replayed them yet. A
+/// thread more than this many behind (idle while commits went on) empties
+/// its copy instead, which is always correct.
+const LOG_LEN: usize = 4096;
+
+/// Seed of the hash that names a user in the invalidation log and keys the
+/// per-thread copies (a collision only drops an extra entry).
+const LOCAL_SEED: u64 = 0x7573_6167_655f_6c31;
+
+fn user_hash(user: &str) -> u64 {
+    foldhash::fast::FixedState::with_seed(LOCAL_SEED).hash_one(user)
+}
+
+/// Identity of each store, so a thread's copy never answers for another
+/// store (tests open several in one thread).
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+/// Users whose counters changed, for the per-thread copies to replay.
+#[derive(Debug, Default)]
+struct Invalidations {
+    /// Invalidations published so far; written only by commits.
+    seq: AtomicU64,
+    /// The last [`LOG_LEN`] of them (user hashes), the newest last; changed
+    /// only with `seq`, under this lock.
+    log: Mutex<VecDeque<u64>>,
+}
+
+impl Invalidations {
+    fn publish(&self, users: impl Iterator<Item = u64>) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for h in users {
+            if log.len() == LOG_LEN {
+                log.pop_front();
+            }
+            log.push_back(h);
+            n += 1;
+        }
+        // Release: a thread that reads the new number also sees the shared
+        // cache without these users.
+        self.seq.fetch_add(n, Ordering::Release);
+    }
+
+    /// Bring `local` up to date: drop every user invalidated since it last
+    /// looked, or everything when the log no longer reaches that far back.
+    fn replay(&self, local: &mut Local) {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let end = self.seq.load(Ordering::Acquire);
+        let start = end - log.len() as u64;
+        if local.seen < start {
+            local.users.clear();
+        } else {
+            let from = usize::try_from(local.seen - start).unwrap_or(usize::MAX);
+            for &h in log.iter().skip(from) {
+                while let Ok(e) = local.users.find_entry(h, |(k, _, _)| *k == h) {
+                    e.remove();
+                }
+            }
+        }
+        local.seen = end;
+    }
+}
+
+/// One thread's copy of the counters it read (see the module docs).
+struct Local {
+    /// The store these counters are from (0: none yet).
+    store: u64,
+    /// The invalidation sequence number this copy has replayed up to.
+    seen: u64,
+    users: HashTable<(u64, crate::table::Key, Cached)>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const {
+        RefCell::new(Local { store: 0, seen: 0, users: HashTable::new() })
+    };
+}
+
 /// The durable store.
 #[derive(Debug)]
 pub struct UsageStore {
     db: Database,
     cache: ReadCache,
+    id: u64,
+    invalidations: Invalidations,
 }
 
 impl UsageStore {
@@ -186,6 +286,8 @@ impl UsageStore {
         Ok(UsageStore {
             db,
             cache: ReadCache::new(),
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
+            invalidations: Invalidations::default(),
         })
     }
 
@@ -197,9 +299,53 @@ impl UsageStore {
         }
     }
 
-    /// Both counters of `user` (`quota/storage`, `quota/messages`), from the
-    /// read cache when it has them.
+    /// Both counters of `user` (`quota/storage`, `quota/messages`), from
+    /// this thread's copy, else the shared read cache, else redb.
     pub fn counters(&self, user: &str) -> Result<[Option<i64>; 2], StoreError> {
+        // Before any cache is read: an invalidation published after this
+        // load is replayed at this thread's next read.
+        let seq = self.invalidations.seq.load(Ordering::Acquire);
+        LOCAL.with_borrow_mut(|local| {
+            let h = user_hash(user);
+            if let Some(c) = self.local_get(local, seq, h, user) {
+                return Ok(c);
+            }
+            let c = self.shared_counters(user)?;
+            if local.users.len() >= LOCAL_MAX {
+                local.users.clear();
+            }
+            local
+                .users
+                .insert_unique(h, (h, crate::table::Key::new(user), c), |(k, _, _)| *k);
+            Ok(c)
+        })
+    }
+
+    /// Both counters of `user` if this thread's copy has them.
+    pub fn local_counters(&self, user: &str) -> Option<[Option<i64>; 2]> {
+        let seq = self.invalidations.seq.load(Ordering::Acquire);
+        LOCAL.with_borrow_mut(|local| self.local_get(local, seq, user_hash(user), user))
+    }
+
+    /// Look `user` (hashed `h`) up in this thread's copy, after bringing it
+    /// up to `seq`.
+    fn local_get(&self, local: &mut Local, seq: u64, h: u64, user: &str) -> Option<Cached> {
+        if local.store != self.id {
+            local.users.clear();
+            local.store = self.id;
+            local.seen = seq;
+        } else if local.seen != seq {
+            self.invalidations.replay(local);
+        }
+        local
+            .users
+            .find(h, |(k, key, _)| {
+                *k == h && key.as_bytes() == user.as_bytes()
+            })
+            .map(|(_, _, c)| *c)
+    }
+
+    fn shared_counters(&self, user: &str) -> Result<[Option<i64>; 2], StoreError> {
         match self.cache.get(user) {
             Ok(c) => Ok(c),
             Err(version) => {
@@ -227,6 +373,8 @@ impl UsageStore {
         for txn in txns {
             self.cache.invalidate(&txn.user);
         }
+        self.invalidations
+            .publish(txns.iter().map(|t| user_hash(&t.user)));
         r
     }
 

@@ -131,6 +131,8 @@ async fn serve_connection(
 ) {
     let mut buf = BytesMut::with_capacity(1024);
     let mut out = BytesMut::with_capacity(128);
+    // The parsed attributes' vector, reused for every request.
+    let mut attrs = Vec::new();
     // This connection's transaction; handed to `tracker` if the connection
     // closes before its END-OF-MESSAGE.
     let mut transactions = Transactions::new(tracker);
@@ -149,7 +151,7 @@ async fn serve_connection(
         loop {
             // Parsed in place: the request borrows from `buf` until its
             // bytes are dropped after the answer.
-            match PolicyRequest::parse(&buf) {
+            match PolicyRequest::parse_into(&buf, std::mem::take(&mut attrs)) {
                 Ok(Some((req, used))) => {
                     let action = decide(
                         &req,
@@ -160,6 +162,7 @@ async fn serve_connection(
                         Instant::now(),
                     );
                     action.encode(&mut out);
+                    attrs = req.recycle();
                     buf.advance(used);
                     answered += 1;
                     if answered >= COUNT_BATCH {

@@ -21,6 +21,7 @@
 //! The default is the temporary one: a full mailbox is usually a passing
 //! state, and a later bounce comes from the sender's MTA, not from us.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,9 +91,39 @@ pub fn valid_reply(s: &str) -> bool {
         && !s.chars().any(char::is_control)
 }
 
+/// A transaction's accepted recipients, one per line in one buffer: a
+/// `String` per recipient and a new `Vec` per transaction were most of the
+/// policy service's allocations (a recipient is one line of a request, so it
+/// never holds a newline).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Recipients {
+    lines: String,
+    count: usize,
+}
+
+impl Recipients {
+    fn clear(&mut self) {
+        self.lines.clear();
+        self.count = 0;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.lines.split_terminator('\n')
+    }
+
+    /// Add `rcpt` unless it is there already or [`MAX_RCPTS`] are.
+    fn add(&mut self, rcpt: &str) {
+        if self.count < MAX_RCPTS && !self.iter().any(|r| r == rcpt) {
+            self.lines.push_str(rcpt);
+            self.lines.push('\n');
+            self.count += 1;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Tracked {
-    rcpts: Vec<String>,
+    rcpts: Recipients,
     touched: Instant,
 }
 
@@ -224,7 +255,11 @@ impl Tracker {
 #[derive(Debug)]
 pub struct Transactions<'t> {
     shared: &'t Tracker,
-    current: Option<(String, Tracked)>,
+    /// Whether `instance` and `tracked` hold a live transaction; the
+    /// buffers are kept when it ends, for the next one.
+    live: bool,
+    instance: String,
+    tracked: Tracked,
 }
 
 impl<'t> Transactions<'t> {
@@ -232,49 +267,63 @@ impl<'t> Transactions<'t> {
     pub fn new(shared: &'t Tracker) -> Transactions<'t> {
         Transactions {
             shared,
-            current: None,
+            live: false,
+            instance: String::new(),
+            tracked: Tracked {
+                rcpts: Recipients::default(),
+                touched: Instant::now(),
+            },
         }
+    }
+
+    fn is_current(&self, instance: &str) -> bool {
+        self.live && self.instance == instance
     }
 
     fn remember(&mut self, instance: &str, rcpt: &str, now: Instant) {
-        let same = matches!(&self.current, Some((i, _)) if i == instance);
-        if !same {
-            // Continue a transaction handed over by a closed connection.
-            let t = self.shared.take(instance, now).unwrap_or(Tracked {
-                rcpts: Vec::new(),
-                touched: now,
-            });
-            self.current = Some((instance.to_string(), t));
+        if !self.is_current(instance) {
+            match self.shared.take(instance, now) {
+                // Continue a transaction handed over by a closed connection.
+                Some(t) => self.tracked = t,
+                None => self.tracked.rcpts.clear(),
+            }
+            self.instance.clear();
+            self.instance.push_str(instance);
+            self.live = true;
         }
-        let Some((_, t)) = &mut self.current else {
-            return;
-        };
-        t.touched = now;
-        if t.rcpts.len() < MAX_RCPTS && !t.rcpts.iter().any(|r| r == rcpt) {
-            t.rcpts.push(rcpt.to_string());
-        }
+        self.tracked.touched = now;
+        self.tracked.rcpts.add(rcpt);
     }
 
-    fn take(&mut self, instance: &str, now: Instant) -> Option<Vec<String>> {
-        if matches!(&self.current, Some((i, _)) if i == instance) {
-            let (_, t) = self.current.take()?;
-            return (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t.rcpts);
+    /// End the transaction `instance` and return its recipients (`None`
+    /// when it is unknown or expired).
+    fn take(&mut self, instance: &str, now: Instant) -> Option<Cow<'_, Recipients>> {
+        if self.is_current(instance) {
+            self.live = false;
+            let t = &self.tracked;
+            return (now.duration_since(t.touched) < INSTANCE_TTL)
+                .then_some(Cow::Borrowed(&t.rcpts));
         }
-        self.shared.take(instance, now).map(|t| t.rcpts)
+        self.shared.take(instance, now).map(|t| Cow::Owned(t.rcpts))
     }
 
     /// Whether this connection and the shared tracker hold nothing.
     pub fn is_empty(&self) -> bool {
-        self.current.is_none() && self.shared.is_empty()
+        !self.live && self.shared.is_empty()
     }
 }
 
 impl Drop for Transactions<'_> {
     fn drop(&mut self) {
-        if let Some((instance, t)) = self.current.take() {
+        if self.live {
             let now = Instant::now();
-            if now.duration_since(t.touched) < INSTANCE_TTL {
-                self.shared.adopt(instance, t, now);
+            if now.duration_since(self.tracked.touched) < INSTANCE_TTL {
+                let tracked = Tracked {
+                    rcpts: std::mem::take(&mut self.tracked.rcpts),
+                    touched: self.tracked.touched,
+                };
+                self.shared
+                    .adopt(std::mem::take(&mut self.instance), tracked, now);
             }
         }
     }
@@ -358,10 +407,10 @@ pub fn decide(
             } else {
                 tracker.take(instance, now)
             };
-            let rcpts = match tracked {
-                Some(r) if !r.is_empty() => r,
+            let rcpts: Vec<&str> = match &tracked {
+                Some(r) if r.count > 0 => r.iter().collect(),
                 _ => match a.recipient.filter(|r| !r.is_empty()) {
-                    Some(r) => vec![r.to_string()],
+                    Some(r) => vec![r],
                     // Recipients we never saw: not ours to refuse.
                     None => return Action::Dunno,
                 },
@@ -373,8 +422,7 @@ pub fn decide(
                 // cannot know that all of them are full.
                 return Action::Dunno;
             }
-            let refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
-            let verdict = check_message(dir, usage, settings.grace, &refs, size);
+            let verdict = check_message(dir, usage, settings.grace, &rcpts, size);
             tracing::debug!(rcpts = rcpts.len(), size, %verdict, "policy END-OF-MESSAGE");
             to_action(&verdict, settings)
         }
@@ -717,10 +765,9 @@ mod tests {
         let t = Tracker::new();
         let start = Instant::now();
         let hand_over = |instance: &str, at: Instant| {
-            let tracked = Tracked {
-                rcpts: vec!["r@x.org".into()],
-                touched: at,
-            };
+            let mut rcpts = Recipients::default();
+            rcpts.add("r@x.org");
+            let tracked = Tracked { rcpts, touched: at };
             t.adopt(instance.into(), tracked, at);
         };
         hand_over("a", start);
@@ -740,7 +787,10 @@ mod tests {
         for i in 0..MAX_RCPTS + 10 {
             c.remember("d", &format!("r{i}@x.org"), start);
         }
-        assert_eq!(c.take("d", start).unwrap().len(), MAX_RCPTS);
+        let kept = c.take("d", start).unwrap();
+        assert_eq!(kept.count, MAX_RCPTS);
+        assert_eq!(kept.iter().count(), MAX_RCPTS);
+        assert_eq!(kept.iter().next(), Some("r0@x.org"));
     }
 
     #[test]

@@ -35,8 +35,10 @@ pub trait Answer: Clone + Send + Sync + 'static {
     const WRITE_BUF: usize = 512;
     /// Decode one message off the front of `buf` with the protocol's codec
     /// and append its reply (if the message gets one) to the empty `out`.
+    /// Each connection has its own clone, for buffers it reuses as ramdir's
+    /// server does.
     /// `Ok(false)`: no whole message yet. `Err`: undecodable, close.
-    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()>;
+    fn step(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()>;
 }
 
 /// The socketmap answer: `OK <data>` to every request.
@@ -44,7 +46,7 @@ pub trait Answer: Clone + Send + Sync + 'static {
 pub struct SocketmapAnswer(pub Reply);
 
 impl Answer for SocketmapAnswer {
-    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
+    fn step(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
         match Request::decode(buf) {
             Ok(Some(req)) => {
                 std::hint::black_box(&req);
@@ -93,7 +95,7 @@ async fn serve<A: Answer>(name: &str, socket: PathBuf, answer: A) -> std::io::Re
                     let answer = answer.clone();
                     tokio::spawn(async move {
                         // Errors only end this connection, as in ramdir.
-                        let _ = connection(stream, &answer).await;
+                        let _ = connection(stream, answer).await;
                     });
                 }
                 Err(e) => eprintln!("{name}: accept failed: {e}"),
@@ -107,7 +109,7 @@ async fn serve<A: Answer>(name: &str, socket: PathBuf, answer: A) -> std::io::Re
     Ok(())
 }
 
-async fn connection<A: Answer>(mut stream: UnixStream, answer: &A) -> std::io::Result<()> {
+async fn connection<A: Answer>(mut stream: UnixStream, mut answer: A) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(A::READ_BUF);
     let mut out = BytesMut::with_capacity(A::WRITE_BUF);
     loop {

@@ -68,7 +68,7 @@ impl Answer for DictAnswer {
     const READ_BUF: usize = 1024;
     const WRITE_BUF: usize = 1024;
 
-    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
+    fn step(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
         // Parsed in place, as ramdir's server does.
         let n = match codec::frame(buf) {
             Ok(Some(n)) => n,
@@ -382,7 +382,7 @@ mod tests {
         );
         // The ceiling reads them with the codec: nothing for H, the
         // constant value for L.
-        let answer = DictAnswer::new(DEFAULT_DICT_REPLY.into());
+        let mut answer = DictAnswer::new(DEFAULT_DICT_REPLY.into());
         let mut buf = hello("auth");
         buf.extend_from_slice(t.keys.request(3));
         let mut out = BytesMut::new();

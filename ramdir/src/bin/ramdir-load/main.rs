@@ -542,7 +542,7 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
         }),
         Command::PolicyCeiling { socket } => {
-            ceiling::run_answer("policy-ceiling", &socket, policy::PolicyAnswer)
+            ceiling::run_answer("policy-ceiling", &socket, policy::PolicyAnswer::default())
                 .map_err(|e| format!("policy-ceiling: {e}"))
         }
         Command::Policy {

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use bytes::{Buf, BytesMut};
-use ramdir_postfix::policy::codec::{Action, PolicyRequest};
+use ramdir_postfix::policy::codec::{Action, Attr, PolicyRequest};
 
 use crate::ceiling::Answer;
 use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
@@ -24,21 +24,23 @@ use crate::keys::{KeyPattern, KeySet, XorShift};
 /// Hex digits of the part of `instance` that changes per transaction.
 const SEQ_DIGITS: usize = 16;
 
-/// The policy ceiling's protocol: `action=DUNNO` to every request.
-#[derive(Debug, Clone)]
-pub struct PolicyAnswer;
+/// The policy ceiling's protocol: `action=DUNNO` to every request. Holds
+/// the connection's attribute vector, reused as ramdir's server does.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyAnswer(Vec<Attr<'static>>);
 
 impl Answer for PolicyAnswer {
     // As ramdir's policy server (`postfix-policy/src/policy/server.rs`).
     const READ_BUF: usize = 1024;
     const WRITE_BUF: usize = 128;
 
-    fn step(&self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
+    fn step(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
         // Parsed in place, as ramdir's server does.
-        match PolicyRequest::parse(buf) {
+        match PolicyRequest::parse_into(buf, std::mem::take(&mut self.0)) {
             Ok(Some((req, used))) => {
                 std::hint::black_box(&req);
                 Action::Dunno.encode(out);
+                self.0 = req.recycle();
                 buf.advance(used);
                 Ok(true)
             }
@@ -296,9 +298,10 @@ mod tests {
         let mut buf = BytesMut::from(t.reqs.request(0));
         buf.extend_from_slice(&t.reqs.request(1)[..10]);
         let mut out = BytesMut::new();
-        assert_eq!(PolicyAnswer.step(&mut buf, &mut out), Ok(true));
+        let mut answer = PolicyAnswer::default();
+        assert_eq!(answer.step(&mut buf, &mut out), Ok(true));
         assert_eq!(&out[..], b"action=DUNNO\n\n");
-        assert_eq!(PolicyAnswer.step(&mut buf, &mut out), Ok(false));
+        assert_eq!(answer.step(&mut buf, &mut out), Ok(false));
         let mut h = [0u8; SEQ_DIGITS];
         put_hex(&mut h, 0xabc);
         assert_eq!(&h, b"0000000000000abc");

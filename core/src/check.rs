@@ -386,6 +386,36 @@ mod tests {
         (d, usage)
     }
 
+    /// Peeks answer "full" for every key: only a recipient that is that
+    /// very mailbox may use its peek.
+    struct PeeksFull(Table);
+    impl UsageSource for PeeksFull {
+        fn usage(&self, login: &str) -> Result<Usage, StoreError> {
+            self.0.usage(login)
+        }
+        fn peek(&self, _: &str) -> Option<Usage> {
+            Some(used(1000))
+        }
+    }
+
+    #[test]
+    fn a_peek_counts_only_for_the_mailbox_itself() {
+        let (mut d, u) = setup();
+        let u = PeeksFull(u);
+        let g = Grace::default();
+        // An alias of a free mailbox: the alias key's peek is not used.
+        d.set_alias("to-free@x.org", vec!["free@x.org".into()]);
+        assert_eq!(
+            check_recipient(&d, &u, g, "to-free@x.org", 10),
+            Verdict::Accept
+        );
+        // The mailbox itself: its peek is its usage.
+        assert!(matches!(
+            check_recipient(&d, &u, g, "free@x.org", 10),
+            Verdict::OverQuota { .. }
+        ));
+    }
+
     #[test]
     fn an_alias_named_like_a_mailbox_takes_precedence_on_the_fast_path() {
         let (mut d, u) = setup();

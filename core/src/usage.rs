@@ -489,6 +489,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::{Usage, UsageSource};
     use std::sync::Arc;
 
     fn txn(user: &str, ops: Vec<Op>) -> Txn {
@@ -536,6 +537,69 @@ mod tests {
             .unwrap();
         assert_eq!(s.get("a", "quota/storage").unwrap(), None);
         assert_eq!(s.get("b", "quota/storage").unwrap(), Some(7));
+    }
+
+    fn set(s: &UsageStore, user: &str, v: i64) {
+        s.commit_batch(&[txn(user, vec![Op::Set("quota/storage".into(), v)])])
+            .unwrap();
+    }
+
+    #[test]
+    fn each_threads_copy_follows_commits_made_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UsageStore::open(&dir.path().join("q.redb")).unwrap();
+        set(&s, "a", 1);
+        set(&s, "b", 10);
+        // This thread now holds both in its own copy.
+        assert_eq!(s.counters("a").unwrap(), [Some(1), None]);
+        assert_eq!(s.counters("b").unwrap(), [Some(10), None]);
+        assert_eq!(
+            s.peek("b"),
+            Some(Usage {
+                storage: Some(10),
+                messages: None
+            })
+        );
+        assert_eq!(s.peek("never-read"), None, "peek does not read redb");
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                assert_eq!(s.counters("a").unwrap(), [Some(1), None]);
+                set(&s, "a", 2);
+                assert_eq!(s.counters("a").unwrap(), [Some(2), None]);
+            });
+        });
+        assert_eq!(s.counters("a").unwrap(), [Some(2), None], "replayed");
+        assert_eq!(
+            s.peek("a"),
+            Some(Usage {
+                storage: Some(2),
+                messages: None
+            })
+        );
+        assert_eq!(s.counters("b").unwrap(), [Some(10), None], "kept");
+        // Fallen further behind than the log reaches: the copy is emptied.
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                set(&s, "b", 11);
+                let others: Vec<Txn> = (0..LOG_LEN)
+                    .map(|i| {
+                        txn(
+                            &format!("other{i}"),
+                            vec![Op::Set("quota/storage".into(), 0)],
+                        )
+                    })
+                    .collect();
+                s.commit_batch(&others).unwrap();
+            });
+        });
+        assert_eq!(s.peek("a"), None, "emptied");
+        assert_eq!(s.counters("b").unwrap(), [Some(11), None]);
+        assert_eq!(s.counters("a").unwrap(), [Some(2), None]);
+        // Another store in the same thread never answers from this copy.
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = UsageStore::open(&dir2.path().join("q.redb")).unwrap();
+        assert_eq!(s2.counters("a").unwrap(), [None, None]);
+        assert_eq!(s.counters("a").unwrap(), [Some(2), None]);
     }
 
     #[test]

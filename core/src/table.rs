@@ -62,7 +62,7 @@ impl Key {
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             // Built from a `&str` in `Key::new`, so always UTF-8.
             Key::Inline { .. } => std::str::from_utf8(self.as_bytes()).expect("keys are UTF-8"),

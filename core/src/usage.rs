@@ -179,7 +179,7 @@ impl ReadCache {
     }
 }
 
-/// Most users one thread keeps in its own copy (about 11 MB of it at most;
+/// Most users one thread keeps in its own copy (about 7 MB of it at most;
 /// a full copy is emptied and refills from the shared cache). A 100k-user
 /// benchmark fits whole; on larger directories it holds the recipients seen
 /// lately, which is where mail goes.
@@ -239,7 +239,10 @@ impl Invalidations {
         } else {
             let from = usize::try_from(local.seen - start).unwrap_or(usize::MAX);
             for &h in log.iter().skip(from) {
-                while let Ok(e) = local.users.find_entry(h, |(k, _, _)| *k == h) {
+                while let Ok(e) = local
+                    .users
+                    .find_entry(h, |(key, _)| user_hash(key.as_str()) == h)
+                {
                     e.remove();
                 }
             }
@@ -254,7 +257,25 @@ struct Local {
     store: u64,
     /// The invalidation sequence number this copy has replayed up to.
     seen: u64,
-    users: HashTable<(u64, crate::table::Key, Cached)>,
+    users: HashTable<(crate::table::Key, [i64; 2])>,
+}
+
+/// How a thread's copy stores "no counter": slots stay at 48 bytes (an
+/// `Option` pair takes 32), so more of a large copy stays in the caches. A
+/// counter that really holds this value is not copied (read from the
+/// shared cache each time), so the copy is exact.
+const NO_COUNTER: i64 = i64::MIN;
+
+fn to_local(c: Cached) -> Option<[i64; 2]> {
+    let [a, b] = c;
+    if a == Some(NO_COUNTER) || b == Some(NO_COUNTER) {
+        return None;
+    }
+    Some([a.unwrap_or(NO_COUNTER), b.unwrap_or(NO_COUNTER)])
+}
+
+fn from_local(v: [i64; 2]) -> Cached {
+    v.map(|x| (x != NO_COUNTER).then_some(x))
 }
 
 thread_local! {
@@ -311,12 +332,16 @@ impl UsageStore {
                 return Ok(c);
             }
             let c = self.shared_counters(user)?;
-            if local.users.len() >= LOCAL_MAX {
-                local.users.clear();
+            if let Some(v) = to_local(c) {
+                if local.users.len() >= LOCAL_MAX {
+                    local.users.clear();
+                }
+                local
+                    .users
+                    .insert_unique(h, (crate::table::Key::new(user), v), |(key, _)| {
+                        user_hash(key.as_str())
+                    });
             }
-            local
-                .users
-                .insert_unique(h, (h, crate::table::Key::new(user), c), |(k, _, _)| *k);
             Ok(c)
         })
     }
@@ -339,10 +364,8 @@ impl UsageStore {
         }
         local
             .users
-            .find(h, |(k, key, _)| {
-                *k == h && key.as_bytes() == user.as_bytes()
-            })
-            .map(|(_, _, c)| *c)
+            .find(h, |(key, _)| key.as_bytes() == user.as_bytes())
+            .map(|(_, v)| from_local(*v))
     }
 
     fn shared_counters(&self, user: &str) -> Result<[Option<i64>; 2], StoreError> {
@@ -595,6 +618,11 @@ mod tests {
         assert_eq!(s.peek("a"), None, "emptied");
         assert_eq!(s.counters("b").unwrap(), [Some(11), None]);
         assert_eq!(s.counters("a").unwrap(), [Some(2), None]);
+        // A counter holding the copy's "no counter" mark stays exact.
+        set(&s, "min", i64::MIN);
+        for _ in 0..2 {
+            assert_eq!(s.counters("min").unwrap(), [Some(i64::MIN), None]);
+        }
         // Another store in the same thread never answers from this copy.
         let dir2 = tempfile::tempdir().unwrap();
         let s2 = UsageStore::open(&dir2.path().join("q.redb")).unwrap();

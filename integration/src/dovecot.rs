@@ -765,6 +765,54 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
     }
 }
 
+/// Send one message of about `size` bytes carrying `token` through
+/// `postfix` over SMTP to `rcpts`, each of which must be accepted; returns
+/// the queue id.
+pub fn send_message(postfix: &Postfix, rcpts: &[&str], token: &str, size: usize) -> String {
+    let mut c = postfix.smtp();
+    let r = c.ehlo("client.test").expect("EHLO");
+    assert_eq!(r.code, 250, "EHLO: {r}");
+    let r = c.mail_from("sender@outside.test").expect("MAIL FROM");
+    assert_eq!(r.code, 250, "MAIL FROM: {r}");
+    for rcpt in rcpts {
+        let r = c.rcpt_to(rcpt).expect("RCPT TO");
+        assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r}");
+    }
+    let r = c.data(&message(token, size)).expect("DATA");
+    assert_eq!(r.code, 250, "end of DATA: {r}");
+    let _ = c.quit();
+    r.queue_id()
+        .unwrap_or_else(|| panic!("no queue id in {r}"))
+        .to_string()
+}
+
+/// Wait (up to [`WAIT`]) for a file in `maildir/new/` whose text contains
+/// `token`; return its path. Panics with the end of Postfix's maillog and
+/// Dovecot's trouble otherwise.
+pub fn wait_for_mail(postfix: &Postfix, dovecot: &Dovecot, maildir: &Path, token: &str) -> PathBuf {
+    let start = Instant::now();
+    loop {
+        if let Ok(rd) = std::fs::read_dir(maildir.join("new")) {
+            for e in rd.flatten() {
+                if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(token)) {
+                    return e.path();
+                }
+            }
+        }
+        if start.elapsed() > WAIT {
+            let log = postfix.maillog_text();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "no message with {token:?} in {}/new within {WAIT:?}; maillog:\n{}\nDovecot trouble: {:#?}",
+                maildir.display(),
+                lines[lines.len().saturating_sub(20)..].join("\n"),
+                dovecot.trouble()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A test message of about `size` bytes (headers included) whose subject
 /// and `Message-ID` carry `token`, so it can be found in a Maildir.
 pub fn message(token: &str, size: usize) -> String {

@@ -14,10 +14,12 @@
 //! Needs root, the packages from `scripts/install-test-deps.sh` and the
 //! binary: `cargo build -p ramdir` (or `RAMDIR_BIN=/path/to/ramdir`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ramdir_integration::dovecot::{DictClient, Dovecot, message, require_dovecot};
+use ramdir_integration::dovecot::{
+    DictClient, Dovecot, require_dovecot, send_message, wait_for_mail,
+};
 use ramdir_integration::slapd::{
     self, RamdirStats, Slapd, alias_mail, user_ldif, user_mail, user_password, write_secret,
 };
@@ -34,24 +36,10 @@ const JOHN_PASSWORD: &str = "john-secret";
 /// Generated users besides the example ones.
 const USERS: usize = 20;
 
-/// Send one message over SMTP to `rcpts` (each must be accepted); returns
-/// the queue id.
+/// Send a message of this test's size to `rcpts` (each must be accepted);
+/// returns the queue id.
 fn send(postfix: &Postfix, rcpts: &[&str], token: &str) -> String {
-    let mut c = postfix.smtp();
-    let r = c.ehlo("client.test").expect("EHLO");
-    assert_eq!(r.code, 250, "EHLO: {r}");
-    let r = c.mail_from("sender@outside.test").expect("MAIL FROM");
-    assert_eq!(r.code, 250, "MAIL FROM: {r}");
-    for rcpt in rcpts {
-        let r = c.rcpt_to(rcpt).expect("RCPT TO");
-        assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r}");
-    }
-    let r = c.data(&message(token, 1_200)).expect("DATA");
-    assert_eq!(r.code, 250, "end of DATA: {r}");
-    let _ = c.quit();
-    r.queue_id()
-        .unwrap_or_else(|| panic!("no queue id in {r}"))
-        .to_string()
+    send_message(postfix, rcpts, token, 1_200)
 }
 
 /// The reply to `RCPT TO:<rcpt>` in a fresh session.
@@ -62,31 +50,6 @@ fn rcpt_reply(postfix: &Postfix, rcpt: &str) -> ramdir_integration::Reply {
     let r = c.rcpt_to(rcpt).expect("RCPT TO");
     let _ = c.quit();
     r
-}
-
-/// Wait (up to 10 s) for a file in `maildir/new/` containing `token`.
-fn wait_for_mail(postfix: &Postfix, dovecot: &Dovecot, maildir: &Path, token: &str) -> PathBuf {
-    let start = Instant::now();
-    loop {
-        if let Ok(rd) = std::fs::read_dir(maildir.join("new")) {
-            for e in rd.flatten() {
-                if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(token)) {
-                    return e.path();
-                }
-            }
-        }
-        if start.elapsed() > WAIT {
-            let log = postfix.maillog_text();
-            let lines: Vec<&str> = log.lines().collect();
-            panic!(
-                "no message with {token:?} in {}/new within {WAIT:?}; maillog:\n{}\nDovecot trouble: {:#?}",
-                maildir.display(),
-                lines[lines.len().saturating_sub(20)..].join("\n"),
-                dovecot.trouble()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `* N EXISTS` of a SELECT.

@@ -12,10 +12,9 @@
 //! binary: `cargo build -p ramdir` (or `RAMDIR_BIN=/path/to/ramdir`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use ramdir_integration::dovecot::{MailStack, MailStackOptions, MaildirUsage, Usage, message};
-use ramdir_integration::{DirectoryContent, WAIT};
+use ramdir_integration::DirectoryContent;
+use ramdir_integration::dovecot::{MailStack, MailStackOptions, MaildirUsage, Usage, send_message};
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::::
@@ -40,49 +39,15 @@ fn message_files(maildir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Wait (up to 10 s) for a file in `maildir/new/` whose text contains
-/// `token`; return its path. Panics with the maillog's end otherwise.
+/// Wait for the message carrying `token` in `maildir/new/`.
 fn wait_for_mail(s: &MailStack, maildir: &Path, token: &str) -> PathBuf {
-    let start = Instant::now();
-    loop {
-        if let Ok(rd) = std::fs::read_dir(maildir.join("new")) {
-            for e in rd.flatten() {
-                if std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(token)) {
-                    return e.path();
-                }
-            }
-        }
-        if start.elapsed() > WAIT {
-            let log = s.postfix().maillog_text();
-            let lines: Vec<&str> = log.lines().collect();
-            panic!(
-                "no message with {token:?} in {}/new within {WAIT:?}; maillog:\n{}\nDovecot trouble: {:#?}",
-                maildir.display(),
-                lines[lines.len().saturating_sub(20)..].join("\n"),
-                s.dovecot.trouble()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ramdir_integration::dovecot::wait_for_mail(s.postfix(), &s.dovecot, maildir, token)
 }
 
-/// Send one message over SMTP to `rcpts` (all accepted); its queue id.
+/// Send a message of this test's size to `rcpts` (all accepted); its
+/// queue id.
 fn send(s: &MailStack, rcpts: &[&str], token: &str) -> String {
-    let mut c = s.postfix().smtp();
-    let r = c.ehlo("client.test").expect("EHLO");
-    assert_eq!(r.code, 250, "EHLO: {r}");
-    let r = c.mail_from("sender@outside.test").expect("MAIL FROM");
-    assert_eq!(r.code, 250, "MAIL FROM: {r}");
-    for rcpt in rcpts {
-        let r = c.rcpt_to(rcpt).expect("RCPT TO");
-        assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r}");
-    }
-    let r = c.data(&message(token, 1_500)).expect("DATA");
-    assert_eq!(r.code, 250, "end of DATA: {r}");
-    let _ = c.quit();
-    r.queue_id()
-        .unwrap_or_else(|| panic!("no queue id in {r}"))
-        .to_string()
+    send_message(s.postfix(), rcpts, token, 1_500)
 }
 
 #[test]

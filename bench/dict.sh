@@ -27,6 +27,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -54,10 +56,6 @@ KEY_PATTERN='shared/userdb/user%07d@domain%d.test'
 
 GOAL_TPUT_RATIO=0.90   # ramdir/ceiling throughput at the highest connection count, at least
 
-calc() { echo "scale=6; $*" | bc -l; }
-fmt() { printf "%.${2:-0}f" "$1"; }
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 command -v jq >/dev/null || die "jq is needed (apt-get install jq)"
 command -v bc >/dev/null || die "bc is needed (apt-get install bc)"
@@ -66,18 +64,6 @@ TMP=$(mktemp -d /tmp/ramdir-dict-bench.XXXXXX)
 RAMDIR_PID=""
 CEIL_PID=""
 PERF_PID=""
-
-stop() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -214,8 +200,6 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 # --- report -----------------------------------------------------------------
-median() { jq -s "map($2) | sort | .[(length - 1) / 2 | floor]" $1; }
-yesno() { if [ "$(calc "$1")" = 1 ]; then echo "met"; else echo "**NOT met**"; fi; }
 
 declare -A RPS P50 P99 P999 SCPU OK NF
 for s in ramdir ceiling; do

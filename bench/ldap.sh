@@ -48,6 +48,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+# slapd and a ramdir holding 1M entries take longer than 5 s to stop.
+STOP_TENTHS=300
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -87,10 +91,6 @@ PAGE=1000
 GOAL_LOAD_RATIO=1.3    # ramdir full load / ldapsearch, at most
 GOAL_P99_MS=1000       # change propagation p99 (from the tool's exit), at most
 
-calc() { echo "scale=6; $*" | bc -l; }
-fmt() { printf "%.${2:-0}f" "$1"; }
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 now_ns() { date +%s%N; }
 # CPU seconds: the machine's busy time, and one process's user+system.
 busy_s() { awk '/^cpu / { print ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat; }
@@ -112,18 +112,6 @@ SLAPD_PID=""
 RAMDIR_PID=""
 PERF_PID=""
 PROFILE_TXT=""
-
-stop() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 300); do
-        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in ''|Z*) return 0 ;; esac
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -483,8 +471,6 @@ STATS=$("$RAMDIR" stats --config "$TMP/ramdir.toml")
 
 # --- report -----------------------------------------------------------------
 med() { printf '%s\n' "$@" | sort -g | sed -n "$(( ($# + 1) / 2 ))p"; }
-median() { jq -s "map($2) | sort | .[(length - 1) / 2 | floor]" $1; }
-yesno() { if [ "$(calc "$1")" = 1 ]; then echo "met"; else echo "**NOT met**"; fi; }
 RD_S=$(calc "$(med "${RD_MS[@]}") / 1000")
 LS_S=$(med "${LS_WALL[@]}")
 LOAD_RATIO=$(calc "$RD_S / $LS_S")

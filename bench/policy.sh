@@ -43,6 +43,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -76,10 +78,6 @@ DOVECOT_COMMS=quota-status,auth,dovecot,log,config,anvil,stats
 GOAL_CEIL_RATIO=0.90   # ramdir/ceiling throughput at the highest connection count, at least
 GOAL_QS_RATIO=100      # ramdir/quota-status throughput at the highest connection count, at least
 
-calc() { echo "scale=6; $*" | bc -l; }
-fmt() { printf "%.${2:-0}f" "$1"; }
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (Dovecot is started from a temp dir)"
 for t in jq bc taskset /usr/sbin/dovecot /usr/lib/dovecot/quota-status; do
@@ -94,19 +92,6 @@ RAMDIR_PID=""
 CEIL_PID=""
 PERF_PID=""
 DV=$TMP/dv
-
-stop() {
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        # A zombie (stat Z) has exited: PID 1 reaps late here.
-        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in ''|Z*) return 0 ;; esac
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -329,8 +314,6 @@ fi
 DV_TROUBLE=$(grep -cE ' (Error|Fatal|Panic): ' "$DV/dovecot.log" 2>/dev/null || true)
 
 # --- report -----------------------------------------------------------------
-median() { jq -s "map($2) | sort | .[(length - 1) / 2 | floor]" $1; }
-yesno() { if [ "$(calc "$1")" = 1 ]; then echo "met"; else echo "**NOT met**"; fi; }
 
 declare -A RPS P50 P99 P999 SCPU DUNNO REFUSED TOTAL
 for s in $SERVERS; do

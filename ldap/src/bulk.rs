@@ -307,14 +307,7 @@ impl Conn {
         }
         let (rc, text) = self.result(&m)?;
         self.discard();
-        if rc != 0 {
-            return Err(LdapError::Result {
-                op: "bind",
-                rc,
-                text,
-            });
-        }
-        Ok(())
+        LdapError::ensure_success("bind", rc, text)
     }
 
     /// Search with paged results as the full load does, handing the
@@ -384,13 +377,7 @@ impl Conn {
                 }
             };
             let (rc, text) = self.result(&done)?;
-            if rc != 0 {
-                return Err(LdapError::Result {
-                    op: "full load search",
-                    rc,
-                    text,
-                });
-            }
+            LdapError::ensure_success("full load search", rc, text)?;
             cookie = self.paged_cookie(&done)?;
             if cookie.is_empty() {
                 break;

@@ -42,6 +42,16 @@ impl std::fmt::Display for LdapError {
 
 impl std::error::Error for LdapError {}
 
+impl LdapError {
+    /// `Ok` for result code 0 (success), else the server's refusal of `op`.
+    pub fn ensure_success(op: &'static str, rc: u32, text: String) -> Result<(), LdapError> {
+        match rc {
+            0 => Ok(()),
+            rc => Err(LdapError::Result { op, rc, text }),
+        }
+    }
+}
+
 impl From<ldap3::LdapError> for LdapError {
     fn from(e: ldap3::LdapError) -> Self {
         LdapError::Ldap(e)
@@ -87,13 +97,7 @@ pub async fn connect(s: &Settings) -> Result<Ldap, LdapError> {
         Bind::SaslExternal => tokio::time::timeout(s.timeout, ldap.sasl_external_bind()).await,
     };
     let res = res.map_err(|_| LdapError::Timeout("bind"))??;
-    if res.rc != 0 {
-        return Err(LdapError::Result {
-            op: "bind",
-            rc: res.rc,
-            text: res.text,
-        });
-    }
+    LdapError::ensure_success("bind", res.rc, res.text)?;
     Ok(ldap)
 }
 

@@ -273,12 +273,7 @@ impl Resolved {
         let PL::C(parts) = &tag.payload else {
             return Err(bad());
         };
-        let (Some(PL::P(dn)), Some(PL::C(attrs))) = (
-            parts.first().map(|t| &t.payload),
-            parts.get(1).map(|t| &t.payload),
-        ) else {
-            return Err(bad());
-        };
+        let (dn, attrs) = octets_then_list(parts).ok_or_else(bad)?;
         let mut view = EntryView {
             dn,
             values: Vec::with_capacity(self.names.len() + 1),
@@ -287,12 +282,7 @@ impl Resolved {
             let PL::C(attr) = &attr.payload else {
                 return Err(bad());
             };
-            let (Some(PL::P(name)), Some(PL::C(vals))) = (
-                attr.first().map(|t| &t.payload),
-                attr.get(1).map(|t| &t.payload),
-            ) else {
-                return Err(bad());
-            };
+            let (name, vals) = octets_then_list(attr).ok_or_else(bad)?;
             let vals = vals.iter().map(|v| match &v.payload {
                 PL::P(v) => Ok(&v[..]),
                 PL::C(_) => Err(bad()),
@@ -474,6 +464,16 @@ fn fold(normalizer: &Normalizer, key: &str) -> Option<String> {
         Some(key.to_string())
     } else {
         normalizer.address(key).map(|a| a.full())
+    }
+}
+
+/// The first two elements of a SEQUENCE when they are an OCTET STRING and
+/// a SEQUENCE/SET: an entry's `objectName, attributes` and an attribute's
+/// `type, vals`.
+fn octets_then_list(parts: &[StructureTag]) -> Option<(&Vec<u8>, &Vec<StructureTag>)> {
+    match (&parts.first()?.payload, &parts.get(1)?.payload) {
+        (PL::P(octets), PL::C(list)) => Some((octets, list)),
+        _ => None,
     }
 }
 

@@ -479,13 +479,7 @@ impl LdapSource {
             let _ = tx.send(Batch::Decoded(batch)).await;
         }
         let res = search.finish().await;
-        if res.rc != 0 {
-            return Err(LdapError::Result {
-                op: "full load search",
-                rc: res.rc,
-                text: res.text,
-            });
-        }
+        LdapError::ensure_success("full load search", res.rc, res.text)?;
         Ok(n)
     }
 

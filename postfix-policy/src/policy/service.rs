@@ -127,59 +127,16 @@ struct Tracked {
     touched: Instant,
 }
 
-/// Shards of the [`Tracker`]: every RCPT with an `instance` updates it.
-/// With one lock shared by all workers, a worker preempted while holding it
-/// (the CPUs are shared with smtpd processes) stalled the other for a whole
-/// scheduler slice: the policy benchmark's p99 was above a millisecond.
-/// Spread by `instance` over 256 locks, two workers rarely meet.
-const TRACKER_SHARDS: usize = 256;
-
-/// One shard: its transactions and when it was last swept.
-#[derive(Debug)]
-struct TrackerShard {
-    map: HashMap<String, Tracked, foldhash::fast::RandomState>,
-    last_sweep: Instant,
-}
-
-impl TrackerShard {
-    /// Forget expired transactions; returns how many.
-    fn sweep(&mut self, now: Instant) -> usize {
-        let before = self.map.len();
-        self.map
-            .retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL);
-        self.last_sweep = now;
-        before - self.map.len()
-    }
-}
-
 /// Transactions handed over by connections that closed before their
 /// END-OF-MESSAGE: Postfix may reconnect mid-transaction (max idle/TTL).
-/// Shared by all connections; a connection keeps its own current
-/// transaction itself ([`Transactions`]).
-#[derive(Debug)]
+/// Shared by all connections, but used only at such a hand-over and when a
+/// connection starts a transaction while some are held: a connection keeps
+/// its own current transaction itself ([`Transactions`]).
+#[derive(Debug, Default)]
 pub struct Tracker {
-    hasher: foldhash::fast::RandomState,
-    shards: Vec<Mutex<TrackerShard>>,
-    /// Transactions held. Zero lets `take` skip the lock.
+    map: Mutex<HashMap<String, Tracked>>,
+    /// The map's length, set under its lock; zero lets `take` skip the lock.
     held: AtomicUsize,
-}
-
-impl Default for Tracker {
-    fn default() -> Self {
-        let now = Instant::now();
-        Tracker {
-            hasher: foldhash::fast::RandomState::default(),
-            shards: (0..TRACKER_SHARDS)
-                .map(|_| {
-                    Mutex::new(TrackerShard {
-                        map: HashMap::default(),
-                        last_sweep: now,
-                    })
-                })
-                .collect(),
-            held: AtomicUsize::new(0),
-        }
-    }
 }
 
 impl Tracker {
@@ -188,34 +145,29 @@ impl Tracker {
         Tracker::default()
     }
 
-    fn shard(&self, instance: &str) -> std::sync::MutexGuard<'_, TrackerShard> {
-        use std::hash::BuildHasher;
-        let i = self.hasher.hash_one(instance) as usize % TRACKER_SHARDS;
+    /// Run `f` on the map under its lock, then publish its length.
+    fn with_map<R>(&self, f: impl FnOnce(&mut HashMap<String, Tracked>) -> R) -> R {
         // A poisoned lock only means a panic elsewhere; the map is intact.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut map);
+        self.held.store(map.len(), Ordering::Relaxed);
+        r
     }
 
     /// Take over a transaction from a connection that closed before its
     /// END-OF-MESSAGE.
-    fn adopt(&self, instance: String, tracked: Tracked, now: Instant) {
-        let mut g = self.shard(&instance);
-        if now.duration_since(g.last_sweep) >= SWEEP_EVERY {
-            let gone = g.sweep(now);
-            self.held.fetch_sub(gone, Ordering::Relaxed);
-        }
-        if g.map.len() < MAX_TRACKED / TRACKER_SHARDS {
-            g.map.insert(instance, tracked);
-            self.held.fetch_add(1, Ordering::Relaxed);
-        }
+    fn adopt(&self, instance: String, tracked: Tracked) {
+        self.with_map(|map| {
+            if map.len() < MAX_TRACKED {
+                map.insert(instance, tracked);
+            }
+        });
     }
 
     /// Forget transactions not seen for [`INSTANCE_TTL`] (run on a timer by
-    /// the server, and opportunistically on requests).
+    /// the server).
     pub fn sweep(&self, now: Instant) {
-        for s in &self.shards {
-            let gone = s.lock().unwrap_or_else(|e| e.into_inner()).sweep(now);
-            self.held.fetch_sub(gone, Ordering::Relaxed);
-        }
+        self.with_map(|map| map.retain(|_, t| now.duration_since(t.touched) < INSTANCE_TTL));
     }
 
     fn take(&self, instance: &str, now: Instant) -> Option<Tracked> {
@@ -224,17 +176,13 @@ impl Tracker {
         if self.held.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let t = self.shard(instance).map.remove(instance)?;
-        self.held.fetch_sub(1, Ordering::Relaxed);
+        let t = self.with_map(|map| map.remove(instance))?;
         (now.duration_since(t.touched) < INSTANCE_TTL).then_some(t)
     }
 
     /// Transactions currently remembered (for stats and tests).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
-            .sum()
+        self.with_map(|map| map.len())
     }
 
     /// Whether nothing is remembered.
@@ -315,16 +263,13 @@ impl<'t> Transactions<'t> {
 
 impl Drop for Transactions<'_> {
     fn drop(&mut self) {
-        if self.live {
-            let now = Instant::now();
-            if now.duration_since(self.tracked.touched) < INSTANCE_TTL {
-                let tracked = Tracked {
-                    rcpts: std::mem::take(&mut self.tracked.rcpts),
-                    touched: self.tracked.touched,
-                };
-                self.shared
-                    .adopt(std::mem::take(&mut self.instance), tracked, now);
-            }
+        if self.live && self.tracked.touched.elapsed() < INSTANCE_TTL {
+            let tracked = Tracked {
+                rcpts: std::mem::take(&mut self.tracked.rcpts),
+                touched: self.tracked.touched,
+            };
+            self.shared
+                .adopt(std::mem::take(&mut self.instance), tracked);
         }
     }
 }
@@ -768,7 +713,7 @@ mod tests {
             let mut rcpts = Recipients::default();
             rcpts.add("r@x.org");
             let tracked = Tracked { rcpts, touched: at };
-            t.adopt(instance.into(), tracked, at);
+            t.adopt(instance.into(), tracked);
         };
         hand_over("a", start);
         assert!(

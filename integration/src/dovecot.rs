@@ -1,6 +1,6 @@
-//! A private Dovecot 2.3 instance that authenticates users and keeps quota
-//! usage through ramdir's dict socket, and the clients the tests drive it
-//! with.
+//! A private Dovecot instance (2.3 from the host, or 2.4 from the Debian 13
+//! root, see [`Flavor`]) that authenticates users and keeps quota usage
+//! through ramdir's dict socket, and the clients the tests drive it with.
 //!
 //! How Dovecot is run follows `docs/stack-notes.md` section 4: one
 //! self-contained `dovecot.conf` (no `!include` of `/etc/dovecot`) under
@@ -12,10 +12,18 @@
 //! open after daemonizing, trap 8) and every `doveadm` call gets `-c` (trap
 //! 9).
 //!
-//! passdb and userdb are `driver = dict` on ramdir's `auth` dict, and the
-//! quota backend is `dict:User quota::proxy:…:quota`, both through
-//! `proxy:idle_msecs=10000:` URIs (trap 10, G11). No `quota_rule` is set in
-//! `dovecot.conf`: every limit comes from ramdir's userdb answer.
+//! Dovecot 2.3: passdb and userdb are `driver = dict` on ramdir's `auth`
+//! dict, and the quota backend is `dict:User quota::proxy:…:quota`, both
+//! through `proxy:idle_msecs=10000:` URIs (trap 10, G11).
+//!
+//! Dovecot 2.4 has neither driver (debian13.md): passdb and userdb are
+//! `driver = lua` running the shipped bridge
+//! `contrib/dovecot/ramdir-auth.lua` (copied into the stack, so the root
+//! sees it) against the same `auth` dict, and the quota is `driver =
+//! count` with `quota_clone` writing the usage into ramdir's `quota` dict.
+//!
+//! No limit is set in `dovecot.conf`: every limit comes from ramdir's
+//! userdb answer.
 //!
 //! The tests fail logins on purpose, so the instance turns off what makes
 //! that slow: `auth_failure_delay = 0`, and the anvil auth-penalty socket is
@@ -41,9 +49,10 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flavor::Flavor;
 use crate::postfix::Postfix;
 use crate::ramdir::{DirectoryContent, DirectoryFiles, Ramdir, write_config};
 use crate::smtp::Reply;
@@ -66,30 +75,60 @@ const REQUIRED: [&str; 5] = [
     "/usr/lib/dovecot/modules/lib10_quota_plugin.so",
 ];
 
-/// Panic, saying how to fix it, unless Dovecot (core, imapd, lmtpd) and its
-/// system users are installed and we are root.
+/// What Dovecot 2.4 needs on top: the Lua auth driver and the quota clone
+/// plugin, and the Lua modules the bridge loads.
+const REQUIRED_24: [&str; 4] = [
+    "/usr/lib/dovecot/modules/auth/libauthdb_lua.so",
+    "/usr/lib/dovecot/modules/lib20_quota_clone_plugin.so",
+    "/usr/share/lua/5.4/socket.lua",
+    "/usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so",
+];
+
+/// The Lua passdb/userdb bridge ramdir ships for Dovecot 2.4.
+pub fn lua_bridge() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/dovecot/ramdir-auth.lua")
+}
+
+/// Panic, saying how to fix it, unless the host's Dovecot (core, imapd,
+/// lmtpd) and its system users are installed and we are root.
 pub fn require_dovecot() {
+    require_dovecot_on(Flavor::Debian12);
+}
+
+/// [`require_dovecot`] for `flavor`'s Dovecot (for Debian 13: in its root,
+/// with the Lua bridge's needs).
+pub fn require_dovecot_on(flavor: Flavor) {
     require_root();
-    for p in REQUIRED {
-        if !Path::new(p).exists() {
+    let extra: &[&str] = if flavor.dovecot_24() {
+        &REQUIRED_24
+    } else {
+        &[]
+    };
+    for p in REQUIRED.iter().chain(extra) {
+        if !flavor.exists(Path::new(p)) {
             panic!(
-                "{p} is missing: Dovecot (dovecot-core, dovecot-imapd, dovecot-lmtpd) is needed; \
-                 run scripts/install-test-deps.sh (as root) first"
+                "{p} is missing ({flavor}): Dovecot (dovecot-core, dovecot-imapd, dovecot-lmtpd{}) \
+                 is needed; run scripts/install-test-deps.sh (as root) first",
+                if flavor.dovecot_24() {
+                    ", dovecot-auth-lua, lua-socket, lua-cjson"
+                } else {
+                    ""
+                }
             );
         }
     }
     for user in ["dovecot", "dovenull"] {
-        if nix::unistd::User::from_name(user).ok().flatten().is_none() {
-            panic!(
-                "no system user '{user}': run scripts/install-test-deps.sh (installs dovecot-core)"
-            );
-        }
+        flavor.user(user);
+    }
+    if flavor.dovecot_24() && !lua_bridge().is_file() {
+        panic!("{} is missing", lua_bridge().display());
     }
 }
 
 /// A Dovecot instance under `<stack>/dv`. Stopped on drop.
 #[derive(Debug)]
 pub struct Dovecot {
+    flavor: Flavor,
     root: PathBuf,
     conf: PathBuf,
     imap_port: u16,
@@ -97,12 +136,15 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    /// Write `dovecot.conf` and `dovecot-dict-auth.conf.ext` for an
-    /// instance that uses the ramdir dict socket `dict_socket`, create its
+    /// Write `dovecot.conf` (and for 2.3 `dovecot-dict-auth.conf.ext`, for
+    /// 2.4 a copy of the Lua bridge) for an instance of the stack's
+    /// flavor that uses the ramdir dict socket `dict_socket`, create its
     /// directories (the mail root owned by 5000:5000). Does not start it.
-    /// `extra` is appended to `dovecot.conf` (later settings win).
+    /// `extra` is appended to `dovecot.conf` (later settings win; it must
+    /// be in the flavor's syntax).
     pub fn prepare(stack: &StackDir, dict_socket: &Path, extra: &str) -> Dovecot {
-        require_dovecot();
+        let flavor = stack.flavor();
+        require_dovecot_on(flavor);
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(sweep_leaked_masters);
         let root = stack.join("dv");
@@ -126,12 +168,19 @@ impl Dovecot {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "rdi".into());
-        write_atomic(&auth_ext, &auth_ext_text(dict_socket));
-        write_atomic(
-            &conf,
-            &dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra),
-        );
+        let text = if flavor.dovecot_24() {
+            let lua = root.join("ramdir-auth.lua");
+            std::fs::copy(lua_bridge(), &lua).unwrap_or_else(|e| {
+                panic!("copy {} to {}: {e}", lua_bridge().display(), lua.display())
+            });
+            dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra)
+        } else {
+            write_atomic(&auth_ext, &auth_ext_text(dict_socket));
+            dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra)
+        };
+        write_atomic(&conf, &text);
         Dovecot {
+            flavor,
             root,
             conf,
             imap_port,
@@ -149,8 +198,13 @@ impl Dovecot {
             .append(true)
             .open(&stderr_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", stderr_path.display()));
+        // Counted as started from here on: whatever happens next, stop()
+        // looks for a master to end.
+        self.started = true;
         // Never our own stdio: the daemon keeps it open (trap 8).
-        let status = Command::new("/usr/sbin/dovecot")
+        let status = self
+            .flavor
+            .command("/usr/sbin/dovecot")
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
@@ -166,7 +220,6 @@ impl Dovecot {
                 self.log_text()
             );
         }
-        self.started = true;
         let start = Instant::now();
         loop {
             let ready = self.master_pid().is_some()
@@ -189,8 +242,9 @@ impl Dovecot {
         }
     }
 
-    /// Stop Dovecot: SIGTERM to the master, wait (up to 10 s) until it has
-    /// exited (a zombie counts as exited, trap 15), SIGKILL otherwise.
+    /// Stop Dovecot: SIGTERM to the master, wait (up to [`WAIT`]) until it
+    /// has exited (a zombie counts as exited, trap 15), SIGKILL otherwise.
+    /// Never panics (it runs in drops, also of failed tests).
     pub fn stop(&mut self) {
         if !self.started {
             return;
@@ -275,9 +329,15 @@ impl Dovecot {
             .collect()
     }
 
+    /// Which Dovecot this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
     /// Run `doveadm -c CONF ARGS…` and return its output.
     pub fn doveadm(&self, args: &[&str]) -> Output {
-        Command::new("/usr/bin/doveadm")
+        self.flavor
+            .command("/usr/bin/doveadm")
             .arg("-c")
             .arg(&self.conf)
             .args(args)
@@ -409,7 +469,7 @@ impl Drop for Dovecot {
 /// signalled when its command line is exactly the one [`Dovecot::start`]
 /// runs, `/usr/sbin/dovecot -c /tmp/rdi-<owner>-<n>/dv/dovecot.conf`, and
 /// the owner process no longer runs.
-fn sweep_leaked_masters() {
+pub(crate) fn sweep_leaked_masters() {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -550,6 +610,122 @@ service anvil {{
 ",
         root = root.display(),
         auth_ext = auth_ext.display(),
+        sock = dict_socket.display(),
+        id = VMAIL_ID,
+    )
+}
+
+/// The Dovecot 2.4 `dovecot.conf`: the instance settings of
+/// [`dovecot_conf`] in 2.4 names, passdb and userdb through the Lua bridge
+/// `lua` on ramdir's `auth` dict, and a `count` quota whose usage
+/// `quota_clone` mirrors into ramdir's `quota` dict (docs/dovecot.md,
+/// "Dovecot 2.4"). Limits come from the userdb (`quota_storage_size`,
+/// `quota_message_count`); the grace is Dovecot's default, 10M, unless
+/// `extra` sets `quota_storage_grace`.
+fn dovecot24_conf(
+    root: &Path,
+    instance: &str,
+    lua: &Path,
+    dict_socket: &Path,
+    imap_port: u16,
+    extra: &str,
+) -> String {
+    let debug = if std::env::var_os("RAMDIR_DOVECOT_DEBUG").is_some_and(|v| v == "1") {
+        "yes"
+    } else {
+        "no"
+    };
+    format!(
+        "\
+# Generated by ramdir-integration (a private Dovecot 2.4 test instance).
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+instance_name = {instance}
+base_dir = {root}/run
+state_dir = {root}/state
+protocols = imap lmtp
+listen = 127.0.0.1
+log_path = {root}/dovecot.log
+ssl = no
+auth_allow_cleartext = yes
+auth_mechanisms = plain login
+auth_username_format = %{{user | lower}}
+auth_cache_size = 0
+auth_failure_delay = 0
+auth_debug = {debug}
+mail_debug = {debug}
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+mail_uid = {id}
+mail_gid = {id}
+first_valid_uid = {id}
+last_valid_uid = {id}
+first_valid_gid = {id}
+mail_driver = maildir
+mail_path = ~/Maildir
+mail_plugins {{
+  quota = yes
+  quota_clone = yes
+}}
+protocol imap {{
+  mail_plugins {{
+    imap_quota = yes
+  }}
+}}
+lmtp_rcpt_check_quota = yes
+postmaster_address = postmaster@example.org
+# Dovecot counts; quota_clone mirrors the usage into ramdir's quota dict
+# (absolute values, after every change).
+quota \"User quota\" {{
+  driver = count
+}}
+quota_clone {{
+  dict proxy {{
+    name = quota
+    socket_path = {sock}
+    idle_timeout = 10s
+  }}
+}}
+passdb ramdir {{
+  driver = lua
+  lua_file = {lua}
+  lua_settings {{
+    socket = {sock}
+    dict = auth
+  }}
+}}
+userdb ramdir {{
+  driver = lua
+  lua_file = {lua}
+  lua_settings {{
+    socket = {sock}
+    dict = auth
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  # As for 2.3: no per-IP auth penalty (the tests fail logins on purpose).
+  unix_listener anvil-auth-penalty {{
+    path = anvil-auth-penalty-off
+  }}
+}}
+{extra}
+",
+        root = root.display(),
+        lua = lua.display(),
         sock = dict_socket.display(),
         id = VMAIL_ID,
     )
@@ -1187,6 +1363,8 @@ pub struct MailStackOptions {
     pub postfix: bool,
     /// Lines appended to `main.cf` (with `postfix`).
     pub main_cf_extra: String,
+    /// Whose Postfix and Dovecot run (ramdir always runs on the host).
+    pub flavor: Flavor,
 }
 
 /// ramdir (socketmap, `[dict]` on `<stack>/run/dict.sock`, `[quota]` store
@@ -1215,8 +1393,8 @@ impl MailStack {
     /// Write the files (with [`MAIL_ROOT_VAR`] in the users replaced by the
     /// mail root), start ramdir, then Dovecot, then Postfix if asked.
     pub fn start(content: &DirectoryContent, opts: &MailStackOptions) -> MailStack {
-        require_dovecot();
-        let dir = StackDir::new();
+        require_dovecot_on(opts.flavor);
+        let dir = StackDir::for_flavor(opts.flavor);
         let run = dir.join("run");
         std::fs::create_dir_all(&run).unwrap_or_else(|e| panic!("mkdir {}: {e}", run.display()));
         set_mode(&run, 0o755);

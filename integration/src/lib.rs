@@ -19,6 +19,7 @@
 //! always kept (and its logs printed) when a test fails.
 
 pub mod dovecot;
+pub mod flavor;
 pub mod postfix;
 pub mod quota;
 pub mod ramdir;
@@ -29,36 +30,53 @@ pub mod socketmap;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use flavor::Flavor;
 pub use postfix::Postfix;
 pub use ramdir::{DirectoryContent, DirectoryFiles, Ramdir};
 pub use sasl::FakeDovecotAuth;
 pub use smtp::{Reply, Smtp};
 pub use socketmap::SocketmapClient;
 
-/// How long the harness waits for anything to come up or show up.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long the harness waits for anything to come up or show up. Generous
+/// on purpose: the suite shares two cores with other builds, and a daemon
+/// that is merely slow must not fail a test (a stuck one still does).
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A temporary directory with a short path (`/tmp/rdi-<pid>-<n>`), because
 /// Unix socket paths inside it must fit in `sun_path` (107 bytes, trap 18).
 ///
+/// For a [`Flavor::Debian13`] stack the directory is also bind-mounted at
+/// the same path inside the Debian 13 root, so the daemons there see it
+/// where ramdir does; the mount goes with the directory.
+///
 /// Removed on drop unless `RAMDIR_KEEP_STACK=1` is set or the thread is
 /// panicking (a failing test); in both cases its path is printed. On a
 /// failure the tail of every `*.log`/`maillog` file in it is printed too,
-/// so CI output shows what the daemons said.
+/// so CI output shows what the daemons said. Only the files are kept: the
+/// daemons' own guards (fields dropped before this one) have stopped
+/// them by then.
 #[derive(Debug)]
 pub struct StackDir {
     path: PathBuf,
+    flavor: Flavor,
+    mount: Option<flavor::RootMount>,
 }
 
 impl StackDir {
-    /// Create a fresh, empty stack directory. The first call in a process
-    /// also stops daemons left running by an earlier test run that was
-    /// killed before it could clean up.
+    /// A fresh, empty stack directory for the host's daemons
+    /// ([`Flavor::Debian12`]).
     pub fn new() -> StackDir {
+        StackDir::for_flavor(Flavor::Debian12)
+    }
+
+    /// A fresh, empty stack directory for `flavor`'s daemons. The first
+    /// call in a process also stops daemons left running by an earlier
+    /// test run that was killed before it could clean up, and removes its
+    /// mounts.
+    pub fn for_flavor(flavor: Flavor) -> StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
@@ -73,7 +91,19 @@ impl StackDir {
         // Postfix daemons (user postfix) write the maillog via postlogd and
         // must be able to traverse the tree.
         set_mode(&path, 0o755);
-        StackDir { path }
+        let mount = flavor
+            .root()
+            .map(|root| flavor::RootMount::new(&root, &path));
+        StackDir {
+            path,
+            flavor,
+            mount,
+        }
+    }
+
+    /// Whose daemons use this directory.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
     /// The directory.
@@ -95,6 +125,8 @@ impl Default for StackDir {
 
 impl Drop for StackDir {
     fn drop(&mut self) {
+        // Unmount first: the files stay reachable at the host path.
+        drop(self.mount.take());
         if std::thread::panicking() {
             dump_logs(&self.path);
             eprintln!(
@@ -115,13 +147,30 @@ impl Drop for StackDir {
     }
 }
 
-/// Stop the Postfix masters and ramdir processes of stacks whose test
-/// process is gone (a run killed by Ctrl-C or a timeout never reaches the
-/// `Drop`s). A process is only signalled when it provably belongs to that
-/// stack: the master's working directory is the stack's spool, ramdir's
-/// command line names the stack's config. The directories are left for
+/// Stop the Postfix and Dovecot masters and ramdir processes of stacks
+/// whose test process is gone (a run killed by Ctrl-C or a timeout never
+/// reaches the `Drop`s), then remove those stacks' bind mounts in the
+/// Debian 13 root. A process is only signalled when it provably belongs
+/// to that stack: the master's working directory is the stack's spool
+/// (seen from the host, or through the root), Dovecot's and ramdir's
+/// command lines name the stack's config. The directories are left for
 /// inspection.
 fn sweep_stale_stacks() {
+    sweep_stale_processes();
+    dovecot::sweep_leaked_masters();
+    let me = std::process::id() as i32;
+    for (point, owner) in flavor::stack_mounts() {
+        if owner != me && !process_alive(owner) {
+            eprintln!(
+                "ramdir-integration: removing the leaked mount {}",
+                point.display()
+            );
+            flavor::unmount(&point);
+        }
+    }
+}
+
+fn sweep_stale_processes() {
     let Ok(rd) = std::fs::read_dir("/tmp") else {
         return;
     };
@@ -142,7 +191,8 @@ fn sweep_stale_stacks() {
         let spool = root.join("pf/spool");
         if let Some(pid) = pid_in(spool.join("pid/master.pid")) {
             let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            if cwd == spool && process_alive(pid) {
+            let in_root = Flavor::Debian13.host_path_unchecked(&spool);
+            if (cwd == spool || cwd == in_root) && process_alive(pid) {
                 eprintln!(
                     "ramdir-integration: stopping leaked Postfix master {pid} of {}",
                     root.display()
@@ -246,6 +296,8 @@ pub struct StackOptions {
     /// `smtpd_sender_restrictions = reject_sender_login_mismatch`, so that
     /// ramdir's `senders` table is used.
     pub sasl: bool,
+    /// Whose Postfix runs.
+    pub flavor: Flavor,
 }
 
 /// The `main.cf` lines [`StackOptions::sasl`] adds.
@@ -258,16 +310,29 @@ smtpd_sender_restrictions = reject_sender_login_mismatch
 ";
 
 impl Stack {
-    /// [`start_with`](Self::start_with) default options.
+    /// [`start_with`](Self::start_with) default options (the host's
+    /// Postfix).
     pub fn start(content: &DirectoryContent) -> Stack {
         Stack::start_with(content, &StackOptions::default())
+    }
+
+    /// [`start_with`](Self::start_with) default options on `flavor`'s
+    /// Postfix.
+    pub fn start_on(flavor: Flavor, content: &DirectoryContent) -> Stack {
+        Stack::start_with(
+            content,
+            &StackOptions {
+                flavor,
+                ..Default::default()
+            },
+        )
     }
 
     /// Write the directory files, prepare Postfix's spool, start ramdir on
     /// its socket inside the spool, then start Postfix and wait for its
     /// banner.
     pub fn start_with(content: &DirectoryContent, opts: &StackOptions) -> Stack {
-        let dir = StackDir::new();
+        let dir = StackDir::for_flavor(opts.flavor);
         let files = DirectoryFiles::write(&dir.join("data"), content);
         let main_cf_extra = if opts.sasl {
             format!("{SASL_MAIN_CF}{}", opts.main_cf_extra)
@@ -316,19 +381,23 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 }
 
 /// Is the process alive? A zombie counts as dead: PID 1 on these machines
-/// reaps orphans late, so `kill -0` lies (stack-notes trap 15).
+/// reaps orphans late, so `kill -0` lies (stack-notes trap 15). Read from
+/// `/proc/<pid>/stat` rather than by running `ps`: this runs in drops and
+/// on a busy machine, where a fork can fail (EAGAIN) and must not turn a
+/// cleanup into a panic.
 pub fn process_alive(pid: i32) -> bool {
-    let out = Command::new("ps")
-        .args(["-o", "stat=", "-p", &pid.to_string()])
-        .output();
-    match out {
-        Ok(o) => {
-            let stat = String::from_utf8_lossy(&o.stdout);
-            let stat = stat.trim();
-            !stat.is_empty() && !stat.starts_with('Z')
-        }
-        Err(e) => panic!("run ps (install procps: scripts/install-test-deps.sh): {e}"),
+    if pid <= 0 {
+        return false;
     }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold
+    // anything, parentheses included).
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// Replace a file atomically: write a sibling temporary file, then rename it

@@ -364,6 +364,31 @@ impl Stack {
     }
 }
 
+/// One test per [`Flavor`] for each scenario: for every `name` given, a
+/// function `fn name(flavor: Flavor)` in the calling file becomes the tests
+/// `debian12::name` and `debian13::name` (filter with either prefix).
+#[macro_export]
+macro_rules! test_on_both_flavors {
+    ($($name:ident),+ $(,)?) => {
+        mod debian12 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Flavor::Debian12)
+                }
+            )+
+        }
+        mod debian13 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Flavor::Debian13)
+                }
+            )+
+        }
+    };
+}
+
 /// Poll `f` every 50 ms until it returns `Some`, for at most `timeout`.
 /// Panics with `what` (and the last value seen, via `f`'s own message) when
 /// time runs out.

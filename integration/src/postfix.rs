@@ -328,23 +328,9 @@ impl Postfix {
 
     /// A command that runs `program` (this flavor's) with the spool as its
     /// working directory, as Postfix's daemons do: relative `unix:private/…`
-    /// socket paths then work (G5). chroot(8) itself changes to `/`, so
-    /// inside the root a shell changes back.
+    /// socket paths then work (G5).
     pub fn command_in_spool(&self, program: &str) -> Command {
-        match self.flavor.root() {
-            None => {
-                let mut c = Command::new(program);
-                c.current_dir(&self.spool);
-                c
-            }
-            Some(_) => {
-                let mut c = self.flavor.command("/bin/sh");
-                c.args(["-c", "cd \"$0\" && exec \"$@\""])
-                    .arg(&self.spool)
-                    .arg(program);
-                c
-            }
-        }
+        command_in(self.flavor, &self.spool, program)
     }
 
     /// The maillog so far.
@@ -493,6 +479,26 @@ fn age_config(etc: &Path) {
             .open(&p)
             .and_then(|f| f.set_modified(past))
             .unwrap_or_else(|e| panic!("set mtime of {}: {e}", p.display()));
+    }
+}
+
+/// A command that runs `program` of `flavor` in the directory `dir` (a
+/// path as the daemons see it). chroot(8) itself changes to `/`, so inside
+/// the root a shell changes back.
+pub fn command_in(flavor: Flavor, dir: &Path, program: &str) -> Command {
+    match flavor.root() {
+        None => {
+            let mut c = Command::new(program);
+            c.current_dir(dir);
+            c
+        }
+        Some(_) => {
+            let mut c = flavor.command("/bin/sh");
+            c.args(["-c", "cd \"$0\" && exec \"$@\""])
+                .arg(dir)
+                .arg(program);
+            c
+        }
     }
 }
 

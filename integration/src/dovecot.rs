@@ -1306,12 +1306,16 @@ impl fmt::Display for Usage {
     }
 }
 
-/// What a user's Maildir holds, from the `,S=<size>` of every message file
-/// in every folder (what Dovecot's quota counts).
+/// What a user's Maildir holds, from the `,S=<size>` (physical) and
+/// `,W=<size>` (virtual: CRLF line ends) of every message file in every
+/// folder. Dovecot 2.3's dict quota counts the physical sizes, 2.4's
+/// `count` quota the virtual ones (seen: its usage equals the `W=` sum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MaildirUsage {
     /// Sum of the message sizes, bytes.
     pub bytes: i64,
+    /// Sum of the virtual message sizes, bytes.
+    pub vbytes: i64,
     /// Number of messages.
     pub messages: i64,
 }
@@ -1336,12 +1340,15 @@ impl MaildirUsage {
                 };
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let size = name
-                        .split([',', ':'])
-                        .find_map(|p| p.strip_prefix("S="))
-                        .and_then(|s| s.parse::<i64>().ok())
+                    let field = |tag: &str| {
+                        name.split([',', ':'])
+                            .find_map(|p| p.strip_prefix(tag))
+                            .and_then(|s| s.parse::<i64>().ok())
+                    };
+                    let size = field("S=")
                         .unwrap_or_else(|| e.metadata().map(|m| m.len() as i64).unwrap_or(0));
                     u.bytes += size;
+                    u.vbytes += field("W=").unwrap_or(size);
                     u.messages += 1;
                 }
             }
@@ -1550,6 +1557,27 @@ impl MailStack {
                 );
             }
             std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// What Dovecot's quota must count for `user`'s Maildir (template
+    /// home): physical sizes on 2.3, virtual sizes on 2.4 (see
+    /// [`MaildirUsage`]).
+    pub fn maildir_usage(&self, user: &str) -> Usage {
+        self.usage_of_maildir(&self.maildir(user))
+    }
+
+    /// [`maildir_usage`](Self::maildir_usage) of the Maildir `maildir`.
+    pub fn usage_of_maildir(&self, maildir: &Path) -> Usage {
+        let m = MaildirUsage::of(maildir);
+        let bytes = if self.dovecot.flavor().dovecot_24() {
+            m.vbytes
+        } else {
+            m.bytes
+        };
+        Usage {
+            storage: Some(bytes),
+            messages: Some(m.messages),
         }
     }
 

@@ -121,6 +121,7 @@ struct RawDict {
     quota_dict: Option<String>,
     alias_logins: Option<bool>,
     disabled_userdb: Option<bool>,
+    quota_namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,7 +544,15 @@ impl Config {
             None => None,
             Some(d) => {
                 let defaults = ramdir_dovecot::service::Settings::default();
+                let quota_namespace = match d.quota_namespace {
+                    None => defaults.quota_namespace,
+                    Some(n) if n.get_ref().is_empty() => {
+                        return Err(err(n.span(), "quota_namespace: empty name".into()));
+                    }
+                    Some(n) => n.into_inner(),
+                };
                 let settings = ramdir_dovecot::service::Settings {
+                    quota_namespace,
                     auth_dict: d.auth_dict.unwrap_or(defaults.auth_dict),
                     quota_dict: d.quota_dict.unwrap_or(defaults.quota_dict),
                     alias_logins: d.alias_logins.unwrap_or(defaults.alias_logins),
@@ -709,13 +718,14 @@ idle_timeout_secs = 300
     #[test]
     fn dict_and_quota_sections() {
         let c = parse(
-            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
+            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\nquota_namespace = \"main\"\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
         )
         .unwrap();
         let d = c.dict.unwrap();
         assert_eq!(d.listener.mode, 0o666);
         assert_eq!(d.settings.auth_dict, "a");
         assert_eq!(d.settings.quota_dict, "quota");
+        assert_eq!(d.settings.quota_namespace, "main");
         assert!(d.settings.alias_logins && d.settings.disabled_userdb);
         let q = c.quota.unwrap();
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));

@@ -675,6 +675,18 @@ protocol imap {{
 }}
 lmtp_rcpt_check_quota = yes
 postmaster_address = postmaster@example.org
+# The folders ramdir's folder rules name must exist in the config: userdb
+# fields namespace/inbox/mailbox/<box>/quota_storage_extra only set a
+# declared mailbox's limit.
+namespace inbox {{
+  inbox = yes
+  mailbox Trash {{
+    special_use = \\Trash
+  }}
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+}}
 # Dovecot counts; quota_clone mirrors the usage into ramdir's quota dict
 # (absolute values, after every change).
 quota \"User quota\" {{

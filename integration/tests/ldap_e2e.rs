@@ -11,6 +11,10 @@
 //! unchrooted, so `virtual_transport = lmtp:unix:<stack>/dv/run/lmtp`
 //! works with an absolute path.
 //!
+//! Runs on both stacks: Debian 12's Postfix 3.7 and Dovecot 2.3 (dict
+//! passdb/userdb) and Debian 13's Postfix 3.10 and Dovecot 2.4 (the Lua
+//! bridge); slapd and ramdir run on the host either way.
+//!
 //! Needs root, the packages from `scripts/install-test-deps.sh` and the
 //! binary: `cargo build -p ramdir` (or `RAMDIR_BIN=/path/to/ramdir`).
 
@@ -18,13 +22,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{
-    DictClient, Dovecot, require_dovecot, send_message, wait_for_mail,
+    DictClient, Dovecot, require_dovecot_on, send_message, wait_for_mail,
 };
 use ramdir_integration::slapd::{
     self, RamdirStats, Slapd, alias_mail, user_ldif, user_mail, user_password, write_secret,
 };
 use ramdir_integration::{
-    Postfix, Ramdir, SocketmapClient, StackDir, WAIT, set_mode, write_atomic,
+    Flavor, Postfix, Ramdir, SocketmapClient, StackDir, WAIT, set_mode, write_atomic,
 };
 
 /// The shipped example directory (jane, john, the service account).
@@ -78,11 +82,12 @@ fn wait_dict(path: &Path) {
     }
 }
 
-#[test]
-fn smtp_lmtp_imap_with_ldap_as_the_only_source() {
-    require_dovecot();
+ramdir_integration::test_on_both_flavors!(smtp_lmtp_imap_with_ldap_as_the_only_source);
+
+fn smtp_lmtp_imap_with_ldap_as_the_only_source(flavor: Flavor) {
+    require_dovecot_on(flavor);
     slapd::require_slapd();
-    let dir = StackDir::new();
+    let dir = StackDir::for_flavor(flavor);
 
     // slapd: the shipped example plus generated users.
     let mut ldif = format!("{EXAMPLE_LDIF}\n");

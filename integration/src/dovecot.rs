@@ -1572,6 +1572,20 @@ impl MailStack {
         }
     }
 
+    /// Wait (up to [`WAIT`]) until ramdir holds a storage counter for
+    /// `user` (on Dovecot 2.4 quota_clone writes it after the first
+    /// change), and return the counters.
+    pub fn wait_usage_tracked(&self, user: &str) -> Usage {
+        crate::wait_for(
+            WAIT,
+            &format!("a usage counter for {user} in ramdir"),
+            || {
+                let u = self.usage(user);
+                u.storage.is_some().then_some(u)
+            },
+        )
+    }
+
     /// What Dovecot's quota must count for `user`'s Maildir (template
     /// home): physical sizes on 2.3, virtual sizes on 2.4 (see
     /// [`MaildirUsage`]).

@@ -173,10 +173,12 @@ impl fmt::Display for Checker {
 }
 
 /// Add `[policy]` and `[milter]` listeners (in Postfix's spool, mode
-/// 0666) and the `[quota]` grace and reply to the stack's ramdir config,
-/// restart ramdir (listeners are only read at start) and wait until both
-/// sockets accept connections. The stack must have a Postfix.
-pub fn enable_quota_listeners(s: &mut MailStack) {
+/// 0666) and the `[quota]` `grace` (keep it equal to Dovecot's: 2.3's
+/// `quota_grace`, a percentage by default, 2.4's `quota_storage_grace`, a
+/// size) and reply to the stack's ramdir config, restart ramdir
+/// (listeners are only read at start) and wait until both sockets accept
+/// connections. The stack must have a Postfix.
+pub fn enable_quota_listeners(s: &mut MailStack, grace: &str) {
     let spool = s.postfix().spool().to_path_buf();
     let config = s.ramdir.config().to_path_buf();
     let text = std::fs::read_to_string(&config)
@@ -188,7 +190,7 @@ pub fn enable_quota_listeners(s: &mut MailStack) {
     );
     let mut text = text.replacen(
         "\n[quota]\n",
-        &format!("\n[quota]\ngrace = \"10%\"\nover_quota_reply = \"{OVER_QUOTA_REPLY}\"\n"),
+        &format!("\n[quota]\ngrace = \"{grace}\"\nover_quota_reply = \"{OVER_QUOTA_REPLY}\"\n"),
         1,
     );
     for (section, rel) in [("policy", POLICY_REL), ("milter", MILTER_REL)] {

@@ -188,7 +188,7 @@ impl Dovecot {
         }
     }
 
-    /// Start Dovecot and wait (up to 10 s) until the master's pid file, the
+    /// Start Dovecot and wait (up to [`WAIT`]) until the master's pid file, the
     /// LMTP socket and the IMAP `* OK` greeting are all there.
     pub fn start(&mut self) {
         assert!(!self.started, "Dovecot is already running");
@@ -844,11 +844,11 @@ pub struct Lmtp {
 }
 
 impl Lmtp {
-    /// Connect and read the greeting (10 s timeouts).
+    /// Connect and read the greeting ([`WAIT`] timeouts).
     pub fn connect(path: &Path) -> io::Result<Lmtp> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_unix(path)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let banner = read_reply(&mut reader)?;
         Ok(Lmtp {
@@ -1062,11 +1062,11 @@ pub struct Imap {
 }
 
 impl Imap {
-    /// Connect and read the greeting (10 s timeouts).
+    /// Connect and read the greeting ([`WAIT`] timeouts).
     pub fn connect(addr: SocketAddr) -> io::Result<Imap> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_tcp(addr)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let greeting = read_imap_line(&mut reader)?;
         Ok(Imap {
@@ -1224,9 +1224,9 @@ pub struct DictClient {
 impl DictClient {
     /// Connect and send the hello for dict `name` (`auth`, `quota`).
     pub fn connect(path: &Path, name: &str) -> io::Result<DictClient> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_unix(path)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut c = DictClient {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
@@ -1551,7 +1551,7 @@ impl MailStack {
         }
     }
 
-    /// Wait (up to 10 s) until ramdir's counters for `user` equal `want`
+    /// Wait (up to [`WAIT`]) until ramdir's counters for `user` equal `want`
     /// (Dovecot commits its quota updates asynchronously). Panics with the
     /// last value seen and `what`.
     pub fn wait_usage(&self, user: &str, want: Usage, what: &str) {
@@ -1640,7 +1640,7 @@ impl MailStack {
     }
 }
 
-/// Wait (up to 10 s) until the dict socket `path` answers a quota lookup
+/// Wait (up to [`WAIT`]) until the dict socket `path` answers a quota lookup
 /// (a socket file left by a killed process does not count).
 fn wait_dict(path: &Path) {
     let start = Instant::now();

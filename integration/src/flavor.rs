@@ -96,7 +96,7 @@ impl Flavor {
 
     /// [`host_path`](Self::host_path) without checking that the root is
     /// complete (for the sweep of leaked processes, which must not panic).
-    pub(crate) fn host_path_unchecked(self, path: &Path) -> PathBuf {
+    pub fn host_path_unchecked(self, path: &Path) -> PathBuf {
         match self {
             Flavor::Debian12 => path.to_path_buf(),
             Flavor::Debian13 => trixie_root_path().join(path.strip_prefix("/").unwrap_or(path)),

@@ -186,6 +186,8 @@ fn sweep_stale_processes() {
             continue;
         }
         let root = e.path();
+        let pf = root.join("pf");
+        let pf_dirs = [pf.clone(), Flavor::Debian13.host_path_unchecked(&pf)];
         let pid_in =
             |p: PathBuf| -> Option<i32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
         let spool = root.join("pf/spool");
@@ -202,6 +204,15 @@ fn sweep_stale_processes() {
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
+        }
+        // Whatever else still runs in its Postfix directory (a master
+        // that ignored the TERM, a stuck `master -t`, …).
+        let killed = kill_processes_in(&pf_dirs);
+        if killed > 0 {
+            eprintln!(
+                "ramdir-integration: killed {killed} leaked Postfix process(es) of {}",
+                root.display()
+            );
         }
         if let Some(pid) = pid_in(root.join("ramdir.pid")) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -423,6 +434,76 @@ pub fn process_alive(pid: i32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Connect to a Unix socket, trying again (for up to [`WAIT`]) while the
+/// kernel answers `EAGAIN`: a listener whose backlog is full on a busy
+/// machine. Any other error (`ECONNREFUSED`, `ENOENT`: nobody listens) is
+/// returned at once, since callers use it to see a daemon is down.
+pub fn connect_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let start = Instant::now();
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Connect over TCP (10 s timeout per try), trying again (for up to
+/// [`WAIT`]) on `EAGAIN` and `EADDRNOTAVAIL` (no ephemeral port free for a
+/// moment on a busy machine). Other errors are returned at once.
+pub fn connect_tcp(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::io::ErrorKind;
+    let start = Instant::now();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::AddrNotAvailable
+                ) && start.elapsed() < WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// SIGKILL every live process (but this one) whose working directory is
+/// inside one of `dirs`; returns how many. After a Postfix instance is
+/// stopped this ends what its master did not: a `master -t` or
+/// `postfix-script` stuck on logging once postlogd is gone, a daemon the
+/// master lost track of. Such a process is provably the instance's: its
+/// working directory is in the test's own stack. Never panics.
+pub fn kill_processes_in(dirs: &[PathBuf]) -> usize {
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        if dirs.iter().any(|d| cwd.starts_with(d)) && process_alive(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Replace a file atomically: write a sibling temporary file, then rename it

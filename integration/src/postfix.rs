@@ -118,7 +118,7 @@ impl Postfix {
         pf
     }
 
-    /// Start Postfix and wait (up to 10 s) for this instance's `220 `
+    /// Start Postfix and wait (up to [`WAIT`]) for this instance's `220 `
     /// banner (a listening port alone proves nothing, trap 5). If another
     /// process took the port in the meantime, move to a new one.
     pub fn start(&mut self) {
@@ -186,6 +186,19 @@ impl Postfix {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Anything of this instance the master did not take down.
+        if let Some(base) = self.spool.parent() {
+            let killed = crate::kill_processes_in(&[
+                base.to_path_buf(),
+                self.flavor.host_path_unchecked(base),
+            ]);
+            if killed > 0 {
+                eprintln!(
+                    "ramdir-integration: killed {killed} Postfix process(es) left in {}",
+                    base.display()
                 );
             }
         }
@@ -352,7 +365,7 @@ impl Postfix {
             .collect()
     }
 
-    /// Wait (up to 10 s) for a maillog line that contains every one of
+    /// Wait (up to [`WAIT`]) for a maillog line that contains every one of
     /// `needles`, and return it. Panics with the end of the maillog when
     /// none shows up.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
@@ -665,7 +678,7 @@ pub struct Delivery {
 }
 
 impl Postfix {
-    /// Wait (up to 10 s) until the queue manager has removed message `qid`,
+    /// Wait (up to [`WAIT`]) until the queue manager has removed message `qid`,
     /// then return every delivery logged for it.
     pub fn wait_deliveries(&self, qid: &str) -> Vec<Delivery> {
         self.wait_for_log(&[&format!(" {qid}: removed")]);

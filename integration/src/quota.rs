@@ -212,7 +212,7 @@ pub fn enable_quota_listeners(s: &mut MailStack, grace: &str) {
     }
 }
 
-/// Run a Postfix tool; panic if it fails or takes more than 10 s (a
+/// Run a Postfix tool; panic if it fails or takes more than [`WAIT`] (a
 /// Postfix whose logging is stuck blocks every tool, as each logs through
 /// `postlogd`: fail with the command named rather than hang).
 fn run_tool(cmd: &mut Command) -> std::process::Output {

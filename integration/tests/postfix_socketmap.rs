@@ -739,7 +739,7 @@ fn postmap_stdin(
 fn wait_answer(s: &Stack, table: &str, key: &str, want: &str) -> Duration {
     let start = Instant::now();
     wait_for(
-        Duration::from_secs(10),
+        ramdir_integration::WAIT,
         &format!("{table} {key:?} to answer {want:?}"),
         || (s.ramdir.query(table, key) == want).then_some(()),
     );
@@ -750,7 +750,7 @@ fn wait_answer(s: &Stack, table: &str, key: &str, want: &str) -> Duration {
 /// line) than `before`.
 fn wait_log_count(s: &Stack, needle: &str, before: usize) {
     wait_for(
-        Duration::from_secs(10),
+        ramdir_integration::WAIT,
         &format!("ramdir to log an error naming {needle:?}"),
         || (s.ramdir.log_text().matches(needle).count() > before).then_some(()),
     );

@@ -250,15 +250,28 @@ impl Dovecot {
             return;
         }
         self.started = false;
-        let Some(pid) = self.master_pid() else { return };
-        let pid_t = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + WAIT;
-        while process_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(30));
+        if let Some(pid) = self.master_pid() {
+            let pid_t = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + WAIT;
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            if process_alive(pid) {
+                let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+            }
         }
-        if process_alive(pid) {
-            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+        // Anything of this instance the master did not take down (its
+        // processes work in base_dir or a mail home, all under the root).
+        let killed = crate::kill_processes_in(&[
+            self.root.clone(),
+            self.flavor.host_path_unchecked(&self.root),
+        ]);
+        if killed > 0 {
+            eprintln!(
+                "ramdir-integration: killed {killed} Dovecot process(es) left in {}",
+                self.root.display()
+            );
         }
     }
 

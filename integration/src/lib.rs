@@ -187,7 +187,13 @@ fn sweep_stale_processes() {
         }
         let root = e.path();
         let pf = root.join("pf");
-        let pf_dirs = [pf.clone(), Flavor::Debian13.host_path_unchecked(&pf)];
+        let dv = root.join("dv");
+        let pf_dirs = [
+            pf.clone(),
+            Flavor::Debian13.host_path_unchecked(&pf),
+            dv.clone(),
+            Flavor::Debian13.host_path_unchecked(&dv),
+        ];
         let pid_in =
             |p: PathBuf| -> Option<i32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
         let spool = root.join("pf/spool");
@@ -205,12 +211,12 @@ fn sweep_stale_processes() {
                 );
             }
         }
-        // Whatever else still runs in its Postfix directory (a master
-        // that ignored the TERM, a stuck `master -t`, …).
+        // Whatever else still runs in its Postfix or Dovecot directory (a
+        // master that ignored the TERM, a stuck `master -t`, …).
         let killed = kill_processes_in(&pf_dirs);
         if killed > 0 {
             eprintln!(
-                "ramdir-integration: killed {killed} leaked Postfix process(es) of {}",
+                "ramdir-integration: killed {killed} leaked Postfix/Dovecot process(es) of {}",
                 root.display()
             );
         }

@@ -664,6 +664,13 @@ impl QuotaFields {
         value: &str,
     ) -> Result<bool, String> {
         let f = format!("{field}={value}");
+        if mailbox.contains(':') || mailbox.trim() != mailbox {
+            // ramdir keeps folder rules in 2.3's `Folder:…` form, which
+            // cannot hold such a name.
+            return Err(format!(
+                "{f}: folder {mailbox:?} cannot have a quota rule (a name with ':' or outer spaces)"
+            ));
+        }
         let err = |e: QuotaError| format!("{f}: {e}");
         let percent = || {
             value
@@ -1048,6 +1055,11 @@ mod tests {
                 "{setting}={value}"
             );
         }
+        assert!(
+            QuotaFields::new()
+                .folder_setting("a:b", "quota_ignore", "f", "yes")
+                .is_err()
+        );
         // `quota_ignore=no` alone sets nothing.
         let mut q = QuotaFields::new();
         q.folder_setting("T", "quota_ignore", "f", "no").unwrap();
@@ -1057,5 +1069,38 @@ mod tests {
                 .folder_rule(2, "userdb_quota_rule2", "*:storage=1G")
                 .is_err()
         );
+    }
+
+    proptest::proptest! {
+        /// Any value in any quota field: an error or a result, never a
+        /// panic; and what parses renders for both versions without one.
+        #[test]
+        fn quota_fields_never_panic(
+            fields in proptest::collection::vec(
+                (0usize..9, "[*A-Za-z: =+%0-9kKMGTiB-]{0,24}"),
+                0..6,
+            )
+        ) {
+            let mut q = QuotaFields::new();
+            for (kind, v) in &fields {
+                let _ = match kind {
+                    0 => q.main_rule("r", v),
+                    1 => q.storage_size("s", v),
+                    2 => q.message_count("m", v),
+                    3 => q.grace("g", v),
+                    4 => q.folder_rule(2, "r2", v),
+                    5 => q.folder_setting("T", "quota_storage_extra", "x", v).map(|_| ()),
+                    6 => q.folder_setting("T", "quota_storage_percentage", "x", v).map(|_| ()),
+                    7 => q.folder_setting("T", "quota_message_count", "x", v).map(|_| ()),
+                    _ => q.folder_setting("T", "quota_ignore", "x", v).map(|_| ()),
+                };
+            }
+            let (limit, rules) = q.finish(QuotaLimit { storage: Some(1 << 30), messages: Some(10) });
+            for r in &rules {
+                let back = QuotaRule::parse(r.as_dovecot()).unwrap();
+                proptest::prop_assert_eq!(&back, r);
+                r.v24_settings(limit.unwrap_or_default(), |_, _| {});
+            }
+        }
     }
 }

@@ -136,9 +136,10 @@ impl Directory {
         self.users.get_key_value(login).map(|(k, _)| k)
     }
 
-    /// The table's own copy of a login with the user's effective limit,
-    /// without building the [`User`] (the SMTP-time checks' path).
-    pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
+    /// The table's own copy of a login with the user's effective limit
+    /// and own grace, without building the [`User`] (the SMTP-time checks'
+    /// path).
+    pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::UserQuota)> {
         self.users
             .get_key_value(login)
             .map(|(k, v)| (k, v.quota(&self.settings)))
@@ -412,9 +413,10 @@ mod tests {
         }
         for i in 0..limits.len() {
             let login = format!("u{i}@x.org");
-            let (key, limit) = d.user_key_quota(&login).unwrap();
+            let (key, q) = d.user_key_quota(&login).unwrap();
             assert_eq!(key, login);
-            assert_eq!(limit, d.user(&login).unwrap().quota, "{login}");
+            assert_eq!(q.limit, d.user(&login).unwrap().quota, "{login}");
+            assert_eq!(q.grace, None);
         }
         assert!(d.user_key_quota("nobody@x.org").is_none());
     }

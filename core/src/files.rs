@@ -8,7 +8,9 @@
 //!   (`userdb_quota_rule`, 2.3; `userdb_quota_storage_size` and
 //!   `userdb_quota_message_count`, 2.4), folder rules in either spelling
 //!   (`userdb_quota_rule2…`; `userdb_namespace/<ns>/mailbox/<box>/quota_*`),
-//!   `userdb_mail`, `userdb_uid`, `userdb_gid`, `userdb_home`, and `nologin`
+//!   the user's own delivery grace (`userdb_quota_storage_grace`, 2.4, or
+//!   `userdb_quota_grace`, 2.3; a size), `userdb_mail`, `userdb_uid`,
+//!   `userdb_gid`, `userdb_home`, and `nologin`
 //!   (the user may not log in but still receives mail). Two quota fields
 //!   that disagree make the line an error ([`QuotaFields`]). Other extras
 //!   are kept and handed to Dovecot as they are.
@@ -343,6 +345,7 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
             (_, "quota_rule") => quota.main_rule(k, v)?,
             (_, "quota_storage_size") => quota.storage_size(k, v)?,
             (_, "quota_message_count") => quota.message_count(k, v)?,
+            (_, "quota_storage_grace" | "quota_grace") => quota.grace(k, v)?,
             ("userdb_mail", _) => spec.mail = Some(v.to_string()),
             ("userdb_home", _) => spec.home = Some(v.to_string()),
             ("userdb_uid", _) => spec.uid = num("userdb_uid", v)?,
@@ -364,6 +367,7 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
             }
         }
     }
+    spec.quota_grace = quota.own_grace();
     (spec.quota, spec.quota_rules) = quota.finish(settings.default_quota);
     Ok(spec)
 }
@@ -431,6 +435,9 @@ mod tests {
                 ("userdb_foo".to_string(), "bar".to_string())
             ]
         );
+        let u = parse_passwd_line("g@x.org:::::::userdb_quota_storage_grace=1M", &s).unwrap();
+        assert_eq!((u.quota, u.quota_grace), (None, Some(1 << 20)));
+        assert!(u.extra.is_empty());
         // Only the message count: the storage limit stays the default's.
         let u = parse_passwd_line("b@x.org:::::::userdb_quota_message_count=5", &s).unwrap();
         assert_eq!(

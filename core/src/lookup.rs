@@ -327,7 +327,7 @@ impl Directory {
     /// precedence over it (no alias of exactly that key), with its effective
     /// limit: what [`Directory::classify`] calls [`Class::Mailbox`], without
     /// copies. `None` means "ask `classify`", not "unknown".
-    pub fn direct_mailbox_quota(&self, key: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
+    pub fn direct_mailbox_quota(&self, key: &str) -> Option<(&str, crate::quota::UserQuota)> {
         if !self.settings().normalizer.is_normal_form(key) || self.alias(key).is_some() {
             return None;
         }

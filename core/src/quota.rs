@@ -142,6 +142,17 @@ impl QuotaLimit {
     }
 }
 
+/// What the SMTP-time check needs of one user: the limit, and the user's
+/// own delivery grace if the source gave one (`quota_storage_grace`, 2.4;
+/// `quota_grace`, 2.3), which then replaces the configured grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserQuota {
+    /// The effective limit (own or default).
+    pub limit: QuotaLimit,
+    /// Own grace in bytes.
+    pub grace: Option<u64>,
+}
+
 /// One limit inside a rule: absolute, relative to the `*` rule, or a
 /// percentage of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,6 +543,7 @@ pub struct QuotaFields {
     rule: bool,
     storage: Option<Given<Option<u64>>>,
     messages: Option<Given<Option<u64>>>,
+    grace: Option<Given<u64>>,
     folders: Vec<Folder>,
 }
 
@@ -546,7 +558,30 @@ impl QuotaFields {
 
     /// Whether any field was given.
     pub fn is_empty(&self) -> bool {
-        !self.rule && self.storage.is_none() && self.messages.is_none() && self.folders.is_empty()
+        !self.rule
+            && self.storage.is_none()
+            && self.messages.is_none()
+            && self.grace.is_none()
+            && self.folders.is_empty()
+    }
+
+    /// `quota_storage_grace` (2.4) or `quota_grace` (2.3): the user's own
+    /// delivery grace. Only a size: 2.4 has no percentage, and a 2.3
+    /// percentage could not be sent to 2.4.
+    pub fn grace(&mut self, field: &str, value: &str) -> Result<(), String> {
+        let f = format!("{field}={value}");
+        if value.trim().ends_with('%') {
+            return Err(format!(
+                "{f}: a user's grace must be a size (Dovecot 2.4's quota_storage_grace has no percentage)"
+            ));
+        }
+        let v = parse_size(value).map_err(|e| format!("{f}: {e}"))?;
+        give(&mut self.grace, v, &f, "the delivery grace")
+    }
+
+    /// The user's own grace in bytes, if a field gave one.
+    pub fn own_grace(&self) -> Option<u64> {
+        self.grace.as_ref().map(|g| g.value)
     }
 
     /// `quota_rule` (2.3): `*:storage=…[:messages=…]` or a size.
@@ -629,6 +664,13 @@ impl QuotaFields {
         value: &str,
     ) -> Result<bool, String> {
         let f = format!("{field}={value}");
+        if mailbox.contains(':') || mailbox.trim() != mailbox {
+            // ramdir keeps folder rules in 2.3's `Folder:…` form, which
+            // cannot hold such a name.
+            return Err(format!(
+                "{f}: folder {mailbox:?} cannot have a quota rule (a name with ':' or outer spaces)"
+            ));
+        }
         let err = |e: QuotaError| format!("{f}: {e}");
         let percent = || {
             value
@@ -926,6 +968,22 @@ mod tests {
         let mut q = QuotaFields::new();
         q.storage_size("a", "1G").unwrap();
         assert!(q.storage_size("a", "2G").is_err(), "same spelling twice");
+        // A grace of one's own: a size, in either spelling.
+        let mut q = QuotaFields::new();
+        q.grace("userdb_quota_storage_grace", "5M").unwrap();
+        q.grace("userdb_quota_grace", "5120k").unwrap();
+        assert_eq!(q.own_grace(), Some(5 << 20));
+        assert!(q.grace("userdb_quota_grace", "6M").is_err());
+        assert!(!q.is_empty());
+        assert_eq!(
+            q.finish(default),
+            (None, vec![]),
+            "the limit stays the default"
+        );
+        let e = QuotaFields::new()
+            .grace("userdb_quota_grace", "10%")
+            .unwrap_err();
+        assert!(e.contains("must be a size"), "{e}");
     }
 
     #[test]
@@ -997,6 +1055,11 @@ mod tests {
                 "{setting}={value}"
             );
         }
+        assert!(
+            QuotaFields::new()
+                .folder_setting("a:b", "quota_ignore", "f", "yes")
+                .is_err()
+        );
         // `quota_ignore=no` alone sets nothing.
         let mut q = QuotaFields::new();
         q.folder_setting("T", "quota_ignore", "f", "no").unwrap();
@@ -1006,5 +1069,38 @@ mod tests {
                 .folder_rule(2, "userdb_quota_rule2", "*:storage=1G")
                 .is_err()
         );
+    }
+
+    proptest::proptest! {
+        /// Any value in any quota field: an error or a result, never a
+        /// panic; and what parses renders for both versions without one.
+        #[test]
+        fn quota_fields_never_panic(
+            fields in proptest::collection::vec(
+                (0usize..9, "[*A-Za-z: =+%0-9kKMGTiB-]{0,24}"),
+                0..6,
+            )
+        ) {
+            let mut q = QuotaFields::new();
+            for (kind, v) in &fields {
+                let _ = match kind {
+                    0 => q.main_rule("r", v),
+                    1 => q.storage_size("s", v),
+                    2 => q.message_count("m", v),
+                    3 => q.grace("g", v),
+                    4 => q.folder_rule(2, "r2", v),
+                    5 => q.folder_setting("T", "quota_storage_extra", "x", v).map(|_| ()),
+                    6 => q.folder_setting("T", "quota_storage_percentage", "x", v).map(|_| ()),
+                    7 => q.folder_setting("T", "quota_message_count", "x", v).map(|_| ()),
+                    _ => q.folder_setting("T", "quota_ignore", "x", v).map(|_| ()),
+                };
+            }
+            let (limit, rules) = q.finish(QuotaLimit { storage: Some(1 << 30), messages: Some(10) });
+            for r in &rules {
+                let back = QuotaRule::parse(r.as_dovecot()).unwrap();
+                proptest::prop_assert_eq!(&back, r);
+                r.v24_settings(limit.unwrap_or_default(), |_, _| {});
+            }
+        }
     }
 }

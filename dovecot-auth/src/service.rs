@@ -19,7 +19,8 @@
 //! (`namespace/<ns>/mailbox/<box>/quota_storage_extra`, …). 2.4 ignores
 //! `quota_rule*` without a word, and 2.3 ignores the 2.4 names, so one
 //! client never gets both: each gets exactly the limit the policy service
-//! and the milter enforce.
+//! and the milter enforce. A user's own grace goes as `quota_grace` (2.3)
+//! or `quota_storage_grace` (2.4).
 //! - iteration of `shared/userdb/` (and `shared/passdb/`): one row per user,
 //!   direct children only (Dovecot asserts every row starts with the path,
 //!   and a deeper key would show up as a user; protocols.md G16).
@@ -658,6 +659,12 @@ fn quota_v23(u: &User<'_>, m: &mut JsonObject<'_>) {
         }
     }
     m.0.push('"');
+    if let Some(g) = u.quota_grace {
+        m.key("quota_grace");
+        m.0.push('"');
+        push_u64(m.0, g);
+        m.0.push_str("B\"");
+    }
     for (i, r) in u.quota_rules.iter().enumerate() {
         // `quota_rule2`, `quota_rule3`, …: a key that needs no escape.
         m.0.push_str(",\"quota_rule");
@@ -686,6 +693,12 @@ fn quota_v24(u: &User<'_>, namespace: &str, m: &mut JsonObject<'_>) {
     m.0.push('"');
     push_u64(m.0, u.quota.messages.unwrap_or(0));
     m.0.push('"');
+    if let Some(g) = u.quota_grace {
+        m.key("quota_storage_grace");
+        m.0.push('"');
+        push_u64(m.0, g);
+        m.0.push_str("B\"");
+    }
     let mut rule = |r: &QuotaRule| {
         r.v24_settings(u.quota, |name, value| {
             m.key(&v24_folder_key(namespace, &r.mailbox, name));
@@ -886,6 +899,7 @@ mod tests {
                 QuotaRule::parse("Spam:ignore").unwrap(),
                 QuotaRule::parse("Small:storage=50%:messages=+3").unwrap(),
             ],
+            quota_grace: Some(1 << 20),
             enabled: true,
             extra: vec![("userdb_quota_mailbox_count".into(), "9".into())],
             ..Default::default()
@@ -920,6 +934,7 @@ mod tests {
             c,
             serde_json::json!({"home": "/var/vmail/x.org/carol",
                 "quota_storage_size": "0", "quota_message_count": "7",
+                "quota_storage_grace": "1048576B",
                 "namespace/inbox/mailbox/Deleted\\_Messages/quota_storage_extra": "1048576B",
                 "namespace/inbox/mailbox/Spam/quota_ignore": "yes",
                 "namespace/inbox/mailbox/Small/quota_storage_percentage": "50",
@@ -932,6 +947,7 @@ mod tests {
             c,
             serde_json::json!({"home": "/var/vmail/x.org/carol",
                 "quota_rule": "*:messages=7",
+                "quota_grace": "1048576B",
                 "quota_rule2": "Deleted Messages:storage=+1048576B",
                 "quota_rule3": "Spam:ignore",
                 "quota_rule4": "Small:storage=50%:messages=+3",

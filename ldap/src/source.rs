@@ -968,6 +968,7 @@ impl Saved {
             home: self.home,
             mail: self.mail,
             quota,
+            quota_grace: None,
             quota_rules: Vec::new(),
             enabled: self.enabled,
             extra: Vec::new(),

@@ -98,7 +98,10 @@ struct RawMapping {
     address: Option<String>,
     aliases: Option<Vec<String>>,
     password: Option<String>,
+    #[serde(alias = "quota_storage_size")]
     quota: Option<String>,
+    quota_message_count: Option<String>,
+    quota_rule: Option<String>,
     enabled: Option<String>,
     uid: Option<String>,
     gid: Option<String>,
@@ -491,6 +494,8 @@ impl Config {
                         aliases: m.aliases.unwrap_or(d.aliases),
                         password: opt(m.password, d.password),
                         quota: opt(m.quota, d.quota),
+                        quota_message_count: opt(m.quota_message_count, d.quota_message_count),
+                        quota_rule: opt(m.quota_rule, d.quota_rule),
                         enabled: opt(m.enabled, d.enabled),
                         uid: opt(m.uid, d.uid),
                         gid: opt(m.gid, d.gid),
@@ -498,8 +503,10 @@ impl Config {
                         mail: opt(m.mail, d.mail),
                         default_uid: m.default_uid,
                         default_gid: m.default_gid,
+                        default_quota: d.default_quota,
                     };
                 }
+                st.mapping.default_quota = settings.default_quota;
                 Some(st)
             }
         };
@@ -678,7 +685,7 @@ idle_timeout_secs = 300
     #[test]
     fn ldap_section() {
         let c = parse(
-            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\n",
+            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\nquota_storage_size = \"mailQuotaSize\"\nquota_message_count = \"mailQuotaCount\"\nquota_rule = \"mailQuota\"\n[directory]\ndefault_quota = \"1G\"\n",
         )
         .unwrap();
         let l = c.ldap.unwrap();
@@ -692,6 +699,13 @@ idle_timeout_secs = 300
         assert_eq!(l.mapping.enabled, None);
         assert_eq!(l.mapping.address, "mail");
         assert_eq!(l.mapping.default_uid, Some(5000));
+        assert_eq!(l.mapping.quota.as_deref(), Some("mailQuotaSize"));
+        assert_eq!(
+            l.mapping.quota_message_count.as_deref(),
+            Some("mailQuotaCount")
+        );
+        assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
+        assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",

@@ -281,17 +281,16 @@ impl Index {
 
     /// Add or replace an entry, in `dir` too. `dn` names it in the log.
     pub fn put(&mut self, dir: &mut Directory, uuid: Uuid, data: EntryData, dn: Option<&str>) {
-        let new: Vec<(&str, Role)> = match &data.user {
-            Some(u) => std::iter::once((u.login.as_str(), Role::Mailbox))
-                .chain(data.aliases.iter().map(|a| (a.as_str(), Role::Alias)))
-                .collect(),
-            None => Vec::new(),
-        };
         // Withdraw what the entry no longer claims (aliases first: their
         // holder is found through the login, which must still be there).
         if let Some(old) = self.entries.get(&uuid).cloned() {
+            let still = |key: &str, role: Role| match (&data.user, role) {
+                (Some(u), Role::Mailbox) => u.login == key,
+                (Some(_), Role::Alias) => data.aliases.iter().any(|a| a == key),
+                (None, _) => false,
+            };
             for (key, role) in old.claims_aliases_first() {
-                if !new.contains(&(key, role)) {
+                if !still(key, role) {
                     self.release(dir, &uuid, key, role);
                 }
             }

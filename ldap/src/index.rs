@@ -732,6 +732,95 @@ mod tests {
         assert_eq!(served(&dir, "d@x.org"), Ok(Some("{X}b".into())));
     }
 
+    /// Addresses the model test draws from.
+    const POOL: [&str; 4] = ["p0@x.org", "p1@x.org", "p2@x.org", "p3@x.org"];
+
+    /// The directory matches what the entries claim: an address claimed
+    /// once is served from that entry (its own data), claimed twice or more
+    /// is ambiguous, claimed by none is absent.
+    fn check_model(dir: &Directory, model: &HashMap<Uuid, (String, Vec<String>, String)>) {
+        for addr in POOL {
+            let claims: Vec<(&Uuid, bool)> = model
+                .iter()
+                .filter_map(|(u, (login, aliases, _))| {
+                    let as_login = login == addr;
+                    (as_login || aliases.iter().any(|a| a == addr)).then_some((u, as_login))
+                })
+                .collect();
+            match claims.as_slice() {
+                [] => {
+                    assert!(!dir.has_user(addr) && dir.alias(addr).is_none(), "{addr}");
+                    assert_eq!(dir.ambiguous_claims(addr), None, "{addr}");
+                }
+                [(u, true)] => {
+                    let user = dir.user(addr).unwrap_or_else(|| panic!("{addr}"));
+                    assert_eq!(user.origin, Some(**u), "{addr}");
+                    assert_eq!(user.password, Some(model[*u].2.as_str()), "{addr}");
+                    assert!(dir.alias(addr).is_none(), "{addr}");
+                }
+                [(u, false)] => {
+                    assert_eq!(dir.alias(addr), Some(&[model[*u].0.as_str().into()][..]));
+                    assert!(!dir.has_user(addr), "{addr}");
+                }
+                many => {
+                    assert_eq!(
+                        dir.ambiguous_claims(addr),
+                        Some(many.len() as u32),
+                        "{addr}"
+                    );
+                    assert!(!dir.has_user(addr) && dir.alias(addr).is_none(), "{addr}");
+                }
+            }
+        }
+        assert_eq!(dir.has_domain("x.org"), !model.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any sequence of puts and deletes of entries sharing a few
+        /// addresses leaves the directory as the claims say, and deleting
+        /// every entry leaves it empty.
+        #[test]
+        fn the_directory_follows_the_claims(
+            ops in proptest::collection::vec(
+                (0u8..4, 0usize..POOL.len(), proptest::collection::vec(0usize..POOL.len(), 0..3), 0u8..5),
+                1..40,
+            )
+        ) {
+            let mut dir = Directory::new(Settings::default());
+            let mut idx = Index::new();
+            let mut model = HashMap::new();
+            for (n, (entry, login, aliases, kind)) in ops.into_iter().enumerate() {
+                let uuid = [entry; 16];
+                if kind == 0 {
+                    idx.delete(&mut dir, &uuid);
+                    model.remove(&uuid);
+                } else {
+                    let login = POOL[login].to_string();
+                    // As the mapping gives them: folded, no duplicates,
+                    // none equal to the login.
+                    let mut al: Vec<String> = Vec::new();
+                    for a in aliases.into_iter().map(|i| POOL[i].to_string()) {
+                        if a != login && !al.contains(&a) {
+                            al.push(a);
+                        }
+                    }
+                    let pw = format!("{{X}}{n}");
+                    let refs: Vec<&str> = al.iter().map(String::as_str).collect();
+                    idx.put(&mut dir, uuid, with_pw(&login, &refs, &pw), None);
+                    model.insert(uuid, (login, al, pw));
+                }
+                check_model(&dir, &model);
+            }
+            let all: Vec<Uuid> = idx.uuids().copied().collect();
+            for u in &all {
+                idx.delete(&mut dir, u);
+            }
+            let c = dir.counts();
+            proptest::prop_assert_eq!((c.users, c.aliases, c.ambiguous, c.domains), (0, 0, 0, 0));
+            proptest::prop_assert_eq!(idx.contested_len(), 0);
+        }
+    }
+
     #[test]
     fn ambiguity_survives_a_file_reload() {
         let mut dir = Directory::new(Settings::default());

@@ -463,6 +463,34 @@ mod tests {
     }
 
     #[test]
+    fn an_ambiguous_recipient_cannot_be_checked() {
+        let (mut d, u) = setup();
+        let g = Grace::default();
+        d.set_ambiguous("dup@x.org", 2);
+        d.set_ambiguous("dup@catch.x.org", 3);
+        d.set_alias("to-dup@x.org", vec!["dup@x.org".into()]);
+        for rcpt in [
+            "dup@x.org",
+            "Dup@x.org",
+            "dup+tag@x.org",
+            "to-dup@x.org",
+            "dup@catch.x.org",
+        ] {
+            assert!(
+                matches!(
+                    check_recipient(&d, &u, g, rcpt, 1),
+                    Verdict::Trouble(e) if e.contains("claimed by")
+                ),
+                "{rcpt}"
+            );
+        }
+        assert!(matches!(
+            check_message(&d, &u, g, &["free@x.org", "dup@x.org"], 1),
+            Verdict::Accept
+        ));
+    }
+
+    #[test]
     fn recipients_resolve_through_aliases_and_catch_alls() {
         let (d, u) = setup();
         let g = Grace::default();

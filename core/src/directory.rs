@@ -53,6 +53,11 @@ pub struct Directory {
     aliases: Table<Box<[Box<str>]>>,
     senders: Table<Box<[Box<str>]>>,
     domains: Table<DomainInfo>,
+    /// Addresses that more than one source entry claims, with the number
+    /// of claims. Such an address is neither a mailbox nor an alias here:
+    /// every lookup that reaches it is a directory error ("temporary"),
+    /// never another entry's data.
+    ambiguous: Table<u32>,
     meta: Meta,
 }
 
@@ -67,6 +72,8 @@ pub struct Counts {
     pub senders: usize,
     /// Domains.
     pub domains: usize,
+    /// Ambiguous addresses (claimed by more than one entry).
+    pub ambiguous: usize,
 }
 
 impl Directory {
@@ -78,6 +85,7 @@ impl Directory {
             aliases: Table::new(),
             senders: Table::new(),
             domains: Table::new(),
+            ambiguous: Table::new(),
             meta: Meta {
                 generation: 0,
                 published: SystemTime::now(),
@@ -121,6 +129,7 @@ impl Directory {
             aliases: self.aliases.len(),
             senders: self.senders.len(),
             domains: self.domains.len(),
+            ambiguous: self.ambiguous.len(),
         }
     }
 
@@ -247,6 +256,54 @@ impl Directory {
         existed
     }
 
+    /// Mark `key` as claimed by `claims` (two or more) source entries: its
+    /// mailbox and alias, if any, are taken out, and every lookup reaching
+    /// it answers [`crate::lookup::LookupError::Ambiguous`]. The address
+    /// keeps its domain ours, so the domain's other addresses (and this one,
+    /// deferred) are not rejected as foreign.
+    pub fn set_ambiguous(&mut self, key: &str, claims: u32) {
+        self.remove_user(key);
+        self.remove_alias(key);
+        if self.ambiguous.insert(key, claims).is_none() {
+            self.domain_ref(key, 1);
+        }
+    }
+
+    /// Unmark an ambiguous address; returns whether it was one.
+    pub fn clear_ambiguous(&mut self, key: &str) -> bool {
+        let existed = self.ambiguous.remove(key).is_some();
+        if existed {
+            self.domain_ref(key, -1);
+        }
+        existed
+    }
+
+    /// How many entries claim `key`, when more than one does. Free while
+    /// no address is ambiguous (the normal case): lookups ask it on misses.
+    pub fn ambiguous_claims(&self, key: &str) -> Option<u32> {
+        if self.ambiguous.is_empty() {
+            return None;
+        }
+        self.ambiguous.get(key).copied()
+    }
+
+    /// `Err` when `key` is ambiguous: the one check every lookup path
+    /// makes before calling a key unknown.
+    pub fn check_ambiguous(&self, key: &str) -> Result<(), crate::lookup::LookupError> {
+        match self.ambiguous_claims(key) {
+            Some(claims) => Err(crate::lookup::LookupError::Ambiguous {
+                address: key.to_string(),
+                claims,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every ambiguous address (iteration order is unspecified).
+    pub fn ambiguous_keys(&self) -> impl Iterator<Item = &str> {
+        self.ambiguous.iter().map(|(k, _)| k)
+    }
+
     /// Set the SASL logins allowed to use `key` as sender (`a@x` or `@x`).
     pub fn set_sender_logins(&mut self, key: &str, logins: Vec<String>) {
         if logins.is_empty() {
@@ -301,6 +358,7 @@ impl Directory {
         self.aliases.shrink_to_fit();
         self.senders.shrink_to_fit();
         self.domains.shrink_to_fit();
+        self.ambiguous.shrink_to_fit();
     }
 
     /// How many user shards two snapshots share (tests, stats).

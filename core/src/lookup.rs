@@ -18,6 +18,12 @@
 //! `src/cleanup/cleanup_map1n.c`) and dropped otherwise; an alias that
 //! expands to nothing but loops is an error, so Postfix defers rather than
 //! bounces while the operator fixes it.
+//!
+//! An address that two or more source entries claim (two LDAP entries with
+//! one `mail`, or one's `mail` equal to another's alias) is *ambiguous*: it
+//! is none of the above, and every lookup that reaches it, directly or as
+//! an alias target, is [`LookupError::Ambiguous`], so each protocol answers
+//! "temporary" and nobody is served another entry's data or password.
 
 use std::fmt;
 
@@ -44,6 +50,13 @@ pub enum LookupError {
     TooDeep(String),
     /// More than [`MAX_ALIAS_EXPANSION`] targets.
     TooMany(String),
+    /// The address is claimed by more than one source entry.
+    Ambiguous {
+        /// The ambiguous address.
+        address: String,
+        /// How many entries claim it.
+        claims: u32,
+    },
 }
 
 impl fmt::Display for LookupError {
@@ -58,6 +71,9 @@ impl fmt::Display for LookupError {
                     f,
                     "alias expands to more than {MAX_ALIAS_EXPANSION} targets at {a}"
                 )
+            }
+            LookupError::Ambiguous { address, claims } => {
+                write!(f, "{address} is claimed by {claims} directory entries")
             }
         }
     }
@@ -84,6 +100,14 @@ pub enum Class {
     CatchAll {
         /// `@domain`.
         key: String,
+    },
+    /// Claimed by more than one source entry: a directory error, so any
+    /// lookup reaching it fails with [`LookupError::Ambiguous`].
+    Ambiguous {
+        /// The ambiguous key (`a@x`, or `a@x` for `a+e@x`).
+        key: String,
+        /// How many entries claim it.
+        claims: u32,
     },
     /// In one of our domains, but nothing matches.
     UnknownLocal,
@@ -134,6 +158,11 @@ impl Directory {
             return (None, Class::Foreign);
         };
         let full = addr.full();
+        // An ambiguous key may be an alias or a mailbox: it is checked
+        // where either would have been found, before anything it could hide.
+        if let Some(claims) = self.ambiguous_claims(&full) {
+            return (Some(addr), Class::Ambiguous { key: full, claims });
+        }
         if self.alias(&full).is_some() {
             return (
                 Some(addr),
@@ -144,6 +173,12 @@ impl Directory {
             );
         }
         let base = addr.base();
+        if let Some(claims) = self
+            .ambiguous_claims(&base)
+            .filter(|_| addr.extension.is_some())
+        {
+            return (Some(addr), Class::Ambiguous { key: base, claims });
+        }
         if addr.extension.is_some() && self.alias(&base).is_some() {
             let propagate = addr
                 .extension
@@ -232,6 +267,16 @@ impl Directory {
                 push_target(r, addr.full(), TargetKind::Mailbox(login.clone()))?;
                 return Ok(());
             }
+            Class::Ambiguous { key, claims } => {
+                r.trace.push((
+                    depth,
+                    format!("{} is claimed by {claims} directory entries", addr.full()),
+                ));
+                return Err(LookupError::Ambiguous {
+                    address: key.clone(),
+                    claims: *claims,
+                });
+            }
             Class::UnknownLocal => {
                 r.trace.push((
                     depth,
@@ -313,14 +358,30 @@ impl Directory {
 
     /// The login of the mailbox an address delivers to directly; the fast
     /// path of [`Directory::lookup_mailbox`] (no allocation when the key is
-    /// already in normal form, no `User` built).
-    pub fn mailbox_login(&self, key: &str) -> Option<&str> {
+    /// already in normal form, no `User` built). An ambiguous address is an
+    /// error, checked on the miss path only (a hit is never ambiguous).
+    pub fn mailbox_login(&self, key: &str) -> Result<Option<&str>, LookupError> {
         if self.settings().normalizer.is_normal_form(key) {
-            return self.user_key(key);
+            if let Some(login) = self.user_key(key) {
+                return Ok(Some(login));
+            }
+            self.check_ambiguous(key)?;
+            return Ok(None);
         }
-        let addr = self.settings().normalizer.address(key)?;
-        self.user_key(&addr.full())
-            .or_else(|| self.user_key(&addr.base()))
+        let Some(addr) = self.settings().normalizer.address(key) else {
+            return Ok(None);
+        };
+        let full = addr.full();
+        if let Some(login) = self.user_key(&full) {
+            return Ok(Some(login));
+        }
+        self.check_ambiguous(&full)?;
+        let base = addr.base();
+        if let Some(login) = self.user_key(&base) {
+            return Ok(Some(login));
+        }
+        self.check_ambiguous(&base)?;
+        Ok(None)
     }
 
     /// The mailbox a key already in normal form names when nothing takes
@@ -335,16 +396,20 @@ impl Directory {
     }
 
     /// Socketmap `mailboxes`: the mailbox an address delivers to directly.
-    pub fn lookup_mailbox(&self, key: &str) -> Option<User<'_>> {
-        let addr = self.settings().normalizer.address(key)?;
-        let full = addr.full();
-        self.user(&full).or_else(|| self.user(&addr.base()))
+    pub fn lookup_mailbox(&self, key: &str) -> Result<Option<User<'_>>, LookupError> {
+        Ok(self.mailbox_login(key)?.and_then(|login| self.user(login)))
     }
 
     /// Socketmap `aliases`: the final targets of an alias or catch-all;
     /// `None` for mailboxes and unknown addresses.
     pub fn lookup_alias(&self, key: &str) -> Result<Option<Vec<String>>, LookupError> {
         let (_, class) = self.classify(key);
+        if let Class::Ambiguous { key, claims } = class {
+            return Err(LookupError::Ambiguous {
+                address: key,
+                claims,
+            });
+        }
         if !matches!(class, Class::Alias { .. } | Class::CatchAll { .. }) {
             return Ok(None);
         }
@@ -390,6 +455,12 @@ impl Directory {
                             out.push(login);
                         }
                     }
+                }
+                Class::Ambiguous { key, claims } => {
+                    return Err(LookupError::Ambiguous {
+                        address: key,
+                        claims,
+                    });
                 }
                 _ => {}
             }

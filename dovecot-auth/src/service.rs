@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 
 use ramdir_core::fallback::KeyKind;
-use ramdir_core::lookup::{Class, TargetKind};
+use ramdir_core::lookup::{Class, LookupError, TargetKind};
 use ramdir_core::model::QuotaRules;
 use ramdir_core::quota::{QuotaRule, Setting, v24_folder_key};
 use ramdir_core::usage::{Op, StoreError, Txn, UsageStore};
@@ -191,6 +191,12 @@ pub struct Session {
 
 /// Store failures become `F`; the message is what Dovecot logs.
 fn store_fail(e: StoreError) -> Reply {
+    Reply::Fail(e.to_string())
+}
+
+/// Directory errors (an ambiguous login) become `F` too: Dovecot
+/// tempfails the login instead of calling the user unknown.
+fn lookup_fail(e: LookupError) -> Reply {
     Reply::Fail(e.to_string())
 }
 
@@ -440,32 +446,54 @@ fn quota_lookup(key: &str, user: &str, usage: Option<&UsageStore>) -> Reply {
 }
 
 /// Resolve an auth username to a user: the exact (folded) login, or with
-/// `alias_logins` an alias that delivers to exactly one local mailbox.
-fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<User<'d>> {
+/// `alias_logins` an alias that delivers to exactly one local mailbox. A
+/// name claimed by several directory entries is an error (never one of
+/// them: that would serve one user's password under another's login).
+fn auth_user<'d>(
+    dir: &'d Directory,
+    name: &str,
+    settings: &Settings,
+) -> Result<Option<User<'d>>, LookupError> {
     // Dovecot asks with the login as stored almost always: no copy then.
     if dir.settings().normalizer.is_normal_form(name)
         && let Some(u) = dir.user(name)
     {
-        return Some(u);
+        return Ok(Some(u));
     }
-    let addr = dir.settings().normalizer.address(name)?;
-    if let Some(u) = dir.user(&addr.full()) {
-        return Some(u);
+    let Some(addr) = dir.settings().normalizer.address(name) else {
+        return Ok(None);
+    };
+    let full = addr.full();
+    if let Some(u) = dir.user(&full) {
+        return Ok(Some(u));
     }
+    dir.check_ambiguous(&full)?;
     if !settings.alias_logins || addr.extension.is_some() {
-        return None;
+        return Ok(None);
     }
-    if !matches!(dir.classify(name).1, Class::Alias { .. }) {
-        return None;
+    match dir.classify(name).1 {
+        Class::Alias { .. } => {}
+        Class::Ambiguous { key, claims } => {
+            return Err(LookupError::Ambiguous {
+                address: key,
+                claims,
+            });
+        }
+        _ => return Ok(None),
     }
-    let r = dir.resolve(name).ok()?;
-    match r.targets.as_slice() {
+    let r = match dir.resolve(name) {
+        Ok(r) => r,
+        Err(e @ LookupError::Ambiguous { .. }) => return Err(e),
+        // A broken alias (a loop) names no login.
+        Err(_) => return Ok(None),
+    };
+    Ok(match r.targets.as_slice() {
         [t] => match &t.kind {
             TargetKind::Mailbox(login) => dir.user(login),
             _ => None,
         },
         _ => None,
-    }
+    })
 }
 
 /// An auth-dict lookup. The JSON is written into `buf` (a buffer the
@@ -479,20 +507,22 @@ fn auth_lookup(
 ) -> Reply {
     if let Some(name) = key.strip_prefix(PASSDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled => {
+            Ok(Some(u)) if u.enabled => {
                 passdb_json(&u, name, buf);
                 Reply::Json(std::mem::take(buf))
             }
-            _ => Reply::NotFound,
+            Ok(_) => Reply::NotFound,
+            Err(e) => lookup_fail(e),
         };
     }
     if let Some(name) = key.strip_prefix(USERDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled || settings.disabled_userdb => {
+            Ok(Some(u)) if u.enabled || settings.disabled_userdb => {
                 userdb_json(&u, name, spelling, &settings.quota_namespace, buf);
                 Reply::Json(std::mem::take(buf))
             }
-            _ => Reply::NotFound,
+            Ok(_) => Reply::NotFound,
+            Err(e) => lookup_fail(e),
         };
     }
     Reply::NotFound
@@ -1004,6 +1034,32 @@ mod tests {
             replies(run(&mut s, &d, None, &set, "Lshared/passdb/team@x.org\tx")),
             [Reply::NotFound]
         );
+    }
+
+    #[test]
+    fn an_ambiguous_login_fails_and_never_serves_a_password() {
+        let mut d = directory();
+        d.set_ambiguous("dup@x.org", 2);
+        d.set_alias("dupalias@x.org", vec!["dup@x.org".into()]);
+        for alias_logins in [false, true] {
+            let set = Settings {
+                alias_logins,
+                ..Settings::default()
+            };
+            let mut s = Session::new();
+            run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
+            let mut keys = vec!["passdb/dup@x.org", "userdb/dup@x.org", "passdb/DUP@x.org"];
+            if alias_logins {
+                keys.push("passdb/dupalias@x.org");
+            }
+            for key in keys {
+                let line = format!("Lshared/{key}\tdup@x.org");
+                match replies(run(&mut s, &d, None, &set, &line)).as_slice() {
+                    [Reply::Fail(e)] => assert!(e.contains("claimed by 2"), "{e}"),
+                    other => panic!("{key}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ const BATCH: usize = 1000;
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Log full-load progress every this many entries.
 const PROGRESS_EVERY: u64 = 100_000;
+/// Most ambiguous addresses `stats` lists by name (all are counted): the
+/// document stays small when a whole subtree is duplicated.
+pub const MAX_AMBIGUOUS_LISTED: usize = 100;
 /// File name of the warm-start snapshot in `state_dir`.
 const SNAPSHOT_FILE: &str = "ldap.snapshot";
 /// First line of a snapshot file.
@@ -158,12 +161,27 @@ impl LdapSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One line for `stats`: phase, entries, cookie, counters.
+    /// One line for `stats`: phase, entries, cookie, counters, and the
+    /// addresses several entries claim (the first [`MAX_AMBIGUOUS_LISTED`],
+    /// each with its claimants' entryUUIDs and DNs where known).
     pub fn status(&self) -> serde_json::Value {
         let st = self.lock();
+        let ambiguous: Vec<serde_json::Value> = st
+            .index
+            .contested()
+            .take(MAX_AMBIGUOUS_LISTED)
+            .map(|(address, claims)| {
+                serde_json::json!({
+                    "address": address,
+                    "entries": claims.iter().map(crate::index::describe).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         serde_json::json!({
             "phase": st.phase,
             "entries": st.index.len(),
+            "ambiguous": st.index.contested_len(),
+            "ambiguous_addresses": ambiguous,
             "have_cookie": st.cookie.is_some(),
             "sync_lost_secs": st.lost_since.map(|t| t.elapsed().as_secs()),
             "entries_loaded": self.stats.entries_loaded.load(Ordering::Relaxed),
@@ -231,8 +249,8 @@ impl LdapSource {
                 let mut st = self.lock();
                 let st = &mut *st;
                 self.handle.update(|d| {
-                    for (uuid, data) in entries {
-                        st.index.put(d, uuid, data);
+                    for (uuid, data, dn) in entries {
+                        st.index.put(d, uuid, data, dn.as_deref());
                     }
                     d.set_authoritative(false, Some(&note));
                 });
@@ -612,7 +630,7 @@ impl LdapSource {
                     match mapped {
                         Ok(data) => {
                             tracing::debug!(%dn, uuid = %format_uuid(&uuid), "LDAP change");
-                            self.apply(|idx, d| idx.put(d, uuid, data));
+                            self.apply(|idx, d| idx.put(d, uuid, data, Some(&dn)));
                             self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(err) => {
@@ -757,15 +775,19 @@ impl LdapSource {
             };
             serde_json::to_writer(&mut w, &header)?;
             w.write_all(b"\n")?;
+            let dns = index.known_dns();
             for (uuid, c) in index.iter() {
-                let login = c.login();
-                let Some(u) = snap.user(login) else { continue };
-                let spec = u.to_spec(snap.settings());
-                let saved = Saved::from_spec(
+                // Every entry, contested ones included (with their own
+                // data), so a restart is ambiguous and heals the same way.
+                let Some(spec) = index.mailbox(&snap, uuid) else {
+                    continue;
+                };
+                let mut saved = Saved::from_spec(
                     format_uuid(uuid),
                     &spec,
                     c.aliases().map(str::to_string).collect(),
                 );
+                saved.dn = dns.get(uuid).map(|d| d.to_string());
                 serde_json::to_writer(&mut w, &saved)?;
                 w.write_all(b"\n")?;
             }
@@ -828,8 +850,8 @@ fn build(
 ) -> (Directory, Index) {
     let normalizer = dir.settings().normalizer.clone();
     let mut add = |view: Result<EntryView<'_>, MapError>| {
-        if let Some((uuid, data)) = entry_data(mapping, view, &normalizer) {
-            index.put(&mut dir, uuid, data);
+        if let Some((uuid, data, dn)) = entry_data(mapping, view, &normalizer) {
+            index.put(&mut dir, uuid, data, Some(&dn));
         }
     };
     while let Some(batch) = rx.blocking_recv() {
@@ -842,12 +864,12 @@ fn build(
     (dir, index)
 }
 
-/// Map an entry; a bad one is skipped with a warning.
-fn entry_data(
+/// Map an entry (with its DN); a bad one is skipped with a warning.
+fn entry_data<'a>(
     mapping: &Resolved,
-    view: Result<EntryView<'_>, MapError>,
+    view: Result<EntryView<'a>, MapError>,
     normalizer: &ramdir_core::address::Normalizer,
-) -> Option<(Uuid, EntryData)> {
+) -> Option<(Uuid, EntryData, std::borrow::Cow<'a, str>)> {
     let e = match view {
         Ok(e) => e,
         Err(err) => {
@@ -860,7 +882,7 @@ fn entry_data(
         return None;
     };
     match mapping.map(&e, normalizer) {
-        Ok(d) => Some((uuid, d)),
+        Ok(d) => Some((uuid, d, e.dn())),
         Err(err) => {
             tracing::warn!(dn = %e.dn(), error = %err, "entry cannot be mapped; skipped");
             None
@@ -934,6 +956,9 @@ struct Saved {
     enabled: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     aliases: Vec<String>,
+    /// The entry's DN, when known (entries with a contested address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dn: Option<String>,
 }
 
 impl Saved {
@@ -951,10 +976,11 @@ impl Saved {
             own_quota: s.quota.is_some(),
             enabled: s.enabled,
             aliases,
+            dn: None,
         }
     }
 
-    fn into_data(self) -> Option<(Uuid, EntryData)> {
+    fn into_data(self) -> Option<(Uuid, EntryData, Option<String>)> {
         let uuid = parse_uuid(&self.uuid)?;
         let quota = self.own_quota.then_some(ramdir_core::quota::QuotaLimit {
             storage: self.storage,
@@ -980,11 +1006,16 @@ impl Saved {
                 user: Some(user),
                 aliases: self.aliases,
             },
+            self.dn,
         ))
     }
 }
 
-type SnapshotData = (Option<Vec<u8>>, SystemTime, Vec<(Uuid, EntryData)>);
+type SnapshotData = (
+    Option<Vec<u8>>,
+    SystemTime,
+    Vec<(Uuid, EntryData, Option<String>)>,
+);
 
 fn read_snapshot(path: &Path) -> Result<Option<SnapshotData>, String> {
     let file = match std::fs::File::open(path) {
@@ -1053,6 +1084,7 @@ mod tests {
                     }),
                     aliases: vec!["b@x.org".into()],
                 },
+                None,
             )
         });
         src.set_cookie(Some(b"rid=000,csn=20261124".to_vec()));
@@ -1086,6 +1118,63 @@ mod tests {
             src2.lock().cookie.as_deref(),
             Some(&b"rid=000,csn=20261124"[..])
         );
+    }
+
+    #[test]
+    fn a_warm_snapshot_keeps_every_claim_and_heals_the_same_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Settings::new("ldap://127.0.0.1:1", "dc=x");
+        s.state_dir = Some(tmp.path().to_path_buf());
+        let entry = |pw: &str, aliases: &[&str]| EntryData {
+            user: Some(UserSpec {
+                login: "u5@x.org".into(),
+                password: Some(pw.into()),
+                enabled: true,
+                ..Default::default()
+            }),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        };
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let start = |s: &Settings| {
+            let handle = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
+            let src = LdapSource::new(s.clone(), handle.clone());
+            (src, handle)
+        };
+        let (src, handle) = start(&s);
+        src.apply(|idx, d| {
+            idx.put(d, a, entry("{X}a", &["al5@x.org"]), None);
+            idx.put(d, b, entry("{X}b", &[]), Some("uid=dup,dc=x"));
+        });
+        assert!(handle.snapshot().ambiguous_claims("u5@x.org").is_some());
+        assert!(src.write_snapshot(tmp.path()).unwrap());
+        let text = std::fs::read_to_string(snapshot_path(tmp.path())).unwrap();
+        assert_eq!(text.lines().count(), 3, "both claimants are saved: {text}");
+        assert!(text.contains("uid=dup,dc=x"));
+
+        // A restart: the same ambiguity, the same claims.
+        let (src2, handle2) = start(&s);
+        assert!(src2.warm_start());
+        let d = handle2.snapshot();
+        assert!(d.user("u5@x.org").is_none());
+        assert_eq!(d.ambiguous_claims("u5@x.org"), Some(2));
+        assert!(d.lookup_alias("al5@x.org").is_err());
+        assert_eq!(src2.status()["ambiguous"], 1);
+        assert_eq!(
+            src2.status()["ambiguous_addresses"][0]["entries"][1],
+            format!("entryUUID={} (uid=dup,dc=x)", format_uuid(&b))
+        );
+        // …and it heals the same way: the duplicate deleted, the original
+        // is served, and saved as such.
+        src2.apply(|idx, d| idx.delete(d, &b));
+        let d = handle2.snapshot();
+        assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
+        assert!(src2.write_snapshot(tmp.path()).unwrap());
+        let (src3, handle3) = start(&s);
+        assert!(src3.warm_start());
+        let d = handle3.snapshot();
+        assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
+        assert_eq!(d.alias("al5@x.org").unwrap()[0].as_ref(), "u5@x.org");
+        assert_eq!(d.counts().ambiguous, 0);
     }
 
     #[test]

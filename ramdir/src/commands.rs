@@ -358,6 +358,10 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
         } => format!("alias {key}"),
         Class::Mailbox { login } => format!("mailbox {login}"),
         Class::CatchAll { key } => format!("no alias or mailbox; catch-all {key}"),
+        Class::Ambiguous { key, claims } => format!(
+            "{key} is claimed by {claims} directory entries (a directory error: every \
+             table answers TEMP until only one claims it)"
+        ),
         Class::UnknownLocal => "unknown user in one of our domains".into(),
         Class::Foreign => "not ours".into(),
     };

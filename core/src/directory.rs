@@ -357,6 +357,16 @@ impl Directory {
         });
     }
 
+    /// How many shards of the four lookup tables two snapshots share, out
+    /// of how many: tells a writer whether [`Directory::diff`] is cheap.
+    pub fn shared_shards(&self, other: &Directory) -> (usize, usize) {
+        let shared = self.users.shared_shards(&other.users)
+            + self.aliases.shared_shards(&other.aliases)
+            + self.senders.shared_shards(&other.senders)
+            + self.domains.shared_shards(&other.domains);
+        (shared, 4 * crate::table::SHARDS)
+    }
+
     /// How many user shards two snapshots share (tests, stats).
     pub fn shared_user_shards(&self, other: &Directory) -> usize {
         self.users.shared_shards(&other.users)

@@ -106,7 +106,9 @@ fn run(publisher: &mut Publisher, handle: &DirectoryHandle, mut published: u64, 
         std::thread::sleep(POLL);
         let now = Instant::now();
         publisher.collect(now);
-        if handle.current().meta().generation == published || now.saturating_duration_since(last) < MIN_INTERVAL {
+        if handle.current().meta().generation == published
+            || now.saturating_duration_since(last) < MIN_INTERVAL
+        {
             continue;
         }
         let dir = handle.snapshot();
@@ -130,4 +132,65 @@ fn run(publisher: &mut Publisher, handle: &DirectoryHandle, mut published: u64, 
             }
         }
     }
+}
+
+/// Where Debian's Postfix takes a relative `.so` name in `dynamicmaps.cf`
+/// from (`shlib_directory`).
+const SHLIB_DIRECTORY: &str = "/usr/lib/postfix";
+
+/// What `check-config` says about the plugin's registration under
+/// Postfix's `meta_directory`: Postfix silently skips a `dynamicmaps.cf`
+/// line whose file or `.so` is not owned by root or is group- or
+/// world-writable (only a later lookup says "unsupported dictionary type"),
+/// so the check names the file and the fix. One line per finding.
+pub fn check_plugin(meta: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut cf_files = vec![meta.join("dynamicmaps.cf")];
+    if let Ok(rd) = std::fs::read_dir(meta.join("dynamicmaps.cf.d")) {
+        let mut more: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        cf_files.extend(more);
+    }
+    let entry = cf_files.iter().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("ramdir")).then(|| (f.clone(), w.next().unwrap_or("").to_string()))
+        })
+    });
+    let Some((cf, so)) = entry else {
+        return vec![format!(
+            "postfix plugin: no \"ramdir\" line in {}/dynamicmaps.cf or dynamicmaps.cf.d/: \
+             Postfix does not know the ramdir: type (docs/postfix-map.md)",
+            meta.display()
+        )];
+    };
+    let so = if so.starts_with('/') {
+        std::path::PathBuf::from(so)
+    } else {
+        std::path::Path::new(SHLIB_DIRECTORY).join(so)
+    };
+    let mut problems = Vec::new();
+    for f in [&cf, &so] {
+        match std::fs::metadata(f) {
+            Err(e) => problems.push(format!("postfix plugin: {}: {e}", f.display())),
+            Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => problems.push(format!(
+                "postfix plugin: {} is owned by uid {} with mode {:04o}: Postfix ignores the \
+                 ramdir type (\"unsupported dictionary type: ramdir\") unless the file is \
+                 owned by root and not group- or world-writable: chown root {0}; chmod go-w {0}",
+                f.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )),
+            Ok(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        problems.push(format!(
+            "postfix plugin: ok ({} → {})",
+            cf.display(),
+            so.display()
+        ));
+    }
+    problems
 }

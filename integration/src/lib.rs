@@ -20,6 +20,7 @@
 
 pub mod dovecot;
 pub mod postfix;
+pub mod postfix_map;
 pub mod quota;
 pub mod ramdir;
 pub mod sasl;

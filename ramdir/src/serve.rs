@@ -118,6 +118,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
+    // Before anything answers: a SIGTERM that arrives while listeners are
+    // still starting must shut down cleanly (and run the shutdown steps).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let handle = Arc::new(DirectoryHandle::new(dir));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -238,9 +243,6 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
     let mut config = config;
     let mut watcher = start_watcher(&config, change_tx.clone());

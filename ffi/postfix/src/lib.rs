@@ -19,7 +19,7 @@
 //! set on every call), `src/global/dynamicmaps.c` (loading), `dict_cdb.c`
 //! and `dict_sockmap.c` (how a read-only map fills its `DICT`).
 //!
-//! Failure mapping (decided in [`lookup_result`]): a hit is the value; a
+//! Failure mapping (decided in one function, `lookup_result`): a hit is the value; a
 //! clean miss is "not found"; anything else — no published generation, a
 //! generation marked unavailable, a missing, truncated, corrupt or foreign
 //! file, a miss while the directory is not authoritative, an alias loop, a
@@ -228,13 +228,14 @@ fn lookup_result(state: &mut State, key: &[u8]) -> (*const c_char, c_int) {
         }
         Ok(None) => (null(), DICT_ERR_NONE),
         Err(e) => {
+            // "Not authoritative" is a state, not a fault: Postfix's own
+            // "lookup error" line per deferred recipient says enough.
             let text = match &e {
                 Error::NotAuthoritative => None,
-                Error::Lookup(_) => None,
                 other => Some(other.to_string()),
             };
-            // Log a lasting problem with the files once, not per lookup
-            // (Postfix logs each failed lookup itself).
+            // Log a lasting problem once, not per lookup (Postfix logs each
+            // failed lookup itself).
             if let Some(text) = text
                 && *warned != text
                 && let Some(h) = host()

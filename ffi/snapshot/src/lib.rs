@@ -15,8 +15,8 @@
 //! the same [`ramdir_core::maps::lookup`] as the socketmap.
 //!
 //! - [`format`]: the layout and the pure, bounds-checked code that reads it;
-//! - [`write`]: the daemon's [`write::Publisher`];
-//! - [`read`]: the plugin's [`read::Reader`];
+//! - [`mod@write`]: the daemon's [`write::Publisher`];
+//! - [`mod@read`]: the plugin's [`read::Reader`];
 //! - `map`: the `mmap`/`openat` calls, the crate's only `unsafe`.
 #![allow(unsafe_code)]
 

@@ -14,7 +14,7 @@
 //! here: the reader implements [`ramdir_core::lookup::Entries`] and runs
 //! the same [`ramdir_core::maps::lookup`] as the socketmap.
 //!
-//! - [`format`]: the layout and the pure, bounds-checked code that reads it;
+//! - [`mod@format`]: the layout and the pure, bounds-checked code that reads it;
 //! - [`mod@write`]: the daemon's [`write::Publisher`];
 //! - [`mod@read`]: the plugin's [`read::Reader`];
 //! - `map`: the `mmap`/`openat` calls, the crate's only `unsafe`.

@@ -6,7 +6,7 @@
 //! - `control`: one page whose control word (`generation << 8 | state`) a
 //!   reader loads once per lookup ([`format::CONTROL_WORD`]);
 //! - `snap-<generation>`: immutable table files, each either a *base* (the
-//!   whole directory) or a *delta* against a base ([`format`]).
+//!   whole directory) or a *delta* against a base ([`mod@format`]).
 //!
 //! The files carry exactly what the socketmap tables read (user logins,
 //! alias targets, sender logins, domains) and the lookup settings; never a

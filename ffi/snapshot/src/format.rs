@@ -65,7 +65,7 @@ pub fn file_name(generation: u64) -> String {
 }
 
 /// What a record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Kind {
     /// A user login (value empty).

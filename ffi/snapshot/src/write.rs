@@ -16,7 +16,7 @@
 //! base (see `ramdir_core::table`), so a one-entry change costs a few
 //! thousand comparisons and a file of a few hundred bytes at any size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -136,11 +136,17 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The current base and what changed since it.
 struct Base {
     generation: u64,
-    dir: Arc<Directory>,
     flags: u64,
     delimiter: String,
+    /// The directory published last (base or delta): the next diff starts
+    /// here, so it reads only the shards edited since the last publication.
+    last: Arc<Directory>,
+    /// Every entry changed since the base, with its current value (`None`:
+    /// removed). The next delta file is written from it.
+    pending: HashMap<(Kind, Box<str>), Option<Box<[Box<str>]>>>,
 }
 
 /// Publishes directories into one map directory.
@@ -243,11 +249,12 @@ impl Publisher {
         if dir.authoritative() {
             flags |= FLAG_AUTHORITATIVE;
         }
-        let delta = match &self.base {
+        let limits = self.limits;
+        let delta = match &mut self.base {
             Some(b) if b.flags == rules && b.delimiter == delimiter => {
-                let (shared, total) = b.dir.shared_shards(dir);
-                if shared * self.limits.min_shared_fraction >= total {
-                    self.delta(b, dir)
+                let (shared, total) = b.last.shared_shards(dir);
+                if shared * limits.min_shared_fraction >= total {
+                    Self::delta(b, dir, limits)
                 } else {
                     None
                 }
@@ -273,9 +280,10 @@ impl Publisher {
         let live = if kind == FileKind::Base {
             self.base = Some(Base {
                 generation,
-                dir: Arc::clone(dir),
                 flags: rules,
                 delimiter,
+                last: Arc::clone(dir),
+                pending: HashMap::new(),
             });
             vec![generation]
         } else {
@@ -314,23 +322,41 @@ impl Publisher {
     }
 
     /// The delta from the base to `dir`, or `None` when it is too large.
-    fn delta(&self, base: &Base, dir: &Directory) -> Option<Builder> {
-        let mut b = Builder::with_capacity(64, 4096);
+    /// Records what changed since the last publication in `base.pending`,
+    /// then writes every pending entry.
+    fn delta(base: &mut Base, dir: &Arc<Directory>, limits: Limits) -> Option<Builder> {
+        let pending = &mut base.pending;
         let mut over = false;
-        let limits = self.limits;
-        base.dir.diff(dir, |c| {
+        base.last.diff(dir, |c| {
             if over {
                 return;
             }
-            match c {
-                Change::User(k, present) => b.add(Kind::User, k, !present, []),
-                Change::Alias(k, v) => b.add(Kind::Alias, k, v.is_none(), list(v.unwrap_or(&[]))),
-                Change::Sender(k, v) => b.add(Kind::Sender, k, v.is_none(), list(v.unwrap_or(&[]))),
-                Change::Domain(k, ours) => b.add(Kind::Domain, k, !ours, []),
+            let (key, value) = match c {
+                Change::User(k, present) => ((Kind::User, k), present.then(Box::default)),
+                Change::Alias(k, v) => ((Kind::Alias, k), v.map(Box::from)),
+                Change::Sender(k, v) => ((Kind::Sender, k), v.map(Box::from)),
+                Change::Domain(k, ours) => ((Kind::Domain, k), ours.then(Box::default)),
             };
-            over = b.len() > limits.delta_max_entries || b.data_len() > limits.delta_max_bytes;
+            pending.insert((key.0, key.1.into()), value);
+            over = pending.len() > limits.delta_max_entries;
         });
-        (!over).then_some(b)
+        if over {
+            return None;
+        }
+        base.last = Arc::clone(dir);
+        let mut b = Builder::with_capacity(pending.len(), pending.len() * 64);
+        for ((kind, key), value) in pending.iter() {
+            b.add(
+                *kind,
+                key,
+                value.is_none(),
+                list(value.as_deref().unwrap_or(&[])),
+            );
+            if b.data_len() > limits.delta_max_bytes {
+                return None;
+            }
+        }
+        Some(b)
     }
 
     /// Mark the current generation unavailable: every lookup fails

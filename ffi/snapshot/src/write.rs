@@ -146,8 +146,12 @@ struct Base {
     last: Arc<Directory>,
     /// Every entry changed since the base, with its current value (`None`:
     /// removed). The next delta file is written from it.
-    pending: HashMap<(Kind, Box<str>), Option<Box<[Box<str>]>>>,
+    pending: HashMap<(Kind, Box<str>), Option<Values>>,
 }
+
+/// An entry's values (alias targets, sender logins; empty for users and
+/// domains).
+type Values = Box<[Box<str>]>;
 
 /// Publishes directories into one map directory.
 pub struct Publisher {

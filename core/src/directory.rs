@@ -28,6 +28,23 @@ pub struct DomainInfo {
     pub refs: u32,
 }
 
+/// One entry that differs between two snapshots ([`Directory::diff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// A user login that appeared (`true`) or disappeared (`false`). Other
+    /// user fields are not lookup-table data and are not reported.
+    User(&'a str, bool),
+    /// An alias key with its new targets, `None` when removed.
+    Alias(&'a str, Option<&'a [Box<str>]>),
+    /// A sender-login key with its new logins, `None` when removed.
+    Sender(&'a str, Option<&'a [Box<str>]>),
+    /// A domain that became ours (`true`) or stopped being ours.
+    Domain(&'a str, bool),
+    /// An address claimed by several entries, with its new claim count;
+    /// `None` when it stopped being ambiguous.
+    Ambiguous(&'a str, Option<u32>),
+}
+
 /// Where a snapshot came from and when, for `stats` and logs.
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -359,6 +376,60 @@ impl Directory {
         self.senders.shrink_to_fit();
         self.domains.shrink_to_fit();
         self.ambiguous.shrink_to_fit();
+    }
+
+    /// All alias keys with their targets (iteration order is unspecified).
+    pub fn alias_entries(&self) -> impl Iterator<Item = (&str, &[Box<str>])> {
+        self.aliases.iter().map(|(k, v)| (k, &**v))
+    }
+
+    /// All explicit sender-login keys with their logins.
+    pub fn sender_entries(&self) -> impl Iterator<Item = (&str, &[Box<str>])> {
+        self.senders.iter().map(|(k, v)| (k, &**v))
+    }
+
+    /// All domains that are ours (see [`Directory::has_domain`]).
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains
+            .iter()
+            .filter(|(_, d)| d.explicit || d.refs > 0)
+            .map(|(k, _)| k)
+    }
+
+    /// Every entry that differs between `self` (older) and `newer`, as the
+    /// lookup rules see them ([`crate::lookup::Entries`]). Only the shards
+    /// edited since one snapshot was derived from the other are read (see
+    /// [`Table::diff`]), so this is cheap after an incremental update and
+    /// costs a full pass after a reload built aside.
+    pub fn diff<'a>(&'a self, newer: &'a Directory, mut f: impl FnMut(Change<'a>)) {
+        self.users.diff(&newer.users, |k, _, n| {
+            f(Change::User(k, n.is_some()));
+        });
+        self.aliases.diff(&newer.aliases, |k, _, n| {
+            f(Change::Alias(k, n.map(|v| &**v)))
+        });
+        self.senders.diff(&newer.senders, |k, _, n| {
+            f(Change::Sender(k, n.map(|v| &**v)))
+        });
+        self.domains.diff(&newer.domains, |k, o, n| {
+            let ours = |d: Option<&DomainInfo>| d.is_some_and(|d| d.explicit || d.refs > 0);
+            if ours(o) != ours(n) {
+                f(Change::Domain(k, ours(n)));
+            }
+        });
+        self.ambiguous.diff(&newer.ambiguous, |k, _, n| {
+            f(Change::Ambiguous(k, n.copied()))
+        });
+    }
+
+    /// How many shards of the four lookup tables two snapshots share, out
+    /// of how many: tells a writer whether [`Directory::diff`] is cheap.
+    pub fn shared_shards(&self, other: &Directory) -> (usize, usize) {
+        let shared = self.users.shared_shards(&other.users)
+            + self.aliases.shared_shards(&other.aliases)
+            + self.senders.shared_shards(&other.senders)
+            + self.domains.shared_shards(&other.domains);
+        (shared, 4 * crate::table::SHARDS)
     }
 
     /// How many user shards two snapshots share (tests, stats).

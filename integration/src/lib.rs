@@ -21,6 +21,7 @@
 pub mod dovecot;
 pub mod flavor;
 pub mod postfix;
+pub mod postfix_map;
 pub mod quota;
 pub mod ramdir;
 pub mod sasl;

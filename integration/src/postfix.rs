@@ -483,7 +483,7 @@ fn master_cf(port: u16) -> String {
 /// config file that changed in the last second or two, pausing 300 ms
 /// each time until it "cools down" (`dict_load_fp()`), which costs more
 /// than a second per command on a freshly written config.
-fn age_config(etc: &Path) {
+pub fn age_config(etc: &Path) {
     let past = std::time::SystemTime::now() - Duration::from_secs(60);
     for name in ["main.cf", "master.cf"] {
         let p = etc.join(name);

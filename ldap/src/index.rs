@@ -140,8 +140,9 @@ pub enum Role {
 /// A claim's data, kept while its address is contested.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claimed {
-    /// The entry's mailbox (`origin` set to the entry).
-    Mailbox(UserSpec),
+    /// The entry's mailbox (`origin` set to the entry); boxed because a
+    /// user spec is several times the size of an alias claim.
+    Mailbox(Box<UserSpec>),
     /// An alias delivering to the entry's login.
     Alias(String),
 }
@@ -168,7 +169,7 @@ enum ClaimRef<'a> {
 impl ClaimRef<'_> {
     fn to_owned(self) -> Claimed {
         match self {
-            ClaimRef::Mailbox(u) => Claimed::Mailbox(u.clone()),
+            ClaimRef::Mailbox(u) => Claimed::Mailbox(Box::new(u.clone())),
             ClaimRef::Alias(l) => Claimed::Alias(l.to_string()),
         }
     }
@@ -270,7 +271,7 @@ impl Index {
         let login = self.entries.get(uuid)?.login();
         if let Some(claims) = self.contested.get(login) {
             return claims.iter().find_map(|c| match &c.what {
-                Claimed::Mailbox(u) if c.uuid == *uuid => Some(u.clone()),
+                Claimed::Mailbox(u) if c.uuid == *uuid => Some((**u).clone()),
                 _ => None,
             });
         }
@@ -480,7 +481,7 @@ fn install(dir: &mut Directory, key: &str, what: ClaimRef<'_>) {
 /// served data (the caller marks the key ambiguous).
 fn take(dir: &Directory, key: &str, owner: Uuid) -> Claim {
     let what = match dir.user(key) {
-        Some(u) => Claimed::Mailbox(u.to_spec(dir.settings())),
+        Some(u) => Claimed::Mailbox(Box::new(u.to_spec(dir.settings()))),
         None => Claimed::Alias(
             dir.alias(key)
                 .and_then(|t| t.first())

@@ -243,6 +243,17 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
             if l.fallback { "on" } else { "off" }
         ));
     }
+    if let Some(m) = &config.postfix_map {
+        out.push_str(&format!(
+            "postfix map: {} (mode {:04o})\n",
+            m.directory.display(),
+            m.mode
+        ));
+        for line in crate::postfix_map::check_plugin(&m.postfix_config_directory) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     match &config.quota {
         Some(q) => out.push_str(&format!(
             "quota store: {} (grace {:?}, over quota: {})\n",

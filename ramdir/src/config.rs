@@ -59,6 +59,17 @@ struct RawConfig {
     milter: Option<RawListener>,
     ldap: Option<RawLdap>,
     stats: Option<RawStats>,
+    postfix_map: Option<RawPostfixMap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostfixMap {
+    directory: Spanned<PathBuf>,
+    mode: Option<Spanned<String>>,
+    group: Option<String>,
+    on_stop: Option<Spanned<String>>,
+    postfix_config_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +201,27 @@ pub struct Config {
     pub ldap: Option<ramdir_ldap::settings::Settings>,
     /// The stats socket, if enabled.
     pub stats: Option<ListenerConfig>,
+    /// The snapshot files for `postfix-ramdir.so`, if enabled.
+    pub postfix_map: Option<PostfixMapConfig>,
+}
+
+/// `[postfix_map]`: where ramdir publishes its tables for the in-process
+/// Postfix plugin (docs/postfix-map.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostfixMapConfig {
+    /// The map directory (`ramdir:<directory>/<table>` in main.cf).
+    pub directory: PathBuf,
+    /// Mode of the files (default 0640: Postfix reads them through `group`).
+    pub mode: u32,
+    /// Group of the directory and its files (e.g. `postfix`); the directory
+    /// gets the set-group-ID bit so new files inherit it.
+    pub group: Option<String>,
+    /// Mark the tables unavailable (Postfix defers) when ramdir stops,
+    /// instead of letting the last generation answer (the default).
+    pub unavailable_on_stop: bool,
+    /// Postfix's `meta_directory`, where `check-config` looks for the
+    /// plugin's `dynamicmaps.cf.d/ramdir` entry (default `/etc/postfix`).
+    pub postfix_config_directory: PathBuf,
 }
 
 /// `[dict]`.
@@ -580,6 +612,49 @@ impl Config {
                 Some(DictConfig { listener, settings })
             }
         };
+        let postfix_map = match raw.postfix_map {
+            None => None,
+            Some(m) => {
+                let mode = match &m.mode {
+                    None => 0o640,
+                    Some(v) => u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777 && m & 0o022 == 0)
+                        .ok_or_else(|| {
+                            err(
+                                v.span(),
+                                format!(
+                                    "mode {:?}: want octal, not group- or world-writable",
+                                    v.get_ref()
+                                ),
+                            )
+                        })?,
+                };
+                let unavailable_on_stop = match &m.on_stop {
+                    None => false,
+                    Some(v) => match v.get_ref().as_str() {
+                        "keep" => false,
+                        "unavailable" => true,
+                        other => {
+                            return Err(err(
+                                v.span(),
+                                format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
+                            ));
+                        }
+                    },
+                };
+                Some(PostfixMapConfig {
+                    directory: abs(m.directory.into_inner()),
+                    mode,
+                    group: m.group,
+                    unavailable_on_stop,
+                    postfix_config_directory: m
+                        .postfix_config_directory
+                        .map(abs)
+                        .unwrap_or_else(|| PathBuf::from("/etc/postfix")),
+                })
+            }
+        };
         for (section, on) in [
             ("[policy]", policy.is_some()),
             ("[milter]", milter.is_some()),
@@ -607,6 +682,7 @@ impl Config {
             milter,
             ldap,
             stats,
+            postfix_map,
         })
     }
 }

@@ -2,12 +2,8 @@
 //!
 //! Tables (the name after the last `:` of `socketmap:unix:…:<name>`):
 //!
-//! | table | key | `OK` value | used for |
-//! |---|---|---|---|
-//! | `domains` | bare domain | the domain | `virtual_mailbox_domains` |
-//! | `mailboxes` | address | the mailbox's login | `virtual_mailbox_maps` |
-//! | `aliases` | address | final targets, comma-separated | `virtual_alias_maps` |
-//! | `senders` | address | SASL logins, comma-separated | `smtpd_sender_login_maps` |
+//! The tables and their rules are [`ramdir_core::maps`] (shared with the
+//! in-process Postfix plugin); this module puts them in socketmap words.
 //!
 //! This module is the one place where outcomes become answers
 //! ([`to_reply`]): found → `OK value` (never an empty value), not ours or
@@ -15,104 +11,29 @@
 //! an address claimed by two entries) or an unknown table → `TEMP`, so
 //! Postfix defers and never bounces.
 
-use std::fmt;
-
 use ramdir_core::Directory;
 use ramdir_core::fallback::KeyKind;
-use ramdir_core::lookup::LookupError;
 
 use super::codec::{MAX_QUERY, MAX_REPLY, Reply, Request};
 
-/// The tables ramdir serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    /// `virtual_mailbox_domains`.
-    Domains,
-    /// `virtual_mailbox_maps`.
-    Mailboxes,
-    /// `virtual_alias_maps`.
-    Aliases,
-    /// `smtpd_sender_login_maps`.
-    Senders,
-}
+pub use ramdir_core::maps::{Outcome, Table};
 
-impl Table {
-    /// Every table, for docs and `--help`.
-    pub const ALL: [Table; 4] = [
-        Table::Domains,
-        Table::Mailboxes,
-        Table::Aliases,
-        Table::Senders,
-    ];
-
-    /// The table's name on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Domains => "domains",
-            Table::Mailboxes => "mailboxes",
-            Table::Aliases => "aliases",
-            Table::Senders => "senders",
-        }
-    }
-
-    /// The table with this wire name.
-    pub fn from_name(name: &[u8]) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name().as_bytes() == name)
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What a lookup came to, before it is put in socketmap words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Found, with values (at least one).
-    Found(Vec<String>),
-    /// Not ours, or not a key ramdir can hold.
-    NotFound,
-    /// The directory cannot answer now.
-    Trouble(String),
-}
-
-/// Look `key` up in `table`.
+/// Look `key` up in `table` (the shared rules of [`ramdir_core::maps`];
+/// a key longer than Postfix ever sends is "not found").
 pub fn lookup(dir: &Directory, table: Table, key: &str) -> Outcome {
     if key.len() > MAX_QUERY {
         return Outcome::NotFound;
     }
-    let from = |r: Result<Option<Vec<String>>, LookupError>| match r {
-        Ok(Some(v)) => Outcome::Found(v),
-        Ok(None) => Outcome::NotFound,
-        Err(e) => Outcome::Trouble(e.to_string()),
-    };
-    match table {
-        Table::Domains => match dir.lookup_domain(key) {
-            Some(d) => Outcome::Found(vec![d]),
-            None => Outcome::NotFound,
-        },
-        Table::Mailboxes => from(
-            dir.mailbox_login(key)
-                .map(|l| l.map(|login| vec![login.to_string()])),
-        ),
-        Table::Aliases => from(dir.lookup_alias(key)),
-        Table::Senders => from(dir.lookup_sender_logins(key)),
-    }
+    ramdir_core::maps::lookup(dir, table, key)
 }
 
 /// The one mapping from outcomes to socketmap replies.
 pub fn to_reply(outcome: Outcome) -> Reply {
     match outcome {
         Outcome::Found(values) => {
-            let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
-            if values.is_empty() {
-                // An empty OK is a configuration error for Postfix; a lookup
-                // that found nothing usable has found nothing.
+            let Some(data) = Outcome::value(&values) else {
                 return Reply::NotFound;
-            }
-            let data = values.join(",");
+            };
             // "OK " plus the data must fit Postfix's reply limit.
             if data.len() + 3 > MAX_REPLY {
                 return Reply::Temp(format!("result longer than {MAX_REPLY} bytes"));
@@ -198,11 +119,7 @@ pub fn source_question_parts(
     }
     let table = Table::from_name(map)?;
     let key = std::str::from_utf8(key).ok()?;
-    let n = &dir.settings().normalizer;
-    match table {
-        Table::Domains => n.domain(key).map(|d| (KeyKind::Domain, d)),
-        _ => n.address(key).map(|_| (KeyKind::Address, key.to_string())),
-    }
+    ramdir_core::maps::source_key(dir, table, key)
 }
 
 /// The reply when the source could not settle a miss: temporary, so

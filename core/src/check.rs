@@ -27,8 +27,12 @@
 //! Recipients are resolved through aliases and catch-alls first. An address
 //! is refused only when **every** local mailbox it reaches is over quota;
 //! a remote target never blocks, and neither does a mailbox whose usage is
-//! not tracked yet (Dovecot creates the counters on first use, and LMTP
-//! still enforces the quota), so a new user can always receive mail.
+//! not tracked yet (Dovecot creates the counters on first use, or on 2.4
+//! `quota_clone` writes them at the user's first change; LMTP still
+//! enforces the quota), so a new user can always receive mail, with one
+//! exception that is Dovecot's own: a message larger than the limit plus
+//! the grace cannot fit even an empty mailbox, so it is refused whatever
+//! the usage.
 
 use std::fmt;
 
@@ -112,15 +116,20 @@ impl UsageSource for UsageStore {
 }
 
 /// Whether one more message of `size` bytes fits, as Dovecot decides at
-/// delivery. Untracked usage fits.
+/// delivery. Untracked usage fits, unless the message alone is too large:
+/// real usage is never below 0, and at 0 Dovecot takes at most the limit
+/// plus the grace.
 pub fn fits(limit: QuotaLimit, usage: Usage, grace: Grace, size: u64) -> bool {
     if let (Some(l), Some(m)) = (limit.messages.filter(|l| *l > 0), usage.messages)
         && m.max(0) as u64 >= l
     {
         return false;
     }
-    let (Some(l), Some(u)) = (limit.storage.filter(|l| *l > 0), usage.storage) else {
+    let Some(l) = limit.storage.filter(|l| *l > 0) else {
         return true;
+    };
+    let Some(u) = usage.storage else {
+        return size <= l.saturating_add(grace.bytes(l));
     };
     let u = u.max(0) as u64;
     if size == 0 {
@@ -330,9 +339,14 @@ mod tests {
         assert!(fits(QuotaLimit::default(), used(1 << 40), g, 1 << 30));
         assert!(fits(lim(0), used(1 << 40), g, 10));
         assert!(
-            fits(lim(L), Usage::default(), g, 1 << 30),
+            fits(lim(L), Usage::default(), g, 1100),
             "untracked usage fits"
         );
+        assert!(
+            !fits(lim(L), Usage::default(), g, 1101),
+            "but not a message that no mailbox of this limit takes"
+        );
+        assert!(!fits(lim(L), Usage::default(), Grace::Bytes(0), 1001));
         let ml = QuotaLimit {
             storage: None,
             messages: Some(10),

@@ -358,7 +358,7 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
             }
             _ => {
                 let ours = match split_v24_folder_key(setting) {
-                    Some((_ns, mailbox, name)) => quota.folder_setting(&mailbox, name, k, v)?,
+                    Some((_ns, mailbox, name)) => quota.folder_setting(mailbox, name, k, v)?,
                     None => false,
                 };
                 if !ours {

@@ -345,79 +345,39 @@ impl fmt::Display for Setting {
 }
 
 /// The userdb field that sets `setting` in mailbox `mailbox` of namespace
-/// `namespace` (Dovecot 2.4 settings filter path; names escaped as
-/// `settings_section_escape` does, so `Deleted Messages` is
-/// `Deleted\_Messages`).
-pub fn v24_folder_key(namespace: &str, mailbox: &str, setting: &str) -> String {
-    let mut out = String::from("namespace/");
-    section_escape(namespace, &mut out);
-    out.push_str("/mailbox/");
-    section_escape(mailbox, &mut out);
-    out.push('/');
-    out.push_str(setting);
-    out
+/// `namespace` (a Dovecot 2.4 settings override path), or `None` when the
+/// names cannot be written in one.
+///
+/// The names go in as they are: Dovecot escapes an override's filter name
+/// itself (`settings_override_filter_match` in
+/// `src/lib-settings/settings.c`, 2.4.1), so `Deleted Messages` is written
+/// with its space; checked against Dovecot 2.4.1, where the escaped form
+/// (`Deleted\_Messages`) matched nothing. A `/` would split the path, and
+/// a `=` would split the `key=value` field on its way to the mail process:
+/// such a folder's rule cannot be given per user in 2.4 (configure it in
+/// the namespace's `mailbox` section instead).
+pub fn v24_folder_key(namespace: &str, mailbox: &str, setting: &str) -> Option<String> {
+    if !v24_name_ok(namespace) || !v24_name_ok(mailbox) {
+        return None;
+    }
+    Some(format!("namespace/{namespace}/mailbox/{mailbox}/{setting}"))
 }
 
-/// Escape a settings filter name (`src/lib-settings/settings-parser.c`,
-/// `settings_section_escape`).
-pub fn section_escape(name: &str, out: &mut String) {
-    if name.is_empty() {
-        out.push_str("\\.");
-        return;
-    }
-    for c in name.chars() {
-        match c {
-            '=' => out.push_str("\\e"),
-            '/' => out.push_str("\\s"),
-            '\\' => out.push_str("\\\\"),
-            ' ' => out.push_str("\\_"),
-            ',' => out.push_str("\\+"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Undo [`section_escape`].
-fn section_unescape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut it = name.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('e') => out.push('='),
-            Some('s') => out.push('/'),
-            Some('\\') => out.push('\\'),
-            Some('_') => out.push(' '),
-            Some('+') => out.push(','),
-            Some('.') => {}
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
+/// Whether a namespace or mailbox name can stand in a 2.4 override path.
+pub fn v24_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '='])
 }
 
 /// Split a 2.4 folder field `namespace/<ns>/mailbox/<box>/<setting>` into
-/// its (unescaped) namespace, mailbox and setting name.
-pub fn split_v24_folder_key(key: &str) -> Option<(String, String, &str)> {
+/// its namespace, mailbox and setting name.
+pub fn split_v24_folder_key(key: &str) -> Option<(&str, &str, &str)> {
     let rest = key.strip_prefix("namespace/")?;
     let (ns, rest) = rest.split_once("/mailbox/")?;
     let (mailbox, setting) = rest.rsplit_once('/')?;
-    if ns.is_empty()
-        || mailbox.is_empty()
-        || setting.is_empty()
-        || ns.contains('/')
-        || mailbox.contains('/')
-    {
+    if !v24_name_ok(ns) || !v24_name_ok(mailbox) || setting.is_empty() {
         return None;
     }
-    Some((section_unescape(ns), section_unescape(mailbox), setting))
+    Some((ns, mailbox, setting))
 }
 
 fn apply_rule(v: RuleValue, main: Option<u64>) -> Option<u64> {
@@ -882,24 +842,32 @@ mod tests {
     }
 
     #[test]
-    fn folder_keys_escape_like_dovecot() {
+    fn folder_keys_hold_the_names_as_they_are() {
         assert_eq!(
-            v24_folder_key("inbox", "Trash", "quota_storage_extra"),
+            v24_folder_key("inbox", "Trash", "quota_storage_extra").unwrap(),
             "namespace/inbox/mailbox/Trash/quota_storage_extra"
         );
-        let k = v24_folder_key("inbox", "Deleted Messages/a=b,c\\d", "quota_ignore");
+        let k = v24_folder_key("inbox", "Deleted Messages,\\x", "quota_ignore").unwrap();
         assert_eq!(
             k,
-            "namespace/inbox/mailbox/Deleted\\_Messages\\sa\\eb\\+c\\\\d/quota_ignore"
+            "namespace/inbox/mailbox/Deleted Messages,\\x/quota_ignore"
         );
         assert_eq!(
             split_v24_folder_key(&k),
-            Some((
-                "inbox".into(),
-                "Deleted Messages/a=b,c\\d".into(),
-                "quota_ignore"
-            ))
+            Some(("inbox", "Deleted Messages,\\x", "quota_ignore"))
         );
+        for (ns, mailbox) in [
+            ("inbox", "Archive/2024"),
+            ("inbox", "a=b"),
+            ("", "T"),
+            ("in/box", "T"),
+        ] {
+            assert_eq!(
+                v24_folder_key(ns, mailbox, "quota_ignore"),
+                None,
+                "{ns} {mailbox}"
+            );
+        }
         for not in [
             "namespace/inbox/Trash/quota_ignore",
             "namespace//mailbox/Trash/x",

@@ -481,6 +481,9 @@ mod tests {
     #[tokio::test]
     async fn protocol_4_clients_are_served() {
         let srv = spawn().await;
+        // This thread (where the policy service or milter would read)
+        // holds the user as untracked in its own copy.
+        assert_eq!(srv.store.counters("u1@x.org").unwrap(), [None, None]);
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
         let got = exchange(
             &mut c,
@@ -489,9 +492,10 @@ mod tests {
         )
         .await;
         assert_eq!(got, ["O1", "O1"]);
+        // Committed by the writer thread; seen here once `O1` was sent.
         assert_eq!(
-            srv.store.get("u1@x.org", "quota/storage").unwrap(),
-            Some(248)
+            srv.store.counters("u1@x.org").unwrap(),
+            [Some(248), Some(1)]
         );
         let mut a = UnixStream::connect(&srv.path).await.unwrap();
         let got = exchange(

@@ -16,7 +16,8 @@
 //! (Dovecot 2.3) gets `quota_rule` and `quota_rule2…`; major 4 (Dovecot 2.4,
 //! or the Lua bridge, which says `H4`) gets `quota_storage_size`,
 //! `quota_message_count` and each folder rule as settings of its mailbox
-//! (`namespace/<ns>/mailbox/<box>/quota_storage_extra`, …). 2.4 ignores
+//! (`namespace/<ns>/mailbox/<box>/quota_storage_extra`, …; a folder whose
+//! name holds `/` or `=` cannot be named so and is left out). 2.4 ignores
 //! `quota_rule*` without a word, and 2.3 ignores the 2.4 names, so one
 //! client never gets both: each gets exactly the limit the policy service
 //! and the milter enforce. A user's own grace goes as `quota_grace` (2.3)
@@ -731,7 +732,13 @@ fn quota_v24(u: &User<'_>, namespace: &str, m: &mut JsonObject<'_>) {
     }
     let mut rule = |r: &QuotaRule| {
         r.v24_settings(u.quota, |name, value| {
-            m.key(&v24_folder_key(namespace, &r.mailbox, name));
+            // A folder 2.4 cannot name per user is left to dovecot.conf
+            // (docs/dovecot.md); it never changes the INBOX limit that the
+            // SMTP-time checks use.
+            let Some(key) = v24_folder_key(namespace, &r.mailbox, name) else {
+                return;
+            };
+            m.key(&key);
             m.0.push('"');
             match value {
                 Setting::Bytes(n) => {
@@ -928,6 +935,7 @@ mod tests {
                 QuotaRule::parse("Deleted Messages:storage=+1M").unwrap(),
                 QuotaRule::parse("Spam:ignore").unwrap(),
                 QuotaRule::parse("Small:storage=50%:messages=+3").unwrap(),
+                QuotaRule::parse("Archive/2024:ignore").unwrap(),
             ],
             quota_grace: Some(1 << 20),
             enabled: true,
@@ -965,7 +973,7 @@ mod tests {
             serde_json::json!({"home": "/var/vmail/x.org/carol",
                 "quota_storage_size": "0", "quota_message_count": "7",
                 "quota_storage_grace": "1048576B",
-                "namespace/inbox/mailbox/Deleted\\_Messages/quota_storage_extra": "1048576B",
+                "namespace/inbox/mailbox/Deleted Messages/quota_storage_extra": "1048576B",
                 "namespace/inbox/mailbox/Spam/quota_ignore": "yes",
                 "namespace/inbox/mailbox/Small/quota_storage_percentage": "50",
                 "namespace/inbox/mailbox/Small/quota_message_count": "10",
@@ -981,6 +989,7 @@ mod tests {
                 "quota_rule2": "Deleted Messages:storage=+1048576B",
                 "quota_rule3": "Spam:ignore",
                 "quota_rule4": "Small:storage=50%:messages=+3",
+                "quota_rule5": "Archive/2024:ignore",
                 "quota_mailbox_count": "9"})
         );
         // Never both sets to one client.
@@ -1008,7 +1017,7 @@ mod tests {
         assert_eq!(s.spelling(), Spelling::V24);
         let a = value(run(&mut s, &d, None, &set, "Lshared/userdb/alice@x.org\tx"));
         assert_eq!(
-            a["namespace/main\\_ns/mailbox/Trash/quota_storage_extra"],
+            a["namespace/main ns/mailbox/Trash/quota_storage_extra"],
             "524288000B"
         );
     }

@@ -307,7 +307,12 @@ fn dovecot_fields(u: &ramdir_core::User<'_>) -> (String, String) {
     {
         let mut settings = Vec::new();
         r.v24_settings(u.quota, |k, v| settings.push(format!("{k}={v}")));
-        if !settings.is_empty() {
+        if !ramdir_core::quota::v24_name_ok(&r.mailbox) {
+            v24.push_str(&format!(
+                "; mailbox {}: not sent (a 2.4 userdb field cannot name it; set it in dovecot.conf)",
+                r.mailbox
+            ));
+        } else if !settings.is_empty() {
             v24.push_str(&format!("; mailbox {}: {}", r.mailbox, settings.join(" ")));
         }
     }

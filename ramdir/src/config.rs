@@ -585,8 +585,14 @@ impl Config {
                 let defaults = ramdir_dovecot::service::Settings::default();
                 let quota_namespace = match d.quota_namespace {
                     None => defaults.quota_namespace,
-                    Some(n) if n.get_ref().is_empty() => {
-                        return Err(err(n.span(), "quota_namespace: empty name".into()));
+                    Some(n) if !ramdir_core::quota::v24_name_ok(n.get_ref()) => {
+                        return Err(err(
+                            n.span(),
+                            format!(
+                                "quota_namespace {:?}: want a namespace name without '/' or '='",
+                                n.get_ref()
+                            ),
+                        ));
                     }
                     Some(n) => n.into_inner(),
                 };
@@ -868,6 +874,11 @@ idle_timeout_secs = 300
                 "[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n",
                 3,
                 "at least 1",
+            ),
+            (
+                "[dict]\nlisten = \"unix:/x\"\nquota_namespace = \"a/b\"\n",
+                3,
+                "without '/'",
             ),
         ] {
             let e = parse(text).unwrap_err();

@@ -82,12 +82,12 @@ const REQUIRED: [&str; 5] = [
 ];
 
 /// What Dovecot 2.4 needs on top: the Lua auth driver and the quota clone
-/// plugin, and the Lua modules the bridge loads.
-const REQUIRED_24: [&str; 4] = [
+/// plugin, and the Lua module the bridge loads (lua-cjson's, under the
+/// architecture's directory, is checked by [`require_dovecot_on`]).
+const REQUIRED_24: [&str; 3] = [
     "/usr/lib/dovecot/modules/auth/libauthdb_lua.so",
     "/usr/lib/dovecot/modules/lib20_quota_clone_plugin.so",
     "/usr/share/lua/5.4/socket.lua",
-    "/usr/lib/x86_64-linux-gnu/lua/5.4/cjson.so",
 ];
 
 /// The Lua passdb/userdb bridge ramdir ships for Dovecot 2.4.
@@ -126,8 +126,22 @@ pub fn require_dovecot_on(flavor: Flavor) {
     for user in ["dovecot", "dovenull"] {
         flavor.user(user);
     }
-    if flavor.dovecot_24() && !lua_bridge().is_file() {
-        panic!("{} is missing", lua_bridge().display());
+    if flavor.dovecot_24() {
+        // /usr/lib/<multiarch triplet>/lua/5.4/cjson.so
+        let cjson = std::fs::read_dir(flavor.host_path(Path::new("/usr/lib")))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("lua/5.4/cjson.so").is_file());
+        if !cjson {
+            panic!(
+                "lua-cjson (Lua 5.4) is missing ({flavor}): run scripts/install-test-deps.sh \
+                 (as root) first"
+            );
+        }
+        if !lua_bridge().is_file() {
+            panic!("{} is missing", lua_bridge().display());
+        }
     }
 }
 

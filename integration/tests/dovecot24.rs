@@ -20,6 +20,8 @@
 //! - a per-user limit given in 2.4's spelling and one in 2.3's: the limit
 //!   Dovecot enforces is the one ramdir's `explain` shows and its policy
 //!   service applies;
+//! - a user at the limit is refused at LMTP (4xx), yet can still copy and
+//!   move mail to Trash (ramdir's folder rule in 2.4's form);
 //! - ramdir stopped: an internal auth failure, LMTP 4xx, Postfix defers,
 //!   nothing bounces.
 //!
@@ -29,7 +31,8 @@
 use std::collections::BTreeMap;
 
 use ramdir_integration::dovecot::{
-    DovecotQuota, Imap, MailStack, MailStackOptions, Usage, message, send_message, wait_for_mail,
+    DovecotQuota, Imap, MailStack, MailStackOptions, MaildirUsage, Usage, message, send_message,
+    wait_for_mail,
 };
 use ramdir_integration::quota::{
     Attempt, Checker, attempt, delete_queue, enable_quota_listeners, queue, use_checker,
@@ -44,6 +47,7 @@ bob@example.org:{PLAIN}bob-pw:5000:5000::::userdb_quota_storage_size=3M
 carol@example.org:{PLAIN}carol-pw:5000:5000::::userdb_quota_rule=*:storage=2M
 dis@example.org:{PLAIN}dis-pw:5000:5000::::nologin
 erin@other.test:{PLAIN}erin-pw:5000:5000::::
+full@example.org:{PLAIN}full-pw:5000:5000::::userdb_quota_storage_size=1M
 ";
 
 const ALIASES: &str = "\
@@ -54,12 +58,13 @@ info@example.org alice@example.org
 const DOMAINS: &str = "example.org\nother.test\ncatch.test\n";
 
 /// Every login of [`USERS`], sorted.
-const ALL_USERS: [&str; 5] = [
+const ALL_USERS: [&str; 6] = [
     "alice@example.org",
     "bob@example.org",
     "carol@example.org",
     "dis@example.org",
     "erin@other.test",
+    "full@example.org",
 ];
 
 /// A default other than ramdir's built-in 10G, and a folder rule.
@@ -496,4 +501,76 @@ fn ramdir_stopped_means_temporary_failures_only() {
         fate.summary
     );
     delete_queue(pf);
+}
+
+#[test]
+fn a_full_user_is_refused_but_can_still_move_mail_to_trash() {
+    let s = start(false);
+    let full = "full@example.org"; // quota_storage_size=1M, Trash +500M, grace 100K
+    let limit: i64 = 1 << 20;
+
+    // ~300 KB messages: three fit under 1 MiB, the fourth would pass
+    // limit + grace and is refused (a 4xx: quota_full_tempfail = yes).
+    for n in 0..3 {
+        s.lmtp_deliver_ok(full, &message(&format!("f{n}"), 300_000));
+    }
+    let out = s.lmtp_deliver(full, &message("f3", 300_000));
+    let refusal = out
+        .refusal()
+        .unwrap_or_else(|| panic!("a delivery past the limit was accepted: {out}"));
+    assert!(
+        refusal.code == 452 && refusal.text.contains("4.2.2"),
+        "over-quota LMTP delivery: expected 452 4.2.2, got {out}"
+    );
+    assert_mirror_matches(&s, full, "after the refused delivery");
+
+    // Under the limit before saving, a message may overshoot by the grace.
+    s.lmtp_deliver_ok(full, &message("f4-grace", 150_000));
+    let at_limit = assert_mirror_matches(&s, full, "after the grace delivery");
+    assert!(
+        at_limit.storage.unwrap_or_default() > limit,
+        "now over the limit: {at_limit}"
+    );
+
+    // Over the limit: refused already at RCPT (lmtp_rcpt_check_quota).
+    let out = s.lmtp_deliver(full, &message("f5", 1_000));
+    assert!(
+        out.rcpts.first().is_some_and(|r| r.code == 452),
+        "an over-quota user must be refused at RCPT with a 452: {out}"
+    );
+
+    // IMAP: Trash has +500M, so copying and moving mail there works.
+    let mut i = s.dovecot.imap_login(full, "full-pw");
+    let r = i.command("CREATE Trash").expect("CREATE");
+    assert!(r.is_ok(), "CREATE Trash: {r}");
+    let r = i.select("INBOX").expect("SELECT");
+    assert!(
+        r.is_ok() && r.untagged.iter().any(|l| l == "* 4 EXISTS"),
+        "SELECT INBOX: {r}"
+    );
+    let r = i.command("COPY 1 Trash").expect("COPY");
+    assert!(r.is_ok(), "COPY to Trash of a user over the limit: {r}");
+    let after_copy = assert_mirror_matches(&s, full, "after COPY to Trash");
+    assert_eq!(after_copy.messages, Some(5));
+    assert!(after_copy.storage > at_limit.storage);
+    let r = i.command("MOVE 2 Trash").expect("MOVE");
+    assert!(r.is_ok(), "MOVE to Trash of a user over the limit: {r}");
+    assert_mirror_matches(&s, full, "after MOVE to Trash");
+
+    // INBOX itself stays closed.
+    let r = i.append("INBOX", &message("f6", 2_000)).expect("APPEND");
+    assert_eq!(r.status, "NO", "APPEND to a full INBOX: {r}");
+    let _ = i.logout();
+    let trash = MaildirUsage::of(&s.maildir(full).join(".Trash"));
+    assert_eq!(
+        trash.messages, 2,
+        "Trash holds the copied and the moved message"
+    );
+    assert_mirror_matches(&s, full, "at the end");
+    let trouble = s.dovecot.trouble();
+    assert!(
+        trouble.is_empty(),
+        "Dovecot logged trouble:\n{}",
+        trouble.join("\n")
+    );
 }

@@ -20,6 +20,11 @@
 //!    being authoritative, so misses go to the fallback (or get "temporary")
 //!    instead of a wrong "not found".
 //!
+//! An address two entries claim is ambiguous until one claim is left (see
+//! [`crate::index`]); each new conflict is logged once, with every
+//! claimant's DN (looked up by entryUUID where not known), and counted in
+//! [`LdapSource::status`].
+//!
 //! ldap3's sync control parsers `panic!` on malformed input (protocols.md
 //! G20): every parse runs under `catch_unwind`, and a malformed control
 //! ends the session like a network error.

@@ -79,6 +79,18 @@ pub enum Kind {
     /// An address several source entries claim; the value is the claim
     /// count in decimal. Every lookup reaching it fails temporarily.
     Ambiguous = 5,
+    /// Dovecot passdb fields of an enabled login (`ffi/dovecot`): the
+    /// value is `name, value, name, value…`, NUL-separated, starting with
+    /// `password` (`{SCHEME}hash`) or `nologin`.
+    Passdb = 6,
+    /// Dovecot 2.3 userdb fields of a login (`quota_rule*` spelling), as
+    /// for [`Kind::Passdb`].
+    Userdb23 = 7,
+    /// Dovecot 2.4 userdb fields of a login (`quota_storage_size` spelling).
+    Userdb24 = 8,
+    /// An address that may log in as the one login it delivers to
+    /// (`alias_logins`); the value is that login.
+    LoginAlias = 9,
 }
 
 /// Whether a table file stands alone or amends a base.
@@ -386,6 +398,23 @@ impl<'a> TableFile<'a> {
             key_nul: &data[key_start..=key_end],
             value,
         })
+    }
+
+    /// Every record of `kind`, in file order (Dovecot's user iteration).
+    /// Stops at the first record that does not parse.
+    pub fn for_each(&self, kind: Kind, mut f: impl FnMut(Record<'a>)) -> Result<(), FormatError> {
+        let end = self.header.delim_off;
+        let mut pos = 0u64;
+        while pos < end {
+            let r = self.record(pos)?;
+            if self.data().get(pos as usize) == Some(&(kind as u8)) {
+                f(r);
+            }
+            let len = RECORD_HEAD + r.key.len() + 1 + r.value.len() + 1;
+            // Strictly increasing: a hostile file cannot make this loop.
+            pos = (pos + len as u64).next_multiple_of(8);
+        }
+        Ok(())
     }
 
     /// The record for `key` of `kind`, if the file has one.

@@ -1,0 +1,365 @@
+//! Real Dovecot with ramdir's in-process auth module (`libauthdb_ramdir.so`,
+//! `ffi/dovecot`): passdb and userdb `driver = ramdir` on the snapshot files
+//! ramdir publishes under `[dovecot_map]`, configured exactly as
+//! docs/dovecot-module.md gives it; the quota part stays on ramdir's dict.
+//!
+//! Shown here on Dovecot 2.3 (Debian 12): `doveadm auth test`
+//! right/wrong/unknown, IMAP LOGIN, a disabled user refused, `doveadm user`
+//! with 2.3's quota fields, `doveadm user '*'`, LMTP delivery through
+//! Postfix, a user added in a file authenticating within a second with the
+//! same auth process, corrupt and not-authoritative snapshots giving an
+//! internal failure (LMTP 4xx) and never "unknown user", and the files
+//! Postfix can read holding no password or hash.
+//!
+//! Needs root, the packages from `scripts/install-test-deps.sh` and the
+//! builds: `cargo build -p ramdir -p dovecot-ramdir` (or `RAMDIR_BIN`,
+//! `RAMDIR_DOVECOT_MODULE`). The module is installed in Dovecot's auth
+//! module directory while a test runs and removed afterwards.
+
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ramdir_integration::dovecot::{
+    MailStack, MailStackOptions, message, send_message, wait_for_mail,
+};
+use ramdir_integration::{DirectoryContent, process_alive, write_atomic};
+
+const USERS: &str = "\
+alice@example.org:{PLAIN}alice-pw:5000:5000::::
+bob@example.org:{SHA512-CRYPT}$6$saltsalt$pkqyANKCAOeeWmhwck54C3T3yfOcxtv2K7HRyENLnWZ7yyDavjLd4EW0gHFSoFy3UA9KPX5OWMFUPq6bZ6U9..:5000:5000::::userdb_quota_rule=*:storage=100K
+dis@example.org:{PLAIN}dis-pw:5000:5000::::nologin
+erin@other.test:{PLAIN}erin-pw:5000:5000::::
+";
+/// bob's password (the SHA512-CRYPT hash above).
+const BOB_PW: &str = "bob-pw";
+
+const ALL_USERS: [&str; 4] = [
+    "alice@example.org",
+    "bob@example.org",
+    "dis@example.org",
+    "erin@other.test",
+];
+
+fn content() -> DirectoryContent {
+    DirectoryContent {
+        users: USERS.into(),
+        aliases: "info@example.org alice@example.org\n".into(),
+        domains: "example.org\nother.test\n".into(),
+        senders: String::new(),
+    }
+}
+
+fn start(postfix: bool) -> MailStack {
+    MailStack::start(
+        &content(),
+        &MailStackOptions {
+            directory_extra: "default_quota = \"2G\"\n".into(),
+            postfix,
+            auth_module: true,
+            ..Default::default()
+        },
+    )
+}
+
+fn auth_test_raw(s: &MailStack, user: &str, password: &str) -> (Option<i32>, String) {
+    let out = s.dovecot.doveadm(&["auth", "test", user, password]);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Whether `doveadm auth test` reported an internal failure (2.3:
+/// `code=temp_fail`; 2.4: "internal failure").
+fn tempfailed(text: &str) -> bool {
+    text.contains("temp_fail") || text.contains("internal")
+}
+
+/// The pid of this instance's auth process (the master's child running
+/// `auth`, not an auth-worker).
+fn auth_pid(s: &MailStack) -> i32 {
+    let master = s.dovecot.master_pid().expect("master pid");
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if ppid == Some(master) && comm.trim() == "auth" {
+            return pid;
+        }
+    }
+    panic!("no dovecot/auth child of master {master}");
+}
+
+fn map_dir(s: &MailStack) -> &Path {
+    s.dovecot_map
+        .as_deref()
+        .expect("stack with the auth module")
+}
+
+/// The control word (`generation << 8 | state`) of a map directory.
+fn control_word(map: &Path) -> u64 {
+    let f = std::fs::File::open(map.join("control")).expect("open control");
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, 16).expect("read control");
+    u64::from_le_bytes(b)
+}
+
+/// Announce generation `g` with these bytes as its file.
+fn announce(map: &Path, g: u64, bytes: &[u8]) {
+    std::fs::write(map.join(format!("snap-{g:016x}")), bytes).expect("write snap");
+    std::fs::set_permissions(
+        map.join(format!("snap-{g:016x}")),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod snap");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(map.join("control"))
+        .expect("open control");
+    f.write_all_at(&(g << 8).to_le_bytes(), 16)
+        .expect("write control");
+}
+
+/// The file of the current generation with the header's authoritative flag
+/// cleared (and the checksum redone): what ramdir writes while an LDAP
+/// source is loading or has lost its sync.
+fn not_authoritative(good: &[u8], g: u64) -> Vec<u8> {
+    let mut b = good.to_vec();
+    // generation at 16 (and a base names itself at 24), flags at 72,
+    // FNV-1a 64 of bytes 0..120 at 120 (ffi/snapshot/src/format.rs).
+    b[16..24].copy_from_slice(&g.to_le_bytes());
+    b[24..32].copy_from_slice(&g.to_le_bytes());
+    let flags = u64::from_le_bytes(b[72..80].try_into().expect("8 bytes")) & !1;
+    b[72..80].copy_from_slice(&flags.to_le_bytes());
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in &b[..120] {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    b[120..128].copy_from_slice(&h.to_le_bytes());
+    b
+}
+
+#[test]
+fn passdb_and_userdb_through_the_module() {
+    let s = start(false);
+    let d = &s.dovecot;
+
+    // doveadm auth test: right, wrong, unknown, case-folded, a crypt scheme.
+    assert!(d.auth_test("alice@example.org", "alice-pw"), "alice");
+    assert!(d.auth_test("Alice@Example.ORG", "alice-pw"), "case");
+    assert!(d.auth_test("bob@example.org", BOB_PW), "bob, SHA512-CRYPT");
+    assert!(!d.auth_test("bob@example.org", "alice-pw"), "bob, wrong");
+    assert!(!d.auth_test("alice@example.org", "wrong"), "wrong password");
+    let (rc, text) = auth_test_raw(&s, "nobody@example.org", "x");
+    assert!(
+        rc != Some(0) && text.contains("auth failed") && !tempfailed(&text),
+        "unknown user: {rc:?} {text}"
+    );
+    // A disabled (nologin) user cannot log in, but keeps its userdb.
+    assert!(!d.auth_test("dis@example.org", "dis-pw"), "disabled user");
+    assert!(
+        d.user("dis@example.org").is_some(),
+        "disabled user's userdb"
+    );
+
+    // IMAP LOGIN (PLAIN over the auth client protocol).
+    let mut i = d.imap_login("alice@example.org", "alice-pw");
+    assert!(i.select("INBOX").expect("SELECT").is_ok());
+    let _ = i.logout();
+    let r = ramdir_integration::dovecot::Imap::connect(d.imap_addr())
+        .and_then(|mut i| i.login("dis@example.org", "dis-pw"))
+        .expect("IMAP LOGIN");
+    assert!(!r.is_ok(), "disabled user logged in over IMAP: {r}");
+
+    // doveadm user: the fields, 2.3's quota names.
+    let u = d.user("bob@example.org").expect("bob's userdb");
+    assert_eq!(u.get("uid").map(String::as_str), Some("5000"), "{u:?}");
+    assert_eq!(u.get("gid").map(String::as_str), Some("5000"), "{u:?}");
+    assert_eq!(
+        u.get("quota_rule").map(String::as_str),
+        Some("*:storage=102400B"),
+        "{u:?}"
+    );
+    assert!(!u.contains_key("quota_storage_size"), "{u:?}");
+    let a = d.user("alice@example.org").expect("alice's userdb");
+    assert_eq!(
+        a.get("quota_rule").map(String::as_str),
+        Some("*:storage=2147483648B"),
+        "{a:?}"
+    );
+    assert!(
+        a.get("home")
+            .is_some_and(|h| h.ends_with("/example.org/alice")),
+        "{a:?}"
+    );
+    assert!(
+        d.user("nobody@example.org").is_none(),
+        "unknown user's userdb"
+    );
+
+    // doveadm user '*': every user, through the module's iteration.
+    let mut all = d.list_users("*");
+    all.sort();
+    assert_eq!(all, ALL_USERS, "doveadm user '*'");
+
+    // The module is what answered: loaded in the auth process.
+    let pid = auth_pid(&s);
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    assert!(
+        maps.contains("libauthdb_ramdir.so"),
+        "auth {pid} has not loaded the module"
+    );
+}
+
+#[test]
+fn live_changes_and_failures_keep_the_auth_process_and_never_say_unknown() {
+    let s = start(false);
+    let d = &s.dovecot;
+    assert!(d.auth_test("alice@example.org", "alice-pw"));
+    let pid = auth_pid(&s);
+
+    // A user added to a source file logs in within a second, same process.
+    let mut users = USERS.to_string();
+    users.push_str("dave@example.org:{PLAIN}dave-pw:5000:5000::::\n");
+    write_atomic(&s.files.users, &users);
+    s.ramdir.reload();
+    let t = Instant::now();
+    while !d.auth_test("dave@example.org", "dave-pw") {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "dave not authenticated within 1 s of the reload"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("dave authenticated {:?} after the reload", t.elapsed());
+    assert_eq!(auth_pid(&s), pid, "the auth process changed");
+
+    // Not authoritative: a miss is an internal failure, a hit still answers.
+    let map = map_dir(&s).to_path_buf();
+    let g = control_word(&map) >> 8;
+    let good = std::fs::read(map.join(format!("snap-{g:016x}"))).expect("read snap");
+    announce(&map, g + 1, &not_authoritative(&good, g + 1));
+    assert!(
+        d.auth_test("alice@example.org", "alice-pw"),
+        "a hit while not authoritative"
+    );
+    let (rc, text) = auth_test_raw(&s, "nobody@example.org", "x");
+    assert!(
+        rc != Some(0) && tempfailed(&text),
+        "unknown user while not authoritative: {rc:?} {text}"
+    );
+    let out = s.lmtp_deliver("nobody@example.org", &message("na", 500));
+    let refusal = out.refusal().expect("LMTP must refuse");
+    assert!(
+        (400..500).contains(&refusal.code),
+        "LMTP to an unknown user while not authoritative: {out}"
+    );
+
+    // Corrupt, truncated, empty: internal failure for everyone, LMTP 4xx.
+    let mut corrupt = good.clone();
+    for b in &mut corrupt[130..good.len().min(4000)] {
+        *b ^= 0x5a;
+    }
+    let damaged: [(&str, Vec<u8>); 3] = [
+        ("corrupt", corrupt),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (i, (what, bytes)) in damaged.iter().enumerate() {
+        announce(&map, g + 2 + i as u64, bytes);
+        for user in ["alice@example.org", "nobody@example.org"] {
+            let (rc, text) = auth_test_raw(&s, user, "alice-pw");
+            assert!(
+                rc != Some(0) && tempfailed(&text),
+                "{what} snapshot, {user}: {rc:?} {text}"
+            );
+            let out = s.lmtp_deliver(user, &message(what, 500));
+            let refusal = out
+                .refusal()
+                .unwrap_or_else(|| panic!("{what}: LMTP must refuse {user}"));
+            assert!(
+                (400..500).contains(&refusal.code),
+                "{what} snapshot, LMTP to {user}: {out}"
+            );
+        }
+        let users = d.doveadm(&["user", "*"]);
+        assert!(
+            !users.status.success(),
+            "{what}: doveadm user '*' must fail"
+        );
+    }
+    assert!(process_alive(pid), "auth {pid} died");
+    assert_eq!(auth_pid(&s), pid, "the auth process changed");
+
+    // ramdir publishes again: the same process answers.
+    users.push_str("erin2@other.test:{PLAIN}erin2-pw:5000:5000::::\n");
+    write_atomic(&s.files.users, &users);
+    s.ramdir.reload();
+    let t = Instant::now();
+    while !d.auth_test("erin2@other.test", "erin2-pw") {
+        assert!(t.elapsed() < Duration::from_secs(5), "no recovery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.auth_test("alice@example.org", "alice-pw"));
+    assert_eq!(auth_pid(&s), pid, "the auth process changed");
+    let log = d.log_text();
+    assert!(
+        !log.contains("Panic") && !log.contains("Fatal"),
+        "Dovecot log:\n{log}"
+    );
+}
+
+#[test]
+fn lmtp_delivery_through_postfix_and_nothing_postfix_reads_holds_a_hash() {
+    let s = start(true);
+    let pf = s.postfix();
+    let token = "module-lmtp";
+    send_message(pf, &["alice@example.org"], token, 2_000);
+    let got = wait_for_mail(pf, &s.dovecot, &s.maildir("alice@example.org"), token);
+    assert!(got.is_file());
+
+    // The map files: group dovecot, not readable by others; Postfix's
+    // user is neither owner nor in the group.
+    let map = map_dir(&s);
+    let dovecot_gid = ramdir_integration::dovecot::dovecot_gid(s.dovecot.flavor());
+    for e in std::fs::read_dir(map).expect("map dir").flatten() {
+        let m = e.metadata().expect("stat");
+        assert_eq!(m.mode() & 0o007, 0, "{:?} is readable by others", e.path());
+        assert_eq!(m.gid(), dovecot_gid, "{:?} group", e.path());
+    }
+    // Every file a Postfix process could open: the spool and the Postfix
+    // config hold no password or hash of the directory.
+    let secrets = ["alice-pw", "{PLAIN}", "$6$saltsalt", "{SHA512-CRYPT}"];
+    let mut stack = vec![pf.spool().to_path_buf(), pf.etc().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if m.is_file() {
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
+            for sec in secrets {
+                assert!(!text.contains(sec), "{} holds {sec:?}", p.display());
+            }
+        }
+    }
+}

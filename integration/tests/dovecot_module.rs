@@ -21,9 +21,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{
-    MailStack, MailStackOptions, message, send_message, wait_for_mail,
+    Dovecot, MailStack, MailStackOptions, ModuleInstall, dovecot_gid, message, require_dovecot_on,
+    send_message, wait_for_mail,
 };
-use ramdir_integration::{DirectoryContent, process_alive, write_atomic};
+use ramdir_integration::slapd::{
+    self, RamdirStats, Slapd, user_ldif, user_mail, user_password, write_secret,
+};
+use ramdir_integration::{
+    DirectoryContent, Flavor, Ramdir, StackDir, WAIT, process_alive, set_mode, write_atomic,
+};
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::::
@@ -80,10 +86,9 @@ fn tempfailed(text: &str) -> bool {
     text.contains("temp_fail") || text.contains("internal")
 }
 
-/// The pid of this instance's auth process (the master's child running
-/// `auth`, not an auth-worker).
-fn auth_pid(s: &MailStack) -> i32 {
-    let master = s.dovecot.master_pid().expect("master pid");
+/// [`auth_pid`] for a bare [`Dovecot`].
+fn auth_pid_of(d: &Dovecot) -> i32 {
+    let master = d.master_pid().expect("master pid");
     for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -98,7 +103,13 @@ fn auth_pid(s: &MailStack) -> i32 {
             return pid;
         }
     }
-    panic!("no dovecot/auth child of master {master}");
+    panic!("no auth child of master {master}");
+}
+
+/// The pid of this instance's auth process (the master's child running
+/// `auth`, not an auth-worker).
+fn auth_pid(s: &MailStack) -> i32 {
+    auth_pid_of(&s.dovecot)
 }
 
 fn map_dir(s: &MailStack) -> &Path {
@@ -362,4 +373,123 @@ fn lmtp_delivery_through_postfix_and_nothing_postfix_reads_holds_a_hash() {
             }
         }
     }
+}
+
+/// LDAP as the source: a user added in LDAP logs in within a second with
+/// the same auth process; when the LDAP sync is lost and ramdir is no
+/// longer authoritative, an unknown name is an internal failure (LMTP
+/// 4xx), never "unknown user", while known users keep logging in.
+#[test]
+fn ldap_users_are_live_and_a_lost_sync_tempfails_unknown_names() {
+    let flavor = Flavor::Debian12;
+    require_dovecot_on(flavor);
+    slapd::require_slapd();
+    let dir = StackDir::for_flavor(flavor);
+    let mut slapd = Slapd::start(&dir, &format!("{}{}", slapd::base_ldif(), user_ldif(1)));
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).expect("mkdir run");
+    set_mode(&run, 0o755);
+    let secret = dir.join("ldap.secret");
+    write_secret(&secret, slapd::SVC_PW, 0o600);
+    let (dict_socket, stats_socket) = (run.join("dict.sock"), run.join("stats.sock"));
+    let socketmap = run.join("socketmap.sock");
+    let map = run.join("dovecot-map");
+    let config = dir.join("ramdir.toml");
+    write_atomic(
+        &config,
+        &format!(
+            "[directory]\nhome_template = \"{}/%d/%n\"\n\n\
+             [socketmap]\nlisten = \"unix:{}\"\nmode = \"0666\"\n\n\
+             [dict]\nlisten = \"unix:{}\"\nmode = \"0666\"\n\n\
+             [quota]\nstore = \"{}\"\n\n\
+             [stats]\nlisten = \"unix:{}\"\n\n\
+             [dovecot_map]\ndirectory = \"{}\"\ngroup = \"{}\"\n\n{}",
+            dir.join("dv/mail").display(),
+            socketmap.display(),
+            dict_socket.display(),
+            dir.join("quota.redb").display(),
+            stats_socket.display(),
+            map.display(),
+            dovecot_gid(flavor),
+            slapd.ramdir_section(&slapd.ldapi_url(), &secret, "sync_lost_after_secs = 1\n"),
+        ),
+    );
+    let _module = ModuleInstall::new(flavor);
+    let ramdir = Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"));
+    let stats = || RamdirStats::get(&stats_socket);
+    let t = Instant::now();
+    while !(stats().authoritative() && map.join("control").exists()) {
+        assert!(
+            t.elapsed() < WAIT,
+            "ramdir not in sync:\n{}",
+            ramdir.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut dovecot = Dovecot::prepare_with(&dir, &dict_socket, "", Some(&map));
+    dovecot.start();
+    let u1 = user_mail(1);
+    let t = Instant::now();
+    while !dovecot.auth_test(&u1, &user_password(1)) {
+        assert!(
+            t.elapsed() < WAIT,
+            "{u1} never authenticated:\n{}",
+            dovecot.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = auth_pid_of(&dovecot);
+
+    // A user added in LDAP: logged in within a second, same auth process.
+    slapd.ldapadd(&user_ldif(2));
+    let (u2, t) = (user_mail(2), Instant::now());
+    while !dovecot.auth_test(&u2, &user_password(2)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{u2} not authenticated within 1 s of the LDAP add"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("LDAP user authenticated {:?} after the add", t.elapsed());
+    assert_eq!(auth_pid_of(&dovecot), pid, "the auth process changed");
+    let unknown = "nobody@example.org";
+    let out = dovecot.doveadm(&["auth", "test", unknown, "x"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success() && !tempfailed(&text),
+        "in sync, unknown: {text}"
+    );
+
+    // LDAP gone: once ramdir is not authoritative, a miss is a tempfail.
+    slapd.stop();
+    let t = Instant::now();
+    loop {
+        let out = dovecot.doveadm(&["auth", "test", unknown, "x"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if tempfailed(&text) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "still a final 'unknown' after the LDAP loss: {text}\n{}",
+            stats().raw
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!stats().authoritative(), "{}", stats().raw);
+    let mut l = dovecot.lmtp();
+    let out = l
+        .send("sender@outside.test", &[unknown], &message("lost", 500))
+        .expect("LMTP");
+    let refusal = out.refusal().expect("LMTP must refuse");
+    assert!(
+        (400..500).contains(&refusal.code),
+        "LMTP while not authoritative: {out}"
+    );
+    assert!(
+        dovecot.auth_test(&u1, &user_password(1)),
+        "a known user while not authoritative"
+    );
+    assert_eq!(auth_pid_of(&dovecot), pid, "the auth process changed");
+    dovecot.stop();
 }

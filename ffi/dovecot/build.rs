@@ -58,7 +58,7 @@ fn main() {
         .clang_arg(format!("-I{include}"))
         .clang_arg("-DHAVE_CONFIG_H")
         .allowlist_type("passdb_module_interface|userdb_module_interface|passdb_module|userdb_module|userdb_iterate_context|auth_request")
-        .allowlist_function("passdb_register_module|passdb_unregister_module|userdb_register_module|userdb_unregister_module|auth_request_set_field|auth_request_set_userdb_field|auth_request_password_verify|passdb_handle_credentials|auth_request_log_error|auth_request_log_unknown_user|auth_request_log_info|auth_request_log_debug|e_error")
+        .allowlist_function("passdb_register_module|passdb_unregister_module|userdb_register_module|userdb_unregister_module|auth_request_set_field|auth_request_set_userdb_field|auth_request_password_verify|passdb_handle_credentials|auth_request_log_error|auth_request_log_unknown_user|auth_request_db_log_unknown_user|auth_request_db_password_verify|auth_request_log_info|auth_request_log_debug|e_error")
         .allowlist_var("auth_default_subsystems|PASSDB_RESULT_.*|USERDB_RESULT_.*")
         .layout_tests(false)
         .derive_debug(false)

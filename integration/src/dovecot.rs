@@ -206,12 +206,16 @@ impl Dovecot {
             std::fs::copy(lua_bridge(), &lua).unwrap_or_else(|e| {
                 panic!("copy {} to {}: {e}", lua_bridge().display(), lua.display())
             });
-            dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra)
+            let conf = dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra);
+            match module_map {
+                Some(m) => with_auth_module(&conf, m, true),
+                None => conf,
+            }
         } else {
             write_atomic(&auth_ext, &auth_ext_text(dict_socket));
             let conf = dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra);
             match module_map {
-                Some(m) => with_auth_module(&conf, m),
+                Some(m) => with_auth_module(&conf, m, false),
                 None => conf,
             }
         };
@@ -751,37 +755,44 @@ const DOC_DICT_SOCKET: &str = "/run/ramdir/dict.sock";
 const DOC_MODULE_MAP: &str = "/run/ramdir/dovecot";
 /// docs/dovecot-module.md's 2.3 section.
 const DOC_MODULE_23_HEADING: &str = "## dovecot.conf (Dovecot 2.3, Debian 12)";
+/// docs/dovecot-module.md's 2.4 section.
+const DOC_MODULE_24_HEADING: &str = "## dovecot.conf (Dovecot 2.4, Debian 13)";
 
-/// `conf` with its `passdb { }` and `userdb { }` sections replaced by the
-/// module's, exactly as docs/dovecot-module.md gives them (map directory
-/// replaced by `map`).
-fn with_auth_module(conf: &str, map: &Path) -> String {
-    let module = documented_block_in(
-        "dovecot-module.md",
-        DOC_MODULE_23_HEADING,
-        "driver = ramdir",
-    );
+/// `conf` with its `passdb … { }` and `userdb … { }` sections replaced by
+/// the module's, exactly as docs/dovecot-module.md gives them for the
+/// version (map directory replaced by `map`).
+fn with_auth_module(conf: &str, map: &Path, v24: bool) -> String {
+    let heading = if v24 {
+        DOC_MODULE_24_HEADING
+    } else {
+        DOC_MODULE_23_HEADING
+    };
+    let module = documented_block_in("dovecot-module.md", heading, "driver = ramdir");
     assert!(
         module.contains(DOC_MODULE_MAP),
-        "docs/dovecot-module.md's 2.3 block no longer names {DOC_MODULE_MAP}"
+        "docs/dovecot-module.md's {heading:?} block no longer names {DOC_MODULE_MAP}"
     );
     let module = module.replace(DOC_MODULE_MAP, &map.display().to_string());
     let mut out = String::new();
-    let mut skipping = false;
+    // Brace depth inside a skipped section (0: not skipping).
+    let mut depth = 0usize;
     let mut replaced = false;
     for line in conf.lines() {
-        if !skipping && (line.starts_with("passdb {") || line.starts_with("userdb {")) {
-            skipping = true;
+        let opens = line.matches('{').count();
+        let closes = line.matches('}').count();
+        let section = line.starts_with("passdb ") || line.starts_with("userdb ");
+        if depth == 0 && section && opens > closes {
+            depth = opens - closes;
             if !replaced {
-                out.push_str("# ---- docs/dovecot-module.md, 2.3 ----\n");
+                out.push_str("# ---- docs/dovecot-module.md ----\n");
                 out.push_str(&module);
                 out.push_str("# ---- end ----\n");
                 replaced = true;
             }
             continue;
         }
-        if skipping {
-            skipping = line.trim() != "}";
+        if depth > 0 {
+            depth = (depth + opens).saturating_sub(closes);
             continue;
         }
         out.push_str(line);
@@ -812,7 +823,9 @@ pub const AUTH_MODULE_DIR: &str = "/usr/lib/dovecot/modules/auth";
 
 /// The built `libauthdb_ramdir.so` for `flavor`: `$RAMDIR_DOVECOT_MODULE`
 /// (Debian 12) / `$RAMDIR_DOVECOT24_MODULE` (Debian 13) when set, else
-/// next to the ramdir binary (`cargo build -p dovecot-ramdir`).
+/// the workspace build: next to the ramdir binary for 2.3 (`cargo build -p
+/// dovecot-ramdir`), under `target/dovecot-2.4/<profile>/` for 2.4
+/// (`scripts/build-dovecot24-module.sh`).
 pub fn module_so(flavor: Flavor) -> PathBuf {
     let var = if flavor.dovecot_24() {
         "RAMDIR_DOVECOT24_MODULE"
@@ -822,17 +835,31 @@ pub fn module_so(flavor: Flavor) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
-    let p = crate::ramdir::ramdir_bin().with_file_name("libauthdb_ramdir.so");
+    let bin = crate::ramdir::ramdir_bin();
+    let p = if flavor.dovecot_24() {
+        // target/<profile>/ramdir → target/dovecot-2.4/<profile>/…
+        let profile_dir = bin.parent().unwrap_or(Path::new("."));
+        let profile = profile_dir.file_name().unwrap_or_default();
+        let target = profile_dir.parent().unwrap_or(Path::new("."));
+        target
+            .join("dovecot-2.4")
+            .join(profile)
+            .join("libauthdb_ramdir.so")
+    } else {
+        bin.with_file_name("libauthdb_ramdir.so")
+    };
     assert!(
         p.is_file(),
-        "{} not found: run `cargo build -p dovecot-ramdir` (same profile) or set {var}",
+        "{} not found: run `cargo build -p dovecot-ramdir` for Dovecot 2.3, \
+         `scripts/build-dovecot24-module.sh` for 2.4 (same profile), or set {var}",
         p.display()
     );
     p
 }
 
-/// How many live stacks of this process use the installed module.
-static MODULE_USERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+/// How many live stacks of this process use each installed module file.
+static MODULE_USERS: std::sync::Mutex<BTreeMap<PathBuf, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 /// `libauthdb_ramdir.so` installed in Dovecot's auth module directory
 /// (the host's, or the Debian 13 root's) while any stack of this process
@@ -843,15 +870,23 @@ pub struct ModuleInstall {
 }
 
 impl ModuleInstall {
-    /// Install the module for `flavor` (root 0644, as Dovecot's own).
+    /// Install the module built for `flavor` (root 0644, as Dovecot's own).
     pub fn new(flavor: Flavor) -> ModuleInstall {
+        ModuleInstall::file(flavor, &module_so(flavor))
+    }
+
+    /// Install `so` as the module of `flavor`'s Dovecot (a test of a
+    /// module built for another ABI; such a test runs in a test binary of
+    /// its own, so no other test of the process uses the module then).
+    pub fn file(flavor: Flavor, so: &Path) -> ModuleInstall {
         let dir = flavor.host_path_unchecked(Path::new(AUTH_MODULE_DIR));
         let target = dir.join("libauthdb_ramdir.so");
         let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
-        if *users == 0 {
-            install_module(&module_so(flavor), &target);
+        let n = users.entry(target.clone()).or_insert(0);
+        if *n == 0 {
+            install_module(so, &target);
         }
-        *users += 1;
+        *n += 1;
         ModuleInstall { target }
     }
 }
@@ -870,8 +905,9 @@ pub fn install_module(so: &Path, target: &Path) {
 impl Drop for ModuleInstall {
     fn drop(&mut self) {
         let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
-        *users = users.saturating_sub(1);
-        if *users == 0 {
+        let n = users.entry(self.target.clone()).or_insert(1);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
             let _ = std::fs::remove_file(&self.target);
         }
     }

@@ -56,8 +56,7 @@ mod sys {
 }
 
 mod db;
-#[cfg(dovecot_abi = "2.3")]
-mod v23;
+mod glue;
 
 use std::ffi::c_char;
 

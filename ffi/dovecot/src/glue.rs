@@ -1,6 +1,15 @@
-//! The Dovecot 2.3 glue (`src/auth/passdb.h`, `userdb.h` @ 2.3.19): the
-//! module registers one passdb and one userdb interface named `ramdir`;
-//! `preinit(pool, args)` gets the map directory in `args`.
+//! The glue between Dovecot's auth interfaces and [`Db`]: the module
+//! registers one passdb and one userdb interface named `ramdir`.
+//!
+//! Dovecot 2.3 (`src/auth/passdb.h`, `userdb.h` @ 2.3.19.1):
+//! `preinit(pool, args)` gets the map directory in `args`; logging takes a
+//! subsystem string. Dovecot 2.4 (@ 2.4.1): `preinit(pool, event, module_r,
+//! error_r)` has no `args` (settings come from the settings framework, and
+//! a driver's own setting needs a settings plugin of its own), so the map
+//! directory is the environment variable [`MAP_ENV`] (`import_environment`
+//! in dovecot.conf), default [`DEFAULT_MAP`]; logging takes an event;
+//! `auth_request_db_password_verify` returns the passdb result. Everything
+//! else is the same code.
 //!
 //! A module's state is a `#[repr(C)]` struct whose first field is
 //! Dovecot's `passdb_module` / `userdb_module` (as Dovecot's own drivers
@@ -28,8 +37,20 @@ const CACHE_KEY: &CStr = c"%u";
 /// `default_pass_scheme` (required by Dovecot when a cache key is set).
 const PASS_SCHEME: &CStr = c"CRYPT";
 
-/// The userdb records this version reads (2.3 quota names).
+/// The userdb records this version reads (its own quota names).
+#[cfg(dovecot_abi = "2.3")]
 const USERDB: Kind = Kind::Userdb23;
+/// The userdb records this version reads (its own quota names).
+#[cfg(dovecot_abi = "2.4")]
+const USERDB: Kind = Kind::Userdb24;
+
+/// Dovecot 2.4: the environment variable naming the map directory.
+#[cfg(dovecot_abi = "2.4")]
+pub const MAP_ENV: &str = "RAMDIR_DOVECOT_MAP";
+/// Dovecot 2.4: the map directory when [`MAP_ENV`] is not set (the
+/// packaged `[dovecot_map] directory`).
+#[cfg(dovecot_abi = "2.4")]
+pub const DEFAULT_MAP: &str = "/run/ramdir/dovecot";
 
 #[repr(C)]
 struct Passdb {
@@ -53,6 +74,7 @@ struct Iter {
 static PASSDB_IFACE: AtomicPtr<sys::passdb_module_interface> = AtomicPtr::new(null_mut());
 static USERDB_IFACE: AtomicPtr<sys::userdb_module_interface> = AtomicPtr::new(null_mut());
 
+#[cfg(dovecot_abi = "2.3")]
 fn subsystem() -> *const c_char {
     // SAFETY: `auth_default_subsystems` is a 2-byte array exported by the
     // auth binary; AUTH_SUBSYS_DB is its first element's address.
@@ -63,11 +85,89 @@ fn subsystem() -> *const c_char {
 ///
 /// # Safety
 /// `request` is a live auth request.
+#[cfg(dovecot_abi = "2.3")]
 unsafe fn log_error(request: *mut sys::auth_request, msg: &str) {
     let msg = c(msg);
     // SAFETY: a live request, Dovecot's subsystem string, a "%s" format
     // with one C string argument.
     unsafe { sys::auth_request_log_error(request, subsystem(), c"%s".as_ptr(), msg.as_ptr()) }
+}
+
+/// Log `msg` as an error on the request's event (`e_error`; the inline
+/// `authdb_event()` is not callable, and the request's own event carries
+/// the same user and service fields).
+///
+/// # Safety
+/// `request` is a live auth request.
+#[cfg(dovecot_abi = "2.4")]
+unsafe fn log_error(request: *mut sys::auth_request, msg: &str) {
+    let msg = c(msg);
+    // SAFETY: a live request and its event; a "%s" format with one C
+    // string argument; a static file name.
+    unsafe {
+        sys::e_error(
+            (*request).event,
+            c"ramdir".as_ptr(),
+            0,
+            c"%s".as_ptr(),
+            msg.as_ptr(),
+        )
+    }
+}
+
+/// `auth_request_log_unknown_user` as Dovecot's own drivers call it.
+///
+/// # Safety
+/// `request` is a live auth request.
+unsafe fn log_unknown(request: *mut sys::auth_request) {
+    // SAFETY: live request.
+    #[cfg(dovecot_abi = "2.3")]
+    unsafe {
+        sys::auth_request_log_unknown_user(request, subsystem())
+    };
+    // SAFETY: live request.
+    #[cfg(dovecot_abi = "2.4")]
+    unsafe {
+        sys::auth_request_db_log_unknown_user(request)
+    };
+}
+
+/// Dovecot's own password check of `plain` against the stored hash.
+///
+/// # Safety
+/// `request` is a live auth request; `plain` is Dovecot's NUL-terminated
+/// password.
+unsafe fn verify(
+    request: *mut sys::auth_request,
+    plain: *const c_char,
+    hash: &CStr,
+    scheme: &CStr,
+) -> sys::passdb_result {
+    #[cfg(dovecot_abi = "2.3")]
+    {
+        // SAFETY: as documented; our strings outlive the call.
+        let ok = unsafe {
+            sys::auth_request_password_verify(
+                request,
+                plain,
+                hash.as_ptr(),
+                scheme.as_ptr(),
+                subsystem(),
+            )
+        };
+        if ok > 0 {
+            sys::passdb_result_PASSDB_RESULT_OK
+        } else {
+            sys::passdb_result_PASSDB_RESULT_PASSWORD_MISMATCH
+        }
+    }
+    #[cfg(dovecot_abi = "2.4")]
+    {
+        // SAFETY: as documented; our strings outlive the call.
+        unsafe {
+            sys::auth_request_db_password_verify(request, plain, hash.as_ptr(), scheme.as_ptr())
+        }
+    }
 }
 
 /// The name Dovecot asks about.
@@ -151,66 +251,114 @@ unsafe fn log_outcome(request: *mut sys::auth_request, o: &Outcome) {
     match o {
         Outcome::Found(_) => {}
         // SAFETY: live request.
-        Outcome::Unknown => unsafe { sys::auth_request_log_unknown_user(request, subsystem()) },
+        Outcome::Unknown => unsafe { log_unknown(request) },
         // SAFETY: live request.
         Outcome::Failed(e) => unsafe { log_error(request, e) },
     }
 }
 
+fn new_passdb(args: &str) -> *mut sys::passdb_module {
+    // SAFETY: an all-zero passdb_module is what Dovecot's p_new gives its
+    // own drivers (NULL pointers, false, 0).
+    let mut module: sys::passdb_module = unsafe { std::mem::zeroed() };
+    module.default_cache_key = CACHE_KEY.as_ptr();
+    module.default_pass_scheme = PASS_SCHEME.as_ptr();
+    module.blocking = false;
+    Box::into_raw(Box::new(Passdb {
+        module,
+        db: Db::new(args),
+    }))
+    .cast::<sys::passdb_module>()
+}
+
+fn new_userdb(args: &str) -> *mut sys::userdb_module {
+    // SAFETY: all-zero is Dovecot's own p_new initial state.
+    let mut module: sys::userdb_module = unsafe { std::mem::zeroed() };
+    module.default_cache_key = CACHE_KEY.as_ptr();
+    module.blocking = false;
+    Box::into_raw(Box::new(Userdb {
+        module,
+        db: Db::new(args),
+    }))
+    .cast::<sys::userdb_module>()
+}
+
+/// Dovecot 2.3's `args` as text.
+#[cfg(dovecot_abi = "2.3")]
+fn args_of(args: *const c_char) -> String {
+    if args.is_null() {
+        return String::new();
+    }
+    // SAFETY: Dovecot's args string, NUL-terminated.
+    unsafe { CStr::from_ptr(args) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+// A panic in a preinit cannot be reported through Dovecot 2.3's preinit:
+// abort rather than hand Dovecot a null module (it would crash later).
+#[cfg(dovecot_abi = "2.3")]
 unsafe extern "C" fn passdb_preinit(
     _pool: sys::pool_t,
     args: *const c_char,
 ) -> *mut sys::passdb_module {
-    let r = catch_unwind(|| {
-        let args = if args.is_null() {
-            String::new()
-        } else {
-            // SAFETY: Dovecot's args string, NUL-terminated.
-            unsafe { CStr::from_ptr(args) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        // SAFETY: an all-zero passdb_module is what Dovecot's p_new gives
-        // its own drivers (NULL pointers, false, 0).
-        let mut module: sys::passdb_module = unsafe { std::mem::zeroed() };
-        module.default_cache_key = CACHE_KEY.as_ptr();
-        module.default_pass_scheme = PASS_SCHEME.as_ptr();
-        module.blocking = false;
-        Box::into_raw(Box::new(Passdb {
-            module,
-            db: Db::new(&args),
-        }))
-        .cast::<sys::passdb_module>()
-    });
-    // A panic here cannot be reported through Dovecot's preinit; abort
-    // rather than hand Dovecot a null module (it would crash later).
-    r.unwrap_or_else(|_| std::process::abort())
+    catch_unwind(|| new_passdb(&args_of(args))).unwrap_or_else(|_| std::process::abort())
 }
 
+#[cfg(dovecot_abi = "2.3")]
 unsafe extern "C" fn userdb_preinit(
     _pool: sys::pool_t,
     args: *const c_char,
 ) -> *mut sys::userdb_module {
-    let r = catch_unwind(|| {
-        let args = if args.is_null() {
-            String::new()
-        } else {
-            // SAFETY: Dovecot's args string, NUL-terminated.
-            unsafe { CStr::from_ptr(args) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        // SAFETY: all-zero is Dovecot's own p_new initial state.
-        let mut module: sys::userdb_module = unsafe { std::mem::zeroed() };
-        module.default_cache_key = CACHE_KEY.as_ptr();
-        module.blocking = false;
-        Box::into_raw(Box::new(Userdb {
-            module,
-            db: Db::new(&args),
-        }))
-        .cast::<sys::userdb_module>()
-    });
-    r.unwrap_or_else(|_| std::process::abort())
+    catch_unwind(|| new_userdb(&args_of(args))).unwrap_or_else(|_| std::process::abort())
+}
+
+/// Dovecot 2.4: the map directory ([`MAP_ENV`], else [`DEFAULT_MAP`]).
+#[cfg(dovecot_abi = "2.4")]
+fn map_dir() -> String {
+    std::env::var(MAP_ENV).unwrap_or_else(|_| DEFAULT_MAP.to_string())
+}
+
+#[cfg(dovecot_abi = "2.4")]
+unsafe extern "C" fn passdb_preinit(
+    _pool: sys::pool_t,
+    _event: *mut sys::event,
+    module_r: *mut *mut sys::passdb_module,
+    error_r: *mut *const c_char,
+) -> c_int {
+    match catch_unwind(|| new_passdb(&map_dir())) {
+        Ok(m) => {
+            // SAFETY: Dovecot's out-pointer.
+            unsafe { *module_r = m };
+            0
+        }
+        Err(_) => {
+            // SAFETY: Dovecot's out-pointer; a static string.
+            unsafe { *error_r = c"ramdir: passdb preinit failed".as_ptr() };
+            -1
+        }
+    }
+}
+
+#[cfg(dovecot_abi = "2.4")]
+unsafe extern "C" fn userdb_preinit(
+    _pool: sys::pool_t,
+    _event: *mut sys::event,
+    module_r: *mut *mut sys::userdb_module,
+    error_r: *mut *const c_char,
+) -> c_int {
+    match catch_unwind(|| new_userdb(&map_dir())) {
+        Ok(m) => {
+            // SAFETY: Dovecot's out-pointer.
+            unsafe { *module_r = m };
+            0
+        }
+        Err(_) => {
+            // SAFETY: Dovecot's out-pointer; a static string.
+            unsafe { *error_r = c"ramdir: userdb preinit failed".as_ptr() };
+            -1
+        }
+    }
 }
 
 unsafe extern "C" fn verify_plain(
@@ -234,22 +382,8 @@ unsafe extern "C" fn verify_plain(
         };
         let (scheme, hash) = db::split_scheme(&stored);
         let (scheme, hash) = (c(scheme), c(hash));
-        // SAFETY: live request; the plain password is Dovecot's
-        // NUL-terminated string; ours live until the call returns.
-        let ok = unsafe {
-            sys::auth_request_password_verify(
-                request,
-                password,
-                hash.as_ptr(),
-                scheme.as_ptr(),
-                subsystem(),
-            )
-        };
-        if ok > 0 {
-            sys::passdb_result_PASSDB_RESULT_OK
-        } else {
-            sys::passdb_result_PASSDB_RESULT_PASSWORD_MISMATCH
-        }
+        // SAFETY: live request; the plain password is Dovecot's.
+        unsafe { verify(request, password, &hash, &scheme) }
     }));
     let result = r.unwrap_or(sys::passdb_result_PASSDB_RESULT_INTERNAL_FAILURE);
     if let Some(cb) = callback {

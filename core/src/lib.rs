@@ -11,6 +11,9 @@
 //!   and the lock-free [`DirectoryHandle`] readers load once per request.
 //! - [`lookup`]: the lookup semantics (aliases, mailboxes, catch-all, domains,
 //!   sender logins) and [`lookup::Resolution`] for `ramdir explain`.
+//! - [`maps`]: the four Postfix tables (`domains`, `mailboxes`, `aliases`,
+//!   `senders`) and what a lookup in each comes to, shared by the socketmap
+//!   and the in-process plugin.
 //! - [`files`]: the file sources (Dovecot passwd-file, Postfix map sources).
 //!
 //! This crate knows no protocol and does no I/O besides reading source files:
@@ -29,6 +32,7 @@ pub mod directory;
 pub mod fallback;
 pub mod files;
 pub mod lookup;
+pub mod maps;
 pub mod model;
 pub mod quota;
 pub mod table;

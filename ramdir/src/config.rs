@@ -59,6 +59,17 @@ struct RawConfig {
     milter: Option<RawListener>,
     ldap: Option<RawLdap>,
     stats: Option<RawStats>,
+    postfix_map: Option<RawPostfixMap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostfixMap {
+    directory: Spanned<PathBuf>,
+    mode: Option<Spanned<String>>,
+    group: Option<String>,
+    on_stop: Option<Spanned<String>>,
+    postfix_config_directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +109,10 @@ struct RawMapping {
     address: Option<String>,
     aliases: Option<Vec<String>>,
     password: Option<String>,
+    #[serde(alias = "quota_storage_size")]
     quota: Option<String>,
+    quota_message_count: Option<String>,
+    quota_rule: Option<String>,
     enabled: Option<String>,
     uid: Option<String>,
     gid: Option<String>,
@@ -121,6 +135,7 @@ struct RawDict {
     quota_dict: Option<String>,
     alias_logins: Option<bool>,
     disabled_userdb: Option<bool>,
+    quota_namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +201,27 @@ pub struct Config {
     pub ldap: Option<ramdir_ldap::settings::Settings>,
     /// The stats socket, if enabled.
     pub stats: Option<ListenerConfig>,
+    /// The snapshot files for `postfix-ramdir.so`, if enabled.
+    pub postfix_map: Option<PostfixMapConfig>,
+}
+
+/// `[postfix_map]`: where ramdir publishes its tables for the in-process
+/// Postfix plugin (docs/postfix-map.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostfixMapConfig {
+    /// The map directory (`ramdir:<directory>/<table>` in main.cf).
+    pub directory: PathBuf,
+    /// Mode of the files (default 0640: Postfix reads them through `group`).
+    pub mode: u32,
+    /// Group of the directory and its files (e.g. `postfix`); the directory
+    /// gets the set-group-ID bit so new files inherit it.
+    pub group: Option<String>,
+    /// Mark the tables unavailable (Postfix defers) when ramdir stops,
+    /// instead of letting the last generation answer (the default).
+    pub unavailable_on_stop: bool,
+    /// Postfix's `meta_directory`, where `check-config` looks for the
+    /// plugin's `dynamicmaps.cf.d/ramdir` entry (default `/etc/postfix`).
+    pub postfix_config_directory: PathBuf,
 }
 
 /// `[dict]`.
@@ -490,6 +526,8 @@ impl Config {
                         aliases: m.aliases.unwrap_or(d.aliases),
                         password: opt(m.password, d.password),
                         quota: opt(m.quota, d.quota),
+                        quota_message_count: opt(m.quota_message_count, d.quota_message_count),
+                        quota_rule: opt(m.quota_rule, d.quota_rule),
                         enabled: opt(m.enabled, d.enabled),
                         uid: opt(m.uid, d.uid),
                         gid: opt(m.gid, d.gid),
@@ -497,8 +535,10 @@ impl Config {
                         mail: opt(m.mail, d.mail),
                         default_uid: m.default_uid,
                         default_gid: m.default_gid,
+                        default_quota: d.default_quota,
                     };
                 }
+                st.mapping.default_quota = settings.default_quota;
                 Some(st)
             }
         };
@@ -543,7 +583,21 @@ impl Config {
             None => None,
             Some(d) => {
                 let defaults = ramdir_dovecot::service::Settings::default();
+                let quota_namespace = match d.quota_namespace {
+                    None => defaults.quota_namespace,
+                    Some(n) if !ramdir_core::quota::v24_name_ok(n.get_ref()) => {
+                        return Err(err(
+                            n.span(),
+                            format!(
+                                "quota_namespace {:?}: want a namespace name without '/' or '='",
+                                n.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(n) => n.into_inner(),
+                };
                 let settings = ramdir_dovecot::service::Settings {
+                    quota_namespace,
                     auth_dict: d.auth_dict.unwrap_or(defaults.auth_dict),
                     quota_dict: d.quota_dict.unwrap_or(defaults.quota_dict),
                     alias_logins: d.alias_logins.unwrap_or(defaults.alias_logins),
@@ -562,6 +616,49 @@ impl Config {
                     ramdir_dovecot::server::IDLE_TIMEOUT,
                 )?;
                 Some(DictConfig { listener, settings })
+            }
+        };
+        let postfix_map = match raw.postfix_map {
+            None => None,
+            Some(m) => {
+                let mode = match &m.mode {
+                    None => 0o640,
+                    Some(v) => u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777 && m & 0o022 == 0)
+                        .ok_or_else(|| {
+                            err(
+                                v.span(),
+                                format!(
+                                    "mode {:?}: want octal, not group- or world-writable",
+                                    v.get_ref()
+                                ),
+                            )
+                        })?,
+                };
+                let unavailable_on_stop = match &m.on_stop {
+                    None => false,
+                    Some(v) => match v.get_ref().as_str() {
+                        "keep" => false,
+                        "unavailable" => true,
+                        other => {
+                            return Err(err(
+                                v.span(),
+                                format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
+                            ));
+                        }
+                    },
+                };
+                Some(PostfixMapConfig {
+                    directory: abs(m.directory.into_inner()),
+                    mode,
+                    group: m.group,
+                    unavailable_on_stop,
+                    postfix_config_directory: m
+                        .postfix_config_directory
+                        .map(abs)
+                        .unwrap_or_else(|| PathBuf::from("/etc/postfix")),
+                })
             }
         };
         for (section, on) in [
@@ -591,6 +688,7 @@ impl Config {
             milter,
             ldap,
             stats,
+            postfix_map,
         })
     }
 }
@@ -669,7 +767,7 @@ idle_timeout_secs = 300
     #[test]
     fn ldap_section() {
         let c = parse(
-            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\n",
+            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\nquota_storage_size = \"mailQuotaSize\"\nquota_message_count = \"mailQuotaCount\"\nquota_rule = \"mailQuota\"\n[directory]\ndefault_quota = \"1G\"\n",
         )
         .unwrap();
         let l = c.ldap.unwrap();
@@ -683,6 +781,13 @@ idle_timeout_secs = 300
         assert_eq!(l.mapping.enabled, None);
         assert_eq!(l.mapping.address, "mail");
         assert_eq!(l.mapping.default_uid, Some(5000));
+        assert_eq!(l.mapping.quota.as_deref(), Some("mailQuotaSize"));
+        assert_eq!(
+            l.mapping.quota_message_count.as_deref(),
+            Some("mailQuotaCount")
+        );
+        assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
+        assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
@@ -709,13 +814,14 @@ idle_timeout_secs = 300
     #[test]
     fn dict_and_quota_sections() {
         let c = parse(
-            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
+            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\nquota_namespace = \"main\"\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
         )
         .unwrap();
         let d = c.dict.unwrap();
         assert_eq!(d.listener.mode, 0o666);
         assert_eq!(d.settings.auth_dict, "a");
         assert_eq!(d.settings.quota_dict, "quota");
+        assert_eq!(d.settings.quota_namespace, "main");
         assert!(d.settings.alias_logins && d.settings.disabled_userdb);
         let q = c.quota.unwrap();
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
@@ -768,6 +874,11 @@ idle_timeout_secs = 300
                 "[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n",
                 3,
                 "at least 1",
+            ),
+            (
+                "[dict]\nlisten = \"unix:/x\"\nquota_namespace = \"a/b\"\n",
+                3,
+                "without '/'",
             ),
         ] {
             let e = parse(text).unwrap_err();

@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod demo;
 mod listener;
+mod postfix_map;
 mod serve;
 mod stats;
 

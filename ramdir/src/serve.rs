@@ -73,10 +73,11 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         && config.dict.is_none()
         && config.policy.is_none()
         && config.milter.is_none()
+        && config.postfix_map.is_none()
     {
         return Err(format!(
             "{}: nothing to serve: no listener section \
-             ([socketmap], [policy], [milter], [dict]) is configured",
+             ([socketmap], [policy], [milter], [dict], [postfix_map]) is configured",
             config.path.display()
         )
         .into());
@@ -117,6 +118,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 }
 
 async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
+    // Before anything answers: a SIGTERM that arrives while listeners are
+    // still starting must shut down cleanly (and run the shutdown steps).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let handle = Arc::new(DirectoryHandle::new(dir));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -228,9 +234,15 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         servers.spawn(async move { stats::run(listener, h, c, src, stop).await });
     }
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let publisher = match &config.postfix_map {
+        Some(m) => {
+            let p = crate::postfix_map::start(m, handle.clone())?;
+            tracing::info!(directory = %m.directory.display(), "postfix map publishing");
+            Some(p)
+        }
+        None => None,
+    };
+
     let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
     let mut config = config;
     let mut watcher = start_watcher(&config, change_tx.clone());
@@ -270,6 +282,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     if let Some(t) = ldap_task {
         // Lets the LDAP source write its final warm snapshot.
         let _ = t.await;
+    }
+    if let Some(p) = publisher {
+        p.stop();
     }
     for s in &sockets {
         listener::cleanup(s);
@@ -325,6 +340,7 @@ async fn reload(
         || new_cfg.quota != config.quota
         || new_cfg.ldap != config.ldap
         || new_cfg.stats != config.stats
+        || new_cfg.postfix_map != config.postfix_map
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

@@ -2,116 +2,38 @@
 //!
 //! Tables (the name after the last `:` of `socketmap:unix:…:<name>`):
 //!
-//! | table | key | `OK` value | used for |
-//! |---|---|---|---|
-//! | `domains` | bare domain | the domain | `virtual_mailbox_domains` |
-//! | `mailboxes` | address | the mailbox's login | `virtual_mailbox_maps` |
-//! | `aliases` | address | final targets, comma-separated | `virtual_alias_maps` |
-//! | `senders` | address | SASL logins, comma-separated | `smtpd_sender_login_maps` |
+//! The tables and their rules are [`ramdir_core::maps`] (shared with the
+//! in-process Postfix plugin); this module puts them in socketmap words.
 //!
 //! This module is the one place where outcomes become answers
 //! ([`to_reply`]): found → `OK value` (never an empty value), not ours or
-//! garbage → `NOTFOUND`, a directory error (alias loop, expansion too large)
-//! or an unknown table → `TEMP`, so Postfix defers and never bounces.
-
-use std::fmt;
+//! garbage → `NOTFOUND`, a directory error (alias loop, expansion too large,
+//! an address claimed by two entries) or an unknown table → `TEMP`, so
+//! Postfix defers and never bounces.
 
 use ramdir_core::Directory;
 use ramdir_core::fallback::KeyKind;
-use ramdir_core::lookup::LookupError;
 
 use super::codec::{MAX_QUERY, MAX_REPLY, Reply, Request};
 
-/// The tables ramdir serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    /// `virtual_mailbox_domains`.
-    Domains,
-    /// `virtual_mailbox_maps`.
-    Mailboxes,
-    /// `virtual_alias_maps`.
-    Aliases,
-    /// `smtpd_sender_login_maps`.
-    Senders,
-}
+pub use ramdir_core::maps::{Outcome, Table};
 
-impl Table {
-    /// Every table, for docs and `--help`.
-    pub const ALL: [Table; 4] = [
-        Table::Domains,
-        Table::Mailboxes,
-        Table::Aliases,
-        Table::Senders,
-    ];
-
-    /// The table's name on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Domains => "domains",
-            Table::Mailboxes => "mailboxes",
-            Table::Aliases => "aliases",
-            Table::Senders => "senders",
-        }
-    }
-
-    /// The table with this wire name.
-    pub fn from_name(name: &[u8]) -> Option<Table> {
-        Table::ALL.into_iter().find(|t| t.name().as_bytes() == name)
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What a lookup came to, before it is put in socketmap words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Found, with values (at least one).
-    Found(Vec<String>),
-    /// Not ours, or not a key ramdir can hold.
-    NotFound,
-    /// The directory cannot answer now.
-    Trouble(String),
-}
-
-/// Look `key` up in `table`.
+/// Look `key` up in `table` (the shared rules of [`ramdir_core::maps`];
+/// a key longer than Postfix ever sends is "not found").
 pub fn lookup(dir: &Directory, table: Table, key: &str) -> Outcome {
     if key.len() > MAX_QUERY {
         return Outcome::NotFound;
     }
-    let from = |r: Result<Option<Vec<String>>, LookupError>| match r {
-        Ok(Some(v)) => Outcome::Found(v),
-        Ok(None) => Outcome::NotFound,
-        Err(e) => Outcome::Trouble(e.to_string()),
-    };
-    match table {
-        Table::Domains => match dir.lookup_domain(key) {
-            Some(d) => Outcome::Found(vec![d]),
-            None => Outcome::NotFound,
-        },
-        Table::Mailboxes => match dir.mailbox_login(key) {
-            Some(login) => Outcome::Found(vec![login.to_string()]),
-            None => Outcome::NotFound,
-        },
-        Table::Aliases => from(dir.lookup_alias(key)),
-        Table::Senders => from(dir.lookup_sender_logins(key)),
-    }
+    ramdir_core::maps::lookup(dir, table, key)
 }
 
 /// The one mapping from outcomes to socketmap replies.
 pub fn to_reply(outcome: Outcome) -> Reply {
     match outcome {
         Outcome::Found(values) => {
-            let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
-            if values.is_empty() {
-                // An empty OK is a configuration error for Postfix; a lookup
-                // that found nothing usable has found nothing.
+            let Some(data) = Outcome::value(&values) else {
                 return Reply::NotFound;
-            }
-            let data = values.join(",");
+            };
             // "OK " plus the data must fit Postfix's reply limit.
             if data.len() + 3 > MAX_REPLY {
                 return Reply::Temp(format!("result longer than {MAX_REPLY} bytes"));
@@ -156,8 +78,9 @@ pub fn decide<'d>(dir: &'d Directory, map: &[u8], key: &[u8]) -> Answer<'d> {
         && let Ok(k) = std::str::from_utf8(key)
     {
         return match dir.mailbox_login(k) {
-            Some(login) => Answer::Login(login),
-            None => Answer::Reply(Reply::NotFound),
+            Ok(Some(login)) => Answer::Login(login),
+            Ok(None) => Answer::Reply(Reply::NotFound),
+            Err(e) => Answer::Reply(to_reply(Outcome::Trouble(e.to_string()))),
         };
     }
     Answer::Reply(answer_parts(dir, map, key))
@@ -196,11 +119,7 @@ pub fn source_question_parts(
     }
     let table = Table::from_name(map)?;
     let key = std::str::from_utf8(key).ok()?;
-    let n = &dir.settings().normalizer;
-    match table {
-        Table::Domains => n.domain(key).map(|d| (KeyKind::Domain, d)),
-        _ => n.address(key).map(|_| (KeyKind::Address, key.to_string())),
-    }
+    ramdir_core::maps::source_key(dir, table, key)
 }
 
 /// The reply when the source could not settle a miss: temporary, so
@@ -460,6 +379,39 @@ mod tests {
             source_unavailable(&d, None),
             Reply::Temp("directory not authoritative: LDAP initial load in progress".into())
         );
+    }
+
+    #[test]
+    fn an_ambiguous_address_is_temporary_in_every_table() {
+        let mut d = directory();
+        d.set_ambiguous("dup@example.org", 2);
+        d.set_alias("todup@example.org", vec!["dup@example.org".into()]);
+        let temp = Reply::Temp("dup@example.org is claimed by 2 directory entries".into());
+        for (table, key) in [
+            ("mailboxes", "dup@example.org"),
+            ("mailboxes", "DUP@example.org"),
+            ("mailboxes", "dup+x@example.org"),
+            ("aliases", "dup@example.org"),
+            ("aliases", "dup+x@example.org"),
+            ("aliases", "todup@example.org"),
+            ("senders", "dup@example.org"),
+        ] {
+            assert_eq!(ask(&d, table, key), temp, "{table} {key}");
+        }
+        assert_eq!(
+            decide(&d, b"mailboxes", b"dup@example.org").into_reply(),
+            temp,
+            "the borrowed fast path too"
+        );
+        // Its domain stays ours; its neighbours are unaffected.
+        assert_eq!(ask(&d, "domains", "example.org"), ok("example.org"));
+        assert_eq!(
+            ask(&d, "mailboxes", "bob@example.org"),
+            ok("bob@example.org")
+        );
+        assert_eq!(ask(&d, "mailboxes", "nobody@example.org"), Reply::NotFound);
+        d.clear_ambiguous("dup@example.org");
+        assert_eq!(ask(&d, "mailboxes", "dup@example.org"), Reply::NotFound);
     }
 
     #[test]

@@ -654,6 +654,8 @@ mod tests {
                     ] {
                         let _ = t.find(k, key);
                     }
+                    let mut n = 0;
+                    let _ = t.for_each(Kind::User, |_| n += 1);
                     let _ = t.delimiter();
                 }
             }
@@ -668,13 +670,16 @@ mod tests {
                 let n = b.len() as u64;
                 let h = Header { kind: FileKind::Base, generation: 1, base_generation: 1, file_len: n,
                     slot_count: 8, slots_off: 128, data_off: 192.min(n & !7), data_len: n.saturating_sub(192.min(n & !7)),
-                    flags: 0, delim_off: 0, delim_len: 0, entries: 0 };
+                    flags: 0, delim_off: if b[1] & 1 == 0 { 0 } else { n.saturating_sub(192.min(n & !7)) },
+                    delim_len: 0, entries: 0 };
                 b[..HEADER_LEN].copy_from_slice(&h.encode());
             }
             if let Ok(t) = TableFile::parse(&b) {
-                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain] {
+                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain, Kind::Passdb,
+                    Kind::Userdb23, Kind::Userdb24, Kind::LoginAlias] {
                     let _ = t.find(kind, &key);
                 }
+                let _ = t.for_each(Kind::Userdb23, |_| {});
             }
         }
     }

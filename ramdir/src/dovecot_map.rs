@@ -147,10 +147,7 @@ mod tests {
     }
 
     fn field<'a>(a: &'a ramdir_snapshot::AuthAnswer, k: &str) -> Option<&'a str> {
-        a.fields
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
+        a.field(k)
     }
 
     #[test]

@@ -212,11 +212,10 @@ unsafe fn set_passdb_fields(request: *mut sys::auth_request, a: &AuthAnswer) -> 
         // SAFETY: live request, NUL-terminated strings Dovecot copies.
         unsafe { sys::auth_request_set_field(request, c"user".as_ptr(), v.as_ptr(), null()) };
     }
-    for (k, v) in &a.fields {
-        if k == "password" {
-            password = Some(v.clone());
+    for (k, v) in a.c_fields() {
+        if k == c"password" {
+            password = Some(v.to_string_lossy().into_owned());
         }
-        let (k, v) = (c(k), c(v));
         // SAFETY: as above; "password" is stored as `passdb_password`.
         unsafe {
             sys::auth_request_set_field(request, k.as_ptr(), v.as_ptr(), PASS_SCHEME.as_ptr())
@@ -433,10 +432,14 @@ unsafe extern "C" fn userdb_lookup(
         // SAFETY: live request.
         unsafe { log_outcome(request, &o) };
         if let Outcome::Found(a) = &o {
-            let user = a.user.iter().map(|u| ("user", u.as_str()));
-            let fields = a.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            for (k, v) in user.chain(fields) {
-                let (k, v) = (c(k), c(v));
+            if let Some(u) = &a.user {
+                let u = c(u);
+                // SAFETY: live request; Dovecot copies both strings.
+                unsafe {
+                    sys::auth_request_set_userdb_field(request, c"user".as_ptr(), u.as_ptr())
+                };
+            }
+            for (k, v) in a.c_fields() {
                 // SAFETY: live request; Dovecot copies both strings.
                 unsafe { sys::auth_request_set_userdb_field(request, k.as_ptr(), v.as_ptr()) };
             }

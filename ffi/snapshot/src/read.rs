@@ -336,29 +336,56 @@ impl Reader {
     }
 }
 
-/// A Dovecot passdb or userdb answer ([`Reader::auth_lookup`]).
+/// A Dovecot passdb or userdb answer ([`Reader::auth_lookup`]): one copy
+/// of the record's value out of the mapping (one allocation per lookup),
+/// whose items are handed to Dovecot as C strings without further copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthAnswer {
     /// The login, when Dovecot asked under another name (another case, a
     /// login alias): Dovecot must continue as this user.
     pub user: Option<String>,
-    /// The fields, in the order the daemon wrote them.
-    pub fields: Vec<(String, String)>,
+    /// `name\0value\0name\0value\0` (an even number of items, checked).
+    raw: Vec<u8>,
 }
 
-fn auth_fields(value: &str) -> Result<Vec<(String, String)>, FormatError> {
-    if value.is_empty() {
-        return Ok(Vec::new());
+impl AuthAnswer {
+    fn new(user: Option<String>, value: &str) -> Result<AuthAnswer, FormatError> {
+        let mut raw = Vec::with_capacity(value.len() + 1);
+        raw.extend_from_slice(value.as_bytes());
+        raw.push(0);
+        let items = if value.is_empty() {
+            0
+        } else {
+            raw.iter().filter(|&&b| b == 0).count()
+        };
+        if items % 2 != 0 {
+            return Err(FormatError::Corrupt("a field without its value"));
+        }
+        if value.is_empty() {
+            raw.clear();
+        }
+        Ok(AuthAnswer { user, raw })
     }
-    let mut items = value.split('\0');
-    let mut out = Vec::new();
-    while let Some(k) = items.next() {
-        let v = items
-            .next()
-            .ok_or(FormatError::Corrupt("a field without its value"))?;
-        out.push((k.to_string(), v.to_string()));
+
+    /// The fields as C strings, in the order the daemon wrote them.
+    pub fn c_fields(&self) -> impl Iterator<Item = (&std::ffi::CStr, &std::ffi::CStr)> {
+        let mut items = self
+            .raw
+            .split_inclusive(|&b| b == 0)
+            .filter_map(|item| std::ffi::CStr::from_bytes_with_nul(item).ok());
+        std::iter::from_fn(move || Some((items.next()?, items.next()?)))
     }
-    Ok(out)
+
+    /// The fields as text.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.c_fields()
+            .map(|(k, v)| (k.to_str().unwrap_or(""), v.to_str().unwrap_or("")))
+    }
+
+    /// The value of the field `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
 }
 
 impl Reader {
@@ -414,11 +441,10 @@ impl Reader {
             return Err(Error::Format(file_name(c.generation), e));
         }
         match found {
-            Some(r) => Ok(Some(AuthAnswer {
-                user,
-                fields: auth_fields(r.value)
+            Some(r) => Ok(Some(
+                AuthAnswer::new(user, r.value)
                     .map_err(|e| Error::Format(file_name(c.generation), e))?,
-            })),
+            )),
             None if !c.authoritative => Err(Error::NotAuthoritative),
             None => Ok(None),
         }

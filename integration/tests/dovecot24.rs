@@ -574,3 +574,32 @@ fn a_full_user_is_refused_but_can_still_move_mail_to_trash() {
         trouble.join("\n")
     );
 }
+
+/// The README's short Dovecot 2.4 snippet says nothing the tested block of
+/// docs/dovecot.md does not: each of its lines (comments and indentation
+/// aside) is a line of that block.
+#[test]
+fn the_readme_snippet_is_part_of_the_tested_configuration() {
+    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
+    let documented: Vec<String> = ramdir_integration::dovecot::documented_24_block()
+        .lines()
+        .map(strip)
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let section = readme
+        .split_once("### Dovecot 2.4 (Debian 13)")
+        .map(|(_, r)| r.split("\n## ").next().unwrap_or(r))
+        .expect("README has a \"### Dovecot 2.4 (Debian 13)\" section");
+    let block = ramdir_integration::dovecot::code_block(section, "driver = lua")
+        .expect("a dovecot.conf block with `driver = lua` in the README's 2.4 section");
+    let snippet: Vec<&str> = block.lines().collect();
+    let missing: Vec<&&str> = snippet
+        .iter()
+        .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README lines not in docs/dovecot.md's tested 2.4 block: {missing:?}"
+    );
+}

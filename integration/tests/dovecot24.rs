@@ -366,11 +366,12 @@ fn custom_limits_in_both_spellings_agree_everywhere() {
             "doveadm quota get -u {user} ({spelled}): {q:?}"
         );
 
-        // ramdir's policy applies the same limit and grace: a message of
-        // exactly the room left is accepted at RCPT, one byte more is
-        // refused with a 4xx, never a bounce.
+        // ramdir's policy applies the same limit and grace: a message one
+        // byte over the room left is refused at RCPT with a 4xx, one of
+        // exactly the room left is accepted (in that order, so the usage
+        // is still `used`), never a bounce.
         let room = limit - used + GRACE_BYTES;
-        for (size, want) in [(room, "accepted"), (room + 1, "RCPT 452 4.2.2")] {
+        for (size, want) in [(room + 1, "RCPT 452 4.2.2"), (room, "accepted")] {
             let fate = attempt(
                 s.postfix(),
                 &Attempt {

@@ -1191,6 +1191,29 @@ fn assert_ambiguous(c: &mut Clients, addr: &str, aliases: &[&str], hashes: &[&st
     }
 }
 
+/// Wait (up to 5 s) for ramdir's warning about an address claimed by
+/// several entries that contains every one of `words`; the line.
+fn wait_for_warning(s: &LdapStack, words: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let log = s.log();
+        let line = log.lines().find(|l| {
+            l.contains("WARN")
+                && l.contains("claimed by more than one LDAP entry")
+                && words.iter().all(|w| l.contains(w))
+        });
+        if let Some(line) = line {
+            return line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no warning naming {words:?}:\n{}",
+            tail(&log, 20)
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
 /// The number of ambiguous addresses and the `stats` listing of them.
 fn ambiguous_stats(s: &LdapStack) -> (u64, String) {
     let st = s.stats();
@@ -1259,20 +1282,27 @@ fn a_duplicate_mail_is_temporary_until_the_duplicate_is_deleted() {
     // Nothing else is touched.
     assert_eq!(c.sm("mailboxes", &user_mail(6)), ok(&user_mail(6)));
     assert_eq!(c.sm("domains", DOMAIN), ok(DOMAIN));
+    // Logged once, naming both entries (the original's DN is looked up by
+    // its entryUUID), and listed the same way in `stats`.
+    let original = format!("({})", user_dn(5));
+    let both = [addr.as_str(), "uid=dup5,", &original];
+    let warning = wait_for_warning(&s, &both);
+    println!("ramdir: {warning}");
+    let warnings = s
+        .log()
+        .matches("claimed by more than one LDAP entry")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning per change:\n{}",
+        tail(&s.log(), 20)
+    );
     let (n, listed) = ambiguous_stats(&s);
     assert_eq!(n, 1, "stats count the ambiguous address");
     assert!(
-        listed.contains(&addr) && listed.contains("uid=dup5"),
-        "stats name it and the new entry: {listed}"
-    );
-    let warned = s
-        .log()
-        .lines()
-        .any(|l| l.contains("WARN") && l.contains(&addr) && l.contains("uid=dup5"));
-    assert!(
-        warned,
-        "a warning names the address and the entry:\n{}",
-        tail(&s.log(), 20)
+        both.iter().all(|w| listed.contains(w)),
+        "stats name it and both entries: {listed}"
     );
 
     // A restart keeps every claim: still ambiguous, never last-wins.
@@ -1346,6 +1376,8 @@ fn a_mistyped_mail_is_temporary_until_it_is_fixed() {
     };
     typo(&mut c);
     assert_eq!(ambiguous_stats(&s).0, 1);
+    let (dn7, dn8) = (format!("({})", user_dn(7)), format!("({})", user_dn(8)));
+    wait_for_warning(&s, &[&a8, &dn7, &dn8]);
     drop(c);
     restart_ramdir(&mut s);
     let mut c = Clients::new(&s);

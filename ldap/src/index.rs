@@ -152,8 +152,9 @@ pub enum Claimed {
 pub struct Claim {
     /// The claiming entry.
     pub uuid: Uuid,
-    /// Its DN, when known (for the log and `stats`; entries whose claim was
-    /// uncontested when it arrived have none: DNs are not kept per entry).
+    /// Its DN, when known (for the log and `stats`). DNs are not kept per
+    /// entry, so the entry that held the address before the conflict has
+    /// none until the source has looked it up by entryUUID.
     pub dn: Option<String>,
     /// What it claims.
     pub what: Claimed,
@@ -202,6 +203,9 @@ pub struct Index {
     /// Addresses claimed by two or more entries, with every claim, in the
     /// order they were made. Empty in a healthy directory.
     contested: BTreeMap<String, Vec<Claim>>,
+    /// Addresses that got a new claimant since the source last reported
+    /// them (it names the claimants first: see `LdapSource::apply`).
+    unreported: Vec<String>,
 }
 
 impl Index {
@@ -252,6 +256,45 @@ impl Index {
     /// Number of contested (ambiguous) addresses.
     pub fn contested_len(&self) -> usize {
         self.contested.len()
+    }
+
+    /// The claims on `key`, when it is contested.
+    pub fn claims(&self, key: &str) -> Option<&[Claim]> {
+        self.contested.get(key).map(Vec::as_slice)
+    }
+
+    /// Whether some address got a new claimant since the last
+    /// [`Index::take_unreported`].
+    pub fn has_unreported(&self) -> bool {
+        !self.unreported.is_empty()
+    }
+
+    /// The addresses that got a new claimant since the last call (each
+    /// once, still contested), and the entries among their claimants whose
+    /// DN is not known.
+    pub fn take_unreported(&mut self) -> (Vec<String>, Vec<Uuid>) {
+        let mut keys = std::mem::take(&mut self.unreported);
+        keys.sort_unstable();
+        keys.dedup();
+        keys.retain(|k| self.contested.contains_key(k));
+        let mut unnamed: Vec<Uuid> = keys
+            .iter()
+            .flat_map(|k| &self.contested[k])
+            .filter(|c| c.dn.is_none())
+            .map(|c| c.uuid)
+            .collect();
+        unnamed.sort_unstable();
+        unnamed.dedup();
+        (keys, unnamed)
+    }
+
+    /// Record the DN of an entry with contested claims.
+    pub fn set_dn(&mut self, uuid: &Uuid, dn: &str) {
+        for c in self.contested.values_mut().flatten() {
+            if c.uuid == *uuid {
+                c.dn = Some(dn.to_string());
+            }
+        }
     }
 
     /// The DNs known for entries with a contested claim (for the snapshot,
@@ -411,7 +454,7 @@ impl Index {
                 None => {
                     claims.push(claim);
                     dir.set_ambiguous(key, claims.len() as u32);
-                    log_conflict(key, claims);
+                    self.unreported.push(key.to_string());
                 }
             }
             return;
@@ -428,8 +471,8 @@ impl Index {
                     },
                 ];
                 dir.set_ambiguous(key, 2);
-                log_conflict(key, &claims);
                 self.contested.insert(key.to_string(), claims);
+                self.unreported.push(key.to_string());
             }
             _ => install(dir, key, what),
         }
@@ -498,7 +541,7 @@ fn take(dir: &Directory, key: &str, owner: Uuid) -> Claim {
 
 /// The warning for a new claim on a contested address: every claimant by
 /// entryUUID and DN where known. Never any of the claims' data.
-fn log_conflict(key: &str, claims: &[Claim]) {
+pub fn log_conflict(key: &str, claims: &[Claim]) {
     let entries: Vec<String> = claims.iter().map(describe).collect();
     tracing::warn!(
         address = key,

@@ -20,6 +20,11 @@
 //!    being authoritative, so misses go to the fallback (or get "temporary")
 //!    instead of a wrong "not found".
 //!
+//! An address two entries claim is ambiguous until one claim is left (see
+//! [`crate::index`]); each new conflict is logged once, with every
+//! claimant's DN (looked up by entryUUID where not known), and counted in
+//! [`LdapSource::status`].
+//!
 //! ldap3's sync control parsers `panic!` on malformed input (protocols.md
 //! G20): every parse runs under `catch_unwind`, and a malformed control
 //! ends the session like a network error.
@@ -29,7 +34,7 @@ use std::io::{BufRead, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
@@ -71,6 +76,10 @@ const PROGRESS_EVERY: u64 = 100_000;
 /// Most ambiguous addresses `stats` lists by name (all are counted): the
 /// document stays small when a whole subtree is duplicated.
 pub const MAX_AMBIGUOUS_LISTED: usize = 100;
+/// Most conflicting entries whose DN one search looks up (one search per
+/// batch of new conflicts, so a duplicated subtree costs LDAP little; the
+/// rest are logged by entryUUID).
+const MAX_NAMED: usize = 100;
 /// File name of the warm-start snapshot in `state_dir`.
 const SNAPSHOT_FILE: &str = "ldap.snapshot";
 /// First line of a snapshot file.
@@ -107,6 +116,8 @@ struct State {
 /// The LDAP source, shared by the sync task, the fallback and reloads.
 #[derive(Debug)]
 pub struct LdapSource {
+    /// Itself, for the tasks it spawns.
+    me: Weak<LdapSource>,
     settings: Settings,
     handle: Arc<DirectoryHandle>,
     state: Mutex<State>,
@@ -139,7 +150,8 @@ impl LdapSource {
             phase: "starting".into(),
             ..State::default()
         };
-        Arc::new(LdapSource {
+        Arc::new_cyclic(|me| LdapSource {
+            me: me.clone(),
             settings,
             handle,
             state: Mutex::new(state),
@@ -199,11 +211,87 @@ impl LdapSource {
 
     /// Apply changes to the index and the directory in one atomic update.
     pub fn apply<R>(&self, f: impl FnOnce(&mut Index, &mut Directory) -> R) -> R {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let r = self.handle.update(|d| f(&mut st.index, d));
-        st.dirty = true;
+        let (r, conflicts) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let r = self.handle.update(|d| f(&mut st.index, d));
+            st.dirty = true;
+            (r, st.index.has_unreported())
+        };
+        if conflicts {
+            self.report_conflicts();
+        }
         r
+    }
+
+    /// Log the addresses that got a new claimant, naming every claimant.
+    /// The entry that held an address before has no known DN (none is kept
+    /// per entry): it is looked up by entryUUID first, on a connection of
+    /// its own and off the sync's path, when a runtime is at hand.
+    fn report_conflicts(&self) {
+        let (keys, unnamed) = self.lock().index.take_unreported();
+        if keys.is_empty() {
+            return;
+        }
+        match (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
+            (Some(me), Ok(rt)) if !unnamed.is_empty() => {
+                rt.spawn(async move {
+                    me.name_claimants(&unnamed).await;
+                    me.log_conflicts(&keys);
+                });
+            }
+            _ => self.log_conflicts(&keys),
+        }
+    }
+
+    /// Look up the DNs of `uuids` (the first [`MAX_NAMED`]) and record them.
+    async fn name_claimants(&self, uuids: &[Uuid]) {
+        let s = &self.settings;
+        let filter: String = uuids
+            .iter()
+            .take(MAX_NAMED)
+            .map(|u| format!("(entryUUID={})", format_uuid(u)))
+            .collect();
+        let filter = format!("(|{filter})");
+        let search = async {
+            let mut ldap = connect(s).await?;
+            let r = ldap
+                .search(&s.base, scope(s.scope), &filter, vec!["entryUUID"])
+                .await;
+            let _ = ldap.unbind().await;
+            let (entries, _) = r?.success()?;
+            Ok::<_, LdapError>(entries)
+        };
+        match tokio::time::timeout(s.timeout, search).await {
+            Ok(Ok(entries)) => {
+                let mut st = self.lock();
+                for e in entries.into_iter().map(SearchEntry::construct) {
+                    let uuid = e
+                        .attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
+                        .and_then(|(_, v)| v.first())
+                        .and_then(|v| parse_uuid(v));
+                    if let Some(uuid) = uuid {
+                        st.index.set_dn(&uuid, &e.dn);
+                    }
+                }
+                st.dirty = true;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "cannot look up the DNs of conflicting entries")
+            }
+            Err(_) => tracing::info!("timed out looking up the DNs of conflicting entries"),
+        }
+    }
+
+    fn log_conflicts(&self, keys: &[String]) {
+        let st = self.lock();
+        for key in keys {
+            if let Some(claims) = st.index.claims(key) {
+                crate::index::log_conflict(key, claims);
+            }
+        }
     }
 
     /// Publish a directory rebuilt from files, with every LDAP entry (and
@@ -246,17 +334,29 @@ impl LdapSource {
                     "serving the warm LDAP snapshot written {}s ago; LDAP not yet in sync",
                     age.as_secs()
                 );
-                let mut st = self.lock();
-                let st = &mut *st;
-                self.handle.update(|d| {
-                    for (uuid, data, dn) in entries {
-                        st.index.put(d, uuid, data, dn.as_deref());
+                {
+                    let mut st = self.lock();
+                    let st = &mut *st;
+                    // DNs saved with contested claims: the entry that held
+                    // an address first is put without its claim contested.
+                    let named: Vec<(Uuid, String)> = entries
+                        .iter()
+                        .filter_map(|(u, _, dn)| Some((*u, dn.clone()?)))
+                        .collect();
+                    self.handle.update(|d| {
+                        for (uuid, data, dn) in entries {
+                            st.index.put(d, uuid, data, dn.as_deref());
+                        }
+                        d.set_authoritative(false, Some(&note));
+                    });
+                    for (uuid, dn) in &named {
+                        st.index.set_dn(uuid, dn);
                     }
-                    d.set_authoritative(false, Some(&note));
-                });
-                st.cookie = cookie;
-                st.phase = "warm snapshot".into();
+                    st.cookie = cookie;
+                    st.phase = "warm snapshot".into();
+                }
                 tracing::info!(entries = n, age_secs = age.as_secs(), snapshot = %path.display(), "{note}");
+                self.report_conflicts();
                 true
             }
             Err(e) => {
@@ -449,6 +549,7 @@ impl LdapSource {
             st.dirty = true;
             self.handle.replace(dir);
         }
+        self.report_conflicts();
         self.stats.entries_loaded.fetch_add(n, Ordering::Relaxed);
         self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
@@ -1159,9 +1260,12 @@ mod tests {
         assert_eq!(d.ambiguous_claims("u5@x.org"), Some(2));
         assert!(d.lookup_alias("al5@x.org").is_err());
         assert_eq!(src2.status()["ambiguous"], 1);
-        assert_eq!(
-            src2.status()["ambiguous_addresses"][0]["entries"][1],
-            format!("entryUUID={} (uid=dup,dc=x)", format_uuid(&b))
+        // Claimants in the snapshot's order (unspecified).
+        let listed = src2.status()["ambiguous_addresses"][0]["entries"].to_string();
+        assert!(
+            listed.contains(&format!("entryUUID={} (uid=dup,dc=x)", format_uuid(&b)))
+                && listed.contains(&format!("entryUUID={}", format_uuid(&a))),
+            "{listed}"
         );
         // …and it heals the same way: the duplicate deleted, the original
         // is served, and saved as such.

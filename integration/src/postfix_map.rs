@@ -12,7 +12,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::postfix::{SOCKETMAP_REL, age_config};
 use crate::ramdir::write_config;
@@ -65,9 +65,13 @@ pub fn install_plugin(stack: &StackDir) -> Meta {
     std::fs::create_dir_all(dir.join("dynamicmaps.cf.d"))
         .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     crate::set_mode(&dir, 0o755);
-    // `postfix check` (run by `postfix start`) reads the file list here.
-    std::fs::copy("/etc/postfix/postfix-files", dir.join("postfix-files"))
-        .unwrap_or_else(|e| panic!("copy /etc/postfix/postfix-files: {e}"));
+    // `postfix check` (run by `postfix start`) reads the file list here
+    // (the flavor's own: 3.7 and 3.10 list different files).
+    let files = stack
+        .flavor()
+        .host_path(Path::new("/etc/postfix/postfix-files"));
+    std::fs::copy(&files, dir.join("postfix-files"))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", files.display()));
     write_atomic(
         &dir.join("dynamicmaps.cf"),
         "# dict-type\tso-name (pathname)\tdict-function\tmkmap-function\n",
@@ -121,6 +125,8 @@ pub struct MapStackOptions {
     pub chroot: bool,
     /// Lines added to `[postfix_map]`.
     pub postfix_map_extra: String,
+    /// Whose Postfix loads the plugin.
+    pub flavor: crate::Flavor,
 }
 
 /// A private Postfix whose directory tables are `ramdir:` tables, with
@@ -148,7 +154,7 @@ pub struct MapStack {
 impl MapStack {
     /// Write the files, install the plugin, start ramdir and Postfix.
     pub fn start(content: &DirectoryContent, opts: &MapStackOptions) -> MapStack {
-        let dir = StackDir::new();
+        let dir = StackDir::for_flavor(opts.flavor);
         let files = DirectoryFiles::write(&dir.join("data"), content);
         let meta = install_plugin(&dir);
         let map_dir = dir.join("map");
@@ -210,11 +216,12 @@ impl MapStack {
     /// `postmap -c ETC -q KEY MAP`, run from the spool (the socketmap path
     /// is relative to it).
     pub fn postmap(&self, map: &str, key: &str) -> Answer {
-        let out = Command::new("postmap")
+        let out = self
+            .postfix
+            .command_in_spool("/usr/sbin/postmap")
             .arg("-c")
             .arg(self.postfix.etc())
             .args(["-q", key, map])
-            .current_dir(self.postfix.spool())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run postmap: {e}"));
@@ -229,9 +236,9 @@ impl MapStack {
 
     /// `postconf -c ETC -m`: the lookup table types this Postfix knows.
     pub fn postconf_m(&self) -> Vec<String> {
-        let out = Command::new("postconf")
-            .arg("-c")
-            .arg(self.postfix.etc())
+        let out = self
+            .postfix
+            .tool("postconf")
             .arg("-m")
             .output()
             .unwrap_or_else(|e| panic!("run postconf: {e}"));
@@ -252,8 +259,11 @@ fn write_map_config(
 ) {
     write_config(path, files, &postfix.socketmap_path(), "");
     let mut text = std::fs::read_to_string(path).expect("read ramdir.toml");
+    // The group as the flavor's Postfix knows it, by number (in the
+    // Debian 13 root `postfix` is another gid than on the host).
+    let (_, gid) = postfix.flavor().user("postfix");
     text.push_str(&format!(
-        "\n[postfix_map]\ndirectory = \"{}\"\ngroup = \"postfix\"\n\
+        "\n[postfix_map]\ndirectory = \"{}\"\ngroup = \"{gid}\"\n\
          postfix_config_directory = \"{}\"\n{extra}",
         map_dir.display(),
         meta.dir.display()

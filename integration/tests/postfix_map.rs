@@ -1,5 +1,7 @@
-//! Real Postfix 3.7 with `postfix-ramdir.so`: the `ramdir:` lookup table
-//! loaded in-process, reading the snapshot files ramdir publishes.
+//! Real Postfix with `postfix-ramdir.so`: the `ramdir:` lookup table
+//! loaded in-process, reading the snapshot files ramdir publishes. Every
+//! scenario runs on Debian 12's Postfix 3.7 and on Debian 13's 3.10 (the
+//! same host-built plugin, loaded by the root's Postfix).
 //!
 //! Needs root, the packages from `scripts/install-test-deps.sh`, and the
 //! builds: `cargo build -p ramdir -p postfix-ramdir`.
@@ -9,7 +11,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::postfix_map::{Answer, MapStack, MapStackOptions, set_group_writable};
-use ramdir_integration::{DirectoryContent, Reply, Smtp, WAIT, process_alive, write_atomic};
+use ramdir_integration::{
+    DirectoryContent, Flavor, Reply, Smtp, WAIT, process_alive, write_atomic,
+};
+
+ramdir_integration::test_on_both_flavors!(
+    postconf_lists_the_type_and_postmap_answers_like_the_socketmap,
+    a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live,
+    a_plugin_file_writable_by_others_is_refused_and_diagnosed
+);
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::/home/alice::
@@ -104,9 +114,14 @@ const KEYS: &[&str] = &[
     "élise@example.org",
 ];
 
-#[test]
-fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap(flavor: Flavor) {
+    let s = MapStack::start(
+        &content(),
+        &MapStackOptions {
+            flavor,
+            ..MapStackOptions::default()
+        },
+    );
     let types = s.postconf_m();
     assert!(
         types.iter().any(|t| t == "ramdir"),
@@ -204,12 +219,12 @@ fn announce(map: &Path, g: u64, bytes: &[u8]) {
         .expect("write control");
 }
 
-#[test]
-fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
+fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live(flavor: Flavor) {
     let mut s = MapStack::start(
         &content(),
         &MapStackOptions {
             chroot: true,
+            flavor,
             ..MapStackOptions::default()
         },
     );
@@ -217,7 +232,12 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
     expect(smtp.ehlo("client.test"), 250, "EHLO");
     let pid = smtpd_pid(&s);
     let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("smtpd root");
-    assert_eq!(root, s.postfix.spool(), "smtpd {pid} is not chrooted");
+    // (seen from the host: inside the Debian 13 root for that flavor)
+    assert_eq!(
+        root,
+        flavor.host_path(s.postfix.spool()),
+        "smtpd {pid} is not chrooted"
+    );
     expect(smtp.mail_from(STRANGER), 250, "MAIL FROM");
     expect(smtp.rcpt_to("alice@example.org"), 250, "mailbox");
     expect(
@@ -300,9 +320,14 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
     }
 }
 
-#[test]
-fn a_plugin_file_writable_by_others_is_refused_and_diagnosed() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn a_plugin_file_writable_by_others_is_refused_and_diagnosed(flavor: Flavor) {
+    let s = MapStack::start(
+        &content(),
+        &MapStackOptions {
+            flavor,
+            ..MapStackOptions::default()
+        },
+    );
     let check = || {
         let out = std::process::Command::new(ramdir_integration::ramdir::ramdir_bin())
             .args(["check-config"])

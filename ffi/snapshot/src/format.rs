@@ -28,7 +28,8 @@ use std::fmt;
 
 /// First bytes of a table file.
 pub const MAGIC: [u8; 8] = *b"RAMDIRSN";
-/// Format version; a reader refuses any other.
+/// Format version; a reader refuses any other. Any change to the layout or
+/// to [`hash`] must change it (a reader that hashed differently would miss).
 pub const VERSION: u32 = 1;
 /// Size of the table file header.
 pub const HEADER_LEN: usize = 128;

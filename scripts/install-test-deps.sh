@@ -1,22 +1,31 @@
 #!/bin/sh
-# Installs the Debian packages that ramdir's real-peer tests need: Postfix
+# Installs what ramdir's real-peer tests need: the Debian 12 packages Postfix
 # (socketmap/policy/milter peer), Dovecot (dict peer), slapd (LDAP source) and
-# miltertest. Idempotent and quiet; safe to run on a developer machine because
-# no package is allowed to start a daemon (policy-rc.d) and Postfix/slapd are
-# installed without any system configuration.
+# miltertest, then the Debian 13 root with Postfix 3.10 and Dovecot 2.4
+# (scripts/trixie-root.sh; built once, cached). Idempotent and quiet; safe to
+# run on a developer machine because no package is allowed to start a daemon
+# (policy-rc.d) and Postfix/slapd are installed without any system
+# configuration.
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux"
+PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap"
 
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
-
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+trixie_root() {
+    $SUDO "$(dirname "$0")/trixie-root.sh"
+}
+
+if [ -z "$missing" ]; then
+    trixie_root
+    exit 0
+fi
 
 # Never let a package start its daemon: the tests run their own instances.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -33,3 +42,4 @@ SEL
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $missing
+trixie_root

@@ -5,38 +5,62 @@
 //! during SMTP is not refused (and bounced) later. The truth is Dovecot
 //! 2.3.19 `src/plugins/quota/quota.c` (`quota_transaction_set_limits`,
 //! `quota_default_test_alloc`) and `quota-util.c`
-//! (`quota_transaction_is_over`, `quota_root_parse_grace`):
+//! (`quota_transaction_is_over`, `quota_root_parse_grace`), and for 2.4.1
+//! the same functions (`quota_is_over` is unchanged; the limits come from
+//! `quota_root_get_rule_limits`, the grace from `quota_storage_grace`):
 //! - delivery goes to INBOX, whose limit is the user's main rule (folder
 //!   rules such as `Trash:+500M` do not apply to it); usage is the total of
 //!   all folders;
 //! - bytes: with usage `u` and limit `l`, a message of `s > 0` bytes fits iff
 //!   `u < l` and `s ≤ (l − u) + grace`; `s = 0` fits iff `u ≤ l`;
 //! - messages: a new message fits iff `count < count limit`;
-//! - `quota_grace` (default 10%) is a percentage of the user's limit or an
-//!   absolute size, and applies to LDA/LMTP deliveries only;
+//! - the grace applies to LDA/LMTP deliveries only. Dovecot 2.3's
+//!   `quota_grace` (default 10%) is a percentage of the user's limit or a
+//!   size; Dovecot 2.4's `quota_storage_grace` is a size only (default
+//!   10M). ramdir's `[quota] grace` takes either form and must equal
+//!   Dovecot's setting; a user's own grace from the directory
+//!   (`quota_storage_grace`/`quota_grace` userdb fields, sent to Dovecot
+//!   too) replaces it for that user;
 //! - a limit of 0 means unlimited;
 //! - an unknown size counts as 1 byte, as Dovecot's `quota-status` does.
 //!
 //! Recipients are resolved through aliases and catch-alls first. An address
 //! is refused only when **every** local mailbox it reaches is over quota;
 //! a remote target never blocks, and neither does a mailbox whose usage is
-//! not tracked yet (Dovecot creates the counters on first use, and LMTP
-//! still enforces the quota), so a new user can always receive mail.
+//! not tracked yet (Dovecot creates the counters on first use, or on 2.4
+//! `quota_clone` writes them at the user's first change; LMTP still
+//! enforces the quota), so a new user can always receive mail, with one
+//! exception that is Dovecot's own: a message larger than the limit plus
+//! the grace cannot fit even an empty mailbox, so it is refused whatever
+//! the usage.
 
 use std::fmt;
 
 use crate::directory::Directory;
 use crate::lookup::{Class, TargetKind};
-use crate::quota::QuotaLimit;
+use crate::quota::{QuotaLimit, UserQuota};
 use crate::usage::{StoreError, UsageStore};
 
-/// Dovecot's `quota_grace`.
+/// Dovecot's delivery grace: 2.3's `quota_grace`, 2.4's
+/// `quota_storage_grace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grace {
-    /// Percent of the user's limit (`10%`, Dovecot's default).
+    /// Percent of the user's limit (`10%`, Dovecot 2.3's default; 2.4 has
+    /// no percentage).
     Percent(u32),
-    /// Absolute bytes.
+    /// Absolute bytes (Dovecot 2.4's only form; its default is 10M).
     Bytes(u64),
+}
+
+impl Grace {
+    /// Dovecot 2.4's default `quota_storage_grace` (`quota-settings.c`).
+    pub const DOVECOT_24_DEFAULT: Grace = Grace::Bytes(10 << 20);
+
+    /// The grace for a user: their own if the directory gives one, else
+    /// this (configured) one.
+    pub fn for_user(self, q: &UserQuota) -> Grace {
+        q.grace.map_or(self, Grace::Bytes)
+    }
 }
 
 impl Default for Grace {
@@ -92,15 +116,20 @@ impl UsageSource for UsageStore {
 }
 
 /// Whether one more message of `size` bytes fits, as Dovecot decides at
-/// delivery. Untracked usage fits.
+/// delivery. Untracked usage fits, unless the message alone is too large:
+/// real usage is never below 0, and at 0 Dovecot takes at most the limit
+/// plus the grace.
 pub fn fits(limit: QuotaLimit, usage: Usage, grace: Grace, size: u64) -> bool {
     if let (Some(l), Some(m)) = (limit.messages.filter(|l| *l > 0), usage.messages)
         && m.max(0) as u64 >= l
     {
         return false;
     }
-    let (Some(l), Some(u)) = (limit.storage.filter(|l| *l > 0), usage.storage) else {
+    let Some(l) = limit.storage.filter(|l| *l > 0) else {
         return true;
+    };
+    let Some(u) = usage.storage else {
+        return size <= l.saturating_add(grace.bytes(l));
     };
     let u = u.max(0) as u64;
     if size == 0 {
@@ -202,13 +231,13 @@ pub fn check_message(
         let early = usage.peek(rcpt);
         // Most recipients are a mailbox named as stored: decided without
         // resolving (the same answer `reach` gives, without its copies).
-        if let Some((login, limit)) = dir.direct_mailbox_quota(rcpt) {
+        if let Some((login, q)) = dir.direct_mailbox_quota(rcpt) {
             any_ours = true;
             let u = match early.map_or_else(|| usage.usage(login), Ok) {
                 Ok(u) => u,
                 Err(e) => return Verdict::Trouble(e.to_string()),
             };
-            if fits(limit, u, grace, size) {
+            if fits(q.limit, u, grace.for_user(&q), size) {
                 return Verdict::Accept;
             }
             if !full.iter().any(|f: &String| f == login) {
@@ -228,14 +257,14 @@ pub fn check_message(
             Ok(Reach::Mailboxes(boxes)) => {
                 any_ours = true;
                 for login in boxes {
-                    let Some((_, limit)) = dir.user_key_quota(&login) else {
+                    let Some((_, q)) = dir.user_key_quota(&login) else {
                         return Verdict::Accept;
                     };
                     let u = match usage.usage(&login) {
                         Ok(u) => u,
                         Err(e) => return Verdict::Trouble(e.to_string()),
                     };
-                    if fits(limit, u, grace, size) {
+                    if fits(q.limit, u, grace.for_user(&q), size) {
                         return Verdict::Accept;
                     }
                     if !full.contains(&login) {
@@ -310,9 +339,14 @@ mod tests {
         assert!(fits(QuotaLimit::default(), used(1 << 40), g, 1 << 30));
         assert!(fits(lim(0), used(1 << 40), g, 10));
         assert!(
-            fits(lim(L), Usage::default(), g, 1 << 30),
+            fits(lim(L), Usage::default(), g, 1100),
             "untracked usage fits"
         );
+        assert!(
+            !fits(lim(L), Usage::default(), g, 1101),
+            "but not a message that no mailbox of this limit takes"
+        );
+        assert!(!fits(lim(L), Usage::default(), Grace::Bytes(0), 1001));
         let ml = QuotaLimit {
             storage: None,
             messages: Some(10),
@@ -443,6 +477,34 @@ mod tests {
     }
 
     #[test]
+    fn an_ambiguous_recipient_cannot_be_checked() {
+        let (mut d, u) = setup();
+        let g = Grace::default();
+        d.set_ambiguous("dup@x.org", 2);
+        d.set_ambiguous("dup@catch.x.org", 3);
+        d.set_alias("to-dup@x.org", vec!["dup@x.org".into()]);
+        for rcpt in [
+            "dup@x.org",
+            "Dup@x.org",
+            "dup+tag@x.org",
+            "to-dup@x.org",
+            "dup@catch.x.org",
+        ] {
+            assert!(
+                matches!(
+                    check_recipient(&d, &u, g, rcpt, 1),
+                    Verdict::Trouble(e) if e.contains("claimed by")
+                ),
+                "{rcpt}"
+            );
+        }
+        assert!(matches!(
+            check_message(&d, &u, g, &["free@x.org", "dup@x.org"], 1),
+            Verdict::Accept
+        ));
+    }
+
+    #[test]
     fn recipients_resolve_through_aliases_and_catch_alls() {
         let (d, u) = setup();
         let g = Grace::default();
@@ -498,5 +560,60 @@ mod tests {
             check_message(&d, &u, g, &["full@x.org", "free@x.org"], 1091),
             Verdict::OverQuota { .. }
         ));
+    }
+
+    #[test]
+    fn dovecot_24_grace_is_a_size() {
+        // quota_storage_grace = 10M (2.4's default) on a 1G limit, where
+        // 2.3's 10% would have been about 102M.
+        let g = Grace::DOVECOT_24_DEFAULT;
+        let l = lim(1 << 30);
+        let u = used((1 << 30) - 1);
+        assert!(fits(l, u, g, 1 + (10 << 20)));
+        assert!(!fits(l, u, g, 2 + (10 << 20)));
+        assert!(!fits(l, used(1 << 30), g, 1));
+        assert!(fits(l, used(1 << 30), g, 0));
+        let near = used((1 << 30) - (1 << 20));
+        assert!(fits(l, near, Grace::Percent(10), 50 << 20));
+        assert!(!fits(l, near, g, 50 << 20));
+    }
+
+    #[test]
+    fn a_users_own_grace_replaces_the_configured_one() {
+        let mut d = Directory::new(Settings::default());
+        for (login, grace) in [("strict@x.org", Some(0)), ("lenient@x.org", Some(500))] {
+            d.insert_user(&UserSpec {
+                login: login.into(),
+                quota: Some(lim(L)),
+                quota_grace: grace,
+                ..Default::default()
+            });
+        }
+        // Own grace, default limit.
+        d.insert_user(&UserSpec {
+            login: "dflt@x.org".into(),
+            quota_grace: Some(7),
+            ..Default::default()
+        });
+        d.set_alias("to-strict@x.org", vec!["strict@x.org".into()]);
+        let usage = Table(
+            [
+                ("strict@x.org", used(900)),
+                ("lenient@x.org", used(900)),
+                ("dflt@x.org", used((10 << 30) - 1)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        );
+        let g = Grace::Percent(10); // 100 bytes on these limits
+        let ok = |r: &str, size| check_recipient(&d, &usage, g, r, size) == Verdict::Accept;
+        assert!(ok("strict@x.org", 100));
+        assert!(!ok("strict@x.org", 101), "own grace 0");
+        assert!(!ok("to-strict@x.org", 101), "through an alias too");
+        assert!(ok("lenient@x.org", 600));
+        assert!(!ok("lenient@x.org", 601));
+        assert!(ok("dflt@x.org", 8));
+        assert!(!ok("dflt@x.org", 9));
     }
 }

@@ -40,6 +40,9 @@ pub enum Change<'a> {
     Sender(&'a str, Option<&'a [Box<str>]>),
     /// A domain that became ours (`true`) or stopped being ours.
     Domain(&'a str, bool),
+    /// An address claimed by several entries, with its new claim count;
+    /// `None` when it stopped being ambiguous.
+    Ambiguous(&'a str, Option<u32>),
 }
 
 /// Where a snapshot came from and when, for `stats` and logs.
@@ -67,6 +70,11 @@ pub struct Directory {
     aliases: Table<Box<[Box<str>]>>,
     senders: Table<Box<[Box<str>]>>,
     domains: Table<DomainInfo>,
+    /// Addresses that more than one source entry claims, with the number
+    /// of claims. Such an address is neither a mailbox nor an alias here:
+    /// every lookup that reaches it is a directory error ("temporary"),
+    /// never another entry's data.
+    ambiguous: Table<u32>,
     meta: Meta,
 }
 
@@ -81,6 +89,8 @@ pub struct Counts {
     pub senders: usize,
     /// Domains.
     pub domains: usize,
+    /// Ambiguous addresses (claimed by more than one entry).
+    pub ambiguous: usize,
 }
 
 impl Directory {
@@ -92,6 +102,7 @@ impl Directory {
             aliases: Table::new(),
             senders: Table::new(),
             domains: Table::new(),
+            ambiguous: Table::new(),
             meta: Meta {
                 generation: 0,
                 published: SystemTime::now(),
@@ -135,6 +146,7 @@ impl Directory {
             aliases: self.aliases.len(),
             senders: self.senders.len(),
             domains: self.domains.len(),
+            ambiguous: self.ambiguous.len(),
         }
     }
 
@@ -150,9 +162,10 @@ impl Directory {
         self.users.get_key_value(login).map(|(k, _)| k)
     }
 
-    /// The table's own copy of a login with the user's effective limit,
-    /// without building the [`User`] (the SMTP-time checks' path).
-    pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
+    /// The table's own copy of a login with the user's effective limit
+    /// and own grace, without building the [`User`] (the SMTP-time checks'
+    /// path).
+    pub fn user_key_quota(&self, login: &str) -> Option<(&str, crate::quota::UserQuota)> {
         self.users
             .get_key_value(login)
             .map(|(k, v)| (k, v.quota(&self.settings)))
@@ -260,6 +273,54 @@ impl Directory {
         existed
     }
 
+    /// Mark `key` as claimed by `claims` (two or more) source entries: its
+    /// mailbox and alias, if any, are taken out, and every lookup reaching
+    /// it answers [`crate::lookup::LookupError::Ambiguous`]. The address
+    /// keeps its domain ours, so the domain's other addresses (and this one,
+    /// deferred) are not rejected as foreign.
+    pub fn set_ambiguous(&mut self, key: &str, claims: u32) {
+        self.remove_user(key);
+        self.remove_alias(key);
+        if self.ambiguous.insert(key, claims).is_none() {
+            self.domain_ref(key, 1);
+        }
+    }
+
+    /// Unmark an ambiguous address; returns whether it was one.
+    pub fn clear_ambiguous(&mut self, key: &str) -> bool {
+        let existed = self.ambiguous.remove(key).is_some();
+        if existed {
+            self.domain_ref(key, -1);
+        }
+        existed
+    }
+
+    /// How many entries claim `key`, when more than one does. Free while
+    /// no address is ambiguous (the normal case): lookups ask it on misses.
+    pub fn ambiguous_claims(&self, key: &str) -> Option<u32> {
+        if self.ambiguous.is_empty() {
+            return None;
+        }
+        self.ambiguous.get(key).copied()
+    }
+
+    /// `Err` when `key` is ambiguous: the one check every lookup path
+    /// makes before calling a key unknown.
+    pub fn check_ambiguous(&self, key: &str) -> Result<(), crate::lookup::LookupError> {
+        match self.ambiguous_claims(key) {
+            Some(claims) => Err(crate::lookup::LookupError::Ambiguous {
+                address: key.to_string(),
+                claims,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every ambiguous address (iteration order is unspecified).
+    pub fn ambiguous_keys(&self) -> impl Iterator<Item = &str> {
+        self.ambiguous.iter().map(|(k, _)| k)
+    }
+
     /// Set the SASL logins allowed to use `key` as sender (`a@x` or `@x`).
     pub fn set_sender_logins(&mut self, key: &str, logins: Vec<String>) {
         if logins.is_empty() {
@@ -314,6 +375,7 @@ impl Directory {
         self.aliases.shrink_to_fit();
         self.senders.shrink_to_fit();
         self.domains.shrink_to_fit();
+        self.ambiguous.shrink_to_fit();
     }
 
     /// All alias keys with their targets (iteration order is unspecified).
@@ -354,6 +416,9 @@ impl Directory {
             if ours(o) != ours(n) {
                 f(Change::Domain(k, ours(n)));
             }
+        });
+        self.ambiguous.diff(&newer.ambiguous, |k, _, n| {
+            f(Change::Ambiguous(k, n.copied()))
         });
     }
 
@@ -477,9 +542,10 @@ mod tests {
         }
         for i in 0..limits.len() {
             let login = format!("u{i}@x.org");
-            let (key, limit) = d.user_key_quota(&login).unwrap();
+            let (key, q) = d.user_key_quota(&login).unwrap();
             assert_eq!(key, login);
-            assert_eq!(limit, d.user(&login).unwrap().quota, "{login}");
+            assert_eq!(q.limit, d.user(&login).unwrap().quota, "{login}");
+            assert_eq!(q.grace, None);
         }
         assert!(d.user_key_quota("nobody@x.org").is_none());
     }

@@ -4,10 +4,16 @@
 //!   `user:password:uid:gid:gecos:home:shell:extra_fields`; the extra fields
 //!   are space-separated `key=value` pairs and may contain `:` (everything
 //!   after the seventh `:` is joined back, as Dovecot does). Recognised
-//!   extras: `userdb_quota_rule` (the user's limit), `userdb_quota_rule2…`
-//!   (folder rules), `userdb_mail`, `userdb_uid`, `userdb_gid`, `userdb_home`,
-//!   and `nologin` (the user may not log in but still receives mail). Other
-//!   extras are kept and handed to Dovecot as they are.
+//!   extras: the user's limit in either Dovecot spelling
+//!   (`userdb_quota_rule`, 2.3; `userdb_quota_storage_size` and
+//!   `userdb_quota_message_count`, 2.4), folder rules in either spelling
+//!   (`userdb_quota_rule2…`; `userdb_namespace/<ns>/mailbox/<box>/quota_*`),
+//!   the user's own delivery grace (`userdb_quota_storage_grace`, 2.4, or
+//!   `userdb_quota_grace`, 2.3; a size), `userdb_mail`, `userdb_uid`,
+//!   `userdb_gid`, `userdb_home`, and `nologin`
+//!   (the user may not log in but still receives mail). Two quota fields
+//!   that disagree make the line an error ([`QuotaFields`]). Other extras
+//!   are kept and handed to Dovecot as they are.
 //! - Postfix **map sources** as for `postmap(1)`: `key value`, `#` comments,
 //!   a line that starts with whitespace continues the previous one. Aliases
 //!   (`address target, target…`, `@domain target` for a catch-all), domains
@@ -22,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::directory::Directory;
 use crate::model::{Settings, UserSpec};
-use crate::quota::{QuotaRule, parse_main_rule};
+use crate::quota::{QuotaFields, split_v24_folder_key};
 
 /// Longest line read from a source file. Real lines are far shorter; the
 /// bound only stops a corrupt file (no newlines) from eating memory.
@@ -328,29 +334,41 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
         enabled: true,
         ..UserSpec::default()
     };
-    let mut rules: Vec<(u32, QuotaRule)> = Vec::new();
+    let mut quota = QuotaFields::new();
     for field in extra.split_whitespace() {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
-        match k {
-            "nologin" => spec.enabled = false,
-            "userdb_quota_rule" | "quota_rule" => {
-                spec.quota = Some(parse_main_rule(v).map_err(|e| e.to_string())?);
-            }
-            "userdb_mail" => spec.mail = Some(v.to_string()),
-            "userdb_home" => spec.home = Some(v.to_string()),
-            "userdb_uid" => spec.uid = num("userdb_uid", v)?,
-            "userdb_gid" => spec.gid = num("userdb_gid", v)?,
+        // A userdb field may be written without its `userdb_` prefix here
+        // (as ramdir has always read `quota_rule`); both name one setting.
+        let setting = k.strip_prefix("userdb_").unwrap_or(k);
+        match (k, setting) {
+            ("nologin", _) => spec.enabled = false,
+            (_, "quota_rule") => quota.main_rule(k, v)?,
+            (_, "quota_storage_size") => quota.storage_size(k, v)?,
+            (_, "quota_message_count") => quota.message_count(k, v)?,
+            (_, "quota_storage_grace" | "quota_grace") => quota.grace(k, v)?,
+            ("userdb_mail", _) => spec.mail = Some(v.to_string()),
+            ("userdb_home", _) => spec.home = Some(v.to_string()),
+            ("userdb_uid", _) => spec.uid = num("userdb_uid", v)?,
+            ("userdb_gid", _) => spec.gid = num("userdb_gid", v)?,
             _ if k.starts_with("userdb_quota_rule") => {
                 let n: u32 = k["userdb_quota_rule".len()..]
                     .parse()
                     .map_err(|_| format!("unknown field {k}"))?;
-                rules.push((n, QuotaRule::parse(v).map_err(|e| e.to_string())?));
+                quota.folder_rule(n, k, v)?;
             }
-            _ => spec.extra.push((k.to_string(), v.to_string())),
+            _ => {
+                let ours = match split_v24_folder_key(setting) {
+                    Some((_ns, mailbox, name)) => quota.folder_setting(mailbox, name, k, v)?,
+                    None => false,
+                };
+                if !ours {
+                    spec.extra.push((k.to_string(), v.to_string()));
+                }
+            }
         }
     }
-    rules.sort_by_key(|(n, _)| *n);
-    spec.quota_rules = rules.into_iter().map(|(_, r)| r).collect();
+    spec.quota_grace = quota.own_grace();
+    (spec.quota, spec.quota_rules) = quota.finish(settings.default_quota);
     Ok(spec)
 }
 
@@ -391,12 +409,75 @@ mod tests {
     }
 
     #[test]
+    fn passwd_line_takes_the_24_spelling_and_keeps_it_out_of_extras() {
+        let s = Settings::default();
+        let u = parse_passwd_line(
+            "a@x.org:{PLAIN}a::::::userdb_quota_storage_size=2M userdb_quota_message_count=100 userdb_namespace/inbox/mailbox/Trash/quota_storage_extra=1M userdb_namespace/inbox/mailbox/Trash/special_use=\\Trash userdb_foo=bar",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(
+            u.quota,
+            Some(QuotaLimit {
+                storage: Some(2 << 20),
+                messages: Some(100)
+            })
+        );
+        assert_eq!(u.quota_rules.len(), 1);
+        assert_eq!(u.quota_rules[0].to_dovecot(), "Trash:storage=+1048576B");
+        assert_eq!(
+            u.extra,
+            [
+                (
+                    "userdb_namespace/inbox/mailbox/Trash/special_use".to_string(),
+                    "\\Trash".to_string()
+                ),
+                ("userdb_foo".to_string(), "bar".to_string())
+            ]
+        );
+        let u = parse_passwd_line("g@x.org:::::::userdb_quota_storage_grace=1M", &s).unwrap();
+        assert_eq!((u.quota, u.quota_grace), (None, Some(1 << 20)));
+        assert!(u.extra.is_empty());
+        // Only the message count: the storage limit stays the default's.
+        let u = parse_passwd_line("b@x.org:::::::userdb_quota_message_count=5", &s).unwrap();
+        assert_eq!(
+            u.quota,
+            Some(QuotaLimit {
+                storage: Some(10 << 30),
+                messages: Some(5)
+            })
+        );
+        // Unlimited, 2.4's way.
+        let u = parse_passwd_line("c@x.org:::::::userdb_quota_storage_size=0", &s).unwrap();
+        assert_eq!(u.quota, Some(QuotaLimit::default()));
+        // Both spellings agreeing.
+        let u = parse_passwd_line(
+            "d@x.org:::::::userdb_quota_rule=*:storage=2M userdb_quota_storage_size=2048K",
+            &s,
+        )
+        .unwrap();
+        assert_eq!(u.quota.unwrap().storage, Some(2 << 20));
+    }
+
+    #[test]
     fn passwd_line_errors_say_why() {
         let s = Settings::default();
         for (line, want) in [
             ("nodomain:{PLAIN}x", "not an address"),
             ("a@x.org:{PLAIN}x:abc", "uid"),
             ("a@x.org:{PLAIN}x::::::userdb_quota_rule=lots", "bad size"),
+            (
+                "a@x.org:{PLAIN}x::::::userdb_quota_storage_size=2M userdb_quota_rule=*:storage=1G",
+                "userdb_quota_rule=*:storage=1G conflicts with userdb_quota_storage_size=2M",
+            ),
+            (
+                "a@x.org:{PLAIN}x::::::userdb_quota_rule2=Trash:storage=+1M userdb_namespace/inbox/mailbox/Trash/quota_storage_extra=2M",
+                "storage limit of folder Trash",
+            ),
+            (
+                "a@x.org:{PLAIN}x::::::userdb_quota_message_count=many",
+                "bad message count",
+            ),
         ] {
             let e = parse_passwd_line(line, &s).unwrap_err();
             assert!(e.contains(want), "{line}: {e}");

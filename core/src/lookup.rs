@@ -18,6 +18,12 @@
 //! `src/cleanup/cleanup_map1n.c`) and dropped otherwise; an alias that
 //! expands to nothing but loops is an error, so Postfix defers rather than
 //! bounces while the operator fixes it.
+//!
+//! An address that two or more source entries claim (two LDAP entries with
+//! one `mail`, or one's `mail` equal to another's alias) is *ambiguous*: it
+//! is none of the above, and every lookup that reaches it, directly or as
+//! an alias target, is [`LookupError::Ambiguous`], so each protocol answers
+//! "temporary" and nobody is served another entry's data or password.
 
 use std::fmt;
 
@@ -44,6 +50,13 @@ pub enum LookupError {
     TooDeep(String),
     /// More than [`MAX_ALIAS_EXPANSION`] targets.
     TooMany(String),
+    /// The address is claimed by more than one source entry.
+    Ambiguous {
+        /// The ambiguous address.
+        address: String,
+        /// How many entries claim it.
+        claims: u32,
+    },
 }
 
 impl fmt::Display for LookupError {
@@ -58,6 +71,9 @@ impl fmt::Display for LookupError {
                     f,
                     "alias expands to more than {MAX_ALIAS_EXPANSION} targets at {a}"
                 )
+            }
+            LookupError::Ambiguous { address, claims } => {
+                write!(f, "{address} is claimed by {claims} directory entries")
             }
         }
     }
@@ -84,6 +100,14 @@ pub enum Class {
     CatchAll {
         /// `@domain`.
         key: String,
+    },
+    /// Claimed by more than one source entry: a directory error, so any
+    /// lookup reaching it fails with [`LookupError::Ambiguous`].
+    Ambiguous {
+        /// The ambiguous key (`a@x`, or `a@x` for `a+e@x`).
+        key: String,
+        /// How many entries claim it.
+        claims: u32,
     },
     /// In one of our domains, but nothing matches.
     UnknownLocal,
@@ -147,9 +171,23 @@ pub trait Entries {
     fn has_domain(&self, domain: &str) -> bool;
     /// Explicit sender logins stored under exactly `key`.
     fn sender_logins(&self, key: &str) -> Option<Self::List<'_>>;
+    /// How many source entries claim exactly `key`, when more than one
+    /// does (an ambiguous address); `None` for the usual single claim.
+    fn ambiguous_claims(&self, key: &str) -> Option<u32>;
     /// Whether a user with exactly this login exists.
     fn has_user(&self, login: &str) -> bool {
         self.user_key(login).is_some()
+    }
+    /// `Err` when `key` is ambiguous: the one check every lookup path
+    /// makes before calling a key unknown.
+    fn check_ambiguous(&self, key: &str) -> Result<(), LookupError> {
+        match self.ambiguous_claims(key) {
+            Some(claims) => Err(LookupError::Ambiguous {
+                address: key.to_string(),
+                claims,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -170,6 +208,9 @@ impl Entries for Directory {
     }
     fn sender_logins(&self, key: &str) -> Option<Self::List<'_>> {
         Directory::sender_logins(self, key).map(|l| l.iter().map(unbox as fn(&Box<str>) -> &str))
+    }
+    fn ambiguous_claims(&self, key: &str) -> Option<u32> {
+        Directory::ambiguous_claims(self, key)
     }
     fn has_user(&self, login: &str) -> bool {
         Directory::has_user(self, login)
@@ -200,8 +241,9 @@ impl Directory {
 
     /// The login of the mailbox an address delivers to directly; the fast
     /// path of [`Directory::lookup_mailbox`] (no allocation when the key is
-    /// already in normal form, no `User` built).
-    pub fn mailbox_login(&self, key: &str) -> Option<&str> {
+    /// already in normal form, no `User` built). An ambiguous address is an
+    /// error, checked on the miss path only (a hit is never ambiguous).
+    pub fn mailbox_login(&self, key: &str) -> Result<Option<&str>, LookupError> {
         mailbox_login(self, key)
     }
 
@@ -209,7 +251,7 @@ impl Directory {
     /// precedence over it (no alias of exactly that key), with its effective
     /// limit: what [`Directory::classify`] calls [`Class::Mailbox`], without
     /// copies. `None` means "ask `classify`", not "unknown".
-    pub fn direct_mailbox_quota(&self, key: &str) -> Option<(&str, crate::quota::QuotaLimit)> {
+    pub fn direct_mailbox_quota(&self, key: &str) -> Option<(&str, crate::quota::UserQuota)> {
         if !self.settings().normalizer.is_normal_form(key) || self.alias(key).is_some() {
             return None;
         }
@@ -217,10 +259,8 @@ impl Directory {
     }
 
     /// Socketmap `mailboxes`: the mailbox an address delivers to directly.
-    pub fn lookup_mailbox(&self, key: &str) -> Option<User<'_>> {
-        let addr = self.settings().normalizer.address(key)?;
-        let full = addr.full();
-        self.user(&full).or_else(|| self.user(&addr.base()))
+    pub fn lookup_mailbox(&self, key: &str) -> Result<Option<User<'_>>, LookupError> {
+        Ok(self.mailbox_login(key)?.and_then(|login| self.user(login)))
     }
 
     /// Socketmap `aliases`: the final targets of an alias or catch-all;
@@ -241,6 +281,11 @@ pub fn classify<E: Entries + ?Sized>(e: &E, key: &str) -> (Option<Address>, Clas
         return (None, Class::Foreign);
     };
     let full = addr.full();
+    // An ambiguous key may be an alias or a mailbox: it is checked
+    // where either would have been found, before anything it could hide.
+    if let Some(claims) = e.ambiguous_claims(&full) {
+        return (Some(addr), Class::Ambiguous { key: full, claims });
+    }
     if e.alias(&full).is_some() {
         return (
             Some(addr),
@@ -251,6 +296,12 @@ pub fn classify<E: Entries + ?Sized>(e: &E, key: &str) -> (Option<Address>, Clas
         );
     }
     let base = addr.base();
+    if let Some(claims) = e
+        .ambiguous_claims(&base)
+        .filter(|_| addr.extension.is_some())
+    {
+        return (Some(addr), Class::Ambiguous { key: base, claims });
+    }
     if addr.extension.is_some() && e.alias(&base).is_some() {
         let propagate = addr
             .extension
@@ -347,6 +398,16 @@ fn expand_one<E: Entries + ?Sized>(
             push_target(r, addr.full(), TargetKind::Mailbox(login.clone()))?;
             return Ok(());
         }
+        Class::Ambiguous { key, claims } => {
+            r.trace.push((
+                depth,
+                format!("{} is claimed by {claims} directory entries", addr.full()),
+            ));
+            return Err(LookupError::Ambiguous {
+                address: key.clone(),
+                claims: *claims,
+            });
+        }
         Class::UnknownLocal => {
             r.trace.push((
                 depth,
@@ -434,13 +495,31 @@ pub fn lookup_domain<E: Entries + ?Sized>(e: &E, key: &str) -> Option<String> {
 /// The login of the mailbox an address delivers to directly; the fast
 /// path of `Directory::lookup_mailbox` (no allocation when the key is
 /// already in normal form, no `User` built).
-pub fn mailbox_login<'a, E: Entries + ?Sized>(e: &'a E, key: &str) -> Option<&'a str> {
+pub fn mailbox_login<'a, E: Entries + ?Sized>(
+    e: &'a E,
+    key: &str,
+) -> Result<Option<&'a str>, LookupError> {
     if e.settings().normalizer.is_normal_form(key) {
-        return e.user_key(key);
+        if let Some(login) = e.user_key(key) {
+            return Ok(Some(login));
+        }
+        e.check_ambiguous(key)?;
+        return Ok(None);
     }
-    let addr = e.settings().normalizer.address(key)?;
-    e.user_key(&addr.full())
-        .or_else(|| e.user_key(&addr.base()))
+    let Some(addr) = e.settings().normalizer.address(key) else {
+        return Ok(None);
+    };
+    let full = addr.full();
+    if let Some(login) = e.user_key(&full) {
+        return Ok(Some(login));
+    }
+    e.check_ambiguous(&full)?;
+    let base = addr.base();
+    if let Some(login) = e.user_key(&base) {
+        return Ok(Some(login));
+    }
+    e.check_ambiguous(&base)?;
+    Ok(None)
 }
 
 /// Socketmap `aliases`: the final targets of an alias or catch-all;
@@ -450,6 +529,12 @@ pub fn lookup_alias<E: Entries + ?Sized>(
     key: &str,
 ) -> Result<Option<Vec<String>>, LookupError> {
     let (_, class) = classify(e, key);
+    if let Class::Ambiguous { key, claims } = class {
+        return Err(LookupError::Ambiguous {
+            address: key,
+            claims,
+        });
+    }
     if !matches!(class, Class::Alias { .. } | Class::CatchAll { .. }) {
         return Ok(None);
     }
@@ -498,6 +583,12 @@ pub fn lookup_sender_logins<E: Entries + ?Sized>(
                         out.push(login);
                     }
                 }
+            }
+            Class::Ambiguous { key, claims } => {
+                return Err(LookupError::Ambiguous {
+                    address: key,
+                    claims,
+                });
             }
             _ => {}
         }

@@ -99,10 +99,9 @@ pub fn lookup<E: Entries + ?Sized>(e: &E, table: Table, key: &str) -> Outcome {
             Some(d) => Outcome::Found(vec![d]),
             None => Outcome::NotFound,
         },
-        Table::Mailboxes => match lookup::mailbox_login(e, key) {
-            Some(login) => Outcome::Found(vec![login.to_string()]),
-            None => Outcome::NotFound,
-        },
+        Table::Mailboxes => {
+            from(lookup::mailbox_login(e, key).map(|l| l.map(|login| vec![login.to_string()])))
+        }
         Table::Aliases => from(lookup::lookup_alias(e, key)),
         Table::Senders => from(lookup::lookup_sender_logins(e, key)),
     }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::address::Normalizer;
-use crate::quota::{QuotaLimit, QuotaRule};
+use crate::quota::{QuotaLimit, QuotaRule, UserQuota};
 
 /// Settings that shape every lookup; part of each snapshot so a reload that
 /// changes them is atomic with the data.
@@ -140,6 +140,9 @@ pub struct UserSpec {
     pub mail: Option<String>,
     /// Own limit; `None` uses the default.
     pub quota: Option<QuotaLimit>,
+    /// Own delivery grace in bytes (`quota_storage_grace`); `None` uses the
+    /// configured one.
+    pub quota_grace: Option<u64>,
     /// Own folder rules (`quota_rule2…`); empty uses the defaults.
     pub quota_rules: Vec<QuotaRule>,
     /// Whether the user may log in. A disabled user still receives mail.
@@ -162,6 +165,7 @@ impl fmt::Debug for UserSpec {
             .field("home", &self.home)
             .field("mail", &self.mail)
             .field("quota", &self.quota)
+            .field("quota_grace", &self.quota_grace)
             .field("quota_rules", &self.quota_rules)
             .field("enabled", &self.enabled)
             .field(
@@ -179,6 +183,7 @@ const F_STORAGE: u8 = 8;
 const F_MESSAGES: u8 = 16;
 const F_OWN_QUOTA: u8 = 32;
 const F_ORIGIN: u8 = 64;
+const F_GRACE: u8 = 128;
 
 /// A user packed into one byte string (the login is the table key).
 ///
@@ -272,6 +277,9 @@ impl PackedUser {
         if spec.origin.is_some() {
             flags |= F_ORIGIN;
         }
+        if spec.quota_grace.is_some() {
+            flags |= F_GRACE;
+        }
         out.push(flags);
         if let Some(o) = &spec.origin {
             out.extend_from_slice(o);
@@ -281,6 +289,7 @@ impl PackedUser {
             spec.gid.map(u64::from),
             q.storage,
             q.messages,
+            spec.quota_grace,
         ]
         .into_iter()
         .flatten()
@@ -312,12 +321,15 @@ impl PackedUser {
         self.0.len()
     }
 
-    /// The effective limit alone (own or default): what an SMTP-time check
+    /// The effective limit and own grace alone: what an SMTP-time check
     /// needs, without building the whole [`User`].
-    pub fn quota(&self, settings: &Settings) -> QuotaLimit {
+    pub fn quota(&self, settings: &Settings) -> UserQuota {
         let flags = self.0[0];
-        if flags & F_OWN_QUOTA == 0 {
-            return settings.default_quota;
+        if flags & (F_OWN_QUOTA | F_GRACE) == 0 {
+            return UserQuota {
+                limit: settings.default_quota,
+                grace: None,
+            };
         }
         let mut r = Reader {
             buf: &self.0,
@@ -331,7 +343,15 @@ impl PackedUser {
         }
         let storage = (flags & F_STORAGE != 0).then(|| r.varint());
         let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
-        QuotaLimit { storage, messages }
+        let grace = (flags & F_GRACE != 0).then(|| r.varint());
+        UserQuota {
+            limit: if flags & F_OWN_QUOTA != 0 {
+                QuotaLimit { storage, messages }
+            } else {
+                settings.default_quota
+            },
+            grace,
+        }
     }
 
     /// Unpack into a borrowed view.
@@ -351,6 +371,7 @@ impl PackedUser {
         let gid = (flags & F_GID != 0).then(|| r.varint() as u32);
         let storage = (flags & F_STORAGE != 0).then(|| r.varint());
         let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
+        let quota_grace = (flags & F_GRACE != 0).then(|| r.varint());
         let password = r.opt_str();
         let home = r.opt_str().map(Home::Own).or_else(|| {
             settings
@@ -382,6 +403,7 @@ impl PackedUser {
             mail,
             quota,
             own_quota,
+            quota_grace,
             quota_rules,
             enabled: flags & F_ENABLED != 0,
             extra,
@@ -409,6 +431,8 @@ pub struct User<'a> {
     pub quota: QuotaLimit,
     /// Whether the limit is the user's own rather than the default.
     pub own_quota: bool,
+    /// Own delivery grace in bytes, if any.
+    pub quota_grace: Option<u64>,
     /// Effective folder rules in Dovecot syntax (own or default).
     pub quota_rules: QuotaRules<'a>,
     /// May log in.
@@ -472,6 +496,7 @@ impl User<'_> {
             home: self.home.map(|h| h.to_string()),
             mail: self.mail.map(str::to_string),
             quota: self.own_quota.then_some(self.quota),
+            quota_grace: self.quota_grace,
             quota_rules,
             enabled: self.enabled,
             extra: self
@@ -494,6 +519,7 @@ impl fmt::Debug for User<'_> {
             .field("home", &self.home)
             .field("mail", &self.mail)
             .field("quota", &self.quota)
+            .field("quota_grace", &self.quota_grace)
             .field("quota_rules", &self.quota_rules)
             .field("enabled", &self.enabled)
             .field(
@@ -538,6 +564,7 @@ mod tests {
             home: Some("/var/vmail/x.org/a".into()),
             mail: None,
             quota: None,
+            quota_grace: None,
             quota_rules: vec![],
             enabled: true,
             extra: vec![("userdb_foo".into(), "bar".into())],
@@ -552,7 +579,7 @@ mod tests {
             Some("/var/vmail/x.org/a")
         );
         assert_eq!(u.quota.storage, Some(10 << 30));
-        assert_eq!(packed.quota(&settings), u.quota);
+        assert_eq!(packed.quota(&settings).limit, u.quota);
         assert!(!u.own_quota);
         assert_eq!(
             u.quota_rules.to_vec(),
@@ -587,7 +614,7 @@ mod tests {
             }
         );
         assert!(u.own_quota);
-        assert_eq!(packed.quota(&settings), u.quota);
+        assert_eq!(packed.quota(&settings).limit, u.quota);
         assert_eq!(u.quota_rules.to_vec(), ["Trash:storage=+1073741824B"]);
         assert_eq!(u.home, Some(Home::Own("/h")));
         assert!(!u.enabled);
@@ -607,6 +634,13 @@ mod tests {
                 enabled: true,
                 ..Default::default()
             },
+            // A grace of its own, with the default limit.
+            UserSpec {
+                login: "g@x.org".into(),
+                quota_grace: Some(0),
+                uid: Some(7),
+                ..Default::default()
+            },
             UserSpec {
                 login: "b@x.org".into(),
                 password: Some("{PLAIN}b".into()),
@@ -618,6 +652,7 @@ mod tests {
                     storage: Some(5),
                     messages: Some(6),
                 }),
+                quota_grace: Some(3 << 20),
                 quota_rules: vec![QuotaRule::parse("Trash:storage=+1G").unwrap()],
                 enabled: false,
                 extra: vec![("k".into(), "v".into())],
@@ -625,7 +660,16 @@ mod tests {
             },
         ] {
             let packed = PackedUser::pack(&spec, &settings);
-            let back = packed.view(&spec.login, &settings).to_spec(&settings);
+            let view = packed.view(&spec.login, &settings);
+            assert_eq!(
+                packed.quota(&settings),
+                UserQuota {
+                    limit: view.quota,
+                    grace: spec.quota_grace
+                }
+            );
+            assert_eq!(view.quota_grace, spec.quota_grace);
+            let back = view.to_spec(&settings);
             assert_eq!(PackedUser::pack(&back, &settings), packed, "{spec:?}");
         }
     }

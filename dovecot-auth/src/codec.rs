@@ -3,16 +3,26 @@
 //! Lines end with LF; a line is a one-letter command followed directly by
 //! TAB-separated fields, each escaped with `\x01` (`\x01` → `\x011`,
 //! NUL → `\x010`, TAB → `\x01t`, CR → `\x01r`, LF → `\x01n`; Dovecot
-//! `src/lib/strescape.c`). Commands (`src/lib-dict/dict-client.h`):
+//! `src/lib/strescape.c`). Commands (protocol 3, Dovecot 2.3:
+//! `src/lib-dict/dict-client.h`; protocol 4, Dovecot 2.4:
+//! `src/lib-dict-extra/dict-client.h` and the server side,
+//! `src/dict/dict-commands.c`, tag 2.4.1):
 //!
 //! ```text
 //! H<major>\t<minor>\t<value_type>\t<user>\t<dict name>   hello, no reply
 //! L<key>\t<user>                                       lookup
 //! I<flags>\t<max_rows>\t<path>\t<user>                 iterate
-//! B<id>\t<user>   S<id>\t<key>\t<value>   U<id>\t<key>   no reply
+//! B<id>\t<user>[\t<expire_secs>]                       no reply (3rd: 2.4)
+//! S<id>\t<key>\t<value>   U<id>\t<key>                  no reply
 //! A<id>\t<key>\t<diff>   T<id>\t<secs>\t<nsecs>   R<id>  no reply
-//! C<id>   D<id>                                       commit (D: async)
+//! V<id>\t<yes|no>     hide values in logs (2.4)        no reply
+//! C<id>   D<id>                                       commit (D: async, 2.3)
 //! ```
+//!
+//! Protocol 4 differs from 3 only in the hello's major (`H4\t0\t…`),
+//! `B`'s third field, `V`, and the loss of `D`; replies are the same.
+//! This codec reads both versions alike (a 2.3 client never sends `V` or a
+//! third `B` field; a 2.4 client never sends `D`).
 //!
 //! Replies: lookup `O<value>` / `M<values>` / `N` / `F<error>`; iterate rows
 //! `O<key>\t<value>` ended by an empty line (or `F<error>`); commit
@@ -29,8 +39,8 @@ use bytes::{Buf, BufMut, BytesMut};
 /// (`DICT_CLIENT_MAX_LINE_LENGTH`, 64 KiB, `src/lib-dict/dict-client.h`).
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Protocol majors understood: 3 (Dovecot 2.3) and 4 (2.4, "otherwise
-/// compatible" per its developer docs).
+/// Protocol majors understood: 3 (Dovecot 2.3) and 4 (2.4: see the module
+/// docs for what changed).
 pub const MAJORS: [u32; 2] = [3, 4];
 
 /// Iterate flag: recurse into children (`DICT_ITERATE_FLAG_RECURSE`).
@@ -109,6 +119,18 @@ pub enum Command<'a> {
         id: u32,
         /// User.
         user: Cow<'a, str>,
+        /// Expiry of the keys set (protocol 4's third field; 0: none;
+        /// `None`: not sent, as by 2.3). ramdir keeps counters, which
+        /// Dovecot's quota clone never asks to expire: read, not used.
+        expire_secs: Option<u32>,
+    },
+    /// `V`: whether the dict server may log the transaction's values
+    /// (protocol 4). ramdir never logs values: accepted, nothing to do.
+    HideLogValues {
+        /// Transaction id.
+        id: u32,
+        /// `yes`: hide them.
+        hide: bool,
     },
     /// `S`: set a key.
     Set {
@@ -238,6 +260,18 @@ pub fn frame(buf: &[u8]) -> Result<Option<usize>, CodecError> {
     }
 }
 
+/// A boolean as Dovecot's `str_parse_get_bool` reads it: `yes`, `y` (any
+/// case) or `1`; `no` (any case).
+fn parse_bool(v: &str) -> Option<bool> {
+    if v.eq_ignore_ascii_case("yes") || v.eq_ignore_ascii_case("y") || v == "1" {
+        Some(true)
+    } else if v.eq_ignore_ascii_case("no") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Most fields any command has (`H`: five).
 const MAX_FIELDS: usize = 5;
 
@@ -323,6 +357,17 @@ impl Command<'_> {
                 Command::Begin {
                     id: num(0)?,
                     user: text(1),
+                    // Dovecot's dict server: a third field must be a number.
+                    expire_secs: if count >= 3 { Some(num(2)?) } else { None },
+                }
+            }
+            'V' => {
+                if count != 2 {
+                    return Err(bad(&format!("want 2 fields, got {count}")));
+                }
+                Command::HideLogValues {
+                    id: num(0)?,
+                    hide: parse_bool(raw[1]).ok_or_else(|| bad("want yes or no"))?,
                 }
             }
             'S' => {
@@ -405,7 +450,16 @@ impl Command<'_> {
                 path: o(path),
                 user: o(user),
             },
-            Command::Begin { id, user } => Command::Begin { id, user: o(user) },
+            Command::Begin {
+                id,
+                user,
+                expire_secs,
+            } => Command::Begin {
+                id,
+                user: o(user),
+                expire_secs,
+            },
+            Command::HideLogValues { id, hide } => Command::HideLogValues { id, hide },
             Command::Set { id, key, value } => Command::Set {
                 id,
                 key: o(key),
@@ -457,9 +511,19 @@ impl Command<'_> {
                 f(&mut s, path);
                 f(&mut s, user);
             }
-            Command::Begin { id, user } => {
+            Command::Begin {
+                id,
+                user,
+                expire_secs,
+            } => {
                 s.push_str(&format!("B{id}"));
                 f(&mut s, user);
+                if let Some(e) = expire_secs {
+                    s.push_str(&format!("\t{e}"));
+                }
+            }
+            Command::HideLogValues { id, hide } => {
+                s.push_str(&format!("V{id}\t{}", if *hide { "yes" } else { "no" }))
             }
             Command::Set { id, key, value } => {
                 s.push_str(&format!("S{id}"));
@@ -667,7 +731,64 @@ mod tests {
                 Ok(vec![Command::Begin {
                     id: 1,
                     user: s("a@x.org"),
+                    expire_secs: None,
                 }]),
+            ),
+            // Protocol 4 (Dovecot 2.4).
+            (
+                b"H4\t0\t0\t\tauth\n",
+                Ok(vec![Command::Hello {
+                    major: 4,
+                    minor: 0,
+                    value_type: 0,
+                    user: s(""),
+                    dict: s("auth"),
+                }]),
+            ),
+            (
+                b"B1\ta@x.org\t0\nB2\t\t3600\n",
+                Ok(vec![
+                    Command::Begin {
+                        id: 1,
+                        user: s("a@x.org"),
+                        expire_secs: Some(0),
+                    },
+                    Command::Begin {
+                        id: 2,
+                        user: s(""),
+                        expire_secs: Some(3600),
+                    },
+                ]),
+            ),
+            (
+                b"V1\tyes\nV1\tno\nV2\tY\nV3\t1\nV4\tNO\n",
+                Ok(vec![
+                    Command::HideLogValues { id: 1, hide: true },
+                    Command::HideLogValues { id: 1, hide: false },
+                    Command::HideLogValues { id: 2, hide: true },
+                    Command::HideLogValues { id: 3, hide: true },
+                    Command::HideLogValues { id: 4, hide: false },
+                ]),
+            ),
+            (
+                b"B1\ta\tsoon\n",
+                Err(CodecError::BadArgs('B', s("field 3 is not a number"))),
+            ),
+            (
+                b"V1\tmaybe\n",
+                Err(CodecError::BadArgs('V', s("want yes or no"))),
+            ),
+            (
+                b"V1\n",
+                Err(CodecError::BadArgs('V', s("want 2 fields, got 1"))),
+            ),
+            (
+                b"V1\tyes\tx\n",
+                Err(CodecError::BadArgs('V', s("want 2 fields, got 3"))),
+            ),
+            (
+                b"Vx\tyes\n",
+                Err(CodecError::BadArgs('V', s("field 1 is not a number"))),
             ),
             (
                 b"S1\tpriv/quota/storage\t100\n",
@@ -741,6 +862,26 @@ mod tests {
         ];
         for (input, want) in &cases {
             check(input, want);
+        }
+    }
+
+    /// The quota updates each Dovecot version sends, as seen on the wire
+    /// (2.3: quota dict recalculation and increments; 2.4: `quota_clone`,
+    /// debian13.md), decode at every split and encode back to the same
+    /// bytes.
+    #[test]
+    fn quota_sessions_of_both_versions_round_trip_byte_for_byte() {
+        let v23: &[u8] = b"H3\t2\t0\t\tquota\nB1\talice@example.org\nA1\tpriv/quota/storage\t-512\nA1\tpriv/quota/messages\t-1\nD1\nB2\talice@example.org\nU2\tpriv/quota/storage\nS2\tpriv/quota/storage\t248\nT2\t1700000000\t5\nC2\n";
+        let v24: &[u8] = b"H4\t0\t0\t\tquota\nB1\talice@example.org\t0\nS1\tpriv/quota/storage\t248\nS1\tpriv/quota/messages\t1\nC1\nB2\talice@example.org\t0\nV2\tyes\nS2\tpriv/quota/storage\t0\nR2\n";
+        for (input, n) in [(v23, 10), (v24, 9)] {
+            let cmds = decode_pieces(&[input]).unwrap();
+            assert_eq!(cmds.len(), n);
+            check(input, &Ok(cmds.clone()));
+            let mut out = BytesMut::new();
+            for c in &cmds {
+                c.encode(&mut out);
+            }
+            assert_eq!(&out[..], input);
         }
     }
 
@@ -833,7 +974,9 @@ mod tests {
         fn commands_round_trip(key in "[ -~\\t\\n\\x01]{0,40}", user in "[a-z@.\\t]{0,20}", id in 0u32..1000, diff in proptest::num::i64::ANY) {
             for cmd in [
                 Command::Lookup { key: key.clone().into(), user: user.clone().into() },
-                Command::Begin { id, user: user.clone().into() },
+                Command::Begin { id, user: user.clone().into(), expire_secs: None },
+                Command::Begin { id, user: user.clone().into(), expire_secs: Some(id) },
+                Command::HideLogValues { id, hide: diff < 0 },
                 Command::AtomicInc { id, key: key.clone().into(), diff },
                 Command::Set { id, key: key.clone().into(), value: user.clone().into() },
             ] {

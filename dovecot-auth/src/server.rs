@@ -474,6 +474,42 @@ mod tests {
         );
     }
 
+    /// Protocol 4 (Dovecot 2.4's `quota_clone`, and the Lua bridge's
+    /// `H4` auth connection) over the socket: `B` with its third field and
+    /// `V` take no reply, the commit answers, and the userdb answer uses
+    /// 2.4's names.
+    #[tokio::test]
+    async fn protocol_4_clients_are_served() {
+        let srv = spawn().await;
+        // This thread (where the policy service or milter would read)
+        // holds the user as untracked in its own copy.
+        assert_eq!(srv.store.counters("u1@x.org").unwrap(), [None, None]);
+        let mut c = UnixStream::connect(&srv.path).await.unwrap();
+        let got = exchange(
+            &mut c,
+            b"H4\t0\t0\t\tquota\nB1\tu1@x.org\t0\nV1\tyes\nS1\tpriv/quota/storage\t248\nS1\tpriv/quota/messages\t1\nC1\nLpriv/quota/messages\tu1@x.org\n",
+            2,
+        )
+        .await;
+        assert_eq!(got, ["O1", "O1"]);
+        // Committed by the writer thread; seen here once `O1` was sent.
+        assert_eq!(
+            srv.store.counters("u1@x.org").unwrap(),
+            [Some(248), Some(1)]
+        );
+        let mut a = UnixStream::connect(&srv.path).await.unwrap();
+        let got = exchange(
+            &mut a,
+            b"H4\t0\t0\t\tauth\nLshared/userdb/u1@x.org\tu1@x.org\n",
+            1,
+        )
+        .await;
+        assert_eq!(
+            got[0],
+            "O{\"uid\":5000,\"gid\":5000,\"quota_storage_size\":\"10737418240B\",\"quota_message_count\":\"0\",\"namespace/inbox/mailbox/Trash/quota_storage_extra\":\"524288000B\",\"namespace/inbox/mailbox/Junk/quota_storage_extra\":\"524288000B\"}"
+        );
+    }
+
     #[tokio::test]
     async fn iteration_streams_all_users_then_an_empty_line() {
         let srv = spawn().await;

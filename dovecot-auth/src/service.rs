@@ -7,10 +7,21 @@
 //!   extras}`. A disabled user is unknown to passdb (`N`): the login fails
 //!   exactly like a wrong password, so accounts cannot be told apart.
 //! - `shared/userdb/<user>`: flat JSON with `uid`, `gid`, `home`, `mail` when
-//!   set, `quota_rule` from the user's limit and `quota_rule2…` from the
-//!   folder rules, plus `userdb_*` extras (prefix removed). Disabled users
-//!   keep their userdb (`disabled_userdb`), so mail already queued is
-//!   delivered.
+//!   set, the user's limit and folder rules, plus `userdb_*` extras (prefix
+//!   removed). Disabled users keep their userdb (`disabled_userdb`), so mail
+//!   already queued is delivered.
+//!
+//! The limit is written in the names the asking Dovecot enforces, told by
+//! the protocol major of the connection's hello (see [`Spelling`]): major 3
+//! (Dovecot 2.3) gets `quota_rule` and `quota_rule2…`; major 4 (Dovecot 2.4,
+//! or the Lua bridge, which says `H4`) gets `quota_storage_size`,
+//! `quota_message_count` and each folder rule as settings of its mailbox
+//! (`namespace/<ns>/mailbox/<box>/quota_storage_extra`, …; a folder whose
+//! name holds `/` or `=` cannot be named so and is left out). 2.4 ignores
+//! `quota_rule*` without a word, and 2.3 ignores the 2.4 names, so one
+//! client never gets both: each gets exactly the limit the policy service
+//! and the milter enforce. A user's own grace goes as `quota_grace` (2.3)
+//! or `quota_storage_grace` (2.4).
 //! - iteration of `shared/userdb/` (and `shared/passdb/`): one row per user,
 //!   direct children only (Dovecot asserts every row starts with the path,
 //!   and a deeper key would show up as a user; protocols.md G16).
@@ -26,7 +37,9 @@
 use std::collections::HashMap;
 
 use ramdir_core::fallback::KeyKind;
-use ramdir_core::lookup::{Class, TargetKind};
+use ramdir_core::lookup::{Class, LookupError, TargetKind};
+use ramdir_core::model::QuotaRules;
+use ramdir_core::quota::{QuotaRule, Setting, v24_folder_key};
 use ramdir_core::usage::{Op, StoreError, Txn, UsageStore};
 use ramdir_core::{Directory, User};
 
@@ -52,6 +65,10 @@ const QUOTA_KEYS: [(&str, &str); 2] = [
 /// Service settings (`[dict]` in ramdir.toml).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// The namespace whose mailboxes the folder rules name, for Dovecot
+    /// 2.4 (`namespace/<this>/mailbox/Trash/…`; Debian's and the upstream
+    /// example configuration call it `inbox`).
+    pub quota_namespace: String,
     /// Dict name of the auth dict (after the last `:` of the URI).
     pub auth_dict: String,
     /// Dict name of the quota dict.
@@ -65,6 +82,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            quota_namespace: "inbox".into(),
             auth_dict: "auth".into(),
             quota_dict: "quota".into(),
             alias_logins: false,
@@ -135,11 +153,36 @@ struct Open {
     error: Option<String>,
 }
 
+/// Which names a userdb answer gives the limits in, chosen per connection
+/// by its hello's protocol major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spelling {
+    /// Dovecot 2.3 (protocol major 3): `quota_rule`, `quota_rule2…`.
+    #[default]
+    V23,
+    /// Dovecot 2.4 (protocol major 4): `quota_storage_size`,
+    /// `quota_message_count`, `namespace/…/mailbox/…/quota_*`.
+    V24,
+}
+
+impl Spelling {
+    /// The spelling for a hello's protocol major.
+    pub fn for_major(major: u32) -> Spelling {
+        if major >= 4 {
+            Spelling::V24
+        } else {
+            Spelling::V23
+        }
+    }
+}
+
 /// Per-connection state: the hello and open transactions. Dropped with the
 /// connection, which rolls back whatever was not committed.
 #[derive(Debug, Default)]
 pub struct Session {
     dict: Option<Dict>,
+    /// From the hello's major: how userdb answers spell the limits.
+    spelling: Spelling,
     hello_user: String,
     txns: HashMap<u32, Open>,
     /// The buffer auth answers are written into, handed back after each
@@ -149,6 +192,12 @@ pub struct Session {
 
 /// Store failures become `F`; the message is what Dovecot logs.
 fn store_fail(e: StoreError) -> Reply {
+    Reply::Fail(e.to_string())
+}
+
+/// Directory errors (an ambiguous login) become `F` too: Dovecot
+/// tempfails the login instead of calling the user unknown.
+fn lookup_fail(e: LookupError) -> Reply {
     Reply::Fail(e.to_string())
 }
 
@@ -173,6 +222,12 @@ impl Session {
         self.dict
     }
 
+    /// How this connection's userdb answers spell the limits (from the
+    /// hello; [`Spelling::V23`] before it).
+    pub fn spelling(&self) -> Spelling {
+        self.spelling
+    }
+
     /// Handle one command.
     pub fn handle(
         &mut self,
@@ -187,7 +242,7 @@ impl Session {
         match cmd {
             Command::Hello { .. } => Step::Close("second hello".into()),
             Command::Lookup { key, user } => Step::One(match dict {
-                Dict::Auth => auth_lookup(&key, dir, settings, &mut self.json),
+                Dict::Auth => auth_lookup(&key, dir, settings, self.spelling, &mut self.json),
                 Dict::Quota => {
                     let user = if user.is_empty() {
                         &self.hello_user
@@ -217,7 +272,7 @@ impl Session {
                     max_rows,
                 })
             }
-            Command::Begin { id, user } => {
+            Command::Begin { id, user, .. } => {
                 if self.txns.contains_key(&id) {
                     return Step::Close(format!("transaction {id} begun twice"));
                 }
@@ -249,10 +304,13 @@ impl Session {
             Command::AtomicInc { id, key, diff } => {
                 self.change(id, dict, &key, |k| Ok(Op::Inc(k, diff)))
             }
-            Command::Timestamp { id, .. } => match self.txns.contains_key(&id) {
-                true => Step::Reply(vec![]),
-                false => Step::Close(format!("unknown transaction {id}")),
-            },
+            // Values are never logged here: nothing to hide, nothing to do.
+            Command::Timestamp { id, .. } | Command::HideLogValues { id, .. } => {
+                match self.txns.contains_key(&id) {
+                    true => Step::Reply(vec![]),
+                    false => Step::Close(format!("unknown transaction {id}")),
+                }
+            }
             Command::Rollback { id } => {
                 self.txns.remove(&id);
                 Step::Reply(vec![])
@@ -308,6 +366,7 @@ impl Session {
             return Step::Close(format!("unknown dict {dict:?}"));
         };
         self.hello_user = user.to_lowercase();
+        self.spelling = Spelling::for_major(major);
         Step::Reply(vec![])
     }
 
@@ -388,53 +447,83 @@ fn quota_lookup(key: &str, user: &str, usage: Option<&UsageStore>) -> Reply {
 }
 
 /// Resolve an auth username to a user: the exact (folded) login, or with
-/// `alias_logins` an alias that delivers to exactly one local mailbox.
-fn auth_user<'d>(dir: &'d Directory, name: &str, settings: &Settings) -> Option<User<'d>> {
+/// `alias_logins` an alias that delivers to exactly one local mailbox. A
+/// name claimed by several directory entries is an error (never one of
+/// them: that would serve one user's password under another's login).
+fn auth_user<'d>(
+    dir: &'d Directory,
+    name: &str,
+    settings: &Settings,
+) -> Result<Option<User<'d>>, LookupError> {
     // Dovecot asks with the login as stored almost always: no copy then.
     if dir.settings().normalizer.is_normal_form(name)
         && let Some(u) = dir.user(name)
     {
-        return Some(u);
+        return Ok(Some(u));
     }
-    let addr = dir.settings().normalizer.address(name)?;
-    if let Some(u) = dir.user(&addr.full()) {
-        return Some(u);
+    let Some(addr) = dir.settings().normalizer.address(name) else {
+        return Ok(None);
+    };
+    let full = addr.full();
+    if let Some(u) = dir.user(&full) {
+        return Ok(Some(u));
     }
+    dir.check_ambiguous(&full)?;
     if !settings.alias_logins || addr.extension.is_some() {
-        return None;
+        return Ok(None);
     }
-    if !matches!(dir.classify(name).1, Class::Alias { .. }) {
-        return None;
+    match dir.classify(name).1 {
+        Class::Alias { .. } => {}
+        Class::Ambiguous { key, claims } => {
+            return Err(LookupError::Ambiguous {
+                address: key,
+                claims,
+            });
+        }
+        _ => return Ok(None),
     }
-    let r = dir.resolve(name).ok()?;
-    match r.targets.as_slice() {
+    let r = match dir.resolve(name) {
+        Ok(r) => r,
+        Err(e @ LookupError::Ambiguous { .. }) => return Err(e),
+        // A broken alias (a loop) names no login.
+        Err(_) => return Ok(None),
+    };
+    Ok(match r.targets.as_slice() {
         [t] => match &t.kind {
             TargetKind::Mailbox(login) => dir.user(login),
             _ => None,
         },
         _ => None,
-    }
+    })
 }
 
 /// An auth-dict lookup. The JSON is written into `buf` (a buffer the
 /// session reuses; see [`Session::recycle`]).
-fn auth_lookup(key: &str, dir: &Directory, settings: &Settings, buf: &mut String) -> Reply {
+fn auth_lookup(
+    key: &str,
+    dir: &Directory,
+    settings: &Settings,
+    spelling: Spelling,
+    buf: &mut String,
+) -> Reply {
     if let Some(name) = key.strip_prefix(PASSDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled => {
+            Ok(Some(u)) if u.enabled => {
                 passdb_json(&u, name, buf);
                 Reply::Json(std::mem::take(buf))
             }
-            _ => Reply::NotFound,
+            Ok(_) => Reply::NotFound,
+            Err(e) => lookup_fail(e),
         };
     }
     if let Some(name) = key.strip_prefix(USERDB) {
         return match auth_user(dir, name, settings) {
-            Some(u) if u.enabled || settings.disabled_userdb => {
-                userdb_json(&u, name, buf);
+            Ok(Some(u)) if u.enabled || settings.disabled_userdb => {
+                userdb_json(&u, name, spelling, &settings.quota_namespace, buf);
                 Reply::Json(std::mem::take(buf))
             }
-            _ => Reply::NotFound,
+            Ok(_) => Reply::NotFound,
+            Err(e) => lookup_fail(e),
         };
     }
     Reply::NotFound
@@ -548,7 +637,7 @@ fn passdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
     m.finish();
 }
 
-fn userdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
+fn userdb_json(u: &User<'_>, asked: &str, spelling: Spelling, namespace: &str, buf: &mut String) {
     let mut m = JsonObject::new(buf);
     if u.login != asked {
         m.str("user", u.login);
@@ -568,8 +657,22 @@ fn userdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
     if let Some(mail) = u.mail {
         m.str("mail", mail);
     }
-    // As `QuotaLimit::to_rule`, written in place (digits need no escape).
-    // Dovecot: storage=0 means no limit.
+    match spelling {
+        Spelling::V23 => quota_v23(u, &mut m),
+        Spelling::V24 => quota_v24(u, namespace, &mut m),
+    }
+    for (k, v) in &u.extra {
+        if let Some(k) = k.strip_prefix("userdb_") {
+            m.str(k, v);
+        }
+    }
+    m.finish();
+}
+
+/// The limit and folder rules for Dovecot 2.3: `quota_rule` (as
+/// `QuotaLimit::to_rule`, written in place; digits need no escape;
+/// `storage=0` means no limit) and `quota_rule2…`.
+fn quota_v23(u: &User<'_>, m: &mut JsonObject<'_>) {
     m.key("quota_rule");
     m.0.push_str("\"*");
     match (u.quota.storage, u.quota.messages) {
@@ -587,6 +690,12 @@ fn userdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
         }
     }
     m.0.push('"');
+    if let Some(g) = u.quota_grace {
+        m.key("quota_grace");
+        m.0.push('"');
+        push_u64(m.0, g);
+        m.0.push_str("B\"");
+    }
     for (i, r) in u.quota_rules.iter().enumerate() {
         // `quota_rule2`, `quota_rule3`, …: a key that needs no escape.
         m.0.push_str(",\"quota_rule");
@@ -594,19 +703,69 @@ fn userdb_json(u: &User<'_>, asked: &str, buf: &mut String) {
         m.0.push_str("\":");
         json_string(r, m.0);
     }
-    for (k, v) in &u.extra {
-        if let Some(k) = k.strip_prefix("userdb_") {
-            m.str(k, v);
+}
+
+/// The limit and folder rules for Dovecot 2.4: both resources always
+/// (`0` is no limit; an absent field would leave Dovecot's global setting
+/// in force, which ramdir's checks do not know), then each folder rule as
+/// settings of its mailbox in `namespace`.
+fn quota_v24(u: &User<'_>, namespace: &str, m: &mut JsonObject<'_>) {
+    m.key("quota_storage_size");
+    m.0.push('"');
+    match u.quota.storage {
+        Some(s) => {
+            push_u64(m.0, s);
+            m.0.push('B');
         }
+        None => m.0.push('0'),
     }
-    m.finish();
+    m.0.push('"');
+    m.key("quota_message_count");
+    m.0.push('"');
+    push_u64(m.0, u.quota.messages.unwrap_or(0));
+    m.0.push('"');
+    if let Some(g) = u.quota_grace {
+        m.key("quota_storage_grace");
+        m.0.push('"');
+        push_u64(m.0, g);
+        m.0.push_str("B\"");
+    }
+    let mut rule = |r: &QuotaRule| {
+        r.v24_settings(u.quota, |name, value| {
+            // A folder 2.4 cannot name per user is left to dovecot.conf
+            // (docs/dovecot.md); it never changes the INBOX limit that the
+            // SMTP-time checks use.
+            let Some(key) = v24_folder_key(namespace, &r.mailbox, name) else {
+                return;
+            };
+            m.key(&key);
+            m.0.push('"');
+            match value {
+                Setting::Bytes(n) => {
+                    push_u64(m.0, n);
+                    m.0.push('B');
+                }
+                Setting::Number(n) => push_u64(m.0, n),
+                Setting::Yes => m.0.push_str("yes"),
+            }
+            m.0.push('"');
+        })
+    };
+    match &u.quota_rules {
+        QuotaRules::Default(rules) => rules.iter().for_each(&mut rule),
+        // Stored as 2.3 rules that ramdir itself rendered: they parse.
+        QuotaRules::Own(rules) => rules
+            .iter()
+            .filter_map(|r| QuotaRule::parse(r).ok())
+            .for_each(|r| rule(&r)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ramdir_core::UserSpec;
-    use ramdir_core::quota::QuotaLimit;
+    use ramdir_core::quota::{QuotaLimit, QuotaRule};
 
     fn directory() -> Directory {
         let mut d = Directory::new(ramdir_core::Settings {
@@ -764,6 +923,106 @@ mod tests {
     }
 
     #[test]
+    fn userdb_spells_limits_for_the_version_that_asks() {
+        let mut d = directory();
+        d.insert_user(&UserSpec {
+            login: "carol@x.org".into(),
+            quota: Some(QuotaLimit {
+                storage: None,
+                messages: Some(7),
+            }),
+            quota_rules: vec![
+                QuotaRule::parse("Deleted Messages:storage=+1M").unwrap(),
+                QuotaRule::parse("Spam:ignore").unwrap(),
+                QuotaRule::parse("Small:storage=50%:messages=+3").unwrap(),
+                QuotaRule::parse("Archive/2024:ignore").unwrap(),
+            ],
+            quota_grace: Some(1 << 20),
+            enabled: true,
+            extra: vec![("userdb_quota_mailbox_count".into(), "9".into())],
+            ..Default::default()
+        });
+        let set = Settings::default();
+        let lookup = |hello: &str, user: &str| {
+            let mut s = Session::new();
+            run(&mut s, &d, None, &set, hello);
+            value(run(
+                &mut s,
+                &d,
+                None,
+                &set,
+                &format!("Lshared/userdb/{user}\t{user}"),
+            ))
+        };
+        // Dovecot 2.4 (and the Lua bridge): 2.4's names only.
+        let a = lookup("H4\t0\t0\t\tauth", "alice@x.org");
+        assert_eq!(
+            a,
+            serde_json::json!({"uid": 5000, "gid": 5000, "home": "/var/vmail/x.org/alice",
+                "quota_storage_size": "10737418240B", "quota_message_count": "0",
+                "namespace/inbox/mailbox/Trash/quota_storage_extra": "524288000B",
+                "namespace/inbox/mailbox/Junk/quota_storage_extra": "524288000B",
+                "acl": "x"})
+        );
+        let b = lookup("H4\t0\t0\t\tauth", "bob@x.org");
+        assert_eq!(b["quota_storage_size"], "1048576B");
+        assert_eq!(b["quota_message_count"], "10");
+        let c = lookup("H4\t0\t0\t\tauth", "carol@x.org");
+        assert_eq!(
+            c,
+            serde_json::json!({"home": "/var/vmail/x.org/carol",
+                "quota_storage_size": "0", "quota_message_count": "7",
+                "quota_storage_grace": "1048576B",
+                "namespace/inbox/mailbox/Deleted Messages/quota_storage_extra": "1048576B",
+                "namespace/inbox/mailbox/Spam/quota_ignore": "yes",
+                "namespace/inbox/mailbox/Small/quota_storage_percentage": "50",
+                "namespace/inbox/mailbox/Small/quota_message_count": "10",
+                "quota_mailbox_count": "9"})
+        );
+        // Dovecot 2.3: 2.3's names only, as before.
+        let c = lookup("H3\t2\t0\t\tauth", "carol@x.org");
+        assert_eq!(
+            c,
+            serde_json::json!({"home": "/var/vmail/x.org/carol",
+                "quota_rule": "*:messages=7",
+                "quota_grace": "1048576B",
+                "quota_rule2": "Deleted Messages:storage=+1048576B",
+                "quota_rule3": "Spam:ignore",
+                "quota_rule4": "Small:storage=50%:messages=+3",
+                "quota_rule5": "Archive/2024:ignore",
+                "quota_mailbox_count": "9"})
+        );
+        // Never both sets to one client.
+        for (hello, foreign) in [
+            ("H4\t0\t0\t\tauth", "quota_rule"),
+            ("H3\t2\t0\t\tauth", "quota_storage"),
+            ("H3\t2\t0\t\tauth", "namespace/"),
+        ] {
+            for user in ["alice@x.org", "bob@x.org", "carol@x.org"] {
+                let v = lookup(hello, user);
+                let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+                assert!(
+                    !keys.iter().any(|k| k.starts_with(foreign)),
+                    "{hello} {user}: {keys:?}"
+                );
+            }
+        }
+        // Another namespace name.
+        let set = Settings {
+            quota_namespace: "main ns".into(),
+            ..Settings::default()
+        };
+        let mut s = Session::new();
+        run(&mut s, &d, None, &set, "H4\t0\t0\t\tauth");
+        assert_eq!(s.spelling(), Spelling::V24);
+        let a = value(run(&mut s, &d, None, &set, "Lshared/userdb/alice@x.org\tx"));
+        assert_eq!(
+            a["namespace/main ns/mailbox/Trash/quota_storage_extra"],
+            "524288000B"
+        );
+    }
+
+    #[test]
     fn alias_logins_when_configured_and_unambiguous() {
         let d = directory();
         let set = Settings {
@@ -784,6 +1043,32 @@ mod tests {
             replies(run(&mut s, &d, None, &set, "Lshared/passdb/team@x.org\tx")),
             [Reply::NotFound]
         );
+    }
+
+    #[test]
+    fn an_ambiguous_login_fails_and_never_serves_a_password() {
+        let mut d = directory();
+        d.set_ambiguous("dup@x.org", 2);
+        d.set_alias("dupalias@x.org", vec!["dup@x.org".into()]);
+        for alias_logins in [false, true] {
+            let set = Settings {
+                alias_logins,
+                ..Settings::default()
+            };
+            let mut s = Session::new();
+            run(&mut s, &d, None, &set, "H3\t2\t0\t\tauth");
+            let mut keys = vec!["passdb/dup@x.org", "userdb/dup@x.org", "passdb/DUP@x.org"];
+            if alias_logins {
+                keys.push("passdb/dupalias@x.org");
+            }
+            for key in keys {
+                let line = format!("Lshared/{key}\tdup@x.org");
+                match replies(run(&mut s, &d, None, &set, &line)).as_slice() {
+                    [Reply::Fail(e)] => assert!(e.contains("claimed by 2"), "{e}"),
+                    other => panic!("{key}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
@@ -852,6 +1137,111 @@ mod tests {
             run(&mut s, &d, None, &set, "H4\t0\t0\t\tauth"),
             Step::Reply(_)
         ));
+    }
+
+    /// Dovecot 2.4's `quota_clone` (protocol 4): absolute `S` of both
+    /// counters inside `B…C`, sometimes with `V`. The commit reaches the
+    /// store, and the very next read (the policy's and milter's, through
+    /// the same caches) sees the new values, both ways.
+    #[test]
+    fn quota_clone_updates_reach_the_smtp_time_check_at_once() {
+        use ramdir_core::check::{Grace, Usage, UsageSource, Verdict, check_recipient};
+        let mut d = Directory::new(ramdir_core::Settings::default());
+        d.insert_user(&UserSpec {
+            login: "alice@example.org".into(),
+            quota: Some(QuotaLimit {
+                storage: Some(1000),
+                messages: Some(5),
+            }),
+            enabled: true,
+            ..Default::default()
+        });
+        d.add_domain("example.org");
+        let set = Settings::default();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = UsageStore::open(&tmp.path().join("q")).unwrap();
+        let u = Some(&store);
+        let grace = Grace::Bytes(0);
+        // Untracked: accepted, and now cached as untracked in this thread
+        // and in the shared cache.
+        assert_eq!(store.usage("alice@example.org").unwrap(), Usage::default());
+        assert_eq!(
+            check_recipient(&d, &store, grace, "alice@example.org", 10),
+            Verdict::Accept
+        );
+        let mut s = Session::new();
+        let clone = |s: &mut Session, id: u32, storage: i64, messages: i64, hide: bool| {
+            assert!(
+                replies(run(s, &d, u, &set, &format!("B{id}\talice@example.org\t0"))).is_empty()
+            );
+            if hide {
+                assert!(replies(run(s, &d, u, &set, &format!("V{id}\tyes"))).is_empty());
+            }
+            for (k, v) in [("storage", storage), ("messages", messages)] {
+                let line = format!("S{id}\tpriv/quota/{k}\t{v}");
+                assert!(replies(run(s, &d, u, &set, &line)).is_empty());
+            }
+            let Step::Commit {
+                id: got,
+                async_reply: false,
+                txn,
+            } = run(s, &d, u, &set, &format!("C{id}"))
+            else {
+                panic!("no commit")
+            };
+            assert_eq!(got, id);
+            store.commit_batch(&[txn]).unwrap()
+        };
+        assert!(replies(run(&mut s, &d, u, &set, "H4\t0\t0\t\tquota")).is_empty());
+        // A delivery: 995 bytes in 4 messages. 5 bytes left, no grace.
+        assert_eq!(
+            clone(&mut s, 1, 995, 4, false),
+            [ramdir_core::usage::CommitOutcome::Ok]
+        );
+        assert_eq!(
+            store.peek("alice@example.org"),
+            None,
+            "the commit emptied this thread's copy"
+        );
+        assert_eq!(
+            store.usage("alice@example.org").unwrap(),
+            Usage {
+                storage: Some(995),
+                messages: Some(4)
+            }
+        );
+        assert_eq!(
+            check_recipient(&d, &store, grace, "alice@example.org", 5),
+            Verdict::Accept
+        );
+        assert!(matches!(
+            check_recipient(&d, &store, grace, "alice@example.org", 6),
+            Verdict::OverQuota { .. }
+        ));
+        // The fifth message reaches the message limit.
+        clone(&mut s, 2, 996, 5, true);
+        assert!(matches!(
+            check_recipient(&d, &store, grace, "alice@example.org", 1),
+            Verdict::OverQuota { .. }
+        ));
+        // An expunge writes lower absolute values: accepted again at once.
+        clone(&mut s, 3, 100, 1, false);
+        assert_eq!(
+            check_recipient(&d, &store, grace, "alice@example.org", 900),
+            Verdict::Accept
+        );
+        assert_eq!(
+            replies(run(
+                &mut s,
+                &d,
+                u,
+                &set,
+                "Lpriv/quota/storage\talice@example.org"
+            )),
+            [Reply::Value("100".into())]
+        );
+        // V on a transaction never begun breaks the protocol, as T does.
+        assert!(matches!(run(&mut s, &d, u, &set, "V9\tno"), Step::Close(_)));
     }
 
     #[test]

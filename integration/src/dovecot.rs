@@ -1,6 +1,6 @@
-//! A private Dovecot 2.3 instance that authenticates users and keeps quota
-//! usage through ramdir's dict socket, and the clients the tests drive it
-//! with.
+//! A private Dovecot instance (2.3 from the host, or 2.4 from the Debian 13
+//! root, see [`Flavor`]) that authenticates users and keeps quota usage
+//! through ramdir's dict socket, and the clients the tests drive it with.
 //!
 //! How Dovecot is run follows `docs/stack-notes.md` section 4: one
 //! self-contained `dovecot.conf` (no `!include` of `/etc/dovecot`) under
@@ -12,10 +12,24 @@
 //! open after daemonizing, trap 8) and every `doveadm` call gets `-c` (trap
 //! 9).
 //!
-//! passdb and userdb are `driver = dict` on ramdir's `auth` dict, and the
-//! quota backend is `dict:User quota::proxy:…:quota`, both through
-//! `proxy:idle_msecs=10000:` URIs (trap 10, G11). No `quota_rule` is set in
-//! `dovecot.conf`: every limit comes from ramdir's userdb answer.
+//! Dovecot 2.3: passdb and userdb are `driver = dict` on ramdir's `auth`
+//! dict, and the quota backend is `dict:User quota::proxy:…:quota`, both
+//! through `proxy:idle_msecs=10000:` URIs (trap 10, G11).
+//!
+//! Dovecot 2.4 has neither driver (debian13.md): passdb and userdb are
+//! `driver = lua` running the shipped bridge
+//! `contrib/dovecot/ramdir-auth.lua` (copied into the stack, so the root
+//! sees it) against the same `auth` dict, and the quota is `driver =
+//! count` with `quota_clone` writing the usage into ramdir's `quota` dict.
+//!
+//! For both versions the ramdir part of `dovecot.conf` (and 2.3's
+//! `dovecot-dict-auth.conf.ext`) is read from docs/dovecot.md itself, paths
+//! replaced ([`documented_block`]): what the docs tell operators is what
+//! the tests run. Only the instance settings (paths, listeners, users,
+//! logging) are the harness's own.
+//!
+//! No limit is set in `dovecot.conf`: every limit comes from ramdir's
+//! userdb answer.
 //!
 //! The tests fail logins on purpose, so the instance turns off what makes
 //! that slow: `auth_failure_delay = 0`, and the anvil auth-penalty socket is
@@ -41,9 +55,10 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flavor::Flavor;
 use crate::postfix::Postfix;
 use crate::ramdir::{DirectoryContent, DirectoryFiles, Ramdir, write_config};
 use crate::smtp::Reply;
@@ -66,23 +81,66 @@ const REQUIRED: [&str; 5] = [
     "/usr/lib/dovecot/modules/lib10_quota_plugin.so",
 ];
 
-/// Panic, saying how to fix it, unless Dovecot (core, imapd, lmtpd) and its
-/// system users are installed and we are root.
+/// What Dovecot 2.4 needs on top: the Lua auth driver and the quota clone
+/// plugin, and the Lua module the bridge loads (lua-cjson's, under the
+/// architecture's directory, is checked by [`require_dovecot_on`]).
+const REQUIRED_24: [&str; 3] = [
+    "/usr/lib/dovecot/modules/auth/libauthdb_lua.so",
+    "/usr/lib/dovecot/modules/lib20_quota_clone_plugin.so",
+    "/usr/share/lua/5.4/socket.lua",
+];
+
+/// The Lua passdb/userdb bridge ramdir ships for Dovecot 2.4.
+pub fn lua_bridge() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/dovecot/ramdir-auth.lua")
+}
+
+/// Panic, saying how to fix it, unless the host's Dovecot (core, imapd,
+/// lmtpd) and its system users are installed and we are root.
 pub fn require_dovecot() {
+    require_dovecot_on(Flavor::Debian12);
+}
+
+/// [`require_dovecot`] for `flavor`'s Dovecot (for Debian 13: in its root,
+/// with the Lua bridge's needs).
+pub fn require_dovecot_on(flavor: Flavor) {
     require_root();
-    for p in REQUIRED {
-        if !Path::new(p).exists() {
+    let extra: &[&str] = if flavor.dovecot_24() {
+        &REQUIRED_24
+    } else {
+        &[]
+    };
+    for p in REQUIRED.iter().chain(extra) {
+        if !flavor.exists(Path::new(p)) {
             panic!(
-                "{p} is missing: Dovecot (dovecot-core, dovecot-imapd, dovecot-lmtpd) is needed; \
-                 run scripts/install-test-deps.sh (as root) first"
+                "{p} is missing ({flavor}): Dovecot (dovecot-core, dovecot-imapd, dovecot-lmtpd{}) \
+                 is needed; run scripts/install-test-deps.sh (as root) first",
+                if flavor.dovecot_24() {
+                    ", dovecot-auth-lua, lua-socket, lua-cjson"
+                } else {
+                    ""
+                }
             );
         }
     }
     for user in ["dovecot", "dovenull"] {
-        if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+        flavor.user(user);
+    }
+    if flavor.dovecot_24() {
+        // /usr/lib/<multiarch triplet>/lua/5.4/cjson.so
+        let cjson = std::fs::read_dir(flavor.host_path(Path::new("/usr/lib")))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("lua/5.4/cjson.so").is_file());
+        if !cjson {
             panic!(
-                "no system user '{user}': run scripts/install-test-deps.sh (installs dovecot-core)"
+                "lua-cjson (Lua 5.4) is missing ({flavor}): run scripts/install-test-deps.sh \
+                 (as root) first"
             );
+        }
+        if !lua_bridge().is_file() {
+            panic!("{} is missing", lua_bridge().display());
         }
     }
 }
@@ -90,6 +148,7 @@ pub fn require_dovecot() {
 /// A Dovecot instance under `<stack>/dv`. Stopped on drop.
 #[derive(Debug)]
 pub struct Dovecot {
+    flavor: Flavor,
     root: PathBuf,
     conf: PathBuf,
     imap_port: u16,
@@ -97,12 +156,15 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    /// Write `dovecot.conf` and `dovecot-dict-auth.conf.ext` for an
-    /// instance that uses the ramdir dict socket `dict_socket`, create its
+    /// Write `dovecot.conf` (and for 2.3 `dovecot-dict-auth.conf.ext`, for
+    /// 2.4 a copy of the Lua bridge) for an instance of the stack's
+    /// flavor that uses the ramdir dict socket `dict_socket`, create its
     /// directories (the mail root owned by 5000:5000). Does not start it.
-    /// `extra` is appended to `dovecot.conf` (later settings win).
+    /// `extra` is appended to `dovecot.conf` (later settings win; it must
+    /// be in the flavor's syntax).
     pub fn prepare(stack: &StackDir, dict_socket: &Path, extra: &str) -> Dovecot {
-        require_dovecot();
+        let flavor = stack.flavor();
+        require_dovecot_on(flavor);
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(sweep_leaked_masters);
         let root = stack.join("dv");
@@ -126,12 +188,19 @@ impl Dovecot {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "rdi".into());
-        write_atomic(&auth_ext, &auth_ext_text(dict_socket));
-        write_atomic(
-            &conf,
-            &dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra),
-        );
+        let text = if flavor.dovecot_24() {
+            let lua = root.join("ramdir-auth.lua");
+            std::fs::copy(lua_bridge(), &lua).unwrap_or_else(|e| {
+                panic!("copy {} to {}: {e}", lua_bridge().display(), lua.display())
+            });
+            dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra)
+        } else {
+            write_atomic(&auth_ext, &auth_ext_text(dict_socket));
+            dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra)
+        };
+        write_atomic(&conf, &text);
         Dovecot {
+            flavor,
             root,
             conf,
             imap_port,
@@ -139,7 +208,7 @@ impl Dovecot {
         }
     }
 
-    /// Start Dovecot and wait (up to 10 s) until the master's pid file, the
+    /// Start Dovecot and wait (up to [`WAIT`]) until the master's pid file, the
     /// LMTP socket and the IMAP `* OK` greeting are all there.
     pub fn start(&mut self) {
         assert!(!self.started, "Dovecot is already running");
@@ -149,8 +218,13 @@ impl Dovecot {
             .append(true)
             .open(&stderr_path)
             .unwrap_or_else(|e| panic!("open {}: {e}", stderr_path.display()));
+        // Counted as started from here on: whatever happens next, stop()
+        // looks for a master to end.
+        self.started = true;
         // Never our own stdio: the daemon keeps it open (trap 8).
-        let status = Command::new("/usr/sbin/dovecot")
+        let status = self
+            .flavor
+            .command("/usr/sbin/dovecot")
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
@@ -166,7 +240,6 @@ impl Dovecot {
                 self.log_text()
             );
         }
-        self.started = true;
         let start = Instant::now();
         loop {
             let ready = self.master_pid().is_some()
@@ -189,22 +262,36 @@ impl Dovecot {
         }
     }
 
-    /// Stop Dovecot: SIGTERM to the master, wait (up to 10 s) until it has
-    /// exited (a zombie counts as exited, trap 15), SIGKILL otherwise.
+    /// Stop Dovecot: SIGTERM to the master, wait (up to [`WAIT`]) until it
+    /// has exited (a zombie counts as exited, trap 15), SIGKILL otherwise.
+    /// Never panics (it runs in drops, also of failed tests).
     pub fn stop(&mut self) {
         if !self.started {
             return;
         }
         self.started = false;
-        let Some(pid) = self.master_pid() else { return };
-        let pid_t = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + WAIT;
-        while process_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(30));
+        if let Some(pid) = self.master_pid() {
+            let pid_t = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + WAIT;
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            if process_alive(pid) {
+                let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+            }
         }
-        if process_alive(pid) {
-            let _ = nix::sys::signal::kill(pid_t, nix::sys::signal::Signal::SIGKILL);
+        // Anything of this instance the master did not take down (its
+        // processes work in base_dir or a mail home, all under the root).
+        let killed = crate::kill_processes_in(&[
+            self.root.clone(),
+            self.flavor.host_path_unchecked(&self.root),
+        ]);
+        if killed > 0 {
+            eprintln!(
+                "ramdir-integration: killed {killed} Dovecot process(es) left in {}",
+                self.root.display()
+            );
         }
     }
 
@@ -275,9 +362,15 @@ impl Dovecot {
             .collect()
     }
 
+    /// Which Dovecot this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
     /// Run `doveadm -c CONF ARGS…` and return its output.
     pub fn doveadm(&self, args: &[&str]) -> Output {
-        Command::new("/usr/bin/doveadm")
+        self.flavor
+            .command("/usr/bin/doveadm")
             .arg("-c")
             .arg(&self.conf)
             .args(args)
@@ -409,7 +502,7 @@ impl Drop for Dovecot {
 /// signalled when its command line is exactly the one [`Dovecot::start`]
 /// runs, `/usr/sbin/dovecot -c /tmp/rdi-<owner>-<n>/dv/dovecot.conf`, and
 /// the owner process no longer runs.
-fn sweep_leaked_masters() {
+pub(crate) fn sweep_leaked_masters() {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -446,21 +539,19 @@ fn sweep_leaked_masters() {
     }
 }
 
+/// `dovecot-dict-auth.conf.ext` exactly as docs/dovecot.md gives it, with
+/// the documented socket replaced by the stack's.
 fn auth_ext_text(dict_socket: &Path) -> String {
-    format!(
-        "\
-# Generated by ramdir-integration: passdb and userdb from ramdir's auth dict.
-uri = proxy:idle_msecs=10000:{sock}:auth
-password_key = passdb/%u
-user_key = userdb/%u
-iterate_disable = no
-iterate_prefix = userdb/
-default_pass_scheme = PLAIN
-",
-        sock = dict_socket.display()
-    )
+    documented_block(DOC_23_HEADING, "password_key")
+        .replace(DOC_DICT_SOCKET, &dict_socket.display().to_string())
 }
 
+/// The Dovecot 2.3 `dovecot.conf`: the instance settings (paths,
+/// listeners, users, logging; as a packaged Dovecot has them in its
+/// stock files), then **the ramdir part exactly as docs/dovecot.md gives
+/// it** (passdb/userdb `driver = dict`, the `dict:` quota backend), with
+/// the documented paths replaced by the stack's, so every 2.3 test runs
+/// the documented configuration. `extra` goes last (later settings win).
 fn dovecot_conf(
     root: &Path,
     instance: &str,
@@ -474,6 +565,9 @@ fn dovecot_conf(
     } else {
         "no"
     };
+    let documented = documented_block(DOC_23_HEADING, "driver = dict")
+        .replace(DOC_AUTH_EXT, &auth_ext.display().to_string())
+        .replace(DOC_DICT_SOCKET, &dict_socket.display().to_string());
     format!(
         "\
 # Generated by ramdir-integration (a private test instance).
@@ -502,28 +596,7 @@ first_valid_uid = {id}
 last_valid_uid = {id}
 first_valid_gid = {id}
 mail_location = maildir:~/Maildir
-mail_plugins = quota
-lmtp_rcpt_check_quota = yes
 postmaster_address = postmaster@example.org
-passdb {{
-  driver = dict
-  args = {auth_ext}
-}}
-userdb {{
-  driver = dict
-  args = {auth_ext}
-}}
-protocol imap {{
-  mail_plugins = $mail_plugins imap_quota
-}}
-protocol lmtp {{
-  mail_plugins = $mail_plugins
-}}
-plugin {{
-  # Usage in ramdir's quota dict; limits come from ramdir's userdb.
-  quota = dict:User quota::proxy:idle_msecs=10000:{sock}:quota
-  quota_grace = 10%%
-}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -546,13 +619,160 @@ service anvil {{
     path = anvil-auth-penalty-off
   }}
 }}
+
+# ---- docs/dovecot.md, \"dovecot.conf (Dovecot 2.3, Debian 12)\" ----
+{documented}
+# ---- end of the documented part ----
+
 {extra}
 ",
         root = root.display(),
-        auth_ext = auth_ext.display(),
-        sock = dict_socket.display(),
         id = VMAIL_ID,
     )
+}
+
+/// The Dovecot 2.4 `dovecot.conf`: the instance settings of
+/// [`dovecot_conf`] in 2.4 names, then **the ramdir part exactly as
+/// docs/dovecot.md gives it** ([`documented_24_block`]: passdb and userdb
+/// through the Lua bridge on ramdir's `auth` dict, a `count` quota that
+/// `quota_clone` mirrors into ramdir's `quota` dict), with the documented
+/// paths replaced by the stack's, so every 2.4 test runs the documented
+/// configuration. Limits come from the userdb; `extra` goes last (later
+/// settings win, and blocks of the same name merge).
+fn dovecot24_conf(
+    root: &Path,
+    instance: &str,
+    lua: &Path,
+    dict_socket: &Path,
+    imap_port: u16,
+    extra: &str,
+) -> String {
+    let debug = if std::env::var_os("RAMDIR_DOVECOT_DEBUG").is_some_and(|v| v == "1") {
+        "yes"
+    } else {
+        "no"
+    };
+    let documented = documented_24_block()
+        .replace(DOC_LUA_FILE, &lua.display().to_string())
+        .replace(DOC_DICT_SOCKET, &dict_socket.display().to_string());
+    format!(
+        "\
+# Generated by ramdir-integration (a private Dovecot 2.4 test instance).
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+instance_name = {instance}
+base_dir = {root}/run
+state_dir = {root}/state
+protocols = imap lmtp
+listen = 127.0.0.1
+log_path = {root}/dovecot.log
+ssl = no
+auth_allow_cleartext = yes
+auth_mechanisms = plain login
+auth_username_format = %{{user | lower}}
+auth_cache_size = 0
+auth_failure_delay = 0
+auth_debug = {debug}
+mail_debug = {debug}
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+mail_uid = {id}
+mail_gid = {id}
+first_valid_uid = {id}
+last_valid_uid = {id}
+first_valid_gid = {id}
+mail_driver = maildir
+mail_path = ~/Maildir
+postmaster_address = postmaster@example.org
+# As Debian's conf.d/10-mail.conf.
+namespace inbox {{
+  inbox = yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  # As for 2.3: no per-IP auth penalty (the tests fail logins on purpose).
+  unix_listener anvil-auth-penalty {{
+    path = anvil-auth-penalty-off
+  }}
+}}
+
+# ---- docs/dovecot.md, \"dovecot.conf (Dovecot 2.4, Debian 13)\" ----
+{documented}
+# ---- end of the documented part ----
+
+{extra}
+",
+        root = root.display(),
+        id = VMAIL_ID,
+    )
+}
+
+/// The sections of docs/dovecot.md that hold each version's configuration.
+const DOC_23_HEADING: &str = "## dovecot.conf (Dovecot 2.3, Debian 12)";
+const DOC_24_HEADING: &str = "## dovecot.conf (Dovecot 2.4, Debian 13)";
+/// Where the documented 2.3 configuration has the dict auth file.
+const DOC_AUTH_EXT: &str = "/etc/dovecot/dovecot-dict-auth.conf.ext";
+/// Where the documented 2.4 configuration has the Lua bridge.
+const DOC_LUA_FILE: &str = "/etc/dovecot/ramdir-auth.lua";
+/// Where the documented configurations have ramdir's dict socket.
+const DOC_DICT_SOCKET: &str = "/run/ramdir/dict.sock";
+
+/// The `dovecot.conf` code block of docs/dovecot.md's Dovecot 2.4 section.
+pub fn documented_24_block() -> String {
+    let body = documented_block(DOC_24_HEADING, "driver = lua");
+    for needle in [DOC_LUA_FILE, DOC_DICT_SOCKET] {
+        assert!(
+            body.contains(needle),
+            "the documented 2.4 dovecot.conf no longer names {needle}"
+        );
+    }
+    body
+}
+
+/// The first unlabelled fenced code block containing `needle` in the
+/// section `heading` of docs/dovecot.md (up to the next `## ` heading).
+/// Panics, naming the file, when the docs lost it.
+pub fn documented_block(heading: &str, needle: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dovecot.md");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let section = text
+        .split_once(heading)
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .unwrap_or_else(|| panic!("{} has no {heading:?}", path.display()));
+    // (is the open block unlabelled, its lines)
+    let mut block: Option<(bool, Vec<&str>)> = None;
+    for line in section.lines() {
+        match (&mut block, line.strip_prefix("```")) {
+            (None, Some(label)) => block = Some((label.is_empty(), Vec::new())),
+            (Some((unlabelled, b)), Some(_)) => {
+                let body = b.join("\n");
+                if *unlabelled && body.contains(needle) {
+                    return body + "\n";
+                }
+                block = None;
+            }
+            (Some((_, b)), None) => b.push(line),
+            (None, None) => {}
+        }
+    }
+    panic!(
+        "no code block with {needle:?} under {heading:?} in {}",
+        path.display()
+    );
 }
 
 /// One quota root as `doveadm quota get` reports it.
@@ -656,11 +876,11 @@ pub struct Lmtp {
 }
 
 impl Lmtp {
-    /// Connect and read the greeting (10 s timeouts).
+    /// Connect and read the greeting ([`WAIT`] timeouts).
     pub fn connect(path: &Path) -> io::Result<Lmtp> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_unix(path)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let banner = read_reply(&mut reader)?;
         Ok(Lmtp {
@@ -874,11 +1094,11 @@ pub struct Imap {
 }
 
 impl Imap {
-    /// Connect and read the greeting (10 s timeouts).
+    /// Connect and read the greeting ([`WAIT`] timeouts).
     pub fn connect(addr: SocketAddr) -> io::Result<Imap> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_tcp(addr)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let greeting = read_imap_line(&mut reader)?;
         Ok(Imap {
@@ -1036,9 +1256,9 @@ pub struct DictClient {
 impl DictClient {
     /// Connect and send the hello for dict `name` (`auth`, `quota`).
     pub fn connect(path: &Path, name: &str) -> io::Result<DictClient> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_unix(path)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut c = DictClient {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
@@ -1130,12 +1350,16 @@ impl fmt::Display for Usage {
     }
 }
 
-/// What a user's Maildir holds, from the `,S=<size>` of every message file
-/// in every folder (what Dovecot's quota counts).
+/// What a user's Maildir holds, from the `,S=<size>` (physical) and
+/// `,W=<size>` (virtual: CRLF line ends) of every message file in every
+/// folder. Dovecot 2.3's dict quota counts the physical sizes, 2.4's
+/// `count` quota the virtual ones (seen: its usage equals the `W=` sum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MaildirUsage {
     /// Sum of the message sizes, bytes.
     pub bytes: i64,
+    /// Sum of the virtual message sizes, bytes.
+    pub vbytes: i64,
     /// Number of messages.
     pub messages: i64,
 }
@@ -1160,12 +1384,15 @@ impl MaildirUsage {
                 };
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let size = name
-                        .split([',', ':'])
-                        .find_map(|p| p.strip_prefix("S="))
-                        .and_then(|s| s.parse::<i64>().ok())
+                    let field = |tag: &str| {
+                        name.split([',', ':'])
+                            .find_map(|p| p.strip_prefix(tag))
+                            .and_then(|s| s.parse::<i64>().ok())
+                    };
+                    let size = field("S=")
                         .unwrap_or_else(|| e.metadata().map(|m| m.len() as i64).unwrap_or(0));
                     u.bytes += size;
+                    u.vbytes += field("W=").unwrap_or(size);
                     u.messages += 1;
                 }
             }
@@ -1187,6 +1414,8 @@ pub struct MailStackOptions {
     pub postfix: bool,
     /// Lines appended to `main.cf` (with `postfix`).
     pub main_cf_extra: String,
+    /// Whose Postfix and Dovecot run (ramdir always runs on the host).
+    pub flavor: Flavor,
 }
 
 /// ramdir (socketmap, `[dict]` on `<stack>/run/dict.sock`, `[quota]` store
@@ -1215,8 +1444,8 @@ impl MailStack {
     /// Write the files (with [`MAIL_ROOT_VAR`] in the users replaced by the
     /// mail root), start ramdir, then Dovecot, then Postfix if asked.
     pub fn start(content: &DirectoryContent, opts: &MailStackOptions) -> MailStack {
-        require_dovecot();
-        let dir = StackDir::new();
+        require_dovecot_on(opts.flavor);
+        let dir = StackDir::for_flavor(opts.flavor);
         let run = dir.join("run");
         std::fs::create_dir_all(&run).unwrap_or_else(|e| panic!("mkdir {}: {e}", run.display()));
         set_mode(&run, 0o755);
@@ -1354,7 +1583,7 @@ impl MailStack {
         }
     }
 
-    /// Wait (up to 10 s) until ramdir's counters for `user` equal `want`
+    /// Wait (up to [`WAIT`]) until ramdir's counters for `user` equal `want`
     /// (Dovecot commits its quota updates asynchronously). Panics with the
     /// last value seen and `what`.
     pub fn wait_usage(&self, user: &str, want: Usage, what: &str) {
@@ -1372,6 +1601,41 @@ impl MailStack {
                 );
             }
             std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Wait (up to [`WAIT`]) until ramdir holds a storage counter for
+    /// `user` (on Dovecot 2.4 quota_clone writes it after the first
+    /// change), and return the counters.
+    pub fn wait_usage_tracked(&self, user: &str) -> Usage {
+        crate::wait_for(
+            WAIT,
+            &format!("a usage counter for {user} in ramdir"),
+            || {
+                let u = self.usage(user);
+                u.storage.is_some().then_some(u)
+            },
+        )
+    }
+
+    /// What Dovecot's quota must count for `user`'s Maildir (template
+    /// home): physical sizes on 2.3, virtual sizes on 2.4 (see
+    /// [`MaildirUsage`]).
+    pub fn maildir_usage(&self, user: &str) -> Usage {
+        self.usage_of_maildir(&self.maildir(user))
+    }
+
+    /// [`maildir_usage`](Self::maildir_usage) of the Maildir `maildir`.
+    pub fn usage_of_maildir(&self, maildir: &Path) -> Usage {
+        let m = MaildirUsage::of(maildir);
+        let bytes = if self.dovecot.flavor().dovecot_24() {
+            m.vbytes
+        } else {
+            m.bytes
+        };
+        Usage {
+            storage: Some(bytes),
+            messages: Some(m.messages),
         }
     }
 
@@ -1408,7 +1672,7 @@ impl MailStack {
     }
 }
 
-/// Wait (up to 10 s) until the dict socket `path` answers a quota lookup
+/// Wait (up to [`WAIT`]) until the dict socket `path` answers a quota lookup
 /// (a socket file left by a killed process does not count).
 fn wait_dict(path: &Path) {
     let start = Instant::now();

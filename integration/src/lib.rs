@@ -19,6 +19,7 @@
 //! always kept (and its logs printed) when a test fails.
 
 pub mod dovecot;
+pub mod flavor;
 pub mod postfix;
 pub mod postfix_map;
 pub mod quota;
@@ -30,36 +31,53 @@ pub mod socketmap;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use flavor::Flavor;
 pub use postfix::Postfix;
 pub use ramdir::{DirectoryContent, DirectoryFiles, Ramdir};
 pub use sasl::FakeDovecotAuth;
 pub use smtp::{Reply, Smtp};
 pub use socketmap::SocketmapClient;
 
-/// How long the harness waits for anything to come up or show up.
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long the harness waits for anything to come up or show up. Generous
+/// on purpose: the suite shares two cores with other builds, and a daemon
+/// that is merely slow must not fail a test (a stuck one still does).
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A temporary directory with a short path (`/tmp/rdi-<pid>-<n>`), because
 /// Unix socket paths inside it must fit in `sun_path` (107 bytes, trap 18).
 ///
+/// For a [`Flavor::Debian13`] stack the directory is also bind-mounted at
+/// the same path inside the Debian 13 root, so the daemons there see it
+/// where ramdir does; the mount goes with the directory.
+///
 /// Removed on drop unless `RAMDIR_KEEP_STACK=1` is set or the thread is
 /// panicking (a failing test); in both cases its path is printed. On a
 /// failure the tail of every `*.log`/`maillog` file in it is printed too,
-/// so CI output shows what the daemons said.
+/// so CI output shows what the daemons said. Only the files are kept: the
+/// daemons' own guards (fields dropped before this one) have stopped
+/// them by then.
 #[derive(Debug)]
 pub struct StackDir {
     path: PathBuf,
+    flavor: Flavor,
+    mount: Option<flavor::RootMount>,
 }
 
 impl StackDir {
-    /// Create a fresh, empty stack directory. The first call in a process
-    /// also stops daemons left running by an earlier test run that was
-    /// killed before it could clean up.
+    /// A fresh, empty stack directory for the host's daemons
+    /// ([`Flavor::Debian12`]).
     pub fn new() -> StackDir {
+        StackDir::for_flavor(Flavor::Debian12)
+    }
+
+    /// A fresh, empty stack directory for `flavor`'s daemons. The first
+    /// call in a process also stops daemons left running by an earlier
+    /// test run that was killed before it could clean up, and removes its
+    /// mounts.
+    pub fn for_flavor(flavor: Flavor) -> StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
@@ -74,7 +92,19 @@ impl StackDir {
         // Postfix daemons (user postfix) write the maillog via postlogd and
         // must be able to traverse the tree.
         set_mode(&path, 0o755);
-        StackDir { path }
+        let mount = flavor
+            .root()
+            .map(|root| flavor::RootMount::new(&root, &path));
+        StackDir {
+            path,
+            flavor,
+            mount,
+        }
+    }
+
+    /// Whose daemons use this directory.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
     /// The directory.
@@ -96,6 +126,8 @@ impl Default for StackDir {
 
 impl Drop for StackDir {
     fn drop(&mut self) {
+        // Unmount first: the files stay reachable at the host path.
+        drop(self.mount.take());
         if std::thread::panicking() {
             dump_logs(&self.path);
             eprintln!(
@@ -116,13 +148,30 @@ impl Drop for StackDir {
     }
 }
 
-/// Stop the Postfix masters and ramdir processes of stacks whose test
-/// process is gone (a run killed by Ctrl-C or a timeout never reaches the
-/// `Drop`s). A process is only signalled when it provably belongs to that
-/// stack: the master's working directory is the stack's spool, ramdir's
-/// command line names the stack's config. The directories are left for
+/// Stop the Postfix and Dovecot masters and ramdir processes of stacks
+/// whose test process is gone (a run killed by Ctrl-C or a timeout never
+/// reaches the `Drop`s), then remove those stacks' bind mounts in the
+/// Debian 13 root. A process is only signalled when it provably belongs
+/// to that stack: the master's working directory is the stack's spool
+/// (seen from the host, or through the root), Dovecot's and ramdir's
+/// command lines name the stack's config. The directories are left for
 /// inspection.
 fn sweep_stale_stacks() {
+    sweep_stale_processes();
+    dovecot::sweep_leaked_masters();
+    let me = std::process::id() as i32;
+    for (point, owner) in flavor::stack_mounts() {
+        if owner != me && !process_alive(owner) {
+            eprintln!(
+                "ramdir-integration: removing the leaked mount {}",
+                point.display()
+            );
+            flavor::unmount(&point);
+        }
+    }
+}
+
+fn sweep_stale_processes() {
     let Ok(rd) = std::fs::read_dir("/tmp") else {
         return;
     };
@@ -138,12 +187,21 @@ fn sweep_stale_stacks() {
             continue;
         }
         let root = e.path();
+        let pf = root.join("pf");
+        let dv = root.join("dv");
+        let pf_dirs = [
+            pf.clone(),
+            Flavor::Debian13.host_path_unchecked(&pf),
+            dv.clone(),
+            Flavor::Debian13.host_path_unchecked(&dv),
+        ];
         let pid_in =
             |p: PathBuf| -> Option<i32> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
         let spool = root.join("pf/spool");
         if let Some(pid) = pid_in(spool.join("pid/master.pid")) {
             let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            if cwd == spool && process_alive(pid) {
+            let in_root = Flavor::Debian13.host_path_unchecked(&spool);
+            if (cwd == spool || cwd == in_root) && process_alive(pid) {
                 eprintln!(
                     "ramdir-integration: stopping leaked Postfix master {pid} of {}",
                     root.display()
@@ -153,6 +211,15 @@ fn sweep_stale_stacks() {
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
+        }
+        // Whatever else still runs in its Postfix or Dovecot directory (a
+        // master that ignored the TERM, a stuck `master -t`, …).
+        let killed = kill_processes_in(&pf_dirs);
+        if killed > 0 {
+            eprintln!(
+                "ramdir-integration: killed {killed} leaked Postfix/Dovecot process(es) of {}",
+                root.display()
+            );
         }
         if let Some(pid) = pid_in(root.join("ramdir.pid")) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -247,6 +314,8 @@ pub struct StackOptions {
     /// `smtpd_sender_restrictions = reject_sender_login_mismatch`, so that
     /// ramdir's `senders` table is used.
     pub sasl: bool,
+    /// Whose Postfix runs.
+    pub flavor: Flavor,
 }
 
 /// The `main.cf` lines [`StackOptions::sasl`] adds.
@@ -259,16 +328,29 @@ smtpd_sender_restrictions = reject_sender_login_mismatch
 ";
 
 impl Stack {
-    /// [`start_with`](Self::start_with) default options.
+    /// [`start_with`](Self::start_with) default options (the host's
+    /// Postfix).
     pub fn start(content: &DirectoryContent) -> Stack {
         Stack::start_with(content, &StackOptions::default())
+    }
+
+    /// [`start_with`](Self::start_with) default options on `flavor`'s
+    /// Postfix.
+    pub fn start_on(flavor: Flavor, content: &DirectoryContent) -> Stack {
+        Stack::start_with(
+            content,
+            &StackOptions {
+                flavor,
+                ..Default::default()
+            },
+        )
     }
 
     /// Write the directory files, prepare Postfix's spool, start ramdir on
     /// its socket inside the spool, then start Postfix and wait for its
     /// banner.
     pub fn start_with(content: &DirectoryContent, opts: &StackOptions) -> Stack {
-        let dir = StackDir::new();
+        let dir = StackDir::for_flavor(opts.flavor);
         let files = DirectoryFiles::write(&dir.join("data"), content);
         let main_cf_extra = if opts.sasl {
             format!("{SASL_MAIN_CF}{}", opts.main_cf_extra)
@@ -300,6 +382,31 @@ impl Stack {
     }
 }
 
+/// One test per [`Flavor`] for each scenario: for every `name` given, a
+/// function `fn name(flavor: Flavor)` in the calling file becomes the tests
+/// `debian12::name` and `debian13::name` (filter with either prefix).
+#[macro_export]
+macro_rules! test_on_both_flavors {
+    ($($name:ident),+ $(,)?) => {
+        mod debian12 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Flavor::Debian12)
+                }
+            )+
+        }
+        mod debian13 {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Flavor::Debian13)
+                }
+            )+
+        }
+    };
+}
+
 /// Poll `f` every 50 ms until it returns `Some`, for at most `timeout`.
 /// Panics with `what` (and the last value seen, via `f`'s own message) when
 /// time runs out.
@@ -317,19 +424,93 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 }
 
 /// Is the process alive? A zombie counts as dead: PID 1 on these machines
-/// reaps orphans late, so `kill -0` lies (stack-notes trap 15).
+/// reaps orphans late, so `kill -0` lies (stack-notes trap 15). Read from
+/// `/proc/<pid>/stat` rather than by running `ps`: this runs in drops and
+/// on a busy machine, where a fork can fail (EAGAIN) and must not turn a
+/// cleanup into a panic.
 pub fn process_alive(pid: i32) -> bool {
-    let out = Command::new("ps")
-        .args(["-o", "stat=", "-p", &pid.to_string()])
-        .output();
-    match out {
-        Ok(o) => {
-            let stat = String::from_utf8_lossy(&o.stdout);
-            let stat = stat.trim();
-            !stat.is_empty() && !stat.starts_with('Z')
-        }
-        Err(e) => panic!("run ps (install procps: scripts/install-test-deps.sh): {e}"),
+    if pid <= 0 {
+        return false;
     }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold
+    // anything, parentheses included).
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Connect to a Unix socket, trying again (for up to [`WAIT`]) while the
+/// kernel answers `EAGAIN`: a listener whose backlog is full on a busy
+/// machine. Any other error (`ECONNREFUSED`, `ENOENT`: nobody listens) is
+/// returned at once, since callers use it to see a daemon is down.
+pub fn connect_unix(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let start = Instant::now();
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Connect over TCP (10 s timeout per try), trying again (for up to
+/// [`WAIT`]) on `EAGAIN` and `EADDRNOTAVAIL` (no ephemeral port free for a
+/// moment on a busy machine). Other errors are returned at once.
+pub fn connect_tcp(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use std::io::ErrorKind;
+    let start = Instant::now();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::AddrNotAvailable
+                ) && start.elapsed() < WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// SIGKILL every live process (but this one) whose working directory is
+/// inside one of `dirs`; returns how many. After a Postfix instance is
+/// stopped this ends what its master did not: a `master -t` or
+/// `postfix-script` stuck on logging once postlogd is gone, a daemon the
+/// master lost track of. Such a process is provably the instance's: its
+/// working directory is in the test's own stack. Never panics.
+pub fn kill_processes_in(dirs: &[PathBuf]) -> usize {
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) else {
+            continue;
+        };
+        if dirs.iter().any(|d| cwd.starts_with(d)) && process_alive(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Replace a file atomically: write a sibling temporary file, then rename it

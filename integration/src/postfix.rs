@@ -11,6 +11,11 @@
 //! path `unix:private/ramdir-socketmap`, which is what operators are told to
 //! write (daemons run with the spool as their working directory, chrooted or
 //! not; protocols.md G5).
+//!
+//! The instance is the host's Postfix 3.7 or, for a [`Flavor::Debian13`]
+//! stack, Postfix 3.10 run with `chroot <root>` (debian13.md, "Recipe");
+//! every command goes through [`Flavor::command`], and the stack directory
+//! is visible at the same path inside the root.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,6 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::flavor::Flavor;
 use crate::smtp::Smtp;
 use crate::{StackDir, WAIT, process_alive, require_root, shell_quote, write_atomic};
 
@@ -39,6 +45,7 @@ virtual_transport = discard:
 /// `<stack>/pf/maillog`. Stopped on drop.
 #[derive(Debug)]
 pub struct Postfix {
+    flavor: Flavor,
     etc: PathBuf,
     spool: PathBuf,
     maillog: PathBuf,
@@ -52,8 +59,9 @@ impl Postfix {
     /// directory, where ramdir's socket goes). Does not start Postfix.
     /// `main_cf_extra` is appended to `main.cf` (later lines win).
     pub fn prepare(stack: &StackDir, main_cf_extra: &str) -> Postfix {
+        let flavor = stack.flavor();
         require_root();
-        require_tools();
+        require_tools(flavor);
         let base = stack.join("pf");
         let etc = base.join("etc");
         let spool = base.join("spool");
@@ -61,8 +69,9 @@ impl Postfix {
         std::fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("mkdir {}: {e}", etc.display()));
         std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("mkdir {}: {e}", data.display()));
         crate::set_mode(&base, 0o755);
-        // data_directory must belong to postfix (trap 3).
-        chown_postfix(&data);
+        // data_directory must belong to postfix (trap 3), as the flavor's
+        // Postfix knows it (debian13.md trap 2).
+        chown_postfix(flavor, &data);
         let port = free_port();
         let maillog = base.join("maillog");
         // Unique per stack, so the banner proves which instance answered.
@@ -85,6 +94,7 @@ impl Postfix {
         write_atomic(&etc.join("master.cf"), &master_cf(port));
         age_config(&etc);
         let pf = Postfix {
+            flavor,
             etc,
             spool,
             maillog,
@@ -92,7 +102,7 @@ impl Postfix {
             hostname,
             started: false,
         };
-        match template_spool() {
+        match template_spool(flavor) {
             Some(t) => copy_tree(&t, &pf.spool),
             None => {
                 std::fs::create_dir(&pf.spool)
@@ -108,11 +118,14 @@ impl Postfix {
         pf
     }
 
-    /// Start Postfix and wait (up to 10 s) for this instance's `220 `
+    /// Start Postfix and wait (up to [`WAIT`]) for this instance's `220 `
     /// banner (a listening port alone proves nothing, trap 5). If another
     /// process took the port in the meantime, move to a new one.
     pub fn start(&mut self) {
         assert!(!self.started, "Postfix is already running");
+        // From here on stop() looks for a master to end, even if the start
+        // fails half-way.
+        self.started = true;
         for _ in 0..3 {
             let out = self.run("start");
             if out.status.success() {
@@ -129,7 +142,6 @@ impl Postfix {
         if self.master_pid().is_none_or(|p| !process_alive(p)) {
             self.run_ok("start");
         }
-        self.started = true;
         let start = Instant::now();
         loop {
             if let Ok(s) = Smtp::connect(self.smtp_addr())
@@ -156,14 +168,15 @@ impl Postfix {
     }
 
     /// Stop Postfix (`postfix stop`, which waits for the master to exit),
-    /// killing the master if it is still alive afterwards.
+    /// killing the master if it is still alive afterwards. Never panics
+    /// (it runs in drops, also of failed tests).
     pub fn stop(&mut self) {
         if !self.started {
             return;
         }
         self.started = false;
         let pid = self.master_pid();
-        let _ = self.run("stop");
+        let _ = self.try_run("stop");
         if let Some(pid) = pid {
             let deadline = Instant::now() + WAIT;
             while process_alive(pid) && Instant::now() < deadline {
@@ -173,6 +186,19 @@ impl Postfix {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Anything of this instance the master did not take down.
+        if let Some(base) = self.spool.parent() {
+            let killed = crate::kill_processes_in(&[
+                base.to_path_buf(),
+                self.flavor.host_path_unchecked(base),
+            ]);
+            if killed > 0 {
+                eprintln!(
+                    "ramdir-integration: killed {killed} Postfix process(es) left in {}",
+                    base.display()
                 );
             }
         }
@@ -217,17 +243,37 @@ impl Postfix {
     /// Run `postfix -c ETC <sub>` through `script` (Postfix only prints its
     /// errors to a terminal, trap 1). Returns the command's output.
     pub fn run(&self, sub: &str) -> Output {
+        self.try_run(sub)
+            .unwrap_or_else(|e| panic!("run postfix {sub} through script: {e}"))
+    }
+
+    fn try_run(&self, sub: &str) -> std::io::Result<Output> {
         // A wedged Postfix (e.g. its postlogd gone) can block `postfix
         // stop` forever: bound every command so the suite cannot hang.
         let cmd = format!(
-            "timeout -k 5 30 postfix -c {} {sub}",
+            "timeout -k 5 60 {}/usr/sbin/postfix -c {} {sub}",
+            self.flavor.shell_prefix(),
             shell_quote(&self.etc.display().to_string())
         );
-        Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run script -qec {cmd:?}: {e}"))
+        retry_eagain(|| {
+            Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+        })
+    }
+
+    /// Which Postfix this is.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// A Postfix tool of this instance's flavor with `-c ETC` as its first
+    /// arguments: `tool("postconf")`, `tool("postqueue")`, …
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = self.flavor.command(&format!("/usr/sbin/{name}"));
+        c.arg("-c").arg(&self.etc);
+        c
     }
 
     fn run_ok(&self, sub: &str) {
@@ -271,12 +317,12 @@ impl Postfix {
     fn postmap(&self, table: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let map = format!("socketmap:unix:{SOCKETMAP_REL}:{table}");
-        let mut child = Command::new("postmap")
+        let mut child = self
+            .command_in_spool("/usr/sbin/postmap")
             .arg("-c")
             .arg(&self.etc)
             .args(args)
             .arg(&map)
-            .current_dir(&self.spool)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -291,6 +337,13 @@ impl Postfix {
             w.write_all(text.as_bytes()).expect("write postmap stdin");
         }
         child.wait_with_output().expect("wait for postmap")
+    }
+
+    /// A command that runs `program` (this flavor's) with the spool as its
+    /// working directory, as Postfix's daemons do: relative `unix:private/…`
+    /// socket paths then work (G5).
+    pub fn command_in_spool(&self, program: &str) -> Command {
+        command_in(self.flavor, &self.spool, program)
     }
 
     /// The maillog so far.
@@ -312,7 +365,7 @@ impl Postfix {
             .collect()
     }
 
-    /// Wait (up to 10 s) for a maillog line that contains every one of
+    /// Wait (up to [`WAIT`]) for a maillog line that contains every one of
     /// `needles`, and return it. Panics with the end of the maillog when
     /// none shows up.
     pub fn wait_for_log(&self, needles: &[&str]) -> String {
@@ -442,27 +495,64 @@ pub fn age_config(etc: &Path) {
     }
 }
 
-/// Panic, with the fix, when a needed tool is missing.
-fn require_tools() {
-    for tool in [
-        "/usr/sbin/postfix",
-        "/usr/sbin/postmap",
-        "/usr/bin/script",
-        "/usr/bin/ps",
-    ] {
-        if !Path::new(tool).exists() {
-            panic!("{tool} is missing: run scripts/install-test-deps.sh (as root) first");
+/// A command that runs `program` of `flavor` in the directory `dir` (a
+/// path as the daemons see it). chroot(8) itself changes to `/`, so inside
+/// the root a shell changes back.
+pub fn command_in(flavor: Flavor, dir: &Path, program: &str) -> Command {
+    match flavor.root() {
+        None => {
+            let mut c = Command::new(program);
+            c.current_dir(dir);
+            c
+        }
+        Some(_) => {
+            let mut c = flavor.command("/bin/sh");
+            c.args(["-c", "cd \"$0\" && exec \"$@\""])
+                .arg(dir)
+                .arg(program);
+            c
         }
     }
 }
 
-fn chown_postfix(path: &Path) {
-    let user = nix::unistd::User::from_name("postfix")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no user 'postfix': run scripts/install-test-deps.sh"));
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid))
+/// Panic, with the fix, when a needed tool is missing.
+fn require_tools(flavor: Flavor) {
+    for tool in ["/usr/bin/script", "/usr/bin/timeout"] {
+        if !Path::new(tool).exists() {
+            panic!("{tool} is missing: run scripts/install-test-deps.sh (as root) first");
+        }
+    }
+    for tool in [
+        "/usr/sbin/postfix",
+        "/usr/sbin/postmap",
+        "/usr/sbin/postconf",
+    ] {
+        if !flavor.exists(Path::new(tool)) {
+            panic!(
+                "{tool} is missing ({flavor}): run scripts/install-test-deps.sh (as root) first"
+            );
+        }
+    }
+}
+
+fn chown_postfix(flavor: Flavor, path: &Path) {
+    let (uid, gid) = flavor.user("postfix");
+    nix::unistd::chown(path, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown postfix {}: {e}", path.display()));
+}
+
+/// Run `f` again (for up to [`WAIT`]) while it fails with `EAGAIN`: on a
+/// busy machine a fork can fail for a moment.
+pub fn retry_eagain<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < WAIT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// A port that was free a moment ago.
@@ -489,47 +579,66 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A spool made by `postfix check` once (the first check on an empty spool
-/// takes ~2 s) and then copied for every instance. It lives next to the
-/// test binaries (`target/ramdir-it/spool-template`) and is reused across
-/// runs; `None` when it cannot be made there (then each instance runs
-/// `postfix check` itself).
-fn template_spool() -> Option<PathBuf> {
-    static LOCK: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// takes ~2 s) and then copied for every instance. For the host's Postfix
+/// it lives next to the test binaries (`target/ramdir-it/spool-template`);
+/// for Debian 13's inside its root (`/var/tmp/ramdir-it/spool-template`
+/// there, so it goes when the root is rebuilt), since that Postfix must see
+/// the paths it writes. Reused across runs; `None` when it cannot be made
+/// (then each instance runs `postfix check` itself).
+fn template_spool(flavor: Flavor) -> Option<PathBuf> {
+    static LOCK: Mutex<[Option<PathBuf>; 2]> = Mutex::new([None, None]);
+    let slot = match flavor {
+        Flavor::Debian12 => 0,
+        Flavor::Debian13 => 1,
+    };
     let mut guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = guard.as_ref() {
+    if let Some(p) = guard[slot].as_ref() {
         return Some(p.clone());
     }
-    let root = template_root()?;
+    // `inner`: the directory as this Postfix sees it.
+    let inner = match flavor {
+        Flavor::Debian12 => template_root()?,
+        Flavor::Debian13 => PathBuf::from("/var/tmp/ramdir-it"),
+    };
+    let root = flavor.host_path(&inner);
     let tpl = root.join("spool-template");
     if !tpl.join("private").is_dir() || !tpl.join("maildrop").is_dir() {
         std::fs::create_dir_all(&root).ok()?;
         // Build beside it, then rename into place: another test binary may
         // be doing the same right now.
-        let build = root.join(format!("build-{}", std::process::id()));
+        let build_inner = inner.join(format!("build-{}", std::process::id()));
+        let build = flavor.host_path(&build_inner);
         let _ = std::fs::remove_dir_all(&build);
-        let etc = build.join("etc");
         let spool = build.join("spool");
-        let data = build.join("data");
-        std::fs::create_dir_all(&etc).ok()?;
-        std::fs::create_dir_all(&data).ok()?;
+        std::fs::create_dir_all(build.join("etc")).ok()?;
+        std::fs::create_dir_all(build.join("data")).ok()?;
         std::fs::create_dir_all(&spool).ok()?;
-        chown_postfix(&data);
-        let maillog = build.join("maillog");
+        chown_postfix(flavor, &build.join("data"));
         write_atomic(
-            &etc.join("main.cf"),
-            &main_cf(&build, &spool, &data, &maillog, "template.stack.test", ""),
+            &build.join("etc/main.cf"),
+            &main_cf(
+                &build_inner,
+                &build_inner.join("spool"),
+                &build_inner.join("data"),
+                &build_inner.join("maillog"),
+                "template.stack.test",
+                "",
+            ),
         );
-        write_atomic(&etc.join("master.cf"), &master_cf(1));
-        age_config(&etc);
+        write_atomic(&build.join("etc/master.cf"), &master_cf(1));
+        age_config(&build.join("etc"));
         let cmd = format!(
-            "postfix -c {} check",
-            shell_quote(&etc.display().to_string())
+            "{}/usr/sbin/postfix -c {} check",
+            flavor.shell_prefix(),
+            shell_quote(&build_inner.join("etc").display().to_string())
         );
-        let ok = Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let ok = retry_eagain(|| {
+            Command::new("script")
+                .args(["-qec", &cmd, "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+        })
+        .is_ok_and(|o| o.status.success());
         if !ok || !spool.join("private").is_dir() {
             let _ = std::fs::remove_dir_all(&build);
             return None;
@@ -540,7 +649,7 @@ fn template_spool() -> Option<PathBuf> {
         }
         let _ = std::fs::remove_dir_all(&build);
     }
-    *guard = Some(tpl.clone());
+    guard[slot] = Some(tpl.clone());
     Some(tpl)
 }
 
@@ -569,7 +678,7 @@ pub struct Delivery {
 }
 
 impl Postfix {
-    /// Wait (up to 10 s) until the queue manager has removed message `qid`,
+    /// Wait (up to [`WAIT`]) until the queue manager has removed message `qid`,
     /// then return every delivery logged for it.
     pub fn wait_deliveries(&self, qid: &str) -> Vec<Delivery> {
         self.wait_for_log(&[&format!(" {qid}: removed")]);

@@ -70,6 +70,34 @@ plugin {
 }
 ";
 
+/// [`QUOTA_STATUS_DOVECOT_CONF`] in Dovecot 2.4's syntax (the
+/// `quota_status_*` settings are top-level there), with the grace set to
+/// what ramdir uses for `near@` in the tests (10% of 100K; 2.4's grace is
+/// a size, default 10M).
+pub const QUOTA_STATUS_DOVECOT24_CONF: &str = "\
+quota_full_tempfail = yes
+quota_storage_grace = 10K
+service quota-status {
+  executable = quota-status -p postfix
+  client_limit = 1
+  unix_listener quota-status {
+    mode = 0666
+  }
+}
+quota_status_success = DUNNO
+quota_status_nouser = DUNNO
+quota_status_overquota = \"452 4.2.2 Mailbox is full (quota-status)\"
+";
+
+/// The quota-status lines for `flavor`'s Dovecot.
+pub fn quota_status_dovecot_conf(flavor: crate::Flavor) -> &'static str {
+    if flavor.dovecot_24() {
+        QUOTA_STATUS_DOVECOT24_CONF
+    } else {
+        QUOTA_STATUS_DOVECOT_CONF
+    }
+}
+
 /// The SMTP-time quota check Postfix consults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checker {
@@ -145,10 +173,12 @@ impl fmt::Display for Checker {
 }
 
 /// Add `[policy]` and `[milter]` listeners (in Postfix's spool, mode
-/// 0666) and the `[quota]` grace and reply to the stack's ramdir config,
-/// restart ramdir (listeners are only read at start) and wait until both
-/// sockets accept connections. The stack must have a Postfix.
-pub fn enable_quota_listeners(s: &mut MailStack) {
+/// 0666) and the `[quota]` `grace` (keep it equal to Dovecot's: 2.3's
+/// `quota_grace`, a percentage by default, 2.4's `quota_storage_grace`, a
+/// size) and reply to the stack's ramdir config, restart ramdir
+/// (listeners are only read at start) and wait until both sockets accept
+/// connections. The stack must have a Postfix.
+pub fn enable_quota_listeners(s: &mut MailStack, grace: &str) {
     let spool = s.postfix().spool().to_path_buf();
     let config = s.ramdir.config().to_path_buf();
     let text = std::fs::read_to_string(&config)
@@ -160,7 +190,7 @@ pub fn enable_quota_listeners(s: &mut MailStack) {
     );
     let mut text = text.replacen(
         "\n[quota]\n",
-        &format!("\n[quota]\ngrace = \"10%\"\nover_quota_reply = \"{OVER_QUOTA_REPLY}\"\n"),
+        &format!("\n[quota]\ngrace = \"{grace}\"\nover_quota_reply = \"{OVER_QUOTA_REPLY}\"\n"),
         1,
     );
     for (section, rel) in [("policy", POLICY_REL), ("milter", MILTER_REL)] {
@@ -182,17 +212,25 @@ pub fn enable_quota_listeners(s: &mut MailStack) {
     }
 }
 
-/// Run a Postfix tool; panic if it fails or takes more than 10 s (a
+/// Run a Postfix tool; panic if it fails or takes more than [`WAIT`] (a
 /// Postfix whose logging is stuck blocks every tool, as each logs through
 /// `postlogd`: fail with the command named rather than hang).
 fn run_tool(cmd: &mut Command) -> std::process::Output {
     let what = format!("{cmd:?}");
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // A busy machine: the fork failed for a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"))
+        }
+        Err(e) => panic!("run {what}: {e}"),
+    };
     // Read both pipes on threads, so a chatty tool cannot block on them.
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
@@ -237,13 +275,7 @@ fn run_tool(cmd: &mut Command) -> std::process::Output {
 /// back a minute (Postfix pauses on a config file changed within the
 /// last seconds; see the harness's `age_config`).
 pub fn postconf(pf: &Postfix, settings: &[String]) {
-    run_tool(
-        Command::new("postconf")
-            .arg("-c")
-            .arg(pf.etc())
-            .arg("-e")
-            .args(settings),
-    );
+    run_tool(pf.tool("postconf").arg("-e").args(settings));
     let main_cf = pf.etc().join("main.cf");
     std::fs::File::options()
         .write(true)
@@ -294,7 +326,7 @@ pub struct Queued {
 
 /// What is in Postfix's queue (`postqueue -c ETC -j`).
 pub fn queue(pf: &Postfix) -> Vec<Queued> {
-    let out = run_tool(Command::new("postqueue").arg("-c").arg(pf.etc()).arg("-j"));
+    let out = run_tool(pf.tool("postqueue").arg("-j"));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -317,12 +349,7 @@ fn json_str(line: &str, key: &str) -> Option<String> {
 
 /// Delete every queued message (`postsuper -d ALL`).
 pub fn delete_queue(pf: &Postfix) {
-    run_tool(
-        Command::new("postsuper")
-            .arg("-c")
-            .arg(pf.etc())
-            .args(["-d", "ALL"]),
-    );
+    run_tool(pf.tool("postsuper").args(["-d", "ALL"]));
 }
 
 /// One message to send: envelope, optional `SIZE=`, and the text (which
@@ -513,9 +540,11 @@ mod tests {
 
     #[test]
     fn quota_status_conf_uses_the_marked_reply() {
-        assert!(QUOTA_STATUS_DOVECOT_CONF.contains(&format!(
-            "quota_status_overquota = \"{QUOTA_STATUS_OVER_QUOTA_REPLY}\""
-        )));
+        for conf in [QUOTA_STATUS_DOVECOT_CONF, QUOTA_STATUS_DOVECOT24_CONF] {
+            assert!(conf.contains(&format!(
+                "quota_status_overquota = \"{QUOTA_STATUS_OVER_QUOTA_REPLY}\""
+            )));
+        }
     }
 
     #[test]

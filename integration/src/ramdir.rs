@@ -133,7 +133,7 @@ fn toml_string(s: &str) -> String {
 
 /// A running `ramdir serve --config FILE`, its stderr captured to a file.
 ///
-/// Dropping it stops the process (SIGTERM, then SIGKILL after 10 s).
+/// Dropping it stops the process (SIGTERM, then SIGKILL after [`WAIT`]).
 #[derive(Debug)]
 pub struct Ramdir {
     child: Option<Child>,
@@ -143,7 +143,7 @@ pub struct Ramdir {
 }
 
 impl Ramdir {
-    /// Start ramdir and wait (up to 10 s) until its socket exists and
+    /// Start ramdir and wait (up to [`WAIT`]) until its socket exists and
     /// answers a query. Panics with its log if it exits or never answers.
     pub fn start(config: &Path, socket: &Path, log: &Path) -> Ramdir {
         let mut r = Ramdir {
@@ -242,7 +242,7 @@ impl Ramdir {
         self.signal(Signal::SIGHUP);
     }
 
-    /// SIGTERM and wait (up to 10 s) for the exit; returns its status.
+    /// SIGTERM and wait (up to [`WAIT`]) for the exit; returns its status.
     /// Panics if it does not exit in time (after killing it).
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(Signal::SIGTERM);
@@ -312,7 +312,7 @@ impl Ramdir {
     }
 
     /// Run `ramdir query --config FILE TABLE KEY`; returns (exit code,
-    /// stdout). Panics if it takes more than 10 s.
+    /// stdout). Panics if it takes more than [`WAIT`].
     pub fn query_cli(&self, table: &str, key: &str) -> (i32, String) {
         let bin = ramdir_bin();
         let mut child = Command::new(&bin)

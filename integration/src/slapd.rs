@@ -45,7 +45,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
@@ -296,7 +295,7 @@ pub struct Slapd {
 impl Slapd {
     /// Write the configuration and schema, `slapadd -q -w` the `ldif`
     /// (which must hold the suffix entry, e.g. from [`users_ldif`]), start
-    /// slapd and wait (up to 10 s) until it answers over `ldapi://`.
+    /// slapd and wait (up to [`WAIT`]) until it answers over `ldapi://`.
     pub fn start(stack: &StackDir, ldif: &str) -> Slapd {
         require_slapd();
         sweep_stale_slapds();
@@ -394,7 +393,7 @@ impl Slapd {
     }
 
     /// Start slapd (again, after [`stop`](Self::stop)) on the same port and
-    /// database, and wait (up to 10 s) until it answers over `ldapi://`.
+    /// database, and wait (up to [`WAIT`]) until it answers over `ldapi://`.
     /// Panics with its log if it exits or never answers.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "slapd is already running");
@@ -448,7 +447,7 @@ impl Slapd {
         }
     }
 
-    /// Stop slapd: SIGTERM, wait (up to 10 s) until it has exited, SIGKILL
+    /// Stop slapd: SIGTERM, wait (up to [`WAIT`]) until it has exited, SIGKILL
     /// otherwise. It removes its ldapi socket and pid file itself.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -778,7 +777,7 @@ pub struct RamdirStats {
 impl RamdirStats {
     /// Read the document from the stats socket.
     pub fn fetch(socket: &Path) -> std::io::Result<RamdirStats> {
-        let mut s = UnixStream::connect(socket)?;
+        let mut s = crate::connect_unix(socket)?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut raw = String::new();
         s.read_to_string(&mut raw)?;

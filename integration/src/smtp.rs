@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 /// One SMTP reply; multi-line replies are joined with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,11 +44,11 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    /// Connect and read the greeting (10 s timeouts on every read/write).
+    /// Connect and read the greeting ([`crate::WAIT`] timeouts on every read/write).
     pub fn connect(addr: SocketAddr) -> io::Result<Smtp> {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_tcp(addr)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         let mut reader = BufReader::new(s.try_clone()?);
         let banner = read_reply(&mut reader)?;
         Ok(Smtp {

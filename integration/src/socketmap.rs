@@ -5,7 +5,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 /// Postfix's limit on a reply payload (`DICT_SOCKMAP_DEF_MAX_REPLY`).
 pub const MAX_REPLY: usize = 100_000;
@@ -18,11 +17,11 @@ pub struct SocketmapClient {
 }
 
 impl SocketmapClient {
-    /// Connect to a socketmap server (10 s read/write timeouts).
+    /// Connect to a socketmap server ([`crate::WAIT`] read/write timeouts).
     pub fn connect(path: &Path) -> io::Result<SocketmapClient> {
-        let s = UnixStream::connect(path)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let s = crate::connect_unix(path)?;
+        s.set_read_timeout(Some(crate::WAIT))?;
+        s.set_write_timeout(Some(crate::WAIT))?;
         Ok(SocketmapClient {
             reader: BufReader::new(s.try_clone()?),
             writer: s,

@@ -1,7 +1,9 @@
 //! LDAP as the only source of the whole chain: SMTP → Postfix (domains,
 //! mailboxes and aliases from ramdir's socketmap) → LMTP → Dovecot (passdb
 //! and userdb from ramdir's dict) → Maildir, and IMAP logins checked
-//! against the `{SSHA}` hashes stored in LDAP.
+//! against the `{SSHA}` hashes stored in LDAP; a second entry with a user's
+//! address makes Postfix defer and Dovecot refuse the login until it is
+//! deleted (issue 13).
 //!
 //! ramdir has no directory files at all: every user, alias and password
 //! comes from a real slapd ([`Slapd`]) loaded with the shipped
@@ -11,6 +13,10 @@
 //! unchrooted, so `virtual_transport = lmtp:unix:<stack>/dv/run/lmtp`
 //! works with an absolute path.
 //!
+//! Runs on both stacks: Debian 12's Postfix 3.7 and Dovecot 2.3 (dict
+//! passdb/userdb) and Debian 13's Postfix 3.10 and Dovecot 2.4 (the Lua
+//! bridge); slapd and ramdir run on the host either way.
+//!
 //! Needs root, the packages from `scripts/install-test-deps.sh` and the
 //! binary: `cargo build -p ramdir` (or `RAMDIR_BIN=/path/to/ramdir`).
 
@@ -18,13 +24,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{
-    DictClient, Dovecot, require_dovecot, send_message, wait_for_mail,
+    DictClient, Dovecot, require_dovecot_on, send_message, wait_for_mail,
 };
 use ramdir_integration::slapd::{
     self, RamdirStats, Slapd, alias_mail, user_ldif, user_mail, user_password, write_secret,
 };
 use ramdir_integration::{
-    Postfix, Ramdir, SocketmapClient, StackDir, WAIT, set_mode, write_atomic,
+    Flavor, Postfix, Ramdir, SocketmapClient, StackDir, WAIT, set_mode, write_atomic,
 };
 
 /// The shipped example directory (jane, john, the service account).
@@ -78,11 +84,12 @@ fn wait_dict(path: &Path) {
     }
 }
 
-#[test]
-fn smtp_lmtp_imap_with_ldap_as_the_only_source() {
-    require_dovecot();
+ramdir_integration::test_on_both_flavors!(smtp_lmtp_imap_with_ldap_as_the_only_source);
+
+fn smtp_lmtp_imap_with_ldap_as_the_only_source(flavor: Flavor) {
+    require_dovecot_on(flavor);
     slapd::require_slapd();
-    let dir = StackDir::new();
+    let dir = StackDir::for_flavor(flavor);
 
     // slapd: the shipped example plus generated users.
     let mut ldif = format!("{EXAMPLE_LDIF}\n");
@@ -280,7 +287,69 @@ fn smtp_lmtp_imap_with_ldap_as_the_only_source() {
     }
     let _ = dovecot.imap_login(&user_mail(777), "changed-pw").logout();
 
-    let trouble = dovecot.trouble();
+    // 7. A second entry with jane's address (issue 13): neither entry is
+    //    served. Postfix defers mail to jane and her aliases (4xx: never a
+    //    550 bounce, never accepted for the wrong mailbox), and the other
+    //    entry's password does not log in as jane. Once the duplicate is
+    //    deleted, jane is served again with her own data.
+    let dup_dn = format!("uid=jane-dup,{}", slapd::PEOPLE);
+    slapd.ldapadd(&format!(
+        "dn: {dup_dn}\nobjectClass: inetOrgPerson\nuid: jane-dup\ncn: Jane Dup\nsn: Dup\n\
+         mail: jane@example.org\nuserPassword: {}\n",
+        slapd::ssha("dup-secret", b"dupsalt")
+    ));
+    let mut until = |want: &dyn Fn(&str) -> bool, what: &str| {
+        let t = Instant::now();
+        loop {
+            let r = sm
+                .query("mailboxes", "jane@example.org")
+                .expect("socketmap");
+            if want(&r) {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{what}: {r:?} after 1 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    until(&|r| r.starts_with("TEMP "), "jane ambiguous");
+    for rcpt in [
+        "jane@example.org",
+        "jane.doe@example.org",
+        "sales@example.org",
+    ] {
+        let r = rcpt_reply(&postfix, rcpt);
+        assert_eq!(
+            r.code / 100,
+            4,
+            "{rcpt} claimed by two entries: deferred: {r}"
+        );
+    }
+    for pw in ["dup-secret", JANE_PASSWORD] {
+        let r = dovecot.imap().login("jane@example.org", pw).expect("LOGIN");
+        assert!(!r.is_ok(), "no login as an ambiguous user: {r}");
+    }
+    slapd.ldapdelete(&dup_dn);
+    until(&|r| r == "OK jane@example.org", "jane served again");
+    assert_eq!(rcpt_reply(&postfix, "jane@example.org").code, 250);
+    let _ = dovecot
+        .imap_login("jane@example.org", JANE_PASSWORD)
+        .logout();
+    let r = dovecot
+        .imap()
+        .login("jane@example.org", "dup-secret")
+        .expect("LOGIN");
+    assert!(!r.is_ok(), "the deleted entry's password: {r}");
+
+    // Dovecot logs the failed lookups of step 7 (ramdir's reason names
+    // the ambiguity); anything else is trouble.
+    let trouble: Vec<String> = dovecot
+        .trouble()
+        .into_iter()
+        .filter(|l| !l.contains("claimed by 2 directory entries"))
+        .collect();
     assert!(
         trouble.is_empty(),
         "Dovecot logged trouble:\n{}",

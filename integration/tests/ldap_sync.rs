@@ -11,10 +11,10 @@
 //! `fallback_searches`, …) come from the stats socket, and slapd's own
 //! `stats` log counts the searches it really received.
 //!
-//! Two tests, `address_moved_to_another_entry_stays_served` and
-//! `entry_recreated_while_disconnected_stays_served`, reproduce a ramdir
-//! bug (a stale entry's withdrawal removes an address another entry now
-//! owns) and fail until it is fixed; their docs say why.
+//! Addresses claimed by two entries at once (a duplicate `mail`, a typo,
+//! an address moving between entries, an entry re-created while ramdir was
+//! away) are "temporary" while both claims last and served from the
+//! remaining entry afterwards, across restarts (issue 13, defect 1).
 //!
 //! Nothing is skipped: without slapd, ldap-utils or root the tests panic
 //! with the fix. Needs the binary: `cargo build -p ramdir` (or
@@ -1025,14 +1025,9 @@ fn entry_with_mail(uid: &str, mail: &str, quota: u64) -> String {
 
 /// An address moved from one entry to another, the natural way round
 /// (LDAP has no uniqueness): first given to the new entry, then taken off
-/// the old one. After both changes LDAP has exactly one entry with the
-/// address, so ramdir must serve it.
-///
-/// Fails with ramdir as of this writing: withdrawing the old entry's
-/// contribution (`ldap/src/index.rs`, `withdraw`) removes the login from
-/// the directory unconditionally, although the new entry owns it now (it
-/// checks ownership for aliases only), so the address is "unknown" until
-/// the new entry changes again.
+/// the old one. While both entries claim it, it is ambiguous ("temporary");
+/// after both changes LDAP has exactly one entry with the address, so
+/// ramdir must serve it, with the new entry's data.
 #[test]
 fn address_moved_to_another_entry_stays_served() {
     const USERS: usize = 50;
@@ -1041,7 +1036,8 @@ fn address_moved_to_another_entry_stays_served() {
     let mut c = Clients::new(&s);
     let addr = user_mail(40);
 
-    // 1. The successor entry gets the address (the later change wins).
+    // 1. The successor entry gets the address: two entries claim it, so
+    //    neither is served (see `a_duplicate_mail_is_temporary_…`).
     propagation(
         "address given to a new entry",
         || {
@@ -1049,9 +1045,14 @@ fn address_moved_to_another_entry_stays_served() {
                 .ldapadd(&entry_with_mail("successor40", &addr, 2_097_152))
         },
         &mut c,
-        vec![check("dict userdb: the new entry's quota", |c| {
-            expect_contains(c.dict("userdb", &addr), "storage=2097152B")
-        })],
+        vec![
+            check("socketmap mailboxes: TEMP", |c| {
+                expect_contains(c.sm("mailboxes", &addr), "TEMP ")
+            }),
+            check("dict userdb: F", |c| {
+                expect_contains(c.dict("userdb", &addr), "F")
+            }),
+        ],
     );
     // 2. The old entry gives it up.
     propagation(
@@ -1087,15 +1088,12 @@ fn address_moved_to_another_entry_stays_served() {
 
 /// An account deleted and re-created (same DN and address, so a new
 /// entryUUID) while ramdir was not connected: the catch-up refresh sends
-/// the new entry as an add and the old UUID is swept as absent. The
-/// address exists in LDAP, so ramdir must serve it.
-///
-/// Fails with ramdir as of this writing, for the same reason as
-/// `address_moved_to_another_entry_stays_served`: the sweep of the old
-/// UUID runs after the new entry was applied and removes the login (and
-/// its alias) the new entry had just inserted. A restored backup, a
-/// re-created account or any offline `slapmodify` (which gives modified
-/// entries new entryUUIDs) triggers it.
+/// the new entry as an add and the old UUID is swept as absent (until the
+/// sweep, both claim the address). The address exists in LDAP, so ramdir
+/// must serve it: the sweep of the old UUID must not remove the login (and
+/// its alias) the new entry holds. A restored backup, a re-created account
+/// or any offline `slapmodify` (which gives modified entries new
+/// entryUUIDs) leads here.
 #[test]
 fn entry_recreated_while_disconnected_stays_served() {
     const USERS: usize = 50;
@@ -1148,6 +1146,271 @@ fn entry_recreated_while_disconnected_stays_served() {
             .contains("storage=4194304B")
     );
     assert_eq!(c.sm("aliases", &alias_mail(20)), ok(&user_mail(20)));
+}
+
+/// The password hash slapd holds for generated user `i` (as `user_ldif`
+/// writes it).
+fn user_hash(i: usize) -> String {
+    slapd::ssha(&user_password(i), &(i as u64).to_be_bytes())
+}
+
+/// `Ok` when the answer is a temporary failure: socketmap `TEMP …` or dict
+/// `F…`, naming the ambiguity.
+fn expect_ambiguous(got: String) -> Result<(), String> {
+    let temporary = got.starts_with("TEMP ") || got.starts_with('F');
+    if temporary && got.contains("claimed by") {
+        Ok(())
+    } else {
+        Err(format!("{got:?} (want TEMP/F: claimed by several entries)"))
+    }
+}
+
+/// Every way Postfix and Dovecot ask about the ambiguous `addr` (and the
+/// `aliases` pointing at it) answers "temporary", and never with data of
+/// either claimant: no hash in `hashes` and no `forbidden` text.
+fn assert_ambiguous(c: &mut Clients, addr: &str, aliases: &[&str], hashes: &[&str]) {
+    let mut answers = vec![
+        ("socketmap mailboxes".to_string(), c.sm("mailboxes", addr)),
+        ("socketmap aliases".to_string(), c.sm("aliases", addr)),
+        ("dict passdb".to_string(), c.dict("passdb", addr)),
+        ("dict userdb".to_string(), c.dict("userdb", addr)),
+    ];
+    for a in aliases {
+        answers.push((format!("socketmap aliases {a}"), c.sm("aliases", a)));
+    }
+    for (what, got) in answers {
+        for h in hashes {
+            assert!(
+                !got.contains(h),
+                "{what} {addr} served a claimant's hash: {got}"
+            );
+        }
+        if let Err(e) = expect_ambiguous(got) {
+            panic!("{what} {addr}: {e}");
+        }
+    }
+}
+
+/// Wait (up to 5 s) for ramdir's warning about an address claimed by
+/// several entries that contains every one of `words`; the line.
+fn wait_for_warning(s: &LdapStack, words: &[&str]) -> String {
+    let start = Instant::now();
+    loop {
+        let log = s.log();
+        let line = log.lines().find(|l| {
+            l.contains("WARN")
+                && l.contains("claimed by more than one LDAP entry")
+                && words.iter().all(|w| l.contains(w))
+        });
+        if let Some(line) = line {
+            return line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no warning naming {words:?}:\n{}",
+            tail(&log, 20)
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The number of ambiguous addresses and the `stats` listing of them.
+fn ambiguous_stats(s: &LdapStack) -> (u64, String) {
+    let st = s.stats();
+    let listed = st
+        .raw
+        .split_once("\"ambiguous_addresses\":")
+        .map(|(_, l)| l.split_once(']').map_or(l, |(l, _)| l).to_string())
+        .unwrap_or_default();
+    (st.num("ambiguous"), listed)
+}
+
+/// Restart ramdir (it writes its warm snapshot on the way down) and wait
+/// until it has caught up with slapd from the snapshot's cookie.
+fn restart_ramdir(s: &mut LdapStack) {
+    let status = s.ramdir.stop();
+    assert!(status.success(), "ramdir exit status {status}");
+    s.ramdir.restart();
+    let st = s.wait_stats(
+        "the catch-up after the restart",
+        Duration::from_secs(15),
+        |st| st.authoritative() && st.phase() == "in sync",
+    );
+    assert_eq!(
+        st.num("full_loads"),
+        0,
+        "warm start, not a reload: {}",
+        st.raw
+    );
+}
+
+/// Issue 13, defect 1: a second entry (another DN, in the filter) whose
+/// `mail` is an existing user's address. Two entries claim the address:
+/// it answers "temporary" everywhere (never the new entry's data or
+/// password under the user's login), across a restart from the warm
+/// snapshot, and once the duplicate is deleted the original entry is
+/// served again, in memory and after the next restart.
+#[test]
+fn a_duplicate_mail_is_temporary_until_the_duplicate_is_deleted() {
+    const USERS: usize = 2000;
+    let mut s = LdapStack::start(USERS, "", 0o600);
+    s.wait_in_sync(USERS);
+    let mut c = Clients::new(&s);
+    let addr = user_mail(5);
+    let dup_hash = slapd::ssha("pw-dup5", b"salt");
+    let hashes = [dup_hash.as_str(), &user_hash(5)];
+
+    propagation(
+        "a second entry with the same mail",
+        || s.slapd.ldapadd(&entry_with_mail("dup5", &addr, 2_097_152)),
+        &mut c,
+        vec![
+            check("socketmap mailboxes: TEMP", |c| {
+                expect_ambiguous(c.sm("mailboxes", &addr))
+            }),
+            check("dict passdb: F", |c| {
+                expect_ambiguous(c.dict("passdb", &addr))
+            }),
+        ],
+    );
+    assert_ambiguous(
+        &mut c,
+        &addr,
+        &[&alias_mail(5), "dup5@example.org"],
+        &hashes,
+    );
+    // Nothing else is touched.
+    assert_eq!(c.sm("mailboxes", &user_mail(6)), ok(&user_mail(6)));
+    assert_eq!(c.sm("domains", DOMAIN), ok(DOMAIN));
+    // Logged once, naming both entries (the original's DN is looked up by
+    // its entryUUID), and listed the same way in `stats`.
+    let original = format!("({})", user_dn(5));
+    let both = [addr.as_str(), "uid=dup5,", &original];
+    let warning = wait_for_warning(&s, &both);
+    println!("ramdir: {warning}");
+    let warnings = s
+        .log()
+        .matches("claimed by more than one LDAP entry")
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning per change:\n{}",
+        tail(&s.log(), 20)
+    );
+    let (n, listed) = ambiguous_stats(&s);
+    assert_eq!(n, 1, "stats count the ambiguous address");
+    assert!(
+        both.iter().all(|w| listed.contains(w)),
+        "stats name it and both entries: {listed}"
+    );
+
+    // A restart keeps every claim: still ambiguous, never last-wins.
+    drop(c);
+    restart_ramdir(&mut s);
+    let mut c = Clients::new(&s);
+    assert_ambiguous(&mut c, &addr, &[&alias_mail(5)], &hashes);
+
+    // The duplicate goes: the original entry is served again, whole.
+    propagation(
+        "the duplicate deleted",
+        || s.slapd.ldapdelete(&format!("uid=dup5,{}", slapd::PEOPLE)),
+        &mut c,
+        vec![check("socketmap mailboxes: OK", |c| {
+            expect(c.sm("mailboxes", &addr), &ok(&addr))
+        })],
+    );
+    let healed = |c: &mut Clients| {
+        assert_eq!(c.sm("mailboxes", &addr), ok(&addr));
+        assert_eq!(c.sm("aliases", &alias_mail(5)), ok(&addr));
+        let pass = c.dict("passdb", &addr);
+        assert!(pass.contains(&user_hash(5)), "the original hash: {pass}");
+        assert!(!pass.contains(&dup_hash), "{pass}");
+        let userdb = c.dict("userdb", &addr);
+        assert!(userdb.contains("storage=1073741824B"), "{userdb}");
+        assert_eq!(c.sm("aliases", "dup5@example.org"), NOTFOUND);
+    };
+    healed(&mut c);
+    assert_eq!(ambiguous_stats(&s).0, 0);
+
+    // …and the warm snapshot has it too.
+    drop(c);
+    restart_ramdir(&mut s);
+    let mut c = Clients::new(&s);
+    healed(&mut c);
+    s.assert_no_secrets_logged();
+}
+
+/// Issue 13, defect 1, without a delete: one entry's `mail` changed to
+/// another user's address by mistake, then fixed. While both claim it the
+/// address is "temporary", across a restart; after the fix both users are
+/// served again with their own data.
+#[test]
+fn a_mistyped_mail_is_temporary_until_it_is_fixed() {
+    const USERS: usize = 50;
+    let mut s = LdapStack::start(USERS, "", 0o600);
+    s.wait_in_sync(USERS);
+    let mut c = Clients::new(&s);
+    let (a7, a8) = (user_mail(7), user_mail(8));
+    let hashes = [user_hash(7), user_hash(8)];
+    let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+
+    propagation(
+        "user 7's mail set to user 8's address",
+        || s.slapd.replace(&user_dn(7), "mail", &[&a8]),
+        &mut c,
+        vec![
+            check("socketmap mailboxes: TEMP", |c| {
+                expect_ambiguous(c.sm("mailboxes", &a8))
+            }),
+            check("dict passdb: F", |c| {
+                expect_ambiguous(c.dict("passdb", &a8))
+            }),
+        ],
+    );
+    let typo = |c: &mut Clients| {
+        assert_ambiguous(c, &a8, &[&alias_mail(7), &alias_mail(8)], &hashes);
+        // LDAP no longer has user 7's address: that is a real "unknown".
+        assert_eq!(c.sm("mailboxes", &a7), NOTFOUND);
+        assert_eq!(c.dict("passdb", &a7), "N");
+    };
+    typo(&mut c);
+    assert_eq!(ambiguous_stats(&s).0, 1);
+    let (dn7, dn8) = (format!("({})", user_dn(7)), format!("({})", user_dn(8)));
+    wait_for_warning(&s, &[&a8, &dn7, &dn8]);
+    drop(c);
+    restart_ramdir(&mut s);
+    let mut c = Clients::new(&s);
+    typo(&mut c);
+
+    propagation(
+        "the typo fixed",
+        || s.slapd.replace(&user_dn(7), "mail", &[&a7]),
+        &mut c,
+        vec![
+            check("socketmap mailboxes user 8: OK", |c| {
+                expect(c.sm("mailboxes", &a8), &ok(&a8))
+            }),
+            check("socketmap mailboxes user 7: OK", |c| {
+                expect(c.sm("mailboxes", &a7), &ok(&a7))
+            }),
+        ],
+    );
+    let healed = |c: &mut Clients| {
+        for (i, addr) in [(7, &a7), (8, &a8)] {
+            assert_eq!(c.sm("mailboxes", addr), ok(addr));
+            assert_eq!(c.sm("aliases", &alias_mail(i)), ok(addr));
+            let pass = c.dict("passdb", addr);
+            assert!(pass.contains(&user_hash(i)), "user {i}'s own hash: {pass}");
+        }
+    };
+    healed(&mut c);
+    assert_eq!(ambiguous_stats(&s).0, 0);
+    drop(c);
+    restart_ramdir(&mut s);
+    let mut c = Clients::new(&s);
+    healed(&mut c);
+    s.assert_no_secrets_logged();
 }
 
 /// After LDAP restarts, the fallback's cached connection is dead; the

@@ -2,6 +2,10 @@
 //! ramdir's socketmap) → LMTP → Dovecot (userdb from ramdir's dict) →
 //! Maildir.
 //!
+//! Run on both stacks: Debian 12 (Postfix 3.7, Dovecot 2.3 with the dict
+//! passdb/userdb and dict quota) and Debian 13 (Postfix 3.10, Dovecot 2.4
+//! with the Lua bridge and `quota_clone` into ramdir's quota dict).
+//!
 //! One [`MailStack`] with a Postfix whose `virtual_transport` is
 //! `lmtp:unix:<stack>/dv/run/lmtp` (Postfix runs unchrooted in the
 //! harness, so the absolute path works; Dovecot's listener is mode 0666
@@ -13,8 +17,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ramdir_integration::DirectoryContent;
-use ramdir_integration::dovecot::{MailStack, MailStackOptions, MaildirUsage, Usage, send_message};
+use ramdir_integration::dovecot::{MailStack, MailStackOptions, send_message};
+use ramdir_integration::{DirectoryContent, Flavor};
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::::
@@ -50,8 +54,9 @@ fn send(s: &MailStack, rcpts: &[&str], token: &str) -> String {
     send_message(s.postfix(), rcpts, token, 1_500)
 }
 
-#[test]
-fn smtp_to_maildir_through_lmtp() {
+ramdir_integration::test_on_both_flavors!(smtp_to_maildir_through_lmtp);
+
+fn smtp_to_maildir_through_lmtp(flavor: Flavor) {
     let content = DirectoryContent {
         users: USERS.into(),
         aliases: ALIASES.into(),
@@ -62,6 +67,7 @@ fn smtp_to_maildir_through_lmtp() {
         &content,
         &MailStackOptions {
             postfix: true,
+            flavor,
             ..Default::default()
         },
     );
@@ -131,12 +137,9 @@ fn smtp_to_maildir_through_lmtp() {
         assert_eq!((m.uid(), m.gid()), (5000, 5000), "{}", f.display());
     }
 
-    // Dovecot's quota dict counted the deliveries in ramdir.
-    let m = MaildirUsage::of(&alice);
-    let want = Usage {
-        storage: Some(m.bytes),
-        messages: Some(m.messages),
-    };
+    // Dovecot's quota dict (2.3) or quota_clone (2.4) counted the
+    // deliveries in ramdir.
+    let want = s.usage_of_maildir(&alice);
     s.wait_usage(
         "alice@example.org",
         want,

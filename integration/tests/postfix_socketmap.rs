@@ -1,4 +1,6 @@
-//! Real Postfix 3.7 against ramdir's socketmap server.
+//! Real Postfix against ramdir's socketmap server: every scenario runs on
+//! Debian 12's Postfix 3.7 (`debian12::…`) and on Debian 13's Postfix 3.10
+//! from its root (`debian13::…`).
 //!
 //! Each test runs its own stack (a private Postfix plus a ramdir process
 //! whose socket is `<spool>/private/ramdir-socketmap`, named in `main.cf`
@@ -16,8 +18,21 @@ use std::time::{Duration, Instant};
 
 use ramdir_integration::postfix::Delivery;
 use ramdir_integration::{
-    DirectoryContent, Reply, SocketmapClient, Stack, StackOptions, wait_for, write_atomic,
+    DirectoryContent, Flavor, Reply, SocketmapClient, Stack, StackOptions, wait_for, write_atomic,
 };
+
+ramdir_integration::test_on_both_flavors!(
+    postmap_domains,
+    postmap_mailboxes,
+    postmap_aliases,
+    postmap_senders,
+    smtp_recipient_checks,
+    smtp_delivery_after_alias_expansion,
+    smtp_sender_login_maps,
+    ramdir_down_defers_then_recovers,
+    reload_on_sighup_under_load,
+    reload_on_file_change_without_sighup
+);
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::/home/alice::
@@ -159,9 +174,8 @@ fn pair(to: &str, orig: Option<&str>) -> (String, Option<String>) {
 // ---------------------------------------------------------------------------
 // postmap against ramdir's socket, as the README tells operators to check
 
-#[test]
-fn postmap_domains() {
-    let s = Stack::start(&content());
+fn postmap_domains(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     assert_found(&s, "domains", "example.org", "example.org");
     assert_found(&s, "domains", "Example.ORG", "example.org");
     assert_found(&s, "domains", "catchall.test", "catchall.test");
@@ -179,9 +193,8 @@ fn postmap_domains() {
     }
 }
 
-#[test]
-fn postmap_mailboxes() {
-    let s = Stack::start(&content());
+fn postmap_mailboxes(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     for (key, login) in [
         ("alice@example.org", "alice@example.org"),
         ("alice+tag@example.org", "alice@example.org"),
@@ -219,9 +232,8 @@ fn postmap_mailboxes() {
     );
 }
 
-#[test]
-fn postmap_aliases() {
-    let s = Stack::start(&content());
+fn postmap_aliases(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     for (key, targets) in [
         ("info@example.org", "alice@example.org"),
         ("INFO@Example.Org", "alice@example.org"),
@@ -271,9 +283,8 @@ fn postmap_aliases() {
     }
 }
 
-#[test]
-fn postmap_senders() {
-    let s = Stack::start(&content());
+fn postmap_senders(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     assert_found(
         &s,
         "senders",
@@ -303,9 +314,8 @@ fn postmap_senders() {
 // ---------------------------------------------------------------------------
 // SMTP through Postfix
 
-#[test]
-fn smtp_recipient_checks() {
-    let s = Stack::start(&content());
+fn smtp_recipient_checks(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     let mut c = s.postfix.smtp();
     expect(c.ehlo("client.test"), 250, "EHLO");
     expect(c.mail_from(STRANGER), 250, "MAIL FROM");
@@ -354,9 +364,8 @@ fn smtp_recipient_checks() {
         .wait_for_log(&["socketmap server temporary error", "alias loop"]);
 }
 
-#[test]
-fn smtp_delivery_after_alias_expansion() {
-    let s = Stack::start(&content());
+fn smtp_delivery_after_alias_expansion(flavor: Flavor) {
+    let s = Stack::start_on(flavor, &content());
     let q = send(&s, &["info@example.org"]);
     assert_eq!(
         delivered(&s, &q),
@@ -409,10 +418,10 @@ fn try_sender(c: &mut ramdir_integration::Smtp, sender: &str) -> Reply {
     r
 }
 
-#[test]
-fn smtp_sender_login_maps() {
+fn smtp_sender_login_maps(flavor: Flavor) {
     let opts = StackOptions {
         sasl: true,
+        flavor,
         ..StackOptions::default()
     };
     let s = Stack::start_with(&content(), &opts);
@@ -485,9 +494,8 @@ fn smtp_sender_login_maps() {
 // ---------------------------------------------------------------------------
 // ramdir down: Postfix must defer, never bounce
 
-#[test]
-fn ramdir_down_defers_then_recovers() {
-    let mut s = Stack::start(&content());
+fn ramdir_down_defers_then_recovers(flavor: Flavor) {
+    let mut s = Stack::start_on(flavor, &content());
     let probe = [
         "alice@example.org",
         "nobody@example.org",
@@ -643,6 +651,7 @@ impl Load {
         // postmap -q - : 300 lookups per process over one connection.
         let etc = s.postfix.etc().to_path_buf();
         let spool = s.postfix.spool().to_path_buf();
+        let flavor = s.postfix.flavor();
         let (st, n) = (stop.clone(), count.clone());
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let keys: Vec<&str> =
@@ -650,7 +659,7 @@ impl Load {
             let mut input = keys.join("\n");
             input.push('\n');
             while !st.load(Ordering::Relaxed) {
-                let out = postmap_stdin(&etc, &spool, "aliases", &input)?;
+                let out = postmap_stdin(flavor, &etc, &spool, "aliases", &input)?;
                 let lines: Vec<&str> = out.lines().collect();
                 let info = lines.iter().filter(|l| **l == "info@example.org\talice@example.org").count();
                 let team = lines
@@ -689,19 +698,19 @@ impl Load {
 }
 
 fn postmap_stdin(
+    flavor: Flavor,
     etc: &std::path::Path,
     spool: &std::path::Path,
     table: &str,
     input: &str,
 ) -> Result<String, String> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("postmap")
+    use std::process::Stdio;
+    let mut child = ramdir_integration::postfix::command_in(flavor, spool, "/usr/sbin/postmap")
         .arg("-c")
         .arg(etc)
         .args(["-q", "-"])
         .arg(format!("socketmap:unix:private/ramdir-socketmap:{table}"))
-        .current_dir(spool)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -730,7 +739,7 @@ fn postmap_stdin(
 fn wait_answer(s: &Stack, table: &str, key: &str, want: &str) -> Duration {
     let start = Instant::now();
     wait_for(
-        Duration::from_secs(10),
+        ramdir_integration::WAIT,
         &format!("{table} {key:?} to answer {want:?}"),
         || (s.ramdir.query(table, key) == want).then_some(()),
     );
@@ -741,16 +750,16 @@ fn wait_answer(s: &Stack, table: &str, key: &str, want: &str) -> Duration {
 /// line) than `before`.
 fn wait_log_count(s: &Stack, needle: &str, before: usize) {
     wait_for(
-        Duration::from_secs(10),
+        ramdir_integration::WAIT,
         &format!("ramdir to log an error naming {needle:?}"),
         || (s.ramdir.log_text().matches(needle).count() > before).then_some(()),
     );
 }
 
-#[test]
-fn reload_on_sighup_under_load() {
+fn reload_on_sighup_under_load(flavor: Flavor) {
     let opts = StackOptions {
         directory_extra: "watch_files = false".into(),
+        flavor,
         ..StackOptions::default()
     };
     let mut s = Stack::start_with(&content(), &opts);
@@ -830,9 +839,8 @@ new6@example.org bob@example.org
     );
 }
 
-#[test]
-fn reload_on_file_change_without_sighup() {
-    let mut s = Stack::start(&content());
+fn reload_on_file_change_without_sighup(flavor: Flavor) {
+    let mut s = Stack::start_on(flavor, &content());
     let load = Load::start(&s);
 
     // Atomic replacement (rename over the file).

@@ -178,7 +178,8 @@ impl LdapFallback {
             };
             if data.user.is_some() {
                 found = true;
-                self.source.apply(|idx, d| idx.put(d, uuid, data));
+                self.source
+                    .apply(|idx, d| idx.put(d, uuid, data, Some(&e.dn)));
             }
         }
         if !found {

@@ -10,9 +10,17 @@
 //! | `mail` | the mailbox's login (canonical address) |
 //! | `mailLocalAddress` | more addresses delivering to it (aliases) |
 //! | `userPassword` | the password hash (`{SCHEME}…`) |
-//! | `mailQuotaBytes` | the user's storage limit in bytes |
+//! | `mailQuotaBytes` | the user's storage limit (Dovecot 2.4's `quota_storage_size`: bytes or a size, `0`/`unlimited` for none) |
 //! | `mailEnabled` | `FALSE` disables logins (mail is still delivered) |
 //! | `uidNumber`, `gidNumber`, `homeDirectory` | uid, gid, home when present |
+//!
+//! Two more limit attributes can be mapped, so one directory serves
+//! Dovecot 2.3 and 2.4 alike: `quota_message_count` (2.4's spelling: a
+//! message count) and `quota_rule` (2.3's spelling: `*:storage=1G:messages=N`
+//! or a size). An entry whose attributes set one limit to two different
+//! values is an error, like any bad value ([`ramdir_core::quota::QuotaFields`]);
+//! a resource no attribute names is the default's, or unlimited when a
+//! 2.3 rule is given (it replaces the default rule whole).
 //!
 //! An entry without the address attribute is not a mailbox and contributes
 //! nothing (it may still be returned by a broad filter).
@@ -25,7 +33,7 @@ use ldap3::asn1::{PL, StructureTag};
 use crate::ber::{CONSTRUCTED, Elements};
 use ramdir_core::UserSpec;
 use ramdir_core::address::Normalizer;
-use ramdir_core::quota::{QuotaLimit, parse_size};
+use ramdir_core::quota::{QuotaFields, QuotaLimit};
 
 /// Which attributes give what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +44,14 @@ pub struct Mapping {
     pub aliases: Vec<String>,
     /// Password hash.
     pub password: Option<String>,
-    /// Storage limit: bytes, or a size such as `10G`.
+    /// Storage limit (2.4's `quota_storage_size`): bytes, or a size such
+    /// as `10G`; `0` or `unlimited` for none.
     pub quota: Option<String>,
+    /// Message limit (2.4's `quota_message_count`).
+    pub quota_message_count: Option<String>,
+    /// Limit in 2.3's spelling (`quota_rule`: `*:storage=1G[:messages=N]`
+    /// or a size).
+    pub quota_rule: Option<String>,
     /// Enabled flag (`TRUE`/`FALSE`, also `1`/`0`, `yes`/`no`).
     pub enabled: Option<String>,
     /// uid attribute.
@@ -52,6 +66,9 @@ pub struct Mapping {
     pub default_uid: Option<u32>,
     /// gid when the entry has none.
     pub default_gid: Option<u32>,
+    /// The directory's `default_quota`: what an entry that limits only
+    /// one resource, in 2.4's spelling, keeps for the other.
+    pub default_quota: QuotaLimit,
 }
 
 impl Default for Mapping {
@@ -61,6 +78,8 @@ impl Default for Mapping {
             aliases: vec!["mailLocalAddress".into()],
             password: Some("userPassword".into()),
             quota: Some("mailQuotaBytes".into()),
+            quota_message_count: None,
+            quota_rule: None,
             enabled: Some("mailEnabled".into()),
             uid: Some("uidNumber".into()),
             gid: Some("gidNumber".into()),
@@ -68,6 +87,7 @@ impl Default for Mapping {
             mail: None,
             default_uid: None,
             default_gid: None,
+            default_quota: ramdir_core::Settings::default().default_quota,
         }
     }
 }
@@ -99,6 +119,32 @@ impl std::fmt::Display for MapError {
 }
 
 impl Mapping {
+    /// The user's own limit from the values of the three limit attributes
+    /// (storage, message count, 2.3 rule), if any is present.
+    fn quota_of(
+        &self,
+        storage: Option<&str>,
+        messages: Option<&str>,
+        rule: Option<&str>,
+    ) -> Result<Option<QuotaLimit>, MapError> {
+        let mut q = QuotaFields::new();
+        let name = |a: &Option<String>| a.clone().unwrap_or_default();
+        let r = (|| {
+            if let Some(v) = rule {
+                q.main_rule(&name(&self.quota_rule), v)?;
+            }
+            if let Some(v) = storage {
+                q.storage_size(&name(&self.quota), v)?;
+            }
+            if let Some(v) = messages {
+                q.message_count(&name(&self.quota_message_count), v)?;
+            }
+            Ok::<_, String>(())
+        })();
+        r.map_err(MapError)?;
+        Ok(q.finish(self.default_quota).0)
+    }
+
     /// Every attribute to request in searches.
     pub fn attributes(&self) -> Vec<String> {
         let mut v = vec![self.address.clone()];
@@ -106,6 +152,8 @@ impl Mapping {
         for a in [
             &self.password,
             &self.quota,
+            &self.quota_message_count,
+            &self.quota_rule,
             &self.enabled,
             &self.uid,
             &self.gid,
@@ -148,6 +196,8 @@ impl Mapping {
         let mut opt = |name: &Option<String>| name.as_deref().map(&mut slot);
         let password = opt(&self.password);
         let quota = opt(&self.quota);
+        let quota_message_count = opt(&self.quota_message_count);
+        let quota_rule = opt(&self.quota_rule);
         let enabled = opt(&self.enabled);
         let uid = opt(&self.uid);
         let gid = opt(&self.gid);
@@ -161,6 +211,8 @@ impl Mapping {
             aliases,
             password,
             quota,
+            quota_message_count,
+            quota_rule,
             enabled,
             uid,
             gid,
@@ -193,6 +245,8 @@ pub struct Resolved {
     aliases: Vec<usize>,
     password: Option<usize>,
     quota: Option<usize>,
+    quota_message_count: Option<usize>,
+    quota_rule: Option<usize>,
     enabled: Option<usize>,
     uid: Option<usize>,
     gid: Option<usize>,
@@ -390,16 +444,11 @@ impl Resolved {
             })
             .transpose()
         };
-        let quota = match e.first(self.quota) {
-            None => None,
-            Some(q) => {
-                let bytes = parse_size(q).map_err(|e| MapError(e.to_string()))?;
-                Some(QuotaLimit {
-                    storage: (bytes > 0).then_some(bytes),
-                    messages: None,
-                })
-            }
-        };
+        let quota = m.quota_of(
+            e.first(self.quota),
+            e.first(self.quota_message_count),
+            e.first(self.quota_rule),
+        )?;
         let enabled = match e.first(self.enabled) {
             None => true,
             Some(v)
@@ -430,6 +479,7 @@ impl Resolved {
             home: e.first(self.home).map(str::to_string),
             mail: e.first(self.mail).map(str::to_string),
             quota,
+            quota_grace: None,
             quota_rules: Vec::new(),
             enabled,
             extra: Vec::new(),
@@ -523,6 +573,77 @@ mod tests {
     }
 
     #[test]
+    fn limits_in_either_dovecot_spelling() {
+        let m = Mapping {
+            quota_message_count: Some("mailQuotaMessages".into()),
+            quota_rule: Some("mailQuota".into()),
+            default_quota: QuotaLimit {
+                storage: Some(10 << 30),
+                messages: Some(1000),
+            },
+            ..Mapping::default()
+        };
+        let n = Normalizer::default();
+        let quota = |pairs: &[(&str, &[&str])]| {
+            let mut a = vec![("mail", &["a@x.org"][..])];
+            a.extend_from_slice(pairs);
+            m.map(&attrs(&a), &n).map(|e| e.user.unwrap().quota)
+        };
+        let lim = |s: Option<u64>, m: Option<u64>| {
+            Some(QuotaLimit {
+                storage: s,
+                messages: m,
+            })
+        };
+        assert_eq!(quota(&[]).unwrap(), None, "no attribute: the default");
+        // 2.4's spelling: what is not named keeps the default.
+        assert_eq!(
+            quota(&[("mailQuotaBytes", &["2M"])]).unwrap(),
+            lim(Some(2 << 20), Some(1000))
+        );
+        assert_eq!(
+            quota(&[("mailQuotaMessages", &["50"])]).unwrap(),
+            lim(Some(10 << 30), Some(50))
+        );
+        assert_eq!(
+            quota(&[
+                ("mailQuotaBytes", &["unlimited"]),
+                ("mailQuotaMessages", &["0"])
+            ])
+            .unwrap(),
+            lim(None, None)
+        );
+        // 2.3's spelling replaces the default rule whole.
+        assert_eq!(
+            quota(&[("mailQuota", &["*:storage=1G"])]).unwrap(),
+            lim(Some(1 << 30), None)
+        );
+        // Both, agreeing.
+        assert_eq!(
+            quota(&[
+                ("mailQuota", &["*:storage=1G:messages=9"]),
+                ("mailQuotaBytes", &["1073741824"]),
+                ("mailQuotaMessages", &["9"])
+            ])
+            .unwrap(),
+            lim(Some(1 << 30), Some(9))
+        );
+        // Both, disagreeing: an error naming both attributes.
+        let e = quota(&[
+            ("mailQuota", &["*:storage=1G"]),
+            ("mailQuotaBytes", &["2M"]),
+        ])
+        .unwrap_err();
+        assert!(
+            e.0.contains("mailQuotaBytes=2M conflicts with mailQuota=*:storage=1G"),
+            "{e}"
+        );
+        assert!(quota(&[("mailQuotaMessages", &["lots"])]).is_err());
+        assert!(m.attributes().contains(&"mailQuota".to_string()));
+        assert!(m.attributes().contains(&"mailQuotaMessages".to_string()));
+    }
+
+    #[test]
     fn entries_without_address_contribute_nothing_and_bad_values_are_errors() {
         let m = Mapping::default();
         let n = Normalizer::default();
@@ -581,16 +702,11 @@ mod tests {
             })
             .transpose()
         };
-        let quota = match first(&m.quota) {
-            None => None,
-            Some(q) => {
-                let bytes = parse_size(q).map_err(|e| MapError(e.to_string()))?;
-                Some(QuotaLimit {
-                    storage: (bytes > 0).then_some(bytes),
-                    messages: None,
-                })
-            }
-        };
+        let quota = m.quota_of(
+            first(&m.quota),
+            first(&m.quota_message_count),
+            first(&m.quota_rule),
+        )?;
         let enabled = match first(&m.enabled).map(str::to_ascii_lowercase).as_deref() {
             None | Some("true" | "1" | "yes") => true,
             Some("false" | "0" | "no") => false,
@@ -608,6 +724,7 @@ mod tests {
             home: first(&m.home).map(str::to_string),
             mail: first(&m.mail).map(str::to_string),
             quota,
+            quota_grace: None,
             quota_rules: Vec::new(),
             enabled,
             extra: Vec::new(),
@@ -890,7 +1007,11 @@ mod tests {
                 0..10,
             )
         ) {
-            let m = Mapping::default();
+            let m = Mapping {
+                quota_message_count: Some("mailQuotaMessages".into()),
+                quota_rule: Some("mailQuotaRule".into()),
+                ..Mapping::default()
+            };
             let n = Normalizer::default();
             let mut seen = Vec::new();
             let mut attrs = Vec::new();
@@ -909,11 +1030,13 @@ mod tests {
         }
     }
 
-    const NAMES: [&str; 11] = [
+    const NAMES: [&str; 13] = [
         "mail",
         "mailLocalAddress",
         "userPassword",
         "mailQuotaBytes",
+        "mailQuotaMessages",
+        "mailQuotaRule",
         "mailEnabled",
         "uidNumber",
         "gidNumber",
@@ -923,7 +1046,10 @@ mod tests {
         "objectClass",
     ];
 
-    const VALUES: [&[u8]; 16] = [
+    const VALUES: [&[u8]; 19] = [
+        b"*:storage=10G:messages=5",
+        b"*:storage=0",
+        b"unlimited",
         b"a@x.org",
         b"A@X.ORG",
         b"b+ext@x.org",

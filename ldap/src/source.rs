@@ -20,6 +20,11 @@
 //!    being authoritative, so misses go to the fallback (or get "temporary")
 //!    instead of a wrong "not found".
 //!
+//! An address two entries claim is ambiguous until one claim is left (see
+//! [`crate::index`]); each new conflict is logged once, with every
+//! claimant's DN (looked up by entryUUID where not known), and counted in
+//! [`LdapSource::status`].
+//!
 //! ldap3's sync control parsers `panic!` on malformed input (protocols.md
 //! G20): every parse runs under `catch_unwind`, and a malformed control
 //! ends the session like a network error.
@@ -29,7 +34,7 @@ use std::io::{BufRead, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
@@ -68,6 +73,13 @@ const BATCH: usize = 1000;
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Log full-load progress every this many entries.
 const PROGRESS_EVERY: u64 = 100_000;
+/// Most ambiguous addresses `stats` lists by name (all are counted): the
+/// document stays small when a whole subtree is duplicated.
+pub const MAX_AMBIGUOUS_LISTED: usize = 100;
+/// Most conflicting entries whose DN one search looks up (one search per
+/// batch of new conflicts, so a duplicated subtree costs LDAP little; the
+/// rest are logged by entryUUID).
+const MAX_NAMED: usize = 100;
 /// File name of the warm-start snapshot in `state_dir`.
 const SNAPSHOT_FILE: &str = "ldap.snapshot";
 /// First line of a snapshot file.
@@ -104,6 +116,8 @@ struct State {
 /// The LDAP source, shared by the sync task, the fallback and reloads.
 #[derive(Debug)]
 pub struct LdapSource {
+    /// Itself, for the tasks it spawns.
+    me: Weak<LdapSource>,
     settings: Settings,
     handle: Arc<DirectoryHandle>,
     state: Mutex<State>,
@@ -136,7 +150,8 @@ impl LdapSource {
             phase: "starting".into(),
             ..State::default()
         };
-        Arc::new(LdapSource {
+        Arc::new_cyclic(|me| LdapSource {
+            me: me.clone(),
             settings,
             handle,
             state: Mutex::new(state),
@@ -158,12 +173,27 @@ impl LdapSource {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One line for `stats`: phase, entries, cookie, counters.
+    /// One line for `stats`: phase, entries, cookie, counters, and the
+    /// addresses several entries claim (the first [`MAX_AMBIGUOUS_LISTED`],
+    /// each with its claimants' entryUUIDs and DNs where known).
     pub fn status(&self) -> serde_json::Value {
         let st = self.lock();
+        let ambiguous: Vec<serde_json::Value> = st
+            .index
+            .contested()
+            .take(MAX_AMBIGUOUS_LISTED)
+            .map(|(address, claims)| {
+                serde_json::json!({
+                    "address": address,
+                    "entries": claims.iter().map(crate::index::describe).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
         serde_json::json!({
             "phase": st.phase,
             "entries": st.index.len(),
+            "ambiguous": st.index.contested_len(),
+            "ambiguous_addresses": ambiguous,
             "have_cookie": st.cookie.is_some(),
             "sync_lost_secs": st.lost_since.map(|t| t.elapsed().as_secs()),
             "entries_loaded": self.stats.entries_loaded.load(Ordering::Relaxed),
@@ -181,11 +211,87 @@ impl LdapSource {
 
     /// Apply changes to the index and the directory in one atomic update.
     pub fn apply<R>(&self, f: impl FnOnce(&mut Index, &mut Directory) -> R) -> R {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let r = self.handle.update(|d| f(&mut st.index, d));
-        st.dirty = true;
+        let (r, conflicts) = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let r = self.handle.update(|d| f(&mut st.index, d));
+            st.dirty = true;
+            (r, st.index.has_unreported())
+        };
+        if conflicts {
+            self.report_conflicts();
+        }
         r
+    }
+
+    /// Log the addresses that got a new claimant, naming every claimant.
+    /// The entry that held an address before has no known DN (none is kept
+    /// per entry): it is looked up by entryUUID first, on a connection of
+    /// its own and off the sync's path, when a runtime is at hand.
+    fn report_conflicts(&self) {
+        let (keys, unnamed) = self.lock().index.take_unreported();
+        if keys.is_empty() {
+            return;
+        }
+        match (self.me.upgrade(), tokio::runtime::Handle::try_current()) {
+            (Some(me), Ok(rt)) if !unnamed.is_empty() => {
+                rt.spawn(async move {
+                    me.name_claimants(&unnamed).await;
+                    me.log_conflicts(&keys);
+                });
+            }
+            _ => self.log_conflicts(&keys),
+        }
+    }
+
+    /// Look up the DNs of `uuids` (the first [`MAX_NAMED`]) and record them.
+    async fn name_claimants(&self, uuids: &[Uuid]) {
+        let s = &self.settings;
+        let filter: String = uuids
+            .iter()
+            .take(MAX_NAMED)
+            .map(|u| format!("(entryUUID={})", format_uuid(u)))
+            .collect();
+        let filter = format!("(|{filter})");
+        let search = async {
+            let mut ldap = connect(s).await?;
+            let r = ldap
+                .search(&s.base, scope(s.scope), &filter, vec!["entryUUID"])
+                .await;
+            let _ = ldap.unbind().await;
+            let (entries, _) = r?.success()?;
+            Ok::<_, LdapError>(entries)
+        };
+        match tokio::time::timeout(s.timeout, search).await {
+            Ok(Ok(entries)) => {
+                let mut st = self.lock();
+                for e in entries.into_iter().map(SearchEntry::construct) {
+                    let uuid = e
+                        .attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("entryUUID"))
+                        .and_then(|(_, v)| v.first())
+                        .and_then(|v| parse_uuid(v));
+                    if let Some(uuid) = uuid {
+                        st.index.set_dn(&uuid, &e.dn);
+                    }
+                }
+                st.dirty = true;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "cannot look up the DNs of conflicting entries")
+            }
+            Err(_) => tracing::info!("timed out looking up the DNs of conflicting entries"),
+        }
+    }
+
+    fn log_conflicts(&self, keys: &[String]) {
+        let st = self.lock();
+        for key in keys {
+            if let Some(claims) = st.index.claims(key) {
+                crate::index::log_conflict(key, claims);
+            }
+        }
     }
 
     /// Publish a directory rebuilt from files, with every LDAP entry (and
@@ -228,17 +334,29 @@ impl LdapSource {
                     "serving the warm LDAP snapshot written {}s ago; LDAP not yet in sync",
                     age.as_secs()
                 );
-                let mut st = self.lock();
-                let st = &mut *st;
-                self.handle.update(|d| {
-                    for (uuid, data) in entries {
-                        st.index.put(d, uuid, data);
+                {
+                    let mut st = self.lock();
+                    let st = &mut *st;
+                    // DNs saved with contested claims: the entry that held
+                    // an address first is put without its claim contested.
+                    let named: Vec<(Uuid, String)> = entries
+                        .iter()
+                        .filter_map(|(u, _, dn)| Some((*u, dn.clone()?)))
+                        .collect();
+                    self.handle.update(|d| {
+                        for (uuid, data, dn) in entries {
+                            st.index.put(d, uuid, data, dn.as_deref());
+                        }
+                        d.set_authoritative(false, Some(&note));
+                    });
+                    for (uuid, dn) in &named {
+                        st.index.set_dn(uuid, dn);
                     }
-                    d.set_authoritative(false, Some(&note));
-                });
-                st.cookie = cookie;
-                st.phase = "warm snapshot".into();
+                    st.cookie = cookie;
+                    st.phase = "warm snapshot".into();
+                }
                 tracing::info!(entries = n, age_secs = age.as_secs(), snapshot = %path.display(), "{note}");
+                self.report_conflicts();
                 true
             }
             Err(e) => {
@@ -431,6 +549,7 @@ impl LdapSource {
             st.dirty = true;
             self.handle.replace(dir);
         }
+        self.report_conflicts();
         self.stats.entries_loaded.fetch_add(n, Ordering::Relaxed);
         self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
@@ -612,7 +731,7 @@ impl LdapSource {
                     match mapped {
                         Ok(data) => {
                             tracing::debug!(%dn, uuid = %format_uuid(&uuid), "LDAP change");
-                            self.apply(|idx, d| idx.put(d, uuid, data));
+                            self.apply(|idx, d| idx.put(d, uuid, data, Some(&dn)));
                             self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(err) => {
@@ -757,15 +876,19 @@ impl LdapSource {
             };
             serde_json::to_writer(&mut w, &header)?;
             w.write_all(b"\n")?;
+            let dns = index.known_dns();
             for (uuid, c) in index.iter() {
-                let login = c.login();
-                let Some(u) = snap.user(login) else { continue };
-                let spec = u.to_spec(snap.settings());
-                let saved = Saved::from_spec(
+                // Every entry, contested ones included (with their own
+                // data), so a restart is ambiguous and heals the same way.
+                let Some(spec) = index.mailbox(&snap, uuid) else {
+                    continue;
+                };
+                let mut saved = Saved::from_spec(
                     format_uuid(uuid),
                     &spec,
                     c.aliases().map(str::to_string).collect(),
                 );
+                saved.dn = dns.get(uuid).map(|d| d.to_string());
                 serde_json::to_writer(&mut w, &saved)?;
                 w.write_all(b"\n")?;
             }
@@ -828,8 +951,8 @@ fn build(
 ) -> (Directory, Index) {
     let normalizer = dir.settings().normalizer.clone();
     let mut add = |view: Result<EntryView<'_>, MapError>| {
-        if let Some((uuid, data)) = entry_data(mapping, view, &normalizer) {
-            index.put(&mut dir, uuid, data);
+        if let Some((uuid, data, dn)) = entry_data(mapping, view, &normalizer) {
+            index.put(&mut dir, uuid, data, Some(&dn));
         }
     };
     while let Some(batch) = rx.blocking_recv() {
@@ -842,12 +965,12 @@ fn build(
     (dir, index)
 }
 
-/// Map an entry; a bad one is skipped with a warning.
-fn entry_data(
+/// Map an entry (with its DN); a bad one is skipped with a warning.
+fn entry_data<'a>(
     mapping: &Resolved,
-    view: Result<EntryView<'_>, MapError>,
+    view: Result<EntryView<'a>, MapError>,
     normalizer: &ramdir_core::address::Normalizer,
-) -> Option<(Uuid, EntryData)> {
+) -> Option<(Uuid, EntryData, std::borrow::Cow<'a, str>)> {
     let e = match view {
         Ok(e) => e,
         Err(err) => {
@@ -860,7 +983,7 @@ fn entry_data(
         return None;
     };
     match mapping.map(&e, normalizer) {
-        Ok(d) => Some((uuid, d)),
+        Ok(d) => Some((uuid, d, e.dn())),
         Err(err) => {
             tracing::warn!(dn = %e.dn(), error = %err, "entry cannot be mapped; skipped");
             None
@@ -934,6 +1057,9 @@ struct Saved {
     enabled: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     aliases: Vec<String>,
+    /// The entry's DN, when known (entries with a contested address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dn: Option<String>,
 }
 
 impl Saved {
@@ -951,10 +1077,11 @@ impl Saved {
             own_quota: s.quota.is_some(),
             enabled: s.enabled,
             aliases,
+            dn: None,
         }
     }
 
-    fn into_data(self) -> Option<(Uuid, EntryData)> {
+    fn into_data(self) -> Option<(Uuid, EntryData, Option<String>)> {
         let uuid = parse_uuid(&self.uuid)?;
         let quota = self.own_quota.then_some(ramdir_core::quota::QuotaLimit {
             storage: self.storage,
@@ -968,6 +1095,7 @@ impl Saved {
             home: self.home,
             mail: self.mail,
             quota,
+            quota_grace: None,
             quota_rules: Vec::new(),
             enabled: self.enabled,
             extra: Vec::new(),
@@ -979,11 +1107,16 @@ impl Saved {
                 user: Some(user),
                 aliases: self.aliases,
             },
+            self.dn,
         ))
     }
 }
 
-type SnapshotData = (Option<Vec<u8>>, SystemTime, Vec<(Uuid, EntryData)>);
+type SnapshotData = (
+    Option<Vec<u8>>,
+    SystemTime,
+    Vec<(Uuid, EntryData, Option<String>)>,
+);
 
 fn read_snapshot(path: &Path) -> Result<Option<SnapshotData>, String> {
     let file = match std::fs::File::open(path) {
@@ -1052,6 +1185,7 @@ mod tests {
                     }),
                     aliases: vec!["b@x.org".into()],
                 },
+                None,
             )
         });
         src.set_cookie(Some(b"rid=000,csn=20261124".to_vec()));
@@ -1085,6 +1219,66 @@ mod tests {
             src2.lock().cookie.as_deref(),
             Some(&b"rid=000,csn=20261124"[..])
         );
+    }
+
+    #[test]
+    fn a_warm_snapshot_keeps_every_claim_and_heals_the_same_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Settings::new("ldap://127.0.0.1:1", "dc=x");
+        s.state_dir = Some(tmp.path().to_path_buf());
+        let entry = |pw: &str, aliases: &[&str]| EntryData {
+            user: Some(UserSpec {
+                login: "u5@x.org".into(),
+                password: Some(pw.into()),
+                enabled: true,
+                ..Default::default()
+            }),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        };
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let start = |s: &Settings| {
+            let handle = Arc::new(DirectoryHandle::new(Directory::new(DirSettings::default())));
+            let src = LdapSource::new(s.clone(), handle.clone());
+            (src, handle)
+        };
+        let (src, handle) = start(&s);
+        src.apply(|idx, d| {
+            idx.put(d, a, entry("{X}a", &["al5@x.org"]), None);
+            idx.put(d, b, entry("{X}b", &[]), Some("uid=dup,dc=x"));
+        });
+        assert!(handle.snapshot().ambiguous_claims("u5@x.org").is_some());
+        assert!(src.write_snapshot(tmp.path()).unwrap());
+        let text = std::fs::read_to_string(snapshot_path(tmp.path())).unwrap();
+        assert_eq!(text.lines().count(), 3, "both claimants are saved: {text}");
+        assert!(text.contains("uid=dup,dc=x"));
+
+        // A restart: the same ambiguity, the same claims.
+        let (src2, handle2) = start(&s);
+        assert!(src2.warm_start());
+        let d = handle2.snapshot();
+        assert!(d.user("u5@x.org").is_none());
+        assert_eq!(d.ambiguous_claims("u5@x.org"), Some(2));
+        assert!(d.lookup_alias("al5@x.org").is_err());
+        assert_eq!(src2.status()["ambiguous"], 1);
+        // Claimants in the snapshot's order (unspecified).
+        let listed = src2.status()["ambiguous_addresses"][0]["entries"].to_string();
+        assert!(
+            listed.contains(&format!("entryUUID={} (uid=dup,dc=x)", format_uuid(&b)))
+                && listed.contains(&format!("entryUUID={}", format_uuid(&a))),
+            "{listed}"
+        );
+        // …and it heals the same way: the duplicate deleted, the original
+        // is served, and saved as such.
+        src2.apply(|idx, d| idx.delete(d, &b));
+        let d = handle2.snapshot();
+        assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
+        assert!(src2.write_snapshot(tmp.path()).unwrap());
+        let (src3, handle3) = start(&s);
+        assert!(src3.warm_start());
+        let d = handle3.snapshot();
+        assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
+        assert_eq!(d.alias("al5@x.org").unwrap()[0].as_ref(), "u5@x.org");
+        assert_eq!(d.counts().ambiguous, 0);
     }
 
     #[test]

@@ -266,17 +266,64 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
     Ok(out)
 }
 
-fn quota_text(q: &QuotaLimit) -> String {
-    let size = |b: u64| {
-        if b.is_multiple_of(1 << 30) {
-            format!("{}G", b >> 30)
-        } else if b.is_multiple_of(1 << 20) {
-            format!("{}M", b >> 20)
-        } else {
-            format!("{b}B")
+fn size_text(b: u64) -> String {
+    if b > 0 && b.is_multiple_of(1 << 30) {
+        format!("{}G", b >> 30)
+    } else if b > 0 && b.is_multiple_of(1 << 20) {
+        format!("{}M", b >> 20)
+    } else {
+        format!("{b}B")
+    }
+}
+
+/// The quota fields each Dovecot version gets in the user's userdb answer
+/// (what the dict sends after an `H3` or an `H4` hello; 2.4's folder
+/// settings shown per folder, under the `[dict] quota_namespace`
+/// namespace).
+fn dovecot_fields(u: &ramdir_core::User<'_>) -> (String, String) {
+    use ramdir_core::quota::QuotaRule;
+    let mut v23 = format!(
+        "quota_rule={}",
+        u.quota.to_rule().unwrap_or_else(|| "*:storage=0".into())
+    );
+    if let Some(g) = u.quota_grace {
+        v23.push_str(&format!(" quota_grace={g}B"));
+    }
+    for (i, r) in u.quota_rules.iter().enumerate() {
+        v23.push_str(&format!(" quota_rule{}={r}", i + 2));
+    }
+    let mut v24 = format!(
+        "quota_storage_size={} quota_message_count={}",
+        u.quota.storage.map_or("0".into(), |s| format!("{s}B")),
+        u.quota.messages.unwrap_or(0)
+    );
+    if let Some(g) = u.quota_grace {
+        v24.push_str(&format!(" quota_storage_grace={g}B"));
+    }
+    for r in u
+        .quota_rules
+        .iter()
+        .filter_map(|r| QuotaRule::parse(r).ok())
+    {
+        let mut settings = Vec::new();
+        r.v24_settings(u.quota, |k, v| settings.push(format!("{k}={v}")));
+        if !ramdir_core::quota::v24_name_ok(&r.mailbox) {
+            v24.push_str(&format!(
+                "; mailbox {}: not sent (a 2.4 userdb field cannot name it; set it in dovecot.conf)",
+                r.mailbox
+            ));
+        } else if !settings.is_empty() {
+            v24.push_str(&format!("; mailbox {}: {}", r.mailbox, settings.join(" ")));
         }
-    };
-    let s = q.storage.map(size).unwrap_or_else(|| "unlimited".into());
+    }
+    (v23, v24)
+}
+
+fn quota_text(q: &QuotaLimit) -> String {
+    let s = q
+        .storage
+        .map(size_text)
+        .unwrap_or_else(|| "unlimited".into());
     match q.messages {
         Some(m) => format!("{s}, {m} messages"),
         None => s,
@@ -327,6 +374,10 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
         } => format!("alias {key}"),
         Class::Mailbox { login } => format!("mailbox {login}"),
         Class::CatchAll { key } => format!("no alias or mailbox; catch-all {key}"),
+        Class::Ambiguous { key, claims } => format!(
+            "{key} is claimed by {claims} directory entries (a directory error: every \
+             table answers TEMP until only one claims it)"
+        ),
         Class::UnknownLocal => "unknown user in one of our domains".into(),
         Class::Foreign => "not ours".into(),
     };
@@ -359,6 +410,17 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
                             "      quota: {quota}; folder rules: {}",
                             u.quota_rules.to_vec().join(", ")
                         ));
+                        line(format!(
+                            "      grace: {}",
+                            match u.quota_grace {
+                                Some(g) =>
+                                    format!("{} (own; replaces [quota] grace)", size_text(g)),
+                                None => "[quota] grace".into(),
+                            }
+                        ));
+                        let (v23, v24) = dovecot_fields(&u);
+                        line(format!("      Dovecot 2.3 gets: {v23}"));
+                        line(format!("      Dovecot 2.4 gets: {v24}"));
                         let scheme = u
                             .password
                             .map(
@@ -465,6 +527,56 @@ mod tests {
         assert!(text.contains("not an address"), "{text}");
         let text = explain(&dir, "bob@example.org", &|_| Some(Ok((Some(42), None))));
         assert!(text.contains("usage: 42 bytes, unknown messages"), "{text}");
+        assert!(text.contains("grace: [quota] grace"), "{text}");
+        assert!(
+            text.contains("Dovecot 2.3 gets: quota_rule=*:storage=")
+                && text.contains("quota_rule2=Trash:storage=+524288000B"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Dovecot 2.4 gets: quota_storage_size=")
+                && text.contains("; mailbox Trash: quota_storage_extra=524288000B"),
+            "{text}"
+        );
+        assert!(!text.contains("2.4 gets: quota_rule"), "{text}");
+    }
+
+    #[test]
+    fn explain_shows_the_limit_from_either_spelling() {
+        let tmp = tempfile::tempdir().unwrap();
+        let users = tmp.path().join("users");
+        std::fs::write(
+            &users,
+            "new@x.org:{PLAIN}n::::::userdb_quota_storage_size=2M userdb_quota_message_count=100 userdb_quota_storage_grace=1M\n\
+             old@x.org:{PLAIN}o::::::userdb_quota_rule=*:storage=3M userdb_quota_rule2=Trash:storage=+1M\n\
+             both@x.org:{PLAIN}b::::::userdb_quota_rule=*:storage=4M userdb_quota_storage_size=4096K\n",
+        )
+        .unwrap();
+        let sources = ramdir_core::files::FileSources {
+            passwd_files: vec![users],
+            ..Default::default()
+        };
+        let dir = ramdir_core::files::load(&sources, ramdir_core::Settings::default()).unwrap();
+        let text = explain(&dir, "new@x.org", &|_| None);
+        assert!(text.contains("quota: 2M, 100 messages;"), "{text}");
+        assert!(text.contains("grace: 1M (own"), "{text}");
+        assert!(
+            text.contains(
+                "2.3 gets: quota_rule=*:storage=2097152B:messages=100 quota_grace=1048576B"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("2.4 gets: quota_storage_size=2097152B quota_message_count=100 quota_storage_grace=1048576B"),
+            "{text}"
+        );
+        let text = explain(&dir, "old@x.org", &|_| None);
+        assert!(text.contains("quota: 3M;"), "{text}");
+        assert!(
+            text.contains("2.4 gets: quota_storage_size=3145728B quota_message_count=0; mailbox Trash: quota_storage_extra=1048576B"),
+            "{text}"
+        );
+        assert!(explain(&dir, "both@x.org", &|_| None).contains("quota: 4M;"));
     }
 
     #[test]

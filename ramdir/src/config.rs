@@ -109,7 +109,10 @@ struct RawMapping {
     address: Option<String>,
     aliases: Option<Vec<String>>,
     password: Option<String>,
+    #[serde(alias = "quota_storage_size")]
     quota: Option<String>,
+    quota_message_count: Option<String>,
+    quota_rule: Option<String>,
     enabled: Option<String>,
     uid: Option<String>,
     gid: Option<String>,
@@ -132,6 +135,7 @@ struct RawDict {
     quota_dict: Option<String>,
     alias_logins: Option<bool>,
     disabled_userdb: Option<bool>,
+    quota_namespace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -522,6 +526,8 @@ impl Config {
                         aliases: m.aliases.unwrap_or(d.aliases),
                         password: opt(m.password, d.password),
                         quota: opt(m.quota, d.quota),
+                        quota_message_count: opt(m.quota_message_count, d.quota_message_count),
+                        quota_rule: opt(m.quota_rule, d.quota_rule),
                         enabled: opt(m.enabled, d.enabled),
                         uid: opt(m.uid, d.uid),
                         gid: opt(m.gid, d.gid),
@@ -529,8 +535,10 @@ impl Config {
                         mail: opt(m.mail, d.mail),
                         default_uid: m.default_uid,
                         default_gid: m.default_gid,
+                        default_quota: d.default_quota,
                     };
                 }
+                st.mapping.default_quota = settings.default_quota;
                 Some(st)
             }
         };
@@ -575,7 +583,21 @@ impl Config {
             None => None,
             Some(d) => {
                 let defaults = ramdir_dovecot::service::Settings::default();
+                let quota_namespace = match d.quota_namespace {
+                    None => defaults.quota_namespace,
+                    Some(n) if !ramdir_core::quota::v24_name_ok(n.get_ref()) => {
+                        return Err(err(
+                            n.span(),
+                            format!(
+                                "quota_namespace {:?}: want a namespace name without '/' or '='",
+                                n.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(n) => n.into_inner(),
+                };
                 let settings = ramdir_dovecot::service::Settings {
+                    quota_namespace,
                     auth_dict: d.auth_dict.unwrap_or(defaults.auth_dict),
                     quota_dict: d.quota_dict.unwrap_or(defaults.quota_dict),
                     alias_logins: d.alias_logins.unwrap_or(defaults.alias_logins),
@@ -745,7 +767,7 @@ idle_timeout_secs = 300
     #[test]
     fn ldap_section() {
         let c = parse(
-            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\n",
+            "[ldap]\nurl = \"ldap://127.0.0.1:3389\"\nbase = \"ou=people,dc=example,dc=org\"\nbind_dn = \"cn=mailsvc,dc=example,dc=org\"\nbind_password_file = \"ldap.secret\"\nstate_dir = \"/var/lib/ramdir\"\nnegative_ttl_secs = 5\n[ldap.mapping]\naliases = [\"mailAlternateAddress\"]\nenabled = \"\"\ndefault_uid = 5000\nquota_storage_size = \"mailQuotaSize\"\nquota_message_count = \"mailQuotaCount\"\nquota_rule = \"mailQuota\"\n[directory]\ndefault_quota = \"1G\"\n",
         )
         .unwrap();
         let l = c.ldap.unwrap();
@@ -759,6 +781,13 @@ idle_timeout_secs = 300
         assert_eq!(l.mapping.enabled, None);
         assert_eq!(l.mapping.address, "mail");
         assert_eq!(l.mapping.default_uid, Some(5000));
+        assert_eq!(l.mapping.quota.as_deref(), Some("mailQuotaSize"));
+        assert_eq!(
+            l.mapping.quota_message_count.as_deref(),
+            Some("mailQuotaCount")
+        );
+        assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
+        assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
@@ -785,13 +814,14 @@ idle_timeout_secs = 300
     #[test]
     fn dict_and_quota_sections() {
         let c = parse(
-            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
+            "[dict]\nlisten = \"unix:/run/ramdir/dict.sock\"\nmode = \"0666\"\nauth_dict = \"a\"\nalias_logins = true\nquota_namespace = \"main\"\n\n[quota]\nstore = \"quota.redb\"\ngrace = \"5%\"\n",
         )
         .unwrap();
         let d = c.dict.unwrap();
         assert_eq!(d.listener.mode, 0o666);
         assert_eq!(d.settings.auth_dict, "a");
         assert_eq!(d.settings.quota_dict, "quota");
+        assert_eq!(d.settings.quota_namespace, "main");
         assert!(d.settings.alias_logins && d.settings.disabled_userdb);
         let q = c.quota.unwrap();
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
@@ -844,6 +874,11 @@ idle_timeout_secs = 300
                 "[socketmap]\nlisten = \"unix:/x\"\nmax_connections = 0\n",
                 3,
                 "at least 1",
+            ),
+            (
+                "[dict]\nlisten = \"unix:/x\"\nquota_namespace = \"a/b\"\n",
+                3,
+                "without '/'",
             ),
         ] {
             let e = parse(text).unwrap_err();

@@ -49,6 +49,7 @@ pub fn document(
             "aliases": counts.aliases,
             "domains": counts.domains,
             "senders": counts.senders,
+            "ambiguous": counts.ambiguous,
             "generation": m.generation,
             "published_unix": m.published.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "source": &*m.source,

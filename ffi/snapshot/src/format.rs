@@ -77,6 +77,9 @@ pub enum Kind {
     Sender = 3,
     /// A domain that is ours (value empty).
     Domain = 4,
+    /// An address several source entries claim; the value is the claim
+    /// count in decimal. Every lookup reaching it fails temporarily.
+    Ambiguous = 5,
 }
 
 /// Whether a table file stands alone or amends a base.

@@ -308,7 +308,10 @@ impl Reader {
         } else if table == Table::Mailboxes {
             // The common hit, without a copy: the login in the mapping is
             // followed by its NUL. Same rule as `maps::lookup`.
-            lookup::mailbox_login(&view, key).map(|login| view.mapped(login))
+            match lookup::mailbox_login(&view, key) {
+                Ok(login) => login.map(|login| view.mapped(login)),
+                Err(e) => return Err(Error::Lookup(e.to_string())),
+            }
         } else {
             match maps::lookup(&view, table, key) {
                 Outcome::Found(v) => Outcome::value(&v).map(|s| Some(Hit::Owned(s))),
@@ -407,5 +410,11 @@ impl<'a> Entries for View<'a> {
 
     fn sender_logins(&self, key: &str) -> Option<Self::List<'_>> {
         self.get(Kind::Sender, key).map(|r| r.value.split('\0'))
+    }
+
+    fn ambiguous_claims(&self, key: &str) -> Option<u32> {
+        // A count that does not parse is still a claim by several entries.
+        self.get(Kind::Ambiguous, key)
+            .map(|r| r.value.parse().unwrap_or(2))
     }
 }

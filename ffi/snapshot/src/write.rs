@@ -308,7 +308,7 @@ impl Publisher {
 
     fn base_records(dir: &Directory) -> Builder {
         let c = dir.counts();
-        let n = c.users + c.aliases + c.senders + c.domains;
+        let n = c.users + c.aliases + c.senders + c.domains + c.ambiguous;
         let mut b = Builder::with_capacity(n, n * 48);
         for login in dir.logins() {
             b.add(Kind::User, login, false, []);
@@ -321,6 +321,10 @@ impl Publisher {
         }
         for d in dir.domains() {
             b.add(Kind::Domain, d, false, []);
+        }
+        for k in dir.ambiguous_keys() {
+            let claims = dir.ambiguous_claims(k).unwrap_or(2).to_string();
+            b.add(Kind::Ambiguous, k, false, [claims.as_str()]);
         }
         b
     }
@@ -340,6 +344,10 @@ impl Publisher {
                 Change::Alias(k, v) => ((Kind::Alias, k), v.map(Box::from)),
                 Change::Sender(k, v) => ((Kind::Sender, k), v.map(Box::from)),
                 Change::Domain(k, ours) => ((Kind::Domain, k), ours.then(Box::default)),
+                Change::Ambiguous(k, claims) => (
+                    (Kind::Ambiguous, k),
+                    claims.map(|c| Box::from([Box::from(c.to_string())])),
+                ),
             };
             pending.insert((key.0, key.1.into()), value);
             over = pending.len() > limits.delta_max_entries;

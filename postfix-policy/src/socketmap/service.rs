@@ -7,8 +7,9 @@
 //!
 //! This module is the one place where outcomes become answers
 //! ([`to_reply`]): found → `OK value` (never an empty value), not ours or
-//! garbage → `NOTFOUND`, a directory error (alias loop, expansion too large)
-//! or an unknown table → `TEMP`, so Postfix defers and never bounces.
+//! garbage → `NOTFOUND`, a directory error (alias loop, expansion too large,
+//! an address claimed by two entries) or an unknown table → `TEMP`, so
+//! Postfix defers and never bounces.
 
 use ramdir_core::Directory;
 use ramdir_core::fallback::KeyKind;
@@ -77,8 +78,9 @@ pub fn decide<'d>(dir: &'d Directory, map: &[u8], key: &[u8]) -> Answer<'d> {
         && let Ok(k) = std::str::from_utf8(key)
     {
         return match dir.mailbox_login(k) {
-            Some(login) => Answer::Login(login),
-            None => Answer::Reply(Reply::NotFound),
+            Ok(Some(login)) => Answer::Login(login),
+            Ok(None) => Answer::Reply(Reply::NotFound),
+            Err(e) => Answer::Reply(to_reply(Outcome::Trouble(e.to_string()))),
         };
     }
     Answer::Reply(answer_parts(dir, map, key))
@@ -377,6 +379,39 @@ mod tests {
             source_unavailable(&d, None),
             Reply::Temp("directory not authoritative: LDAP initial load in progress".into())
         );
+    }
+
+    #[test]
+    fn an_ambiguous_address_is_temporary_in_every_table() {
+        let mut d = directory();
+        d.set_ambiguous("dup@example.org", 2);
+        d.set_alias("todup@example.org", vec!["dup@example.org".into()]);
+        let temp = Reply::Temp("dup@example.org is claimed by 2 directory entries".into());
+        for (table, key) in [
+            ("mailboxes", "dup@example.org"),
+            ("mailboxes", "DUP@example.org"),
+            ("mailboxes", "dup+x@example.org"),
+            ("aliases", "dup@example.org"),
+            ("aliases", "dup+x@example.org"),
+            ("aliases", "todup@example.org"),
+            ("senders", "dup@example.org"),
+        ] {
+            assert_eq!(ask(&d, table, key), temp, "{table} {key}");
+        }
+        assert_eq!(
+            decide(&d, b"mailboxes", b"dup@example.org").into_reply(),
+            temp,
+            "the borrowed fast path too"
+        );
+        // Its domain stays ours; its neighbours are unaffected.
+        assert_eq!(ask(&d, "domains", "example.org"), ok("example.org"));
+        assert_eq!(
+            ask(&d, "mailboxes", "bob@example.org"),
+            ok("bob@example.org")
+        );
+        assert_eq!(ask(&d, "mailboxes", "nobody@example.org"), Reply::NotFound);
+        d.clear_ambiguous("dup@example.org");
+        assert_eq!(ask(&d, "mailboxes", "dup@example.org"), Reply::NotFound);
     }
 
     #[test]

@@ -258,6 +258,7 @@ fn fill_lines(id: u32, user: &str, bytes: u64, messages: u64, out: &mut BytesMut
     Command::Begin {
         id,
         user: user.clone().into(),
+        expire_secs: None,
     }
     .encode(out);
     Command::Set {

@@ -19,13 +19,17 @@
 //!   (`bench/dict.sh`), and `quota-fill` to set usage counters through it.
 //! - `policy-ceiling`, `policy`: the same pair for Postfix policy
 //!   delegation (`bench/policy.sh`).
+//! - `auth`: userdb lookups through Dovecot's own auth-userdb socket (the
+//!   auth-master protocol LMTP speaks), whatever Dovecot's userdb
+//!   (`bench/auth.sh`).
 //! - `gen-ldif`, `ldap-search`, `watch`: LDAP entries shaped like
 //!   `gen-passwd`'s users, equality searches on an LDAP server, and the time
 //!   a change takes to show through ramdir (`bench/ldap.sh`).
 //!
 //! Every protocol is spoken with the project's own codecs
 //! (`ramdir_postfix::socketmap::codec`, `ramdir_postfix::policy::codec`,
-//! `ramdir_dovecot::codec`) over Unix sockets; only `ldap-search` uses the
+//! `ramdir_dovecot::codec`; `auth` is Dovecot's protocol and has only a line
+//! reader in `auth.rs`) over Unix sockets; only `ldap-search` uses the
 //! `ldap3` crate (as ramdir does) and may use loopback TCP.
 
 use std::path::PathBuf;
@@ -36,6 +40,7 @@ use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use ramdir_postfix::socketmap::codec::Request;
 
+mod auth;
 mod ceiling;
 mod client;
 mod dict;
@@ -198,6 +203,28 @@ enum Command {
         /// Requests per mail transaction (`instance`) on a connection.
         #[arg(long, default_value_t = 1)]
         rcpts_per_mail: u64,
+    },
+    /// Load Dovecot's auth-userdb socket with userdb lookups (auth-master
+    /// protocol: `VERSION` once, then one `USER` at a time, as LMTP) and
+    /// report throughput and latency.
+    Auth {
+        /// Dovecot's auth-userdb (or auth-master) socket.
+        #[arg(long)]
+        socket: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// The `service=` of each request.
+        #[arg(long, default_value = "lmtp")]
+        service: String,
+        /// User pattern (as gen-passwd's --pattern).
+        #[arg(long, default_value = auth::DEFAULT_AUTH_PATTERN)]
+        key_pattern: String,
+        /// Users 0..N.
+        #[arg(long)]
+        key_count: u64,
+        /// Domains of the pattern.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
     },
     /// Write LDAP entries (LDIF) for users numbered and addressed like
     /// gen-passwd's: `uid=u<i>,<base>` with mail, mailLocalAddress,
@@ -562,6 +589,24 @@ fn run(cli: Cli) -> Result<(), String> {
                 rcpts_per_mail,
                 load.seed,
             )?;
+            report(&opts, target, load.json)
+        }
+        Command::Auth {
+            socket,
+            load,
+            service,
+            key_pattern,
+            key_count,
+            key_domains,
+        } => {
+            let opts = load.options(socket)?;
+            let target = auth::AuthTarget::new(
+                opts.socket.clone(),
+                &KeyPattern::parse(&key_pattern)?,
+                key_domains,
+                key_count,
+                &service,
+            );
             report(&opts, target, load.json)
         }
         Command::GenLdif {

@@ -1,0 +1,231 @@
+//! Dovecot's auth-master protocol, userdb side, for the load tool: what
+//! LMTP (and `doveadm user`) send to the `auth-userdb` socket. The truth is
+//! Dovecot's `src/lib-auth-client/auth-master.c` (client; 2.3:
+//! `src/lib-auth/auth-master.c`) and `src/auth/auth-master-connection.c`
+//! (server):
+//!
+//! ```text
+//! server: VERSION\t1\t<minor>\n  SPID\t<pid>\n        on connect
+//! client: VERSION\t1\t0\n                             once
+//! client: USER\t<id>\t<user>\tservice=lmtp\n          one at a time
+//! server: USER\t<id>\t<user>\t<field>...\n | NOTFOUND\t<id>\n | FAIL\t<id>[\treason=…]\n
+//! ```
+//!
+//! Fields are tab-escaped as in the dict protocol (`\x01` escapes), so the
+//! request's user is escaped with `ramdir_dovecot::codec::escape`. The
+//! server does not require request ids to be unique, and each connection
+//! has one request in flight, so every request carries id 1 and is
+//! encoded once up front like the other targets'; a reply with another id
+//! is an error.
+//!
+//! Nothing here is ramdir's: this drives Dovecot's auth process, whatever
+//! its passdb/userdb (Lua → ramdir, dict → ramdir, passwd-file).
+
+use std::path::PathBuf;
+
+use bytes::{Buf, BytesMut};
+use ramdir_dovecot::codec::escape;
+
+use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
+use crate::keys::{KeyPattern, KeySet};
+
+/// Default user pattern: the users `gen-passwd` writes.
+pub const DEFAULT_AUTH_PATTERN: &str = "user%07d@domain%d.test";
+
+/// Request id of every request (one in flight per connection).
+const ID: &str = "1";
+
+/// Longest reply line accepted before the server is given up on (a userdb
+/// reply is a few hundred bytes).
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Major version of the auth-master protocol in Dovecot 2.3 and 2.4
+/// (`AUTH_MASTER_PROTOCOL_MAJOR_VERSION`).
+const MAJOR: &str = "1";
+
+/// The client's handshake line.
+const HANDSHAKE: &[u8] = b"VERSION\t1\t0\n";
+
+/// The `USER` request for `user` as LMTP sends it.
+pub fn user_line(user: &str, service: &str, out: &mut BytesMut) {
+    let mut s = String::with_capacity(32 + user.len());
+    s.push_str("USER\t");
+    s.push_str(ID);
+    s.push('\t');
+    escape(user, &mut s);
+    s.push_str("\tservice=");
+    escape(service, &mut s);
+    s.push('\n');
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Take one line (without its LF) off the front of `buf`; `Ok(None)`: need
+/// more.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Vec<u8>>, String> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_REPLY {
+            return Err(format!("reply line longer than {MAX_REPLY} bytes"));
+        }
+        return Ok(None);
+    };
+    let line = buf.split_to(nl).to_vec();
+    buf.advance(1);
+    Ok(Some(line))
+}
+
+/// Classify one reply line: `USER` found, `NOTFOUND` not found, `FAIL`
+/// failed; anything else, or a reply to another id, is an error.
+pub fn classify(line: &[u8]) -> Result<Outcome, String> {
+    let mut f = line.split(|&b| b == b'\t');
+    let word = f.next().unwrap_or_default();
+    let id = f.next().unwrap_or_default();
+    let outcome = match word {
+        b"USER" => Outcome::Ok,
+        b"NOTFOUND" => Outcome::NotFound,
+        b"FAIL" => Outcome::Temp,
+        _ => {
+            return Err(format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(60)])
+            ));
+        }
+    };
+    if id != ID.as_bytes() {
+        return Err(format!(
+            "reply to request {:?}, expected {ID}",
+            String::from_utf8_lossy(id)
+        ));
+    }
+    Ok(outcome)
+}
+
+/// The `auth` load: userdb lookups through an auth-userdb socket.
+pub struct AuthTarget {
+    /// The auth-userdb (or auth-master) socket.
+    pub socket: PathBuf,
+    /// Pre-encoded `USER` lines.
+    pub keys: KeySet,
+}
+
+impl AuthTarget {
+    /// Lookups of users `0..count` of `pattern` for `service`.
+    pub fn new(
+        socket: PathBuf,
+        pattern: &KeyPattern,
+        domains: u64,
+        count: u64,
+        service: &str,
+    ) -> AuthTarget {
+        AuthTarget {
+            socket,
+            keys: KeySet::build(pattern, domains, count, 56, |user, buf| {
+                user_line(user, service, buf)
+            }),
+        }
+    }
+}
+
+impl Target for AuthTarget {
+    type Conn = (Stream, BytesMut);
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn kind(&self) -> Kind {
+        Kind {
+            map: "userdb".into(),
+            what: "auth-master userdb".into(),
+            labels: ["USER (found)", "NOTFOUND", "FAIL", "other"],
+        }
+    }
+
+    async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
+        let mut s = connect_unix(&self.socket).await?;
+        s.write_all(HANDSHAKE)
+            .await
+            .map_err(|e| format!("write handshake: {e}"))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        // The server's VERSION and SPID lines.
+        let version = read_reply(&mut s, &mut buf, take_line).await?;
+        let mut v = version.split(|&b| b == b'\t');
+        if v.next() != Some(b"VERSION") || v.next() != Some(MAJOR.as_bytes()) {
+            return Err(format!(
+                "not an auth-master {MAJOR}.x socket: {:?}",
+                String::from_utf8_lossy(&version)
+            ));
+        }
+        let spid = read_reply(&mut s, &mut buf, take_line).await?;
+        if !spid.starts_with(b"SPID\t") {
+            return Err(format!(
+                "expected SPID, got {:?}",
+                String::from_utf8_lossy(&spid)
+            ));
+        }
+        Ok((s, buf))
+    }
+
+    async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String> {
+        let (stream, buf) = conn;
+        stream
+            .write_all(self.keys.request(i))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_reply(stream, buf, |b| match take_line(b)? {
+            Some(line) => classify(&line).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_what_lmtp_sends() {
+        let p = KeyPattern::parse(DEFAULT_AUTH_PATTERN).unwrap();
+        let t = AuthTarget::new(PathBuf::from("/x"), &p, 100, 5, "lmtp");
+        assert_eq!(
+            t.keys.request(3),
+            b"USER\t1\tuser0000003@domain3.test\tservice=lmtp\n"
+        );
+        // A user name cannot add fields or lines.
+        let mut out = BytesMut::new();
+        user_line("a\tb\nc", "lmtp", &mut out);
+        assert_eq!(&out[..], b"USER\t1\ta\x01tb\x01nc\tservice=lmtp\n");
+    }
+
+    #[test]
+    fn replies_are_classified_by_word_and_checked_by_id() {
+        let ok = b"USER\t1\tuser0000003@domain3.test\tuid=5000\tgid=5000\thome=/h";
+        assert_eq!(classify(ok), Ok(Outcome::Ok));
+        assert_eq!(classify(b"NOTFOUND\t1"), Ok(Outcome::NotFound));
+        assert_eq!(classify(b"FAIL\t1"), Ok(Outcome::Temp));
+        assert_eq!(classify(b"FAIL\t1\treason=x"), Ok(Outcome::Temp));
+        assert!(classify(b"USER\t2\tx").is_err());
+        assert!(classify(b"NOTFOUND").is_err());
+        assert!(classify(b"").is_err());
+        assert!(classify(b"VERSION\t1\t0").is_err());
+    }
+
+    #[test]
+    fn lines_split_at_any_byte() {
+        let all = b"NOTFOUND\t1\nUSER\t1\tu\tuid=1\n";
+        for cut in 0..all.len() {
+            let mut buf = BytesMut::from(&all[..cut]);
+            let mut got = Vec::new();
+            while let Some(l) = take_line(&mut buf).unwrap() {
+                got.push(l);
+            }
+            buf.extend_from_slice(&all[cut..]);
+            while let Some(l) = take_line(&mut buf).unwrap() {
+                got.push(l);
+            }
+            assert_eq!(got, [&b"NOTFOUND\t1"[..], &b"USER\t1\tu\tuid=1"[..]]);
+        }
+        let mut huge = BytesMut::from(&vec![b'U'; MAX_REPLY + 1][..]);
+        assert!(take_line(&mut huge).is_err());
+    }
+}

@@ -9,7 +9,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::postfix_map::{Answer, MapStack, MapStackOptions, set_group_writable};
-use ramdir_integration::{DirectoryContent, Reply, Smtp, WAIT, process_alive, write_atomic};
+use ramdir_integration::{
+    DirectoryContent, Flavor, Reply, Smtp, WAIT, process_alive, write_atomic,
+};
+
+ramdir_integration::test_on_both_flavors!(
+    postconf_lists_the_type_and_postmap_answers_like_the_socketmap,
+    a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live,
+    a_plugin_file_writable_by_others_is_refused_and_diagnosed,
+);
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::/home/alice::
@@ -104,9 +112,15 @@ const KEYS: &[&str] = &[
     "élise@example.org",
 ];
 
-#[test]
-fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn options(flavor: Flavor) -> MapStackOptions {
+    MapStackOptions {
+        flavor,
+        ..MapStackOptions::default()
+    }
+}
+
+fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap(flavor: Flavor) {
+    let s = MapStack::start(&content(), &options(flavor));
     let types = s.postconf_m();
     assert!(
         types.iter().any(|t| t == "ramdir"),
@@ -204,20 +218,23 @@ fn announce(map: &Path, g: u64, bytes: &[u8]) {
         .expect("write control");
 }
 
-#[test]
-fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
+fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live(flavor: Flavor) {
     let mut s = MapStack::start(
         &content(),
         &MapStackOptions {
             chroot: true,
-            ..MapStackOptions::default()
+            ..options(flavor)
         },
     );
     let mut smtp = s.postfix.smtp();
     expect(smtp.ehlo("client.test"), 250, "EHLO");
     let pid = smtpd_pid(&s);
     let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("smtpd root");
-    assert_eq!(root, s.postfix.spool(), "smtpd {pid} is not chrooted");
+    assert_eq!(
+        root,
+        flavor.host_path(s.postfix.spool()),
+        "smtpd {pid} is not chrooted"
+    );
     expect(smtp.mail_from(STRANGER), 250, "MAIL FROM");
     expect(smtp.rcpt_to("alice@example.org"), 250, "mailbox");
     expect(
@@ -300,9 +317,8 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
     }
 }
 
-#[test]
-fn a_plugin_file_writable_by_others_is_refused_and_diagnosed() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn a_plugin_file_writable_by_others_is_refused_and_diagnosed(flavor: Flavor) {
+    let s = MapStack::start(&content(), &options(flavor));
     let check = || {
         let out = std::process::Command::new(ramdir_integration::ramdir::ramdir_bin())
             .args(["check-config"])

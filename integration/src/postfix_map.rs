@@ -16,7 +16,7 @@ use std::process::Stdio;
 
 use crate::postfix::{SOCKETMAP_REL, age_config};
 use crate::ramdir::write_config;
-use crate::{DirectoryContent, DirectoryFiles, Postfix, Ramdir, StackDir, write_atomic};
+use crate::{DirectoryContent, DirectoryFiles, Flavor, Postfix, Ramdir, StackDir, write_atomic};
 
 /// The plugin as cargo builds it (`crate-type = ["cdylib"]` of
 /// `ffi/postfix`), next to the test binaries: `target/<profile>/`.
@@ -65,8 +65,7 @@ pub fn install_plugin(stack: &StackDir) -> Meta {
     std::fs::create_dir_all(dir.join("dynamicmaps.cf.d"))
         .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     crate::set_mode(&dir, 0o755);
-    // `postfix check` (run by `postfix start`) reads the file list here
-    // (the flavor's own: 3.7 and 3.10 list different files).
+    // `postfix check` (run by `postfix start`) reads the file list here.
     let files = stack
         .flavor()
         .host_path(Path::new("/etc/postfix/postfix-files"));
@@ -120,13 +119,14 @@ pub enum Answer {
 /// Knobs for [`MapStack::start`].
 #[derive(Debug, Clone, Default)]
 pub struct MapStackOptions {
+    /// Which Debian's Postfix loads the plugin (the stack's paths are the
+    /// same inside the Debian 13 root, so the `.so` path is too).
+    pub flavor: Flavor,
     /// smtpd, cleanup and trivial-rewrite chrooted into the spool, as in
     /// Debian's default `master.cf`.
     pub chroot: bool,
     /// Lines added to `[postfix_map]`.
     pub postfix_map_extra: String,
-    /// Whose Postfix loads the plugin.
-    pub flavor: crate::Flavor,
 }
 
 /// A private Postfix whose directory tables are `ramdir:` tables, with
@@ -213,8 +213,8 @@ impl MapStack {
         format!("socketmap:unix:{SOCKETMAP_REL}:{table}")
     }
 
-    /// `postmap -c ETC -q KEY MAP`, run from the spool (the socketmap path
-    /// is relative to it).
+    /// `postmap -c ETC -q KEY MAP` of the stack's flavor, run from the
+    /// spool (the socketmap path is relative to it).
     pub fn postmap(&self, map: &str, key: &str) -> Answer {
         let out = self
             .postfix
@@ -259,8 +259,7 @@ fn write_map_config(
 ) {
     write_config(path, files, &postfix.socketmap_path(), "");
     let mut text = std::fs::read_to_string(path).expect("read ramdir.toml");
-    // The group as the flavor's Postfix knows it, by number (in the
-    // Debian 13 root `postfix` is another gid than on the host).
+    // By number: the Debian 13 root's postfix group is not the host's.
     let (_, gid) = postfix.flavor().user("postfix");
     text.push_str(&format!(
         "\n[postfix_map]\ndirectory = \"{}\"\ngroup = \"{gid}\"\n\

@@ -18,7 +18,7 @@ use ramdir_integration::{
 ramdir_integration::test_on_both_flavors!(
     postconf_lists_the_type_and_postmap_answers_like_the_socketmap,
     a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live,
-    a_plugin_file_writable_by_others_is_refused_and_diagnosed
+    a_plugin_file_writable_by_others_is_refused_and_diagnosed,
 );
 
 const USERS: &str = "\
@@ -114,14 +114,15 @@ const KEYS: &[&str] = &[
     "élise@example.org",
 ];
 
+fn options(flavor: Flavor) -> MapStackOptions {
+    MapStackOptions {
+        flavor,
+        ..MapStackOptions::default()
+    }
+}
+
 fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap(flavor: Flavor) {
-    let s = MapStack::start(
-        &content(),
-        &MapStackOptions {
-            flavor,
-            ..MapStackOptions::default()
-        },
-    );
+    let s = MapStack::start(&content(), &options(flavor));
     let types = s.postconf_m();
     assert!(
         types.iter().any(|t| t == "ramdir"),
@@ -224,15 +225,13 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live(flavor: Flavor
         &content(),
         &MapStackOptions {
             chroot: true,
-            flavor,
-            ..MapStackOptions::default()
+            ..options(flavor)
         },
     );
     let mut smtp = s.postfix.smtp();
     expect(smtp.ehlo("client.test"), 250, "EHLO");
     let pid = smtpd_pid(&s);
     let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("smtpd root");
-    // (seen from the host: inside the Debian 13 root for that flavor)
     assert_eq!(
         root,
         flavor.host_path(s.postfix.spool()),
@@ -321,13 +320,7 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live(flavor: Flavor
 }
 
 fn a_plugin_file_writable_by_others_is_refused_and_diagnosed(flavor: Flavor) {
-    let s = MapStack::start(
-        &content(),
-        &MapStackOptions {
-            flavor,
-            ..MapStackOptions::default()
-        },
-    );
+    let s = MapStack::start(&content(), &options(flavor));
     let check = || {
         let out = std::process::Command::new(ramdir_integration::ramdir::ramdir_bin())
             .args(["check-config"])

@@ -326,8 +326,10 @@ done
 
 # One reply of each stack for the report (user0000003 has a quota rule).
 reply_of() { # stack
-    printf 'VERSION\t1\t0\nUSER\t1\tuser0000003@domain3.test\tservice=lmtp\n' \
-        | timeout 5 nc -U -q 2 "$TMP/$1/run/auth-userdb" 2>/dev/null | grep '^USER' | head -1 || true
+    # The input stays open until the answer is in: Dovecot drops a
+    # request whose client has shut its side down.
+    { printf 'VERSION\t1\t0\nUSER\t1\tuser0000003@domain3.test\tservice=lmtp\n'; sleep 2; } \
+        | timeout 5 nc -U -q 1 "$TMP/$1/run/auth-userdb" 2>/dev/null | grep '^USER' | head -1 || true
 }
 declare -A REPLY
 for s in $STACKS; do REPLY[$s]=$(reply_of "$s"); done
@@ -420,7 +422,7 @@ report() {
         fi
     done
     for s in $STACKS; do
-        echo "- $(label "$s"): ${OK[$s$CHIGH]} USER replies, ${NOK[$s$CHIGH]} others at $CHIGH connections (every user exists, so all should be USER); a reply: \`$(printf %s "${REPLY[$s]}" | cut -c1-160 | sed 's/\t/ /g')\`"
+        echo "- $(label "$s"): ${OK[$s$CHIGH]} USER replies, ${NOK[$s$CHIGH]} others at $CHIGH connections (every user exists, so all should be USER); a reply: \`$(printf %s "${REPLY[$s]}" | cut -c1-400 | sed 's/\t/ /g')\`"
     done
     if [ "$(calc "$OTHER_MAX > $NOISE_MAX")" = 1 ]; then
         echo "- **warning: other processes took more than $NOISE_MAX CPU cores during a measured window; these figures are disturbed**"

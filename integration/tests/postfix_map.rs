@@ -1,5 +1,7 @@
-//! Real Postfix 3.7 with `postfix-ramdir.so`: the `ramdir:` lookup table
-//! loaded in-process, reading the snapshot files ramdir publishes.
+//! Real Postfix with `postfix-ramdir.so`: the `ramdir:` lookup table
+//! loaded in-process, reading the snapshot files ramdir publishes. Every
+//! scenario runs on Debian 12's Postfix 3.7 and on Debian 13's 3.10 (the
+//! same host-built plugin, loaded by the root's Postfix).
 //!
 //! Needs root, the packages from `scripts/install-test-deps.sh`, and the
 //! builds: `cargo build -p ramdir -p postfix-ramdir`.

@@ -402,6 +402,10 @@ struct LoadArgs {
     /// server's children; counted as the server's CPU.
     #[arg(long)]
     server_comm: Option<String>,
+    /// Also measure the CPU time of this process and its direct children
+    /// (a forking server's master, e.g. Dovecot's: auth, auth-worker, …).
+    #[arg(long)]
+    server_children: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -427,6 +431,7 @@ impl LoadArgs {
                 .as_deref()
                 .map(|c| c.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            server_children: self.server_children,
         })
     }
 }

@@ -60,7 +60,7 @@ for p in postfix postfix-cdb postfix-lmdb; do
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >&2
     fi
 done
-for t in postmap shuf jq bc; do command -v "$t" >/dev/null || die "$t missing"; done
+for t in postmap awk jq bc; do command -v "$t" >/dev/null || die "$t missing"; done
 
 TMP=$(mktemp -d /tmp/ramdir-pmap-bench.XXXXXX)
 chmod 755 "$TMP"
@@ -87,7 +87,10 @@ log "generating $USERS users over $DOMAINS domains"
     --out "$TMP/users.passwd" --aliases "$TMP/aliases" >&2
 grep -v '^#' "$TMP/users.passwd" | cut -d: -f1 >"$TMP/logins"
 log "drawing $KEYS keys"
-shuf -r -n "$KEYS" --random-source=<(yes) "$TMP/logins" >"$TMP/keys"
+# awk's rand() with a fixed seed: the same keys for every table and run.
+awk -v n="$KEYS" 'BEGIN { srand(20261206) } { k[NR] = $0 }
+    END { for (i = 0; i < n; i++) print k[int(rand() * NR) + 1] }' "$TMP/logins" >"$TMP/keys"
+log "$(sort -u "$TMP/keys" | wc -l) distinct keys"
 
 # A private Postfix config dir that registers the plugin next to the
 # system's dynamic maps (cdb, lmdb).

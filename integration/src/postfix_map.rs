@@ -127,6 +127,8 @@ pub struct MapStackOptions {
     pub chroot: bool,
     /// Lines added to `[postfix_map]`.
     pub postfix_map_extra: String,
+    /// Sections appended to ramdir's configuration (e.g. `[ldap]`).
+    pub ramdir_extra: String,
 }
 
 /// A private Postfix whose directory tables are `ramdir:` tables, with
@@ -147,6 +149,11 @@ pub struct MapStack {
     pub meta: Meta,
     /// ramdir's configuration file.
     pub config: PathBuf,
+    /// [`MapStackOptions::ramdir_extra`], kept for [`MapStack::rewrite_config`].
+    pub ramdir_extra: String,
+    /// An LDAP server ramdir reads, if the test started one (stopped
+    /// before the directory is removed).
+    pub slapd: Option<crate::slapd::Slapd>,
     /// Holds everything; dropped last.
     pub dir: StackDir,
 }
@@ -154,7 +161,17 @@ pub struct MapStack {
 impl MapStack {
     /// Write the files, install the plugin, start ramdir and Postfix.
     pub fn start(content: &DirectoryContent, opts: &MapStackOptions) -> MapStack {
-        let dir = StackDir::for_flavor(opts.flavor);
+        MapStack::start_in(StackDir::for_flavor(opts.flavor), None, content, opts)
+    }
+
+    /// [`MapStack::start`] in a stack directory the caller made (to start
+    /// `slapd` in it first; `opts.ramdir_extra` then names it).
+    pub fn start_in(
+        dir: StackDir,
+        slapd: Option<crate::slapd::Slapd>,
+        content: &DirectoryContent,
+        opts: &MapStackOptions,
+    ) -> MapStack {
         let files = DirectoryFiles::write(&dir.join("data"), content);
         let meta = install_plugin(&dir);
         let map_dir = dir.join("map");
@@ -169,14 +186,8 @@ impl MapStack {
             chroot_services(postfix.etc());
         }
         let config = dir.join("ramdir.toml");
-        write_map_config(
-            &config,
-            &files,
-            &postfix,
-            &map_dir,
-            &meta,
-            &opts.postfix_map_extra,
-        );
+        let extra = format!("{}\n{}", opts.postfix_map_extra, opts.ramdir_extra);
+        write_map_config(&config, &files, &postfix, &map_dir, &meta, &extra);
         let ramdir = Ramdir::start(&config, &postfix.socketmap_path(), &dir.join("ramdir.log"));
         postfix.start();
         MapStack {
@@ -186,6 +197,8 @@ impl MapStack {
             map_dir,
             meta,
             config,
+            ramdir_extra: opts.ramdir_extra.clone(),
+            slapd,
             dir,
         }
     }
@@ -199,7 +212,7 @@ impl MapStack {
             &self.postfix,
             &self.map_dir,
             &self.meta,
-            postfix_map_extra,
+            &format!("{postfix_map_extra}\n{}", self.ramdir_extra),
         );
     }
 

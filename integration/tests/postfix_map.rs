@@ -19,6 +19,7 @@ ramdir_integration::test_on_both_flavors!(
     postconf_lists_the_type_and_postmap_answers_like_the_socketmap,
     a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live,
     a_plugin_file_writable_by_others_is_refused_and_diagnosed,
+    a_user_added_in_ldap_is_accepted_by_the_same_smtpd,
 );
 
 const USERS: &str = "\
@@ -357,4 +358,42 @@ fn a_plugin_file_writable_by_others_is_refused_and_diagnosed(flavor: Flavor) {
             Answer::Found("alice@example.org".into())
         );
     }
+}
+
+fn a_user_added_in_ldap_is_accepted_by_the_same_smtpd(flavor: Flavor) {
+    use ramdir_integration::slapd::{self, SVC_PW, Slapd, user_ldif, user_mail, users_ldif};
+    slapd::require_slapd();
+    let dir = ramdir_integration::StackDir::for_flavor(flavor);
+    let slapd = Slapd::start(&dir, &users_ldif(2));
+    let secret = dir.join("ldap.secret");
+    slapd::write_secret(&secret, SVC_PW, 0o600);
+    let ldap = slapd.ramdir_section(&slapd.ldapi_url(), &secret, "");
+    let s = MapStack::start_in(
+        dir,
+        Some(slapd),
+        &content(),
+        &MapStackOptions {
+            chroot: true,
+            ramdir_extra: ldap,
+            ..options(flavor)
+        },
+    );
+    let mut smtp = s.postfix.smtp();
+    expect(smtp.ehlo("client.test"), 250, "EHLO");
+    let pid = smtpd_pid(&s);
+    expect(smtp.mail_from(STRANGER), 250, "MAIL FROM");
+    // The LDAP users arrive after the initial sync; the file users at once.
+    expect(smtp.rcpt_to("alice@example.org"), 250, "file user");
+    rcpt_until(&mut smtp, &user_mail(1), 250);
+    let r = expect(smtp.rcpt_to(&user_mail(3)), 550, "not yet in LDAP");
+    assert!(r.text.contains("5.1.1"), "{r}");
+
+    let slapd = s.slapd.as_ref().expect("slapd");
+    slapd.ldapadd(&user_ldif(3));
+    let took = rcpt_until(&mut smtp, &user_mail(3), 250);
+    eprintln!("LDAP user accepted by smtpd {pid} {took:?} after ldapadd returned");
+    assert!(process_alive(pid), "smtpd {pid} died");
+    let _ = smtp.quit();
+    let log = s.postfix.maillog_text();
+    assert!(!log.contains("has changed -- restarting"), "{log}");
 }

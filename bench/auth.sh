@@ -10,6 +10,11 @@
 #   2.4 file  Dovecot 2.4 (Debian 13 root) + passwd-file
 #   2.3 dict  Dovecot 2.3 (this Debian 12 host) + dict driver (proxy) + ramdir
 #   2.3 file  Dovecot 2.3 (this Debian 12 host) + passwd-file
+#   2.4 mod   Dovecot 2.4 (Debian 13 root) + libauthdb_ramdir.so (mod24)
+#   2.3 mod   Dovecot 2.3 (this Debian 12 host) + libauthdb_ramdir.so (mod23)
+#             (each module reads the [dovecot_map] files of a ramdir of its
+#             own, whose files have that Dovecot's group; the module is
+#             installed in the auth module directory for the run and removed)
 #
 # Same users everywhere, auth cache off (auth_cache_size = 0) everywhere.
 # See docs/benchmarks.md ("Dovecot auth") for what it measures.
@@ -23,7 +28,7 @@
 #   WARMUP [2]           unmeasured seconds of load before each run
 #   ROUNDS [3]           runs per (stack, connections); the median is reported
 #   CONNS [1 16]         connection counts (the last one is the goal's)
-#   STACKS ["lua24 lua24inproc file24 dict23 file23"]  which stacks to run
+#   STACKS ["mod24 lua24 lua24inproc file24 mod23 dict23 file23"]  which stacks to run
 #   CLIENT_THREADS [nproc]  load client OS threads (capped at the connection count)
 #   AUTH_WORKERS []      if set: at most this many auth-workers on every stack (2.4:
 #                        service auth-worker { process_limit }; 2.3: auth_worker_max_count too)
@@ -33,6 +38,9 @@
 #   PROFILE [0]          1: also `perf record -a` under the last load of each stack
 #   SKIP_BUILD [0]       1: use the existing target/release binaries
 #   KEEP_TMP [0]         1: keep the temp dir (configs, logs, raw JSON)
+#   PLAIN [1]            1: also PLAIN logins per second through the auth-client
+#                        socket (what imap-login sends; every user's password is
+#                        {PLAIN}<address>, so the passdb lookup is what is measured)
 #   RAMDIR_TRIXIE_ROOT [/var/tmp/ramdir-trixie]  the Debian 13 root
 #                        (scripts/trixie-root.sh builds it when it is missing)
 #
@@ -59,7 +67,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-1 16}
-STACKS=${STACKS:-lua24 lua24inproc file24 dict23 file23}
+STACKS=${STACKS:-mod24 lua24 lua24inproc file24 mod23 dict23 file23}
 CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
 AUTH_WORKERS=${AUTH_WORKERS:-}
 DICT_IDLE_MSECS=${DICT_IDLE_MSECS:-60000}
@@ -68,6 +76,7 @@ RETRIES=${RETRIES:-2}
 PROFILE=${PROFILE:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+PLAIN=${PLAIN:-1}
 TRIXIE=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
 USER_PATTERN='user%07d@domain%d.test'
 
@@ -92,13 +101,17 @@ MNT=$TRIXIE$TMP
 RAMDIR_PID=""
 PERF_PID=""
 declare -A DOVECOT_PID
+declare -A MAP_PID
+MODULES=()
 
 cleanup() {
     local rc=$? s
     stop "$PERF_PID"
     for s in "${!DOVECOT_PID[@]}"; do stop "${DOVECOT_PID[$s]}"; done
     stop "$RAMDIR_PID"
+    for s in "${!MAP_PID[@]}"; do stop "${MAP_PID[$s]}"; done
     wait 2>/dev/null || true
+    for s in "${MODULES[@]}"; do rm -f "$s"; done
     if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT" || umount -l "$MNT"; fi
     rmdir "$MNT" 2>/dev/null || true
     if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
@@ -111,8 +124,9 @@ trap 'exit 143' TERM
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
 cd "$ROOT"
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir)"
-    cargo build --release -p ramdir >&2
+    log "building release (cargo build --release -p ramdir -p dovecot-ramdir, and the 2.4 module)"
+    cargo build --release -p ramdir -p dovecot-ramdir >&2
+    "$ROOT/scripts/build-dovecot24-module.sh" --release >&2
 fi
 RAMDIR=$ROOT/target/release/ramdir
 LOAD=$ROOT/target/release/ramdir-load
@@ -128,7 +142,10 @@ mkdir -p "$MNT"
 mount --bind "$TMP" "$MNT"
 
 log "generating $USERS users over $DOMAINS domains"
-"$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --alias-every 0 --out "$TMP/users.passwd" >&2
+# {PLAIN}<address> passwords: the login runs check the cheapest scheme, so
+# what is measured is the passdb lookup, not the hash.
+"$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --alias-every 0 --plain-passwords \
+    --out "$TMP/users.passwd" >&2
 chmod 644 "$TMP/users.passwd"
 install -m 0644 "$ROOT/contrib/dovecot/ramdir-auth.lua" "$TMP/ramdir-auth.lua"
 
@@ -219,6 +236,23 @@ userdb ramdir {
     dict = auth
   }
 }"
+conf24 mod24 "import_environment {
+  RAMDIR_DOVECOT_MAP = $TMP/map24
+}
+passdb ramdir {
+  driver = ramdir
+}
+userdb ramdir {
+  driver = ramdir
+}"
+conf23 mod23 "passdb {
+  driver = ramdir
+  args = $TMP/map23
+}
+userdb {
+  driver = ramdir
+  args = $TMP/map23
+}"
 conf24 file24 "passdb passwd-file {
   passwd_file_path = $TMP/users.passwd
   default_password_scheme = SSHA
@@ -272,10 +306,40 @@ RAMDIR_PID=$!
 for _ in $(seq 600); do [ -S "$TMP/dict.sock" ] && break; sleep 0.1; done
 [ -S "$TMP/dict.sock" ] || { cat "$TMP/ramdir.log" >&2; die "ramdir did not listen"; }
 
+# The module stacks: a ramdir publishing [dovecot_map] files with that
+# Dovecot's group (the host's and the root's dovecot gids differ), and the
+# module of that Dovecot's ABI in its auth module directory.
+start_map() { # stack gid module-so module-dir
+    local s=$1
+    cat >"$TMP/ramdir-$s.toml" <<EOF
+[directory]
+passwd_files = ["$TMP/users.passwd"]
+
+[dovecot_map]
+directory = "$TMP/map${s#mod}"
+group = "$2"
+EOF
+    "$RAMDIR" serve --config "$TMP/ramdir-$s.toml" 2>"$TMP/ramdir-$s.log" &
+    MAP_PID[$s]=$!
+    for _ in $(seq 600); do [ -e "$TMP/map${s#mod}/control" ] && break; sleep 0.1; done
+    [ -e "$TMP/map${s#mod}/control" ] || { cat "$TMP/ramdir-$s.log" >&2; die "ramdir ($s) did not publish"; }
+    [ -f "$3" ] || die "no module $3"
+    install -m 0644 "$3" "$4/libauthdb_ramdir.so"
+    MODULES+=("$4/libauthdb_ramdir.so")
+}
 for s in $STACKS; do
     case "$s" in
-        lua24|lua24inproc|file24) cmd=(chroot "$TRIXIE" dovecot -F -c "$TMP/$s/dovecot.conf") ;;
-        dict23|file23) cmd=(dovecot -F -c "$TMP/$s/dovecot.conf") ;;
+        mod24) start_map mod24 "$(chroot "$TRIXIE" id -g dovecot)" \
+            "$ROOT/target/dovecot-2.4/release/libauthdb_ramdir.so" "$TRIXIE/usr/lib/dovecot/modules/auth" ;;
+        mod23) start_map mod23 "$(id -g dovecot)" \
+            "$ROOT/target/release/libauthdb_ramdir.so" /usr/lib/dovecot/modules/auth ;;
+    esac
+done
+
+for s in $STACKS; do
+    case "$s" in
+        mod24|lua24|lua24inproc|file24) cmd=(chroot "$TRIXIE" dovecot -F -c "$TMP/$s/dovecot.conf") ;;
+        mod23|dict23|file23) cmd=(dovecot -F -c "$TMP/$s/dovecot.conf") ;;
         *) die "unknown stack $s" ;;
     esac
     log "starting Dovecot ($s)"
@@ -292,14 +356,15 @@ done
 mkdir -p "$TMP/runs"
 CHIGH=${CONNS##* }
 DISCARDED=0
-run_one() { # stack conns round
-    local s=$1 c=$2 r=$3 attempt noise best="" best_noise=""
+run_one() { # stack conns round [plain]
+    local s=$1 c=$2 r=$3 m=${4:-} attempt noise best="" best_noise="" sock=auth-userdb args=()
+    if [ -n "$m" ]; then sock=auth-client args=(--plain --service imap); fi
     for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$s-c$c-r$r-$attempt.json"
-        "$LOAD" auth --socket "$TMP/$s/run/auth-userdb" --connections "$c" --threads "$CLIENT_THREADS" \
+        local f="$TMP/runs/try-$m$s-c$c-r$r-$attempt.json"
+        "$LOAD" auth --socket "$TMP/$s/run/$sock" "${args[@]}" --connections "$c" --threads "$CLIENT_THREADS" \
             --duration "$DURATION" --warmup "$WARMUP" --key-pattern "$USER_PATTERN" \
             --key-count "$USERS" --key-domains "$DOMAINS" --seed "$r" \
-            --server-children "${DOVECOT_PID[$s]}" --server-pid "$RAMDIR_PID" --json >"$f"
+            --server-children "${DOVECOT_PID[$s]}" --server-pid "${MAP_PID[$s]:-$RAMDIR_PID}" --json >"$f"
         noise=$(jq '.other_cpu_s / .seconds' "$f")
         log "$(jq -r '"\(.connections) conn: \(.rps|floor) lookups/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/lookup, USER \(.replies.ok) other \(.replies.notfound + .replies.temp + .replies.other)"' "$f"), other processes $(fmt "$noise" 2) cores"
         if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
@@ -309,7 +374,7 @@ run_one() { # stack conns round
             DISCARDED=$((DISCARDED + 1))
         fi
     done
-    cp "$best" "$TMP/runs/$s-c$c-r$r.json"
+    cp "$best" "$TMP/runs/$m$s-c$c-r$r.json"
 }
 
 # The stacks' order turns every round, so slow drift hits all alike.
@@ -318,8 +383,12 @@ for r in $(seq "$ROUNDS"); do
     for c in $CONNS; do
         for i in "${!ORDER[@]}"; do
             s=${ORDER[$(( (i + r - 1) % ${#ORDER[@]} ))]}
-            log "round $r/$ROUNDS: $s, $c connection(s)"
+            log "round $r/$ROUNDS: $s, $c connection(s), userdb lookups"
             run_one "$s" "$c" "$r"
+            if [ "$PLAIN" = 1 ]; then
+                log "round $r/$ROUNDS: $s, $c connection(s), PLAIN logins"
+                run_one "$s" "$c" "$r" plain
+            fi
         done
     done
 done
@@ -358,6 +427,18 @@ fi
 
 declare -A RPS P50 P99 SCPU OK NOK
 for s in $STACKS; do
+    [ "$PLAIN" = 1 ] || continue
+    for c in $CONNS; do
+        f="$TMP/runs/plain$s-c$c-r*.json"
+        RPS[plain$s$c]=$(median "$f" .rps)
+        P50[plain$s$c]=$(median "$f" .latency_us.p50)
+        P99[plain$s$c]=$(median "$f" .latency_us.p99)
+        SCPU[plain$s$c]=$(median "$f" .server_cpu_us_per_req)
+        OK[plain$s$c]=$(jq -s 'map(.replies.ok) | add' $f)
+        NOK[plain$s$c]=$(jq -s 'map(.replies.notfound + .replies.temp + .replies.other) | add' $f)
+    done
+done
+for s in $STACKS; do
     for c in $CONNS; do
         f="$TMP/runs/$s-c$c-r*.json"
         RPS[$s$c]=$(median "$f" .rps)
@@ -373,6 +454,8 @@ OTHER_MAX=$(jq -s "map(.other_cpu_s / .seconds) | max" "$TMP"/runs/[a-z]*-c*-r*.
 
 label() {
     case "$1" in
+        mod24) echo "2.4 module (libauthdb_ramdir.so)" ;;
+        mod23) echo "2.3 module (libauthdb_ramdir.so)" ;;
         lua24) echo "2.4 Lua → ramdir" ;;
         lua24inproc) echo "2.4 Lua → ramdir, in the auth process" ;;
         file24) echo "2.4 passwd-file" ;;
@@ -400,6 +483,27 @@ report() {
         done
     done
     echo
+    if [ "$PLAIN" = 1 ]; then
+        echo "PLAIN logins through the auth-client socket (\`AUTH\t<id>\tPLAIN\tservice=imap\tsecured\tno-penalty\tresp=…\`, one at a time per connection, passwords \`{PLAIN}\`):"
+        echo
+        echo "| connections | stack | logins/s | p50 µs | p99 µs | server CPU µs/login | OK | other |"
+        echo "|---:|---|---:|---:|---:|---:|---:|---:|"
+        for c in $CONNS; do
+            for s in $STACKS; do
+                echo "| $c | $(label "$s") | $(fmt "${RPS[plain$s$c]}") | $(fmt "${P50[plain$s$c]}" 1) | $(fmt "${P99[plain$s$c]}" 1) | $(fmt "${SCPU[plain$s$c]}" 1) | ${OK[plain$s$c]} | ${NOK[plain$s$c]} |"
+            done
+        done
+        echo
+        for c in $CONNS; do
+            if has mod24 && has file24 && has lua24; then
+                echo "- PLAIN, 2.4 module / passwd-file at $c connection(s): $(fmt "$(calc "${RPS[plainmod24$c]} / ${RPS[plainfile24$c]}")" 3); module / Lua → ramdir: $(fmt "$(calc "${RPS[plainmod24$c]} / ${RPS[plainlua24$c]}")" 3)"
+            fi
+            if has mod23 && has file23 && has dict23; then
+                echo "- PLAIN, 2.3 module / passwd-file at $c connection(s): $(fmt "$(calc "${RPS[plainmod23$c]} / ${RPS[plainfile23$c]}")" 3); module / dict → ramdir: $(fmt "$(calc "${RPS[plainmod23$c]} / ${RPS[plaindict23$c]}")" 3)"
+            fi
+        done
+        echo
+    fi
     if has lua24 && has file24; then
         local r24
         r24=$(calc "${RPS[lua24$CHIGH]} / ${RPS[file24$CHIGH]}")
@@ -408,8 +512,30 @@ report() {
         echo "| 2.4: Lua → ramdir / passwd-file at $CHIGH connections | ≥ $GOAL_RATIO_24 | $(fmt "$r24" 3) | $(yesno "$r24 >= $GOAL_RATIO_24") |"
         echo
     fi
+    if has mod24 && has file24 && has lua24; then
+        local m1 m2
+        m1=$(calc "${RPS[mod24$CHIGH]} / ${RPS[file24$CHIGH]}")
+        m2=$(calc "${RPS[mod24$CHIGH]} / ${RPS[lua24$CHIGH]}")
+        echo "| goal | target | measured | |"
+        echo "|---|---|---:|---|"
+        echo "| 2.4: module / passwd-file at $CHIGH connections | ≥ 1.0 | $(fmt "$m1" 3) | $(yesno "$m1 >= 1.0") |"
+        echo "| 2.4: module / Lua → ramdir at $CHIGH connections | ≥ 3.0 | $(fmt "$m2" 3) | $(yesno "$m2 >= 3.0") |"
+        if has mod23 && has file23; then
+            m1=$(calc "${RPS[mod23$CHIGH]} / ${RPS[file23$CHIGH]}")
+            echo "| 2.3: module / passwd-file at $CHIGH connections | ≥ 1.0 | $(fmt "$m1" 3) | $(yesno "$m1 >= 1.0") |"
+        fi
+        echo
+    fi
     echo "Also measured (no goal):"
     echo
+    for c in $CONNS; do
+        if has mod24 && has file24 && has lua24; then
+            echo "- 2.4 module / passwd-file at $c connection(s): $(fmt "$(calc "${RPS[mod24$c]} / ${RPS[file24$c]}")" 3); module / Lua → ramdir: $(fmt "$(calc "${RPS[mod24$c]} / ${RPS[lua24$c]}")" 3)"
+        fi
+        if has mod23 && has file23 && has dict23; then
+            echo "- 2.3 module / passwd-file at $c connection(s): $(fmt "$(calc "${RPS[mod23$c]} / ${RPS[file23$c]}")" 3); module / dict → ramdir: $(fmt "$(calc "${RPS[mod23$c]} / ${RPS[dict23$c]}")" 3)"
+        fi
+    done
     for c in $CONNS; do
         if has lua24 && has file24; then
             echo "- 2.4 Lua → ramdir / passwd-file at $c connection(s): $(fmt "$(calc "${RPS[lua24$c]} / ${RPS[file24$c]}")" 3)"

@@ -17,8 +17,9 @@ ROOT=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 # What the integration tests run inside the root (Lua bridge needs
-# dovecot-auth-lua, lua-socket, lua-cjson; swaks sends test mail).
-PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua lua-socket lua-cjson swaks"
+# dovecot-auth-lua, lua-socket, lua-cjson; swaks sends test mail; dovecot-dev
+# gives the 2.4 headers libauthdb_ramdir.so is built against).
+PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua lua-socket lua-cjson swaks dovecot-dev"
 # The mail user of the tests' Dovecot (mail_uid/mail_gid).
 VMAIL_ID=5000
 # Bump when the build steps change in a way the package list does not show.

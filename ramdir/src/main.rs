@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod config;
 mod demo;
+mod dovecot_map;
 mod listener;
 mod postfix_map;
 mod serve;

@@ -74,10 +74,11 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         && config.policy.is_none()
         && config.milter.is_none()
         && config.postfix_map.is_none()
+        && config.dovecot_map.is_none()
     {
         return Err(format!(
             "{}: nothing to serve: no listener section \
-             ([socketmap], [policy], [milter], [dict], [postfix_map]) is configured",
+             ([socketmap], [policy], [milter], [dict], [postfix_map], [dovecot_map]) is configured",
             config.path.display()
         )
         .into());
@@ -243,6 +244,20 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
+    let dovecot_publisher = match &config.dovecot_map {
+        Some(m) => {
+            let settings = config
+                .dict
+                .as_ref()
+                .map(|d| d.settings.clone())
+                .unwrap_or_default();
+            let p = crate::dovecot_map::start(m, settings, handle.clone())?;
+            tracing::info!(directory = %m.directory.display(), "dovecot map publishing");
+            Some(p)
+        }
+        None => None,
+    };
+
     let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
     let mut config = config;
     let mut watcher = start_watcher(&config, change_tx.clone());
@@ -283,7 +298,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         // Lets the LDAP source write its final warm snapshot.
         let _ = t.await;
     }
-    if let Some(p) = publisher {
+    for p in [publisher, dovecot_publisher].into_iter().flatten() {
         p.stop();
     }
     for s in &sockets {
@@ -341,6 +356,7 @@ async fn reload(
         || new_cfg.ldap != config.ldap
         || new_cfg.stats != config.stats
         || new_cfg.postfix_map != config.postfix_map
+        || new_cfg.dovecot_map != config.dovecot_map
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

@@ -98,6 +98,18 @@ pub enum Kind {
     /// An address several source entries claim; the value is the claim
     /// count in decimal. Every lookup reaching it fails temporarily.
     Ambiguous = 5,
+    /// Dovecot passdb fields of an enabled login (`ffi/dovecot`): the
+    /// value is `name, value, name, value…`, NUL-separated, starting with
+    /// `password` (`{SCHEME}hash`) or `nologin`.
+    Passdb = 6,
+    /// Dovecot 2.3 userdb fields of a login (`quota_rule*` spelling), as
+    /// for [`Kind::Passdb`].
+    Userdb23 = 7,
+    /// Dovecot 2.4 userdb fields of a login (`quota_storage_size` spelling).
+    Userdb24 = 8,
+    /// An address that may log in as the one login it delivers to
+    /// (`alias_logins`); the value is that login.
+    LoginAlias = 9,
 }
 
 /// Whether a table file stands alone or amends a base.
@@ -398,6 +410,54 @@ impl<'a> TableFile<'a> {
         Ok(b)
     }
 
+    /// The record in the (non-empty) cell at byte offset `off`.
+    fn cell_record(&self, off: usize) -> Result<Record<'a>, FormatError> {
+        let c = &self.bytes[off..off + CELL];
+        let flags = c[1];
+        let key_len = usize::from(u16::from_le_bytes([c[2], c[3]]));
+        let key_nul = if flags & CELL_LONG_KEY == 0 {
+            if key_len > INLINE_KEY {
+                return Err(FormatError::Corrupt("inline key length"));
+            }
+            if c[16 + key_len] != 0 {
+                return Err(FormatError::Corrupt("missing terminator"));
+            }
+            &self.bytes[off + 16..=off + 16 + key_len]
+        } else {
+            self.in_data(u32_at(c, 16), key_len)?
+        };
+        let key = std::str::from_utf8(&key_nul[..key_len])
+            .map_err(|_| FormatError::Corrupt("key is not UTF-8"))?;
+        let value_len = u32_at(c, 4) as usize;
+        let value = if value_len == 0 {
+            ""
+        } else {
+            let v = self.in_data(u32_at(c, 12), value_len)?;
+            std::str::from_utf8(&v[..value_len])
+                .map_err(|_| FormatError::Corrupt("value is not UTF-8"))?
+        };
+        Ok(Record {
+            removed: flags & RECORD_REMOVED != 0,
+            key,
+            key_nul,
+            value,
+        })
+    }
+
+    /// Every record of `kind`, in cell order (Dovecot's user iteration).
+    /// Stops at the first record that does not parse.
+    pub fn for_each(&self, kind: Kind, mut f: impl FnMut(Record<'a>)) -> Result<(), FormatError> {
+        // Bounded by the cell count, which the header check tied to the
+        // file's length: a hostile file cannot make this loop.
+        for i in 0..self.header.cell_count {
+            let off = (self.header.cells_off + i * CELL as u64) as usize;
+            if self.bytes[off] == kind as u8 {
+                f(self.cell_record(off)?);
+            }
+        }
+        Ok(())
+    }
+
     /// The record for `key` of `kind`, if the file has one.
     pub fn find(&self, kind: Kind, key: &str) -> Result<Option<Record<'a>>, FormatError> {
         let h = hash(kind, key.as_bytes());
@@ -413,37 +473,9 @@ impl<'a> TableFile<'a> {
                 return Ok(None);
             }
             if c[0] == kind as u8 && u32_at(c, 8) == tag {
-                let flags = c[1];
-                let key_len = usize::from(u16::from_le_bytes([c[2], c[3]]));
-                let key_nul = if flags & CELL_LONG_KEY == 0 {
-                    if key_len > INLINE_KEY {
-                        return Err(FormatError::Corrupt("inline key length"));
-                    }
-                    if c[16 + key_len] != 0 {
-                        return Err(FormatError::Corrupt("missing terminator"));
-                    }
-                    &self.bytes[off + 16..=off + 16 + key_len]
-                } else {
-                    self.in_data(u32_at(c, 16), key_len)?
-                };
-                if key_nul[..key_len] == *key.as_bytes() {
-                    let value_len = u32_at(c, 4) as usize;
-                    let value = if value_len == 0 {
-                        ""
-                    } else {
-                        let v = self.in_data(u32_at(c, 12), value_len)?;
-                        std::str::from_utf8(&v[..value_len])
-                            .map_err(|_| FormatError::Corrupt("value is not UTF-8"))?
-                    };
-                    // Equal to `key`, which is UTF-8.
-                    let key = std::str::from_utf8(&key_nul[..key_len])
-                        .map_err(|_| FormatError::Corrupt("key is not UTF-8"))?;
-                    return Ok(Some(Record {
-                        removed: flags & RECORD_REMOVED != 0,
-                        key,
-                        key_nul,
-                        value,
-                    }));
+                let r = self.cell_record(off)?;
+                if r.key == key {
+                    return Ok(Some(r));
                 }
             }
             i += 1;
@@ -697,6 +729,7 @@ mod tests {
                     ] {
                         let _ = t.find(k, key);
                     }
+                    let _ = t.for_each(Kind::User, |_| {});
                     let _ = t.delimiter();
                 }
             }
@@ -715,9 +748,11 @@ mod tests {
                 b[..HEADER_LEN].copy_from_slice(&h.encode());
             }
             if let Ok(t) = TableFile::parse(&b) {
-                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain] {
+                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain, Kind::Passdb,
+                    Kind::Userdb23, Kind::Userdb24, Kind::LoginAlias] {
                     let _ = t.find(kind, &key);
                 }
+                let _ = t.for_each(Kind::Userdb23, |_| {});
             }
         }
     }

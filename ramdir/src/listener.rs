@@ -11,19 +11,56 @@ use tokio::net::UnixListener;
 
 use crate::config::ListenerConfig;
 
-/// Bind the listener's socket and set its permissions.
+/// Bind the listener's socket and set its permissions. If mode, owner or
+/// group cannot be applied, the socket just created is removed again: a
+/// failed start leaves no file behind for the next one to trip over.
 pub fn bind(cfg: &ListenerConfig) -> io::Result<UnixListener> {
     let path = &cfg.path;
     remove_stale(path)?;
     let listener = UnixListener::bind(path).map_err(|e| annotate(e, "bind", path))?;
+    match set_permissions(cfg) {
+        Ok(()) => Ok(listener),
+        Err(e) => {
+            drop(listener);
+            cleanup(path);
+            Err(e)
+        }
+    }
+}
+
+fn set_permissions(cfg: &ListenerConfig) -> io::Result<()> {
+    let path = &cfg.path;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))
         .map_err(|e| annotate(e, "chmod", path))?;
     let uid = cfg.owner.as_deref().map(resolve_user).transpose()?;
     let gid = cfg.group.as_deref().map(resolve_group).transpose()?;
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(path, uid, gid).map_err(|e| annotate(e, "chown", path))?;
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
     }
-    Ok(listener)
+    std::os::unix::fs::chown(path, uid, gid).map_err(|e| {
+        if e.kind() != io::ErrorKind::PermissionDenied {
+            return annotate(e, "chown", path);
+        }
+        // The common case: an unprivileged ramdir asked to hand its socket
+        // to a group it is not a member of. Say what to do instead.
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+        io::Error::new(
+            e.kind(),
+            format!(
+                "chown {} to owner {:?} group {:?}: {e}: ramdir runs as user {me}, which may \
+                 only give a socket to a group it is a member of; leave owner and group \
+                 unset and let the socket's directory guard access (the Debian package's \
+                 /var/spool/postfix/ramdir is ramdir:postfix 0750, sockets mode 0666), \
+                 or add {me} to that group",
+                path.display(),
+                cfg.owner.as_deref().unwrap_or("-"),
+                cfg.group.as_deref().unwrap_or("-"),
+            ),
+        )
+    })
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -92,6 +129,7 @@ pub fn cleanup(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn cfg(path: &Path) -> ListenerConfig {
@@ -123,6 +161,50 @@ mod tests {
         std::fs::write(&f, "keep").unwrap();
         assert!(bind(&cfg(&f)).is_err());
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep");
+    }
+
+    #[tokio::test]
+    async fn a_refused_chown_is_a_clear_error_and_leaves_no_socket() {
+        if nix::unistd::geteuid().is_root() {
+            // Root may chown to anyone; run the refusal as an unprivileged
+            // user in a child so the test means the same everywhere.
+            let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+                panic!("no user nobody");
+            };
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            let p = dir.path().join("s");
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid", &nobody.uid.to_string(), "--regid"])
+                .arg(nobody.gid.to_string())
+                .args(["--clear-groups", "--"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "listener::tests::a_refused_chown_is_a_clear_error_and_leaves_no_socket",
+                    "--nocapture",
+                ])
+                .env("RAMDIR_TEST_SOCKET", &p)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{out:?}"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = std::env::var_os("RAMDIR_TEST_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("s"));
+        let mut c = cfg(&p);
+        c.group = Some("0".into()); // root's group: never ours when not root
+        let e = bind(&c).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let msg = e.to_string();
+        assert!(msg.contains("chown") && msg.contains("member"), "{msg}");
+        assert!(std::fs::symlink_metadata(&p).is_err(), "socket left behind");
     }
 
     #[test]

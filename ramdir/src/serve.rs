@@ -69,18 +69,27 @@ enum Trigger {
 
 /// Run the daemon. Returns when a termination signal has been handled.
 pub fn serve(config: Config) -> Result<(), CmdError> {
-    if config.socketmap.is_none()
+    let mail_off = config.socketmap.is_none()
         && config.dict.is_none()
         && config.policy.is_none()
         && config.milter.is_none()
-        && config.postfix_map.is_none()
-    {
+        && config.postfix_map.is_none();
+    if mail_off && config.stats.is_none() {
         return Err(format!(
             "{}: nothing to serve: no listener section \
-             ([socketmap], [policy], [milter], [dict], [postfix_map]) is configured",
+             ([socketmap], [policy], [milter], [dict], [postfix_map], [stats]) is configured",
             config.path.display()
         )
         .into());
+    }
+    if mail_off {
+        // The Debian package's shipped configuration: the daemon runs and
+        // reports, and answers no mail question until the operator says how.
+        tracing::warn!(
+            config = %config.path.display(),
+            "no mail listener configured ([socketmap], [policy], [milter], [dict], \
+             [postfix_map]): serving [stats] only"
+        );
     }
     if config.dict.is_some() && config.quota.is_none() {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");

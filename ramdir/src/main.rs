@@ -13,6 +13,7 @@ mod listener;
 mod postfix_map;
 mod serve;
 mod stats;
+mod systemd;
 
 use config::{Config, DEFAULT_CONFIG};
 

@@ -252,6 +252,12 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
+    let supervisor = tokio::spawn(crate::systemd::supervise(
+        handle.clone(),
+        ldap.clone(),
+        stop_rx.clone(),
+    ));
+
     let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
     let mut config = config;
     let mut watcher = start_watcher(&config, change_tx.clone());
@@ -260,7 +266,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                crate::systemd::reloading();
                 reload(&mut config, &handle, ldap.as_deref(), Trigger::Signal).await;
+                crate::systemd::ready(&handle, ldap.as_deref());
                 watcher = start_watcher(&config, change_tx.clone());
             }
             Some(()) = change_rx.recv() => {
@@ -286,7 +294,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     };
     drop(watcher);
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     let _ = stop_tx.send(true);
+    let _ = supervisor.await;
     while servers.join_next().await.is_some() {}
     if let Some(t) = ldap_task {
         // Lets the LDAP source write its final warm snapshot.

@@ -829,6 +829,51 @@ idle_timeout_secs = 300
         assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
     }
 
+    /// The Debian package's conffile: valid as shipped ([stats] only), and
+    /// every commented-out key in it is a real key with a valid example.
+    #[test]
+    fn debian_conffile_parses_as_shipped_and_uncommented() {
+        let shipped = include_str!("../../debian/ramdir.toml");
+        let c = parse(shipped).unwrap();
+        assert!(c.socketmap.is_none() && c.dict.is_none() && c.ldap.is_none());
+        let stats = c.stats.unwrap();
+        assert_eq!(stats.path, Path::new("/run/ramdir/stats.sock"));
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let sm = c.socketmap.unwrap();
+        assert_eq!(sm.path, Path::new("/var/spool/postfix/ramdir/socketmap"));
+        assert_eq!(sm.mode, 0o666);
+        assert!(
+            sm.group.is_none(),
+            "an unprivileged ramdir cannot chgrp to postfix"
+        );
+        assert_eq!(
+            c.policy.unwrap().path,
+            Path::new("/var/spool/postfix/ramdir/policy")
+        );
+        assert_eq!(
+            c.milter.unwrap().path,
+            Path::new("/var/spool/postfix/ramdir/milter")
+        );
+        assert_eq!(c.dict.unwrap().listener.mode, 0o660);
+        assert!(c.ldap.is_some() && c.quota.is_some() && c.postfix_map.is_some());
+        assert_eq!(c.directory.sources.passwd_files.len(), 1);
+    }
+
     #[test]
     fn empty_file_means_everything_off_with_defaults() {
         let c = parse("").unwrap();

@@ -14,4 +14,4 @@ fi
 # The daemon and the Postfix plugin; cargo-deb packages both (and strips
 # them), without building anything itself.
 cargo build --release --locked -p ramdir -p postfix-ramdir
-cargo deb -p ramdir --no-build --locked "$@"
+cargo deb -p ramdir --no-build --strip --locked "$@"

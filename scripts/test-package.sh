@@ -33,6 +33,7 @@ LOG="$WORK/ramdir.log"
 DAEMON_PID=""
 POSTFIX_STARTED=""
 MAINCF_SAVED=""
+CREATED_NAGIOS=""
 FAILED=0
 
 say() { echo "-- $*"; }
@@ -78,6 +79,10 @@ cleanup() {
         tail -n 50 "$LOG" 2>/dev/null >&2 || true
         tail -n 30 /var/log/postfix-ramdir-test.log 2>/dev/null >&2 || true
     fi
+    if [ -n "$CREATED_NAGIOS" ]; then
+        deluser --quiet --system nagios >/dev/null 2>&1 || true
+        delgroup --quiet --system nagios >/dev/null 2>&1 || true
+    fi
     rm -f /var/log/postfix-ramdir-test.log
     rm -rf "$WORK"
     exit $rc
@@ -122,6 +127,10 @@ expect_file -rw-r--r-- root/root usr/lib/tmpfiles.d/ramdir.conf
 expect_file -rw-r--r-- root/root usr/share/doc/ramdir/README.Debian
 expect_file -rw-r--r-- root/root usr/share/doc/ramdir/copyright
 expect_file -rw-r--r-- root/root usr/share/doc/ramdir/changelog.Debian.gz
+expect_file -rwxr-xr-x root/root usr/lib/nagios/plugins/check_ramdir
+grep -q "usr/share/man/man8/ramdir.8" "$WORK/contents" || fail "no ramdir(8)"
+grep -q "usr/share/man/man5/ramdir.toml.5" "$WORK/contents" || fail "no ramdir.toml(5)"
+expect_file -rw-r--r-- root/root etc/nagios-plugins/config/ramdir.cfg
 UNIT_PATH=$(grep -o 'lib/systemd/system/ramdir.service$' "$WORK/contents" | head -1)
 [ -n "$UNIT_PATH" ] || fail "no ramdir.service in the package"
 mkdir "$WORK/ctl"
@@ -146,12 +155,16 @@ for b in usr/sbin/ramdir usr/lib/postfix/postfix-ramdir.so; do
     file "$WORK/x/$b" | grep -q ", stripped" || fail "$b is not stripped: $(file "$WORK/x/$b")"
 done
 
+say "man --warnings"
+for m in "$WORK"/x/usr/share/man/man*/*; do
+    w=$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z "$m" 2>&1 >/dev/null)
+    [ -z "$w" ] || fail "man --warnings $m: $w"
+done
+
 say "lintian"
-# Kept (informational/pedantic only, none is an error):
-#   package-supports-alternative-init-but-no-init.d-script would need an
-#   init script; ramdir needs Type=notify supervision, like other units-only
-#   daemons.
-lintian --fail-on error --no-tag-display-limit "$DEB" | tee "$WORK/lintian" || fail "lintian reports errors"
+# Warnings kept: initial-upload-closes-no-bugs (this package is not
+# uploaded to Debian, so its changelog closes no ITP bug).
+lintian --fail-on error --tag-display-limit 0 "$DEB" | tee "$WORK/lintian" || fail "lintian reports errors"
 
 say "systemd-analyze verify"
 UNIT="$WORK/unit/ramdir.service"
@@ -298,10 +311,48 @@ case "${R[8]}" in "452 4.2.2"*) ;; *) fail "small over quota (policy): ${R[8]}" 
 if grep -E "warning|error|fatal" /var/log/postfix-ramdir-test.log | grep -Ei "ramdir|milter|socketmap|policy"; then
     fail "Postfix logged problems reaching ramdir"
 fi
+# Nagios: the installed check_ramdir, run as user nagios (as NRPE runs it).
+say "check_ramdir as user nagios"
+if ! getent passwd nagios >/dev/null; then
+    adduser --quiet --system --group --no-create-home nagios
+    CREATED_NAGIOS=1
+fi
+check() { # expected-exit args...
+    local want=$1 rc=0
+    shift
+    setpriv --reuid=nagios --regid=nagios --init-groups /usr/lib/nagios/plugins/check_ramdir "$@" >"$WORK/check" 2>&1 || rc=$?
+    echo "   [exit $rc] $(cat "$WORK/check")"
+    [ "$rc" -eq "$want" ] || fail "check_ramdir $*: exit $rc, want $want"
+    [ "$(wc -l <"$WORK/check")" -eq 1 ] || fail "check_ramdir $*: not one line"
+}
+check 0 --min-users 1 -w 600 -c 1800
+grep -q "^RAMDIR OK - 2 users, 1 aliases, generation [0-9]* | users=2;;1:;0 .*temp=[0-9]*c" "$WORK/check" || fail "OK line"
+check 2 --min-users 3
+grep -q "^RAMDIR CRITICAL - 2 users, fewer than 3" "$WORK/check" || fail "min-users line"
+kill -STOP "$DAEMON_PID"
+check 3 -t 1
+kill -CONT "$DAEMON_PID"
+grep -q "^RAMDIR UNKNOWN - .*1s" "$WORK/check" || fail "timeout line"
+check 3 -h
+check 3 --warning nonsense
+
 postfix stop >/dev/null 2>&1 || true
 POSTFIX_STARTED=""
 stop_daemon
 for s in socketmap policy milter; do [ ! -e /var/spool/postfix/ramdir/$s ] || fail "socket $s left behind"; done
+check 2
+grep -q "^RAMDIR CRITICAL - ramdir is not running" "$WORK/check" || fail "stopped line"
+
+say "LDAP outage (LDAP on a closed port)"
+cp /etc/ramdir/ramdir.toml "$WORK/ramdir.toml.edited"
+printf '\n[ldap]\nurl = "ldap://127.0.0.1:9"\nbase = "dc=example,dc=org"\ntimeout_secs = 1\n' >>/etc/ramdir/ramdir.toml
+start_daemon /var/spool/postfix/ramdir/socketmap /run/ramdir/stats.sock
+sleep 2
+check 1 -w 3600 -c 7200
+grep -q "^RAMDIR WARNING - not authoritative.*LDAP disconnected.*ldap_lag=[0-9]*s;3600;7200;0" "$WORK/check" || fail "LDAP outage line"
+check 2 -w 0 -c 0
+stop_daemon
+cp "$WORK/ramdir.toml.edited" /etc/ramdir/ramdir.toml
 [ -f /var/lib/ramdir/quota.redb ] || fail "no quota store in /var/lib/ramdir"
 STORE_SUM=$(md5sum </var/lib/ramdir/quota.redb)
 CONF_SUM=$(md5sum </etc/ramdir/ramdir.toml)

@@ -127,6 +127,15 @@ pub struct Outcome {
 }
 
 fn outcome(state: State, text: &str, perf: &str) -> Outcome {
+    // One line, and no `|` before the performance data.
+    let text: String = text
+        .chars()
+        .map(|c| match c {
+            '|' => '/',
+            '\n' | '\r' => ' ',
+            c => c,
+        })
+        .collect();
     let mut line = format!("RAMDIR {} - {text}", state.word());
     if !perf.is_empty() {
         line.push_str(" | ");

@@ -11,6 +11,8 @@ mod commands;
 mod config;
 mod demo;
 mod listener;
+#[cfg(test)]
+mod man;
 mod postfix_map;
 mod serve;
 mod stats;

@@ -71,6 +71,7 @@ cleanup() {
     if [ -n "$MAINCF_SAVED" ]; then
         if [ -e "$WORK/main.cf.orig" ]; then cp -p "$WORK/main.cf.orig" /etc/postfix/main.cf; else rm -f /etc/postfix/main.cf; fi
     fi
+    rm -f /etc/ramdir/users.passwd /etc/ramdir/aliases /etc/ramdir/domains
     if dpkg-query -W -f='${Status}' ramdir 2>/dev/null | grep -q "installed\|config-files\|half"; then
         dpkg_retry --purge ramdir >/dev/null || true
     fi
@@ -105,7 +106,8 @@ if dpkg-query -W ramdir >/dev/null 2>&1; then dpkg_retry --purge ramdir >/dev/nu
 
 # --- 1. build -------------------------------------------------------------
 say "building the packages"
-./scripts/package.sh --deb-revision 0 --output "$WORK/prev/" >/dev/null
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+./scripts/package.sh --deb-version "$VERSION-0" --output "$WORK/prev/" >/dev/null
 ./scripts/package.sh --output "$WORK/cur/" >/dev/null
 PREV=$(ls "$WORK"/prev/ramdir_*.deb)
 DEB=$(ls "$WORK"/cur/ramdir_*.deb)
@@ -115,23 +117,23 @@ say "built $(basename "$PREV") and $(basename "$DEB")"
 say "dpkg -c / dpkg -e"
 dpkg -c "$DEB" | awk '{print $1, $2, $6}' >"$WORK/contents"
 expect_file() { # mode owner path
-    grep -qxF "$1 $2 ./$3" "$WORK/contents" || { cat "$WORK/contents" >&2; fail "package lacks $1 $2 $3"; }
+    grep -qxF -e "$1 $2 ./$3" "$WORK/contents" || { cat "$WORK/contents" >&2; fail "package lacks $1 $2 $3"; }
 }
-expect_file -rwxr-xr-x root/root usr/sbin/ramdir
-expect_file -rwxr-xr-x root/root usr/lib/postfix/postfix-ramdir.so
-expect_file -rw-r--r-- root/root etc/postfix/dynamicmaps.cf.d/ramdir
-expect_file -rw-r--r-- root/root etc/postfix/postfix-files.d/ramdir.files
-expect_file -rw-r--r-- root/root etc/ramdir/ramdir.toml
-expect_file -rw-r--r-- root/root usr/share/ramdir/ramdir-auth.lua
-expect_file -rw-r--r-- root/root usr/lib/tmpfiles.d/ramdir.conf
-expect_file -rw-r--r-- root/root usr/share/doc/ramdir/README.Debian
-expect_file -rw-r--r-- root/root usr/share/doc/ramdir/copyright
-expect_file -rw-r--r-- root/root usr/share/doc/ramdir/changelog.Debian.gz
-expect_file -rwxr-xr-x root/root usr/lib/nagios/plugins/check_ramdir
+expect_file -rwxr-xr-x 0/0 usr/sbin/ramdir
+expect_file -rwxr-xr-x 0/0 usr/lib/postfix/postfix-ramdir.so
+expect_file -rw-r--r-- 0/0 etc/postfix/dynamicmaps.cf.d/ramdir
+expect_file -rw-r--r-- 0/0 etc/postfix/postfix-files.d/ramdir.files
+expect_file -rw-r--r-- 0/0 etc/ramdir/ramdir.toml
+expect_file -rw-r--r-- 0/0 usr/share/ramdir/ramdir-auth.lua
+expect_file -rw-r--r-- 0/0 usr/lib/tmpfiles.d/ramdir.conf
+expect_file -rw-r--r-- 0/0 usr/share/doc/ramdir/README.Debian
+expect_file -rw-r--r-- 0/0 usr/share/doc/ramdir/copyright
+expect_file -rw-r--r-- 0/0 usr/share/doc/ramdir/changelog.Debian.gz
+expect_file -rwxr-xr-x 0/0 usr/lib/nagios/plugins/check_ramdir
 grep -q "usr/share/man/man8/ramdir.8" "$WORK/contents" || fail "no ramdir(8)"
 grep -q "usr/share/man/man5/ramdir.toml.5" "$WORK/contents" || fail "no ramdir.toml(5)"
-expect_file -rw-r--r-- root/root etc/nagios-plugins/config/ramdir.cfg
-UNIT_PATH=$(grep -o 'lib/systemd/system/ramdir.service$' "$WORK/contents" | head -1)
+expect_file -rw-r--r-- 0/0 etc/nagios-plugins/config/ramdir.cfg
+UNIT_PATH=$(awk '$3 ~ /lib\/systemd\/system\/ramdir.service$/ { sub(/^\.\//, "", $3); print $3 }' "$WORK/contents" | head -n 1)
 [ -n "$UNIT_PATH" ] || fail "no ramdir.service in the package"
 mkdir "$WORK/ctl"
 dpkg -e "$DEB" "$WORK/ctl"
@@ -140,13 +142,13 @@ for f in /etc/ramdir/ramdir.toml /etc/postfix/dynamicmaps.cf.d/ramdir /etc/postf
 done
 grep -q "adduser --quiet --system --group" "$WORK/ctl/postinst" || fail "postinst does not create the user"
 grep -q "install -d -o \"\$2\" -g \"\$3\"" "$WORK/ctl/postinst" || fail "postinst does not create the directories"
-grep -q "deb-systemd-invoke restart" "$WORK/ctl/postinst" || fail "postinst does not restart the unit on upgrade"
+grep -q "_dh_action=restart" "$WORK/ctl/postinst" || fail "postinst does not restart the unit on upgrade"
 grep -q "rm -rf /var/lib/ramdir /var/spool/postfix/ramdir" "$WORK/ctl/postrm" || fail "postrm purge does not remove the state"
 grep -q "deluser" "$WORK/ctl/postrm" || fail "postrm purge does not remove the user"
 grep -q "^Depends:.*adduser" "$WORK/ctl/control" || fail "no Depends: adduser"
 # The upgrade restarts the service once: prerm does not stop it on upgrade.
 if grep -q "deb-systemd-invoke stop" "$WORK/ctl/prerm" 2>/dev/null; then
-    grep -B3 "deb-systemd-invoke stop" "$WORK/ctl/prerm" | grep -q '"remove"' || fail "prerm stops the unit on upgrade too"
+    grep -B2 "deb-systemd-invoke stop" "$WORK/ctl/prerm" | grep -qF '"$1" = remove' || fail "prerm stops the unit on upgrade too"
 fi
 file -L "$WORK/ctl/../contents" >/dev/null
 mkdir "$WORK/x"
@@ -178,7 +180,7 @@ systemd-analyze security --offline=true --threshold=20 "$UNIT" >"$WORK/security"
 tail -n 1 "$WORK/security"
 
 # --- 3. install for real ----------------------------------------------------
-find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | grep -v "^$WORK" | sort >"$WORK/before"
+find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/before"
 say "dpkg -i $(basename "$PREV") (fresh install)"
 dpkg_retry -i "$PREV" >/dev/null
 getent passwd ramdir | grep -q ":/var/lib/ramdir:/usr/sbin/nologin$" || fail "user ramdir: $(getent passwd ramdir)"
@@ -333,8 +335,10 @@ kill -STOP "$DAEMON_PID"
 check 3 -t 1
 kill -CONT "$DAEMON_PID"
 grep -q "^RAMDIR UNKNOWN - .*1s" "$WORK/check" || fail "timeout line"
-check 3 -h
-check 3 --warning nonsense
+rc=0; setpriv --reuid=nagios --regid=nagios --init-groups /usr/lib/nagios/plugins/check_ramdir -h >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "check_ramdir -h: exit $rc, want 3"
+rc=0; setpriv --reuid=nagios --regid=nagios --init-groups /usr/lib/nagios/plugins/check_ramdir --warning nonsense >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 3 ] || fail "check_ramdir --warning nonsense: exit $rc, want 3"
 
 postfix stop >/dev/null 2>&1 || true
 POSTFIX_STARTED=""
@@ -374,8 +378,9 @@ say "dpkg --purge ramdir"
 rm -f /etc/ramdir/users.passwd /etc/ramdir/aliases /etc/ramdir/domains
 if [ -e "$WORK/main.cf.orig" ]; then cp -p "$WORK/main.cf.orig" /etc/postfix/main.cf; else rm -f /etc/postfix/main.cf; fi
 MAINCF_SAVED=""
+rm -f /var/log/postfix-ramdir-test.log
 dpkg_retry --purge ramdir >/dev/null
-find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | grep -v "^$WORK" | sort >"$WORK/after"
+find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/after"
 diff "$WORK/before" "$WORK/after" || fail "purge left files behind"
 ! getent passwd ramdir >/dev/null || fail "purge left the user"
 ! getent group ramdir >/dev/null || fail "purge left the group"

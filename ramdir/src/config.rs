@@ -60,6 +60,13 @@ struct RawConfig {
     ldap: Option<RawLdap>,
     stats: Option<RawStats>,
     postfix_map: Option<RawPostfixMap>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +210,15 @@ pub struct Config {
     pub stats: Option<ListenerConfig>,
     /// The snapshot files for `postfix-ramdir.so`, if enabled.
     pub postfix_map: Option<PostfixMapConfig>,
+    /// The Prometheus endpoint, if enabled.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: where `GET /metrics` is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// TCP address (`127.0.0.1:9156`).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[postfix_map]`: where ramdir publishes its tables for the in-process
@@ -661,6 +677,21 @@ impl Config {
                 })
             }
         };
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => {
+                let listen = m.listen.get_ref().parse().map_err(|_| {
+                    err(
+                        m.listen.span(),
+                        format!(
+                            "listen = {:?}: want an address and port, e.g. \"127.0.0.1:9156\"",
+                            m.listen.get_ref()
+                        ),
+                    )
+                })?;
+                Some(MetricsConfig { listen })
+            }
+        };
         for (section, on) in [
             ("[policy]", policy.is_some()),
             ("[milter]", milter.is_some()),
@@ -689,6 +720,7 @@ impl Config {
             ldap,
             stats,
             postfix_map,
+            metrics,
         })
     }
 }
@@ -872,6 +904,15 @@ idle_timeout_secs = 300
         assert_eq!(c.dict.unwrap().listener.mode, 0o660);
         assert!(c.ldap.is_some() && c.quota.is_some() && c.postfix_map.is_some());
         assert_eq!(c.directory.sources.passwd_files.len(), 1);
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9156\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9156".parse().unwrap());
+        let e = parse("[metrics]\nlisten = \"unix:/x\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("address and port"), "{e}");
     }
 
     #[test]

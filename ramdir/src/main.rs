@@ -13,6 +13,7 @@ mod demo;
 mod listener;
 #[cfg(test)]
 mod man;
+mod metrics;
 mod postfix_map;
 mod serve;
 mod stats;

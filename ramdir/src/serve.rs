@@ -74,7 +74,7 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         && config.policy.is_none()
         && config.milter.is_none()
         && config.postfix_map.is_none();
-    if mail_off && config.stats.is_none() {
+    if mail_off && config.stats.is_none() && config.metrics.is_none() {
         return Err(format!(
             "{}: nothing to serve: no listener section \
              ([socketmap], [policy], [milter], [dict], [postfix_map], [stats]) is configured",
@@ -243,6 +243,16 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         servers.spawn(async move { stats::run(listener, h, c, src, stop).await });
     }
 
+    if let Some(m) = &config.metrics {
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
+        let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
+        servers.spawn(async move { crate::metrics::run(listener, h, c, src, stop).await });
+    }
+
     let publisher = match &config.postfix_map {
         Some(m) => {
             let p = crate::postfix_map::start(m, handle.clone())?;
@@ -360,6 +370,7 @@ async fn reload(
         || new_cfg.ldap != config.ldap
         || new_cfg.stats != config.stats
         || new_cfg.postfix_map != config.postfix_map
+        || new_cfg.metrics != config.metrics
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

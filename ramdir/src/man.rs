@@ -362,7 +362,8 @@ mod tests {
             .message;
         let list = e
             .split_once("expected one of ")
-            .map_or(e.as_str(), |(_, l)| l);
+            .or_else(|| e.split_once("expected "))
+            .map_or("", |(_, l)| l);
         list.split(", ")
             .map(|k| k.trim().trim_matches('`').to_string())
             .filter(|k| !k.is_empty())

@@ -15,6 +15,8 @@
 #     and `postfix check` silent;
 #  4. upgrades to this package: the edited conffile and the quota store are
 #     kept, the daemon serves again;
+#     check_ramdir as user nagios (OK, CRITICAL, UNKNOWN, LDAP outage);
+#     [metrics] linted by promtool and scraped by Debian's prometheus;
 #  5. purges it: no file, directory, user or group of ramdir's is left.
 # Whatever happens, the trap stops the daemon and Postfix it started,
 # restores /etc/postfix/main.cf and purges the package.
@@ -34,6 +36,9 @@ DAEMON_PID=""
 POSTFIX_STARTED=""
 MAINCF_SAVED=""
 CREATED_NAGIOS=""
+PROM_PID=""
+METRICS_PORT=9156
+PROM_PORT=9157
 FAILED=0
 
 say() { echo "-- $*"; }
@@ -63,6 +68,7 @@ stop_daemon() {
 
 cleanup() {
     local rc=$?
+    if [ -n "$PROM_PID" ]; then kill "$PROM_PID" 2>/dev/null || true; wait "$PROM_PID" 2>/dev/null || true; fi
     stop_daemon
     if [ -n "$POSTFIX_STARTED" ]; then
         postsuper -d ALL >/dev/null 2>&1 || true
@@ -92,7 +98,7 @@ trap cleanup EXIT INT TERM
 
 # --- tools the test needs (Debian packages; no daemon is started) --------
 need=""
-for p in lintian systemd; do
+for p in lintian systemd prometheus curl; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -241,6 +247,8 @@ small@example.org:{PLAIN}secret:5000:5000::/var/vmail/example.org/small::userdb_
 EOF
 printf 'info@example.org alice@example.org\n' >/etc/ramdir/aliases
 printf 'example.org OK\n' >/etc/ramdir/domains
+# Prometheus metrics, opted in.
+printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >>/etc/ramdir/ramdir.toml
 setpriv --reuid=ramdir --regid=ramdir --init-groups ramdir check-config >/dev/null || fail "README.Debian's config does not check"
 
 # Debian's own Postfix, system instance, with README.Debian's main.cf lines.
@@ -342,6 +350,37 @@ rc=0; setpriv --reuid=nagios --regid=nagios --init-groups /usr/lib/nagios/plugin
 
 postfix stop >/dev/null 2>&1 || true
 POSTFIX_STARTED=""
+
+# Prometheus: promtool lints the document; Debian's prometheus scrapes it
+# and a PromQL query sees the socketmap requests Postfix just made (Postfix
+# has closed its connections, so every request is counted).
+say "Prometheus"
+curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics" || fail "GET /metrics"
+promtool check metrics <"$WORK/metrics" || fail "promtool check metrics"
+cat >"$WORK/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: ramdir
+    static_configs:
+      - targets: ["127.0.0.1:$METRICS_PORT"]
+EOF
+promtool check config "$WORK/prometheus.yml" >/dev/null || fail "prometheus.yml"
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
+PROM_PID=$!
+value=""
+for _ in $(seq 1 120); do
+    value=$(curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/query" \
+        --data-urlencode 'query=ramdir_requests_total{listener="socketmap",job="ramdir"}' 2>/dev/null \
+        | grep -o '"value":\[[0-9.]*,"[0-9]*"\]' | grep -o '"[0-9]*"\]' | tr -d '"]') || true
+    [ -n "$value" ] && break
+    sleep 0.5
+done
+echo "   PromQL ramdir_requests_total{listener=\"socketmap\"} = ${value:-none}"
+[ -n "$value" ] && [ "$value" -gt 0 ] || { tail -n 20 "$WORK/prometheus.log" >&2; fail "Prometheus did not get the request counter"; }
+kill "$PROM_PID"; wait "$PROM_PID" 2>/dev/null || true; PROM_PID=""
 stop_daemon
 for s in socketmap policy milter; do [ ! -e /var/spool/postfix/ramdir/$s ] || fail "socket $s left behind"; done
 check 2

@@ -10,6 +10,7 @@ mod check;
 mod commands;
 mod config;
 mod demo;
+mod journal;
 mod listener;
 #[cfg(test)]
 mod man;
@@ -136,11 +137,15 @@ fn init_logging(level: Option<&str>, default: &str) {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if journal::active() {
+        // Under systemd: priorities for journalctl -p, no timestamps.
+        fmt.with_ansi(false).event_format(journal::Format).init();
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() -> ExitCode {

@@ -163,6 +163,39 @@ pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>)
         "listener=\"socketmap\",kind=\"temp\"",
         load(&c.socketmap.temp),
     );
+    {
+        let name = "ramdir_request_duration_seconds";
+        family(
+            o,
+            name,
+            "histogram",
+            "Time to answer a request (decode, look up, encode), per listener; one request in 16 per connection is timed.",
+        );
+        for (listener, lat) in [
+            ("socketmap", &c.socketmap.latency),
+            ("policy", &c.policy.latency),
+        ] {
+            let snap = lat.snapshot();
+            for (le, n) in &snap.buckets {
+                let le = match le {
+                    Some(us) => (*us as f64 / 1e6).to_string(),
+                    None => "+Inf".to_string(),
+                };
+                writeln!(
+                    o,
+                    "{name}_bucket{{listener=\"{listener}\",le=\"{le}\"}} {n}"
+                )
+                .unwrap();
+            }
+            writeln!(
+                o,
+                "{name}_sum{{listener=\"{listener}\"}} {}",
+                snap.sum_ns as f64 / 1e9
+            )
+            .unwrap();
+            writeln!(o, "{name}_count{{listener=\"{listener}\"}} {}", snap.count).unwrap();
+        }
+    }
     family(
         o,
         "ramdir_connections_total",
@@ -510,6 +543,8 @@ mod tests {
         let c = Counters::default();
         c.socketmap.requests.store(42, Ordering::Relaxed);
         c.socketmap.temp.store(2, Ordering::Relaxed);
+        c.socketmap.latency.observe(Duration::from_micros(40));
+        c.socketmap.latency.observe(Duration::from_millis(2));
         let doc = encode(&h, &c, None);
         assert!(doc.ends_with('\n'));
         for want in [
@@ -517,6 +552,13 @@ mod tests {
             "ramdir_replies_total{listener=\"socketmap\",kind=\"temp\"} 2\n",
             "ramdir_directory_entries{kind=\"users\"} 3\n",
             "ramdir_directory_authoritative 1\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"0.000025\"} 0\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"0.00005\"} 1\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"0.0025\"} 2\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"+Inf\"} 2\n",
+            "ramdir_request_duration_seconds_sum{listener=\"socketmap\"} 0.00204\n",
+            "ramdir_request_duration_seconds_count{listener=\"socketmap\"} 2\n",
+            "# TYPE ramdir_request_duration_seconds histogram\n",
             "# TYPE ramdir_requests_total counter\n",
             "# TYPE process_resident_memory_bytes gauge\n",
             &format!(
@@ -529,15 +571,22 @@ mod tests {
         // Every sample belongs to the family announced just before it, each
         // family once, counters end in _total.
         let mut seen = std::collections::HashSet::new();
-        let mut current = String::new();
+        let (mut current, mut histogram) = (String::new(), false);
         for line in doc.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
                 assert!(seen.insert(name.to_string()), "{name} twice");
                 assert!(kind != "counter" || name.ends_with("_total"), "{name}");
                 current = name.to_string();
+                histogram = kind == "histogram";
             } else if !line.starts_with('#') {
-                let name = line.split(['{', ' ']).next().unwrap();
+                let mut name = line.split(['{', ' ']).next().unwrap();
+                if histogram {
+                    name = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or_else(|| panic!("{line}"));
+                }
                 assert_eq!(name, current, "{line}");
                 let value = line.rsplit(' ').next().unwrap();
                 assert!(value.parse::<f64>().is_ok(), "{line}");

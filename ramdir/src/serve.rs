@@ -244,6 +244,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     }
 
     if let Some(m) = &config.metrics {
+        // Latency sampling costs the hot path a little: only when shown.
+        counters.socketmap.latency.enable();
+        counters.policy.latency.enable();
         let listener = tokio::net::TcpListener::bind(m.listen)
             .await
             .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;

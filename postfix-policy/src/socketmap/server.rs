@@ -94,6 +94,9 @@ pub struct Stats {
     /// `TEMP` and `TIMEOUT` answers (Postfix defers): counted where they
     /// are made, off the hot path, for `ramdir check` and metrics.
     pub temp: AtomicU64,
+    /// Time to answer a request (decode, look up, encode), sampled, while
+    /// metrics are on.
+    pub latency: ramdir_core::latency::Latency,
 }
 
 /// Count a reply that makes Postfix defer.
@@ -180,9 +183,11 @@ async fn serve_connection(
     tokio::pin!(stopping);
     let mut stopped = false;
     let mut counted = Counted { stats, pending: 0 };
+    let mut sampler = ramdir_core::latency::Sampler::default();
     loop {
         // Answer every complete request already buffered.
         loop {
+            let started = sampler.start(&stats.latency);
             let dir = directory.current();
             // Answer in place from the snapshot; only a miss the source must
             // settle copies the request out of the buffer.
@@ -223,6 +228,7 @@ async fn serve_connection(
                         }
                     }
                     counted.add();
+                    ramdir_core::latency::Sampler::finish(&stats.latency, started);
                 }
                 Ok(None) => break,
                 Err(e) => {

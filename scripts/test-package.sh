@@ -139,6 +139,7 @@ expect_file -rwxr-xr-x 0/0 usr/lib/nagios/plugins/check_ramdir
 grep -q "usr/share/man/man8/ramdir.8" "$WORK/contents" || fail "no ramdir(8)"
 grep -q "usr/share/man/man5/ramdir.toml.5" "$WORK/contents" || fail "no ramdir.toml(5)"
 expect_file -rw-r--r-- 0/0 etc/nagios-plugins/config/ramdir.cfg
+expect_file -rw-r--r-- 0/0 usr/share/doc/ramdir/examples/ramdir.socket
 UNIT_PATH=$(awk '$3 ~ /lib\/systemd\/system\/ramdir.service$/ { sub(/^\.\//, "", $3); print $3 }' "$WORK/contents" | head -n 1)
 [ -n "$UNIT_PATH" ] || fail "no ramdir.service in the package"
 mkdir "$WORK/ctl"
@@ -180,6 +181,10 @@ mkdir -p "$WORK/unit"
 sed -e "s#/usr/sbin/ramdir#$WORK/x/usr/sbin/ramdir#g" "$WORK/x/$UNIT_PATH" >"$UNIT"
 (cd "$WORK/unit" && MANPATH="$WORK/x/usr/share/man" SYSTEMD_LOG_COLOR=0 systemd-analyze verify ./ramdir.service) >"$WORK/verify" 2>&1 || true
 if [ -s "$WORK/verify" ]; then cat "$WORK/verify" >&2; fail "systemd-analyze verify printed something"; fi
+# The socket-activation example, with the service it starts.
+cp "$WORK/x/usr/share/doc/ramdir/examples/ramdir.socket" "$WORK/unit/"
+(cd "$WORK/unit" && MANPATH="$WORK/x/usr/share/man" SYSTEMD_LOG_COLOR=0 systemd-analyze verify ./ramdir.socket ./ramdir.service) >"$WORK/verify" 2>&1 || true
+if [ -s "$WORK/verify" ]; then cat "$WORK/verify" >&2; fail "systemd-analyze verify ramdir.socket printed something"; fi
 
 say "systemd-analyze security --offline=true"
 systemd-analyze security --offline=true --threshold=20 "$UNIT" >"$WORK/security" 2>&1 || { cat "$WORK/security" >&2; fail "exposure above 2.0"; }

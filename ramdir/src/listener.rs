@@ -3,13 +3,73 @@
 //! never delete a file that is not a socket, then apply mode, owner and group
 //! (Postfix's daemons connect as `postfix`, Dovecot's as `dovecot` and root).
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
 use crate::config::ListenerConfig;
+
+/// Listening Unix sockets systemd passed in (socket activation,
+/// `LISTEN_FDS`; sd_listen_fds(3)), by path. Outside systemd it is empty
+/// and every listener binds its own socket.
+#[derive(Debug, Default)]
+pub struct Inherited(HashMap<PathBuf, std::os::unix::net::UnixListener>);
+
+impl Inherited {
+    /// Take over the descriptors systemd passed to this process. Call
+    /// before any thread starts: it clears `LISTEN_FDS`/`LISTEN_PID`.
+    pub fn from_env() -> Inherited {
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut map = HashMap::new();
+        for i in 0..fds.len() {
+            match fds.take_unix_listener(i) {
+                Ok(Some(l)) => match l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                {
+                    Some(p) => {
+                        map.insert(p, l);
+                    }
+                    None => tracing::warn!(fd = i + 3, "inherited socket has no path; ignored"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(fd = i + 3, error = %e, "inherited descriptor is not a Unix listening socket; ignored")
+                }
+            }
+        }
+        Inherited(map)
+    }
+
+    /// Inherited sockets no listener asked for (a `.socket` unit that
+    /// does not match the configuration).
+    pub fn unused(&self) -> impl Iterator<Item = &Path> {
+        self.0.keys().map(PathBuf::as_path)
+    }
+}
+
+/// The listener's socket: the one systemd passed for its path if any (its
+/// mode, owner and group are the `.socket` unit's; it outlives ramdir, so
+/// it is not removed at exit), otherwise bound here ([`bind`]; its path is
+/// added to `ours` for removal at exit).
+pub fn open(
+    cfg: &ListenerConfig,
+    inherited: &mut Inherited,
+    ours: &mut Vec<PathBuf>,
+) -> io::Result<UnixListener> {
+    if let Some(l) = inherited.0.remove(&cfg.path) {
+        l.set_nonblocking(true)?;
+        tracing::info!(socket = %cfg.path.display(), "using the socket systemd passed (socket activation)");
+        return UnixListener::from_std(l);
+    }
+    let l = bind(cfg)?;
+    ours.push(cfg.path.clone());
+    Ok(l)
+}
 
 /// Bind the listener's socket and set its permissions. If mode, owner or
 /// group cannot be applied, the socket just created is removed again: a

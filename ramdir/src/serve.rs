@@ -94,12 +94,14 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
     if config.dict.is_some() && config.quota.is_none() {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
+    // Before any thread exists: taking the fds clears LISTEN_FDS.
+    let inherited = listener::Inherited::from_env();
     let dir = load_directory(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ramdir")
         .build()?;
-    runtime.block_on(run(config, dir))
+    runtime.block_on(run(config, dir, inherited))
 }
 
 /// Attempts to open the usage store: a `ramdir query`/`explain` run while
@@ -126,7 +128,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
+async fn run(
+    config: Config,
+    dir: Directory,
+    mut inherited: listener::Inherited,
+) -> Result<(), CmdError> {
     // Before anything answers: a SIGTERM that arrives while listeners are
     // still starting must shut down cleanly (and run the shutdown steps).
     let mut hup = signal(SignalKind::hangup())?;
@@ -165,8 +171,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     };
 
     if let Some(l) = &config.socketmap {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = socketmap::server::Config {
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
@@ -179,8 +184,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     }
 
     if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = policy::server::Config {
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
@@ -202,8 +206,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             .over_quota_reply
             .parse()
             .map_err(|e| format!("[quota] over_quota_reply for the milter: {e}"))?;
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = ramdir_milter::Config {
             max_connections: l.max_connections,
             grace: q.grace,
@@ -220,8 +223,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             writer: ramdir_core::usage::Writer::start(store.clone()),
             store: store.clone(),
         });
-        let listener = listener::bind(&d.listener)?;
-        sockets.push(d.listener.path.clone());
+        let listener = listener::open(&d.listener, &mut inherited, &mut sockets)?;
         let cfg = dict::Config {
             max_connections: d.listener.max_connections,
             idle_timeout: d.listener.idle_timeout,
@@ -235,8 +237,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     }
 
     if let Some(l) = &config.stats {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "stats listening");
@@ -265,6 +266,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
+    for p in inherited.unused() {
+        tracing::warn!(socket = %p.display(), "systemd passed a socket no listener is configured for");
+    }
     let supervisor = tokio::spawn(crate::systemd::supervise(
         handle.clone(),
         ldap.clone(),

@@ -99,3 +99,66 @@ fn notifies_ready_status_reload_watchdog_and_stopping() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Socket activation: systemd-socket-activate (from the systemd package)
+/// plays the `.socket` unit: it owns the socket, starts ramdir on the
+/// first connection with `LISTEN_FDS`, and ramdir answers on that socket
+/// instead of binding its own, and leaves it in place when it stops (so
+/// Postfix finds it during a restart).
+#[test]
+fn serves_a_socket_passed_by_systemd_and_leaves_it_in_place() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.passwd");
+    std::fs::write(
+        &users,
+        "alice@example.org:{PLAIN}x:5000:5000::/home/alice::\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("socketmap");
+    let config = dir.path().join("ramdir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[directory]\npasswd_files = [{:?}]\nwatch_files = false\n\
+             [socketmap]\nlisten = \"unix:{}\"\n",
+            users.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(env!("CARGO_BIN_EXE_ramdir"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let deadline = Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no socket from systemd-socket-activate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts ramdir, which answers on it.
+    let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    c.write_all(b"27:mailboxes alice@example.org,").unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"20:OK alice@example.org,");
+    drop(c);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("socket activation"), "{text}");
+    let pid = child.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    assert!(child.wait().unwrap().success());
+    // Not ramdir's to remove.
+    assert!(socket.exists(), "the inherited socket was removed");
+}

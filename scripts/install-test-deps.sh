@@ -19,8 +19,11 @@ done
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+# The Debian 13 root (Postfix 3.10, Dovecot 2.4) the tests also run;
+# RAMDIR_TRIXIE_ROOT survives sudo.
 trixie_root() {
-    $SUDO "$(dirname "$0")/trixie-root.sh"
+    $SUDO env RAMDIR_TRIXIE_ROOT="${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}" \
+        "$(dirname "$0")/trixie-root.sh"
 }
 
 if [ -z "$missing" ]; then

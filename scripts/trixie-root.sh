@@ -72,7 +72,7 @@ command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (scr
 
 BUILD="$ROOT.build"
 started=$(date +%s)
-echo "trixie-root: building $ROOT (debootstrap trixie; about 80 s and 500 MB, once per machine)"
+echo "trixie-root: building $ROOT (debootstrap trixie; 35-90 s and about 350 MB, once per machine)"
 remove_tree "$BUILD"
 
 cleanup() {

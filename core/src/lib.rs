@@ -31,6 +31,7 @@ pub mod check;
 pub mod directory;
 pub mod fallback;
 pub mod files;
+pub mod latency;
 pub mod lookup;
 pub mod maps;
 pub mod model;

@@ -925,6 +925,28 @@ pub fn documented_24_block() -> String {
     body
 }
 
+/// The first unlabelled fenced code block (a line ```` ``` ```` … ```` ``` ````)
+/// of Markdown `text` that contains `needle`, with a final newline.
+pub fn code_block(text: &str, needle: &str) -> Option<String> {
+    // (is the open block unlabelled, its lines)
+    let mut block: Option<(bool, Vec<&str>)> = None;
+    for line in text.lines() {
+        match (&mut block, line.strip_prefix("```")) {
+            (None, Some(label)) => block = Some((label.is_empty(), Vec::new())),
+            (Some((unlabelled, b)), Some(_)) => {
+                let body = b.join("\n");
+                if *unlabelled && body.contains(needle) {
+                    return Some(body + "\n");
+                }
+                block = None;
+            }
+            (Some((_, b)), None) => b.push(line),
+            (None, None) => {}
+        }
+    }
+    None
+}
+
 /// The first unlabelled fenced code block containing `needle` in the
 /// section `heading` of docs/dovecot.md (up to the next `## ` heading).
 /// Panics, naming the file, when the docs lost it.
@@ -943,21 +965,8 @@ pub fn documented_block_in(file: &str, heading: &str, needle: &str) -> String {
         .split_once(heading)
         .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
         .unwrap_or_else(|| panic!("{} has no {heading:?}", path.display()));
-    // (is the open block unlabelled, its lines)
-    let mut block: Option<(bool, Vec<&str>)> = None;
-    for line in section.lines() {
-        match (&mut block, line.strip_prefix("```")) {
-            (None, Some(label)) => block = Some((label.is_empty(), Vec::new())),
-            (Some((unlabelled, b)), Some(_)) => {
-                let body = b.join("\n");
-                if *unlabelled && body.contains(needle) {
-                    return body + "\n";
-                }
-                block = None;
-            }
-            (Some((_, b)), None) => b.push(line),
-            (None, None) => {}
-        }
+    if let Some(b) = code_block(section, needle) {
+        return b;
     }
     panic!(
         "no code block with {needle:?} under {heading:?} in {}",
@@ -1954,6 +1963,17 @@ mod tests {
             "* 1 FETCH (BODY[] {5}ab\r\nc)"
         );
         assert_eq!(read_imap_line(&mut r).unwrap(), "a1 OK done");
+    }
+
+    #[test]
+    fn code_blocks_are_found_past_labelled_ones() {
+        let md = "x\n```sh\nrun driver = lua\n```\ntext\n```\na = 1\n```\n```\ndriver = lua\n```\n";
+        assert_eq!(
+            code_block(md, "driver = lua").as_deref(),
+            Some("driver = lua\n")
+        );
+        assert_eq!(code_block(md, "a = 1").as_deref(), Some("a = 1\n"));
+        assert_eq!(code_block(md, "run"), None);
     }
 
     #[test]

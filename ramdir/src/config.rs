@@ -61,6 +61,7 @@ struct RawConfig {
     stats: Option<RawStats>,
     postfix_map: Option<RawPostfixMap>,
     dovecot_map: Option<RawDovecotMap>,
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +71,12 @@ struct RawDovecotMap {
     mode: Option<Spanned<String>>,
     group: Option<String>,
     on_stop: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +222,8 @@ pub struct Config {
     pub postfix_map: Option<PostfixMapConfig>,
     /// The snapshot files for `libauthdb_ramdir.so`, if enabled.
     pub dovecot_map: Option<DovecotMapConfig>,
+    /// The Prometheus endpoint, if enabled.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// `[dovecot_map]`: where ramdir publishes passdb and userdb answers for
@@ -232,6 +241,13 @@ pub struct DovecotMapConfig {
     pub group: Option<String>,
     /// Mark the files unavailable (Dovecot tempfails) when ramdir stops.
     pub unavailable_on_stop: bool,
+}
+
+/// `[metrics]`: where `GET /metrics` is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// TCP address (`127.0.0.1:9156`).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[postfix_map]`: where ramdir publishes its tables for the in-process
@@ -730,6 +746,21 @@ impl Config {
                 })
             }
         };
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => {
+                let listen = m.listen.get_ref().parse().map_err(|_| {
+                    err(
+                        m.listen.span(),
+                        format!(
+                            "listen = {:?}: want an address and port, e.g. \"127.0.0.1:9156\"",
+                            m.listen.get_ref()
+                        ),
+                    )
+                })?;
+                Some(MetricsConfig { listen })
+            }
+        };
         for (section, on) in [
             ("[policy]", policy.is_some()),
             ("[milter]", milter.is_some()),
@@ -759,6 +790,7 @@ impl Config {
             stats,
             postfix_map,
             dovecot_map,
+            metrics,
         })
     }
 }
@@ -897,6 +929,60 @@ idle_timeout_secs = 300
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
         assert_eq!(q.grace, Grace::Percent(5));
         assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
+    }
+
+    /// The Debian package's conffile: valid as shipped ([stats] only), and
+    /// every commented-out key in it is a real key with a valid example.
+    #[test]
+    fn debian_conffile_parses_as_shipped_and_uncommented() {
+        let shipped = include_str!("../../debian/ramdir.toml");
+        let c = parse(shipped).unwrap();
+        assert!(c.socketmap.is_none() && c.dict.is_none() && c.ldap.is_none());
+        let stats = c.stats.unwrap();
+        assert_eq!(stats.path, Path::new("/run/ramdir/stats.sock"));
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let sm = c.socketmap.unwrap();
+        assert_eq!(sm.path, Path::new("/var/spool/postfix/ramdir/socketmap"));
+        assert_eq!(sm.mode, 0o666);
+        assert!(
+            sm.group.is_none(),
+            "an unprivileged ramdir cannot chgrp to postfix"
+        );
+        assert_eq!(
+            c.policy.unwrap().path,
+            Path::new("/var/spool/postfix/ramdir/policy")
+        );
+        assert_eq!(
+            c.milter.unwrap().path,
+            Path::new("/var/spool/postfix/ramdir/milter")
+        );
+        assert_eq!(c.dict.unwrap().listener.mode, 0o660);
+        assert!(c.ldap.is_some() && c.quota.is_some() && c.postfix_map.is_some());
+        assert_eq!(c.directory.sources.passwd_files.len(), 1);
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9156\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9156".parse().unwrap());
+        let e = parse("[metrics]\nlisten = \"unix:/x\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("address and port"), "{e}");
     }
 
     #[test]

@@ -3,27 +3,124 @@
 //! never delete a file that is not a socket, then apply mode, owner and group
 //! (Postfix's daemons connect as `postfix`, Dovecot's as `dovecot` and root).
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
 use crate::config::ListenerConfig;
 
-/// Bind the listener's socket and set its permissions.
+/// Listening Unix sockets systemd passed in (socket activation,
+/// `LISTEN_FDS`; sd_listen_fds(3)), by path. Outside systemd it is empty
+/// and every listener binds its own socket.
+#[derive(Debug, Default)]
+pub struct Inherited(HashMap<PathBuf, std::os::unix::net::UnixListener>);
+
+impl Inherited {
+    /// Take over the descriptors systemd passed to this process. Call
+    /// before any thread starts: it clears `LISTEN_FDS`/`LISTEN_PID`.
+    pub fn from_env() -> Inherited {
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut map = HashMap::new();
+        for i in 0..fds.len() {
+            match fds.take_unix_listener(i) {
+                Ok(Some(l)) => match l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                {
+                    Some(p) => {
+                        map.insert(p, l);
+                    }
+                    None => tracing::warn!(fd = i + 3, "inherited socket has no path; ignored"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(fd = i + 3, error = %e, "inherited descriptor is not a Unix listening socket; ignored")
+                }
+            }
+        }
+        Inherited(map)
+    }
+
+    /// Inherited sockets no listener asked for (a `.socket` unit that
+    /// does not match the configuration).
+    pub fn unused(&self) -> impl Iterator<Item = &Path> {
+        self.0.keys().map(PathBuf::as_path)
+    }
+}
+
+/// The listener's socket: the one systemd passed for its path if any (its
+/// mode, owner and group are the `.socket` unit's; it outlives ramdir, so
+/// it is not removed at exit), otherwise bound here ([`bind`]; its path is
+/// added to `ours` for removal at exit).
+pub fn open(
+    cfg: &ListenerConfig,
+    inherited: &mut Inherited,
+    ours: &mut Vec<PathBuf>,
+) -> io::Result<UnixListener> {
+    if let Some(l) = inherited.0.remove(&cfg.path) {
+        l.set_nonblocking(true)?;
+        tracing::info!(socket = %cfg.path.display(), "using the socket systemd passed (socket activation)");
+        return UnixListener::from_std(l);
+    }
+    let l = bind(cfg)?;
+    ours.push(cfg.path.clone());
+    Ok(l)
+}
+
+/// Bind the listener's socket and set its permissions. If mode, owner or
+/// group cannot be applied, the socket just created is removed again: a
+/// failed start leaves no file behind for the next one to trip over.
 pub fn bind(cfg: &ListenerConfig) -> io::Result<UnixListener> {
     let path = &cfg.path;
     remove_stale(path)?;
     let listener = UnixListener::bind(path).map_err(|e| annotate(e, "bind", path))?;
+    match set_permissions(cfg) {
+        Ok(()) => Ok(listener),
+        Err(e) => {
+            drop(listener);
+            cleanup(path);
+            Err(e)
+        }
+    }
+}
+
+fn set_permissions(cfg: &ListenerConfig) -> io::Result<()> {
+    let path = &cfg.path;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode))
         .map_err(|e| annotate(e, "chmod", path))?;
     let uid = cfg.owner.as_deref().map(resolve_user).transpose()?;
     let gid = cfg.group.as_deref().map(resolve_group).transpose()?;
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::chown(path, uid, gid).map_err(|e| annotate(e, "chown", path))?;
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
     }
-    Ok(listener)
+    std::os::unix::fs::chown(path, uid, gid).map_err(|e| {
+        if e.kind() != io::ErrorKind::PermissionDenied {
+            return annotate(e, "chown", path);
+        }
+        // The common case: an unprivileged ramdir asked to hand its socket
+        // to a group it is not a member of. Say what to do instead.
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name);
+        io::Error::new(
+            e.kind(),
+            format!(
+                "chown {} to owner {:?} group {:?}: {e}: ramdir runs as user {me}, which may \
+                 only give a socket to a group it is a member of; leave owner and group \
+                 unset and let the socket's directory guard access (the Debian package's \
+                 /var/spool/postfix/ramdir is ramdir:postfix 0750, sockets mode 0666), \
+                 or add {me} to that group",
+                path.display(),
+                cfg.owner.as_deref().unwrap_or("-"),
+                cfg.group.as_deref().unwrap_or("-"),
+            ),
+        )
+    })
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -92,6 +189,7 @@ pub fn cleanup(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn cfg(path: &Path) -> ListenerConfig {
@@ -123,6 +221,50 @@ mod tests {
         std::fs::write(&f, "keep").unwrap();
         assert!(bind(&cfg(&f)).is_err());
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep");
+    }
+
+    #[tokio::test]
+    async fn a_refused_chown_is_a_clear_error_and_leaves_no_socket() {
+        if nix::unistd::geteuid().is_root() {
+            // Root may chown to anyone; run the refusal as an unprivileged
+            // user in a child so the test means the same everywhere.
+            let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+                panic!("no user nobody");
+            };
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            let p = dir.path().join("s");
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid", &nobody.uid.to_string(), "--regid"])
+                .arg(nobody.gid.to_string())
+                .args(["--clear-groups", "--"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "listener::tests::a_refused_chown_is_a_clear_error_and_leaves_no_socket",
+                    "--nocapture",
+                ])
+                .env("RAMDIR_TEST_SOCKET", &p)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{out:?}"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = std::env::var_os("RAMDIR_TEST_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("s"));
+        let mut c = cfg(&p);
+        c.group = Some("0".into()); // root's group: never ours when not root
+        let e = bind(&c).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        let msg = e.to_string();
+        assert!(msg.contains("chown") && msg.contains("member"), "{msg}");
+        assert!(std::fs::symlink_metadata(&p).is_err(), "socket left behind");
     }
 
     #[test]

@@ -69,29 +69,40 @@ enum Trigger {
 
 /// Run the daemon. Returns when a termination signal has been handled.
 pub fn serve(config: Config) -> Result<(), CmdError> {
-    if config.socketmap.is_none()
+    let mail_off = config.socketmap.is_none()
         && config.dict.is_none()
         && config.policy.is_none()
         && config.milter.is_none()
         && config.postfix_map.is_none()
-        && config.dovecot_map.is_none()
-    {
+        && config.dovecot_map.is_none();
+    if mail_off && config.stats.is_none() && config.metrics.is_none() {
         return Err(format!(
             "{}: nothing to serve: no listener section \
-             ([socketmap], [policy], [milter], [dict], [postfix_map], [dovecot_map]) is configured",
+             ([socketmap], [policy], [milter], [dict], [postfix_map], [dovecot_map], [stats]) is configured",
             config.path.display()
         )
         .into());
     }
+    if mail_off {
+        // The Debian package's shipped configuration: the daemon runs and
+        // reports, and answers no mail question until the operator says how.
+        tracing::warn!(
+            config = %config.path.display(),
+            "no mail listener configured ([socketmap], [policy], [milter], [dict], \
+             [postfix_map], [dovecot_map]): serving [stats] only"
+        );
+    }
     if config.dict.is_some() && config.quota.is_none() {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
+    // Before any thread exists: taking the fds clears LISTEN_FDS.
+    let inherited = listener::Inherited::from_env();
     let dir = load_directory(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ramdir")
         .build()?;
-    runtime.block_on(run(config, dir))
+    runtime.block_on(run(config, dir, inherited))
 }
 
 /// Attempts to open the usage store: a `ramdir query`/`explain` run while
@@ -118,7 +129,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
+async fn run(
+    config: Config,
+    dir: Directory,
+    mut inherited: listener::Inherited,
+) -> Result<(), CmdError> {
     // Before anything answers: a SIGTERM that arrives while listeners are
     // still starting must shut down cleanly (and run the shutdown steps).
     let mut hup = signal(SignalKind::hangup())?;
@@ -157,8 +172,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     };
 
     if let Some(l) = &config.socketmap {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = socketmap::server::Config {
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
@@ -171,8 +185,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     }
 
     if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = policy::server::Config {
             max_connections: l.max_connections,
             idle_timeout: l.idle_timeout,
@@ -194,8 +207,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             .over_quota_reply
             .parse()
             .map_err(|e| format!("[quota] over_quota_reply for the milter: {e}"))?;
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = ramdir_milter::Config {
             max_connections: l.max_connections,
             grace: q.grace,
@@ -212,8 +224,7 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
             writer: ramdir_core::usage::Writer::start(store.clone()),
             store: store.clone(),
         });
-        let listener = listener::bind(&d.listener)?;
-        sockets.push(d.listener.path.clone());
+        let listener = listener::open(&d.listener, &mut inherited, &mut sockets)?;
         let cfg = dict::Config {
             max_connections: d.listener.max_connections,
             idle_timeout: d.listener.idle_timeout,
@@ -227,12 +238,24 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     }
 
     if let Some(l) = &config.stats {
-        let listener = listener::bind(l)?;
-        sockets.push(l.path.clone());
+        let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "stats listening");
         servers.spawn(async move { stats::run(listener, h, c, src, stop).await });
+    }
+
+    if let Some(m) = &config.metrics {
+        // Latency sampling costs the hot path a little: only when shown.
+        counters.socketmap.latency.enable();
+        counters.policy.latency.enable();
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
+        let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
+        servers.spawn(async move { crate::metrics::run(listener, h, c, src, stop).await });
     }
 
     let publisher = match &config.postfix_map {
@@ -258,6 +281,15 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         None => None,
     };
 
+    for p in inherited.unused() {
+        tracing::warn!(socket = %p.display(), "systemd passed a socket no listener is configured for");
+    }
+    let supervisor = tokio::spawn(crate::systemd::supervise(
+        handle.clone(),
+        ldap.clone(),
+        stop_rx.clone(),
+    ));
+
     let (change_tx, mut change_rx) = mpsc::channel::<()>(16);
     let mut config = config;
     let mut watcher = start_watcher(&config, change_tx.clone());
@@ -266,7 +298,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
+                crate::systemd::reloading();
                 reload(&mut config, &handle, ldap.as_deref(), Trigger::Signal).await;
+                crate::systemd::ready(&handle, ldap.as_deref());
                 watcher = start_watcher(&config, change_tx.clone());
             }
             Some(()) = change_rx.recv() => {
@@ -292,7 +326,9 @@ async fn run(config: Config, dir: Directory) -> Result<(), CmdError> {
     };
     drop(watcher);
     tracing::info!("shutting down");
+    crate::systemd::stopping();
     let _ = stop_tx.send(true);
+    let _ = supervisor.await;
     while servers.join_next().await.is_some() {}
     if let Some(t) = ldap_task {
         // Lets the LDAP source write its final warm snapshot.
@@ -357,6 +393,7 @@ async fn reload(
         || new_cfg.stats != config.stats
         || new_cfg.postfix_map != config.postfix_map
         || new_cfg.dovecot_map != config.dovecot_map
+        || new_cfg.metrics != config.metrics
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

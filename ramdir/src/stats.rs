@@ -60,6 +60,7 @@ pub fn document(
         "socketmap": {
             "connections": load(&c.socketmap.connections),
             "requests": load(&c.socketmap.requests),
+            "temp": load(&c.socketmap.temp),
             "protocol_errors": load(&c.socketmap.protocol_errors),
         },
         "policy": {
@@ -104,17 +105,58 @@ pub async fn run(
     }
 }
 
+/// Why the document could not be read.
+#[derive(Debug)]
+pub enum FetchError {
+    /// Nothing listens on the socket (no file, or connection refused):
+    /// ramdir is not running.
+    NotRunning(String),
+    /// The daemon did not answer in time.
+    Timeout(String),
+    /// Anything else (permissions, garbage).
+    Other(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::NotRunning(m) | FetchError::Timeout(m) | FetchError::Other(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Read and parse the document, giving up after `timeout`.
+pub fn fetch_value(socket: &Path, timeout: Duration) -> Result<serde_json::Value, FetchError> {
+    use std::io::ErrorKind as K;
+    let s = socket.display();
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+        K::NotFound | K::ConnectionRefused => {
+            FetchError::NotRunning(format!("ramdir is not running (connect {s}: {e})"))
+        }
+        _ => FetchError::Other(format!("connect {s}: {e}")),
+    })?;
+    let io = |e: std::io::Error| match e.kind() {
+        K::WouldBlock | K::TimedOut => FetchError::Timeout(format!(
+            "no answer on {s} within {}s",
+            timeout.as_secs_f64()
+        )),
+        _ => FetchError::Other(format!("read {s}: {e}")),
+    };
+    conn.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).map_err(io)?;
+    serde_json::from_str(&text).map_err(|e| FetchError::Other(format!("{s}: bad document: {e}")))
+}
+
 /// `ramdir stats`: read the document from a running daemon.
 pub fn fetch(socket: &Path) -> Result<String, CmdError> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "connect {}: {e} (is ramdir running with [stats]?)",
-            socket.display()
-        )
+    let v = fetch_value(socket, WRITE_TIMEOUT).map_err(|e| match e {
+        FetchError::NotRunning(m) => format!("{m} (is ramdir running with [stats]?)"),
+        e => e.to_string(),
     })?;
-    s.set_read_timeout(Some(WRITE_TIMEOUT))?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
     Ok(serde_json::to_string_pretty(&v)?)
 }

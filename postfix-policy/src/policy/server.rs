@@ -74,6 +74,8 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Connections closed for a protocol error.
     pub protocol_errors: AtomicU64,
+    /// Time to decide a request, sampled, while metrics are on.
+    pub latency: ramdir_core::latency::Latency,
 }
 
 /// Serve policy requests on `listener` until `shutdown` completes.
@@ -147,12 +149,14 @@ async fn serve_connection(
     tokio::pin!(stopping);
     let (mut stopped, mut reads, mut reads_when_armed) = (false, 0u64, 0u64);
     let mut answered = 0u64;
+    let mut sampler = ramdir_core::latency::Sampler::default();
     let result = 'conn: loop {
         loop {
             // Parsed in place: the request borrows from `buf` until its
             // bytes are dropped after the answer.
             match PolicyRequest::parse_into(&buf, std::mem::take(&mut attrs)) {
                 Ok(Some((req, used))) => {
+                    let started = sampler.start(&stats.latency);
                     let action = decide(
                         &req,
                         &directory.current(),
@@ -162,6 +166,7 @@ async fn serve_connection(
                         Instant::now(),
                     );
                     action.encode(&mut out);
+                    ramdir_core::latency::Sampler::finish(&stats.latency, started);
                     attrs = req.recycle();
                     buf.advance(used);
                     answered += 1;

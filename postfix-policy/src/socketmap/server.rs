@@ -91,6 +91,19 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Connections closed for a protocol error.
     pub protocol_errors: AtomicU64,
+    /// `TEMP` and `TIMEOUT` answers (Postfix defers): counted where they
+    /// are made, off the hot path, for `ramdir check` and metrics.
+    pub temp: AtomicU64,
+    /// Time to answer a request (decode, look up, encode), sampled, while
+    /// metrics are on.
+    pub latency: ramdir_core::latency::Latency,
+}
+
+/// Count a reply that makes Postfix defer.
+fn count_temp(stats: &Stats, reply: &Reply) {
+    if matches!(reply, Reply::Temp(_) | Reply::Timeout(_)) {
+        stats.temp.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Serve socketmap requests on `listener` until `shutdown` completes, then
@@ -170,9 +183,11 @@ async fn serve_connection(
     tokio::pin!(stopping);
     let mut stopped = false;
     let mut counted = Counted { stats, pending: 0 };
+    let mut sampler = ramdir_core::latency::Sampler::default();
     loop {
         // Answer every complete request already buffered.
         loop {
+            let started = sampler.start(&stats.latency);
             let dir = directory.current();
             // Answer in place from the snapshot; only a miss the source must
             // settle copies the request out of the buffer.
@@ -202,12 +217,18 @@ async fn serve_connection(
                 Ok(Some(answered)) => {
                     match answered {
                         Ok(None) => {}
-                        Ok(Some(reply)) => reply.encode(&mut out),
-                        Err(req) => answer_request(directory, config, &req)
-                            .await
-                            .encode(&mut out),
+                        Ok(Some(reply)) => {
+                            count_temp(stats, &reply);
+                            reply.encode(&mut out);
+                        }
+                        Err(req) => {
+                            let reply = answer_request(directory, config, &req).await;
+                            count_temp(stats, &reply);
+                            reply.encode(&mut out);
+                        }
                     }
                     counted.add();
+                    ramdir_core::latency::Sampler::finish(&stats.latency, started);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -360,6 +381,12 @@ mod tests {
             }
         }
         assert_eq!(replies, [Reply::Ok("x.org".into()), Reply::NotFound]);
+        // An unknown table is TEMP, and counted as such (found and
+        // not-found answers are not).
+        assert_eq!(srv.stats.temp.load(Ordering::Relaxed), 0);
+        let temp = roundtrip(&mut c, b"14:nosuch a@x.org,").await;
+        assert!(temp.windows(4).any(|w| w == b"TEMP"));
+        assert_eq!(srv.stats.temp.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -152,16 +152,41 @@ pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>)
         "listener=\"dict\"",
         load(&c.dict.commands),
     );
+    let sm = &c.socketmap;
+    let (requests, found, temp, perm) = (
+        load(&sm.requests),
+        load(&sm.found),
+        load(&sm.temp),
+        load(&sm.perm),
+    );
+    // TEMP and PERM are counted at once, the others per batch: clamp the
+    // difference rather than go below zero between two flushes.
+    let notfound = requests.saturating_sub(found + temp + perm);
     family(
         o,
         "ramdir_replies_total",
         "counter",
-        "Replies by kind where they are counted: socketmap TEMP/TIMEOUT (Postfix defers).",
+        "Socketmap replies by kind: found (OK), notfound, temp (TEMP/TIMEOUT: Postfix defers), perm.",
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"found\"",
+        found,
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"notfound\"",
+        notfound,
     )
     .sample(
         "ramdir_replies_total",
         "listener=\"socketmap\",kind=\"temp\"",
-        load(&c.socketmap.temp),
+        temp,
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"perm\"",
+        perm,
     );
     {
         let name = "ramdir_request_duration_seconds";
@@ -543,6 +568,7 @@ mod tests {
         let c = Counters::default();
         c.socketmap.requests.store(42, Ordering::Relaxed);
         c.socketmap.temp.store(2, Ordering::Relaxed);
+        c.socketmap.found.store(30, Ordering::Relaxed);
         c.socketmap.latency.observe(Duration::from_micros(40));
         c.socketmap.latency.observe(Duration::from_millis(2));
         let doc = encode(&h, &c, None);
@@ -550,6 +576,8 @@ mod tests {
         for want in [
             "ramdir_requests_total{listener=\"socketmap\"} 42\n",
             "ramdir_replies_total{listener=\"socketmap\",kind=\"temp\"} 2\n",
+            "ramdir_replies_total{listener=\"socketmap\",kind=\"found\"} 30\n",
+            "ramdir_replies_total{listener=\"socketmap\",kind=\"notfound\"} 10\n",
             "ramdir_directory_entries{kind=\"users\"} 3\n",
             "ramdir_directory_authoritative 1\n",
             "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"0.000025\"} 0\n",

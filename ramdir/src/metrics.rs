@@ -36,6 +36,15 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients served at once; one Prometheus needs one.
 const MAX_SCRAPES: usize = 4;
 
+/// Figures from parts that exist only with some configurations.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The quota usage store (`[quota]`).
+    pub store: Option<Arc<ramdir_core::usage::UsageStore>>,
+    /// The generation `[postfix_map]` last published.
+    pub map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
 /// The content type of the text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -115,7 +124,12 @@ fn process() -> Option<Process> {
 }
 
 /// The exposition document.
-pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>) -> String {
+pub fn encode(
+    handle: &DirectoryHandle,
+    c: &Counters,
+    ldap: Option<&LdapSource>,
+    extras: &Extras,
+) -> String {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
     let o = &mut out;
@@ -393,6 +407,48 @@ pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>)
         );
     }
 
+    if let Some(store) = &extras.store {
+        let st = store.commit_stats();
+        family(
+            o,
+            "ramdir_quota_store_commits_total",
+            "counter",
+            "Durable commits of the quota usage store (group commits).",
+        )
+        .sample("ramdir_quota_store_commits_total", "", load(&st.commits));
+        family(
+            o,
+            "ramdir_quota_store_transactions_total",
+            "counter",
+            "Usage transactions committed to the quota usage store.",
+        )
+        .sample(
+            "ramdir_quota_store_transactions_total",
+            "",
+            load(&st.transactions),
+        );
+        family(
+            o,
+            "ramdir_quota_store_commit_failures_total",
+            "counter",
+            "Group commits of the quota usage store that failed.",
+        )
+        .sample(
+            "ramdir_quota_store_commit_failures_total",
+            "",
+            load(&st.failures),
+        );
+    }
+    if let Some(g) = &extras.map_generation {
+        family(
+            o,
+            "ramdir_postfix_map_generation",
+            "gauge",
+            "Directory generation last published for postfix-ramdir.so.",
+        )
+        .sample("ramdir_postfix_map_generation", "", load(g));
+    }
+
     if let Some(p) = process() {
         family(
             o,
@@ -471,6 +527,7 @@ async fn serve_client(
     handle: &DirectoryHandle,
     counters: &Counters,
     ldap: Option<&LdapSource>,
+    extras: &Extras,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -488,7 +545,7 @@ async fn serve_client(
         head.extend_from_slice(&buf[..n]);
     }
     let is_head = head.starts_with(b"HEAD ");
-    let (status, body) = respond(&head, || encode(handle, counters, ldap));
+    let (status, body) = respond(&head, || encode(handle, counters, ldap, extras));
     let ctype = if status.starts_with("200") {
         CONTENT_TYPE
     } else {
@@ -513,6 +570,7 @@ pub async fn run(
     handle: Arc<DirectoryHandle>,
     counters: Arc<Counters>,
     ldap: Option<Arc<LdapSource>>,
+    extras: Extras,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
@@ -533,11 +591,18 @@ pub async fn run(
             tracing::debug!("metrics: too many clients at once; closing one");
             continue;
         };
-        let (h, c, l) = (handle.clone(), counters.clone(), ldap.clone());
+        let (h, c, l, x) = (
+            handle.clone(),
+            counters.clone(),
+            ldap.clone(),
+            extras.clone(),
+        );
         tokio::spawn(async move {
-            let r =
-                tokio::time::timeout(CLIENT_TIMEOUT, serve_client(stream, &h, &c, l.as_deref()))
-                    .await;
+            let r = tokio::time::timeout(
+                CLIENT_TIMEOUT,
+                serve_client(stream, &h, &c, l.as_deref(), &x),
+            )
+            .await;
             if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
                 tracing::debug!(error = %e, "metrics client");
             }
@@ -571,7 +636,14 @@ mod tests {
         c.socketmap.found.store(30, Ordering::Relaxed);
         c.socketmap.latency.observe(Duration::from_micros(40));
         c.socketmap.latency.observe(Duration::from_millis(2));
-        let doc = encode(&h, &c, None);
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(ramdir_core::usage::UsageStore::open(&dir.path().join("q.redb")).unwrap());
+        let extras = Extras {
+            store: Some(store),
+            map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(7))),
+        };
+        let doc = encode(&h, &c, None, &extras);
         assert!(doc.ends_with('\n'));
         for want in [
             "ramdir_requests_total{listener=\"socketmap\"} 42\n",
@@ -587,6 +659,8 @@ mod tests {
             "ramdir_request_duration_seconds_sum{listener=\"socketmap\"} 0.00204\n",
             "ramdir_request_duration_seconds_count{listener=\"socketmap\"} 2\n",
             "# TYPE ramdir_request_duration_seconds histogram\n",
+            "ramdir_quota_store_commits_total 0\n",
+            "ramdir_postfix_map_generation 7\n",
             "# TYPE ramdir_requests_total counter\n",
             "# TYPE process_resident_memory_bytes gauge\n",
             &format!(
@@ -665,6 +739,7 @@ mod tests {
             Arc::new(handle(1)),
             Arc::new(Counters::default()),
             None,
+            Extras::default(),
             async {
                 let _ = rx.await;
             },

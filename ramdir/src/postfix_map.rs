@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Running {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// The directory generation last published (for metrics).
+    pub published: Arc<AtomicU64>,
 }
 
 impl Running {
@@ -88,19 +90,26 @@ pub fn start(cfg: &PostfixMapConfig, handle: Arc<DirectoryHandle>) -> Result<Run
     let stop = Arc::new(AtomicBool::new(false));
     let unavailable_on_stop = cfg.unavailable_on_stop;
     let flag = stop.clone();
+    let published = Arc::new(AtomicU64::new(first.meta().generation));
+    let shown = published.clone();
     let thread = std::thread::Builder::new()
         .name("ramdir-postfix-map".into())
         .spawn(move || {
-            run(&mut publisher, &handle, first.meta().generation, &flag);
+            run(&mut publisher, &handle, &shown, &flag);
             if unavailable_on_stop {
                 publisher.mark_unavailable();
                 tracing::info!("postfix map marked unavailable");
             }
         })?;
-    Ok(Running { stop, thread })
+    Ok(Running {
+        stop,
+        thread,
+        published,
+    })
 }
 
-fn run(publisher: &mut Publisher, handle: &DirectoryHandle, mut published: u64, stop: &AtomicBool) {
+fn run(publisher: &mut Publisher, handle: &DirectoryHandle, shown: &AtomicU64, stop: &AtomicBool) {
+    let mut published = shown.load(Ordering::Relaxed);
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
@@ -116,6 +125,7 @@ fn run(publisher: &mut Publisher, handle: &DirectoryHandle, mut published: u64, 
         match publisher.publish(&dir) {
             Ok(p) => {
                 published = dir.meta().generation;
+                shown.store(published, Ordering::Relaxed);
                 last = Instant::now();
                 tracing::debug!(
                     generation = p.generation,

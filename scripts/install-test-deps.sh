@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what ramdir's real-peer tests need: the Debian 12 packages Postfix
 # (socketmap/policy/milter peer), Dovecot (dict peer), slapd (LDAP source) and
-# miltertest, then the Debian 13 root with Postfix 3.10 and Dovecot 2.4
+# miltertest, dovecot-dev and libclang-dev (bindgen for libauthdb_ramdir.so),
+# then the Debian 13 root with Postfix 3.10 and Dovecot 2.4
 # (scripts/trixie-root.sh; built once, cached). Idempotent and quiet; safe to
 # run on a developer machine because no package is allowed to start a daemon
 # (policy-rc.d) and Postfix/slapd are installed without any system
@@ -9,7 +10,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap"
+PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev"
 
 missing=""
 for p in $PKGS; do
@@ -18,8 +19,11 @@ done
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+# The Debian 13 root (Postfix 3.10, Dovecot 2.4) the tests also run;
+# RAMDIR_TRIXIE_ROOT survives sudo.
 trixie_root() {
-    $SUDO "$(dirname "$0")/trixie-root.sh"
+    $SUDO env RAMDIR_TRIXIE_ROOT="${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}" \
+        "$(dirname "$0")/trixie-root.sh"
 }
 
 if [ -z "$missing" ]; then

@@ -17,8 +17,9 @@ ROOT=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 # What the integration tests run inside the root (Lua bridge needs
-# dovecot-auth-lua, lua-socket, lua-cjson; swaks sends test mail).
-PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua lua-socket lua-cjson swaks"
+# dovecot-auth-lua, lua-socket, lua-cjson; swaks sends test mail; dovecot-dev
+# gives the 2.4 headers libauthdb_ramdir.so is built against).
+PKGS="postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-auth-lua lua-socket lua-cjson swaks dovecot-dev"
 # The mail user of the tests' Dovecot (mail_uid/mail_gid).
 VMAIL_ID=5000
 # Bump when the build steps change in a way the package list does not show.
@@ -71,7 +72,7 @@ command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (scr
 
 BUILD="$ROOT.build"
 started=$(date +%s)
-echo "trixie-root: building $ROOT (debootstrap trixie; about 80 s and 500 MB, once per machine)"
+echo "trixie-root: building $ROOT (debootstrap trixie; 35-90 s and about 350 MB, once per machine)"
 remove_tree "$BUILD"
 
 cleanup() {

@@ -529,6 +529,28 @@ fn auth_lookup(
     Reply::NotFound
 }
 
+/// The auth dict's answer for `name`: the passdb object when `passdb`,
+/// else the userdb object in `spelling`; `Ok(None)` for an unknown (or,
+/// for passdb, disabled) user, `Err` when the directory cannot answer. The
+/// one place the dict and the snapshot files of `libauthdb_ramdir.so`
+/// (`ramdir::dovecot_map`) take their answers from.
+pub fn auth_answer(
+    dir: &Directory,
+    name: &str,
+    settings: &Settings,
+    passdb: bool,
+    spelling: Spelling,
+    buf: &mut String,
+) -> Result<Option<String>, String> {
+    let key = format!("{}{name}", if passdb { PASSDB } else { USERDB });
+    match auth_lookup(&key, dir, settings, spelling, buf) {
+        Reply::Json(j) => Ok(Some(j)),
+        Reply::NotFound => Ok(None),
+        Reply::Fail(e) => Err(e),
+        _ => Err("unexpected auth reply".into()),
+    }
+}
+
 /// A flat JSON object written field by field into a reused buffer: the
 /// auth dict's answers have a handful of string and number fields, and
 /// building a `serde_json` map (or even formatting with `write!`) for each

@@ -163,6 +163,19 @@ impl Dovecot {
     /// `extra` is appended to `dovecot.conf` (later settings win; it must
     /// be in the flavor's syntax).
     pub fn prepare(stack: &StackDir, dict_socket: &Path, extra: &str) -> Dovecot {
+        Dovecot::prepare_with(stack, dict_socket, extra, None)
+    }
+
+    /// [`Dovecot::prepare`], with passdb and userdb through the auth
+    /// module on the map directory `module_map` when given (the
+    /// configuration of docs/dovecot-module.md in place of the dict
+    /// passdb/userdb; the quota part stays).
+    pub fn prepare_with(
+        stack: &StackDir,
+        dict_socket: &Path,
+        extra: &str,
+        module_map: Option<&Path>,
+    ) -> Dovecot {
         let flavor = stack.flavor();
         require_dovecot_on(flavor);
         static SWEEP: std::sync::Once = std::sync::Once::new();
@@ -193,10 +206,18 @@ impl Dovecot {
             std::fs::copy(lua_bridge(), &lua).unwrap_or_else(|e| {
                 panic!("copy {} to {}: {e}", lua_bridge().display(), lua.display())
             });
-            dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra)
+            let conf = dovecot24_conf(&root, &instance, &lua, dict_socket, imap_port, extra);
+            match module_map {
+                Some(m) => with_auth_module(&conf, m, true),
+                None => conf,
+            }
         } else {
             write_atomic(&auth_ext, &auth_ext_text(dict_socket));
-            dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra)
+            let conf = dovecot_conf(&root, &instance, &auth_ext, dict_socket, imap_port, extra);
+            match module_map {
+                Some(m) => with_auth_module(&conf, m, false),
+                None => conf,
+            }
         };
         write_atomic(&conf, &text);
         Dovecot {
@@ -730,6 +751,168 @@ const DOC_LUA_FILE: &str = "/etc/dovecot/ramdir-auth.lua";
 /// Where the documented configurations have ramdir's dict socket.
 const DOC_DICT_SOCKET: &str = "/run/ramdir/dict.sock";
 
+/// Where docs/dovecot-module.md has the `[dovecot_map]` directory.
+const DOC_MODULE_MAP: &str = "/run/ramdir/dovecot";
+/// docs/dovecot-module.md's 2.3 section.
+const DOC_MODULE_23_HEADING: &str = "## dovecot.conf (Dovecot 2.3, Debian 12)";
+/// docs/dovecot-module.md's 2.4 section.
+const DOC_MODULE_24_HEADING: &str = "## dovecot.conf (Dovecot 2.4, Debian 13)";
+
+/// `conf` with its `passdb … { }` and `userdb … { }` sections replaced by
+/// the module's, exactly as docs/dovecot-module.md gives them for the
+/// version (map directory replaced by `map`).
+fn with_auth_module(conf: &str, map: &Path, v24: bool) -> String {
+    let heading = if v24 {
+        DOC_MODULE_24_HEADING
+    } else {
+        DOC_MODULE_23_HEADING
+    };
+    let module = documented_block_in("dovecot-module.md", heading, "driver = ramdir");
+    assert!(
+        module.contains(DOC_MODULE_MAP),
+        "docs/dovecot-module.md's {heading:?} block no longer names {DOC_MODULE_MAP}"
+    );
+    let module = module.replace(DOC_MODULE_MAP, &map.display().to_string());
+    let mut out = String::new();
+    // Brace depth inside a skipped section (0: not skipping).
+    let mut depth = 0usize;
+    let mut replaced = false;
+    for line in conf.lines() {
+        let opens = line.matches('{').count();
+        let closes = line.matches('}').count();
+        let section = line.starts_with("passdb ") || line.starts_with("userdb ");
+        if depth == 0 && section && opens > closes {
+            depth = opens - closes;
+            if !replaced {
+                out.push_str("# ---- docs/dovecot-module.md ----\n");
+                out.push_str(&module);
+                out.push_str("# ---- end ----\n");
+                replaced = true;
+            }
+            continue;
+        }
+        if depth > 0 {
+            depth = (depth + opens).saturating_sub(closes);
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(
+        replaced,
+        "no passdb section to replace in the generated dovecot.conf"
+    );
+    out
+}
+
+/// Dovecot's group id where its processes run (the host's or the root's).
+pub fn dovecot_gid(flavor: Flavor) -> u32 {
+    let out = flavor
+        .command("id")
+        .args(["-g", "dovecot"])
+        .output()
+        .unwrap_or_else(|e| panic!("id -g dovecot: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("id -g dovecot: {out:?}"))
+}
+
+/// Where Dovecot loads auth modules from (compiled in; no setting).
+pub const AUTH_MODULE_DIR: &str = "/usr/lib/dovecot/modules/auth";
+
+/// The built `libauthdb_ramdir.so` for `flavor`: `$RAMDIR_DOVECOT_MODULE`
+/// (Debian 12) / `$RAMDIR_DOVECOT24_MODULE` (Debian 13) when set, else
+/// the workspace build: next to the ramdir binary for 2.3 (`cargo build -p
+/// dovecot-ramdir`), under `target/dovecot-2.4/<profile>/` for 2.4
+/// (`scripts/build-dovecot24-module.sh`).
+pub fn module_so(flavor: Flavor) -> PathBuf {
+    let var = if flavor.dovecot_24() {
+        "RAMDIR_DOVECOT24_MODULE"
+    } else {
+        "RAMDIR_DOVECOT_MODULE"
+    };
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let bin = crate::ramdir::ramdir_bin();
+    let p = if flavor.dovecot_24() {
+        // target/<profile>/ramdir → target/dovecot-2.4/<profile>/…
+        let profile_dir = bin.parent().unwrap_or(Path::new("."));
+        let profile = profile_dir.file_name().unwrap_or_default();
+        let target = profile_dir.parent().unwrap_or(Path::new("."));
+        target
+            .join("dovecot-2.4")
+            .join(profile)
+            .join("libauthdb_ramdir.so")
+    } else {
+        bin.with_file_name("libauthdb_ramdir.so")
+    };
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build -p dovecot-ramdir` for Dovecot 2.3, \
+         `scripts/build-dovecot24-module.sh` for 2.4 (same profile), or set {var}",
+        p.display()
+    );
+    p
+}
+
+/// How many live stacks of this process use each installed module file.
+static MODULE_USERS: std::sync::Mutex<BTreeMap<PathBuf, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// `libauthdb_ramdir.so` installed in Dovecot's auth module directory
+/// (the host's, or the Debian 13 root's) while any stack of this process
+/// uses it; removed when the last one is dropped.
+#[derive(Debug)]
+pub struct ModuleInstall {
+    target: PathBuf,
+}
+
+impl ModuleInstall {
+    /// Install the module built for `flavor` (root 0644, as Dovecot's own).
+    pub fn new(flavor: Flavor) -> ModuleInstall {
+        ModuleInstall::file(flavor, &module_so(flavor))
+    }
+
+    /// Install `so` as the module of `flavor`'s Dovecot (a test of a
+    /// module built for another ABI; such a test runs in a test binary of
+    /// its own, so no other test of the process uses the module then).
+    pub fn file(flavor: Flavor, so: &Path) -> ModuleInstall {
+        let dir = flavor.host_path_unchecked(Path::new(AUTH_MODULE_DIR));
+        let target = dir.join("libauthdb_ramdir.so");
+        let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(target.clone()).or_insert(0);
+        if *n == 0 {
+            install_module(so, &target);
+        }
+        *n += 1;
+        ModuleInstall { target }
+    }
+}
+
+/// Copy `so` to `target` under a temporary name, then rename (a Dovecot
+/// starting meanwhile never maps a half-written file).
+pub fn install_module(so: &Path, target: &Path) {
+    let tmp = target.with_extension("so.tmp");
+    std::fs::copy(so, &tmp)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", so.display(), tmp.display()));
+    set_mode(&tmp, 0o644);
+    std::fs::rename(&tmp, target)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), target.display()));
+}
+
+impl Drop for ModuleInstall {
+    fn drop(&mut self) {
+        let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.entry(self.target.clone()).or_insert(1);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            let _ = std::fs::remove_file(&self.target);
+        }
+    }
+}
+
 /// The `dovecot.conf` code block of docs/dovecot.md's Dovecot 2.4 section.
 pub fn documented_24_block() -> String {
     let body = documented_block(DOC_24_HEADING, "driver = lua");
@@ -742,32 +925,48 @@ pub fn documented_24_block() -> String {
     body
 }
 
-/// The first unlabelled fenced code block containing `needle` in the
-/// section `heading` of docs/dovecot.md (up to the next `## ` heading).
-/// Panics, naming the file, when the docs lost it.
-pub fn documented_block(heading: &str, needle: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dovecot.md");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let section = text
-        .split_once(heading)
-        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
-        .unwrap_or_else(|| panic!("{} has no {heading:?}", path.display()));
+/// The first unlabelled fenced code block (a line ```` ``` ```` … ```` ``` ````)
+/// of Markdown `text` that contains `needle`, with a final newline.
+pub fn code_block(text: &str, needle: &str) -> Option<String> {
     // (is the open block unlabelled, its lines)
     let mut block: Option<(bool, Vec<&str>)> = None;
-    for line in section.lines() {
+    for line in text.lines() {
         match (&mut block, line.strip_prefix("```")) {
             (None, Some(label)) => block = Some((label.is_empty(), Vec::new())),
             (Some((unlabelled, b)), Some(_)) => {
                 let body = b.join("\n");
                 if *unlabelled && body.contains(needle) {
-                    return body + "\n";
+                    return Some(body + "\n");
                 }
                 block = None;
             }
             (Some((_, b)), None) => b.push(line),
             (None, None) => {}
         }
+    }
+    None
+}
+
+/// The first unlabelled fenced code block containing `needle` in the
+/// section `heading` of docs/dovecot.md (up to the next `## ` heading).
+/// Panics, naming the file, when the docs lost it.
+pub fn documented_block(heading: &str, needle: &str) -> String {
+    documented_block_in("dovecot.md", heading, needle)
+}
+
+/// [`documented_block`] in another file of docs/.
+pub fn documented_block_in(file: &str, heading: &str, needle: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(file);
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let section = text
+        .split_once(heading)
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .unwrap_or_else(|| panic!("{} has no {heading:?}", path.display()));
+    if let Some(b) = code_block(section, needle) {
+        return b;
     }
     panic!(
         "no code block with {needle:?} under {heading:?} in {}",
@@ -1416,6 +1615,10 @@ pub struct MailStackOptions {
     pub main_cf_extra: String,
     /// Whose Postfix and Dovecot run (ramdir always runs on the host).
     pub flavor: Flavor,
+    /// Dovecot's passdb and userdb through the in-process module
+    /// (`libauthdb_ramdir.so` on ramdir's `[dovecot_map]` files, configured
+    /// as docs/dovecot-module.md gives it) instead of the auth dict.
+    pub auth_module: bool,
 }
 
 /// ramdir (socketmap, `[dict]` on `<stack>/run/dict.sock`, `[quota]` store
@@ -1432,6 +1635,11 @@ pub struct MailStack {
     pub dovecot: Dovecot,
     /// The ramdir process.
     pub ramdir: Ramdir,
+    /// The installed auth module (with `auth_module`; removed when the last
+    /// stack of this process that uses it is dropped).
+    pub auth_module: Option<ModuleInstall>,
+    /// ramdir's `[dovecot_map]` directory (with `auth_module`).
+    pub dovecot_map: Option<PathBuf>,
     /// The directory files ramdir serves.
     pub files: DirectoryFiles,
     /// ramdir's dict socket.
@@ -1483,10 +1691,24 @@ impl MailStack {
             format!("unix:{}", dict_socket.display()),
             dir.join("quota.redb").display().to_string(),
         ));
+        let dovecot_map = opts.auth_module.then(|| run.join("dovecot-map"));
+        if let Some(m) = &dovecot_map {
+            text.push_str(&format!(
+                "\n[dovecot_map]\ndirectory = {:?}\ngroup = {:?}\n",
+                m.display().to_string(),
+                dovecot_gid(opts.flavor).to_string(),
+            ));
+        }
         write_atomic(&config_path, &text);
+        let auth_module = opts.auth_module.then(|| ModuleInstall::new(opts.flavor));
         let ramdir = Ramdir::start(&config_path, &socketmap, &dir.join("ramdir.log"));
         wait_dict(&dict_socket);
-        let mut dovecot = Dovecot::prepare(&dir, &dict_socket, &opts.dovecot_extra);
+        let mut dovecot = Dovecot::prepare_with(
+            &dir,
+            &dict_socket,
+            &opts.dovecot_extra,
+            dovecot_map.as_deref(),
+        );
         dovecot.start();
         let postfix = postfix.map(|mut p| {
             p.start();
@@ -1496,6 +1718,8 @@ impl MailStack {
             postfix,
             dovecot,
             ramdir,
+            auth_module,
+            dovecot_map,
             files,
             dict_socket,
             dir,
@@ -1739,6 +1963,17 @@ mod tests {
             "* 1 FETCH (BODY[] {5}ab\r\nc)"
         );
         assert_eq!(read_imap_line(&mut r).unwrap(), "a1 OK done");
+    }
+
+    #[test]
+    fn code_blocks_are_found_past_labelled_ones() {
+        let md = "x\n```sh\nrun driver = lua\n```\ntext\n```\na = 1\n```\n```\ndriver = lua\n```\n";
+        assert_eq!(
+            code_block(md, "driver = lua").as_deref(),
+            Some("driver = lua\n")
+        );
+        assert_eq!(code_block(md, "a = 1").as_deref(), Some("a = 1\n"));
+        assert_eq!(code_block(md, "run"), None);
     }
 
     #[test]

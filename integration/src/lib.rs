@@ -1,4 +1,5 @@
-//! Integration harness: ramdir against real peers (Postfix first).
+//! Integration harness: ramdir against real peers (Postfix, Dovecot,
+//! slapd, miltertest).
 //!
 //! Everything runs from a short temporary directory under `/tmp`
 //! ([`StackDir`]): the ramdir process ([`ramdir::Ramdir`]), a private Postfix
@@ -15,8 +16,20 @@
 //! `scripts/install-test-deps.sh`; anything missing is a panic with the fix,
 //! never a silent skip.
 //!
+//! Postfix and Dovecot come in two [`Flavor`]s: the host's Debian 12
+//! packages (Postfix 3.7, Dovecot 2.3) and Debian 13's (Postfix 3.10,
+//! Dovecot 2.4) run with `chroot` from the root `scripts/trixie-root.sh`
+//! builds, the stack directory bind-mounted at the same path inside it.
+//! Scenarios that apply to both are written once, as `fn name(flavor:
+//! Flavor)`, and [`test_on_both_flavors!`] makes `debian12::name` and
+//! `debian13::name` of them. ramdir and slapd always run on the host.
+//!
 //! Set `RAMDIR_KEEP_STACK=1` to keep the stack directory after a test; it is
-//! always kept (and its logs printed) when a test fails.
+//! always kept (and its logs printed) when a test fails. Either way the
+//! daemons are stopped: every Postfix, Dovecot, slapd and ramdir is owned by
+//! a guard whose drop stops it (and any process still working in its
+//! directory), also while a failed test unwinds; a run killed outright is
+//! cleaned up by the next one ([`StackDir::for_flavor`]'s sweep).
 
 pub mod dovecot;
 pub mod flavor;

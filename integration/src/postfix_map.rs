@@ -12,11 +12,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::postfix::{SOCKETMAP_REL, age_config};
 use crate::ramdir::write_config;
-use crate::{DirectoryContent, DirectoryFiles, Postfix, Ramdir, StackDir, write_atomic};
+use crate::{DirectoryContent, DirectoryFiles, Flavor, Postfix, Ramdir, StackDir, write_atomic};
 
 /// The plugin as cargo builds it (`crate-type = ["cdylib"]` of
 /// `ffi/postfix`), next to the test binaries: `target/<profile>/`.
@@ -66,8 +66,11 @@ pub fn install_plugin(stack: &StackDir) -> Meta {
         .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     crate::set_mode(&dir, 0o755);
     // `postfix check` (run by `postfix start`) reads the file list here.
-    std::fs::copy("/etc/postfix/postfix-files", dir.join("postfix-files"))
-        .unwrap_or_else(|e| panic!("copy /etc/postfix/postfix-files: {e}"));
+    let files = stack
+        .flavor()
+        .host_path(Path::new("/etc/postfix/postfix-files"));
+    std::fs::copy(&files, dir.join("postfix-files"))
+        .unwrap_or_else(|e| panic!("copy {}: {e}", files.display()));
     write_atomic(
         &dir.join("dynamicmaps.cf"),
         "# dict-type\tso-name (pathname)\tdict-function\tmkmap-function\n",
@@ -116,11 +119,16 @@ pub enum Answer {
 /// Knobs for [`MapStack::start`].
 #[derive(Debug, Clone, Default)]
 pub struct MapStackOptions {
+    /// Which Debian's Postfix loads the plugin (the stack's paths are the
+    /// same inside the Debian 13 root, so the `.so` path is too).
+    pub flavor: Flavor,
     /// smtpd, cleanup and trivial-rewrite chrooted into the spool, as in
     /// Debian's default `master.cf`.
     pub chroot: bool,
     /// Lines added to `[postfix_map]`.
     pub postfix_map_extra: String,
+    /// Sections appended to ramdir's configuration (e.g. `[ldap]`).
+    pub ramdir_extra: String,
 }
 
 /// A private Postfix whose directory tables are `ramdir:` tables, with
@@ -141,6 +149,11 @@ pub struct MapStack {
     pub meta: Meta,
     /// ramdir's configuration file.
     pub config: PathBuf,
+    /// [`MapStackOptions::ramdir_extra`], kept for [`MapStack::rewrite_config`].
+    pub ramdir_extra: String,
+    /// An LDAP server ramdir reads, if the test started one (stopped
+    /// before the directory is removed).
+    pub slapd: Option<crate::slapd::Slapd>,
     /// Holds everything; dropped last.
     pub dir: StackDir,
 }
@@ -148,7 +161,17 @@ pub struct MapStack {
 impl MapStack {
     /// Write the files, install the plugin, start ramdir and Postfix.
     pub fn start(content: &DirectoryContent, opts: &MapStackOptions) -> MapStack {
-        let dir = StackDir::new();
+        MapStack::start_in(StackDir::for_flavor(opts.flavor), None, content, opts)
+    }
+
+    /// [`MapStack::start`] in a stack directory the caller made (to start
+    /// `slapd` in it first; `opts.ramdir_extra` then names it).
+    pub fn start_in(
+        dir: StackDir,
+        slapd: Option<crate::slapd::Slapd>,
+        content: &DirectoryContent,
+        opts: &MapStackOptions,
+    ) -> MapStack {
         let files = DirectoryFiles::write(&dir.join("data"), content);
         let meta = install_plugin(&dir);
         let map_dir = dir.join("map");
@@ -163,14 +186,8 @@ impl MapStack {
             chroot_services(postfix.etc());
         }
         let config = dir.join("ramdir.toml");
-        write_map_config(
-            &config,
-            &files,
-            &postfix,
-            &map_dir,
-            &meta,
-            &opts.postfix_map_extra,
-        );
+        let extra = format!("{}\n{}", opts.postfix_map_extra, opts.ramdir_extra);
+        write_map_config(&config, &files, &postfix, &map_dir, &meta, &extra);
         let ramdir = Ramdir::start(&config, &postfix.socketmap_path(), &dir.join("ramdir.log"));
         postfix.start();
         MapStack {
@@ -180,6 +197,8 @@ impl MapStack {
             map_dir,
             meta,
             config,
+            ramdir_extra: opts.ramdir_extra.clone(),
+            slapd,
             dir,
         }
     }
@@ -193,7 +212,7 @@ impl MapStack {
             &self.postfix,
             &self.map_dir,
             &self.meta,
-            postfix_map_extra,
+            &format!("{postfix_map_extra}\n{}", self.ramdir_extra),
         );
     }
 
@@ -207,14 +226,15 @@ impl MapStack {
         format!("socketmap:unix:{SOCKETMAP_REL}:{table}")
     }
 
-    /// `postmap -c ETC -q KEY MAP`, run from the spool (the socketmap path
-    /// is relative to it).
+    /// `postmap -c ETC -q KEY MAP` of the stack's flavor, run from the
+    /// spool (the socketmap path is relative to it).
     pub fn postmap(&self, map: &str, key: &str) -> Answer {
-        let out = Command::new("postmap")
+        let out = self
+            .postfix
+            .command_in_spool("/usr/sbin/postmap")
             .arg("-c")
             .arg(self.postfix.etc())
             .args(["-q", key, map])
-            .current_dir(self.postfix.spool())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("run postmap: {e}"));
@@ -229,9 +249,9 @@ impl MapStack {
 
     /// `postconf -c ETC -m`: the lookup table types this Postfix knows.
     pub fn postconf_m(&self) -> Vec<String> {
-        let out = Command::new("postconf")
-            .arg("-c")
-            .arg(self.postfix.etc())
+        let out = self
+            .postfix
+            .tool("postconf")
             .arg("-m")
             .output()
             .unwrap_or_else(|e| panic!("run postconf: {e}"));
@@ -252,8 +272,10 @@ fn write_map_config(
 ) {
     write_config(path, files, &postfix.socketmap_path(), "");
     let mut text = std::fs::read_to_string(path).expect("read ramdir.toml");
+    // By number: the Debian 13 root's postfix group is not the host's.
+    let (_, gid) = postfix.flavor().user("postfix");
     text.push_str(&format!(
-        "\n[postfix_map]\ndirectory = \"{}\"\ngroup = \"postfix\"\n\
+        "\n[postfix_map]\ndirectory = \"{}\"\ngroup = \"{gid}\"\n\
          postfix_config_directory = \"{}\"\n{extra}",
         map_dir.display(),
         meta.dir.display()

@@ -366,11 +366,12 @@ fn custom_limits_in_both_spellings_agree_everywhere() {
             "doveadm quota get -u {user} ({spelled}): {q:?}"
         );
 
-        // ramdir's policy applies the same limit and grace: a message of
-        // exactly the room left is accepted at RCPT, one byte more is
-        // refused with a 4xx, never a bounce.
+        // ramdir's policy applies the same limit and grace: a message one
+        // byte over the room left is refused at RCPT with a 4xx, one of
+        // exactly the room left is accepted (in that order, so the usage
+        // is still `used`), never a bounce.
         let room = limit - used + GRACE_BYTES;
-        for (size, want) in [(room, "accepted"), (room + 1, "RCPT 452 4.2.2")] {
+        for (size, want) in [(room + 1, "RCPT 452 4.2.2"), (room, "accepted")] {
             let fate = attempt(
                 s.postfix(),
                 &Attempt {
@@ -572,5 +573,34 @@ fn a_full_user_is_refused_but_can_still_move_mail_to_trash() {
         trouble.is_empty(),
         "Dovecot logged trouble:\n{}",
         trouble.join("\n")
+    );
+}
+
+/// The README's short Dovecot 2.4 snippet says nothing the tested block of
+/// docs/dovecot.md does not: each of its lines (comments and indentation
+/// aside) is a line of that block.
+#[test]
+fn the_readme_snippet_is_part_of_the_tested_configuration() {
+    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
+    let documented: Vec<String> = ramdir_integration::dovecot::documented_24_block()
+        .lines()
+        .map(strip)
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let section = readme
+        .split_once("### Dovecot 2.4 (Debian 13)")
+        .map(|(_, r)| r.split("\n## ").next().unwrap_or(r))
+        .expect("README has a \"### Dovecot 2.4 (Debian 13)\" section");
+    let block = ramdir_integration::dovecot::code_block(section, "driver = lua")
+        .expect("a dovecot.conf block with `driver = lua` in the README's 2.4 section");
+    let snippet: Vec<&str> = block.lines().collect();
+    let missing: Vec<&&str> = snippet
+        .iter()
+        .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README lines not in docs/dovecot.md's tested 2.4 block: {missing:?}"
     );
 }

@@ -641,3 +641,35 @@ fn full_mailbox_can_still_move_mail_to_trash() {
     assert_counters_match(&s, full, "at the end");
     assert_quiet(&s, &[]);
 }
+
+/// The README's Dovecot 2.3 snippets say nothing the tested blocks of
+/// docs/dovecot.md do not: each of their lines (comments and indentation
+/// aside) is a line of the block the harness runs.
+#[test]
+fn the_readme_snippets_are_part_of_the_tested_configuration() {
+    use ramdir_integration::dovecot::{code_block, documented_block};
+    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let section = readme
+        .split_once("### Dovecot 2.3 (Debian 12)")
+        .map(|(_, r)| r.split("\n### ").next().unwrap_or(r))
+        .expect("README has a \"### Dovecot 2.3 (Debian 12)\" section");
+    for needle in ["driver = dict", "password_key"] {
+        let documented: Vec<String> =
+            documented_block("## dovecot.conf (Dovecot 2.3, Debian 12)", needle)
+                .lines()
+                .map(strip)
+                .collect();
+        let snippet = code_block(section, needle)
+            .unwrap_or_else(|| panic!("no block with {needle:?} in the README's 2.3 section"));
+        let missing: Vec<&str> = snippet
+            .lines()
+            .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README lines not in docs/dovecot.md's tested 2.3 block: {missing:?}"
+        );
+    }
+}

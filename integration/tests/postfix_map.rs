@@ -1,5 +1,7 @@
-//! Real Postfix 3.7 with `postfix-ramdir.so`: the `ramdir:` lookup table
-//! loaded in-process, reading the snapshot files ramdir publishes.
+//! Real Postfix with `postfix-ramdir.so`: the `ramdir:` lookup table
+//! loaded in-process, reading the snapshot files ramdir publishes. Every
+//! scenario runs on Debian 12's Postfix 3.7 and on Debian 13's 3.10 (the
+//! same host-built plugin, loaded by the root's Postfix).
 //!
 //! Needs root, the packages from `scripts/install-test-deps.sh`, and the
 //! builds: `cargo build -p ramdir -p postfix-ramdir`.
@@ -9,7 +11,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::postfix_map::{Answer, MapStack, MapStackOptions, set_group_writable};
-use ramdir_integration::{DirectoryContent, Reply, Smtp, WAIT, process_alive, write_atomic};
+use ramdir_integration::{
+    DirectoryContent, Flavor, Reply, Smtp, WAIT, process_alive, write_atomic,
+};
+
+ramdir_integration::test_on_both_flavors!(
+    postconf_lists_the_type_and_postmap_answers_like_the_socketmap,
+    a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live,
+    a_plugin_file_writable_by_others_is_refused_and_diagnosed,
+    a_user_added_in_ldap_is_accepted_by_the_same_smtpd,
+);
 
 const USERS: &str = "\
 alice@example.org:{PLAIN}alice-pw:5000:5000::/home/alice::
@@ -104,9 +115,15 @@ const KEYS: &[&str] = &[
     "élise@example.org",
 ];
 
-#[test]
-fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn options(flavor: Flavor) -> MapStackOptions {
+    MapStackOptions {
+        flavor,
+        ..MapStackOptions::default()
+    }
+}
+
+fn postconf_lists_the_type_and_postmap_answers_like_the_socketmap(flavor: Flavor) {
+    let s = MapStack::start(&content(), &options(flavor));
     let types = s.postconf_m();
     assert!(
         types.iter().any(|t| t == "ramdir"),
@@ -204,20 +221,23 @@ fn announce(map: &Path, g: u64, bytes: &[u8]) {
         .expect("write control");
 }
 
-#[test]
-fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
+fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live(flavor: Flavor) {
     let mut s = MapStack::start(
         &content(),
         &MapStackOptions {
             chroot: true,
-            ..MapStackOptions::default()
+            ..options(flavor)
         },
     );
     let mut smtp = s.postfix.smtp();
     expect(smtp.ehlo("client.test"), 250, "EHLO");
     let pid = smtpd_pid(&s);
     let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("smtpd root");
-    assert_eq!(root, s.postfix.spool(), "smtpd {pid} is not chrooted");
+    assert_eq!(
+        root,
+        flavor.host_path(s.postfix.spool()),
+        "smtpd {pid} is not chrooted"
+    );
     expect(smtp.mail_from(STRANGER), 250, "MAIL FROM");
     expect(smtp.rcpt_to("alice@example.org"), 250, "mailbox");
     expect(
@@ -300,9 +320,8 @@ fn a_chrooted_smtpd_answers_from_the_plugin_and_sees_changes_live() {
     }
 }
 
-#[test]
-fn a_plugin_file_writable_by_others_is_refused_and_diagnosed() {
-    let s = MapStack::start(&content(), &MapStackOptions::default());
+fn a_plugin_file_writable_by_others_is_refused_and_diagnosed(flavor: Flavor) {
+    let s = MapStack::start(&content(), &options(flavor));
     let check = || {
         let out = std::process::Command::new(ramdir_integration::ramdir::ramdir_bin())
             .args(["check-config"])
@@ -339,4 +358,42 @@ fn a_plugin_file_writable_by_others_is_refused_and_diagnosed() {
             Answer::Found("alice@example.org".into())
         );
     }
+}
+
+fn a_user_added_in_ldap_is_accepted_by_the_same_smtpd(flavor: Flavor) {
+    use ramdir_integration::slapd::{self, SVC_PW, Slapd, user_ldif, user_mail, users_ldif};
+    slapd::require_slapd();
+    let dir = ramdir_integration::StackDir::for_flavor(flavor);
+    let slapd = Slapd::start(&dir, &users_ldif(2));
+    let secret = dir.join("ldap.secret");
+    slapd::write_secret(&secret, SVC_PW, 0o600);
+    let ldap = slapd.ramdir_section(&slapd.ldapi_url(), &secret, "");
+    let s = MapStack::start_in(
+        dir,
+        Some(slapd),
+        &content(),
+        &MapStackOptions {
+            chroot: true,
+            ramdir_extra: ldap,
+            ..options(flavor)
+        },
+    );
+    let mut smtp = s.postfix.smtp();
+    expect(smtp.ehlo("client.test"), 250, "EHLO");
+    let pid = smtpd_pid(&s);
+    expect(smtp.mail_from(STRANGER), 250, "MAIL FROM");
+    // The LDAP users arrive after the initial sync; the file users at once.
+    expect(smtp.rcpt_to("alice@example.org"), 250, "file user");
+    rcpt_until(&mut smtp, &user_mail(1), 250);
+    let r = expect(smtp.rcpt_to(&user_mail(3)), 550, "not yet in LDAP");
+    assert!(r.text.contains("5.1.1"), "{r}");
+
+    let slapd = s.slapd.as_ref().expect("slapd");
+    slapd.ldapadd(&user_ldif(3));
+    let took = rcpt_until(&mut smtp, &user_mail(3), 250);
+    eprintln!("LDAP user accepted by smtpd {pid} {took:?} after ldapadd returned");
+    assert!(process_alive(pid), "smtpd {pid} died");
+    let _ = smtp.quit();
+    let log = s.postfix.maillog_text();
+    assert!(!log.contains("has changed -- restarting"), "{log}");
 }

@@ -60,7 +60,17 @@ struct RawConfig {
     ldap: Option<RawLdap>,
     stats: Option<RawStats>,
     postfix_map: Option<RawPostfixMap>,
+    dovecot_map: Option<RawDovecotMap>,
     metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDovecotMap {
+    directory: Spanned<PathBuf>,
+    mode: Option<Spanned<String>>,
+    group: Option<String>,
+    on_stop: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,8 +220,27 @@ pub struct Config {
     pub stats: Option<ListenerConfig>,
     /// The snapshot files for `postfix-ramdir.so`, if enabled.
     pub postfix_map: Option<PostfixMapConfig>,
+    /// The snapshot files for `libauthdb_ramdir.so`, if enabled.
+    pub dovecot_map: Option<DovecotMapConfig>,
     /// The Prometheus endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+}
+
+/// `[dovecot_map]`: where ramdir publishes passdb and userdb answers for
+/// the in-process Dovecot auth module (docs/dovecot-module.md). The auth
+/// behaviour (`alias_logins`, `disabled_userdb`, `quota_namespace`) is
+/// `[dict]`'s when that section is present, else its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DovecotMapConfig {
+    /// The map directory (`args` / `ramdir_path` in dovecot.conf).
+    pub directory: PathBuf,
+    /// Mode of the files (default 0640: Dovecot reads them through `group`;
+    /// never world-readable, they hold password hashes).
+    pub mode: u32,
+    /// Group of the directory and its files (`dovecot`, never `postfix`).
+    pub group: Option<String>,
+    /// Mark the files unavailable (Dovecot tempfails) when ramdir stops.
+    pub unavailable_on_stop: bool,
 }
 
 /// `[metrics]`: where `GET /metrics` is served.
@@ -634,6 +663,46 @@ impl Config {
                 Some(DictConfig { listener, settings })
             }
         };
+        let dovecot_map = match raw.dovecot_map {
+            None => None,
+            Some(m) => {
+                let mode = match &m.mode {
+                    None => 0o640,
+                    Some(v) => u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o777 && m & 0o027 == 0)
+                        .ok_or_else(|| {
+                            err(
+                                v.span(),
+                                format!(
+                                    "mode {:?}: want octal, not group-writable, nothing for \
+                                     others (the files hold password hashes)",
+                                    v.get_ref()
+                                ),
+                            )
+                        })?,
+                };
+                let unavailable_on_stop = match &m.on_stop {
+                    None => false,
+                    Some(v) => match v.get_ref().as_str() {
+                        "keep" => false,
+                        "unavailable" => true,
+                        other => {
+                            return Err(err(
+                                v.span(),
+                                format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
+                            ));
+                        }
+                    },
+                };
+                Some(DovecotMapConfig {
+                    directory: abs(m.directory.into_inner()),
+                    mode,
+                    group: m.group,
+                    unavailable_on_stop,
+                })
+            }
+        };
         let postfix_map = match raw.postfix_map {
             None => None,
             Some(m) => {
@@ -720,6 +789,7 @@ impl Config {
             ldap,
             stats,
             postfix_map,
+            dovecot_map,
             metrics,
         })
     }

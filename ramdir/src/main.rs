@@ -10,6 +10,7 @@ mod check;
 mod commands;
 mod config;
 mod demo;
+mod dovecot_map;
 mod journal;
 mod listener;
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ramdir_core::DirectoryHandle;
-use ramdir_snapshot::{Limits, Publisher};
+use ramdir_snapshot::{Content, Limits, Publisher};
 
 use crate::config::PostfixMapConfig;
 use crate::serve::CmdError;
@@ -49,16 +49,19 @@ impl Running {
     }
 }
 
-fn prepare_directory(cfg: &PostfixMapConfig) -> Result<(), CmdError> {
-    let dir = &cfg.directory;
+fn prepare_directory(
+    dir: &std::path::Path,
+    group: Option<&str>,
+    section: &str,
+) -> Result<(), CmdError> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if let Some(g) = &cfg.group {
+    if let Some(g) = group {
         let gid = match g.parse::<u32>() {
             Ok(n) => nix::unistd::Gid::from_raw(n),
             Err(_) => {
                 nix::unistd::Group::from_name(g)
                     .map_err(|e| format!("group {g}: {e}"))?
-                    .ok_or_else(|| format!("[postfix_map] group {g:?}: no such group"))?
+                    .ok_or_else(|| format!("{section} group {g:?}: no such group"))?
                     .gid
             }
         };
@@ -74,31 +77,70 @@ fn prepare_directory(cfg: &PostfixMapConfig) -> Result<(), CmdError> {
 /// Open the map directory, publish the current directory at once, and
 /// start the publisher thread.
 pub fn start(cfg: &PostfixMapConfig, handle: Arc<DirectoryHandle>) -> Result<Running, CmdError> {
-    prepare_directory(cfg)?;
-    let mut publisher = Publisher::open(&cfg.directory, cfg.mode, Limits::default())
-        .map_err(|e| format!("{}: {e}", cfg.directory.display()))?;
+    start_publisher(
+        Map {
+            name: "postfix",
+            section: "[postfix_map]",
+            directory: &cfg.directory,
+            group: cfg.group.as_deref(),
+            mode: cfg.mode,
+            unavailable_on_stop: cfg.unavailable_on_stop,
+        },
+        Content::Postfix,
+        handle,
+    )
+}
+
+/// One map directory to publish (`[postfix_map]`, `[dovecot_map]`).
+pub struct Map<'a> {
+    /// For logs and the thread name (`postfix`, `dovecot`).
+    pub name: &'static str,
+    /// The config section, for errors.
+    pub section: &'static str,
+    /// The map directory.
+    pub directory: &'a std::path::Path,
+    /// Group of the directory and its files.
+    pub group: Option<&'a str>,
+    /// Mode of the files.
+    pub mode: u32,
+    /// Mark unavailable when ramdir stops.
+    pub unavailable_on_stop: bool,
+}
+
+/// Open a map directory, publish the current directory at once, and start
+/// its publisher thread (the one mechanism for every map directory).
+pub fn start_publisher(
+    map: Map<'_>,
+    content: Content,
+    handle: Arc<DirectoryHandle>,
+) -> Result<Running, CmdError> {
+    let name = map.name;
+    prepare_directory(map.directory, map.group, map.section)?;
+    let mut publisher = Publisher::open_with(map.directory, map.mode, Limits::default(), content)
+        .map_err(|e| format!("{}: {e}", map.directory.display()))?;
     let first = handle.snapshot();
     let p = publisher
         .publish(&first)
-        .map_err(|e| format!("{}: publishing: {e}", cfg.directory.display()))?;
+        .map_err(|e| format!("{}: publishing: {e}", map.directory.display()))?;
     tracing::info!(
+        map = name,
         generation = p.generation,
         entries = p.entries,
         bytes = p.bytes,
-        "postfix map published"
+        "map published"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let unavailable_on_stop = cfg.unavailable_on_stop;
+    let unavailable_on_stop = map.unavailable_on_stop;
     let flag = stop.clone();
     let published = Arc::new(AtomicU64::new(first.meta().generation));
     let shown = published.clone();
     let thread = std::thread::Builder::new()
-        .name("ramdir-postfix-map".into())
+        .name(format!("ramdir-{name}-map"))
         .spawn(move || {
-            run(&mut publisher, &handle, &shown, &flag);
+            run(&mut publisher, &handle, &shown, &flag, name);
             if unavailable_on_stop {
                 publisher.mark_unavailable();
-                tracing::info!("postfix map marked unavailable");
+                tracing::info!(map = name, "map marked unavailable");
             }
         })?;
     Ok(Running {
@@ -108,7 +150,13 @@ pub fn start(cfg: &PostfixMapConfig, handle: Arc<DirectoryHandle>) -> Result<Run
     })
 }
 
-fn run(publisher: &mut Publisher, handle: &DirectoryHandle, shown: &AtomicU64, stop: &AtomicBool) {
+fn run(
+    publisher: &mut Publisher,
+    handle: &DirectoryHandle,
+    shown: &AtomicU64,
+    stop: &AtomicBool,
+    name: &str,
+) {
     let mut published = shown.load(Ordering::Relaxed);
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -128,16 +176,17 @@ fn run(publisher: &mut Publisher, handle: &DirectoryHandle, shown: &AtomicU64, s
                 shown.store(published, Ordering::Relaxed);
                 last = Instant::now();
                 tracing::debug!(
+                    map = name,
                     generation = p.generation,
                     kind = ?p.kind,
                     entries = p.entries,
                     bytes = p.bytes,
                     elapsed_us = started.elapsed().as_micros() as u64,
-                    "postfix map published"
+                    "map published"
                 );
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot publish the postfix map; the last generation keeps answering");
+                tracing::error!(map = name, error = %e, "cannot publish the map; the last generation keeps answering");
                 last = Instant::now() + RETRY_AFTER;
             }
         }

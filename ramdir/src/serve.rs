@@ -73,11 +73,12 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         && config.dict.is_none()
         && config.policy.is_none()
         && config.milter.is_none()
-        && config.postfix_map.is_none();
+        && config.postfix_map.is_none()
+        && config.dovecot_map.is_none();
     if mail_off && config.stats.is_none() && config.metrics.is_none() {
         return Err(format!(
             "{}: nothing to serve: no listener section \
-             ([socketmap], [policy], [milter], [dict], [postfix_map], [stats]) is configured",
+             ([socketmap], [policy], [milter], [dict], [postfix_map], [dovecot_map], [stats]) is configured",
             config.path.display()
         )
         .into());
@@ -88,7 +89,7 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         tracing::warn!(
             config = %config.path.display(),
             "no mail listener configured ([socketmap], [policy], [milter], [dict], \
-             [postfix_map]): serving [stats] only"
+             [postfix_map], [dovecot_map]): serving [stats] only"
         );
     }
     if config.dict.is_some() && config.quota.is_none() {
@@ -253,6 +254,20 @@ async fn run(
         None => None,
     };
 
+    let dovecot_publisher = match &config.dovecot_map {
+        Some(m) => {
+            let settings = config
+                .dict
+                .as_ref()
+                .map(|d| d.settings.clone())
+                .unwrap_or_default();
+            let p = crate::dovecot_map::start(m, settings, handle.clone())?;
+            tracing::info!(directory = %m.directory.display(), "dovecot map publishing");
+            Some(p)
+        }
+        None => None,
+    };
+
     if let Some(m) = &config.metrics {
         // Latency sampling costs the hot path a little: only when shown.
         counters.socketmap.latency.enable();
@@ -323,7 +338,7 @@ async fn run(
         // Lets the LDAP source write its final warm snapshot.
         let _ = t.await;
     }
-    if let Some(p) = publisher {
+    for p in [publisher, dovecot_publisher].into_iter().flatten() {
         p.stop();
     }
     for s in &sockets {
@@ -381,6 +396,7 @@ async fn reload(
         || new_cfg.ldap != config.ldap
         || new_cfg.stats != config.stats
         || new_cfg.postfix_map != config.postfix_map
+        || new_cfg.dovecot_map != config.dovecot_map
         || new_cfg.metrics != config.metrics
     {
         tracing::warn!(

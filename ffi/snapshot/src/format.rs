@@ -6,30 +6,43 @@
 //! 0    header (HEADER_LEN = 128 bytes)
 //!        0 magic "RAMDIRSN"       8 version u32        12 file kind u32 (0 base, 1 delta)
 //!       16 generation u64        24 base generation u64 (a base names itself)
-//!       32 file length u64       40 slot count u64 (a power of two)
-//!       48 slots offset u64      56 data offset u64     64 data length u64
+//!       32 file length u64       40 cell count u64
+//!       48 cells offset u64      56 data offset u64     64 data length u64
 //!       72 flags u64             80 delimiter offset u64 (in data)   88 delimiter length u64
 //!       96 entries u64          104 reserved (16 bytes)
 //!      120 FNV-1a 64 of bytes 0..120
-//! slots  slot count × u64: 0 empty, else (hash >> 32) << 32 | (record offset / 8 + 1)
-//! data   records, each 8-aligned:
-//!          kind u8, flags u8 (1 = removed), key length u16, value length u32,
-//!          key, NUL, value (list items separated by NUL), NUL
+//! cells  cell count × 64 bytes (64-aligned: one cache line each):
+//!          0 kind u8 (0: empty)   1 flags u8 (1 removed, 2 long key)
+//!          2 key length u16       4 value length u32
+//!          8 tag u32 (low half of the hash)   12 value offset u32 (in data, × 8)
+//!         16 the key and a NUL (up to 47 bytes), or for a long key its
+//!            offset u32 (in data, × 8)
+//! data   values (list items separated by NUL, then a NUL) and long keys (then
+//!        a NUL), each 8-aligned; then the recipient delimiter
 //! ```
 //!
-//! A record's slot is found by linear probing from `hash & (slots - 1)`,
-//! where `hash` is [`hash`] of the kind byte followed by the key. The file is
-//! treated as hostile: every offset and length is checked against the file
-//! before use, probing is bounded by the slot count, and text is validated
-//! as UTF-8 on use; any violation is a [`FormatError`], which readers turn
-//! into "temporary failure", never into "not found" and never into a panic.
+//! A key's cell is found by linear probing from `(hash × cells) >> 64`,
+//! where `hash` is [`hash`] of the record kind and the key, until an empty
+//! cell. A lookup of a key that fits in its cell (an address nearly always
+//! does) reads one cache line, and the value of a mailbox (the login) is the
+//! key itself: about one miss to memory per lookup, where an index plus
+//! records (or cdb's hash table plus records) costs two. The load factor is
+//! at most [`CELL_LOAD`], so a hit reads about two cells on average, and
+//! neighbours share the line prefetch.
+//!
+//! The file is treated as hostile: every offset and length is checked
+//! against the file before use, probing is bounded by the cell count, and
+//! text is validated as UTF-8 on use; any violation is a [`FormatError`],
+//! which readers turn into "temporary failure", never into "not found" and
+//! never into a panic.
 
 use std::fmt;
 
 /// First bytes of a table file.
 pub const MAGIC: [u8; 8] = *b"RAMDIRSN";
-/// Format version; a reader refuses any other.
-pub const VERSION: u32 = 1;
+/// Format version; a reader refuses any other. Any change to the layout or
+/// to [`hash`] must change it (a reader that hashed differently would miss).
+pub const VERSION: u32 = 2;
 /// Size of the table file header.
 pub const HEADER_LEN: usize = 128;
 /// First bytes of the control file.
@@ -56,8 +69,14 @@ pub const FLAG_IMPLICIT_SENDER_LOGINS: u64 = 8;
 
 /// Record flag: the key was removed since the base (delta files only).
 pub const RECORD_REMOVED: u8 = 1;
-/// Fixed part of a record.
-const RECORD_HEAD: usize = 8;
+/// Cell flag: the key is in data (longer than [`INLINE_KEY`]).
+const CELL_LONG_KEY: u8 = 2;
+/// Size of a cell: one cache line.
+pub const CELL: usize = 64;
+/// Longest key kept in its cell (the rest of the line, less the NUL).
+pub const INLINE_KEY: usize = CELL - 16 - 1;
+/// Most cells in use, as a fraction (numerator / 4): 3/4.
+pub const CELL_LOAD: usize = 3;
 
 /// The name of the file that holds generation `generation`.
 pub fn file_name(generation: u64) -> String {
@@ -79,6 +98,18 @@ pub enum Kind {
     /// An address several source entries claim; the value is the claim
     /// count in decimal. Every lookup reaching it fails temporarily.
     Ambiguous = 5,
+    /// Dovecot passdb fields of an enabled login (`ffi/dovecot`): the
+    /// value is `name, value, name, value…`, NUL-separated, starting with
+    /// `password` (`{SCHEME}hash`) or `nologin`.
+    Passdb = 6,
+    /// Dovecot 2.3 userdb fields of a login (`quota_rule*` spelling), as
+    /// for [`Kind::Passdb`].
+    Userdb23 = 7,
+    /// Dovecot 2.4 userdb fields of a login (`quota_storage_size` spelling).
+    Userdb24 = 8,
+    /// An address that may log in as the one login it delivers to
+    /// (`alias_logins`); the value is that login.
+    LoginAlias = 9,
 }
 
 /// Whether a table file stands alone or amends a base.
@@ -116,14 +147,23 @@ impl fmt::Display for FormatError {
 
 impl std::error::Error for FormatError {}
 
-/// FNV-1a 64 (stable across processes, builds and versions; the keys are
-/// short addresses) followed by a finaliser so the low bits that pick a
-/// slot depend on every input byte.
+/// The slot hash: stable across processes, builds and versions (it is part
+/// of the file format). Eight bytes per multiply, then a finaliser so the
+/// low bits that pick a slot depend on every input byte.
 pub fn hash(kind: Kind, key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in std::iter::once(&(kind as u8)).chain(key) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (kind as u64) ^ (key.len() as u64).wrapping_mul(K);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(31);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(31);
     }
     // murmur3 fmix64
     h ^= h >> 33;
@@ -154,10 +194,10 @@ pub struct Header {
     pub base_generation: u64,
     /// Total length.
     pub file_len: u64,
-    /// Number of slots (a power of two).
-    pub slot_count: u64,
-    /// Where the slots start.
-    pub slots_off: u64,
+    /// Number of cells.
+    pub cell_count: u64,
+    /// Where the cells start (64-aligned).
+    pub cells_off: u64,
     /// Where the records start.
     pub data_off: u64,
     /// Length of the record area.
@@ -199,8 +239,8 @@ impl Header {
             self.generation,
             self.base_generation,
             self.file_len,
-            self.slot_count,
-            self.slots_off,
+            self.cell_count,
+            self.cells_off,
             self.data_off,
             self.data_len,
             self.flags,
@@ -239,8 +279,8 @@ impl Header {
             generation: f(0),
             base_generation: f(1),
             file_len: f(2),
-            slot_count: f(3),
-            slots_off: f(4),
+            cell_count: f(3),
+            cells_off: f(4),
             data_off: f(5),
             data_len: f(6),
             flags: f(7),
@@ -256,22 +296,25 @@ impl Header {
                 FormatError::Corrupt("file longer than its header says")
             });
         }
-        if h.slot_count == 0 || !h.slot_count.is_power_of_two() {
-            return Err(FormatError::Corrupt("slot count"));
+        if h.cell_count == 0 {
+            return Err(FormatError::Corrupt("cell count"));
         }
-        let slots_end = h
-            .slot_count
-            .checked_mul(8)
-            .and_then(|n| n.checked_add(h.slots_off))
-            .ok_or(FormatError::Corrupt("slots"))?;
-        if h.slots_off < HEADER_LEN as u64 || !h.slots_off.is_multiple_of(8) || slots_end > len {
-            return Err(FormatError::Corrupt("slots"));
+        let cells_end = h
+            .cell_count
+            .checked_mul(CELL as u64)
+            .and_then(|n| n.checked_add(h.cells_off))
+            .ok_or(FormatError::Corrupt("cells"))?;
+        if h.cells_off < HEADER_LEN as u64
+            || !h.cells_off.is_multiple_of(CELL as u64)
+            || cells_end > len
+        {
+            return Err(FormatError::Corrupt("cells"));
         }
         let data_end = h
             .data_off
             .checked_add(h.data_len)
             .ok_or(FormatError::Corrupt("data"))?;
-        if h.data_off < slots_end || !h.data_off.is_multiple_of(8) || data_end > len {
+        if h.data_off < cells_end || !h.data_off.is_multiple_of(8) || data_end > len {
             return Err(FormatError::Corrupt("data"));
         }
         let delim_end = h
@@ -349,75 +392,96 @@ impl<'a> TableFile<'a> {
         std::str::from_utf8(b).map_err(|_| FormatError::Corrupt("delimiter is not UTF-8"))
     }
 
-    fn slot(&self, i: u64) -> u64 {
-        let off = (self.header.slots_off + 8 * i) as usize;
-        u64_at(self.bytes, off)
-    }
-
-    fn record(&self, pos: u64) -> Result<Record<'a>, FormatError> {
-        let data = self.data();
-        let bad = FormatError::Corrupt("record out of bounds");
-        let start = usize::try_from(pos).map_err(|_| bad.clone())?;
-        let head = data
-            .get(start..start.checked_add(RECORD_HEAD).ok_or(bad.clone())?)
-            .ok_or(bad.clone())?;
-        let flags = head[1];
-        let key_len = usize::from(u16::from_le_bytes([head[2], head[3]]));
-        let value_len = u32_at(head, 4) as usize;
-        let key_start = start + RECORD_HEAD;
-        let key_end = key_start + key_len;
-        let value_start = key_end + 1;
-        let value_end = value_start
-            .checked_add(value_len)
-            .ok_or(FormatError::Corrupt("value length"))?;
-        if value_end >= data.len() {
-            return Err(bad);
-        }
-        if data[key_end] != 0 || data[value_end] != 0 {
+    /// A NUL-terminated run of `len` bytes at `off` (× 8) in data.
+    fn in_data(&self, off: u32, len: usize) -> Result<&'a [u8], FormatError> {
+        let start = off as usize * 8;
+        let b = self
+            .data()
+            .get(
+                start
+                    ..=start
+                        .checked_add(len)
+                        .ok_or(FormatError::Corrupt("length"))?,
+            )
+            .ok_or(FormatError::Corrupt("offset outside the data"))?;
+        if b[len] != 0 {
             return Err(FormatError::Corrupt("missing terminator"));
         }
-        let key = std::str::from_utf8(&data[key_start..key_end])
+        Ok(b)
+    }
+
+    /// The record in the (non-empty) cell at byte offset `off`.
+    fn cell_record(&self, off: usize) -> Result<Record<'a>, FormatError> {
+        let c = &self.bytes[off..off + CELL];
+        let flags = c[1];
+        let key_len = usize::from(u16::from_le_bytes([c[2], c[3]]));
+        let key_nul = if flags & CELL_LONG_KEY == 0 {
+            if key_len > INLINE_KEY {
+                return Err(FormatError::Corrupt("inline key length"));
+            }
+            if c[16 + key_len] != 0 {
+                return Err(FormatError::Corrupt("missing terminator"));
+            }
+            &self.bytes[off + 16..=off + 16 + key_len]
+        } else {
+            self.in_data(u32_at(c, 16), key_len)?
+        };
+        let key = std::str::from_utf8(&key_nul[..key_len])
             .map_err(|_| FormatError::Corrupt("key is not UTF-8"))?;
-        let value = std::str::from_utf8(&data[value_start..value_end])
-            .map_err(|_| FormatError::Corrupt("value is not UTF-8"))?;
+        let value_len = u32_at(c, 4) as usize;
+        let value = if value_len == 0 {
+            ""
+        } else {
+            let v = self.in_data(u32_at(c, 12), value_len)?;
+            std::str::from_utf8(&v[..value_len])
+                .map_err(|_| FormatError::Corrupt("value is not UTF-8"))?
+        };
         Ok(Record {
             removed: flags & RECORD_REMOVED != 0,
             key,
-            key_nul: &data[key_start..=key_end],
+            key_nul,
             value,
         })
+    }
+
+    /// Every record of `kind`, in cell order (Dovecot's user iteration).
+    /// Stops at the first record that does not parse.
+    pub fn for_each(&self, kind: Kind, mut f: impl FnMut(Record<'a>)) -> Result<(), FormatError> {
+        // Bounded by the cell count, which the header check tied to the
+        // file's length: a hostile file cannot make this loop.
+        for i in 0..self.header.cell_count {
+            let off = (self.header.cells_off + i * CELL as u64) as usize;
+            if self.bytes[off] == kind as u8 {
+                f(self.cell_record(off)?);
+            }
+        }
+        Ok(())
     }
 
     /// The record for `key` of `kind`, if the file has one.
     pub fn find(&self, kind: Kind, key: &str) -> Result<Option<Record<'a>>, FormatError> {
         let h = hash(kind, key.as_bytes());
-        let mask = self.header.slot_count - 1;
-        let tag = h >> 32;
-        let mut i = h & mask;
-        // At most every slot once: a hostile file full of tags cannot make
-        // a lookup loop.
-        for _ in 0..self.header.slot_count {
-            let s = self.slot(i);
-            if s == 0 {
+        let n = self.header.cell_count;
+        let tag = h as u32;
+        let mut i = ((u128::from(h) * u128::from(n)) >> 64) as u64;
+        // At most every cell once: a hostile file with no empty cell cannot
+        // make a lookup loop.
+        for _ in 0..n {
+            let off = (self.header.cells_off + i * CELL as u64) as usize;
+            let c = &self.bytes[off..off + CELL];
+            if c[0] == 0 {
                 return Ok(None);
             }
-            if s >> 32 == tag {
-                let pos = (s & 0xffff_ffff)
-                    .checked_sub(1)
-                    .and_then(|p| p.checked_mul(8))
-                    .ok_or(FormatError::Corrupt("slot"))?;
-                let data = self.data();
-                let kb = data.get(pos as usize).copied();
-                if kb == Some(kind as u8) {
-                    let r = self.record(pos)?;
-                    if r.key == key {
-                        return Ok(Some(r));
-                    }
-                } else if kb.is_none() {
-                    return Err(FormatError::Corrupt("slot points outside the data"));
+            if c[0] == kind as u8 && u32_at(c, 8) == tag {
+                let r = self.cell_record(off)?;
+                if r.key == key {
+                    return Ok(Some(r));
                 }
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == n {
+                i = 0;
+            }
         }
         Ok(None)
     }
@@ -426,8 +490,20 @@ impl<'a> TableFile<'a> {
 /// Builds a table file in memory (the writer's side).
 #[derive(Debug)]
 pub struct Builder {
+    /// Keys and values, as added.
     data: Vec<u8>,
-    hashes: Vec<(u64, u32)>,
+    records: Vec<Pending>,
+}
+
+/// One record waiting for [`Builder::finish`]: its hash, kind, flags and
+/// where its key and value are in the builder's buffer.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    hash: u64,
+    kind: Kind,
+    removed: bool,
+    key: (usize, usize),
+    value: (usize, usize),
 }
 
 /// Longest key a record can hold (its length is a `u16`); the directory
@@ -439,18 +515,18 @@ impl Builder {
     pub fn with_capacity(entries: usize, data_bytes: usize) -> Builder {
         Builder {
             data: Vec::with_capacity(data_bytes),
-            hashes: Vec::with_capacity(entries),
+            records: Vec::with_capacity(entries),
         }
     }
 
     /// Number of records so far.
     pub fn len(&self) -> usize {
-        self.hashes.len()
+        self.records.len()
     }
 
     /// Whether no record was added.
     pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
+        self.records.is_empty()
     }
 
     /// Bytes of record data so far.
@@ -467,17 +543,11 @@ impl Builder {
         removed: bool,
         values: impl IntoIterator<Item = &'v str>,
     ) -> bool {
-        if key.len() > MAX_RECORD_KEY || self.data.len() / 8 >= u32::MAX as usize - 1 {
+        if key.len() > MAX_RECORD_KEY {
             return false;
         }
-        let start = self.data.len();
-        self.data.push(kind as u8);
-        self.data.push(if removed { RECORD_REMOVED } else { 0 });
-        self.data
-            .extend_from_slice(&(key.len() as u16).to_le_bytes());
-        self.data.extend_from_slice(&[0; 4]);
+        let key_start = self.data.len();
         self.data.extend_from_slice(key.as_bytes());
-        self.data.push(0);
         let value_start = self.data.len();
         for (i, v) in values.into_iter().enumerate() {
             if i > 0 {
@@ -487,65 +557,91 @@ impl Builder {
             // come from text lines and LDAP strings that cannot hold one.
             self.data.extend(v.bytes().filter(|&b| b != 0));
         }
-        let value_len = (self.data.len() - value_start) as u32;
-        self.data[start + 4..start + 8].copy_from_slice(&value_len.to_le_bytes());
-        self.data.push(0);
-        while !self.data.len().is_multiple_of(8) {
-            self.data.push(0);
-        }
-        self.hashes
-            .push((hash(kind, key.as_bytes()), (start / 8 + 1) as u32));
+        self.records.push(Pending {
+            hash: hash(kind, key.as_bytes()),
+            kind,
+            removed,
+            key: (key_start, key.len()),
+            value: (value_start, self.data.len() - value_start),
+        });
         true
     }
 
     /// The finished file.
     pub fn finish(
-        mut self,
+        self,
         kind: FileKind,
         generation: u64,
         base_generation: u64,
         flags: u64,
         delimiter: &str,
     ) -> Vec<u8> {
-        let delim_off = self.data.len() as u64;
-        self.data.extend_from_slice(delimiter.as_bytes());
-        while !self.data.len().is_multiple_of(8) {
-            self.data.push(0);
-        }
-        // Load factor at most 1/2: short probe runs, misses end early.
-        let slot_count = (self.hashes.len() * 2).next_power_of_two().max(8);
-        let mut slots = vec![0u64; slot_count];
-        let mask = slot_count as u64 - 1;
-        for &(h, pos) in &self.hashes {
-            let mut i = h & mask;
-            while slots[i as usize] != 0 {
-                i = (i + 1) & mask;
+        let n = self.records.len();
+        let cell_count = (n * 4).div_ceil(CELL_LOAD).max(8);
+        let mut cells = vec![0u8; cell_count * CELL];
+        let mut data: Vec<u8> = Vec::new();
+        // Offsets in data are u32 in units of 8 bytes (32 GiB).
+        let mut put = |bytes: &[u8]| -> u32 {
+            let off = data.len() / 8;
+            data.extend_from_slice(bytes);
+            data.push(0);
+            while !data.len().is_multiple_of(8) {
+                data.push(0);
             }
-            slots[i as usize] = (h >> 32) << 32 | u64::from(pos);
+            off as u32
+        };
+        for r in &self.records {
+            let key = &self.data[r.key.0..r.key.0 + r.key.1];
+            let value = &self.data[r.value.0..r.value.0 + r.value.1];
+            let mut i = ((u128::from(r.hash) * cell_count as u128) >> 64) as usize;
+            while cells[i * CELL] != 0 {
+                i = (i + 1) % cell_count;
+            }
+            let c = &mut cells[i * CELL..(i + 1) * CELL];
+            c[0] = r.kind as u8;
+            c[1] = if r.removed { RECORD_REMOVED } else { 0 };
+            c[2..4].copy_from_slice(&(key.len() as u16).to_le_bytes());
+            c[4..8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            c[8..12].copy_from_slice(&(r.hash as u32).to_le_bytes());
+            if !value.is_empty() {
+                let off = put(value);
+                c[12..16].copy_from_slice(&off.to_le_bytes());
+            }
+            if key.len() <= INLINE_KEY {
+                c[16..16 + key.len()].copy_from_slice(key);
+            } else {
+                c[1] |= CELL_LONG_KEY;
+                let off = put(key);
+                c[16..20].copy_from_slice(&off.to_le_bytes());
+            }
         }
-        let slots_off = HEADER_LEN as u64;
-        let data_off = slots_off + 8 * slot_count as u64;
-        let file_len = data_off + self.data.len() as u64;
+        let delim_off = data.len() as u64;
+        data.extend_from_slice(delimiter.as_bytes());
+        while !data.len().is_multiple_of(8) {
+            data.push(0);
+        }
+        let cells_off = (HEADER_LEN as u64).next_multiple_of(CELL as u64);
+        let data_off = cells_off + cells.len() as u64;
+        let file_len = data_off + data.len() as u64;
         let header = Header {
             kind,
             generation,
             base_generation,
             file_len,
-            slot_count: slot_count as u64,
-            slots_off,
+            cell_count: cell_count as u64,
+            cells_off,
             data_off,
-            data_len: self.data.len() as u64,
+            data_len: data.len() as u64,
             flags,
             delim_off,
             delim_len: delimiter.len() as u64,
-            entries: self.hashes.len() as u64,
+            entries: n as u64,
         };
         let mut out = Vec::with_capacity(file_len as usize);
         out.extend_from_slice(&header.encode());
-        for s in &slots {
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-        out.extend_from_slice(&self.data);
+        out.resize(cells_off as usize, 0);
+        out.extend_from_slice(&cells);
+        out.extend_from_slice(&data);
         out
     }
 }
@@ -553,6 +649,9 @@ impl Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Longer than a cell holds.
+    const LONG: &str = "a-very-long-local-part-that-does-not-fit@a-long-domain.example";
 
     fn sample() -> Vec<u8> {
         let mut b = Builder::with_capacity(4, 256);
@@ -565,6 +664,7 @@ mod tests {
         ));
         assert!(b.add(Kind::Domain, "example.org", false, []));
         assert!(b.add(Kind::User, "gone@example.org", true, []));
+        assert!(b.add(Kind::User, LONG, false, []));
         b.finish(FileKind::Base, 7, 7, FLAG_AUTHORITATIVE, "+-")
     }
 
@@ -573,7 +673,7 @@ mod tests {
         let bytes = sample();
         let t = TableFile::parse(&bytes).unwrap();
         assert_eq!(t.header().generation, 7);
-        assert_eq!(t.header().entries, 4);
+        assert_eq!(t.header().entries, 5);
         assert_eq!(t.delimiter().unwrap(), "+-");
         let a = t.find(Kind::Alias, "info@example.org").unwrap().unwrap();
         assert_eq!(a.value, "alice@example.org\0bob@remote.test");
@@ -590,6 +690,10 @@ mod tests {
         // Same key, other kind: not found.
         assert_eq!(t.find(Kind::Alias, "alice@example.org").unwrap(), None);
         assert_eq!(t.find(Kind::User, "nobody@example.org").unwrap(), None);
+        assert!(LONG.len() > INLINE_KEY);
+        let l = t.find(Kind::User, LONG).unwrap().unwrap();
+        assert_eq!((l.key, l.key_nul.len()), (LONG, LONG.len() + 1));
+        assert_eq!(t.find(Kind::User, &LONG[1..]).unwrap(), None);
     }
 
     #[test]
@@ -625,6 +729,7 @@ mod tests {
                     ] {
                         let _ = t.find(k, key);
                     }
+                    let _ = t.for_each(Kind::User, |_| {});
                     let _ = t.delimiter();
                 }
             }
@@ -638,14 +743,16 @@ mod tests {
             if b.len() >= HEADER_LEN && b[0] & 1 == 0 {
                 let n = b.len() as u64;
                 let h = Header { kind: FileKind::Base, generation: 1, base_generation: 1, file_len: n,
-                    slot_count: 8, slots_off: 128, data_off: 192.min(n & !7), data_len: n.saturating_sub(192.min(n & !7)),
+                    cell_count: 1, cells_off: 128, data_off: 192.min(n & !7), data_len: n.saturating_sub(192.min(n & !7)),
                     flags: 0, delim_off: 0, delim_len: 0, entries: 0 };
                 b[..HEADER_LEN].copy_from_slice(&h.encode());
             }
             if let Ok(t) = TableFile::parse(&b) {
-                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain] {
+                for kind in [Kind::User, Kind::Alias, Kind::Sender, Kind::Domain, Kind::Passdb,
+                    Kind::Userdb23, Kind::Userdb24, Kind::LoginAlias] {
                     let _ = t.find(kind, &key);
                 }
+                let _ = t.for_each(Kind::Userdb23, |_| {});
             }
         }
     }

@@ -25,5 +25,5 @@ mod map;
 pub mod read;
 pub mod write;
 
-pub use read::{Error, Hit, Reader};
-pub use write::{Limits, Published, Publisher};
+pub use read::{AuthAnswer, Error, Hit, Reader};
+pub use write::{Content, Limits, Published, Publisher, RecordsFn};

@@ -336,6 +336,131 @@ impl Reader {
     }
 }
 
+/// A Dovecot passdb or userdb answer ([`Reader::auth_lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthAnswer {
+    /// The login, when Dovecot asked under another name (another case, a
+    /// login alias): Dovecot must continue as this user.
+    pub user: Option<String>,
+    /// The fields, in the order the daemon wrote them.
+    pub fields: Vec<(String, String)>,
+}
+
+fn auth_fields(value: &str) -> Result<Vec<(String, String)>, FormatError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut items = value.split('\0');
+    let mut out = Vec::new();
+    while let Some(k) = items.next() {
+        let v = items
+            .next()
+            .ok_or(FormatError::Corrupt("a field without its value"))?;
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+impl Reader {
+    /// Dovecot's lookup of `name` in the records of `kind`
+    /// ([`Kind::Passdb`], [`Kind::Userdb23`], [`Kind::Userdb24`]), with the
+    /// rules of ramdir's auth dict (`ramdir_dovecot::service`): the login as
+    /// given when it is in normal form, else the normalised address; an
+    /// address several entries claim is an error (never one of them); an
+    /// alias allowed to log in stands for its login. `Ok(None)` is a real
+    /// "unknown user"; a miss while the directory is not authoritative is
+    /// [`Error::NotAuthoritative`].
+    pub fn auth_lookup(&mut self, kind: Kind, name: &str) -> Result<Option<AuthAnswer>, Error> {
+        self.refresh()?;
+        let Some(c) = self.current.as_ref() else {
+            return Err(Error::NotPublished);
+        };
+        let view = View {
+            base: c.base.table(),
+            delta: c.delta.as_ref().map(Mapped::table),
+            settings: &c.settings,
+            corrupt: Cell::new(None),
+        };
+        let norm = &c.settings.normalizer;
+        let mut found = None;
+        let mut user = None;
+        if name.len() <= MAX_KEY_LEN {
+            if norm.is_normal_form(name) {
+                found = view.get(kind, name);
+            }
+            if found.is_none()
+                && let Some(addr) = norm.address(name)
+            {
+                let full = addr.full();
+                found = view.get(kind, &full);
+                if found.is_none() {
+                    if let Some(claims) = view.ambiguous_claims(&full) {
+                        return Err(Error::Lookup(format!(
+                            "{full} is claimed by {claims} directory entries"
+                        )));
+                    }
+                    if addr.extension.is_none()
+                        && let Some(alias) = view.get(Kind::LoginAlias, &full)
+                    {
+                        found = view.get(kind, alias.value);
+                        user = Some(alias.value.to_string());
+                    }
+                } else if full != name {
+                    user = Some(full);
+                }
+            }
+        }
+        if let Some(e) = view.corrupt.take() {
+            return Err(Error::Format(file_name(c.generation), e));
+        }
+        match found {
+            Some(r) => Ok(Some(AuthAnswer {
+                user,
+                fields: auth_fields(r.value)
+                    .map_err(|e| Error::Format(file_name(c.generation), e))?,
+            })),
+            None if !c.authoritative => Err(Error::NotAuthoritative),
+            None => Ok(None),
+        }
+    }
+
+    /// Every key of `kind` in the published generation (Dovecot's userdb
+    /// iteration: `doveadm user '*'`, `doveadm -A`).
+    pub fn auth_users(&mut self, kind: Kind) -> Result<Vec<String>, Error> {
+        self.refresh()?;
+        let Some(c) = self.current.as_ref() else {
+            return Err(Error::NotPublished);
+        };
+        let name = || file_name(c.generation);
+        let mut users = Vec::new();
+        match c.delta.as_ref().map(Mapped::table) {
+            None => c
+                .base
+                .table()
+                .for_each(kind, |r| users.push(r.key.to_string()))
+                .map_err(|e| Error::Format(name(), e))?,
+            Some(d) => {
+                let mut changed = Vec::new();
+                d.for_each(kind, |r| changed.push((r.key.to_string(), r.removed)))
+                    .map_err(|e| Error::Format(name(), e))?;
+                let base = c.base.table();
+                let mut err = None;
+                base.for_each(kind, |r| match d.find(kind, r.key) {
+                    Ok(None) => users.push(r.key.to_string()),
+                    Ok(Some(_)) => {}
+                    Err(e) => err = Some(e),
+                })
+                .map_err(|e| Error::Format(name(), e))?;
+                if let Some(e) = err {
+                    return Err(Error::Format(name(), e));
+                }
+                users.extend(changed.into_iter().filter(|c| !c.1).map(|c| c.0));
+            }
+        }
+        Ok(users)
+    }
+}
+
 /// A generation as the lookup rules see it: the delta's records first
 /// (a removal hides the base's), then the base's.
 struct View<'a> {

@@ -153,8 +153,22 @@ struct Base {
 /// domains).
 type Values = Box<[Box<str>]>;
 
+/// Builds the records of a map directory that is not Postfix's from one
+/// directory (e.g. the Dovecot passdb/userdb files, `ramdir::dovecot_map`).
+pub type RecordsFn = Box<dyn Fn(&Directory, &mut Builder) + Send>;
+
+/// What a map directory holds.
+pub enum Content {
+    /// The Postfix tables; a small change is published as a delta.
+    Postfix,
+    /// Records built by the caller; every generation is a base, written
+    /// with the same control-word, rename and grace rules.
+    Records(RecordsFn),
+}
+
 /// Publishes directories into one map directory.
 pub struct Publisher {
+    content: Content,
     path: PathBuf,
     mode: u32,
     control: Control,
@@ -200,6 +214,16 @@ impl Publisher {
     /// with `mode`. The generation in an existing control page is kept
     /// serving until the first [`Publisher::publish`].
     pub fn open(path: &Path, mode: u32, limits: Limits) -> io::Result<Publisher> {
+        Publisher::open_with(path, mode, limits, Content::Postfix)
+    }
+
+    /// [`Publisher::open`] for a map directory holding `content`.
+    pub fn open_with(
+        path: &Path,
+        mode: u32,
+        limits: Limits,
+        content: Content,
+    ) -> io::Result<Publisher> {
         fs::create_dir_all(path)?;
         let control = Control::open_or_create(path, mode)?;
         let generation = control.word() >> 8;
@@ -213,6 +237,7 @@ impl Publisher {
             live.push(h.base_generation);
         }
         let mut p = Publisher {
+            content,
             path: path.to_path_buf(),
             mode,
             control,
@@ -255,6 +280,7 @@ impl Publisher {
         }
         let limits = self.limits;
         let delta = match &mut self.base {
+            _ if !matches!(self.content, Content::Postfix) => None,
             Some(b) if b.flags == rules && b.delimiter == delimiter => {
                 let (shared, total) = b.last.shared_shards(dir);
                 if shared * limits.min_shared_fraction >= total {
@@ -271,7 +297,19 @@ impl Publisher {
                 self.base.as_ref().map_or(generation, |b| b.generation),
                 builder,
             ),
-            None => (FileKind::Base, generation, Self::base_records(dir)),
+            None => (
+                FileKind::Base,
+                generation,
+                match &self.content {
+                    Content::Postfix => Self::base_records(dir),
+                    Content::Records(f) => {
+                        let n = dir.counts().users;
+                        let mut b = Builder::with_capacity(n * 3, n * 256);
+                        f(dir, &mut b);
+                        b
+                    }
+                },
+            ),
         };
         let entries = builder.len() as u64;
         let bytes = builder.finish(kind, generation, base_generation, flags, &delimiter);
@@ -282,7 +320,8 @@ impl Publisher {
         self.generation = generation;
         let now = Instant::now();
         let live = if kind == FileKind::Base {
-            self.base = Some(Base {
+            let postfix = matches!(self.content, Content::Postfix);
+            self.base = postfix.then(|| Base {
                 generation,
                 flags: rules,
                 delimiter,

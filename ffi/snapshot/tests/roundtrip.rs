@@ -195,6 +195,61 @@ fn bases_and_deltas_answer_like_the_directory() {
 }
 
 #[test]
+fn ambiguous_addresses_are_temporary_in_bases_and_deltas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = publisher(tmp.path());
+    let mut r = Reader::open(tmp.path()).unwrap();
+    let temporary = |r: &mut Reader, table: Table, key: &str| {
+        matches!(r.lookup(table, key), Err(Error::Lookup(_)))
+    };
+
+    // In a base: the address, its +ext form and an alias leading to it.
+    let mut d = directory();
+    d.set_ambiguous("dup@example.org", 2);
+    d.set_alias("todup@example.org", vec!["dup@example.org".into()]);
+    let d = Arc::new(d);
+    assert_eq!(p.publish(&d).unwrap().kind, FileKind::Base);
+    compare(&d, &mut r);
+    for (table, key) in [
+        (Table::Mailboxes, "dup@example.org"),
+        (Table::Mailboxes, "DUP+x@example.org"),
+        (Table::Aliases, "dup@example.org"),
+        (Table::Aliases, "todup@example.org"),
+        (Table::Senders, "dup@example.org"),
+    ] {
+        assert!(temporary(&mut r, table, key), "{table} {key}");
+    }
+
+    // Healed in a delta: the remaining claim is served again.
+    let mut healed = Directory::clone(&d);
+    healed.clear_ambiguous("dup@example.org");
+    healed.insert_user(&UserSpec {
+        login: "dup@example.org".into(),
+        enabled: true,
+        ..Default::default()
+    });
+    let healed = Arc::new(healed);
+    assert_eq!(p.publish(&healed).unwrap().kind, FileKind::Delta);
+    compare(&healed, &mut r);
+    assert_eq!(
+        r.lookup(Table::Mailboxes, "dup@example.org")
+            .unwrap()
+            .unwrap()
+            .as_str(),
+        "dup@example.org"
+    );
+
+    // Contested again in a delta: temporary again, never "not found".
+    let mut again = Directory::clone(&healed);
+    again.set_ambiguous("bob@example.org", 3);
+    let again = Arc::new(again);
+    assert_eq!(p.publish(&again).unwrap().kind, FileKind::Delta);
+    compare(&again, &mut r);
+    assert!(temporary(&mut r, Table::Mailboxes, "bob@example.org"));
+    assert!(temporary(&mut r, Table::Aliases, "team@example.org"));
+}
+
+#[test]
 fn a_large_change_set_becomes_a_base() {
     let tmp = tempfile::tempdir().unwrap();
     let limits = Limits {

@@ -179,6 +179,152 @@ impl Target for AuthTarget {
     }
 }
 
+/// The auth-client protocol (what imap-login speaks to the auth
+/// process; Dovecot's `src/lib-auth/auth-client-interface.h` and
+/// `src/auth/auth-request-handler.c`):
+///
+/// ```text
+/// client: VERSION\t1\t2\n  CPID\t<pid>\n
+/// server: VERSION\t1\t2\n  MECH\t…\n…  SPID\t…\n CUID\t…\n COOKIE\t…\n DONE\n
+/// client: AUTH\t<id>\tPLAIN\tservice=imap\tsecured\tno-penalty\tresp=<base64 \0user\0password>\n
+/// server: OK\t<id>\tuser=…\n | FAIL\t<id>\t…\n
+/// ```
+///
+/// Ids must be unique on a connection (a successful request stays known
+/// to the server for a while), so each connection counts up.
+pub struct PlainTarget {
+    /// The auth-client socket.
+    pub socket: PathBuf,
+    /// Pre-encoded request tails (`\tPLAIN\t…\n`, after the id).
+    pub keys: KeySet,
+}
+
+/// Base64 (standard alphabet, padded).
+fn base64(data: &[u8], out: &mut String) {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= c.len() {
+                out.push(char::from(B64[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+}
+
+/// The request tail for `user` logging in with its own address as the
+/// password (`gen-passwd --plain-passwords`).
+pub fn plain_tail(user: &str, service: &str, out: &mut BytesMut) {
+    let mut resp = Vec::with_capacity(2 * user.len() + 2);
+    resp.push(0);
+    resp.extend_from_slice(user.as_bytes());
+    resp.push(0);
+    resp.extend_from_slice(user.as_bytes());
+    let mut s = String::with_capacity(64 + 2 * user.len());
+    s.push_str("\tPLAIN\tservice=");
+    escape(service, &mut s);
+    s.push_str("\tsecured\tno-penalty\tresp=");
+    base64(&resp, &mut s);
+    s.push('\n');
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Classify an auth-client reply to request `id`.
+pub fn classify_plain(line: &[u8], id: u64) -> Result<Outcome, String> {
+    let mut f = line.split(|&b| b == b'\t');
+    let word = f.next().unwrap_or_default();
+    let got = f.next().unwrap_or_default();
+    let outcome = match word {
+        b"OK" => Outcome::Ok,
+        b"FAIL" if line.windows(9).any(|w| w == b"temp_fail") => Outcome::Temp,
+        b"FAIL" => Outcome::NotFound,
+        _ => {
+            return Err(format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(60)])
+            ));
+        }
+    };
+    if got != id.to_string().as_bytes() {
+        return Err(format!(
+            "reply to request {:?}, expected {id}",
+            String::from_utf8_lossy(got)
+        ));
+    }
+    Ok(outcome)
+}
+
+impl PlainTarget {
+    /// Logins of users `0..count` of `pattern` for `service`.
+    pub fn new(
+        socket: PathBuf,
+        pattern: &KeyPattern,
+        domains: u64,
+        count: u64,
+        service: &str,
+    ) -> PlainTarget {
+        PlainTarget {
+            socket,
+            keys: KeySet::build(pattern, domains, count, 120, |user, buf| {
+                plain_tail(user, service, buf)
+            }),
+        }
+    }
+}
+
+impl Target for PlainTarget {
+    type Conn = (Stream, BytesMut, u64);
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn kind(&self) -> Kind {
+        Kind {
+            map: "passdb".into(),
+            what: "auth-client PLAIN".into(),
+            labels: ["OK", "FAIL", "FAIL temp", "other"],
+        }
+    }
+
+    async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
+        let mut s = connect_unix(&self.socket).await?;
+        let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
+        s.write_all(hello.as_bytes())
+            .await
+            .map_err(|e| format!("write handshake: {e}"))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            let line = read_reply(&mut s, &mut buf, take_line).await?;
+            if line == b"DONE" {
+                break;
+            }
+        }
+        Ok((s, buf, 0))
+    }
+
+    async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String> {
+        let (stream, buf, next) = conn;
+        *next += 1;
+        let id = *next;
+        let mut req = format!("AUTH\t{id}").into_bytes();
+        req.extend_from_slice(self.keys.request(i));
+        stream
+            .write_all(&req)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_reply(stream, buf, |b| match take_line(b)? {
+            Some(line) => classify_plain(&line, id).map(Some),
+            None => Ok(None),
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +354,28 @@ mod tests {
         assert!(classify(b"NOTFOUND").is_err());
         assert!(classify(b"").is_err());
         assert!(classify(b"VERSION\t1\t0").is_err());
+    }
+
+    #[test]
+    fn plain_logins_are_what_imap_login_sends() {
+        let mut out = BytesMut::new();
+        plain_tail("a@b", "imap", &mut out);
+        // base64("\0a@b\0a@b")
+        assert_eq!(
+            &out[..],
+            b"\tPLAIN\tservice=imap\tsecured\tno-penalty\tresp=AGFAYgBhQGI=\n"
+        );
+        assert_eq!(classify_plain(b"OK\t7\tuser=a@b", 7), Ok(Outcome::Ok));
+        assert_eq!(
+            classify_plain(b"FAIL\t7\tuser=a@b", 7),
+            Ok(Outcome::NotFound)
+        );
+        assert_eq!(
+            classify_plain(b"FAIL\t7\tcode=temp_fail", 7),
+            Ok(Outcome::Temp)
+        );
+        assert!(classify_plain(b"OK\t8", 7).is_err());
+        assert!(classify_plain(b"CONT\t7\t", 7).is_err());
     }
 
     #[test]

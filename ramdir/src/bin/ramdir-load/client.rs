@@ -258,6 +258,9 @@ pub struct LoadOptions {
     /// Also count the CPU time of every process with one of these command
     /// names (a forking server's children) as the server's.
     pub server_comm: Vec<String>,
+    /// Also count the CPU time of this process and its direct children
+    /// (a forking server's master) as the server's.
+    pub server_children: Option<u32>,
 }
 
 /// Outcome counts and latencies.
@@ -408,17 +411,25 @@ pub fn run<T: Target>(opts: &LoadOptions, target: T) -> Result<Report, String> {
     })
 }
 
-/// CPU seconds of the server: `--server-pid` plus the `--server-comm`
-/// processes; `None` when neither is given.
+/// CPU seconds of the server: `--server-pid` plus the `--server-children`
+/// tree plus the `--server-comm` processes; `None` when none is given.
 fn server_cpu(opts: &LoadOptions) -> Option<f64> {
     let pid = opts
         .server_pid
         .and_then(|p| procfs::cpu_seconds(Some(p)).ok());
-    if opts.server_comm.is_empty() {
+    let tree = match opts.server_children {
+        Some(p) => Some(procfs::cpu_seconds_with_children(p).ok()?),
+        None => None,
+    };
+    if opts.server_comm.is_empty() && tree.is_none() {
         return pid;
     }
-    let comm = procfs::cpu_seconds_by_comm(&opts.server_comm).ok()?;
-    Some(pid.unwrap_or(0.0) + comm)
+    let comm = if opts.server_comm.is_empty() {
+        0.0
+    } else {
+        procfs::cpu_seconds_by_comm(&opts.server_comm).ok()?
+    };
+    Some(pid.unwrap_or(0.0) + tree.unwrap_or(0.0) + comm)
 }
 
 fn sleep_until(t: Instant) {

@@ -23,6 +23,9 @@ pub struct GenOptions {
     pub alias_every: u64,
     /// Seed for the password hashes.
     pub seed: u64,
+    /// Passwords `{PLAIN}<address>` instead of random `{SSHA}` hashes: a
+    /// login load (`auth --plain`) can then log every user in.
+    pub plain_passwords: bool,
 }
 
 /// What was written.
@@ -90,7 +93,12 @@ pub fn generate(
         line.clear();
         line.extend_from_slice(&addr);
         line.push(b':');
-        push_ssha(&mut rng, &mut line);
+        if opts.plain_passwords {
+            line.extend_from_slice(b"{PLAIN}");
+            line.extend_from_slice(&addr);
+        } else {
+            push_ssha(&mut rng, &mut line);
+        }
         line.extend_from_slice(b":5000:5000::/var/vmail/");
         line.extend_from_slice(domain);
         line.push(b'/');
@@ -171,6 +179,7 @@ mod tests {
             quota_every: 4,
             alias_every: 5,
             seed: 1,
+            plain_passwords: false,
         };
         let r = generate(&opts, &pw, Some(&al)).unwrap();
         assert_eq!((r.users, r.with_quota, r.aliases), (10, 3, 2));

@@ -91,6 +91,10 @@ enum Command {
         /// Seed for the password hashes.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Passwords `{PLAIN}<address>` (for `auth --plain`) instead of
+        /// random `{SSHA}` hashes.
+        #[arg(long)]
+        plain_passwords: bool,
     },
     /// Run the constant-reply socketmap server (the ceiling) until SIGTERM/SIGINT.
     Ceiling {
@@ -225,6 +229,11 @@ enum Command {
         /// Domains of the pattern.
         #[arg(long, default_value_t = 100)]
         key_domains: u64,
+        /// Log in instead: `--socket` is Dovecot's auth-client socket, and
+        /// each request is an `AUTH … PLAIN` with the password
+        /// `gen-passwd --plain-passwords` gave the user (its address).
+        #[arg(long)]
+        plain: bool,
     },
     /// Write LDAP entries (LDIF) for users numbered and addressed like
     /// gen-passwd's: `uid=u<i>,<base>` with mail, mailLocalAddress,
@@ -402,6 +411,10 @@ struct LoadArgs {
     /// server's children; counted as the server's CPU.
     #[arg(long)]
     server_comm: Option<String>,
+    /// Also measure the CPU time of this process and its direct children
+    /// (a forking server's master, e.g. Dovecot's: auth, auth-worker, …).
+    #[arg(long)]
+    server_children: Option<u32>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -427,6 +440,7 @@ impl LoadArgs {
                 .as_deref()
                 .map(|c| c.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            server_children: self.server_children,
         })
     }
 }
@@ -484,6 +498,7 @@ fn run(cli: Cli) -> Result<(), String> {
             quota_every,
             pattern,
             seed,
+            plain_passwords,
         } => {
             let opts = genpasswd::GenOptions {
                 users,
@@ -492,6 +507,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 quota_every,
                 alias_every,
                 seed,
+                plain_passwords,
             };
             genpasswd::run(&opts, &out, aliases.as_deref()).map_err(|e| format!("gen-passwd: {e}"))
         }
@@ -598,8 +614,19 @@ fn run(cli: Cli) -> Result<(), String> {
             key_pattern,
             key_count,
             key_domains,
+            plain,
         } => {
             let opts = load.options(socket)?;
+            if plain {
+                let target = auth::PlainTarget::new(
+                    opts.socket.clone(),
+                    &KeyPattern::parse(&key_pattern)?,
+                    key_domains,
+                    key_count,
+                    &service,
+                );
+                return report(&opts, target, load.json);
+            }
             let target = auth::AuthTarget::new(
                 opts.socket.clone(),
                 &KeyPattern::parse(&key_pattern)?,

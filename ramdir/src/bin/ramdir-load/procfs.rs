@@ -74,6 +74,35 @@ pub fn parse_stat_comm(text: &str) -> Option<&str> {
     Some(&text[text.find('(')? + 1..text.rfind(')')?])
 }
 
+/// The parent's pid (field 4) of the text of `/proc/<pid>/stat`.
+pub fn parse_stat_ppid(text: &str) -> Option<u32> {
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds used so far by process `pid` and its direct children (a
+/// forking server such as Dovecot's master and its auth and auth-worker
+/// processes). Children that exited are not counted.
+pub fn cpu_seconds_with_children(pid: u32) -> io::Result<f64> {
+    let mut total = cpu_seconds(Some(pid))?;
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue; // exited meanwhile
+        };
+        if parse_stat_ppid(&text) == Some(pid) {
+            total += parse_stat_cpu(&text).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
 /// CPU seconds used so far by all processes whose command name
 /// (`/proc/<pid>/comm`, at most 15 bytes) is one of `names` (compared on
 /// their first 15 bytes). Processes that exited are not counted.
@@ -156,6 +185,9 @@ mod tests {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 1 1";
         assert_eq!(parse_stat_cpu(stat), Some(3.0));
         assert_eq!(parse_stat_comm(stat), Some("a (b) c"));
+        assert_eq!(parse_stat_ppid(stat), Some(1));
+        // This process's children include none, but it counts itself.
+        assert!(cpu_seconds_with_children(std::process::id()).unwrap() >= 0.0);
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert!(cpu_seconds_by_comm(&[me.trim().to_string()]).unwrap() >= 0.0);
         assert_eq!(cpu_seconds_by_comm(&["no-such-comm".into()]).unwrap(), 0.0);

@@ -43,6 +43,8 @@ pub struct Extras {
     pub store: Option<Arc<ramdir_core::usage::UsageStore>>,
     /// The generation `[postfix_map]` last published.
     pub map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The generation `[dovecot_map]` last published.
+    pub dovecot_map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The content type of the text format.
@@ -448,6 +450,15 @@ pub fn encode(
         )
         .sample("ramdir_postfix_map_generation", "", load(g));
     }
+    if let Some(g) = &extras.dovecot_map_generation {
+        family(
+            o,
+            "ramdir_dovecot_map_generation",
+            "gauge",
+            "Directory generation last published for the Dovecot module.",
+        )
+        .sample("ramdir_dovecot_map_generation", "", load(g));
+    }
 
     if let Some(p) = process() {
         family(
@@ -642,6 +653,7 @@ mod tests {
         let extras = Extras {
             store: Some(store),
             map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(7))),
+            dovecot_map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(8))),
         };
         let doc = encode(&h, &c, None, &extras);
         assert!(doc.ends_with('\n'));
@@ -661,6 +673,7 @@ mod tests {
             "# TYPE ramdir_request_duration_seconds histogram\n",
             "ramdir_quota_store_commits_total 0\n",
             "ramdir_postfix_map_generation 7\n",
+            "ramdir_dovecot_map_generation 8\n",
             "# TYPE ramdir_requests_total counter\n",
             "# TYPE process_resident_memory_bytes gauge\n",
             &format!(

@@ -279,6 +279,7 @@ async fn run(
         let extras = crate::metrics::Extras {
             store: store.clone(),
             map_generation: publisher.as_ref().map(|p| p.published.clone()),
+            dovecot_map_generation: dovecot_publisher.as_ref().map(|p| p.published.clone()),
         };
         let stop = stopped(stop_rx.clone());
         tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");

@@ -98,7 +98,7 @@ trap cleanup EXIT INT TERM
 
 # --- tools the test needs (Debian packages; no daemon is started) --------
 need=""
-for p in lintian systemd prometheus curl; do
+for p in lintian systemd prometheus curl man-db binutils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -157,11 +157,10 @@ grep -q "^Depends:.*adduser" "$WORK/ctl/control" || fail "no Depends: adduser"
 if grep -q "deb-systemd-invoke stop" "$WORK/ctl/prerm" 2>/dev/null; then
     grep -B2 "deb-systemd-invoke stop" "$WORK/ctl/prerm" | grep -qF '"$1" = remove' || fail "prerm stops the unit on upgrade too"
 fi
-file -L "$WORK/ctl/../contents" >/dev/null
 mkdir "$WORK/x"
 dpkg -x "$DEB" "$WORK/x"
 for b in usr/sbin/ramdir usr/lib/postfix/postfix-ramdir.so; do
-    file "$WORK/x/$b" | grep -q ", stripped" || fail "$b is not stripped: $(file "$WORK/x/$b")"
+    ! readelf -S "$WORK/x/$b" | grep -q '\.symtab' || fail "$b is not stripped"
 done
 
 say "man --warnings"
@@ -425,7 +424,12 @@ MAINCF_SAVED=""
 rm -f /var/log/postfix-ramdir-test.log
 dpkg_retry --purge ramdir >/dev/null
 find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/after"
-diff "$WORK/before" "$WORK/after" || fail "purge left files behind"
+# Anything new since before the install is left over (files that went away
+# meanwhile are another process's business, and so is Dovecot's module
+# directory, where the Dovecot module's own tests install
+# libauthdb_ramdir.so; this package ships nothing there).
+left=$(comm -13 "$WORK/before" "$WORK/after" | { grep -v '^/usr/lib/dovecot/modules/' || true; })
+[ -z "$left" ] || fail "purge left files behind: $left"
 ! getent passwd ramdir >/dev/null || fail "purge left the user"
 ! getent group ramdir >/dev/null || fail "purge left the group"
 say "package test passed"

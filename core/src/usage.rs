@@ -291,6 +291,20 @@ pub struct UsageStore {
     cache: ReadCache,
     id: u64,
     invalidations: Invalidations,
+    /// Durable redb commits and the transactions they carried, failed
+    /// commits (for metrics).
+    stats: CommitStats,
+}
+
+/// Commit counters of a [`UsageStore`].
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// redb write transactions committed (one per group commit).
+    pub commits: AtomicU64,
+    /// Usage transactions in them.
+    pub transactions: AtomicU64,
+    /// Group commits that failed.
+    pub failures: AtomicU64,
 }
 
 impl UsageStore {
@@ -309,6 +323,7 @@ impl UsageStore {
             cache: ReadCache::new(),
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             invalidations: Invalidations::default(),
+            stats: CommitStats::default(),
         })
     }
 
@@ -391,6 +406,17 @@ impl UsageStore {
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
         let r = self.write_batch(txns);
+        match &r {
+            Ok(_) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .transactions
+                    .fetch_add(txns.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         // After the commit (or its failure, when what is on disk is not
         // known): the next read of these users goes to redb.
         for txn in txns {
@@ -437,6 +463,11 @@ impl UsageStore {
         }
         w.commit().map_err(db_err)?;
         Ok(out)
+    }
+
+    /// The commit counters.
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// Every counter of `user` (for `explain` and tests).
@@ -560,6 +591,11 @@ mod tests {
             .unwrap();
         assert_eq!(s.get("a", "quota/storage").unwrap(), None);
         assert_eq!(s.get("b", "quota/storage").unwrap(), Some(7));
+        // Three group commits carrying five transactions.
+        let st = s.commit_stats();
+        assert_eq!(st.commits.load(Ordering::Relaxed), 3);
+        assert_eq!(st.transactions.load(Ordering::Relaxed), 5);
+        assert_eq!(st.failures.load(Ordering::Relaxed), 0);
     }
 
     fn set(s: &UsageStore, user: &str, v: i64) {

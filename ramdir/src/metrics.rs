@@ -36,6 +36,17 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clients served at once; one Prometheus needs one.
 const MAX_SCRAPES: usize = 4;
 
+/// Figures from parts that exist only with some configurations.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The quota usage store (`[quota]`).
+    pub store: Option<Arc<ramdir_core::usage::UsageStore>>,
+    /// The generation `[postfix_map]` last published.
+    pub map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The generation `[dovecot_map]` last published.
+    pub dovecot_map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
 /// The content type of the text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -115,7 +126,12 @@ fn process() -> Option<Process> {
 }
 
 /// The exposition document.
-pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>) -> String {
+pub fn encode(
+    handle: &DirectoryHandle,
+    c: &Counters,
+    ldap: Option<&LdapSource>,
+    extras: &Extras,
+) -> String {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
     let o = &mut out;
@@ -152,16 +168,41 @@ pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>)
         "listener=\"dict\"",
         load(&c.dict.commands),
     );
+    let sm = &c.socketmap;
+    let (requests, found, temp, perm) = (
+        load(&sm.requests),
+        load(&sm.found),
+        load(&sm.temp),
+        load(&sm.perm),
+    );
+    // TEMP and PERM are counted at once, the others per batch: clamp the
+    // difference rather than go below zero between two flushes.
+    let notfound = requests.saturating_sub(found + temp + perm);
     family(
         o,
         "ramdir_replies_total",
         "counter",
-        "Replies by kind where they are counted: socketmap TEMP/TIMEOUT (Postfix defers).",
+        "Socketmap replies by kind: found (OK), notfound, temp (TEMP/TIMEOUT: Postfix defers), perm.",
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"found\"",
+        found,
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"notfound\"",
+        notfound,
     )
     .sample(
         "ramdir_replies_total",
         "listener=\"socketmap\",kind=\"temp\"",
-        load(&c.socketmap.temp),
+        temp,
+    )
+    .sample(
+        "ramdir_replies_total",
+        "listener=\"socketmap\",kind=\"perm\"",
+        perm,
     );
     {
         let name = "ramdir_request_duration_seconds";
@@ -368,6 +409,57 @@ pub fn encode(handle: &DirectoryHandle, c: &Counters, ldap: Option<&LdapSource>)
         );
     }
 
+    if let Some(store) = &extras.store {
+        let st = store.commit_stats();
+        family(
+            o,
+            "ramdir_quota_store_commits_total",
+            "counter",
+            "Durable commits of the quota usage store (group commits).",
+        )
+        .sample("ramdir_quota_store_commits_total", "", load(&st.commits));
+        family(
+            o,
+            "ramdir_quota_store_transactions_total",
+            "counter",
+            "Usage transactions committed to the quota usage store.",
+        )
+        .sample(
+            "ramdir_quota_store_transactions_total",
+            "",
+            load(&st.transactions),
+        );
+        family(
+            o,
+            "ramdir_quota_store_commit_failures_total",
+            "counter",
+            "Group commits of the quota usage store that failed.",
+        )
+        .sample(
+            "ramdir_quota_store_commit_failures_total",
+            "",
+            load(&st.failures),
+        );
+    }
+    if let Some(g) = &extras.map_generation {
+        family(
+            o,
+            "ramdir_postfix_map_generation",
+            "gauge",
+            "Directory generation last published for postfix-ramdir.so.",
+        )
+        .sample("ramdir_postfix_map_generation", "", load(g));
+    }
+    if let Some(g) = &extras.dovecot_map_generation {
+        family(
+            o,
+            "ramdir_dovecot_map_generation",
+            "gauge",
+            "Directory generation last published for the Dovecot module.",
+        )
+        .sample("ramdir_dovecot_map_generation", "", load(g));
+    }
+
     if let Some(p) = process() {
         family(
             o,
@@ -446,6 +538,7 @@ async fn serve_client(
     handle: &DirectoryHandle,
     counters: &Counters,
     ldap: Option<&LdapSource>,
+    extras: &Extras,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -463,7 +556,7 @@ async fn serve_client(
         head.extend_from_slice(&buf[..n]);
     }
     let is_head = head.starts_with(b"HEAD ");
-    let (status, body) = respond(&head, || encode(handle, counters, ldap));
+    let (status, body) = respond(&head, || encode(handle, counters, ldap, extras));
     let ctype = if status.starts_with("200") {
         CONTENT_TYPE
     } else {
@@ -488,6 +581,7 @@ pub async fn run(
     handle: Arc<DirectoryHandle>,
     counters: Arc<Counters>,
     ldap: Option<Arc<LdapSource>>,
+    extras: Extras,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_SCRAPES));
@@ -508,11 +602,18 @@ pub async fn run(
             tracing::debug!("metrics: too many clients at once; closing one");
             continue;
         };
-        let (h, c, l) = (handle.clone(), counters.clone(), ldap.clone());
+        let (h, c, l, x) = (
+            handle.clone(),
+            counters.clone(),
+            ldap.clone(),
+            extras.clone(),
+        );
         tokio::spawn(async move {
-            let r =
-                tokio::time::timeout(CLIENT_TIMEOUT, serve_client(stream, &h, &c, l.as_deref()))
-                    .await;
+            let r = tokio::time::timeout(
+                CLIENT_TIMEOUT,
+                serve_client(stream, &h, &c, l.as_deref(), &x),
+            )
+            .await;
             if let Ok(Err(e)) | Err(e) = r.map_err(std::io::Error::other) {
                 tracing::debug!(error = %e, "metrics client");
             }
@@ -543,13 +644,24 @@ mod tests {
         let c = Counters::default();
         c.socketmap.requests.store(42, Ordering::Relaxed);
         c.socketmap.temp.store(2, Ordering::Relaxed);
+        c.socketmap.found.store(30, Ordering::Relaxed);
         c.socketmap.latency.observe(Duration::from_micros(40));
         c.socketmap.latency.observe(Duration::from_millis(2));
-        let doc = encode(&h, &c, None);
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(ramdir_core::usage::UsageStore::open(&dir.path().join("q.redb")).unwrap());
+        let extras = Extras {
+            store: Some(store),
+            map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(7))),
+            dovecot_map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(8))),
+        };
+        let doc = encode(&h, &c, None, &extras);
         assert!(doc.ends_with('\n'));
         for want in [
             "ramdir_requests_total{listener=\"socketmap\"} 42\n",
             "ramdir_replies_total{listener=\"socketmap\",kind=\"temp\"} 2\n",
+            "ramdir_replies_total{listener=\"socketmap\",kind=\"found\"} 30\n",
+            "ramdir_replies_total{listener=\"socketmap\",kind=\"notfound\"} 10\n",
             "ramdir_directory_entries{kind=\"users\"} 3\n",
             "ramdir_directory_authoritative 1\n",
             "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"0.000025\"} 0\n",
@@ -559,6 +671,9 @@ mod tests {
             "ramdir_request_duration_seconds_sum{listener=\"socketmap\"} 0.00204\n",
             "ramdir_request_duration_seconds_count{listener=\"socketmap\"} 2\n",
             "# TYPE ramdir_request_duration_seconds histogram\n",
+            "ramdir_quota_store_commits_total 0\n",
+            "ramdir_postfix_map_generation 7\n",
+            "ramdir_dovecot_map_generation 8\n",
             "# TYPE ramdir_requests_total counter\n",
             "# TYPE process_resident_memory_bytes gauge\n",
             &format!(
@@ -637,6 +752,7 @@ mod tests {
             Arc::new(handle(1)),
             Arc::new(Counters::default()),
             None,
+            Extras::default(),
             async {
                 let _ = rx.await;
             },

@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Running {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// The directory generation last published (for metrics).
+    pub published: Arc<AtomicU64>,
 }
 
 impl Running {
@@ -130,31 +132,32 @@ pub fn start_publisher(
     let stop = Arc::new(AtomicBool::new(false));
     let unavailable_on_stop = map.unavailable_on_stop;
     let flag = stop.clone();
+    let published = Arc::new(AtomicU64::new(first.meta().generation));
+    let shown = published.clone();
     let thread = std::thread::Builder::new()
         .name(format!("ramdir-{name}-map"))
         .spawn(move || {
-            run(
-                &mut publisher,
-                &handle,
-                first.meta().generation,
-                &flag,
-                name,
-            );
+            run(&mut publisher, &handle, &shown, &flag, name);
             if unavailable_on_stop {
                 publisher.mark_unavailable();
                 tracing::info!(map = name, "map marked unavailable");
             }
         })?;
-    Ok(Running { stop, thread })
+    Ok(Running {
+        stop,
+        thread,
+        published,
+    })
 }
 
 fn run(
     publisher: &mut Publisher,
     handle: &DirectoryHandle,
-    mut published: u64,
+    shown: &AtomicU64,
     stop: &AtomicBool,
     name: &str,
 ) {
+    let mut published = shown.load(Ordering::Relaxed);
     let mut last = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(POLL);
@@ -170,6 +173,7 @@ fn run(
         match publisher.publish(&dir) {
             Ok(p) => {
                 published = dir.meta().generation;
+                shown.store(published, Ordering::Relaxed);
                 last = Instant::now();
                 tracing::debug!(
                     map = name,

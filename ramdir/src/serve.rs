@@ -245,19 +245,6 @@ async fn run(
         servers.spawn(async move { stats::run(listener, h, c, src, stop).await });
     }
 
-    if let Some(m) = &config.metrics {
-        // Latency sampling costs the hot path a little: only when shown.
-        counters.socketmap.latency.enable();
-        counters.policy.latency.enable();
-        let listener = tokio::net::TcpListener::bind(m.listen)
-            .await
-            .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
-        let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
-        let stop = stopped(stop_rx.clone());
-        tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
-        servers.spawn(async move { crate::metrics::run(listener, h, c, src, stop).await });
-    }
-
     let publisher = match &config.postfix_map {
         Some(m) => {
             let p = crate::postfix_map::start(m, handle.clone())?;
@@ -280,6 +267,24 @@ async fn run(
         }
         None => None,
     };
+
+    if let Some(m) = &config.metrics {
+        // Latency sampling costs the hot path a little: only when shown.
+        counters.socketmap.latency.enable();
+        counters.policy.latency.enable();
+        let listener = tokio::net::TcpListener::bind(m.listen)
+            .await
+            .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
+        let (h, c, src) = (handle.clone(), counters.clone(), ldap.clone());
+        let extras = crate::metrics::Extras {
+            store: store.clone(),
+            map_generation: publisher.as_ref().map(|p| p.published.clone()),
+            dovecot_map_generation: dovecot_publisher.as_ref().map(|p| p.published.clone()),
+        };
+        let stop = stopped(stop_rx.clone());
+        tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
+        servers.spawn(async move { crate::metrics::run(listener, h, c, src, extras, stop).await });
+    }
 
     for p in inherited.unused() {
         tracing::warn!(socket = %p.display(), "systemd passed a socket no listener is configured for");

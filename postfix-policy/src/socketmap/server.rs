@@ -94,15 +94,27 @@ pub struct Stats {
     /// `TEMP` and `TIMEOUT` answers (Postfix defers): counted where they
     /// are made, off the hot path, for `ramdir check` and metrics.
     pub temp: AtomicU64,
+    /// `PERM` answers (configuration errors), counted as they are made.
+    pub perm: AtomicU64,
+    /// `OK` answers, counted with `requests` (so `NOTFOUND` is `requests`
+    /// minus `found`, `temp` and `perm`).
+    pub found: AtomicU64,
     /// Time to answer a request (decode, look up, encode), sampled, while
     /// metrics are on.
     pub latency: ramdir_core::latency::Latency,
 }
 
-/// Count a reply that makes Postfix defer.
-fn count_temp(stats: &Stats, reply: &Reply) {
-    if matches!(reply, Reply::Temp(_) | Reply::Timeout(_)) {
-        stats.temp.fetch_add(1, Ordering::Relaxed);
+/// Count the rare replies as they are made: those that make Postfix defer
+/// and configuration errors.
+fn count_rare(stats: &Stats, reply: &Reply) {
+    match reply {
+        Reply::Temp(_) | Reply::Timeout(_) => {
+            stats.temp.fetch_add(1, Ordering::Relaxed);
+        }
+        Reply::Perm(_) => {
+            stats.perm.fetch_add(1, Ordering::Relaxed);
+        }
+        Reply::Ok(_) | Reply::NotFound => {}
     }
 }
 
@@ -142,25 +154,31 @@ const READ_ROOM: usize = 512;
 struct Counted<'a> {
     stats: &'a Stats,
     pending: u64,
+    found: u64,
 }
 
 impl Counted<'_> {
-    fn add(&mut self) {
+    fn add(&mut self, found: bool) {
         self.pending += 1;
+        self.found += u64::from(found);
         if self.pending >= COUNT_BATCH {
-            self.stats
-                .requests
-                .fetch_add(self.pending, Ordering::Relaxed);
-            self.pending = 0;
+            self.flush();
         }
+    }
+
+    fn flush(&mut self) {
+        self.stats
+            .requests
+            .fetch_add(self.pending, Ordering::Relaxed);
+        self.stats.found.fetch_add(self.found, Ordering::Relaxed);
+        self.pending = 0;
+        self.found = 0;
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.stats
-            .requests
-            .fetch_add(self.pending, Ordering::Relaxed);
+        self.flush();
     }
 }
 
@@ -182,7 +200,11 @@ async fn serve_connection(
     };
     tokio::pin!(stopping);
     let mut stopped = false;
-    let mut counted = Counted { stats, pending: 0 };
+    let mut counted = Counted {
+        stats,
+        pending: 0,
+        found: 0,
+    };
     let mut sampler = ramdir_core::latency::Sampler::default();
     loop {
         // Answer every complete request already buffered.
@@ -215,19 +237,22 @@ async fn serve_connection(
             });
             match decoded {
                 Ok(Some(answered)) => {
-                    match answered {
-                        Ok(None) => {}
+                    // A login found in place is encoded by the decoder.
+                    let found = match answered {
+                        Ok(None) => true,
                         Ok(Some(reply)) => {
-                            count_temp(stats, &reply);
+                            count_rare(stats, &reply);
                             reply.encode(&mut out);
+                            matches!(reply, Reply::Ok(_))
                         }
                         Err(req) => {
                             let reply = answer_request(directory, config, &req).await;
-                            count_temp(stats, &reply);
+                            count_rare(stats, &reply);
                             reply.encode(&mut out);
+                            matches!(reply, Reply::Ok(_))
                         }
-                    }
-                    counted.add();
+                    };
+                    counted.add(found);
                     ramdir_core::latency::Sampler::finish(&stats.latency, started);
                 }
                 Ok(None) => break,
@@ -387,6 +412,16 @@ mod tests {
         let temp = roundtrip(&mut c, b"14:nosuch a@x.org,").await;
         assert!(temp.windows(4).any(|w| w == b"TEMP"));
         assert_eq!(srv.stats.temp.load(Ordering::Relaxed), 1);
+        drop(c);
+        // Counted when the connection ends: 5 requests, one OK login and
+        // one OK domain.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while srv.stats.requests.load(Ordering::Relaxed) < 5 {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(srv.stats.found.load(Ordering::Relaxed), 2);
+        assert_eq!(srv.stats.perm.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
-mod config;
 mod demo;
 mod listener;
 mod postfix_map;
 mod serve;
 mod stats;
 
-use config::{Config, DEFAULT_CONFIG};
+// The configuration reader is the library's (shared with the fuzz
+// targets); `crate::config` names it for the binary's modules.
+use ramdir::config::{self, Config, DEFAULT_CONFIG};
 
 /// In-memory mail directory for stock Postfix and Dovecot.
 #[derive(Debug, Parser)]

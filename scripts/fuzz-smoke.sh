@@ -2,14 +2,14 @@
 # Bounded smoke run of every fuzz target in fuzz/ (docs/reliability.md,
 # "Fuzzing"): one build of all targets with libFuzzer's coverage flags on
 # stable Rust (what `cargo fuzz build -s none` does, without installing
-# cargo-fuzz), then each target for FUZZ_SECS seconds (default 12) from its
+# cargo-fuzz), then each target for FUZZ_SECS seconds (default 10) from its
 # committed seeds, with a fixed seed. A crash, a failed check or a hang
 # fails the run; the log shows the input (`Base64:`).
 #
 # Usage: scripts/fuzz-smoke.sh [target...]   (default: every target)
 set -eu
 cd "$(dirname "$0")/../fuzz"
-SECS=${FUZZ_SECS:-12}
+SECS=${FUZZ_SECS:-10}
 T=x86_64-unknown-linux-gnu
 # `--cfg fuzzing` and debug assertions as cargo-fuzz sets them; `--target`
 # keeps the flags off build scripts (they would not link).

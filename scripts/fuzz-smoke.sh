@@ -16,6 +16,9 @@ T=x86_64-unknown-linux-gnu
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions"
+# The fuzz crate is outside the main workspace: `cargo fmt --all` at the top
+# does not see it.
+cargo fmt --check
 start=$(date +%s)
 cargo build --release --locked --target $T --bins
 echo "fuzz: built in $(($(date +%s) - start)) s"

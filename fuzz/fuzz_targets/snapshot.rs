@@ -44,7 +44,11 @@ fn built(data: &[u8]) {
             want.push((kind, key.to_string(), removed, v.join("\0")));
         }
     }
-    let delim = if data.len() % 2 == 0 { "+" } else { "" };
+    let delim = if data.len().is_multiple_of(2) {
+        "+"
+    } else {
+        ""
+    };
     let file = b.finish(FileKind::Base, 7, 7, 1, delim);
     let t = TableFile::parse(&file).expect("the builder's file parses");
     assert_eq!(t.delimiter().unwrap(), delim);

@@ -249,6 +249,12 @@ fn read_lines(
         }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()))?;
+        // Postfix reads its tables as C strings, and the plugin's snapshot
+        // separates list items with NUL: a NUL would make the socketmap and
+        // the plugin answer differently (found by fuzzing).
+        if text.contains('\0') {
+            return Err(syntax(path, line, "line contains a NUL byte".into()));
+        }
         let text = text.trim_end_matches(['\n', '\r']);
         let t = text.trim_start();
         if t.is_empty() || t.starts_with('#') {
@@ -536,6 +542,39 @@ mod tests {
         };
         let e = load(&missing, Settings::default()).unwrap_err();
         assert!(matches!(e.kind, LoadErrorKind::Io(_)) && e.line.is_none());
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/snapshot_reader.rs`): an alias
+    /// target with NUL bytes was loaded, and the socketmap answered it
+    /// with the NULs while the plugin's snapshot dropped them.
+    #[test]
+    fn fuzz_regression_nul_in_a_line_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(
+            tmp.path(),
+            "a",
+            "# ok\n@example.net dave@exam\x01\0\0\x1anet\n",
+        );
+        let e = load(
+            &FileSources {
+                alias_files: vec![p.clone()],
+                ..Default::default()
+            },
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.to_string().contains("NUL"), "{e}");
+        let p = write(tmp.path(), "u", "a@x.org:{PLAIN}a\0b\n");
+        let e = load(
+            &FileSources {
+                passwd_files: vec![p],
+                ..Default::default()
+            },
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(1));
     }
 
     #[test]

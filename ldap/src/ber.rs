@@ -86,6 +86,25 @@ impl<'a> Elements<'a> {
     }
 }
 
+/// Check that `b` is a run of well-formed elements, and so, recursively,
+/// is the contents of every constructed one. For the elements a reader
+/// skips (those after the ones it knows): ldap3's decoder, which reads
+/// every message of the live sync, refuses the whole message when any of
+/// them is malformed, so the full load must too. Iterative, so deep nesting
+/// cannot overflow the stack.
+pub fn check_all(b: &[u8]) -> Result<(), Malformed> {
+    let mut todo = vec![b];
+    while let Some(b) = todo.pop() {
+        let mut e = Elements::new(b);
+        while let Some((tag, contents)) = e.next()? {
+            if tag & CONSTRUCTED != 0 {
+                todo.push(contents);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A non-negative INTEGER or ENUMERATED's contents (result codes, message
 /// ids, sizes).
 pub fn uint(contents: &[u8]) -> Result<u64, Malformed> {

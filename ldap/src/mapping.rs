@@ -30,7 +30,7 @@ use std::collections::HashMap;
 
 use ldap3::asn1::{PL, StructureTag};
 
-use crate::ber::{CONSTRUCTED, Elements};
+use crate::ber::{self, CONSTRUCTED, Elements};
 use ramdir_core::UserSpec;
 use ramdir_core::address::Normalizer;
 use ramdir_core::quota::{QuotaFields, QuotaLimit};
@@ -361,6 +361,9 @@ impl Resolved {
         if dn_tag & CONSTRUCTED != 0 || attrs_tag & CONSTRUCTED == 0 {
             return Err(MapError(MALFORMED.into()));
         }
+        // Elements after the two are ignored, as `view` ignores them, but
+        // they must be well-formed, as ldap3 requires (found by fuzzing).
+        ber::check_all(parts.rest()).map_err(bad)?;
         let mut view = EntryView {
             dn,
             values: Vec::with_capacity(self.names.len() + 1),
@@ -374,6 +377,10 @@ impl Resolved {
             {
                 return Err(MapError(MALFORMED.into()));
             }
+            // The values of attributes the mapping does not read are
+            // skipped, but must be well-formed too.
+            ber::check_all(attr.rest()).map_err(bad)?;
+            ber::check_all(vals).map_err(bad)?;
             let mut vals = Elements::new(vals);
             let vals = std::iter::from_fn(move || match vals.next() {
                 Ok(Some((t, v))) if t & CONSTRUCTED == 0 => Some(Ok(v)),
@@ -994,6 +1001,34 @@ mod tests {
         };
         assert!(r.view(&bad).is_err());
         assert!(r.view_ber(&encode(&bad)).is_err());
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/ldap_entry.rs`): bytes after
+    /// an entry's two elements that are not BER. The in-place reader took
+    /// the entry, ldap3 (the live sync's decoder) refuses it.
+    #[test]
+    fn fuzz_regression_trailing_garbage_in_entry() {
+        let r = Mapping::default().resolve();
+        let crash: &[u8] = b"\x64\x29\x04\x04cn?x\x31\x00ail1\x04\x04\x02\xff\x00\x00\x00\x00a@[.\xfe0\x11\x04\x04MAIL1\x09\x04or\x07a@xg.org";
+        assert!(ldap3::asn1::parse_tag(crash).is_err());
+        assert_eq!(r.view_ber(crash).unwrap_err().0, MALFORMED);
+        // The same within an attribute, and a malformed element nested in a
+        // well-formed constructed one.
+        let attr_tail: &[u8] = b"\x64\x0f\x04\x00\x30\x0b\x30\x09\x04\x04mail\x31\x00\x05\x09";
+        assert!(ldap3::asn1::parse_tag(attr_tail).is_err());
+        assert_eq!(r.view_ber(attr_tail).unwrap_err().0, MALFORMED);
+        let nested: &[u8] = b"\x64\x08\x04\x00\x30\x00\x30\x02\x04\x05";
+        assert!(ldap3::asn1::parse_tag(nested).is_err());
+        assert_eq!(r.view_ber(nested).unwrap_err().0, MALFORMED);
+        // Well-formed extra elements are still ignored, as ldap3's tree
+        // reader ignores them.
+        // Malformed values of an attribute the mapping does not read.
+        let unread: &[u8] = b"\x64\x14\x04\x00\x30\x10\x30\x0e\x04\x05other\x31\x05\x04\x02hi\x04";
+        assert!(ldap3::asn1::parse_tag(unread).is_err());
+        assert_eq!(r.view_ber(unread).unwrap_err().0, MALFORMED);
+        let extra: &[u8] = b"\x64\x0a\x04\x00\x30\x00\x30\x04\x04\x02hi";
+        let (_, tag) = ldap3::asn1::parse_tag(extra).unwrap();
+        assert_eq!(r.view_ber(extra).unwrap(), r.view(&tag).unwrap());
     }
 
     proptest::proptest! {

@@ -52,6 +52,21 @@ use crate::index::{Index, Uuid, format_uuid, parse_uuid};
 use crate::mapping::{EntryData, EntryView, MapError, Resolved};
 use crate::settings::Settings;
 
+/// Read a Sync Info intermediate message (RFC 4533 2.5). ldap3's parser
+/// panics on malformed BER (G20), so it runs under `catch_unwind`: a
+/// malformed message is a protocol error that ends the session.
+pub fn sync_info(re: ResultEntry) -> Result<SyncInfo, LdapError> {
+    catch_unwind(AssertUnwindSafe(move || parse_syncinfo(re)))
+        .map_err(|_| LdapError::Protocol("malformed Sync Info message".into()))
+}
+
+/// Read an entry's Sync State control (RFC 4533 2.3), under `catch_unwind`
+/// as [`sync_info`].
+pub fn sync_state(ctrl: &ldap3::controls::RawControl) -> Result<SyncState, LdapError> {
+    catch_unwind(AssertUnwindSafe(|| ctrl.parse::<SyncState>()))
+        .map_err(|_| LdapError::Protocol("malformed Sync State control".into()))
+}
+
 /// OID of the Sync State control (RFC 4533).
 const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 /// `e-syncRefreshRequired` (RFC 4533): the cookie is too old.
@@ -641,13 +656,9 @@ impl LdapSource {
                 Err(e) => return SessionEnd::Failed(e.into()),
             };
             if re.is_intermediate() {
-                let info = match catch_unwind(AssertUnwindSafe(move || parse_syncinfo(re))) {
+                let info = match sync_info(re) {
                     Ok(i) => i,
-                    Err(_) => {
-                        return SessionEnd::Failed(LdapError::Protocol(
-                            "malformed Sync Info message".into(),
-                        ));
-                    }
+                    Err(e) => return SessionEnd::Failed(e),
                 };
                 match info {
                     SyncInfo::NewCookie(c) => self.set_cookie(Some(c)),
@@ -707,13 +718,9 @@ impl LdapSource {
                 tracing::warn!("sync entry without a Sync State control; ignored");
                 continue;
             };
-            let ss: SyncState = match catch_unwind(AssertUnwindSafe(|| ctrl.parse::<SyncState>())) {
+            let ss = match sync_state(&ctrl) {
                 Ok(ss) => ss,
-                Err(_) => {
-                    return SessionEnd::Failed(LdapError::Protocol(
-                        "malformed Sync State control".into(),
-                    ));
-                }
+                Err(e) => return SessionEnd::Failed(e),
             };
             let Ok(uuid) = Uuid::try_from(ss.entry_uuid.as_slice()) else {
                 tracing::warn!("sync entry with a malformed entryUUID; ignored");

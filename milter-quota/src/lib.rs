@@ -57,7 +57,10 @@
 
 mod config;
 mod server;
-mod service;
+// Public only for the fuzz targets (`fuzz/fuzz_targets/milter.rs`): not
+// part of the crate's API.
+#[doc(hidden)]
+pub mod service;
 
 use std::future::Future;
 use std::io;

@@ -3,7 +3,7 @@
 //!
 //! Read in two phases, as spf-milter and ripgrep do: serde reads the raw
 //! file strictly (an unknown section or key is an error with its line
-//! number), then [`Config::from_raw`] validates values (sizes, rules, socket
+//! number), then `Config::from_raw` validates values (sizes, rules, socket
 //! modes), again reporting the line. Relative paths are taken relative to
 //! the configuration file's directory. A section that is absent turns its
 //! listener or source off.

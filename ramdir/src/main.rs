@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod commands;
-mod config;
 mod demo;
 mod dovecot_map;
 mod journal;
@@ -21,7 +20,9 @@ mod serve;
 mod stats;
 mod systemd;
 
-use config::{Config, DEFAULT_CONFIG};
+// The configuration reader is the library's (shared with the fuzz
+// targets); `crate::config` names it for the binary's modules.
+use ramdir::config::{self, Config, DEFAULT_CONFIG};
 
 /// In-memory mail directory for stock Postfix and Dovecot.
 #[derive(Debug, Parser)]

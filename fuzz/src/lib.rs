@@ -1,0 +1,57 @@
+//! Helpers shared by the fuzz targets in `fuzz_targets/`.
+
+use std::cell::Cell;
+
+/// Inputs up to this length are also fed one byte at a time (every byte a
+/// split point); longer ones are fed in chunks whose sizes come from the
+/// input, so a target's cost stays linear in the input's length.
+pub const BYTEWISE_MAX: usize = 512;
+
+/// Chunk sizes to feed `data` in: all ones for a short input, else sizes of
+/// 1 to 64 bytes drawn from the input itself (deterministic).
+pub fn chunks(data: &[u8]) -> Vec<usize> {
+    if data.len() <= BYTEWISE_MAX {
+        return vec![1; data.len()];
+    }
+    let mut out = Vec::new();
+    let mut left = data.len();
+    let mut i = 0;
+    while left > 0 {
+        let n = (usize::from(data[i % data.len()]) % 64 + 1).min(left);
+        out.push(n);
+        left -= n;
+        i += 7;
+    }
+    out
+}
+
+thread_local! {
+    static EXPECTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f`, in which a panic is expected and caught by the code under
+/// test (ldap3's control parsers panic on malformed input, and ramdir
+/// wraps them in `catch_unwind`). libfuzzer-sys installs a panic hook that
+/// aborts at once; inside `f` that hook is silenced, everywhere else a
+/// panic still aborts and is reported as a crash.
+pub fn expecting_panics<R>(f: impl FnOnce() -> R) -> R {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let abort = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !EXPECTED.with(Cell::get) {
+                abort(info);
+            }
+        }));
+    });
+    EXPECTED.with(|e| e.set(true));
+    let r = f();
+    EXPECTED.with(|e| e.set(false));
+    r
+}
+
+/// Split `data` into at most `n` pieces at the byte `sep` (the last piece
+/// keeps any further separators).
+pub fn pieces(data: &[u8], sep: u8, n: usize) -> Vec<&[u8]> {
+    data.splitn(n, |&b| b == sep).collect()
+}

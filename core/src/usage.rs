@@ -46,11 +46,14 @@
 //! truncated store (or a file that is no store at all, an empty one
 //! included) is an error at start, never a silently empty store whose
 //! zeroes would let every mailbox overfill. When a write fails (a full
-//! disk), redb refuses every later operation on that handle; the store
-//! then answers errors (the dict `F`, the quota checks a temporary
-//! answer) and reopens the file, at most once per [`REOPEN_PAUSE`], until
-//! the disk has room again. What was committed before stays: redb's
-//! commit slots keep the last durable transaction.
+//! disk), the commit's callers get an error (the dict `F`) and the store
+//! counts as failing: its counters may lag behind what Dovecot counted, so
+//! every read is an error too (the quota checks answer "temporary") until a
+//! write succeeds again. A failing store tries an empty commit at most once
+//! per [`REOPEN_PAUSE`] (reopening the file if redb refuses the handle
+//! after an I/O error), so it recovers by itself when the disk has room
+//! again, even with no commit arriving. What was committed before stays:
+//! redb's commit slots keep the last durable transaction.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -340,6 +343,10 @@ pub struct UsageStore {
     path: PathBuf,
     /// When the last reopen was tried.
     reopened: Mutex<Option<Instant>>,
+    /// The last write failed (see the module docs).
+    failing: std::sync::atomic::AtomicBool,
+    /// When a failing store last tried an empty commit.
+    probed: Mutex<Option<Instant>>,
     cache: ReadCache,
     id: u64,
     invalidations: Invalidations,
@@ -374,6 +381,8 @@ impl UsageStore {
             db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reopened: Mutex::new(None),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            probed: Mutex::new(None),
             cache: ReadCache::new(),
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             invalidations: Invalidations::default(),
@@ -443,8 +452,38 @@ impl UsageStore {
         }
     }
 
+    /// Fail while the last write failed, unless an empty commit (tried at
+    /// most once per [`REOPEN_PAUSE`]) now succeeds.
+    fn check_healthy(&self) -> Result<(), StoreError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut last = self.probed.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if last.is_none_or(|t| t.elapsed() >= REOPEN_PAUSE) {
+            *last = Some(Instant::now());
+            let probe = self.with_db(|db| {
+                let w = db.begin_write().map_err(db_err)?;
+                w.open_table(COUNTERS).map_err(db_err)?;
+                w.commit().map_err(db_err)
+            });
+            if probe.is_ok() {
+                tracing::warn!(store = %self.path.display(), "quota store writable again");
+                self.failing.store(false, Ordering::Release);
+                return Ok(());
+            }
+        }
+        Err(StoreError::Db(format!(
+            "{}: the last write failed (disk full?); usage unknown until a write succeeds",
+            self.path.display()
+        )))
+    }
+
     /// Read a counter.
     pub fn get(&self, user: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        self.check_healthy()?;
         match CACHED_KEYS.iter().position(|k| *k == key) {
             Some(i) => Ok(self.counters(user)?[i]),
             None => self.read_db(user, &[key]).map(|v| v[0]),
@@ -454,6 +493,7 @@ impl UsageStore {
     /// Both counters of `user` (`quota/storage`, `quota/messages`), from
     /// this thread's copy, else the shared read cache, else redb.
     pub fn counters(&self, user: &str) -> Result<[Option<i64>; 2], StoreError> {
+        self.check_healthy()?;
         // Before any cache is read: an invalidation published after this
         // load is replayed at this thread's next read.
         let seq = self.invalidations.seq.load(Ordering::Acquire);
@@ -479,6 +519,9 @@ impl UsageStore {
 
     /// Both counters of `user` if this thread's copy has them.
     pub fn local_counters(&self, user: &str) -> Option<[Option<i64>; 2]> {
+        if self.failing.load(Ordering::Acquire) {
+            return None;
+        }
         let seq = self.invalidations.seq.load(Ordering::Acquire);
         LOCAL.with_borrow_mut(|local| self.local_get(local, seq, user_hash(user), user))
     }
@@ -524,6 +567,7 @@ impl UsageStore {
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
         let r = self.write_batch(txns);
+        self.failing.store(r.is_err(), Ordering::Release);
         match &r {
             Ok(_) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -49,10 +49,13 @@
 //! disk), the commit's callers get an error (the dict `F`) and the store
 //! counts as failing: its counters may lag behind what Dovecot counted, so
 //! every read is an error too (the quota checks answer "temporary") until a
-//! write succeeds again. A failing store tries an empty commit at most once
-//! per [`REOPEN_PAUSE`] (reopening the file if redb refuses the handle
-//! after an I/O error), so it recovers by itself when the disk has room
-//! again, even with no commit arriving. What was committed before stays:
+//! write succeeds again. A failing store probes at most once per
+//! [`REOPEN_PAUSE`]: it writes [`PROBE_BYTES`] next to the store (an empty
+//! commit alone often fits in a full disk, as it reuses freed pages, while
+//! the next real one does not), then commits an empty transaction
+//! (reopening the file if redb refuses the handle after an I/O error). So
+//! it recovers by itself when the disk has room again, even with no commit
+//! arriving. What was committed before stays:
 //! redb's commit slots keep the last durable transaction.
 
 use std::cell::RefCell;
@@ -307,6 +310,32 @@ thread_local! {
 /// (a full disk): each attempt reads the whole file.
 pub const REOPEN_PAUSE: Duration = Duration::from_secs(1);
 
+/// Room a failing store must find on its file system before it trusts
+/// writes again: several group commits' worth of new pages.
+pub const PROBE_BYTES: usize = 1 << 20;
+
+/// Is there room for [`PROBE_BYTES`] next to `store`? Written, synced and
+/// removed again. Where the directory cannot take the probe file at all
+/// (not writable by ramdir, read-only), the empty commit decides alone.
+fn room_for_probe(store: &Path) -> bool {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".space-probe");
+    let probe = PathBuf::from(name);
+    let written = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        std::io::Write::write_all(&mut f, &vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Ok(()) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        ),
+    }
+}
+
 /// Open the file at `path`: an existing one strictly (integrity checked,
 /// so damage is an error and an empty file is not taken for a new store),
 /// a missing one created.
@@ -343,6 +372,8 @@ pub struct UsageStore {
     path: PathBuf,
     /// When the last reopen was tried.
     reopened: Mutex<Option<Instant>>,
+    /// Bumped by every successful reopen.
+    handle_generation: AtomicU64,
     /// The last write failed (see the module docs).
     failing: std::sync::atomic::AtomicBool,
     /// When a failing store last tried an empty commit.
@@ -381,6 +412,7 @@ impl UsageStore {
             db: RwLock::new(Some(db)),
             path: path.to_path_buf(),
             reopened: Mutex::new(None),
+            handle_generation: AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
             probed: Mutex::new(None),
             cache: ReadCache::new(),
@@ -394,16 +426,18 @@ impl UsageStore {
     /// every operation on the handle) the file is closed and reopened, at
     /// most once per [`REOPEN_PAUSE`]; until that succeeds, an error.
     fn with_db<T>(&self, f: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        {
+        let seen = {
             let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            let seen = self.handle_generation.load(Ordering::Acquire);
             if let Some(db) = db.as_ref() {
                 match f(db) {
                     Err(StoreError::Db(e)) if e.contains(PREVIOUS_IO) => {}
                     r => return r,
                 }
             }
-        }
-        self.reopen()?;
+            seen
+        };
+        self.reopen(seen)?;
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         match db.as_ref() {
             Some(db) => f(db),
@@ -411,15 +445,13 @@ impl UsageStore {
         }
     }
 
-    /// Close a failed handle and open the file again (rate-limited).
-    fn reopen(&self) -> Result<(), StoreError> {
+    /// Close the failed handle of generation `seen` and open the file
+    /// again (rate-limited).
+    fn reopen(&self, seen: u64) -> Result<(), StoreError> {
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = db.as_ref() {
-            // Another caller may have reopened it meanwhile.
-            let healthy = d.begin_read().is_ok_and(|r| r.open_table(COUNTERS).is_ok());
-            if healthy {
-                return Ok(());
-            }
+        if db.is_some() && self.handle_generation.load(Ordering::Acquire) != seen {
+            // Another caller has reopened it meanwhile.
+            return Ok(());
         }
         let mut last = self.reopened.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| t.elapsed() < REOPEN_PAUSE) {
@@ -443,6 +475,7 @@ impl UsageStore {
             Ok(d) => {
                 tracing::warn!(store = %self.path.display(), "quota store reopened after a failure");
                 *db = Some(d);
+                self.handle_generation.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
             Err(e) => {
@@ -464,10 +497,17 @@ impl UsageStore {
         }
         if last.is_none_or(|t| t.elapsed() >= REOPEN_PAUSE) {
             *last = Some(Instant::now());
-            let probe = self.with_db(|db| {
-                let w = db.begin_write().map_err(db_err)?;
-                w.open_table(COUNTERS).map_err(db_err)?;
-                w.commit().map_err(db_err)
+            let probe = if room_for_probe(&self.path) {
+                Ok(())
+            } else {
+                Err(StoreError::Db("no room".into()))
+            };
+            let probe = probe.and_then(|()| {
+                self.with_db(|db| {
+                    let w = db.begin_write().map_err(db_err)?;
+                    w.open_table(COUNTERS).map_err(db_err)?;
+                    w.commit().map_err(db_err)
+                })
             });
             if probe.is_ok() {
                 tracing::warn!(store = %self.path.display(), "quota store writable again");
@@ -688,9 +728,11 @@ impl Writer {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "quota usage commit failed");
-                            let msg = e.to_string();
                             for reply in replies {
-                                reply(Err(StoreError::Db(msg.clone())));
+                                reply(Err(match &e {
+                                    StoreError::Db(m) => StoreError::Db(m.clone()),
+                                    StoreError::Closed => StoreError::Closed,
+                                }));
                             }
                         }
                     }
@@ -893,7 +935,10 @@ mod tests {
         };
         refused(&[], "empty file");
         refused(&good[..good.len() / 2], "truncated to half");
-        refused(&good[..4096.min(good.len())], "truncated to its header page");
+        refused(
+            &good[..4096.min(good.len())],
+            "truncated to its header page",
+        );
         refused(b"not a database at all\n", "foreign file");
         // Every page of the committed tree is checksummed: flip bytes in the
         // middle of the file (where the counters' pages are).

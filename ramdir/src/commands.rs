@@ -276,10 +276,18 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
 /// that cannot be examined is skipped: loading it has been checked already.
 pub fn permission_warnings(config: &Config) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.permissions().mode() & 0o7777);
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o7777)
+    };
     let writable = |p: &Path, what: &str| {
         let m = mode(p).filter(|m| m & 0o022 != 0)?;
-        let who = if m & 0o002 != 0 { "everyone" } else { "its group" };
+        let who = if m & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
         Some(format!(
             "{}: {what} is writable by {who} (mode {m:04o}): whoever can write it \
              controls mail routing and logins; chmod go-w",
@@ -558,7 +566,12 @@ mod tests {
         std::fs::write(&cfg_path, text).unwrap();
         let config = crate::config::Config::load(&cfg_path).unwrap();
         // Tight modes: nothing to say.
-        for (f, m) in [("users", 0o640), ("aliases", 0o644), ("bindpw", 0o640), ("ramdir.toml", 0o644)] {
+        for (f, m) in [
+            ("users", 0o640),
+            ("aliases", 0o644),
+            ("bindpw", 0o640),
+            ("ramdir.toml", 0o644),
+        ] {
             chmod(&d.join(f), m);
         }
         assert_eq!(super::permission_warnings(&config), Vec::<String>::new());

@@ -261,8 +261,7 @@ mod tests {
                 panic!("no user nobody");
             };
             let dir = tempfile::tempdir().unwrap();
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))
-                .unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
             let p = dir.path().join("s");
             let out = std::process::Command::new("setpriv")
                 .args(["--reuid", &nobody.uid.to_string(), "--regid"])

@@ -61,7 +61,10 @@ pub fn archive(stack: &Path) {
     }
     let dir = archive_dir();
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("ramdir-integration: cannot keep logs in {}: {e}", dir.display());
+        eprintln!(
+            "ramdir-integration: cannot keep logs in {}: {e}",
+            dir.display()
+        );
         return;
     }
     let stack_name = stack
@@ -119,8 +122,17 @@ pub fn secrets_in_source(text: &str) -> Vec<String> {
             rest = &rest[i + scheme.len()..];
             let end = rest
                 .find(|c: char| {
-                    c == ':' || c == '"' || c == '\\' || c == ',' || c == ')' || c == '`'
-                        || c == '\'' || c == '{' || c == '}' || c == '<' || c.is_whitespace()
+                    c == ':'
+                        || c == '"'
+                        || c == '\\'
+                        || c == ','
+                        || c == ')'
+                        || c == '`'
+                        || c == '\''
+                        || c == '{'
+                        || c == '}'
+                        || c == '<'
+                        || c.is_whitespace()
                 })
                 .unwrap_or(rest.len());
             out.push(rest[..end].to_string());
@@ -128,7 +140,9 @@ pub fn secrets_in_source(text: &str) -> Vec<String> {
     }
     for line in text.lines() {
         let l = line.trim();
-        if let Some(r) = l.strip_prefix("pub const ").or_else(|| l.strip_prefix("const "))
+        if let Some(r) = l
+            .strip_prefix("pub const ")
+            .or_else(|| l.strip_prefix("const "))
             && let Some((name, value)) = r.split_once(": &str = \"")
             && (name.ends_with("_PW") || name.ends_with("PASSWORD"))
             && let Some(v) = value.strip_suffix("\";")
@@ -216,7 +230,10 @@ mod tests {
         assert!(s.contains(&"alice-pw".to_string()), "{s:?}");
         assert!(s.contains(&"$6$saltsalt$abc/def.".to_string()), "{s:?}");
         assert!(s.contains(&"svc-Pa55-never-logged".to_string()), "{s:?}");
-        assert!(!s.contains(&"x".to_string()), "too short to look for: {s:?}");
+        assert!(
+            !s.contains(&"x".to_string()),
+            "too short to look for: {s:?}"
+        );
     }
 
     #[test]

@@ -607,7 +607,10 @@ impl UsageStore {
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
         let r = self.write_batch(txns);
-        self.failing.store(r.is_err(), Ordering::Release);
+        // Written only when it changes: readers load it on every check.
+        if self.failing.load(Ordering::Relaxed) != r.is_err() {
+            self.failing.store(r.is_err(), Ordering::Release);
+        }
         match &r {
             Ok(_) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -122,7 +122,7 @@ dict_ready() { # socket
 
 log "starting ramdir"
 T0=$(date +%s%N)
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 dict_ready "$TMP/dict.sock" || { cat "$TMP/ramdir.log" >&2; die "ramdir's dict did not answer"; }
 log "ramdir answers after $(calc "($(date +%s%N) - $T0) / 1000000000" | xargs printf '%.2f') s"

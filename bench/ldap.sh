@@ -275,7 +275,7 @@ ramdir_load() { # round
     busy0=$(busy_s)
     sc0=$(pid_cpu_s "$SLAPD_PID")
     t0=$(now_ns)
-    "$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir-$r.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir-$r.log" &
     RAMDIR_PID=$!
     if [ "$r" = last ] && [ "$PROFILE" = 1 ]; then
         perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &

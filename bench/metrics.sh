@@ -53,7 +53,7 @@ for s in off on; do
         printf '[socketmap]\nlisten = "unix:%s/%s.sock"\nmode = "0666"\n' "$TMP" "$s"
         [ "$s" = on ] && printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$PORT"
     } >"$TMP/$s.toml"
-    "$RAMDIR" serve --config "$TMP/$s.toml" 2>"$TMP/$s.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/$s.toml" 2>"$TMP/$s.log" &
     PIDS+=($!)
     eval "PID_$s=$!"
     "$LOAD" wait --socket "$TMP/$s.sock" --timeout 600 >/dev/null || die "ramdir ($s) did not answer"

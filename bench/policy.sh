@@ -153,7 +153,7 @@ policy_ready() { # socket
 }
 
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 policy_ready "$TMP/policy.sock" || { cat "$TMP/ramdir.log" >&2; die "ramdir's policy service did not answer"; }
 

@@ -127,7 +127,7 @@ mode = "0666"
 directory = "$TMP/map"
 EOF
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 "$LOAD" wait --socket "$TMP/ramdir.sock" --timeout 300 >/dev/null \
     || { cat "$TMP/ramdir.log" >&2; die "ramdir did not answer"; }

@@ -122,7 +122,7 @@ LOGGED_TIMES=()
 for i in $(seq "$LOAD_RUNS"); do
     log "starting ramdir ($i/$LOAD_RUNS)"
     T0=$(date +%s%N)
-    "$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
     RAMDIR_PID=$!
     t=$("$LOAD" wait --socket "$TMP/ramdir.sock" --timeout 300 --since-unix-ns "$T0") \
         || { cat "$TMP/ramdir.log" >&2; die "ramdir did not answer"; }

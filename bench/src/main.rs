@@ -22,6 +22,8 @@
 //! - `auth`: userdb lookups through Dovecot's own auth-userdb socket (the
 //!   auth-master protocol LMTP speaks), whatever Dovecot's userdb
 //!   (`bench/auth.sh`).
+//! - `soak`: slapd and ramdir under a long mixed load over every listener
+//!   while the sources change, every answer checked (`bench/soak.sh`).
 //! - `gen-ldif`, `ldap-search`, `watch`: LDAP entries shaped like
 //!   `gen-passwd`'s users, equality searches on an LDAP server, and the time
 //!   a change takes to show through ramdir (`bench/ldap.sh`).
@@ -51,6 +53,7 @@ mod ldapload;
 mod lookup;
 mod policy;
 mod procfs;
+mod soak;
 mod watch;
 
 use keys::{DEFAULT_PATTERN, KeyPattern, KeySet};
@@ -376,6 +379,29 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Soak: a real slapd and ramdir (started here, stopped at the end)
+    /// under a mixed load over every listener while the alias file and
+    /// LDAP entries change; every answer checked (`bench/soak.sh`).
+    Soak {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Concurrent connections over all listeners.
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        /// Sampling window in seconds (RSS, fds, p99 latency).
+        #[arg(long, default_value_t = 60)]
+        sample_secs: u64,
+        /// LDAP users.
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Seed of the request mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -755,6 +781,21 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Rss { pid, json } => procfs::run(pid, json).map_err(|e| format!("pid {pid}: {e}")),
+        Command::Soak {
+            secs,
+            connections,
+            sample_secs,
+            users,
+            seed,
+            json,
+        } => soak::run(&soak::SoakOptions {
+            duration: Duration::from_secs(secs),
+            connections,
+            sample: Duration::from_secs(sample_secs.max(1)),
+            users,
+            seed,
+            json,
+        }),
     }
 }
 

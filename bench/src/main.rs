@@ -22,6 +22,8 @@
 //! - `auth`: userdb lookups through Dovecot's own auth-userdb socket (the
 //!   auth-master protocol LMTP speaks), whatever Dovecot's userdb
 //!   (`bench/auth.sh`).
+//! - `e2e`: the end-to-end mail benchmark, Postfix → LMTP → Dovecot with
+//!   each directory setup (`bench/e2e.sh`).
 //! - `soak`: slapd and ramdir under a long mixed load over every listener
 //!   while the sources change, every answer checked (`bench/soak.sh`).
 //! - `gen-ldif`, `ldap-search`, `watch`: LDAP entries shaped like
@@ -46,6 +48,7 @@ mod auth;
 mod ceiling;
 mod client;
 mod dict;
+mod e2e;
 mod genpasswd;
 mod hist;
 mod keys;
@@ -379,6 +382,30 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// End-to-end mail benchmark: Postfix → LMTP → Dovecot with each
+    /// directory setup (`bench/e2e.sh`, docs/benchmarks.md).
+    E2e {
+        /// Setups in order: a (ramdir socketmap + dict), a-mq (a with
+        /// Dovecot's maildir quota), b (postfix-ramdir.so
+        /// + dict), c (hash: + passwd-file), c-cdb, d (ldap: + Dovecot ldap).
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+        setups: Vec<String>,
+        /// Users in the directory.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Messages per setup (at most --users).
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 10)]
+        sessions: u32,
+        /// Message body bytes.
+        #[arg(long, default_value_t = 2000)]
+        size: u32,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Soak: a real slapd and ramdir (started here, stopped at the end)
     /// under a mixed load over every listener while the alias file and
@@ -781,6 +808,21 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Rss { pid, json } => procfs::run(pid, json).map_err(|e| format!("pid {pid}: {e}")),
+        Command::E2e {
+            setups,
+            users,
+            messages,
+            sessions,
+            size,
+            json,
+        } => e2e::run(&e2e::E2eOptions {
+            setups,
+            users,
+            messages,
+            sessions,
+            size,
+            json,
+        }),
         Command::Soak {
             secs,
             connections,

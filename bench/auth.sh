@@ -278,7 +278,7 @@ auth_ready() { # socket
 }
 
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 for _ in $(seq 600); do [ -S "$TMP/dict.sock" ] && break; sleep 0.1; done
 [ -S "$TMP/dict.sock" ] || { cat "$TMP/ramdir.log" >&2; die "ramdir did not listen"; }
@@ -296,7 +296,7 @@ passwd_files = ["$TMP/users.passwd"]
 directory = "$TMP/map${s#mod}"
 group = "$2"
 EOF
-    "$RAMDIR" serve --config "$TMP/ramdir-$s.toml" 2>"$TMP/ramdir-$s.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir-$s.toml" 2>"$TMP/ramdir-$s.log" &
     MAP_PID[$s]=$!
     for _ in $(seq 600); do [ -e "$TMP/map${s#mod}/control" ] && break; sleep 0.1; done
     [ -e "$TMP/map${s#mod}/control" ] || { cat "$TMP/ramdir-$s.log" >&2; die "ramdir ($s) did not publish"; }

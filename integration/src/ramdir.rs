@@ -167,8 +167,12 @@ impl Ramdir {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
+        // The suite runs as root (Postfix and Dovecot need it); ramdir
+        // refuses root unless told (tests/security.rs covers the refusal
+        // and the switch to `[server] user`).
         let child = Command::new(&bin)
             .arg("serve")
+            .arg("--allow-root")
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -469,6 +469,16 @@ impl Slapd {
         }
     }
 
+    /// Kill slapd outright (SIGKILL, as a crash or the OOM killer would)
+    /// and reap it. Its ldapi socket and pid file stay behind; mdb keeps
+    /// every committed change.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Is slapd running?
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -71,6 +71,12 @@ pub fn sync_state(ctrl: &ldap3::controls::RawControl) -> Result<SyncState, LdapE
 const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 /// `e-syncRefreshRequired` (RFC 4533): the cookie is too old.
 const SYNC_REFRESH_REQUIRED: u32 = 4096;
+/// `unwillingToPerform`, with [`PROVIDER_BEHIND`]: see
+/// [`SessionEnd::ProviderBehind`].
+const UNWILLING_TO_PERFORM: u32 = 53;
+/// What slapd's syncprov says when the cookie's CSN is newer than its own
+/// state (`servers/slapd/overlays/syncprov.c`).
+const PROVIDER_BEHIND: &str = "consumer state is newer than provider";
 /// First reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest reconnect delay: LDAP back after an outage is noticed within a
@@ -143,6 +149,11 @@ pub struct LdapSource {
 enum SessionEnd {
     Stopped,
     RefreshRequired,
+    /// The provider's state is older than the cookie (slapd was killed
+    /// before it saved its contextCSN, or restored from a backup): it
+    /// refuses the cookie until its own state passes it, which may be
+    /// never. Only a full load is consistent with it.
+    ProviderBehind,
     Failed(LdapError),
 }
 
@@ -399,14 +410,28 @@ impl LdapSource {
                     self.lock().cookie = None;
                     continue;
                 }
+                SessionEnd::ProviderBehind => {
+                    tracing::warn!(
+                        "LDAP's state is older than ramdir's sync cookie (slapd killed before it \
+                         saved its contextCSN, or restored from a backup): full reload"
+                    );
+                    self.lock().cookie = None;
+                    continue;
+                }
                 SessionEnd::Failed(e) => {
-                    {
+                    let synced = {
                         let mut st = self.lock();
+                        let synced = st.phase == "in sync";
                         st.lost_since.get_or_insert_with(Instant::now);
                         st.phase = format!("disconnected: {e}");
-                    }
-                    // A session that ran a while was healthy: start over.
-                    if started.elapsed() > BACKOFF_MAX {
+                        synced
+                    };
+                    // A session that got in sync, or ran a while, was
+                    // healthy: start over. Otherwise an LDAP server that
+                    // restarts every few seconds would push the delay to
+                    // its maximum, and each return would go unnoticed for
+                    // up to a minute (the flapping test in ldap_sync.rs).
+                    if synced || started.elapsed() > BACKOFF_MAX {
                         backoff = BACKOFF_MIN;
                     }
                     let delay = jitter(backoff);
@@ -758,6 +783,9 @@ impl LdapSource {
         let res = search.finish().await;
         if res.rc == SYNC_REFRESH_REQUIRED {
             return SessionEnd::RefreshRequired;
+        }
+        if res.rc == UNWILLING_TO_PERFORM && res.text.contains(PROVIDER_BEHIND) {
+            return SessionEnd::ProviderBehind;
         }
         SessionEnd::Failed(LdapError::Result {
             op: "sync",

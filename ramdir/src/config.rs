@@ -62,6 +62,13 @@ struct RawConfig {
     postfix_map: Option<RawPostfixMap>,
     dovecot_map: Option<RawDovecotMap>,
     metrics: Option<RawMetrics>,
+    server: Option<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +83,7 @@ struct RawDovecotMap {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,7 +231,20 @@ pub struct Config {
     pub dovecot_map: Option<DovecotMapConfig>,
     /// The Prometheus endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+    /// `[server]`: the process itself.
+    pub server: ServerConfig,
 }
+
+/// `[server]`: how the process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Started as root, switch to this user (and its groups) once the
+    /// sockets are bound and the quota store is open.
+    pub user: Option<String>,
+}
+
+/// `[metrics]`'s address when `listen` is not set: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9156";
 
 /// `[dovecot_map]`: where ramdir publishes passdb and userdb answers for
 /// the in-process Dovecot auth module (docs/dovecot-module.md). The auth
@@ -749,17 +769,32 @@ impl Config {
         let metrics = match raw.metrics {
             None => None,
             Some(m) => {
-                let listen = m.listen.get_ref().parse().map_err(|_| {
-                    err(
-                        m.listen.span(),
-                        format!(
-                            "listen = {:?}: want an address and port, e.g. \"127.0.0.1:9156\"",
-                            m.listen.get_ref()
-                        ),
-                    )
-                })?;
+                let listen = match &m.listen {
+                    None => DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+                    Some(l) => parse_tcp_listen(l.get_ref()).ok_or_else(|| {
+                        err(
+                            l.span(),
+                            format!(
+                                "listen = {:?}: want a port (loopback: \"9156\") or an \
+                                 address and port, e.g. \"127.0.0.1:9156\"",
+                                l.get_ref()
+                            ),
+                        )
+                    })?,
+                };
                 Some(MetricsConfig { listen })
             }
+        };
+        let server = match raw.server {
+            None => ServerConfig::default(),
+            Some(s) => ServerConfig {
+                user: match s.user {
+                    Some(u) if u.get_ref().is_empty() => {
+                        return Err(err(u.span(), "user: empty name".into()));
+                    }
+                    u => u.map(Spanned::into_inner),
+                },
+            },
         };
         for (section, on) in [
             ("[policy]", policy.is_some()),
@@ -791,8 +826,18 @@ impl Config {
             postfix_map,
             dovecot_map,
             metrics,
+            server,
         })
     }
+}
+
+/// A TCP listen address: `port` alone means loopback (`127.0.0.1:port`),
+/// as a listener is reachable from other hosts only when asked for.
+fn parse_tcp_listen(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
 }
 
 fn parse_grace(s: &str) -> Option<Grace> {
@@ -983,6 +1028,25 @@ idle_timeout_secs = 300
         let e = parse("[metrics]\nlisten = \"unix:/x\"\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("address and port"), "{e}");
+        // Loopback unless an address says otherwise.
+        let c = parse("[metrics]\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9156".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9200".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"[::]:9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "[::]:9200".parse().unwrap());
+        // No TCP listener unless configured.
+        assert!(parse("").unwrap().metrics.is_none());
+    }
+
+    #[test]
+    fn server_section() {
+        assert_eq!(parse("").unwrap().server.user, None);
+        let c = parse("[server]\nuser = \"ramdir\"\n").unwrap();
+        assert_eq!(c.server.user.as_deref(), Some("ramdir"));
+        let e = parse("[server]\nuser = \"\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(parse("[server]\ngroup = \"x\"\n").is_err());
     }
 
     #[test]

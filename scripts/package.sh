@@ -9,7 +9,8 @@
 #       dovecot-ramdir_<version>-1+deb12_<arch>.deb: libauthdb_ramdir.so for
 #       Dovecot 2.3 (this host's headers), and, when the Debian 13 root is
 #       there (scripts/trixie-root.sh), dovecot-ramdir_<version>-1+deb13
-#       for its Dovecot 2.4 (scripts/build-dovecot24-module.sh).
+#       for its Dovecot 2.4 (scripts/build-dovecot24-module.sh; without
+#       --output it goes to target/dovecot-2.4/debian/).
 # Extra arguments go to cargo-deb (e.g. --deb-revision 0 --output DIR).
 set -eu
 cd "$(dirname "$0")/.."
@@ -38,7 +39,10 @@ dovecot)
     TRIXIE=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
     if [ -f "$TRIXIE/usr/include/dovecot/config.h" ]; then
         ./scripts/build-dovecot24-module.sh --release --locked
-        cargo deb -p dovecot-ramdir --variant dovecot24 --no-build --strip --locked "$@"
+        # (its own target dir: cargo-deb takes the module from target/release/
+        # of the target dir it is given)
+        CARGO_TARGET_DIR=target/dovecot-2.4 \
+            cargo deb -p dovecot-ramdir --variant dovecot24 --no-build --strip --locked "$@"
     else
         echo "package.sh: no Debian 13 root at $TRIXIE: no package for Dovecot 2.4" >&2
     fi

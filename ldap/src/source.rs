@@ -246,6 +246,7 @@ impl LdapSource {
             "ambiguous": st.index.contested_len(),
             "ambiguous_addresses": ambiguous,
             "have_cookie": st.cookie.is_some(),
+            "cookie": st.cookie.as_deref().map(String::from_utf8_lossy),
             "provider": self.settings.url_at(st.provider),
             "failovers": self.stats.failovers.load(Ordering::Relaxed),
             "refreshes": self.stats.refreshes.load(Ordering::Relaxed),
@@ -855,7 +856,13 @@ impl LdapSource {
 
     /// Apply sync changes and the cookie that covers them in one update.
     fn apply_changes(&self, changes: impl IntoIterator<Item = Held>, cookie: Option<Vec<u8>>) {
-        let n = self.apply(|idx, d| changes.into_iter().map(|c| c.apply(idx, d)).filter(|&x| x).count());
+        let n = self.apply(|idx, d| {
+            changes
+                .into_iter()
+                .map(|c| c.apply(idx, d))
+                .filter(|&x| x)
+                .count()
+        });
         self.stats
             .changes_applied
             .fetch_add(n as u64, Ordering::Relaxed);
@@ -865,7 +872,7 @@ impl LdapSource {
     fn set_cookie(&self, cookie: Option<Vec<u8>>) {
         if let Some(c) = cookie {
             let mut st = self.lock();
-            st.cookie = Some(c);
+            st.cookie = Some(merge_cookie(st.cookie.as_deref(), c));
             st.dirty = true;
         }
     }
@@ -907,7 +914,7 @@ impl LdapSource {
                 (applied, swept)
             });
             if let Some(c) = cookie {
-                st.cookie = Some(c);
+                st.cookie = Some(merge_cookie(st.cookie.as_deref(), c));
             }
             st.dirty = true;
             st.lost_since = None;
@@ -922,11 +929,15 @@ impl LdapSource {
             .changes_applied
             .fetch_add(applied as u64, Ordering::Relaxed);
         self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        let (entries, provider) = {
+            let st = self.lock();
+            (st.index.len(), st.provider)
+        };
         tracing::info!(
             received,
             swept,
-            entries = self.lock().index.len(),
-            url = %self.settings.url_at(self.lock().provider),
+            entries,
+            url = %self.settings.url_at(provider),
             "LDAP in sync; directory is authoritative"
         );
     }
@@ -1036,6 +1047,62 @@ impl LdapSource {
         }
         result.map(|()| true)
     }
+}
+
+/// The cookie to keep after receiving `new`, given the one kept so far.
+///
+/// OpenLDAP's cookies are `rid=NNN[,sid=XXX],csn=CSN[;CSN…][,delcsn=…]`
+/// (`servers/slapd/ldapsync.c`), one CSN per serverID. A provider sends, with
+/// each persist-phase change, a cookie holding only **that change's** CSN:
+/// kept as it is, the cookie would lose the other serverIDs' CSNs, and the
+/// next provider (which tracks them all) would answer it with a full
+/// refresh ("consumer cookie is missing a csn we track", syncprov.c). So,
+/// as slapd's own consumer does (`syncrepl.c`, the cookie state per sid),
+/// the newest CSN of each serverID is kept. The provider's `sid=` is not
+/// sent back (a consumer's `sid` tells syncprov not to echo that server's
+/// own changes), nor is `delcsn`. A cookie that is not in this form is kept
+/// as it is.
+pub fn merge_cookie(old: Option<&[u8]>, new: Vec<u8>) -> Vec<u8> {
+    fn parse(c: &[u8]) -> Option<(&str, Vec<(&str, &str)>)> {
+        let text = std::str::from_utf8(c).ok()?;
+        let mut rid = None;
+        let mut csns = Vec::new();
+        for field in text.split(',') {
+            let (k, v) = field.split_once('=')?;
+            match k {
+                "rid" => rid = Some(v),
+                "csn" => {
+                    for csn in v.split(';').filter(|c| !c.is_empty()) {
+                        // 20261206153000.123456Z#000000#001#000000
+                        let sid = csn.split('#').nth(2)?;
+                        csns.push((sid, csn));
+                    }
+                }
+                "sid" | "delcsn" => {}
+                _ => return None,
+            }
+        }
+        Some((rid?, csns))
+    }
+    let Some((rid, fresh)) = parse(&new) else {
+        return new;
+    };
+    let mut by_sid: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    if let Some((_, kept)) = old.and_then(parse) {
+        by_sid.extend(kept);
+    }
+    for (sid, csn) in fresh {
+        let e = by_sid.entry(sid).or_insert(csn);
+        // CSNs of one serverID order as strings (fixed-width fields).
+        if csn > *e {
+            *e = csn;
+        }
+    }
+    if by_sid.is_empty() {
+        return format!("rid={rid}").into_bytes();
+    }
+    let csns: Vec<&str> = by_sid.into_values().collect();
+    format!("rid={rid},csn={}", csns.join(";")).into_bytes()
 }
 
 /// A change received in a refresh phase, held until refreshDone.
@@ -1448,6 +1515,34 @@ mod tests {
         assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
         assert_eq!(d.alias("al5@x.org").unwrap()[0].as_ref(), "u5@x.org");
         assert_eq!(d.counts().ambiguous, 0);
+    }
+
+    #[test]
+    fn cookies_keep_the_newest_csn_of_every_server_id() {
+        let a1 = "20261206150000.000001Z#000000#001#000000";
+        let a2 = "20261206150500.000001Z#000000#001#000000";
+        let b1 = "20261206150100.000001Z#000000#002#000000";
+        let m = |old: Option<&str>, new: &str| {
+            String::from_utf8(merge_cookie(
+                old.map(str::as_bytes),
+                new.as_bytes().to_vec(),
+            ))
+            .unwrap()
+        };
+        // The full load's cookie, then a change of server 1 (with the
+        // provider's sid), then an old change of server 2 replicated.
+        let c = m(None, &format!("rid=000,csn={a1};{b1}"));
+        assert_eq!(c, format!("rid=000,csn={a1};{b1}"));
+        let c = m(Some(&c), &format!("rid=000,sid=001,csn={a2}"));
+        assert_eq!(c, format!("rid=000,csn={a2};{b1}"));
+        let c = m(Some(&c), &format!("rid=000,sid=002,csn={a1}"));
+        assert_eq!(c, format!("rid=000,csn={a2};{b1}"), "never goes back");
+        // delcsn is dropped; an unknown form is kept as it came.
+        assert_eq!(
+            m(Some(&c), &format!("rid=000,csn={b1},delcsn={b1}")),
+            format!("rid=000,csn={a2};{b1}")
+        );
+        assert_eq!(m(Some(&c), "opaque"), "opaque");
     }
 
     #[test]

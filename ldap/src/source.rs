@@ -1545,6 +1545,21 @@ mod tests {
         assert_eq!(m(Some(&c), "opaque"), "opaque");
     }
 
+    proptest::proptest! {
+        /// Whatever a server sends as a cookie, merging never panics, and
+        /// a cookie merged with itself is a fixed point.
+        #[test]
+        fn merging_any_cookie_never_panics(
+            old in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            new in "(rid=[0-9]{0,3}|sid=[0-9a-f]{0,3}|csn=[0-9.Z#;]{0,60}|delcsn=[0-9#]{0,9}|x)(,(rid|sid|csn)=[0-9.Z#;]{0,40}){0,3}",
+        ) {
+            let once = merge_cookie(Some(&old), new.clone().into_bytes());
+            let twice = merge_cookie(Some(&once), once.clone());
+            proptest::prop_assert_eq!(&twice, &once);
+            merge_cookie(None, old);
+        }
+    }
+
     #[test]
     fn corrupt_snapshot_is_ignored() {
         let tmp = tempfile::tempdir().unwrap();

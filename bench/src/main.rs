@@ -101,6 +101,12 @@ enum Command {
         /// random `{SSHA}` hashes.
         #[arg(long)]
         plain_passwords: bool,
+        /// Shaped like a real passwd-file: `{SHA512-CRYPT}` hashes (as
+        /// `doveadm pw -s SHA512-CRYPT` makes them, 106 characters after
+        /// the scheme) and `userdb_quota_rule=*:storage=10G` (ramdir's
+        /// default limit) on every user; `--quota-every` is then ignored.
+        #[arg(long)]
+        real: bool,
     },
     /// Run the constant-reply socketmap server (the ceiling) until SIGTERM/SIGINT.
     Ceiling {
@@ -552,6 +558,7 @@ fn run(cli: Cli) -> Result<(), String> {
             pattern,
             seed,
             plain_passwords,
+            real,
         } => {
             let opts = genpasswd::GenOptions {
                 users,
@@ -561,6 +568,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 alias_every,
                 seed,
                 plain_passwords,
+                real,
             };
             genpasswd::run(&opts, &out, aliases.as_deref()).map_err(|e| format!("gen-passwd: {e}"))
         }

@@ -105,10 +105,19 @@ struct RawStats {
     group: Option<String>,
 }
 
+/// `[ldap] url`: one provider, several separated by whitespace (as
+/// OpenLDAP's `ldap.conf` `URI`), or a list; the sync fails over in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLdap {
-    url: Spanned<String>,
+    url: Spanned<RawUrls>,
     base: String,
     filter: Option<String>,
     scope: Option<Spanned<String>>,
@@ -497,17 +506,25 @@ impl Config {
             None => None,
             Some(l) => {
                 use ramdir_ldap::settings::{Bind, Scope, Settings as L};
-                let url = l.url.get_ref();
-                if !["ldap://", "ldaps://", "ldapi://"]
-                    .iter()
-                    .any(|p| url.starts_with(p))
-                {
-                    return Err(err(
-                        l.url.span(),
-                        format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
-                    ));
+                let urls: Vec<&str> = match l.url.get_ref() {
+                    RawUrls::One(u) => u.split_whitespace().collect(),
+                    RawUrls::Many(v) => v.iter().flat_map(|u| u.split_whitespace()).collect(),
+                };
+                if urls.is_empty() {
+                    return Err(err(l.url.span(), "url: no LDAP URL given".into()));
                 }
-                let mut st = L::new(url, &l.base);
+                for url in &urls {
+                    if !["ldap://", "ldaps://", "ldapi://"]
+                        .iter()
+                        .any(|p| url.starts_with(p))
+                    {
+                        return Err(err(
+                            l.url.span(),
+                            format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
+                        ));
+                    }
+                }
+                let mut st = L::new(&urls.join(" "), &l.base);
                 if let Some(f) = l.filter {
                     st.filter = f;
                 }
@@ -935,11 +952,31 @@ idle_timeout_secs = 300
         );
         assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
         assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
+        assert_eq!(l.urls().collect::<Vec<_>>(), ["ldap://127.0.0.1:3389"]);
+        // Several providers: a list, or OpenLDAP's space-separated URI.
+        for url in [
+            "[\"ldap://a:389\", \"ldap://b:389\"]",
+            "\"ldap://a:389  ldap://b:389\"",
+        ] {
+            let c = parse(&format!("[ldap]\nurl = {url}\nbase = \"dc=x\"\n")).unwrap();
+            let l = c.ldap.unwrap();
+            assert_eq!(
+                l.urls().collect::<Vec<_>>(),
+                ["ldap://a:389", "ldap://b:389"],
+                "{url}"
+            );
+            assert_eq!(l.url_at(3), "ldap://b:389");
+        }
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
                 "want ldap://",
             ),
+            (
+                "[ldap]\nurl = [\"ldap://a\", \"http://x\"]\nbase = \"dc=x\"\n",
+                "want ldap://",
+            ),
+            ("[ldap]\nurl = []\nbase = \"dc=x\"\n", "no LDAP URL"),
             (
                 "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n",
                 "scope",

@@ -40,13 +40,24 @@
 //! further behind than the log reaches). So a thread's read touches no
 //! shared memory that is written between commits, and still never returns a
 //! value older than an answered commit.
+//!
+//! # Versions (shared usage across hosts)
+//! With shared usage on ([`UsageStore::enable_versions`]), every committed
+//! transaction also stamps its user with a version in the same redb write
+//! transaction: a clock in microseconds since the Unix epoch that never
+//! goes backwards on this store (`max(now, last + 1)`, the high-water mark
+//! kept durably beside the versions). The users with a version here are
+//! the users this host owns: its Dovecot commits their usage. A
+//! [`CommitHook`] then gets each user's absolute counters and version once
+//! they are durable, to publish them (`ramdir/src/shared.rs`); publishing
+//! absolute values with a version makes a retry or a replay harmless.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
 use std::thread;
 
 use hashbrown::HashTable;
@@ -55,6 +66,33 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 /// (user, key) → value. Keys are the dict key after `priv/`
 /// (`quota/storage`, `quota/messages`).
 const COUNTERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("counters");
+
+/// user → version of its last committed transaction (shared usage only).
+/// The empty user (never a real one) holds the clock's high-water mark.
+const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
+
+/// The [`VERSIONS`] row holding the version clock's high-water mark.
+const CLOCK_ROW: &str = "";
+
+/// A user's absolute usage after a commit, as shared with other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The user.
+    pub user: String,
+    /// `quota/storage` (bytes), if the counter exists.
+    pub storage: Option<i64>,
+    /// `quota/messages`, if the counter exists.
+    pub messages: Option<i64>,
+    /// The version of this value (see the module docs).
+    pub version: u64,
+}
+
+/// Told about every durable commit when versions are on.
+pub trait CommitHook: Send + Sync + std::fmt::Debug {
+    /// `users` are durable with these values (a user may appear more than
+    /// once in a batch; the highest version is the latest).
+    fn committed(&self, users: Vec<Published>);
+}
 
 /// Most commits written in one transaction: bounds the latency a single
 /// fsync adds to the commits queued behind it.
@@ -294,6 +332,11 @@ pub struct UsageStore {
     /// Durable redb commits and the transactions they carried, failed
     /// commits (for metrics).
     stats: CommitStats,
+    /// Set when shared usage is on: versions are written and the hook is
+    /// told about each durable commit.
+    hook: OnceLock<Arc<dyn CommitHook>>,
+    /// The version clock's last value (written only by commits).
+    clock: Mutex<u64>,
 }
 
 /// Commit counters of a [`UsageStore`].
@@ -324,7 +367,56 @@ impl UsageStore {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             invalidations: Invalidations::default(),
             stats: CommitStats::default(),
+            hook: OnceLock::new(),
+            clock: Mutex::new(0),
         })
+    }
+
+    /// Turn versions on (shared usage): from now on every commit stamps its
+    /// users with a version and `hook` is told about it once durable. Call
+    /// before the first commit; a second call is refused.
+    pub fn enable_versions(&self, hook: Arc<dyn CommitHook>) -> Result<(), StoreError> {
+        let w = self.db.begin_write().map_err(db_err)?;
+        let last = {
+            let t = w.open_table(VERSIONS).map_err(db_err)?;
+            t.get(CLOCK_ROW).map_err(db_err)?.map_or(0, |v| v.value())
+        };
+        w.commit().map_err(db_err)?;
+        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = last;
+        self.hook
+            .set(hook)
+            .map_err(|_| StoreError::Db("versions are already on".into()))
+    }
+
+    /// Every user this store owns (has a version for), with its current
+    /// absolute usage: what an owner republishes after a reconnect, a
+    /// restart or a loss of the shared store.
+    pub fn owned(&self) -> Result<Vec<Published>, StoreError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let v = match r.open_table(VERSIONS) {
+            Ok(v) => v,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let c = r.open_table(COUNTERS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in v.iter().map_err(db_err)? {
+            let (user, version) = item.map_err(db_err)?;
+            let user = user.value();
+            if user == CLOCK_ROW {
+                continue;
+            }
+            let get = |k: &str| -> Result<Option<i64>, StoreError> {
+                Ok(c.get((user, k)).map_err(db_err)?.map(|v| v.value()))
+            };
+            out.push(Published {
+                user: user.to_string(),
+                storage: get(CACHED_KEYS[0])?,
+                messages: get(CACHED_KEYS[1])?,
+                version: version.value(),
+            });
+        }
+        Ok(out)
     }
 
     /// Read a counter.
@@ -405,9 +497,13 @@ impl UsageStore {
 
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let r = self.write_batch(txns);
+        let mut published = Vec::new();
+        let r = self.write_batch(txns, &mut published);
         match &r {
             Ok(_) => {
+                if let Some(hook) = self.hook.get() {
+                    hook.committed(published);
+                }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .transactions
@@ -427,11 +523,23 @@ impl UsageStore {
         r
     }
 
-    fn write_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
+    fn write_batch(
+        &self,
+        txns: &[Txn],
+        published: &mut Vec<Published>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        // Held through the commit, so versions are handed out in commit
+        // order (one writer thread in the daemon; tests may call directly).
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = *clock;
         let w = self.db.begin_write().map_err(db_err)?;
         let mut out = Vec::with_capacity(txns.len());
         {
             let mut t = w.open_table(COUNTERS).map_err(db_err)?;
+            let mut versions = match self.hook.get() {
+                Some(_) => Some(w.open_table(VERSIONS).map_err(db_err)?),
+                None => None,
+            };
             for txn in txns {
                 let mut outcome = CommitOutcome::Ok;
                 for op in &txn.ops {
@@ -459,9 +567,28 @@ impl UsageStore {
                     }
                 }
                 out.push(outcome);
+                if let Some(v) = versions.as_mut() {
+                    last = now_micros().max(last + 1);
+                    v.insert(txn.user.as_str(), last).map_err(db_err)?;
+                    let get = |k: &str| -> Result<Option<i64>, StoreError> {
+                        Ok(t.get((txn.user.as_str(), k))
+                            .map_err(db_err)?
+                            .map(|v| v.value()))
+                    };
+                    published.push(Published {
+                        user: txn.user.clone(),
+                        storage: get(CACHED_KEYS[0])?,
+                        messages: get(CACHED_KEYS[1])?,
+                        version: last,
+                    });
+                }
+            }
+            if let Some(v) = versions.as_mut() {
+                v.insert(CLOCK_ROW, last).map_err(db_err)?;
             }
         }
         w.commit().map_err(db_err)?;
+        *clock = last;
         Ok(out)
     }
 
@@ -487,6 +614,13 @@ impl UsageStore {
     }
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// What the writer calls back with, once a commit is durable (or failed).
 pub type Reply = Box<dyn FnOnce(Result<CommitOutcome, StoreError>) + Send>;
 
@@ -498,7 +632,7 @@ pub struct Writer {
 
 impl Writer {
     /// Start the writer thread for `store`.
-    pub fn start(store: std::sync::Arc<UsageStore>) -> Writer {
+    pub fn start(store: Arc<UsageStore>) -> Writer {
         let (tx, rx) = mpsc::channel::<(Txn, Reply)>();
         thread::Builder::new()
             .name("ramdir-usage".into())
@@ -544,7 +678,6 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::check::{Usage, UsageSource};
-    use std::sync::Arc;
 
     fn txn(user: &str, ops: Vec<Op>) -> Txn {
         Txn {
@@ -690,6 +823,55 @@ mod tests {
         s.commit_batch(&[txn("a", vec![Op::Set("other".into(), 3)])])
             .unwrap();
         assert_eq!(s.get("a", "other").unwrap(), Some(3));
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<Published>>);
+    impl CommitHook for Seen {
+        fn committed(&self, users: Vec<Published>) {
+            self.0.lock().unwrap().extend(users);
+        }
+    }
+
+    #[test]
+    fn versions_grow_and_survive_reopen_and_owned_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.redb");
+        let last;
+        {
+            let s = UsageStore::open(&p).unwrap();
+            set(&s, "before", 1);
+            let seen = Arc::new(Seen::default());
+            s.enable_versions(seen.clone()).unwrap();
+            assert!(s.enable_versions(seen.clone()).is_err());
+            s.commit_batch(&[
+                txn(
+                    "a",
+                    vec![
+                        Op::Set("quota/storage".into(), 10),
+                        Op::Set("quota/messages".into(), 1),
+                    ],
+                ),
+                txn("a", vec![Op::Inc("quota/storage".into(), 5)]),
+                txn("b", vec![Op::Set("quota/storage".into(), 7)]),
+            ])
+            .unwrap();
+            let seen = seen.0.lock().unwrap().clone();
+            assert_eq!(seen.len(), 3);
+            assert_eq!((seen[1].storage, seen[1].messages), (Some(15), Some(1)));
+            assert!(seen[0].version < seen[1].version && seen[1].version < seen[2].version);
+            last = seen[2].version;
+            let owned = s.owned().unwrap();
+            assert_eq!(owned.len(), 2, "only users committed with versions on");
+            assert_eq!(owned[0].user, "a");
+            assert_eq!(owned[0].version, seen[1].version);
+            assert_eq!(owned[0].storage, Some(15));
+        }
+        let s = UsageStore::open(&p).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.enable_versions(seen.clone()).unwrap();
+        set(&s, "a", 1);
+        assert!(seen.0.lock().unwrap()[0].version > last, "the clock never goes back");
     }
 
     #[test]

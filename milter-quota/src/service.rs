@@ -101,7 +101,8 @@ pub fn answer(verdict: &Verdict) -> Answer {
     match verdict {
         Verdict::Accept | Verdict::NotOurs => Answer::Continue,
         Verdict::OverQuota { .. } => Answer::OverQuota,
-        Verdict::Trouble(_) => Answer::Tempfail,
+        // Usage that may be old never refuses permanently.
+        Verdict::OverQuotaStale { .. } | Verdict::Trouble(_) => Answer::Tempfail,
     }
 }
 

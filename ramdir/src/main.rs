@@ -17,6 +17,7 @@ mod man;
 mod metrics;
 mod postfix_map;
 mod serve;
+mod shared;
 mod stats;
 mod systemd;
 

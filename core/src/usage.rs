@@ -45,8 +45,9 @@
 //! With shared usage on ([`UsageStore::enable_versions`]), every committed
 //! transaction also stamps its user with a version in the same redb write
 //! transaction: a clock in microseconds since the Unix epoch that never
-//! goes backwards on this store (`max(now, last + 1)`, the high-water mark
-//! kept durably beside the versions). The users with a version here are
+//! goes backwards on this store (`max(now, last + 1)`, `last` starting
+//! from the highest version stored). The version is kept in the counters
+//! table under [`VERSION_KEY`], next to the user's counters. The users with a version here are
 //! the users this host owns: its Dovecot commits their usage. A
 //! [`CommitHook`] then gets each user's absolute counters and version once
 //! they are durable, to publish them (`ramdir/src/shared.rs`); publishing
@@ -67,12 +68,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 /// (`quota/storage`, `quota/messages`).
 const COUNTERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("counters");
 
-/// user → version of its last committed transaction (shared usage only).
-/// The empty user (never a real one) holds the clock's high-water mark.
-const VERSIONS: TableDefinition<&str, u64> = TableDefinition::new("versions");
-
-/// The [`VERSIONS`] row holding the version clock's high-water mark.
-const CLOCK_ROW: &str = "";
+/// The counter key that holds a user's version (shared usage only): in the
+/// counters table, beside the user's counters, so stamping it dirties no
+/// page the commit did not already write. Not a dict key (`priv/` keys
+/// are `quota/…`), never shown or served as one.
+const VERSION_KEY: &str = "ramdir/version";
 
 /// A user's absolute usage after a commit, as shared with other hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,12 +376,7 @@ impl UsageStore {
     /// users with a version and `hook` is told about it once durable. Call
     /// before the first commit; a second call is refused.
     pub fn enable_versions(&self, hook: Arc<dyn CommitHook>) -> Result<(), StoreError> {
-        let w = self.db.begin_write().map_err(db_err)?;
-        let last = {
-            let t = w.open_table(VERSIONS).map_err(db_err)?;
-            t.get(CLOCK_ROW).map_err(db_err)?.map_or(0, |v| v.value())
-        };
-        w.commit().map_err(db_err)?;
+        let last = self.owned()?.iter().map(|p| p.version).max().unwrap_or(0);
         *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = last;
         self.hook
             .set(hook)
@@ -393,17 +388,12 @@ impl UsageStore {
     /// restart or a loss of the shared store.
     pub fn owned(&self) -> Result<Vec<Published>, StoreError> {
         let r = self.db.begin_read().map_err(db_err)?;
-        let v = match r.open_table(VERSIONS) {
-            Ok(v) => v,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(db_err(e)),
-        };
         let c = r.open_table(COUNTERS).map_err(db_err)?;
         let mut out = Vec::new();
-        for item in v.iter().map_err(db_err)? {
-            let (user, version) = item.map_err(db_err)?;
-            let user = user.value();
-            if user == CLOCK_ROW {
+        for item in c.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let (user, key) = k.value();
+            if key != VERSION_KEY {
                 continue;
             }
             let get = |k: &str| -> Result<Option<i64>, StoreError> {
@@ -413,7 +403,7 @@ impl UsageStore {
                 user: user.to_string(),
                 storage: get(CACHED_KEYS[0])?,
                 messages: get(CACHED_KEYS[1])?,
-                version: version.value(),
+                version: u64::try_from(v.value()).unwrap_or(0),
             });
         }
         Ok(out)
@@ -421,6 +411,9 @@ impl UsageStore {
 
     /// Read a counter.
     pub fn get(&self, user: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        if key == VERSION_KEY {
+            return Ok(None);
+        }
         match CACHED_KEYS.iter().position(|k| *k == key) {
             Some(i) => Ok(self.counters(user)?[i]),
             None => self.read_db(user, &[key]).map(|v| v[0]),
@@ -536,13 +529,15 @@ impl UsageStore {
         let mut out = Vec::with_capacity(txns.len());
         {
             let mut t = w.open_table(COUNTERS).map_err(db_err)?;
-            let mut versions = match self.hook.get() {
-                Some(_) => Some(w.open_table(VERSIONS).map_err(db_err)?),
-                None => None,
-            };
+            let versions = self.hook.get().is_some();
             for txn in txns {
                 let mut outcome = CommitOutcome::Ok;
                 for op in &txn.ops {
+                    // The version is ramdir's own, never a client's to set.
+                    if matches!(op, Op::Set(k, _) | Op::Unset(k) | Op::Inc(k, _) if k == VERSION_KEY)
+                    {
+                        continue;
+                    }
                     match op {
                         Op::Set(k, v) => {
                             t.insert((txn.user.as_str(), k.as_str()), *v)
@@ -567,9 +562,11 @@ impl UsageStore {
                     }
                 }
                 out.push(outcome);
-                if let Some(v) = versions.as_mut() {
+                if versions {
                     last = now_micros().max(last + 1);
-                    v.insert(txn.user.as_str(), last).map_err(db_err)?;
+                    let v = i64::try_from(last).map_err(db_err)?;
+                    t.insert((txn.user.as_str(), VERSION_KEY), v)
+                        .map_err(db_err)?;
                     let get = |k: &str| -> Result<Option<i64>, StoreError> {
                         Ok(t.get((txn.user.as_str(), k))
                             .map_err(db_err)?
@@ -582,9 +579,6 @@ impl UsageStore {
                         version: last,
                     });
                 }
-            }
-            if let Some(v) = versions.as_mut() {
-                v.insert(CLOCK_ROW, last).map_err(db_err)?;
             }
         }
         w.commit().map_err(db_err)?;
@@ -607,6 +601,9 @@ impl UsageStore {
             let (u, key) = k.value();
             if u != user {
                 break;
+            }
+            if key == VERSION_KEY {
+                continue;
             }
             out.push((key.to_string(), v.value()));
         }
@@ -844,6 +841,11 @@ mod tests {
             let seen = Arc::new(Seen::default());
             s.enable_versions(seen.clone()).unwrap();
             assert!(s.enable_versions(seen.clone()).is_err());
+            // A client cannot write the version.
+            s.commit_batch(&[txn("x", vec![Op::Set(VERSION_KEY.into(), i64::MAX)])])
+                .unwrap();
+            assert_eq!(s.get("x", VERSION_KEY).unwrap(), None);
+            seen.0.lock().unwrap().clear();
             s.commit_batch(&[
                 txn(
                     "a",
@@ -862,10 +864,11 @@ mod tests {
             assert!(seen[0].version < seen[1].version && seen[1].version < seen[2].version);
             last = seen[2].version;
             let owned = s.owned().unwrap();
-            assert_eq!(owned.len(), 2, "only users committed with versions on");
+            assert_eq!(owned.len(), 3, "only users committed with versions on");
             assert_eq!(owned[0].user, "a");
             assert_eq!(owned[0].version, seen[1].version);
             assert_eq!(owned[0].storage, Some(15));
+            assert_eq!(s.user_counters("a").unwrap().len(), 2, "the version is not shown");
         }
         let s = UsageStore::open(&p).unwrap();
         let seen = Arc::new(Seen::default());

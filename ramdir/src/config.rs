@@ -1020,6 +1020,33 @@ idle_timeout_secs = 300
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
         assert_eq!(q.grace, Grace::Percent(5));
         assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
+        assert_eq!(q.shared, None, "off by default");
+    }
+
+    #[test]
+    fn shared_usage_keys() {
+        let q = |extra: &str| parse(&format!("[quota]\nstore = \"q.redb\"\n{extra}"));
+        let c = q("shared = \"redis://127.0.0.1:6379/0\"\nhost_id = \"mx1\"\nstale_after_secs = 5\n")
+            .unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(sh.host_id, "mx1");
+        assert_eq!(sh.prefix, DEFAULT_SHARED_PREFIX);
+        assert_eq!(sh.stale_after, std::time::Duration::from_secs(5));
+        let c = q("shared = \"unix:///run/redis.sock\"\nshared_prefix = \"x:\"\n").unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.prefix, "x:");
+        assert_eq!(sh.stale_after, std::time::Duration::from_secs(DEFAULT_STALE_AFTER_SECS));
+        assert!(!sh.host_id.is_empty(), "the host name by default");
+        for (bad, want) in [
+            ("shared = \"http://x\"\n", "want redis://"),
+            ("host_id = \"a\"\n", "needs shared"),
+            ("shared = \"redis://x\"\nhost_id = \"a b\"\n", "without spaces"),
+            ("shared = \"redis://x\"\nstale_after_secs = 0\n", "at least 1"),
+        ] {
+            let e = q(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
     }
 
     /// The Debian package's conffile: valid as shipped ([stats] only), and

@@ -269,6 +269,12 @@ mod tests {
             Answer::OverQuota
         );
         assert_eq!(answer(&Verdict::Trouble("disk".into())), Answer::Tempfail);
+        assert_eq!(
+            answer(&Verdict::OverQuotaStale {
+                mailboxes: vec!["a@x.org".into()]
+            }),
+            Answer::Tempfail
+        );
     }
 
     #[test]

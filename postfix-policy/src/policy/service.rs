@@ -770,4 +770,23 @@ mod tests {
             assert!(!valid_reply(bad), "{bad}");
         }
     }
+
+    #[test]
+    fn stale_over_quota_never_refuses_permanently() {
+        let v = Verdict::OverQuotaStale {
+            mailboxes: vec!["a@x.org".into()],
+        };
+        let permanent = Settings {
+            over_quota: "552 5.2.2 Mailbox full".into(),
+            ..Settings::default()
+        };
+        assert_eq!(to_action(&v, &permanent), Action::Reply(STALE_OVER_QUOTA.into()));
+        assert!(valid_reply(STALE_OVER_QUOTA) && STALE_OVER_QUOTA.starts_with('4'));
+        let temporary = Settings::default();
+        assert_eq!(
+            to_action(&v, &temporary),
+            Action::Reply(temporary.over_quota.clone())
+        );
+    }
+
 }

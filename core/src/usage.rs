@@ -92,6 +92,14 @@ pub trait CommitHook: Send + Sync + std::fmt::Debug {
     /// `users` are durable with these values (a user may appear more than
     /// once in a batch; the highest version is the latest).
     fn committed(&self, users: Vec<Published>);
+
+    /// Whether another host holds a value for `user` newer than `mine`
+    /// (this store's version of it, 0 if none): then this store's
+    /// counters are out of date and increments must not apply to them.
+    fn newer_elsewhere(&self, user: &str, mine: u64) -> bool {
+        let _ = (user, mine);
+        false
+    }
 }
 
 /// Most commits written in one transaction: bounds the latency a single
@@ -529,9 +537,24 @@ impl UsageStore {
         let mut out = Vec::with_capacity(txns.len());
         {
             let mut t = w.open_table(COUNTERS).map_err(db_err)?;
-            let versions = self.hook.get().is_some();
+            let hook = self.hook.get();
             for txn in txns {
                 let mut outcome = CommitOutcome::Ok;
+                let mut changed = false;
+                // Shared usage: increments apply only to a value this host
+                // owns. When another host published a newer value (the
+                // user moved), this host's counters are old: `Inc` answers
+                // NotFound so Dovecot recalculates and `Set`s the truth.
+                let foreign = match hook {
+                    Some(h) if txn.ops.iter().any(|o| matches!(o, Op::Inc(..))) => {
+                        let mine = t
+                            .get((txn.user.as_str(), VERSION_KEY))
+                            .map_err(db_err)?
+                            .map_or(0, |v| u64::try_from(v.value()).unwrap_or(0));
+                        h.newer_elsewhere(&txn.user, mine)
+                    }
+                    _ => false,
+                };
                 for op in &txn.ops {
                     // The version is ramdir's own, never a client's to set.
                     if matches!(op, Op::Set(k, _) | Op::Unset(k) | Op::Inc(k, _) if k == VERSION_KEY)
@@ -542,10 +565,13 @@ impl UsageStore {
                         Op::Set(k, v) => {
                             t.insert((txn.user.as_str(), k.as_str()), *v)
                                 .map_err(db_err)?;
+                            changed = true;
                         }
                         Op::Unset(k) => {
                             t.remove((txn.user.as_str(), k.as_str())).map_err(db_err)?;
+                            changed = true;
                         }
+                        Op::Inc(_, _) if foreign => outcome = CommitOutcome::NotFound,
                         Op::Inc(k, d) => {
                             let cur = t
                                 .get((txn.user.as_str(), k.as_str()))
@@ -555,6 +581,7 @@ impl UsageStore {
                                 Some(v) => {
                                     t.insert((txn.user.as_str(), k.as_str()), v.saturating_add(*d))
                                         .map_err(db_err)?;
+                                    changed = true;
                                 }
                                 None => outcome = CommitOutcome::NotFound,
                             }
@@ -562,7 +589,10 @@ impl UsageStore {
                     }
                 }
                 out.push(outcome);
-                if versions {
+                // Only a change gets a version (and is published): an
+                // increment refused above must not make this host's old
+                // value the newest.
+                if hook.is_some() && changed {
                     last = now_micros().max(last + 1);
                     let v = i64::try_from(last).map_err(db_err)?;
                     t.insert((txn.user.as_str(), VERSION_KEY), v)
@@ -828,6 +858,28 @@ mod tests {
         fn committed(&self, users: Vec<Published>) {
             self.0.lock().unwrap().extend(users);
         }
+        fn newer_elsewhere(&self, user: &str, _: u64) -> bool {
+            user == "moved"
+        }
+    }
+
+    #[test]
+    fn increments_on_a_user_owned_elsewhere_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UsageStore::open(&dir.path().join("q.redb")).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.enable_versions(seen.clone()).unwrap();
+        set(&s, "moved", 100);
+        seen.0.lock().unwrap().clear();
+        let r = s
+            .commit_batch(&[txn("moved", vec![Op::Inc("quota/storage".into(), 5)])])
+            .unwrap();
+        assert_eq!(r, [CommitOutcome::NotFound]);
+        assert_eq!(s.get("moved", "quota/storage").unwrap(), Some(100));
+        assert!(seen.0.lock().unwrap().is_empty(), "nothing published");
+        // Dovecot's recalculation sets the truth, which is published.
+        set(&s, "moved", 70);
+        assert_eq!(seen.0.lock().unwrap()[0].storage, Some(70));
     }
 
     #[test]
@@ -864,7 +916,7 @@ mod tests {
             assert!(seen[0].version < seen[1].version && seen[1].version < seen[2].version);
             last = seen[2].version;
             let owned = s.owned().unwrap();
-            assert_eq!(owned.len(), 3, "only users committed with versions on");
+            assert_eq!(owned.len(), 2, "only users changed with versions on");
             assert_eq!(owned[0].user, "a");
             assert_eq!(owned[0].version, seen[1].version);
             assert_eq!(owned[0].storage, Some(15));

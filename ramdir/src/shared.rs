@@ -165,6 +165,12 @@ impl CommitHook for Outbox {
         }
         self.wake.notify_one();
     }
+
+    fn newer_elsewhere(&self, user: &str, mine: u64) -> bool {
+        self.mirror
+            .get(user)
+            .is_some_and(|e| e.host != *self.mirror.host() && e.version > mine)
+    }
 }
 
 fn entry(p: &Published, host: &Arc<str>) -> Entry {

@@ -132,7 +132,8 @@ impl Mirror {
             return false;
         }
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        now.saturating_sub(at - 1) <= u64::try_from(self.stale_after.as_millis()).unwrap_or(u64::MAX)
+        now.saturating_sub(at - 1)
+            <= u64::try_from(self.stale_after.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// How long since the last refresh (`None`: never refreshed).
@@ -195,11 +196,7 @@ mod tests {
         assert!(m.apply("u", entry(30, 6, "a")));
         assert_eq!(m.get("u").unwrap().storage, Some(30));
         assert_eq!(m.len(), 1);
-        assert_eq!(
-            m.usage("nobody").unwrap(),
-            Usage::default(),
-            "untracked"
-        );
+        assert_eq!(m.usage("nobody").unwrap(), Usage::default(), "untracked");
     }
 
     fn dir() -> Directory {

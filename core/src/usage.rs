@@ -920,13 +920,20 @@ mod tests {
             assert_eq!(owned[0].user, "a");
             assert_eq!(owned[0].version, seen[1].version);
             assert_eq!(owned[0].storage, Some(15));
-            assert_eq!(s.user_counters("a").unwrap().len(), 2, "the version is not shown");
+            assert_eq!(
+                s.user_counters("a").unwrap().len(),
+                2,
+                "the version is not shown"
+            );
         }
         let s = UsageStore::open(&p).unwrap();
         let seen = Arc::new(Seen::default());
         s.enable_versions(seen.clone()).unwrap();
         set(&s, "a", 1);
-        assert!(seen.0.lock().unwrap()[0].version > last, "the clock never goes back");
+        assert!(
+            seen.0.lock().unwrap()[0].version > last,
+            "the clock never goes back"
+        );
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Redis {
     /// `HGETALL key` as field/value pairs (empty when missing).
     pub fn hgetall(&self, key: &str) -> Vec<(String, String)> {
         let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).expect("connect redis");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let req = format!("*2\r\n$7\r\nHGETALL\r\n${}\r\n{key}\r\n", key.len());
         s.write_all(req.as_bytes()).expect("write redis");
         let mut r = BufReader::new(s);
@@ -142,7 +143,9 @@ impl Redis {
 
     /// The number in an integer reply (`XLEN`, `DBSIZE` …).
     pub fn integer(&self, args: &[&str]) -> i64 {
-        let r = self.command(args).unwrap_or_else(|| panic!("redis {args:?}: no answer"));
+        let r = self
+            .command(args)
+            .unwrap_or_else(|| panic!("redis {args:?}: no answer"));
         r.strip_prefix(':')
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("redis {args:?}: {r:?}"))

@@ -146,18 +146,18 @@ fn deliver(s: &MailStack, rcpt: &str, token: &str) {
 fn in_redis(redis: &Redis, user: &str) -> Option<(i64, i64, String)> {
     let h = redis.hgetall(&format!("ramdir:u:{user}"));
     let get = |k: &str| h.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-    Some((
-        get("b")?.parse().ok()?,
-        get("m")?.parse().ok()?,
-        get("h")?,
-    ))
+    Some((get("b")?.parse().ok()?, get("m")?.parse().ok()?, get("h")?))
 }
 
 fn wait_redis_equals_store(redis: &Redis, s: &MailStack, user: &str, what: &str) {
     let start = Instant::now();
     loop {
         let u = s.usage(user);
-        let want = (u.storage.unwrap_or(-1), u.messages.unwrap_or(-1), "store".to_string());
+        let want = (
+            u.storage.unwrap_or(-1),
+            u.messages.unwrap_or(-1),
+            "store".to_string(),
+        );
         let got = in_redis(redis, user);
         if got.as_ref() == Some(&want) {
             return;
@@ -206,10 +206,17 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     deliver(&s, bob, "b2");
     deliver(&s, bob, "b3");
     let bob_usage = s.usage(bob);
-    assert_eq!(bob_usage.messages, Some(3), "the store committed while Redis was down");
+    assert_eq!(
+        bob_usage.messages,
+        Some(3),
+        "the store committed while Redis was down"
+    );
     let took = mx.wait_rcpt(alice, "stale after Redis died", |a| a != REFUSE);
     let a = mx.rcpt(alice);
-    assert!(is_defer(&a), "a stale over-quota user may only be deferred, got {a:?}");
+    assert!(
+        is_defer(&a),
+        "a stale over-quota user may only be deferred, got {a:?}"
+    );
     println!("MX defers stale over-quota users {took:?} after Redis died");
     for _ in 0..20 {
         let a = mx.rcpt(alice);
@@ -240,7 +247,10 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     let took = mx.wait_rcpt(carol, "carol after FLUSHALL", is_refusal);
     println!("propagation after FLUSHALL: {took:?}");
     // The MX never wrote anything of its own.
-    assert_eq!(in_redis(&redis, carol).map(|r| r.2).as_deref(), Some("store"));
+    assert_eq!(
+        in_redis(&redis, carol).map(|r| r.2).as_deref(),
+        Some("store")
+    );
 }
 
 #[test]
@@ -255,7 +265,10 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
     let mut d = s.quota_dict();
     for u in &users {
         let r = d
-            .transaction(u, &["S\tpriv/quota/storage\t0", "S\tpriv/quota/messages\t0"])
+            .transaction(
+                u,
+                &["S\tpriv/quota/storage\t0", "S\tpriv/quota/messages\t0"],
+            )
             .unwrap();
         assert!(r.starts_with('O'), "{r}");
     }
@@ -288,7 +301,10 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
     std::thread::sleep(Duration::from_millis(700));
     s.kill_ramdir();
     let (acked, in_flight) = writer.join().unwrap();
-    assert!(acked.iter().sum::<i64>() > 10, "too few commits before the kill: {acked:?}");
+    assert!(
+        acked.iter().sum::<i64>() > 10,
+        "too few commits before the kill: {acked:?}"
+    );
     s.restart_ramdir();
     for (i, u) in users.iter().enumerate() {
         let got = s.usage(u);

@@ -657,10 +657,16 @@ impl Config {
                         for (name, set) in [
                             ("host_id", q.host_id.as_ref().map(|s| s.span())),
                             ("shared_prefix", q.shared_prefix.as_ref().map(|s| s.span())),
-                            ("stale_after_secs", q.stale_after_secs.as_ref().map(|s| s.span())),
+                            (
+                                "stale_after_secs",
+                                q.stale_after_secs.as_ref().map(|s| s.span()),
+                            ),
                         ] {
                             if let Some(span) = set {
-                                return Err(err(span, format!("{name} needs shared = \"redis://…\"")));
+                                return Err(err(
+                                    span,
+                                    format!("{name} needs shared = \"redis://…\""),
+                                ));
                             }
                         }
                         None
@@ -679,7 +685,10 @@ impl Config {
                         let host_id = match &q.host_id {
                             Some(h) => h.get_ref().clone(),
                             None => system_hostname().ok_or_else(|| {
-                                err(url.span(), "shared: set host_id (no host name found)".into())
+                                err(
+                                    url.span(),
+                                    "shared: set host_id (no host name found)".into(),
+                                )
                             })?,
                         };
                         if host_id.is_empty() || host_id.chars().any(|c| c.is_whitespace()) {
@@ -699,10 +708,10 @@ impl Config {
                         Some(SharedConfig {
                             url: u.clone(),
                             host_id,
-                            prefix: q
-                                .shared_prefix
-                                .as_ref()
-                                .map_or_else(|| DEFAULT_SHARED_PREFIX.into(), |p| p.get_ref().clone()),
+                            prefix: q.shared_prefix.as_ref().map_or_else(
+                                || DEFAULT_SHARED_PREFIX.into(),
+                                |p| p.get_ref().clone(),
+                            ),
                             stale_after: std::time::Duration::from_secs(stale),
                         })
                     }
@@ -1026,8 +1035,9 @@ idle_timeout_secs = 300
     #[test]
     fn shared_usage_keys() {
         let q = |extra: &str| parse(&format!("[quota]\nstore = \"q.redb\"\n{extra}"));
-        let c = q("shared = \"redis://127.0.0.1:6379/0\"\nhost_id = \"mx1\"\nstale_after_secs = 5\n")
-            .unwrap();
+        let c =
+            q("shared = \"redis://127.0.0.1:6379/0\"\nhost_id = \"mx1\"\nstale_after_secs = 5\n")
+                .unwrap();
         let sh = c.quota.unwrap().shared.unwrap();
         assert_eq!(sh.url, "redis://127.0.0.1:6379/0");
         assert_eq!(sh.host_id, "mx1");
@@ -1036,13 +1046,22 @@ idle_timeout_secs = 300
         let c = q("shared = \"unix:///run/redis.sock\"\nshared_prefix = \"x:\"\n").unwrap();
         let sh = c.quota.unwrap().shared.unwrap();
         assert_eq!(sh.prefix, "x:");
-        assert_eq!(sh.stale_after, std::time::Duration::from_secs(DEFAULT_STALE_AFTER_SECS));
+        assert_eq!(
+            sh.stale_after,
+            std::time::Duration::from_secs(DEFAULT_STALE_AFTER_SECS)
+        );
         assert!(!sh.host_id.is_empty(), "the host name by default");
         for (bad, want) in [
             ("shared = \"http://x\"\n", "want redis://"),
             ("host_id = \"a\"\n", "needs shared"),
-            ("shared = \"redis://x\"\nhost_id = \"a b\"\n", "without spaces"),
-            ("shared = \"redis://x\"\nstale_after_secs = 0\n", "at least 1"),
+            (
+                "shared = \"redis://x\"\nhost_id = \"a b\"\n",
+                "without spaces",
+            ),
+            (
+                "shared = \"redis://x\"\nstale_after_secs = 0\n",
+                "at least 1",
+            ),
         ] {
             let e = q(bad).unwrap_err().to_string();
             assert!(e.contains(want), "{bad:?}: {e}");

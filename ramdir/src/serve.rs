@@ -172,8 +172,13 @@ async fn run(
     };
     // Shared usage (`[quota] shared`): the policy service and the milter
     // read the mirror; this host's commits are published.
-    let shared = match (&store, config.quota.as_ref().and_then(|q| q.shared.as_ref())) {
-        (Some(store), Some(cfg)) => Some(crate::shared::start(cfg, store.clone(), stop_rx.clone())?),
+    let shared = match (
+        &store,
+        config.quota.as_ref().and_then(|q| q.shared.as_ref()),
+    ) {
+        (Some(store), Some(cfg)) => {
+            Some(crate::shared::start(cfg, store.clone(), stop_rx.clone())?)
+        }
         _ => None,
     };
     let usage_source: Option<Arc<dyn ramdir_core::check::UsageSource + Send + Sync>> =

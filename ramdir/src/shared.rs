@@ -211,9 +211,7 @@ pub fn start(
     store
         .enable_versions(outbox.clone())
         .map_err(|e| format!("[quota] shared: {e}"))?;
-    let owned = store
-        .owned()
-        .map_err(|e| format!("[quota] shared: {e}"))?;
+    let owned = store.owned().map_err(|e| format!("[quota] shared: {e}"))?;
     for p in &owned {
         mirror.apply(&p.user, entry(p, mirror.host()));
     }
@@ -292,11 +290,17 @@ async fn connect(client: &Client, extra: Duration) -> redis::RedisResult<Multipl
     let cfg = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(TIMEOUT))
         .set_response_timeout(Some(TIMEOUT + extra));
-    client.get_multiplexed_async_connection_with_config(&cfg).await
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
 }
 
 /// The current epoch, set first if missing (Redis is new or lost its data).
-async fn epoch(conn: &mut MultiplexedConnection, keys: &Keys, host: &str) -> Result<String, Failure> {
+async fn epoch(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    host: &str,
+) -> Result<String, Failure> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -310,7 +314,12 @@ async fn epoch(conn: &mut MultiplexedConnection, keys: &Keys, host: &str) -> Res
         .arg(&keys.epoch)
         .query_async(conn)
         .await?;
-    cur.ok_or_else(|| Failure::Redis(redis::RedisError::from((redis::ErrorKind::Client, "epoch key vanished"))))
+    cur.ok_or_else(|| {
+        Failure::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "epoch key vanished",
+        )))
+    })
 }
 
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
@@ -382,7 +391,9 @@ impl Publisher {
                     .query_async(&mut conn)
                     .await?;
                 if cur.as_deref() != Some(epoch.as_str()) {
-                    tracing::warn!("shared usage: Redis lost its data; republishing every owned user");
+                    tracing::warn!(
+                        "shared usage: Redis lost its data; republishing every owned user"
+                    );
                     return Err(Failure::Epoch);
                 }
             }
@@ -394,18 +405,29 @@ impl Publisher {
     /// newer value was queued meanwhile).
     async fn flush(&self, conn: &mut MultiplexedConnection, epoch: &str) -> Result<(), Failure> {
         let (users, overflow) = {
-            let mut p = self.outbox.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .outbox
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let overflow = std::mem::take(&mut p.overflow);
             (std::mem::take(&mut p.users), overflow)
         };
         if overflow {
-            tracing::warn!(max = MAX_PENDING, "shared usage: queue overflowed; republishing from the store");
+            tracing::warn!(
+                max = MAX_PENDING,
+                "shared usage: queue overflowed; republishing from the store"
+            );
             return self.republish(conn, epoch).await;
         }
         let users: Vec<Published> = users.into_values().collect();
         for (i, chunk) in users.chunks(BATCH).enumerate() {
             if let Err(e) = self.put(conn, epoch, chunk).await {
-                let mut p = self.outbox.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let mut p = self
+                    .outbox
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 for u in &users[i * BATCH..] {
                     p.add(u.clone());
                 }
@@ -416,10 +438,18 @@ impl Publisher {
     }
 
     /// Republish every user this host owns, from redb.
-    async fn republish(&self, conn: &mut MultiplexedConnection, epoch: &str) -> Result<(), Failure> {
+    async fn republish(
+        &self,
+        conn: &mut MultiplexedConnection,
+        epoch: &str,
+    ) -> Result<(), Failure> {
         // Whatever is queued is in redb too (committed before queued).
         {
-            let mut p = self.outbox.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .outbox
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.users.clear();
             p.overflow = false;
         }
@@ -428,17 +458,35 @@ impl Publisher {
             .await
             .map_err(|e| Failure::Store(e.to_string()))?
             .map_err(|e| Failure::Store(e.to_string()))?;
-        let before = self.stats.published.load(std::sync::atomic::Ordering::Relaxed);
+        let before = self
+            .stats
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed);
         for chunk in owned.chunks(BATCH) {
             self.put(conn, epoch, chunk).await?;
         }
-        self.stats.republishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let applied = self.stats.published.load(std::sync::atomic::Ordering::Relaxed) - before;
-        tracing::info!(owned = owned.len(), applied, "shared usage: republished every owned user");
+        self.stats
+            .republishes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let applied = self
+            .stats
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        tracing::info!(
+            owned = owned.len(),
+            applied,
+            "shared usage: republished every owned user"
+        );
         Ok(())
     }
 
-    async fn put(&self, conn: &mut MultiplexedConnection, epoch: &str, users: &[Published]) -> Result<(), Failure> {
+    async fn put(
+        &self,
+        conn: &mut MultiplexedConnection,
+        epoch: &str,
+        users: &[Published],
+    ) -> Result<(), Failure> {
         let mut inv = self.script.prepare_invoke();
         inv.key(&self.keys.epoch).key(&self.keys.feed);
         inv.arg(epoch).arg(&self.host).arg(FEED_MAXLEN);
@@ -526,11 +574,20 @@ impl Feed {
             .arg(1)
             .query_async(&mut conn)
             .await?;
-        let mut last = tip.into_iter().next().map_or_else(|| "0-0".to_string(), |(id, _)| id);
+        let mut last = tip
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id);
         let n = self.rescan(&mut conn).await?;
-        self.stats.rescans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .rescans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.mirror.mark_fresh();
-        tracing::info!(users = n, mirror = self.mirror.len(), "shared usage: mirror rescanned");
+        tracing::info!(
+            users = n,
+            mirror = self.mirror.len(),
+            "shared usage: mirror rescanned"
+        );
         loop {
             let (cur, read): (Option<String>, XRead) = redis::pipe()
                 .cmd("GET")

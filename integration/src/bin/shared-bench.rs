@@ -57,9 +57,7 @@ fn args() -> Args {
             "--conns" => a.conns = v().parse().expect("--conns N"),
             "--rounds" => a.rounds = v().parse().expect("--rounds N"),
             "-h" | "--help" => {
-                println!(
-                    "shared-bench [--samples 500] [--duration 5] [--conns 8] [--rounds 3]"
-                );
+                println!("shared-bench [--samples 500] [--duration 5] [--conns 8] [--rounds 3]");
                 std::process::exit(0);
             }
             _ => panic!("unknown argument {k}"),
@@ -77,7 +75,12 @@ fn ramdir(dir: &Path, files: &DirectoryFiles, extra: &str) -> Ramdir {
     std::fs::create_dir_all(dir).expect("mkdir");
     let socketmap = dir.join("socketmap.sock");
     let config = dir.join("ramdir.toml");
-    write_config(&config, files, &socketmap, &format!("default_quota = {LIMIT:?}\n"));
+    write_config(
+        &config,
+        files,
+        &socketmap,
+        &format!("default_quota = {LIMIT:?}\n"),
+    );
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str(extra);
     write_atomic(&config, &text);
@@ -110,7 +113,10 @@ fn wait_dict(path: &Path) -> DictClient {
         {
             return d;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "dict {path:?} never answered");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "dict {path:?} never answered"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -168,7 +174,10 @@ fn main() {
     let dir = StackDir::new();
     let mut users = String::new();
     for i in 0..USERS {
-        users.push_str(&format!("{}:{{PLAIN}}x:5000:5000::/nonexistent::\n", user(i)));
+        users.push_str(&format!(
+            "{}:{{PLAIN}}x:5000:5000::/nonexistent::\n",
+            user(i)
+        ));
     }
     let files = DirectoryFiles::write(
         &dir.join("data"),
@@ -252,7 +261,11 @@ fn main() {
     let mut on = Vec::new();
     let mut off = Vec::new();
     for r in 0..a.rounds {
-        let order: [bool; 2] = if r % 2 == 0 { [true, false] } else { [false, true] };
+        let order: [bool; 2] = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for publish in order {
             let sock = if publish { &store_dict } else { &plain_dict };
             let tput = throughput(sock, a.conns, a.duration, r * 1000);
@@ -261,7 +274,11 @@ fn main() {
                 r + 1,
                 if publish { "on" } else { "off" }
             );
-            if publish { on.push(tput) } else { off.push(tput) }
+            if publish {
+                on.push(tput)
+            } else {
+                off.push(tput)
+            }
         }
     }
     let ratio = median(on.clone()) / median(off.clone());
@@ -272,7 +289,10 @@ fn main() {
     println!(
         "- {USERS} users; redis-server {} on 127.0.0.1; three ramdirs (store: dict + shared, plain: dict only, mx: policy + shared); load average at the end: {}",
         redis_version(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "- propagation: {} samples (dict `S` commit answered `O` on the store → the MX's policy answer for that recipient changes), {} policy requests in all",
@@ -305,7 +325,11 @@ fn main() {
     println!(
         "| goal | target | measured | |\n|---|---|---:|---|\n| propagation p99 | ≤ 1000 ms | {} ms | {} |\n| dict throughput publishing on/off | ≥ 0.9 | {:.3} | {} |",
         ms(percentile(&samples, 0.99)),
-        if percentile(&samples, 0.99) <= Duration::from_secs(1) { "met" } else { "**NOT met**" },
+        if percentile(&samples, 0.99) <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "**NOT met**"
+        },
         ratio,
         if ratio >= 0.9 { "met" } else { "**NOT met**" }
     );

@@ -780,7 +780,10 @@ mod tests {
             over_quota: "552 5.2.2 Mailbox full".into(),
             ..Settings::default()
         };
-        assert_eq!(to_action(&v, &permanent), Action::Reply(STALE_OVER_QUOTA.into()));
+        assert_eq!(
+            to_action(&v, &permanent),
+            Action::Reply(STALE_OVER_QUOTA.into())
+        );
         assert!(valid_reply(STALE_OVER_QUOTA) && STALE_OVER_QUOTA.starts_with('4'));
         let temporary = Settings::default();
         assert_eq!(
@@ -788,5 +791,4 @@ mod tests {
             Action::Reply(temporary.over_quota.clone())
         );
     }
-
 }

@@ -42,13 +42,14 @@
 //! value older than an answered commit.
 //!
 //! # Versions (shared usage across hosts)
-//! With shared usage on ([`UsageStore::enable_versions`]), every committed
-//! transaction also stamps its user with a version in the same redb write
-//! transaction: a clock in microseconds since the Unix epoch that never
-//! goes backwards on this store (`max(now, last + 1)`, `last` starting
-//! from the highest version stored). The version is kept in the counters
-//! table under [`VERSION_KEY`], next to the user's counters. The users with a version here are
-//! the users this host owns: its Dovecot commits their usage. A
+//! With shared usage on ([`UsageStore::enable_versions`]), every
+//! transaction that changes something also stamps its user with a version
+//! in the same redb write transaction: a clock in microseconds since the
+//! Unix epoch that never goes backwards on this store (`max(now, last +
+//! 1)`, `last` starting from the highest version stored). The version is
+//! kept in the counters table under the key `ramdir/version`, next to the
+//! user's counters (so it dirties no extra page). The users with a version
+//! here are the users this host owns: its Dovecot commits their usage. A
 //! [`CommitHook`] then gets each user's absolute counters and version once
 //! they are durable, to publish them (`ramdir/src/shared.rs`); publishing
 //! absolute values with a version makes a retry or a replay harmless.

@@ -57,13 +57,26 @@
 //! it recovers by itself when the disk has room again, even with no commit
 //! arriving. What was committed before stays:
 //! redb's commit slots keep the last durable transaction.
+//!
+//! # Versions (shared usage across hosts)
+//! With shared usage on ([`UsageStore::enable_versions`]), every
+//! transaction that changes something also stamps its user with a version
+//! in the same redb write transaction: a clock in microseconds since the
+//! Unix epoch that never goes backwards on this store (`max(now, last +
+//! 1)`, `last` starting from the highest version stored). The version is
+//! kept in the counters table under the key `ramdir/version`, next to the
+//! user's counters (so it dirties no extra page). The users with a version
+//! here are the users this host owns: its Dovecot commits their usage. A
+//! [`CommitHook`] then gets each user's absolute counters and version once
+//! they are durable, to publish them (`ramdir/src/shared.rs`); publishing
+//! absolute values with a version makes a retry or a replay harmless.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,6 +86,40 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 /// (user, key) → value. Keys are the dict key after `priv/`
 /// (`quota/storage`, `quota/messages`).
 const COUNTERS: TableDefinition<(&str, &str), i64> = TableDefinition::new("counters");
+
+/// The counter key that holds a user's version (shared usage only): in the
+/// counters table, beside the user's counters, so stamping it dirties no
+/// page the commit did not already write. Not a dict key (`priv/` keys
+/// are `quota/…`), never shown or served as one.
+const VERSION_KEY: &str = "ramdir/version";
+
+/// A user's absolute usage after a commit, as shared with other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The user.
+    pub user: String,
+    /// `quota/storage` (bytes), if the counter exists.
+    pub storage: Option<i64>,
+    /// `quota/messages`, if the counter exists.
+    pub messages: Option<i64>,
+    /// The version of this value (see the module docs).
+    pub version: u64,
+}
+
+/// Told about every durable commit when versions are on.
+pub trait CommitHook: Send + Sync + std::fmt::Debug {
+    /// `users` are durable with these values (a user may appear more than
+    /// once in a batch; the highest version is the latest).
+    fn committed(&self, users: Vec<Published>);
+
+    /// Whether another host holds a value for `user` newer than `mine`
+    /// (this store's version of it, 0 if none): then this store's
+    /// counters are out of date and increments must not apply to them.
+    fn newer_elsewhere(&self, user: &str, mine: u64) -> bool {
+        let _ = (user, mine);
+        false
+    }
+}
 
 /// Most commits written in one transaction: bounds the latency a single
 /// fsync adds to the commits queued behind it.
@@ -384,6 +431,11 @@ pub struct UsageStore {
     /// Durable redb commits and the transactions they carried, failed
     /// commits (for metrics).
     stats: CommitStats,
+    /// Set when shared usage is on: versions are written and the hook is
+    /// told about each durable commit.
+    hook: OnceLock<Arc<dyn CommitHook>>,
+    /// The version clock's last value (written only by commits).
+    clock: Mutex<u64>,
 }
 
 /// Commit counters of a [`UsageStore`].
@@ -419,6 +471,8 @@ impl UsageStore {
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             invalidations: Invalidations::default(),
             stats: CommitStats::default(),
+            hook: OnceLock::new(),
+            clock: Mutex::new(0),
         })
     }
 
@@ -521,9 +575,51 @@ impl UsageStore {
         )))
     }
 
+    /// Turn versions on (shared usage): from now on every commit stamps its
+    /// users with a version and `hook` is told about it once durable. Call
+    /// before the first commit; a second call is refused.
+    pub fn enable_versions(&self, hook: Arc<dyn CommitHook>) -> Result<(), StoreError> {
+        let last = self.owned()?.iter().map(|p| p.version).max().unwrap_or(0);
+        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = last;
+        self.hook
+            .set(hook)
+            .map_err(|_| StoreError::Db("versions are already on".into()))
+    }
+
+    /// Every user this store owns (has a version for), with its current
+    /// absolute usage: what an owner republishes after a reconnect, a
+    /// restart or a loss of the shared store.
+    pub fn owned(&self) -> Result<Vec<Published>, StoreError> {
+        self.with_db(|db| {
+            let r = db.begin_read().map_err(db_err)?;
+            let c = r.open_table(COUNTERS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in c.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let (user, key) = k.value();
+                if key != VERSION_KEY {
+                    continue;
+                }
+                let get = |k: &str| -> Result<Option<i64>, StoreError> {
+                    Ok(c.get((user, k)).map_err(db_err)?.map(|v| v.value()))
+                };
+                out.push(Published {
+                    user: user.to_string(),
+                    storage: get(CACHED_KEYS[0])?,
+                    messages: get(CACHED_KEYS[1])?,
+                    version: u64::try_from(v.value()).unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
     /// Read a counter.
     pub fn get(&self, user: &str, key: &str) -> Result<Option<i64>, StoreError> {
         self.check_healthy()?;
+        if key == VERSION_KEY {
+            return Ok(None);
+        }
         match CACHED_KEYS.iter().position(|k| *k == key) {
             Some(i) => Ok(self.counters(user)?[i]),
             None => self.read_db(user, &[key]).map(|v| v[0]),
@@ -606,13 +702,17 @@ impl UsageStore {
 
     /// Apply transactions in one durable write; one outcome per transaction.
     pub fn commit_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
-        let r = self.write_batch(txns);
+        let mut published = Vec::new();
+        let r = self.write_batch(txns, &mut published);
         // Written only when it changes: readers load it on every check.
         if self.failing.load(Ordering::Relaxed) != r.is_err() {
             self.failing.store(r.is_err(), Ordering::Release);
         }
         match &r {
             Ok(_) => {
+                if let Some(hook) = self.hook.get() {
+                    hook.committed(published);
+                }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .transactions
@@ -632,26 +732,68 @@ impl UsageStore {
         r
     }
 
-    fn write_batch(&self, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
-        self.with_db(|db| Self::write_batch_to(db, txns))
+    fn write_batch(
+        &self,
+        txns: &[Txn],
+        published: &mut Vec<Published>,
+    ) -> Result<Vec<CommitOutcome>, StoreError> {
+        // Held through the commit, so versions are handed out in commit
+        // order (one writer thread in the daemon; tests may call directly).
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, stamped, last) = self.with_db(|db| self.write_batch_to(db, txns, *clock))?;
+        *clock = last;
+        published.extend(stamped);
+        Ok(out)
     }
 
-    fn write_batch_to(db: &Database, txns: &[Txn]) -> Result<Vec<CommitOutcome>, StoreError> {
+    /// One write transaction for `txns`; with versions on, each changed
+    /// user is stamped after `last` and returned for publishing.
+    fn write_batch_to(
+        &self,
+        db: &Database,
+        txns: &[Txn],
+        mut last: u64,
+    ) -> Result<(Vec<CommitOutcome>, Vec<Published>, u64), StoreError> {
+        let mut published = Vec::new();
         let w = db.begin_write().map_err(db_err)?;
         let mut out = Vec::with_capacity(txns.len());
         {
             let mut t = w.open_table(COUNTERS).map_err(db_err)?;
+            let hook = self.hook.get();
             for txn in txns {
                 let mut outcome = CommitOutcome::Ok;
+                let mut changed = false;
+                // Shared usage: increments apply only to a value this host
+                // owns. When another host published a newer value (the
+                // user moved), this host's counters are old: `Inc` answers
+                // NotFound so Dovecot recalculates and `Set`s the truth.
+                let foreign = match hook {
+                    Some(h) if txn.ops.iter().any(|o| matches!(o, Op::Inc(..))) => {
+                        let mine = t
+                            .get((txn.user.as_str(), VERSION_KEY))
+                            .map_err(db_err)?
+                            .map_or(0, |v| u64::try_from(v.value()).unwrap_or(0));
+                        h.newer_elsewhere(&txn.user, mine)
+                    }
+                    _ => false,
+                };
                 for op in &txn.ops {
+                    // The version is ramdir's own, never a client's to set.
+                    if matches!(op, Op::Set(k, _) | Op::Unset(k) | Op::Inc(k, _) if k == VERSION_KEY)
+                    {
+                        continue;
+                    }
                     match op {
                         Op::Set(k, v) => {
                             t.insert((txn.user.as_str(), k.as_str()), *v)
                                 .map_err(db_err)?;
+                            changed = true;
                         }
                         Op::Unset(k) => {
                             t.remove((txn.user.as_str(), k.as_str())).map_err(db_err)?;
+                            changed = true;
                         }
+                        Op::Inc(_, _) if foreign => outcome = CommitOutcome::NotFound,
                         Op::Inc(k, d) => {
                             let cur = t
                                 .get((txn.user.as_str(), k.as_str()))
@@ -661,6 +803,7 @@ impl UsageStore {
                                 Some(v) => {
                                     t.insert((txn.user.as_str(), k.as_str()), v.saturating_add(*d))
                                         .map_err(db_err)?;
+                                    changed = true;
                                 }
                                 None => outcome = CommitOutcome::NotFound,
                             }
@@ -668,10 +811,30 @@ impl UsageStore {
                     }
                 }
                 out.push(outcome);
+                // Only a change gets a version (and is published): an
+                // increment refused above must not make this host's old
+                // value the newest.
+                if hook.is_some() && changed {
+                    last = now_micros().max(last + 1);
+                    let v = i64::try_from(last).map_err(db_err)?;
+                    t.insert((txn.user.as_str(), VERSION_KEY), v)
+                        .map_err(db_err)?;
+                    let get = |k: &str| -> Result<Option<i64>, StoreError> {
+                        Ok(t.get((txn.user.as_str(), k))
+                            .map_err(db_err)?
+                            .map(|v| v.value()))
+                    };
+                    published.push(Published {
+                        user: txn.user.clone(),
+                        storage: get(CACHED_KEYS[0])?,
+                        messages: get(CACHED_KEYS[1])?,
+                        version: last,
+                    });
+                }
             }
         }
         w.commit().map_err(db_err)?;
-        Ok(out)
+        Ok((out, published, last))
     }
 
     /// The commit counters.
@@ -691,11 +854,21 @@ impl UsageStore {
                 if u != user {
                     break;
                 }
+                if key == VERSION_KEY {
+                    continue;
+                }
                 out.push((key.to_string(), v.value()));
             }
             Ok(out)
         })
     }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What the writer calls back with, once a commit is durable (or failed).
@@ -709,7 +882,7 @@ pub struct Writer {
 
 impl Writer {
     /// Start the writer thread for `store`.
-    pub fn start(store: std::sync::Arc<UsageStore>) -> Writer {
+    pub fn start(store: Arc<UsageStore>) -> Writer {
         let (tx, rx) = mpsc::channel::<(Txn, Reply)>();
         thread::Builder::new()
             .name("ramdir-usage".into())
@@ -757,7 +930,6 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::check::{Usage, UsageSource};
-    use std::sync::Arc;
 
     fn txn(user: &str, ops: Vec<Op>) -> Txn {
         Txn {
@@ -903,6 +1075,90 @@ mod tests {
         s.commit_batch(&[txn("a", vec![Op::Set("other".into(), 3)])])
             .unwrap();
         assert_eq!(s.get("a", "other").unwrap(), Some(3));
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<Published>>);
+    impl CommitHook for Seen {
+        fn committed(&self, users: Vec<Published>) {
+            self.0.lock().unwrap().extend(users);
+        }
+        fn newer_elsewhere(&self, user: &str, _: u64) -> bool {
+            user == "moved"
+        }
+    }
+
+    #[test]
+    fn increments_on_a_user_owned_elsewhere_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UsageStore::open(&dir.path().join("q.redb")).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.enable_versions(seen.clone()).unwrap();
+        set(&s, "moved", 100);
+        seen.0.lock().unwrap().clear();
+        let r = s
+            .commit_batch(&[txn("moved", vec![Op::Inc("quota/storage".into(), 5)])])
+            .unwrap();
+        assert_eq!(r, [CommitOutcome::NotFound]);
+        assert_eq!(s.get("moved", "quota/storage").unwrap(), Some(100));
+        assert!(seen.0.lock().unwrap().is_empty(), "nothing published");
+        // Dovecot's recalculation sets the truth, which is published.
+        set(&s, "moved", 70);
+        assert_eq!(seen.0.lock().unwrap()[0].storage, Some(70));
+    }
+
+    #[test]
+    fn versions_grow_and_survive_reopen_and_owned_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.redb");
+        let last;
+        {
+            let s = UsageStore::open(&p).unwrap();
+            set(&s, "before", 1);
+            let seen = Arc::new(Seen::default());
+            s.enable_versions(seen.clone()).unwrap();
+            assert!(s.enable_versions(seen.clone()).is_err());
+            // A client cannot write the version.
+            s.commit_batch(&[txn("x", vec![Op::Set(VERSION_KEY.into(), i64::MAX)])])
+                .unwrap();
+            assert_eq!(s.get("x", VERSION_KEY).unwrap(), None);
+            seen.0.lock().unwrap().clear();
+            s.commit_batch(&[
+                txn(
+                    "a",
+                    vec![
+                        Op::Set("quota/storage".into(), 10),
+                        Op::Set("quota/messages".into(), 1),
+                    ],
+                ),
+                txn("a", vec![Op::Inc("quota/storage".into(), 5)]),
+                txn("b", vec![Op::Set("quota/storage".into(), 7)]),
+            ])
+            .unwrap();
+            let seen = seen.0.lock().unwrap().clone();
+            assert_eq!(seen.len(), 3);
+            assert_eq!((seen[1].storage, seen[1].messages), (Some(15), Some(1)));
+            assert!(seen[0].version < seen[1].version && seen[1].version < seen[2].version);
+            last = seen[2].version;
+            let owned = s.owned().unwrap();
+            assert_eq!(owned.len(), 2, "only users changed with versions on");
+            assert_eq!(owned[0].user, "a");
+            assert_eq!(owned[0].version, seen[1].version);
+            assert_eq!(owned[0].storage, Some(15));
+            assert_eq!(
+                s.user_counters("a").unwrap().len(),
+                2,
+                "the version is not shown"
+            );
+        }
+        let s = UsageStore::open(&p).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.enable_versions(seen.clone()).unwrap();
+        set(&s, "a", 1);
+        assert!(
+            seen.0.lock().unwrap()[0].version > last,
+            "the clock never goes back"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod postfix;
 pub mod postfix_map;
 pub mod quota;
 pub mod ramdir;
+pub mod redis;
 pub mod sasl;
 pub mod slapd;
 pub mod smtp;

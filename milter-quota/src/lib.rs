@@ -67,7 +67,7 @@ use std::io;
 use std::sync::Arc;
 
 use ramdir_core::DirectoryHandle;
-use ramdir_core::usage::UsageStore;
+use ramdir_core::check::UsageSource;
 use tokio::net::UnixListener;
 
 pub use config::{Config, DEFAULT_MAX_CONNECTIONS, MAX_TEXT_LEN, OverQuotaReply, ParseReplyError};
@@ -90,7 +90,7 @@ pub use config::{Config, DEFAULT_MAX_CONNECTIONS, MAX_TEXT_LEN, OverQuotaReply, 
 pub async fn run(
     listener: UnixListener,
     directory: Arc<DirectoryHandle>,
-    usage: Arc<UsageStore>,
+    usage: Arc<dyn UsageSource + Send + Sync>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {

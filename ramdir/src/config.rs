@@ -105,10 +105,19 @@ struct RawStats {
     group: Option<String>,
 }
 
+/// `[ldap] url`: one provider, several separated by whitespace (as
+/// OpenLDAP's `ldap.conf` `URI`), or a list; the sync fails over in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLdap {
-    url: Spanned<String>,
+    url: Spanned<RawUrls>,
     base: String,
     filter: Option<String>,
     scope: Option<Spanned<String>>,
@@ -168,6 +177,10 @@ struct RawQuota {
     store: Spanned<PathBuf>,
     grace: Option<Spanned<String>>,
     over_quota_reply: Option<Spanned<String>>,
+    shared: Option<Spanned<String>>,
+    host_id: Option<Spanned<String>>,
+    shared_prefix: Option<Spanned<String>>,
+    stale_after_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +320,37 @@ pub struct QuotaConfig {
     pub grace: Grace,
     /// Reply for over-quota recipients (policy and milter).
     pub over_quota_reply: String,
+    /// Usage shared with other hosts through Redis, if on.
+    pub shared: Option<SharedConfig>,
+}
+
+/// `[quota] shared` and the keys that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// The Redis URL (`redis://host:port/db`, `unix:///path`).
+    pub url: String,
+    /// This host's id: names the owner of the usage it publishes.
+    pub host_id: String,
+    /// Prefix of every Redis key.
+    pub prefix: String,
+    /// How long without hearing from Redis before other hosts' usage is
+    /// stale (over-quota then only defers).
+    pub stale_after: std::time::Duration,
+}
+
+/// Default `[quota] stale_after_secs`.
+pub const DEFAULT_STALE_AFTER_SECS: u64 = 30;
+
+/// Default `[quota] shared_prefix`.
+pub const DEFAULT_SHARED_PREFIX: &str = "ramdir:";
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), the default
+/// host id.
+fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 pub use ramdir_core::check::Grace;
@@ -497,17 +541,25 @@ impl Config {
             None => None,
             Some(l) => {
                 use ramdir_ldap::settings::{Bind, Scope, Settings as L};
-                let url = l.url.get_ref();
-                if !["ldap://", "ldaps://", "ldapi://"]
-                    .iter()
-                    .any(|p| url.starts_with(p))
-                {
-                    return Err(err(
-                        l.url.span(),
-                        format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
-                    ));
+                let urls: Vec<&str> = match l.url.get_ref() {
+                    RawUrls::One(u) => u.split_whitespace().collect(),
+                    RawUrls::Many(v) => v.iter().flat_map(|u| u.split_whitespace()).collect(),
+                };
+                if urls.is_empty() {
+                    return Err(err(l.url.span(), "url: no LDAP URL given".into()));
                 }
-                let mut st = L::new(url, &l.base);
+                for url in &urls {
+                    if !["ldap://", "ldaps://", "ldapi://"]
+                        .iter()
+                        .any(|p| url.starts_with(p))
+                    {
+                        return Err(err(
+                            l.url.span(),
+                            format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
+                        ));
+                    }
+                }
+                let mut st = L::new(&urls.join(" "), &l.base);
                 if let Some(f) = l.filter {
                     st.filter = f;
                 }
@@ -637,10 +689,75 @@ impl Config {
                         ));
                     }
                 };
+                let shared = match &q.shared {
+                    None => {
+                        for (name, set) in [
+                            ("host_id", q.host_id.as_ref().map(|s| s.span())),
+                            ("shared_prefix", q.shared_prefix.as_ref().map(|s| s.span())),
+                            (
+                                "stale_after_secs",
+                                q.stale_after_secs.as_ref().map(|s| s.span()),
+                            ),
+                        ] {
+                            if let Some(span) = set {
+                                return Err(err(
+                                    span,
+                                    format!("{name} needs shared = \"redis://…\""),
+                                ));
+                            }
+                        }
+                        None
+                    }
+                    Some(url) => {
+                        let u = url.get_ref();
+                        if !(u.starts_with("redis://")
+                            || u.starts_with("unix://")
+                            || u.starts_with("redis+unix://"))
+                        {
+                            return Err(err(
+                                url.span(),
+                                format!("shared {u:?}: want redis://host:port/db or unix:///path"),
+                            ));
+                        }
+                        let host_id = match &q.host_id {
+                            Some(h) => h.get_ref().clone(),
+                            None => system_hostname().ok_or_else(|| {
+                                err(
+                                    url.span(),
+                                    "shared: set host_id (no host name found)".into(),
+                                )
+                            })?,
+                        };
+                        if host_id.is_empty() || host_id.chars().any(|c| c.is_whitespace()) {
+                            return Err(err(
+                                q.host_id.as_ref().map_or(url.span(), |h| h.span()),
+                                format!("host_id {host_id:?}: want a name without spaces"),
+                            ));
+                        }
+                        let stale = q
+                            .stale_after_secs
+                            .as_ref()
+                            .map_or(DEFAULT_STALE_AFTER_SECS, |s| *s.get_ref());
+                        if stale == 0 {
+                            let span = q.stale_after_secs.as_ref().map_or(url.span(), |s| s.span());
+                            return Err(err(span, "stale_after_secs: want at least 1".into()));
+                        }
+                        Some(SharedConfig {
+                            url: u.clone(),
+                            host_id,
+                            prefix: q.shared_prefix.as_ref().map_or_else(
+                                || DEFAULT_SHARED_PREFIX.into(),
+                                |p| p.get_ref().clone(),
+                            ),
+                            stale_after: std::time::Duration::from_secs(stale),
+                        })
+                    }
+                };
                 Some(QuotaConfig {
                     store: abs(q.store.into_inner()),
                     grace,
                     over_quota_reply,
+                    shared,
                 })
             }
         };
@@ -935,11 +1052,31 @@ idle_timeout_secs = 300
         );
         assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
         assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
+        assert_eq!(l.urls().collect::<Vec<_>>(), ["ldap://127.0.0.1:3389"]);
+        // Several providers: a list, or OpenLDAP's space-separated URI.
+        for url in [
+            "[\"ldap://a:389\", \"ldap://b:389\"]",
+            "\"ldap://a:389  ldap://b:389\"",
+        ] {
+            let c = parse(&format!("[ldap]\nurl = {url}\nbase = \"dc=x\"\n")).unwrap();
+            let l = c.ldap.unwrap();
+            assert_eq!(
+                l.urls().collect::<Vec<_>>(),
+                ["ldap://a:389", "ldap://b:389"],
+                "{url}"
+            );
+            assert_eq!(l.url_at(3), "ldap://b:389");
+        }
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
                 "want ldap://",
             ),
+            (
+                "[ldap]\nurl = [\"ldap://a\", \"http://x\"]\nbase = \"dc=x\"\n",
+                "want ldap://",
+            ),
+            ("[ldap]\nurl = []\nbase = \"dc=x\"\n", "no LDAP URL"),
             (
                 "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n",
                 "scope",
@@ -974,6 +1111,43 @@ idle_timeout_secs = 300
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
         assert_eq!(q.grace, Grace::Percent(5));
         assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
+        assert_eq!(q.shared, None, "off by default");
+    }
+
+    #[test]
+    fn shared_usage_keys() {
+        let q = |extra: &str| parse(&format!("[quota]\nstore = \"q.redb\"\n{extra}"));
+        let c =
+            q("shared = \"redis://127.0.0.1:6379/0\"\nhost_id = \"mx1\"\nstale_after_secs = 5\n")
+                .unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(sh.host_id, "mx1");
+        assert_eq!(sh.prefix, DEFAULT_SHARED_PREFIX);
+        assert_eq!(sh.stale_after, std::time::Duration::from_secs(5));
+        let c = q("shared = \"unix:///run/redis.sock\"\nshared_prefix = \"x:\"\n").unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.prefix, "x:");
+        assert_eq!(
+            sh.stale_after,
+            std::time::Duration::from_secs(DEFAULT_STALE_AFTER_SECS)
+        );
+        assert!(!sh.host_id.is_empty(), "the host name by default");
+        for (bad, want) in [
+            ("shared = \"http://x\"\n", "want redis://"),
+            ("host_id = \"a\"\n", "needs shared"),
+            (
+                "shared = \"redis://x\"\nhost_id = \"a b\"\n",
+                "without spaces",
+            ),
+            (
+                "shared = \"redis://x\"\nstale_after_secs = 0\n",
+                "at least 1",
+            ),
+        ] {
+            let e = q(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
     }
 
     /// The Debian package's conffile: valid as shipped ([stats] only), and

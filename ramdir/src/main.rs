@@ -18,6 +18,7 @@ mod metrics;
 mod postfix_map;
 mod privilege;
 mod serve;
+mod shared;
 mod stats;
 mod systemd;
 

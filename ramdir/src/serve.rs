@@ -172,6 +172,23 @@ async fn run(
         }
         None => None,
     };
+    // Shared usage (`[quota] shared`): the policy service and the milter
+    // read the mirror; this host's commits are published.
+    let shared = match (
+        &store,
+        config.quota.as_ref().and_then(|q| q.shared.as_ref()),
+    ) {
+        (Some(store), Some(cfg)) => {
+            Some(crate::shared::start(cfg, store.clone(), stop_rx.clone())?)
+        }
+        _ => None,
+    };
+    let usage_source: Option<Arc<dyn ramdir_core::check::UsageSource + Send + Sync>> =
+        match (&shared, &store) {
+            (Some(sh), _) => Some(sh.mirror.clone()),
+            (None, Some(store)) => Some(store.clone()),
+            (None, None) => None,
+        };
 
     if let Some(l) = &config.socketmap {
         let listener = listener::open(l, &mut inherited, &mut sockets)?;
@@ -186,7 +203,7 @@ async fn run(
         servers.spawn(async move { socketmap::server::run(listener, h, cfg, stats, stop).await });
     }
 
-    if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
+    if let (Some(l), Some(usage), Some(q)) = (&config.policy, &usage_source, &config.quota) {
         let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = policy::server::Config {
             max_connections: l.max_connections,
@@ -197,14 +214,14 @@ async fn run(
             },
         };
         let (h, stats) = (handle.clone(), counters.policy.clone());
-        let usage: Arc<dyn ramdir_core::check::UsageSource + Send + Sync> = store.clone();
+        let usage = usage.clone();
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "policy listening");
         servers
             .spawn(async move { policy::server::run(listener, h, usage, cfg, stats, stop).await });
     }
 
-    if let (Some(l), Some(store), Some(q)) = (&config.milter, &store, &config.quota) {
+    if let (Some(l), Some(usage), Some(q)) = (&config.milter, &usage_source, &config.quota) {
         let over_quota: ramdir_milter::OverQuotaReply = q
             .over_quota_reply
             .parse()
@@ -215,10 +232,10 @@ async fn run(
             grace: q.grace,
             over_quota,
         };
-        let (h, store) = (handle.clone(), store.clone());
+        let (h, usage) = (handle.clone(), usage.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "milter listening");
-        servers.spawn(async move { ramdir_milter::run(listener, h, store, cfg, stop).await });
+        servers.spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stop).await });
     }
 
     if let Some(d) = &config.dict {
@@ -363,6 +380,23 @@ async fn run(
     if let Some(t) = ldap_task {
         // Lets the LDAP source write its final warm snapshot.
         let _ = t.await;
+    }
+    if let Some(sh) = shared {
+        let st = &sh.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            published = n(&st.published),
+            republishes = n(&st.republishes),
+            rescans = n(&st.rescans),
+            mirror = sh.mirror.len(),
+            "shared usage stopping"
+        );
+        // The publisher sends what is queued before it stops (best effort:
+        // whatever it cannot send is republished from redb at the next
+        // start).
+        for t in sh.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
     }
     for p in [publisher, dovecot_publisher].into_iter().flatten() {
         p.stop();

@@ -71,6 +71,11 @@ impl Default for Settings {
 /// The default over-quota reply (temporary; see the module docs).
 pub const DEFAULT_OVER_QUOTA: &str = "452 4.2.2 Mailbox full";
 
+/// The reply for a recipient over quota by shared usage that is stale
+/// (another host's usage, not heard from lately) when the configured
+/// over-quota reply is permanent: usage that may be old only defers.
+pub const STALE_OVER_QUOTA: &str = "452 4.2.2 Mailbox full (shared quota usage is out of date)";
+
 /// Whether `s` is a usable over-quota reply: `4NN` or `5NN`, a space, an
 /// RFC 3463 code of the same class, then text.
 pub fn valid_reply(s: &str) -> bool {
@@ -279,6 +284,11 @@ pub fn to_action(verdict: &Verdict, settings: &Settings) -> Action {
     match verdict {
         Verdict::Accept | Verdict::NotOurs => Action::Dunno,
         Verdict::OverQuota { .. } => Action::Reply(settings.over_quota.clone()),
+        // Never a permanent refusal on usage that may be old.
+        Verdict::OverQuotaStale { .. } if settings.over_quota.starts_with('4') => {
+            Action::Reply(settings.over_quota.clone())
+        }
+        Verdict::OverQuotaStale { .. } => Action::Reply(STALE_OVER_QUOTA.into()),
         Verdict::Trouble(e) => Action::DeferIfPermit(format!("quota check failed: {e}")),
     }
 }
@@ -759,5 +769,26 @@ mod tests {
         ] {
             assert!(!valid_reply(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn stale_over_quota_never_refuses_permanently() {
+        let v = Verdict::OverQuotaStale {
+            mailboxes: vec!["a@x.org".into()],
+        };
+        let permanent = Settings {
+            over_quota: "552 5.2.2 Mailbox full".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            to_action(&v, &permanent),
+            Action::Reply(STALE_OVER_QUOTA.into())
+        );
+        assert!(valid_reply(STALE_OVER_QUOTA) && STALE_OVER_QUOTA.starts_with('4'));
+        let temporary = Settings::default();
+        assert_eq!(
+            to_action(&v, &temporary),
+            Action::Reply(temporary.over_quota.clone())
+        );
     }
 }

@@ -172,8 +172,12 @@ pub trait Protocol: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Close`]: the connection ends (a protocol error is counted).
-    fn answer(&self, conn: &mut Self::Conn, buf: &mut BytesMut, out: &mut Out<'_>)
-    -> Result<bool, Close>;
+    fn answer(
+        &self,
+        conn: &mut Self::Conn,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close>;
 }
 
 /// The connections being served, so that shutdown can wake them.
@@ -386,7 +390,12 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
                 return;
             }
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 tracing::debug!(listener = P::NAME, "connection idle; closing");
                 return;
             }
@@ -409,7 +418,10 @@ fn read_some(mut stream: &UnixStream, buf: &mut BytesMut, room: usize) -> io::Re
 }
 
 fn log_io(name: &str, e: &io::Error) {
-    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
         tracing::warn!(
             listener = name,
             "client did not read its replies within the write timeout; closing"
@@ -476,9 +488,15 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let stats = Arc::new(Stats::default());
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(listener, Arc::new(Upper), limits, stats.clone(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            Arc::new(Upper),
+            limits,
+            stats.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Server {
             path,
             stats,

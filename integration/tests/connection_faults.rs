@@ -133,7 +133,10 @@ fn slow_half_open_and_flooding_clients_do_not_starve_the_others() {
             let (socket, stop) = (socket.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut c = UnixStream::connect(&socket).unwrap();
-                let req = format!("{}:mailboxes user{i}@example.org,", 26 + i.to_string().len());
+                let req = format!(
+                    "{}:mailboxes user{i}@example.org,",
+                    26 + i.to_string().len()
+                );
                 let mut sent = 0;
                 for b in req.bytes().cycle() {
                     if stop.load(Ordering::Relaxed) {

@@ -237,7 +237,8 @@ pub fn encode(
         (
             "ramdir_connections_total",
             "Connections accepted, per listener.",
-            (|s: &ramdir_conn::Stats| &s.connections) as fn(&ramdir_conn::Stats) -> &std::sync::atomic::AtomicU64,
+            (|s: &ramdir_conn::Stats| &s.connections)
+                as fn(&ramdir_conn::Stats) -> &std::sync::atomic::AtomicU64,
         ),
         (
             "ramdir_protocol_errors_total",

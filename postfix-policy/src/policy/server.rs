@@ -129,7 +129,12 @@ impl Protocol for Policy {
         }
     }
 
-    fn answer(&self, conn: &mut Conn, buf: &mut BytesMut, out: &mut Out<'_>) -> Result<bool, Close> {
+    fn answer(
+        &self,
+        conn: &mut Conn,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close> {
         // Parsed in place: the request borrows from `buf` until its bytes
         // are dropped after the answer.
         match PolicyRequest::parse_into(buf, std::mem::take(&mut conn.attrs)) {

@@ -180,7 +180,12 @@ impl Protocol for Socketmap {
         }
     }
 
-    fn answer(&self, conn: &mut Found, buf: &mut BytesMut, out: &mut Out<'_>) -> Result<bool, Close> {
+    fn answer(
+        &self,
+        conn: &mut Found,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close> {
         let out = &mut *out.buf;
         let dir = self.directory.current();
         // Answer in place from the snapshot; only a miss the source must
@@ -238,9 +243,9 @@ impl Protocol for Socketmap {
 mod tests {
     use super::*;
     use crate::socketmap::codec::Reply;
+    use ramdir_core::{Directory, Settings, UserSpec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixStream;
-    use ramdir_core::{Directory, Settings, UserSpec};
 
     struct TestServer {
         path: std::path::PathBuf,

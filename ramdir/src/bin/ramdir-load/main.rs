@@ -562,15 +562,13 @@ fn run(cli: Cli) -> Result<(), String> {
             socket,
             reply,
             blocking,
-        } => {
-            ceiling::run_answer(
-                "dict-ceiling",
-                &socket,
-                dict::DictAnswer::new(reply),
-                blocking,
-            )
-                .map_err(|e| format!("dict-ceiling: {e}"))
-        }
+        } => ceiling::run_answer(
+            "dict-ceiling",
+            &socket,
+            dict::DictAnswer::new(reply),
+            blocking,
+        )
+        .map_err(|e| format!("dict-ceiling: {e}")),
         Command::Dict {
             socket,
             load,
@@ -606,15 +604,13 @@ fn run(cli: Cli) -> Result<(), String> {
             connections,
             seed,
         }),
-        Command::PolicyCeiling { socket, blocking } => {
-            ceiling::run_answer(
-                "policy-ceiling",
-                &socket,
-                policy::PolicyAnswer::default(),
-                blocking,
-            )
-                .map_err(|e| format!("policy-ceiling: {e}"))
-        }
+        Command::PolicyCeiling { socket, blocking } => ceiling::run_answer(
+            "policy-ceiling",
+            &socket,
+            policy::PolicyAnswer::default(),
+            blocking,
+        )
+        .map_err(|e| format!("policy-ceiling: {e}")),
         Command::Policy {
             socket,
             load,

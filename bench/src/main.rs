@@ -116,6 +116,9 @@ enum Command {
         /// Data of the constant `OK <data>` reply.
         #[arg(long, default_value = "x")]
         reply: String,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a socketmap server and report throughput and latency.
     Socketmap {
@@ -149,6 +152,9 @@ enum Command {
         /// The constant value (default: a userdb answer as ramdir gives it).
         #[arg(long, default_value = dict::DEFAULT_DICT_REPLY)]
         reply: String,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a Dovecot dict server with lookups (`H` once per connection,
     /// then one `L` at a time) and report throughput and latency.
@@ -198,6 +204,9 @@ enum Command {
         /// Unix socket to listen on (an old socket file is replaced).
         #[arg(long)]
         socket: PathBuf,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a Postfix policy server with RCPT-time requests as Postfix 3.7
     /// sends them and report throughput and latency.
@@ -572,11 +581,15 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             genpasswd::run(&opts, &out, aliases.as_deref()).map_err(|e| format!("gen-passwd: {e}"))
         }
-        Command::Ceiling { socket, reply } => {
+        Command::Ceiling {
+            socket,
+            reply,
+            blocking,
+        } => {
             if reply.is_empty() {
                 return Err("--reply must not be empty (Postfix rejects an empty OK)".into());
             }
-            ceiling::run(&socket, &reply).map_err(|e| format!("ceiling: {e}"))
+            ceiling::run(&socket, &reply, blocking).map_err(|e| format!("ceiling: {e}"))
         }
         Command::Socketmap {
             socket,
@@ -606,10 +619,17 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             report(&opts, target, load.json)
         }
-        Command::DictCeiling { socket, reply } => {
-            ceiling::run_answer("dict-ceiling", &socket, dict::DictAnswer::new(reply))
-                .map_err(|e| format!("dict-ceiling: {e}"))
-        }
+        Command::DictCeiling {
+            socket,
+            reply,
+            blocking,
+        } => ceiling::run_answer(
+            "dict-ceiling",
+            &socket,
+            dict::DictAnswer::new(reply),
+            blocking,
+        )
+        .map_err(|e| format!("dict-ceiling: {e}")),
         Command::Dict {
             socket,
             load,
@@ -645,10 +665,13 @@ fn run(cli: Cli) -> Result<(), String> {
             connections,
             seed,
         }),
-        Command::PolicyCeiling { socket } => {
-            ceiling::run_answer("policy-ceiling", &socket, policy::PolicyAnswer::default())
-                .map_err(|e| format!("policy-ceiling: {e}"))
-        }
+        Command::PolicyCeiling { socket, blocking } => ceiling::run_answer(
+            "policy-ceiling",
+            &socket,
+            policy::PolicyAnswer::default(),
+            blocking,
+        )
+        .map_err(|e| format!("policy-ceiling: {e}")),
         Command::Policy {
             socket,
             load,

@@ -232,10 +232,11 @@ async fn run(
             grace: q.grace,
             over_quota,
         };
-        let (h, usage) = (handle.clone(), usage.clone());
+        let (h, usage, stats) = (handle.clone(), usage.clone(), counters.milter.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "milter listening");
-        servers.spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stop).await });
+        servers
+            .spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stats, stop).await });
     }
 
     if let Some(d) = &config.dict {
@@ -289,8 +290,14 @@ async fn run(
 
     if let Some(m) = &config.metrics {
         // Latency sampling costs the hot path a little: only when shown.
-        counters.socketmap.latency.enable();
-        counters.policy.latency.enable();
+        for stats in [
+            &counters.socketmap.conn,
+            &counters.policy,
+            &counters.dict,
+            &counters.milter,
+        ] {
+            stats.latency.enable();
+        }
         let listener = tokio::net::TcpListener::bind(m.listen)
             .await
             .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;

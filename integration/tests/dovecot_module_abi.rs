@@ -75,7 +75,11 @@ fn module_claiming(flavor: Flavor, from: &str, to: &str) -> (StackDir, std::path
             i += 1;
         }
     }
-    assert!(n > 0, "the module holds no {:?}", String::from_utf8_lossy(from));
+    assert!(
+        n > 0,
+        "the module holds no {:?}",
+        String::from_utf8_lossy(from)
+    );
     let dir = StackDir::for_flavor(flavor);
     let so = dir.join("libauthdb_ramdir.so");
     std::fs::write(&so, bytes).expect("write the rewritten module");

@@ -701,8 +701,9 @@ dpkg_retry --purge ramdir >/dev/null
 find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/after"
 # Anything new since before the install is left over (files that went away
 # meanwhile are another process's business, and so is Dovecot's module
-# directory, where the Dovecot module's own tests install
-# libauthdb_ramdir.so; this package ships nothing there).
+# directory, where the Dovecot module's own integration tests install
+# libauthdb_ramdir.so while they run; dovecot-ramdir's purge was checked
+# above).
 left=$(comm -13 "$WORK/before" "$WORK/after" | { grep -v '^/usr/lib/dovecot/modules/' || true; })
 [ -z "$left" ] || fail "purge left files behind: $left"
 ! getent passwd ramdir >/dev/null || fail "purge left the user"

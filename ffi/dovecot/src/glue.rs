@@ -208,10 +208,7 @@ unsafe fn userdb_of<'a>(request: *mut sys::auth_request) -> &'a Db {
 ///
 /// # Safety
 /// `request` is a live auth request.
-unsafe fn set_passdb_fields<'a>(
-    request: *mut sys::auth_request,
-    a: &'a AuthAnswer,
-) -> Option<&'a CStr> {
+unsafe fn set_passdb_fields(request: *mut sys::auth_request, a: &AuthAnswer) -> Option<&CStr> {
     let mut password = None;
     if let Some(u) = &a.user {
         let v = c(u);

@@ -583,6 +583,17 @@ check_doveadm() {
     echo "   auth test alice@example.org (wrong): $(echo "$out" | head -n 1)"
 }
 
+# The module is what answered: the auth process (a child of the master
+# whose pid file is $1, like the auth-workers, whose command is "auth" too)
+# has it mapped.
+module_loaded() {
+    local p
+    for p in $(pgrep -P "$(cat "$1")" -x auth); do
+        grep -q "/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" "/proc/$p/maps" && return 0
+    done
+    fail "no auth process of $1 has loaded the module"
+}
+
 # Wait for file $1 (the map's control file, a socket) to appear.
 wait_file() {
     for _ in $(seq 1 300); do [ -e "$1" ] && return 0; sleep 0.1; done
@@ -619,9 +630,7 @@ DOVECOT_STARTED=1
 dovecot || fail "dovecot did not start"
 wait_file /run/dovecot/auth-client
 check_doveadm ""
-# The module is what answered: loaded in this Dovecot's auth process.
-AUTH_PID=$(pgrep -P "$(cat /run/dovecot/master.pid)" -x auth) || fail "no auth process"
-grep -q "/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" "/proc/$AUTH_PID/maps" || fail "auth $AUTH_PID has not loaded the module"
+module_loaded "/run/dovecot/master.pid"
 if grep -E "Fatal|Panic|Error" /var/log/dovecot-ramdir-test.log; then fail "Dovecot logged errors"; fi
 stop_dovecot /run/dovecot/master.pid
 DOVECOT_STARTED=""
@@ -667,8 +676,7 @@ ROOT_DOVECOT_STARTED=1
 chroot "$TRIXIE" dovecot || fail "root: dovecot did not start"
 wait_file "$TRIXIE/run/dovecot/auth-client"
 check_doveadm "$TRIXIE"
-AUTH_PID=$(pgrep -P "$(cat "$TRIXIE/run/dovecot/master.pid")" -x auth) || fail "root: no auth process"
-grep -q "/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" "/proc/$AUTH_PID/maps" || fail "root: auth $AUTH_PID has not loaded the module"
+module_loaded "$TRIXIE/run/dovecot/master.pid"
 if grep -E "Fatal|Panic|Error" "$TRIXIE/var/log/dovecot-ramdir-test.log"; then fail "root: Dovecot logged errors"; fi
 stop_dovecot "$TRIXIE/run/dovecot/master.pid"
 ROOT_DOVECOT_STARTED=""
@@ -693,8 +701,9 @@ dpkg_retry --purge ramdir >/dev/null
 find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/after"
 # Anything new since before the install is left over (files that went away
 # meanwhile are another process's business, and so is Dovecot's module
-# directory, where the Dovecot module's own tests install
-# libauthdb_ramdir.so; this package ships nothing there).
+# directory, where the Dovecot module's own integration tests install
+# libauthdb_ramdir.so while they run; dovecot-ramdir's purge was checked
+# above).
 left=$(comm -13 "$WORK/before" "$WORK/after" | { grep -v '^/usr/lib/dovecot/modules/' || true; })
 [ -z "$left" ] || fail "purge left files behind: $left"
 ! getent passwd ramdir >/dev/null || fail "purge left the user"

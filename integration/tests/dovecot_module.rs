@@ -271,17 +271,22 @@ fn passdb_and_userdb_through_the_module(flavor: Flavor) {
         );
         (out.status.success(), text)
     };
-    let (ok, text) = lookup("alice@example.org");
-    eprintln!("doveadm auth lookup alice@example.org:\n{text}");
-    assert!(
-        ok && text.contains("passdb: alice@example.org"),
-        "credentials lookup: {text}"
-    );
-    let (ok, text) = lookup("Alice@Example.ORG");
-    assert!(
-        ok && text.contains("passdb: alice@example.org"),
-        "credentials lookup, case: {text}"
-    );
+    // (`passdb: <name asked>`, then the passdb's fields: `user : <login>`.)
+    let user_field = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .find(|(k, _)| k.trim() == "user")
+            .map(|(_, v)| v.trim().to_string())
+    };
+    for asked in ["alice@example.org", "Alice@Example.ORG"] {
+        let (ok, text) = lookup(asked);
+        eprintln!("doveadm auth lookup {asked}:\n{text}");
+        assert!(
+            ok && text.contains(&format!("passdb: {asked}"))
+                && user_field(&text).as_deref() == Some("alice@example.org"),
+            "credentials lookup of {asked}: {text}"
+        );
+    }
     for user in ["nobody@example.org", "dis@example.org"] {
         let (ok, text) = lookup(user);
         assert!(

@@ -129,7 +129,9 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     for p in &sources.passwd_files {
         read_lines(p, |line, text| {
             let spec = parse_passwd_line(text, dir.settings()).map_err(|m| syntax(p, line, m))?;
-            if dir.has_user(&spec.login) {
+            // The load fails on a duplicate, so the directory it has just
+            // overwritten the first definition in is thrown away.
+            if !dir.insert_new_user(&spec) {
                 let first = first_definition(&sources.passwd_files, dir.settings(), &spec.login)
                     .map(|(f, l)| format!(", first at {}:{l}", f.display()))
                     .unwrap_or_default();
@@ -139,7 +141,6 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
                     format!("duplicate user {}{first}", spec.login),
                 ));
             }
-            dir.insert_user(&spec);
             Ok(())
         })?;
     }

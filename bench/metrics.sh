@@ -34,9 +34,7 @@ GOAL_RATIO=0.97   # throughput metrics on / off, at least
 GOAL_SCRAPE_MS=10 # a scrape, at most (median)
 
 for t in jq curl bc; do command -v "$t" >/dev/null || die "needs $t"; done
-[ "$SKIP_BUILD" = 1 ] || (cd "$ROOT" && cargo build --release --locked -p ramdir >&2)
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
+build_release --locked
 TMP=$(mktemp -d /tmp/ramdir-bench-metrics.XXXXXX)
 PIDS=()
 cleanup() {

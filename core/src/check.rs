@@ -101,6 +101,15 @@ pub trait UsageSource {
         let _ = login;
         None
     }
+
+    /// Whether the usage of `login` may be out of date (shared usage whose
+    /// source has not been heard from lately). An over-quota decision on
+    /// stale usage only defers ([`Verdict::OverQuotaStale`]), never
+    /// refuses permanently.
+    fn stale(&self, login: &str) -> bool {
+        let _ = login;
+        false
+    }
 }
 
 impl UsageSource for UsageStore {
@@ -148,6 +157,13 @@ pub enum Verdict {
         /// The full mailboxes.
         mailboxes: Vec<String>,
     },
+    /// Every local mailbox reached is over quota, but the usage of at least
+    /// one of them is stale (shared usage out of touch): defer, never
+    /// refuse permanently on data that may be old.
+    OverQuotaStale {
+        /// The full mailboxes.
+        mailboxes: Vec<String>,
+    },
     /// Not an address of ours (or not known): not ours to decide.
     NotOurs,
     /// The check could not be made (store or directory trouble).
@@ -159,6 +175,11 @@ impl fmt::Display for Verdict {
         match self {
             Verdict::Accept => f.write_str("accept"),
             Verdict::OverQuota { mailboxes } => write!(f, "over quota: {}", mailboxes.join(", ")),
+            Verdict::OverQuotaStale { mailboxes } => write!(
+                f,
+                "over quota by stale shared usage: {}",
+                mailboxes.join(", ")
+            ),
             Verdict::NotOurs => f.write_str("not ours"),
             Verdict::Trouble(e) => write!(f, "cannot check: {e}"),
         }
@@ -276,6 +297,9 @@ pub fn check_message(
     }
     if !any_ours {
         return Verdict::NotOurs;
+    }
+    if full.iter().any(|login| usage.stale(login)) {
+        return Verdict::OverQuotaStale { mailboxes: full };
     }
     Verdict::OverQuota { mailboxes: full }
 }

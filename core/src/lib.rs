@@ -15,6 +15,8 @@
 //!   `senders`) and what a lookup in each comes to, shared by the socketmap
 //!   and the in-process plugin.
 //! - [`files`]: the file sources (Dovecot passwd-file, Postfix map sources).
+//! - [`usage`]: the durable quota usage store; [`mirror`]: the in-memory
+//!   mirror of usage shared across hosts; [`check`]: the SMTP-time decision.
 //!
 //! This crate knows no protocol and does no I/O besides reading source files:
 //! the protocol crates turn its answers into wire replies.
@@ -34,6 +36,7 @@ pub mod files;
 pub mod latency;
 pub mod lookup;
 pub mod maps;
+pub mod mirror;
 pub mod model;
 pub mod quota;
 pub mod table;

@@ -1619,6 +1619,8 @@ pub struct MailStackOptions {
     /// (`libauthdb_ramdir.so` on ramdir's `[dovecot_map]` files, configured
     /// as docs/dovecot-module.md gives it) instead of the auth dict.
     pub auth_module: bool,
+    /// Lines added to ramdir's `[quota]` section (e.g. `shared = …`).
+    pub quota_extra: String,
 }
 
 /// ramdir (socketmap, `[dict]` on `<stack>/run/dict.sock`, `[quota]` store
@@ -1687,9 +1689,10 @@ impl MailStack {
         let mut text = std::fs::read_to_string(&config_path)
             .unwrap_or_else(|e| panic!("read {}: {e}", config_path.display()));
         text.push_str(&format!(
-            "\n[dict]\nlisten = {:?}\nmode = \"0666\"\n\n[quota]\nstore = {:?}\n",
+            "\n[dict]\nlisten = {:?}\nmode = \"0666\"\n\n[quota]\nstore = {:?}\n{}\n",
             format!("unix:{}", dict_socket.display()),
             dir.join("quota.redb").display().to_string(),
+            opts.quota_extra.trim_end(),
         ));
         let dovecot_map = opts.auth_module.then(|| run.join("dovecot-map"));
         if let Some(m) = &dovecot_map {

@@ -526,8 +526,9 @@ impl Slapd {
         }
     }
 
-    /// Kill slapd with SIGKILL (a crash: no clean shutdown, the ldapi
-    /// socket and pid file stay) and reap it.
+    /// Kill slapd outright (SIGKILL, as a crash or the OOM killer would)
+    /// and reap it. Its ldapi socket and pid file stay behind; mdb keeps
+    /// every committed change.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -454,8 +454,9 @@ impl LdapSource {
                     let url = self.settings.url_at(self.lock().provider).to_string();
                     if behind >= providers {
                         tracing::error!(%url, %text,
-                            "every LDAP provider says ramdir's sync state is newer than its own \
-                             (result 53; a restored backup?): dropping the cookie for a full reload");
+                            "LDAP's state is older than ramdir's sync cookie at every provider \
+                             (result 53: slapd killed before it saved its contextCSN, or restored \
+                             from a backup): full reload");
                         self.lock().cookie = None;
                         (failed, behind) = (0, 0);
                         continue;
@@ -481,7 +482,11 @@ impl LdapSource {
                             continue;
                         }
                     }
-                    // A session that ran a while was healthy: start over.
+                    // A session that got in sync (reset above) or ran a while
+                    // was healthy: start over. Otherwise an LDAP server that
+                    // restarts every few seconds would push the delay to its
+                    // maximum, and each return would go unnoticed for up to
+                    // a minute (the flapping test in ldap_sync.rs).
                     if started.elapsed() > BACKOFF_MAX {
                         backoff = BACKOFF_MIN;
                     }

@@ -101,7 +101,8 @@ pub fn answer(verdict: &Verdict) -> Answer {
     match verdict {
         Verdict::Accept | Verdict::NotOurs => Answer::Continue,
         Verdict::OverQuota { .. } => Answer::OverQuota,
-        Verdict::Trouble(_) => Answer::Tempfail,
+        // Usage that may be old never refuses permanently.
+        Verdict::OverQuotaStale { .. } | Verdict::Trouble(_) => Answer::Tempfail,
     }
 }
 
@@ -268,6 +269,12 @@ mod tests {
             Answer::OverQuota
         );
         assert_eq!(answer(&Verdict::Trouble("disk".into())), Answer::Tempfail);
+        assert_eq!(
+            answer(&Verdict::OverQuotaStale {
+                mailboxes: vec!["a@x.org".into()]
+            }),
+            Answer::Tempfail
+        );
     }
 
     #[test]

@@ -62,6 +62,13 @@ struct RawConfig {
     postfix_map: Option<RawPostfixMap>,
     dovecot_map: Option<RawDovecotMap>,
     metrics: Option<RawMetrics>,
+    server: Option<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +83,7 @@ struct RawDovecotMap {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +177,10 @@ struct RawQuota {
     store: Spanned<PathBuf>,
     grace: Option<Spanned<String>>,
     over_quota_reply: Option<Spanned<String>>,
+    shared: Option<Spanned<String>>,
+    host_id: Option<Spanned<String>>,
+    shared_prefix: Option<Spanned<String>>,
+    stale_after_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +244,20 @@ pub struct Config {
     pub dovecot_map: Option<DovecotMapConfig>,
     /// The Prometheus endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+    /// `[server]`: the process itself.
+    pub server: ServerConfig,
 }
+
+/// `[server]`: how the process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Started as root, switch to this user (and its groups) once the
+    /// sockets are bound and the quota store is open.
+    pub user: Option<String>,
+}
+
+/// `[metrics]`'s address when `listen` is not set: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9156";
 
 /// `[dovecot_map]`: where ramdir publishes passdb and userdb answers for
 /// the in-process Dovecot auth module (docs/dovecot-module.md). The auth
@@ -296,6 +320,37 @@ pub struct QuotaConfig {
     pub grace: Grace,
     /// Reply for over-quota recipients (policy and milter).
     pub over_quota_reply: String,
+    /// Usage shared with other hosts through Redis, if on.
+    pub shared: Option<SharedConfig>,
+}
+
+/// `[quota] shared` and the keys that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// The Redis URL (`redis://host:port/db`, `unix:///path`).
+    pub url: String,
+    /// This host's id: names the owner of the usage it publishes.
+    pub host_id: String,
+    /// Prefix of every Redis key.
+    pub prefix: String,
+    /// How long without hearing from Redis before other hosts' usage is
+    /// stale (over-quota then only defers).
+    pub stale_after: std::time::Duration,
+}
+
+/// Default `[quota] stale_after_secs`.
+pub const DEFAULT_STALE_AFTER_SECS: u64 = 30;
+
+/// Default `[quota] shared_prefix`.
+pub const DEFAULT_SHARED_PREFIX: &str = "ramdir:";
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), the default
+/// host id.
+fn system_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
 }
 
 pub use ramdir_core::check::Grace;
@@ -634,10 +689,75 @@ impl Config {
                         ));
                     }
                 };
+                let shared = match &q.shared {
+                    None => {
+                        for (name, set) in [
+                            ("host_id", q.host_id.as_ref().map(|s| s.span())),
+                            ("shared_prefix", q.shared_prefix.as_ref().map(|s| s.span())),
+                            (
+                                "stale_after_secs",
+                                q.stale_after_secs.as_ref().map(|s| s.span()),
+                            ),
+                        ] {
+                            if let Some(span) = set {
+                                return Err(err(
+                                    span,
+                                    format!("{name} needs shared = \"redis://…\""),
+                                ));
+                            }
+                        }
+                        None
+                    }
+                    Some(url) => {
+                        let u = url.get_ref();
+                        if !(u.starts_with("redis://")
+                            || u.starts_with("unix://")
+                            || u.starts_with("redis+unix://"))
+                        {
+                            return Err(err(
+                                url.span(),
+                                format!("shared {u:?}: want redis://host:port/db or unix:///path"),
+                            ));
+                        }
+                        let host_id = match &q.host_id {
+                            Some(h) => h.get_ref().clone(),
+                            None => system_hostname().ok_or_else(|| {
+                                err(
+                                    url.span(),
+                                    "shared: set host_id (no host name found)".into(),
+                                )
+                            })?,
+                        };
+                        if host_id.is_empty() || host_id.chars().any(|c| c.is_whitespace()) {
+                            return Err(err(
+                                q.host_id.as_ref().map_or(url.span(), |h| h.span()),
+                                format!("host_id {host_id:?}: want a name without spaces"),
+                            ));
+                        }
+                        let stale = q
+                            .stale_after_secs
+                            .as_ref()
+                            .map_or(DEFAULT_STALE_AFTER_SECS, |s| *s.get_ref());
+                        if stale == 0 {
+                            let span = q.stale_after_secs.as_ref().map_or(url.span(), |s| s.span());
+                            return Err(err(span, "stale_after_secs: want at least 1".into()));
+                        }
+                        Some(SharedConfig {
+                            url: u.clone(),
+                            host_id,
+                            prefix: q.shared_prefix.as_ref().map_or_else(
+                                || DEFAULT_SHARED_PREFIX.into(),
+                                |p| p.get_ref().clone(),
+                            ),
+                            stale_after: std::time::Duration::from_secs(stale),
+                        })
+                    }
+                };
                 Some(QuotaConfig {
                     store: abs(q.store.into_inner()),
                     grace,
                     over_quota_reply,
+                    shared,
                 })
             }
         };
@@ -766,17 +886,32 @@ impl Config {
         let metrics = match raw.metrics {
             None => None,
             Some(m) => {
-                let listen = m.listen.get_ref().parse().map_err(|_| {
-                    err(
-                        m.listen.span(),
-                        format!(
-                            "listen = {:?}: want an address and port, e.g. \"127.0.0.1:9156\"",
-                            m.listen.get_ref()
-                        ),
-                    )
-                })?;
+                let listen = match &m.listen {
+                    None => DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+                    Some(l) => parse_tcp_listen(l.get_ref()).ok_or_else(|| {
+                        err(
+                            l.span(),
+                            format!(
+                                "listen = {:?}: want a port (loopback: \"9156\") or an \
+                                 address and port, e.g. \"127.0.0.1:9156\"",
+                                l.get_ref()
+                            ),
+                        )
+                    })?,
+                };
                 Some(MetricsConfig { listen })
             }
+        };
+        let server = match raw.server {
+            None => ServerConfig::default(),
+            Some(s) => ServerConfig {
+                user: match s.user {
+                    Some(u) if u.get_ref().is_empty() => {
+                        return Err(err(u.span(), "user: empty name".into()));
+                    }
+                    u => u.map(Spanned::into_inner),
+                },
+            },
         };
         for (section, on) in [
             ("[policy]", policy.is_some()),
@@ -808,8 +943,18 @@ impl Config {
             postfix_map,
             dovecot_map,
             metrics,
+            server,
         })
     }
+}
+
+/// A TCP listen address: `port` alone means loopback (`127.0.0.1:port`),
+/// as a listener is reachable from other hosts only when asked for.
+fn parse_tcp_listen(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
 }
 
 fn parse_grace(s: &str) -> Option<Grace> {
@@ -966,6 +1111,43 @@ idle_timeout_secs = 300
         assert_eq!(q.store, Path::new("/etc/ramdir/quota.redb"));
         assert_eq!(q.grace, Grace::Percent(5));
         assert_eq!(parse_grace("100M"), Some(Grace::Bytes(100 << 20)));
+        assert_eq!(q.shared, None, "off by default");
+    }
+
+    #[test]
+    fn shared_usage_keys() {
+        let q = |extra: &str| parse(&format!("[quota]\nstore = \"q.redb\"\n{extra}"));
+        let c =
+            q("shared = \"redis://127.0.0.1:6379/0\"\nhost_id = \"mx1\"\nstale_after_secs = 5\n")
+                .unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(sh.host_id, "mx1");
+        assert_eq!(sh.prefix, DEFAULT_SHARED_PREFIX);
+        assert_eq!(sh.stale_after, std::time::Duration::from_secs(5));
+        let c = q("shared = \"unix:///run/redis.sock\"\nshared_prefix = \"x:\"\n").unwrap();
+        let sh = c.quota.unwrap().shared.unwrap();
+        assert_eq!(sh.prefix, "x:");
+        assert_eq!(
+            sh.stale_after,
+            std::time::Duration::from_secs(DEFAULT_STALE_AFTER_SECS)
+        );
+        assert!(!sh.host_id.is_empty(), "the host name by default");
+        for (bad, want) in [
+            ("shared = \"http://x\"\n", "want redis://"),
+            ("host_id = \"a\"\n", "needs shared"),
+            (
+                "shared = \"redis://x\"\nhost_id = \"a b\"\n",
+                "without spaces",
+            ),
+            (
+                "shared = \"redis://x\"\nstale_after_secs = 0\n",
+                "at least 1",
+            ),
+        ] {
+            let e = q(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
     }
 
     /// The Debian package's conffile: valid as shipped ([stats] only), and
@@ -1020,6 +1202,25 @@ idle_timeout_secs = 300
         let e = parse("[metrics]\nlisten = \"unix:/x\"\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("address and port"), "{e}");
+        // Loopback unless an address says otherwise.
+        let c = parse("[metrics]\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9156".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9200".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"[::]:9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "[::]:9200".parse().unwrap());
+        // No TCP listener unless configured.
+        assert!(parse("").unwrap().metrics.is_none());
+    }
+
+    #[test]
+    fn server_section() {
+        assert_eq!(parse("").unwrap().server.user, None);
+        let c = parse("[server]\nuser = \"ramdir\"\n").unwrap();
+        assert_eq!(c.server.user.as_deref(), Some("ramdir"));
+        let e = parse("[server]\nuser = \"\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(parse("[server]\ngroup = \"x\"\n").is_err());
     }
 
     #[test]

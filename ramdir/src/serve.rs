@@ -68,7 +68,10 @@ enum Trigger {
 }
 
 /// Run the daemon. Returns when a termination signal has been handled.
-pub fn serve(config: Config) -> Result<(), CmdError> {
+/// As root it needs `[server] user` (switched to once the sockets are
+/// bound) or `allow_root` (`--allow-root`).
+pub fn serve(config: Config, allow_root: bool) -> Result<(), CmdError> {
+    let switch_to = crate::privilege::plan(&config, allow_root)?;
     let mail_off = config.socketmap.is_none()
         && config.dict.is_none()
         && config.policy.is_none()
@@ -102,7 +105,7 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         .enable_all()
         .thread_name("ramdir")
         .build()?;
-    runtime.block_on(run(config, dir, inherited))
+    runtime.block_on(run(config, dir, inherited, switch_to))
 }
 
 /// Attempts to open the usage store: a `ramdir query`/`explain` run while
@@ -133,6 +136,7 @@ async fn run(
     config: Config,
     dir: Directory,
     mut inherited: listener::Inherited,
+    switch_to: Option<crate::privilege::Target>,
 ) -> Result<(), CmdError> {
     // Before anything answers: a SIGTERM that arrives while listeners are
     // still starting must shut down cleanly (and run the shutdown steps).
@@ -155,11 +159,9 @@ async fn run(
         Some(src) if src.settings().fallback => Some(Arc::new(LdapFallback::new(src.clone()))),
         _ => None,
     };
-    let ldap_task = ldap.as_ref().map(|src| {
+    if let Some(src) = &ldap {
         src.warm_start();
-        tracing::info!(url = %src.settings().url, base = %src.settings().base, "LDAP source starting");
-        tokio::spawn(src.clone().run(stop_rx.clone()))
-    });
+    }
 
     // One usage store for every listener that needs it.
     let store = match &config.quota {
@@ -170,6 +172,23 @@ async fn run(
         }
         None => None,
     };
+    // Shared usage (`[quota] shared`): the policy service and the milter
+    // read the mirror; this host's commits are published.
+    let shared = match (
+        &store,
+        config.quota.as_ref().and_then(|q| q.shared.as_ref()),
+    ) {
+        (Some(store), Some(cfg)) => {
+            Some(crate::shared::start(cfg, store.clone(), stop_rx.clone())?)
+        }
+        _ => None,
+    };
+    let usage_source: Option<Arc<dyn ramdir_core::check::UsageSource + Send + Sync>> =
+        match (&shared, &store) {
+            (Some(sh), _) => Some(sh.mirror.clone()),
+            (None, Some(store)) => Some(store.clone()),
+            (None, None) => None,
+        };
 
     if let Some(l) = &config.socketmap {
         let listener = listener::open(l, &mut inherited, &mut sockets)?;
@@ -184,7 +203,7 @@ async fn run(
         servers.spawn(async move { socketmap::server::run(listener, h, cfg, stats, stop).await });
     }
 
-    if let (Some(l), Some(store), Some(q)) = (&config.policy, &store, &config.quota) {
+    if let (Some(l), Some(usage), Some(q)) = (&config.policy, &usage_source, &config.quota) {
         let listener = listener::open(l, &mut inherited, &mut sockets)?;
         let cfg = policy::server::Config {
             max_connections: l.max_connections,
@@ -195,14 +214,14 @@ async fn run(
             },
         };
         let (h, stats) = (handle.clone(), counters.policy.clone());
-        let usage: Arc<dyn ramdir_core::check::UsageSource + Send + Sync> = store.clone();
+        let usage = usage.clone();
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "policy listening");
         servers
             .spawn(async move { policy::server::run(listener, h, usage, cfg, stats, stop).await });
     }
 
-    if let (Some(l), Some(store), Some(q)) = (&config.milter, &store, &config.quota) {
+    if let (Some(l), Some(usage), Some(q)) = (&config.milter, &usage_source, &config.quota) {
         let over_quota: ramdir_milter::OverQuotaReply = q
             .over_quota_reply
             .parse()
@@ -213,10 +232,11 @@ async fn run(
             grace: q.grace,
             over_quota,
         };
-        let (h, store) = (handle.clone(), store.clone());
+        let (h, usage, stats) = (handle.clone(), usage.clone(), counters.milter.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "milter listening");
-        servers.spawn(async move { ramdir_milter::run(listener, h, store, cfg, stop).await });
+        servers
+            .spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stats, stop).await });
     }
 
     if let Some(d) = &config.dict {
@@ -270,8 +290,14 @@ async fn run(
 
     if let Some(m) = &config.metrics {
         // Latency sampling costs the hot path a little: only when shown.
-        counters.socketmap.latency.enable();
-        counters.policy.latency.enable();
+        for stats in [
+            &counters.socketmap.conn,
+            &counters.policy,
+            &counters.dict,
+            &counters.milter,
+        ] {
+            stats.latency.enable();
+        }
         let listener = tokio::net::TcpListener::bind(m.listen)
             .await
             .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
@@ -283,8 +309,31 @@ async fn run(
         };
         let stop = stopped(stop_rx.clone());
         tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
+        if !m.listen.ip().is_loopback() {
+            tracing::warn!(
+                address = %m.listen,
+                "[metrics] listens beyond loopback: anyone who reaches it sees the directory's \
+                 sizes and counters; firewall it or use a management network"
+            );
+        }
         servers.spawn(async move { crate::metrics::run(listener, h, c, src, extras, stop).await });
     }
+
+    // Everything privileged is done: sockets bound, store open, map
+    // directories made. The LDAP source (which writes its state_dir) starts
+    // after the switch.
+    if let Some(t) = &switch_to {
+        if let Some(q) = &config.quota {
+            let (uid, gid) = t.ids();
+            nix::unistd::chown(&q.store, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", q.store.display()))?;
+        }
+        t.switch()?;
+    }
+    let ldap_task = ldap.as_ref().map(|src| {
+        tracing::info!(url = %src.settings().url, base = %src.settings().base, "LDAP source starting");
+        tokio::spawn(src.clone().run(stop_rx.clone()))
+    });
 
     for p in inherited.unused() {
         tracing::warn!(socket = %p.display(), "systemd passed a socket no listener is configured for");
@@ -338,6 +387,23 @@ async fn run(
     if let Some(t) = ldap_task {
         // Lets the LDAP source write its final warm snapshot.
         let _ = t.await;
+    }
+    if let Some(sh) = shared {
+        let st = &sh.stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            published = n(&st.published),
+            republishes = n(&st.republishes),
+            rescans = n(&st.rescans),
+            mirror = sh.mirror.len(),
+            "shared usage stopping"
+        );
+        // The publisher sends what is queued before it stops (best effort:
+        // whatever it cannot send is republished from redb at the next
+        // start).
+        for t in sh.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
     }
     for p in [publisher, dovecot_publisher].into_iter().flatten() {
         p.stop();
@@ -399,6 +465,7 @@ async fn reload(
         || new_cfg.postfix_map != config.postfix_map
         || new_cfg.dovecot_map != config.dovecot_map
         || new_cfg.metrics != config.metrics
+        || new_cfg.server != config.server
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

@@ -23,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +71,11 @@ impl Default for Settings {
 
 /// The default over-quota reply (temporary; see the module docs).
 pub const DEFAULT_OVER_QUOTA: &str = "452 4.2.2 Mailbox full";
+
+/// The reply for a recipient over quota by shared usage that is stale
+/// (another host's usage, not heard from lately) when the configured
+/// over-quota reply is permanent: usage that may be old only defers.
+pub const STALE_OVER_QUOTA: &str = "452 4.2.2 Mailbox full (shared quota usage is out of date)";
 
 /// Whether `s` is a usable over-quota reply: `4NN` or `5NN`, a space, an
 /// RFC 3463 code of the same class, then text.
@@ -201,8 +207,9 @@ impl Tracker {
 /// connection closes goes to the shared [`Tracker`], where its
 /// END-OF-MESSAGE on a new connection finds it.
 #[derive(Debug)]
-pub struct Transactions<'t> {
-    shared: &'t Tracker,
+pub struct Transactions<S: Deref<Target = Tracker>> {
+    /// The shared tracker: borrowed, or an `Arc` a connection thread owns.
+    shared: S,
     /// Whether `instance` and `tracked` hold a live transaction; the
     /// buffers are kept when it ends, for the next one.
     live: bool,
@@ -210,9 +217,9 @@ pub struct Transactions<'t> {
     tracked: Tracked,
 }
 
-impl<'t> Transactions<'t> {
+impl<S: Deref<Target = Tracker>> Transactions<S> {
     /// A new connection's tracking, backed by the shared tracker.
-    pub fn new(shared: &'t Tracker) -> Transactions<'t> {
+    pub fn new(shared: S) -> Transactions<S> {
         Transactions {
             shared,
             live: false,
@@ -261,7 +268,7 @@ impl<'t> Transactions<'t> {
     }
 }
 
-impl Drop for Transactions<'_> {
+impl<S: Deref<Target = Tracker>> Drop for Transactions<S> {
     fn drop(&mut self) {
         if self.live && self.tracked.touched.elapsed() < INSTANCE_TTL {
             let tracked = Tracked {
@@ -279,6 +286,11 @@ pub fn to_action(verdict: &Verdict, settings: &Settings) -> Action {
     match verdict {
         Verdict::Accept | Verdict::NotOurs => Action::Dunno,
         Verdict::OverQuota { .. } => Action::Reply(settings.over_quota.clone()),
+        // Never a permanent refusal on usage that may be old.
+        Verdict::OverQuotaStale { .. } if settings.over_quota.starts_with('4') => {
+            Action::Reply(settings.over_quota.clone())
+        }
+        Verdict::OverQuotaStale { .. } => Action::Reply(STALE_OVER_QUOTA.into()),
         Verdict::Trouble(e) => Action::DeferIfPermit(format!("quota check failed: {e}")),
     }
 }
@@ -327,7 +339,7 @@ pub fn decide(
     req: &PolicyRequest<'_>,
     dir: &Directory,
     usage: &dyn UsageSource,
-    tracker: &mut Transactions<'_>,
+    tracker: &mut Transactions<impl Deref<Target = Tracker>>,
     settings: &Settings,
     now: Instant,
 ) -> Action {
@@ -759,5 +771,26 @@ mod tests {
         ] {
             assert!(!valid_reply(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn stale_over_quota_never_refuses_permanently() {
+        let v = Verdict::OverQuotaStale {
+            mailboxes: vec!["a@x.org".into()],
+        };
+        let permanent = Settings {
+            over_quota: "552 5.2.2 Mailbox full".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            to_action(&v, &permanent),
+            Action::Reply(STALE_OVER_QUOTA.into())
+        );
+        assert!(valid_reply(STALE_OVER_QUOTA) && STALE_OVER_QUOTA.starts_with('4'));
+        let temporary = Settings::default();
+        assert_eq!(
+            to_action(&v, &temporary),
+            Action::Reply(temporary.over_quota.clone())
+        );
     }
 }

@@ -1,0 +1,348 @@
+//! Benchmark of shared quota usage (`[quota] shared`, docs/benchmarks.md
+//! "Shared usage on Redis"): a real redis-server on 127.0.0.1 and three
+//! ramdirs from `target/<profile>/ramdir` (or `$RAMDIR_BIN`):
+//!
+//! - "store": `[dict]` + `[quota]` with `shared` on (host `store`);
+//! - "plain": the same without `shared` (the baseline for throughput);
+//! - "mx": `[policy]` + `[quota]` with `shared` on (host `mx`).
+//!
+//! 1. **Propagation**: a quota dict commit on the store (`S` storage over
+//!    the limit, or back to 0) is answered `O` at t0; the MX's policy
+//!    service is asked about that recipient in a loop until its answer
+//!    changes, at t1. Reports p50/p99/max of t1 − t0 over `--samples`.
+//! 2. **Dict throughput with publishing on vs off**: `--conns` connections
+//!    each commit `S` storage + `S` messages transactions for distinct
+//!    users, one at a time, for `--duration` seconds, on "store" and
+//!    "plain" alternately (ABBA, `--rounds`), median commits/s each.
+//!
+//! Prints a markdown report. Everything lives in a temp dir; every process
+//! is stopped on exit (the harness's drop).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ramdir_integration::dovecot::DictClient;
+use ramdir_integration::ramdir::{DirectoryFiles, Ramdir, write_config};
+use ramdir_integration::redis::Redis;
+use ramdir_integration::{DirectoryContent, StackDir, write_atomic};
+
+const USERS: usize = 10_000;
+const LIMIT: &str = "1M";
+const OVER: i64 = 2 << 20;
+
+struct Args {
+    samples: usize,
+    duration: f64,
+    conns: usize,
+    rounds: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        samples: 500,
+        duration: 5.0,
+        conns: 8,
+        rounds: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--samples" => a.samples = v().parse().expect("--samples N"),
+            "--duration" => a.duration = v().parse().expect("--duration SECS"),
+            "--conns" => a.conns = v().parse().expect("--conns N"),
+            "--rounds" => a.rounds = v().parse().expect("--rounds N"),
+            "-h" | "--help" => {
+                println!("shared-bench [--samples 500] [--duration 5] [--conns 8] [--rounds 3]");
+                std::process::exit(0);
+            }
+            _ => panic!("unknown argument {k}"),
+        }
+    }
+    a
+}
+
+fn user(i: usize) -> String {
+    format!("u{i:05}@bench.test")
+}
+
+/// Start a ramdir in `dir` with `files` and the extra config `extra`.
+fn ramdir(dir: &Path, files: &DirectoryFiles, extra: &str) -> Ramdir {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let socketmap = dir.join("socketmap.sock");
+    let config = dir.join("ramdir.toml");
+    write_config(
+        &config,
+        files,
+        &socketmap,
+        &format!("default_quota = {LIMIT:?}\n"),
+    );
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(extra);
+    write_atomic(&config, &text);
+    Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"))
+}
+
+fn policy_rcpt(conn: &mut (BufReader<UnixStream>, UnixStream), rcpt: &str) -> String {
+    write!(
+        conn.1,
+        "request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient={rcpt}\nsize=1000\n\n"
+    )
+    .expect("policy write");
+    let mut action = String::new();
+    loop {
+        let mut line = String::new();
+        conn.0.read_line(&mut line).expect("policy read");
+        let line = line.trim_end();
+        if line.is_empty() {
+            return action;
+        }
+        action = line.trim_start_matches("action=").to_string();
+    }
+}
+
+fn wait_dict(path: &Path) -> DictClient {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut d) = DictClient::connect(path, "quota")
+            && d.lookup("priv/quota/storage", "probe@bench.test").is_ok()
+        {
+            return d;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "dict {path:?} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn set(d: &mut DictClient, user: &str, storage: i64, messages: i64) {
+    let s = format!("S\tpriv/quota/storage\t{storage}");
+    let m = format!("S\tpriv/quota/messages\t{messages}");
+    let r = d.transaction(user, &[&s, &m]).expect("dict commit");
+    assert!(r.starts_with('O'), "dict commit for {user}: {r}");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Commits/s on `socket` with `conns` connections for `secs`, users offset
+/// by `base` so each run writes users of its own.
+fn throughput(socket: &Path, conns: usize, secs: f64, base: usize) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let (stop, done, socket) = (stop.clone(), done.clone(), socket.to_path_buf());
+            std::thread::spawn(move || {
+                let mut d = DictClient::connect(&socket, "quota").expect("dict connect");
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let u = user((base + c + n * conns) % USERS);
+                    set(&mut d, &u, (n as i64 + 1) * 1000, n as i64 + 1);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let n = done.load(Ordering::Relaxed);
+    let el = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    n as f64 / el
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let a = args();
+    let dir = StackDir::new();
+    let mut users = String::new();
+    for i in 0..USERS {
+        users.push_str(&format!(
+            "{}:{{PLAIN}}x:5000:5000::/nonexistent::\n",
+            user(i)
+        ));
+    }
+    let files = DirectoryFiles::write(
+        &dir.join("data"),
+        &DirectoryContent {
+            users,
+            domains: "bench.test\n".into(),
+            ..Default::default()
+        },
+    );
+    let redis = Redis::start(&dir.join("redis"));
+    let shared = |host: &str| format!("shared = {:?}\nhost_id = {host:?}\n", redis.url());
+    let store_dir = dir.join("store");
+    let store_dict = store_dir.join("dict.sock");
+    let _store = ramdir(
+        &store_dir,
+        &files,
+        &format!(
+            "\n[dict]\nlisten = \"unix:{}\"\n\n[quota]\nstore = \"{}\"\n{}",
+            store_dict.display(),
+            store_dir.join("quota.redb").display(),
+            shared("store")
+        ),
+    );
+    let plain_dir = dir.join("plain");
+    let plain_dict = plain_dir.join("dict.sock");
+    let _plain = ramdir(
+        &plain_dir,
+        &files,
+        &format!(
+            "\n[dict]\nlisten = \"unix:{}\"\n\n[quota]\nstore = \"{}\"\n",
+            plain_dict.display(),
+            plain_dir.join("quota.redb").display(),
+        ),
+    );
+    let mx_dir = dir.join("mx");
+    let mx_policy = mx_dir.join("policy.sock");
+    let _mx = ramdir(
+        &mx_dir,
+        &files,
+        &format!(
+            "\n[policy]\nlisten = \"unix:{}\"\n\n[quota]\nstore = \"{}\"\n{}",
+            mx_policy.display(),
+            mx_dir.join("quota.redb").display(),
+            shared("mx")
+        ),
+    );
+    let mut d = wait_dict(&store_dict);
+    wait_dict(&plain_dict);
+    let s = UnixStream::connect(&mx_policy).expect("policy connect");
+    let mut policy = (BufReader::new(s.try_clone().expect("dup")), s);
+
+    // 1. Propagation.
+    let mut samples = Vec::with_capacity(a.samples);
+    let mut polls = 0u64;
+    for k in 0..a.samples {
+        // Each user goes over the limit, then back under.
+        let u = user((k / 2) % USERS);
+        let over = k % 2 == 0;
+        let want_refusal = over;
+        set(&mut d, &u, if over { OVER } else { 0 }, 1);
+        let t0 = Instant::now();
+        loop {
+            polls += 1;
+            let act = policy_rcpt(&mut policy, &u);
+            if (act != "DUNNO") == want_refusal {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the MX never saw {u}'s change (answer {act:?})"
+            );
+        }
+        samples.push(t0.elapsed());
+        // Spread the commits out a little, as real deliveries are.
+        std::thread::sleep(Duration::from_millis(2 + (k as u64 * 7) % 11));
+    }
+    samples.sort();
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
+
+    // 2. Throughput, ABBA.
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for r in 0..a.rounds {
+        let order: [bool; 2] = if r % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for publish in order {
+            let sock = if publish { &store_dict } else { &plain_dict };
+            let tput = throughput(sock, a.conns, a.duration, r * 1000);
+            eprintln!(
+                "round {}: publishing {}: {tput:.0} commits/s",
+                r + 1,
+                if publish { "on" } else { "off" }
+            );
+            if publish {
+                on.push(tput)
+            } else {
+                off.push(tput)
+            }
+        }
+    }
+    let ratio = median(on.clone()) / median(off.clone());
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("### shared usage benchmark (`shared-bench`)");
+    println!();
+    println!(
+        "- {USERS} users; redis-server {} on 127.0.0.1; three ramdirs (store: dict + shared, plain: dict only, mx: policy + shared); load average at the end: {}",
+        redis_version(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "- propagation: {} samples (dict `S` commit answered `O` on the store → the MX's policy answer for that recipient changes), {} policy requests in all",
+        samples.len(),
+        polls
+    );
+    println!();
+    println!("| propagation | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| store commit → MX policy | {} | {} | {} | {} |",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.9)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().expect("samples"))
+    );
+    println!();
+    println!(
+        "| dict commits/s ({} connections, {} s × {} rounds, ABBA, median) | publishing off | publishing on | on/off |",
+        a.conns, a.duration, a.rounds
+    );
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| `S` storage + `S` messages per transaction | {:.0} | {:.0} | {:.3} |",
+        median(off),
+        median(on),
+        ratio
+    );
+    println!();
+    println!(
+        "| goal | target | measured | |\n|---|---|---:|---|\n| propagation p99 | ≤ 1000 ms | {} ms | {} |\n| dict throughput publishing on/off | ≥ 0.9 | {:.3} | {} |",
+        ms(percentile(&samples, 0.99)),
+        if percentile(&samples, 0.99) <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "**NOT met**"
+        },
+        ratio,
+        if ratio >= 0.9 { "met" } else { "**NOT met**" }
+    );
+}
+
+fn redis_version() -> String {
+    let out = std::process::Command::new(ramdir_integration::redis::REDIS_SERVER)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .unwrap_or("?")
+        .to_string()
+}

@@ -1,0 +1,322 @@
+//! Quota usage shared across two hosts through a real redis-server
+//! (`[quota] shared`, docs/shared-usage.md).
+//!
+//! The "store" host is a [`MailStack`]: ramdir with its dict and a real
+//! Dovecot 2.3 (`quota = dict`) committing usage to it over LMTP
+//! deliveries. The "MX" host is a second ramdir on its own state (its own
+//! redb, its own sockets) serving the Postfix policy protocol, asked the
+//! way Postfix's smtpd asks it. Both talk to one redis-server on
+//! 127.0.0.1 (no persistence, so a restart loses its data like a failover
+//! to an empty replica).
+//!
+//! Needs root and the packages from `scripts/install-test-deps.sh`
+//! (Dovecot, redis-server) and `cargo build -p ramdir`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ramdir_integration::dovecot::{MailStack, MailStackOptions, message};
+use ramdir_integration::ramdir::{Ramdir, write_config};
+use ramdir_integration::redis::Redis;
+use ramdir_integration::{DirectoryContent, StackDir, write_atomic};
+
+/// Every user's limit is 50K (51,200 bytes; Dovecot's grace adds 10%).
+const USERS: &str = "\
+alice@example.org:{PLAIN}a:5000:5000::::
+bob@example.org:{PLAIN}b:5000:5000::::
+carol@example.org:{PLAIN}c:5000:5000::::
+";
+const DOMAINS: &str = "example.org\n";
+const DIRECTORY_EXTRA: &str = "default_quota = \"50K\"\n";
+
+/// Three of these exceed the limit (each fits Dovecot's grace).
+const MESSAGE: usize = 18_000;
+
+/// Generous cap for things that take well under a second on an idle
+/// machine (propagation, convergence): the suite runs on busy machines.
+const CAP: Duration = Duration::from_secs(10);
+
+/// The MX's reply for a fresh over-quota user (permanent, so that the
+/// 4xx given for stale usage is told apart).
+const REFUSE: &str = "552 5.2.2 Mailbox full";
+
+fn content() -> DirectoryContent {
+    DirectoryContent {
+        users: USERS.into(),
+        domains: DOMAINS.into(),
+        ..Default::default()
+    }
+}
+
+fn shared_keys(redis: &Redis, host: &str) -> String {
+    format!(
+        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 2\n",
+        redis.url()
+    )
+}
+
+fn store_host(redis: &Redis) -> MailStack {
+    MailStack::start(
+        &content(),
+        &MailStackOptions {
+            directory_extra: DIRECTORY_EXTRA.into(),
+            quota_extra: shared_keys(redis, "store"),
+            ..Default::default()
+        },
+    )
+}
+
+/// The MX host's ramdir: the same directory, a policy listener, its own
+/// usage store, the shared usage on.
+struct Mx {
+    ramdir: Ramdir,
+    policy: PathBuf,
+    _dir: StackDir,
+}
+
+fn mx_host(redis: &Redis, store: &MailStack) -> Mx {
+    let dir = StackDir::new();
+    let socketmap = dir.join("socketmap.sock");
+    let policy = dir.join("policy.sock");
+    let config = dir.join("ramdir.toml");
+    write_config(&config, &store.files, &socketmap, DIRECTORY_EXTRA);
+    let mut text = std::fs::read_to_string(&config).expect("read config");
+    text.push_str(&format!(
+        "\n[policy]\nlisten = {:?}\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
+        format!("unix:{}", policy.display()),
+        dir.join("quota.redb").display().to_string(),
+        shared_keys(redis, "mx"),
+    ));
+    write_atomic(&config, &text);
+    let ramdir = Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"));
+    Mx {
+        ramdir,
+        policy,
+        _dir: dir,
+    }
+}
+
+impl Mx {
+    /// Ask the policy service about RCPT TO `rcpt` (1,000 bytes) as
+    /// Postfix's smtpd does; the action.
+    fn rcpt(&self, rcpt: &str) -> String {
+        let mut s = UnixStream::connect(&self.policy)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", self.policy.display()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
+             instance=1.{rcpt}\nsender=someone@outside.test\nrecipient={rcpt}\nsize=1000\n\n"
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).expect("policy reply");
+        line.trim_end()
+            .strip_prefix("action=")
+            .unwrap_or_else(|| panic!("policy reply {line:?}"))
+            .to_string()
+    }
+
+    /// Poll until the action for `rcpt` satisfies `want`; how long it took.
+    fn wait_rcpt(&self, rcpt: &str, what: &str, want: impl Fn(&str) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let a = self.rcpt(rcpt);
+            if want(&a) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < CAP,
+                "{what}: the MX still answers {a:?} for {rcpt} after {CAP:?}\nMX log:\n{}",
+                self.ramdir.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn deliver(s: &MailStack, rcpt: &str, token: &str) {
+    s.lmtp_deliver_ok(rcpt, &message(token, MESSAGE));
+}
+
+/// Redis's copy of `user`: (bytes, messages, host).
+fn in_redis(redis: &Redis, user: &str) -> Option<(i64, i64, String)> {
+    let h = redis.hgetall(&format!("ramdir:u:{user}"));
+    let get = |k: &str| h.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+    Some((get("b")?.parse().ok()?, get("m")?.parse().ok()?, get("h")?))
+}
+
+fn wait_redis_equals_store(redis: &Redis, s: &MailStack, user: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let u = s.usage(user);
+        let want = (
+            u.storage.unwrap_or(-1),
+            u.messages.unwrap_or(-1),
+            "store".to_string(),
+        );
+        let got = in_redis(redis, user);
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < CAP,
+            "{what}: Redis holds {got:?} for {user}, the store {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn is_refusal(a: &str) -> bool {
+    a == REFUSE
+}
+
+fn is_defer(a: &str) -> bool {
+    a.starts_with("452 4.2.2") || a.starts_with("DEFER_IF_PERMIT")
+}
+
+#[test]
+fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
+    let rdir = StackDir::new();
+    let mut redis = Redis::start(&rdir.join("redis"));
+    let s = store_host(&redis);
+    let mx = mx_host(&redis, &s);
+    let (alice, bob, carol) = ("alice@example.org", "bob@example.org", "carol@example.org");
+    assert_eq!(mx.rcpt(alice), "DUNNO");
+
+    // 1. Deliveries on the store host; the third puts alice over quota.
+    deliver(&s, alice, "a1");
+    deliver(&s, alice, "a2");
+    assert_eq!(mx.rcpt(alice), "DUNNO", "under the limit");
+    deliver(&s, alice, "a3");
+    // Dovecot commits its quota update asynchronously after LMTP answers;
+    // the time is from the end of the delivery to the MX's refusal.
+    let took = mx.wait_rcpt(alice, "over quota after 3 deliveries", is_refusal);
+    println!("propagation: store LMTP delivery -> MX policy refuses: {took:?}");
+    wait_redis_equals_store(&redis, &s, alice, "after the deliveries");
+    assert_eq!(mx.rcpt(bob), "DUNNO");
+
+    // 2. Redis dies: the store host goes on committing; the MX's answers
+    //    for other hosts' users turn into deferrals once stale (2 s).
+    redis.kill();
+    deliver(&s, bob, "b1");
+    deliver(&s, bob, "b2");
+    deliver(&s, bob, "b3");
+    let bob_usage = s.usage(bob);
+    assert_eq!(
+        bob_usage.messages,
+        Some(3),
+        "the store committed while Redis was down"
+    );
+    let took = mx.wait_rcpt(alice, "stale after Redis died", |a| a != REFUSE);
+    let a = mx.rcpt(alice);
+    assert!(
+        is_defer(&a),
+        "a stale over-quota user may only be deferred, got {a:?}"
+    );
+    println!("MX defers stale over-quota users {took:?} after Redis died");
+    for _ in 0..20 {
+        let a = mx.rcpt(alice);
+        assert!(is_defer(&a), "stale usage refused permanently: {a:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // bob's last known value (none) fits: accepted.
+    assert_eq!(mx.rcpt(bob), "DUNNO");
+
+    // 3. Redis comes back empty: the store republishes, the MX rescans;
+    //    both converge without a restart.
+    redis.restart();
+    let took = mx.wait_rcpt(bob, "bob after Redis came back", is_refusal);
+    println!("MX converged {took:?} after Redis came back empty");
+    assert_eq!(mx.rcpt(alice), REFUSE, "fresh again");
+    wait_redis_equals_store(&redis, &s, alice, "republished after the restart");
+    wait_redis_equals_store(&redis, &s, bob, "queued while Redis was down");
+
+    // 4. FLUSHALL: the owner notices the missing epoch and republishes;
+    //    the MX keeps answering from its mirror meanwhile.
+    assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    wait_redis_equals_store(&redis, &s, alice, "republished after FLUSHALL");
+    wait_redis_equals_store(&redis, &s, bob, "republished after FLUSHALL");
+    assert_eq!(mx.rcpt(alice), REFUSE);
+    deliver(&s, carol, "c1");
+    deliver(&s, carol, "c2");
+    deliver(&s, carol, "c3");
+    let took = mx.wait_rcpt(carol, "carol after FLUSHALL", is_refusal);
+    println!("propagation after FLUSHALL: {took:?}");
+    // The MX never wrote anything of its own.
+    assert_eq!(
+        in_redis(&redis, carol).map(|r| r.2).as_deref(),
+        Some("store")
+    );
+}
+
+#[test]
+fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
+    let rdir = StackDir::new();
+    let redis = Redis::start(&rdir.join("redis"));
+    let mut s = store_host(&redis);
+    let users: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|u| format!("{u}@example.org"))
+        .collect();
+    let mut d = s.quota_dict();
+    for u in &users {
+        let r = d
+            .transaction(
+                u,
+                &["S\tpriv/quota/storage\t0", "S\tpriv/quota/messages\t0"],
+            )
+            .unwrap();
+        assert!(r.starts_with('O'), "{r}");
+    }
+    // Increments from another thread while ramdir is killed: each answered
+    // `O` must be in redb after the restart, and Redis must equal redb.
+    let socket = s.dict_socket.clone();
+    let users2 = users.clone();
+    let writer = std::thread::spawn(move || {
+        let mut acked = vec![0i64; users2.len()];
+        let mut in_flight = vec![0i64; users2.len()];
+        let Ok(mut d) = ramdir_integration::dovecot::DictClient::connect(&socket, "quota") else {
+            return (acked, in_flight);
+        };
+        for n in 0.. {
+            let i = n % users2.len();
+            in_flight[i] += 1;
+            match d.transaction(
+                &users2[i],
+                &["A\tpriv/quota/storage\t100", "A\tpriv/quota/messages\t1"],
+            ) {
+                Ok(r) if r.starts_with('O') => {
+                    acked[i] += 1;
+                    in_flight[i] -= 1;
+                }
+                _ => break,
+            }
+        }
+        (acked, in_flight)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    s.kill_ramdir();
+    let (acked, in_flight) = writer.join().unwrap();
+    assert!(
+        acked.iter().sum::<i64>() > 10,
+        "too few commits before the kill: {acked:?}"
+    );
+    s.restart_ramdir();
+    for (i, u) in users.iter().enumerate() {
+        let got = s.usage(u);
+        let m = got.messages.unwrap();
+        assert!(
+            m >= acked[i] && m <= acked[i] + in_flight[i],
+            "{u}: {m} messages in redb, {} acknowledged, {} in flight",
+            acked[i],
+            in_flight[i]
+        );
+        assert_eq!(got.storage, Some(100 * m), "{u}: bytes and messages agree");
+        wait_redis_equals_store(&redis, &s, u, "after kill -9 and restart");
+    }
+    println!("acknowledged before kill -9: {acked:?}; Redis equals redb for every user");
+}

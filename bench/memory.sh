@@ -33,7 +33,7 @@ LOAD=${LOAD:-$ROOT/target/release/ramdir-load}
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building release binaries"
-    (cd "$ROOT" && CARGO_INCREMENTAL=0 cargo build --release -p ramdir --bins >&2)
+    (cd "$ROOT" && CARGO_INCREMENTAL=0 cargo build --release -p ramdir -p ramdir-bench >&2)
 fi
 TMP=$(mktemp -d "$TMPBASE/ramdir-memory.XXXXXX")
 RAMDIR_PID=

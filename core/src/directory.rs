@@ -227,10 +227,18 @@ impl Directory {
 
     /// Add or replace a user (its login must be folded already).
     pub fn insert_user(&mut self, spec: &UserSpec) {
+        self.insert_new_user(spec);
+    }
+
+    /// [`Directory::insert_user`], saying whether the login is new (a file
+    /// load finds duplicates this way, with one probe of the table).
+    pub fn insert_new_user(&mut self, spec: &UserSpec) -> bool {
         let packed = PackedUser::pack(spec, &self.settings);
-        if self.users.insert(&spec.login, packed).is_none() {
+        let new = self.users.insert(&spec.login, packed).is_none();
+        if new {
             self.domain_ref(&spec.login, 1);
         }
+        new
     }
 
     /// Remove a user; returns whether it existed.

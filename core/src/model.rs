@@ -83,6 +83,21 @@ fn expand_template(template: &str, login: &str, mut f: impl FnMut(&str)) {
     f(rest);
 }
 
+/// Whether `template` expanded for `login` is exactly `value`, compared
+/// piece by piece (a load compares every user's home; building each
+/// expansion would cost an allocation per user).
+fn template_gives(template: &str, login: &str, value: &str) -> bool {
+    let mut rest = value.as_bytes();
+    let mut same = true;
+    expand_template(template, login, |p| {
+        same = same && rest.starts_with(p.as_bytes());
+        if same {
+            rest = &rest[p.len()..];
+        }
+    });
+    same && rest.is_empty()
+}
+
 /// A user's home directory: stored with the user, or the settings'
 /// template for its login, expanded only when it is written (a userdb
 /// lookup writes it once; building a `String` per lookup showed in the
@@ -321,8 +336,8 @@ impl PackedUser {
             put_varint(out, n);
         }
         put_str(out, spec.password.as_deref().unwrap_or(""));
-        let home = match (&spec.home, settings.expand_home(&spec.login)) {
-            (Some(h), Some(t)) if *h == t => "",
+        let home = match (&spec.home, settings.home_template.as_deref()) {
+            (Some(h), Some(t)) if template_gives(t, &spec.login, h) => "",
             (Some(h), _) => h.as_str(),
             (None, _) => "",
         };
@@ -573,6 +588,15 @@ mod tests {
         // A value is not expanded again; unknown escapes stay.
         assert_eq!(s.expand_home("p%n@x").unwrap(), "/h/p%n@x/%%/%x/%");
         assert_eq!(Settings::default().expand_home("a@x"), None);
+        for (t, login, v, want) in [
+            ("/var/vmail/%d/%n", "a@x.org", "/var/vmail/x.org/a", true),
+            ("/var/vmail/%d/%n", "a@x.org", "/var/vmail/x.org/ab", false),
+            ("/var/vmail/%d/%n", "a@x.org", "/var/vmail/x.org/", false),
+            ("/h/%u/%%/%x/%", "p%n@x", "/h/p%n@x/%%/%x/%", true),
+            ("", "a@x", "", true),
+        ] {
+            assert_eq!(template_gives(t, login, v), want, "{t} {login} {v}");
+        }
     }
 
     #[test]

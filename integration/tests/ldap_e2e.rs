@@ -134,7 +134,17 @@ fn smtp_lmtp_imap_with_ldap_as_the_only_source(flavor: Flavor) {
     let ramdir = Ramdir::start(&config, &postfix.socketmap_path(), &dir.join("ramdir.log"));
     let start = Instant::now();
     let st = loop {
-        let st = RamdirStats::get(&stats_socket);
+        // ramdir binds the stats socket just after the socketmap one that
+        // `Ramdir::start` waited for: on a busy machine it may not be
+        // listening yet.
+        let st = match RamdirStats::fetch(&stats_socket) {
+            Ok(st) => st,
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "stats socket: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
         if st.authoritative() {
             break st;
         }

@@ -826,7 +826,7 @@ impl LdapSource {
                     match view.and_then(|e| mapping.map(&e, &normalizer)) {
                         Ok(data) => {
                             tracing::debug!(%dn, uuid = %format_uuid(&uuid), "LDAP change");
-                            Some(Held::Put(uuid, data, dn.into_owned()))
+                            Some(Held::Put(uuid, Box::new(data), dn.into_owned()))
                         }
                         Err(err) => {
                             tracing::warn!(%dn, error = %err, "changed entry cannot be mapped; removed");
@@ -1116,8 +1116,9 @@ pub fn merge_cookie(old: Option<&[u8]>, new: Vec<u8>) -> Vec<u8> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Held {
-    /// An added or modified entry, with its DN.
-    Put(Uuid, EntryData, String),
+    /// An added or modified entry, with its DN (boxed: a delete is far
+    /// smaller, and a full refresh holds many of these).
+    Put(Uuid, Box<EntryData>, String),
     /// A deleted entry (or one that no longer maps).
     Delete(Uuid),
 }
@@ -1127,7 +1128,7 @@ impl Held {
     fn apply(self, idx: &mut Index, d: &mut Directory) -> bool {
         match self {
             Held::Put(uuid, data, dn) => {
-                idx.put(d, uuid, data, Some(&dn));
+                idx.put(d, uuid, *data, Some(&dn));
                 true
             }
             Held::Delete(uuid) => idx.delete(d, &uuid),

@@ -52,7 +52,7 @@ fn content() -> DirectoryContent {
 
 fn shared_keys(redis: &Redis, host: &str) -> String {
     format!(
-        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 2\n",
+        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 3\n",
         redis.url()
     )
 }
@@ -200,7 +200,7 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     assert_eq!(mx.rcpt(bob), "DUNNO");
 
     // 2. Redis dies: the store host goes on committing; the MX's answers
-    //    for other hosts' users turn into deferrals once stale (2 s).
+    //    for other hosts' users turn into deferrals once stale (3 s).
     redis.kill();
     deliver(&s, bob, "b1");
     deliver(&s, bob, "b2");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ramdir_integration::dovecot::{DictClient, MailStack, MailStackOptions, message};
 use ramdir_integration::ramdir::{Ramdir, write_config};
 use ramdir_integration::redis::Redis;
-use ramdir_integration::{DirectoryContent, StackDir, write_atomic};
+use ramdir_integration::{DirectoryContent, StackDir, WAIT, wait_for, write_atomic};
 
 /// Every user's limit is 50K (51,200 bytes; Dovecot's grace adds 10%).
 const USERS: &str = "\
@@ -99,6 +99,11 @@ fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
     ));
     write_atomic(&config, &text);
     let ramdir = Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"));
+    // The socketmap comes up first; wait for the other two listeners.
+    wait_for(WAIT, "the policy and dict sockets", || {
+        (UnixStream::connect(&policy).is_ok() && DictClient::connect(&dict, "quota").is_ok())
+            .then_some(())
+    });
     Mx {
         ramdir,
         policy,
@@ -285,6 +290,8 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
     // `O` must be in redb after the restart, and Redis must equal redb.
     let socket = s.dict_socket.clone();
     let users2 = users.clone();
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total2 = total.clone();
     let writer = std::thread::spawn(move || {
         let mut acked = vec![0i64; users2.len()];
         let mut in_flight = vec![0i64; users2.len()];
@@ -300,6 +307,7 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
             ) {
                 Ok(r) if r.starts_with('O') => {
                     acked[i] += 1;
+                    total2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     in_flight[i] -= 1;
                 }
                 _ => break,
@@ -307,11 +315,14 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
         }
         (acked, in_flight)
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill once commits (and so publishing) are well under way.
+    wait_for(WAIT, "30 acknowledged commits", || {
+        (total.load(std::sync::atomic::Ordering::Relaxed) >= 30).then_some(())
+    });
     s.kill_ramdir();
     let (acked, in_flight) = writer.join().unwrap();
     assert!(
-        acked.iter().sum::<i64>() > 10,
+        acked.iter().sum::<i64>() >= 30,
         "too few commits before the kill: {acked:?}"
     );
     s.restart_ramdir();

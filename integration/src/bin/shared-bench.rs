@@ -240,7 +240,9 @@ fn main() {
     );
     let mut d = wait_dict(&store_dict);
     wait_dict(&plain_dict);
-    let s = UnixStream::connect(&mx_policy).expect("policy connect");
+    let s = ramdir_integration::wait_for(Duration::from_secs(30), "the MX's policy socket", || {
+        UnixStream::connect(&mx_policy).ok()
+    });
     let mut policy = (BufReader::new(s.try_clone().expect("dup")), s);
 
     // 1. Propagation.

@@ -52,32 +52,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-OUT=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
 USERS=${USERS:-100000}
 DOMAINS=${DOMAINS:-1000}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-CONNS=${CONNS:-1 16}
 STACKS=${STACKS:-mod24 lua24 lua24inproc file24 mod23 dict23 file23}
-CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
 AUTH_WORKERS=${AUTH_WORKERS:-}
 DICT_IDLE_MSECS=${DICT_IDLE_MSECS:-60000}
-NOISE_MAX=${NOISE_MAX:-0.10}
-RETRIES=${RETRIES:-2}
-PROFILE=${PROFILE:-0}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_TMP=${KEEP_TMP:-0}
 PLAIN=${PLAIN:-1}
 TRIXIE=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
+bench_env
 USER_PATTERN='user%07d@domain%d.test'
 
 GOAL_RATIO_24=0.80   # 2.4: lua→ramdir / passwd-file lookups/s at the highest connection count, at least
@@ -122,18 +106,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-cd "$ROOT"
+build_release -p dovecot-ramdir
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir -p dovecot-ramdir, and the 2.4 module)"
-    cargo build --release -p ramdir -p dovecot-ramdir >&2
+    log "building the 2.4 module (scripts/build-dovecot24-module.sh --release)"
     "$ROOT/scripts/build-dovecot24-module.sh" --release >&2
 fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
-[ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
-[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
 V23=$(dovecot --version)
 V24=$(chroot "$TRIXIE" dovecot --version)
 
@@ -301,7 +278,7 @@ auth_ready() { # socket
 }
 
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 for _ in $(seq 600); do [ -S "$TMP/dict.sock" ] && break; sleep 0.1; done
 [ -S "$TMP/dict.sock" ] || { cat "$TMP/ramdir.log" >&2; die "ramdir did not listen"; }
@@ -319,7 +296,7 @@ passwd_files = ["$TMP/users.passwd"]
 directory = "$TMP/map${s#mod}"
 group = "$2"
 EOF
-    "$RAMDIR" serve --config "$TMP/ramdir-$s.toml" 2>"$TMP/ramdir-$s.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir-$s.toml" 2>"$TMP/ramdir-$s.log" &
     MAP_PID[$s]=$!
     for _ in $(seq 600); do [ -e "$TMP/map${s#mod}/control" ] && break; sleep 0.1; done
     [ -e "$TMP/map${s#mod}/control" ] || { cat "$TMP/ramdir-$s.log" >&2; die "ramdir ($s) did not publish"; }
@@ -355,26 +332,16 @@ done
 
 mkdir -p "$TMP/runs"
 CHIGH=${CONNS##* }
-DISCARDED=0
+# The log line of each run (a jq string over its JSON).
+SUMMARY='"\(.connections) conn: \(.rps|floor) lookups/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/lookup, USER \(.replies.ok) other \(.replies.notfound + .replies.temp + .replies.other)"'
 run_one() { # stack conns round [plain]
-    local s=$1 c=$2 r=$3 m=${4:-} attempt noise best="" best_noise="" sock=auth-userdb args=()
+    local s=$1 c=$2 r=$3 m=${4:-} sock=auth-userdb args=()
     if [ -n "$m" ]; then sock=auth-client args=(--plain --service imap); fi
-    for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$m$s-c$c-r$r-$attempt.json"
+    best_run "$m$s-c$c-r$r" "$SUMMARY" \
         "$LOAD" auth --socket "$TMP/$s/run/$sock" "${args[@]}" --connections "$c" --threads "$CLIENT_THREADS" \
             --duration "$DURATION" --warmup "$WARMUP" --key-pattern "$USER_PATTERN" \
             --key-count "$USERS" --key-domains "$DOMAINS" --seed "$r" \
-            --server-children "${DOVECOT_PID[$s]}" --server-pid "${MAP_PID[$s]:-$RAMDIR_PID}" --json >"$f"
-        noise=$(jq '.other_cpu_s / .seconds' "$f")
-        log "$(jq -r '"\(.connections) conn: \(.rps|floor) lookups/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/lookup, USER \(.replies.ok) other \(.replies.notfound + .replies.temp + .replies.other)"' "$f"), other processes $(fmt "$noise" 2) cores"
-        if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
-        [ "$(calc "$noise <= $NOISE_MAX")" = 1 ] && break
-        if [ "$attempt" -lt "$RETRIES" ]; then
-            log "noisy (other processes > $NOISE_MAX cores); repeating"
-            DISCARDED=$((DISCARDED + 1))
-        fi
-    done
-    cp "$best" "$TMP/runs/$m$s-c$c-r$r.json"
+            --server-children "${DOVECOT_PID[$s]}" --server-pid "${MAP_PID[$s]:-$RAMDIR_PID}" --json
 }
 
 # The stacks' order turns every round, so slow drift hits all alike.

@@ -29,29 +29,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-OUT=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
 USERS=${USERS:-1000000}
 DOMAINS=${DOMAINS:-1000}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-CONNS=${CONNS:-1 16}
-CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
-PROFILE=${PROFILE:-0}
-LAT_PIN=${LAT_PIN:-1}
-LAT_CPU=${LAT_CPU:-0}
-NOISE_MAX=${NOISE_MAX:-0.10}
-RETRIES=${RETRIES:-2}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_TMP=${KEEP_TMP:-0}
+bench_env
 KEY_PATTERN='shared/userdb/user%07d@domain%d.test'
 
 GOAL_TPUT_RATIO=0.90   # ramdir/ceiling throughput at the highest connection count, at least
@@ -79,18 +61,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-cd "$ROOT"
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir)"
-    cargo build --release -p ramdir >&2
-fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
-[ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
-# The code under test: the tree at start (others may commit during the run).
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
-[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
+build_release
 
 log "generating $USERS users over $DOMAINS domains"
 "$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --out "$TMP/users.passwd" >&2
@@ -122,7 +93,7 @@ dict_ready() { # socket
 
 log "starting ramdir"
 T0=$(date +%s%N)
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 dict_ready "$TMP/dict.sock" || { cat "$TMP/ramdir.log" >&2; die "ramdir's dict did not answer"; }
 log "ramdir answers after $(calc "($(date +%s%N) - $T0) / 1000000000" | xargs printf '%.2f') s"
@@ -141,31 +112,21 @@ REPLY_CEIL=$(printf 'H3\t2\t0\t\tauth\nLshared/userdb/user0000003@domain3.test\t
 mkdir -p "$TMP/runs"
 CLOW=${CONNS%% *}
 CHIGH=${CONNS##* }
-DISCARDED=0
+# The log line of each run (a jq string over its JSON).
+SUMMARY='"\(.connections) conn \(.socket|split("/")|last): \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, O \(.replies.ok) N \(.replies.notfound)"'
 run_one() { # server conns round
-    local name=$1 c=$2 r=$3 sock pid mask="" pin=() attempt noise best="" best_noise=""
+    local name=$1 c=$2 r=$3 sock pid mask="" pin=()
     if [ "$name" = ramdir ]; then sock=$TMP/dict.sock pid=$RAMDIR_PID; else sock=$TMP/ceiling.sock pid=$CEIL_PID; fi
     if [ "$LAT_PIN" = 1 ] && [ "$c" = "$CLOW" ]; then
         mask=$(taskset -p "$pid" | awk '{print $NF}')
         taskset -a -p -c "$LAT_CPU" "$pid" >/dev/null
         pin=(taskset -c "$LAT_CPU")
     fi
-    for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$name-c$c-r$r-$attempt.json"
+    best_run "$name-c$c-r$r" "$SUMMARY" \
         "${pin[@]}" "$LOAD" dict --socket "$sock" --connections "$c" --threads "$CLIENT_THREADS" \
             --duration "$DURATION" --warmup "$WARMUP" --dict auth --key-pattern "$KEY_PATTERN" \
             --key-count "$USERS" --key-domains "$DOMAINS" --seed "$r" \
-            --server-pid "$pid" --json >"$f"
-        noise=$(jq '.other_cpu_s / .seconds' "$f")
-        log "$(jq -r '"\(.connections) conn \(.socket|split("/")|last): \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, O \(.replies.ok) N \(.replies.notfound)"' "$f"), other processes $(fmt "$noise" 2) cores"
-        if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
-        [ "$(calc "$noise <= $NOISE_MAX")" = 1 ] && break
-        if [ "$attempt" -lt "$RETRIES" ]; then
-            log "noisy (other processes > $NOISE_MAX cores); repeating"
-            DISCARDED=$((DISCARDED + 1))
-        fi
-    done
-    cp "$best" "$TMP/runs/$name-c$c-r$r.json"
+            --server-pid "$pid" --json
     [ -n "$mask" ] && taskset -a -p "$mask" "$pid" >/dev/null
     return 0
 }

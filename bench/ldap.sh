@@ -52,14 +52,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 # slapd and a ramdir holding 1M entries take longer than 5 s to stop.
 STOP_TENTHS=300
-OUT=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
 ENTRIES=${ENTRIES:-1000000}
 DOMAINS=${DOMAINS:-1000}
@@ -67,15 +60,7 @@ TRANSPORT=${TRANSPORT:-ldapi}
 LOAD_ROUNDS=${LOAD_ROUNDS:-3}
 CHANGES=${CHANGES:-200}
 CONNS=${CONNS:-16}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
-NOISE_MAX=${NOISE_MAX:-0.10}
-RETRIES=${RETRIES:-2}
-PROFILE=${PROFILE:-0}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_TMP=${KEEP_TMP:-0}
+bench_env
 
 SUFFIX="dc=example,dc=org"
 PEOPLE="ou=people,$SUFFIX"
@@ -127,18 +112,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-cd "$ROOT"
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir)"
-    cargo build --release -p ramdir >&2
-fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
-[ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
-# The code under test: the tree at start (others may commit during the run).
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
-[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
+build_release
 
 # --- slapd ------------------------------------------------------------------
 mkdir -p "$LD/db"
@@ -275,7 +249,7 @@ ramdir_load() { # round
     busy0=$(busy_s)
     sc0=$(pid_cpu_s "$SLAPD_PID")
     t0=$(now_ns)
-    "$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir-$r.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir-$r.log" &
     RAMDIR_PID=$!
     if [ "$r" = last ] && [ "$PROFILE" = 1 ]; then
         perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &
@@ -431,33 +405,26 @@ log "(b) p50 $(fmt "${CH[all-from_return_ms-50]}" 2) ms, p99 $(fmt "${CH[all-fro
 
 # --- (c) lookups --------------------------------------------------------------
 mkdir -p "$TMP/runs"
-DISCARDED=0
+# The log line of each run (a jq string over its JSON).
+SUMMARY='"\(.connections) conn: \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, found \(.replies.ok) other \(.replies.notfound + .replies.temp + .replies.other)"'
+lookups() { # server round: one run of the load tool, its JSON on stdout
+    local name=$1 r=$2
+    if [ "$name" = ramdir ]; then
+        "$LOAD" socketmap --socket "$TMP/sm.sock" --connections "$CONNS" --threads "$CLIENT_THREADS" \
+            --duration "$DURATION" --warmup "$WARMUP" --map mailboxes --key-pattern "$PATTERN" \
+            --key-count "$ENTRIES" --key-domains "$DOMAINS" --seed "$r" \
+            --server-pid "$RAMDIR_PID" --json
+    else
+        "$LOAD" ldap-search --url "$URL" --bind-dn "$SVC_DN" --bind-password-file "$TMP/svc.secret" \
+            --base "$PEOPLE" --filter-pattern "(mail=$PATTERN)" --attrs mail \
+            --connections "$CONNS" --threads "$CLIENT_THREADS" --duration "$DURATION" --warmup "$WARMUP" \
+            --key-count "$ENTRIES" --key-domains "$DOMAINS" --seed "$r" \
+            --server-pid "$SLAPD_PID" --json
+    fi
+}
 run_one() { # server round
-    local name=$1 r=$2 attempt noise best="" best_noise="" cmd
-    for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$name-r$r-$attempt.json"
-        if [ "$name" = ramdir ]; then
-            "$LOAD" socketmap --socket "$TMP/sm.sock" --connections "$CONNS" --threads "$CLIENT_THREADS" \
-                --duration "$DURATION" --warmup "$WARMUP" --map mailboxes --key-pattern "$PATTERN" \
-                --key-count "$ENTRIES" --key-domains "$DOMAINS" --seed "$r" \
-                --server-pid "$RAMDIR_PID" --json >"$f"
-        else
-            "$LOAD" ldap-search --url "$URL" --bind-dn "$SVC_DN" --bind-password-file "$TMP/svc.secret" \
-                --base "$PEOPLE" --filter-pattern "(mail=$PATTERN)" --attrs mail \
-                --connections "$CONNS" --threads "$CLIENT_THREADS" --duration "$DURATION" --warmup "$WARMUP" \
-                --key-count "$ENTRIES" --key-domains "$DOMAINS" --seed "$r" \
-                --server-pid "$SLAPD_PID" --json >"$f"
-        fi
-        noise=$(jq '.other_cpu_s / .seconds' "$f")
-        log "$(jq -r '"\(.connections) conn: \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, found \(.replies.ok) other \(.replies.notfound + .replies.temp + .replies.other)"' "$f") [$name], other processes $(fmt "$noise" 2) cores"
-        if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
-        [ "$(calc "$noise <= $NOISE_MAX")" = 1 ] && break
-        if [ "$attempt" -lt "$RETRIES" ]; then
-            log "noisy (other processes > $NOISE_MAX cores); repeating"
-            DISCARDED=$((DISCARDED + 1))
-        fi
-    done
-    cp "$best" "$TMP/runs/$name-r$r.json"
+    local name=$1 r=$2
+    best_run "$name-r$r" "$SUMMARY + \" [$name]\"" lookups "$name" "$r"
 }
 for r in $(seq "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then order="ramdir slapd"; else order="slapd ramdir"; fi

@@ -34,9 +34,7 @@ GOAL_RATIO=0.97   # throughput metrics on / off, at least
 GOAL_SCRAPE_MS=10 # a scrape, at most (median)
 
 for t in jq curl bc; do command -v "$t" >/dev/null || die "needs $t"; done
-[ "$SKIP_BUILD" = 1 ] || (cd "$ROOT" && cargo build --release --locked -p ramdir >&2)
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
+build_release --locked
 TMP=$(mktemp -d /tmp/ramdir-bench-metrics.XXXXXX)
 PIDS=()
 cleanup() {
@@ -53,7 +51,7 @@ for s in off on; do
         printf '[socketmap]\nlisten = "unix:%s/%s.sock"\nmode = "0666"\n' "$TMP" "$s"
         [ "$s" = on ] && printf '[metrics]\nlisten = "127.0.0.1:%s"\n' "$PORT"
     } >"$TMP/$s.toml"
-    "$RAMDIR" serve --config "$TMP/$s.toml" 2>"$TMP/$s.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/$s.toml" 2>"$TMP/$s.log" &
     PIDS+=($!)
     eval "PID_$s=$!"
     "$LOAD" wait --socket "$TMP/$s.sock" --timeout 600 >/dev/null || die "ramdir ($s) did not answer"

@@ -45,30 +45,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-OUT=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
 USERS=${USERS:-100000}
 DOMAINS=${DOMAINS:-1000}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
-CONNS=${CONNS:-1 16}
-CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
 RCPTS_PER_MAIL=${RCPTS_PER_MAIL:-2}
-PROFILE=${PROFILE:-0}
-LAT_PIN=${LAT_PIN:-1}
-LAT_CPU=${LAT_CPU:-0}
-NOISE_MAX=${NOISE_MAX:-0.10}
-RETRIES=${RETRIES:-2}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_TMP=${KEEP_TMP:-0}
+bench_env
 MAX_USAGE=200000000
 PATTERN='user%07d@domain%d.test'
 # Dovecot's processes doing quota-status's work (comm names); ramdir's
@@ -108,18 +90,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-cd "$ROOT"
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir)"
-    cargo build --release -p ramdir >&2
-fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
-[ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
-# The code under test: the tree at start (others may commit during the run).
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
-[ "$SKIP_BUILD" = 1 ] && REV="$REV; binaries built $(date -u -r "$RAMDIR" +%Y-%m-%dT%H:%MZ)"
+build_release
 
 log "generating $USERS users over $DOMAINS domains"
 "$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --pattern "$PATTERN" --out "$TMP/users.passwd" >&2
@@ -153,7 +124,7 @@ policy_ready() { # socket
 }
 
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 policy_ready "$TMP/policy.sock" || { cat "$TMP/ramdir.log" >&2; die "ramdir's policy service did not answer"; }
 
@@ -235,9 +206,10 @@ policy_ready "$TMP/ceiling.sock" || die "policy ceiling did not answer"
 mkdir -p "$TMP/runs"
 CLOW=${CONNS%% *}
 CHIGH=${CONNS##* }
-DISCARDED=0
+# The log line of each run (a jq string over its JSON).
+SUMMARY='"\(.connections) conn: \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, DUNNO \(.replies.ok) reject \(.replies.notfound) defer \(.replies.temp) other \(.replies.other)"'
 run_one() { # server conns round
-    local name=$1 c=$2 r=$3 sock pids=() mask=() pin=() cpu=() attempt noise best="" best_noise="" p
+    local name=$1 c=$2 r=$3 sock pids=() mask=() pin=() cpu=() p
     case "$name" in
         ramdir) sock=$TMP/policy.sock pids=("$RAMDIR_PID") cpu=(--server-pid "$RAMDIR_PID") ;;
         ceiling) sock=$TMP/ceiling.sock pids=("$CEIL_PID") cpu=(--server-pid "$CEIL_PID") ;;
@@ -251,22 +223,11 @@ run_one() { # server conns round
         done
         pin=(taskset -c "$LAT_CPU")
     fi
-    for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$name-c$c-r$r-$attempt.json"
+    best_run "$name-c$c-r$r" "$SUMMARY + \" [$name]\"" \
         "${pin[@]}" "$LOAD" policy --socket "$sock" --connections "$c" --threads "$CLIENT_THREADS" \
             --duration "$DURATION" --warmup "$WARMUP" --key-pattern "$PATTERN" \
             --key-count "$USERS" --key-domains "$DOMAINS" --rcpts-per-mail "$RCPTS_PER_MAIL" \
-            --seed "$r" "${cpu[@]}" --json >"$f"
-        noise=$(jq '.other_cpu_s / .seconds' "$f")
-        log "$(jq -r '"\(.connections) conn: \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, DUNNO \(.replies.ok) reject \(.replies.notfound) defer \(.replies.temp) other \(.replies.other)"' "$f") [$name], other processes $(fmt "$noise" 2) cores"
-        if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
-        [ "$(calc "$noise <= $NOISE_MAX")" = 1 ] && break
-        if [ "$attempt" -lt "$RETRIES" ]; then
-            log "noisy (other processes > $NOISE_MAX cores); repeating"
-            DISCARDED=$((DISCARDED + 1))
-        fi
-    done
-    cp "$best" "$TMP/runs/$name-c$c-r$r.json"
+            --seed "$r" "${cpu[@]}" --json
     local k=0
     for p in "${pids[@]}"; do
         [ "${#mask[@]}" -gt "$k" ] && taskset -a -p "${mask[$k]}" "$p" >/dev/null

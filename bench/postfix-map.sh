@@ -71,13 +71,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+build_release -p postfix-ramdir
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "building (release)"
-    cargo build --release -p ramdir -p postfix-ramdir >&2
     cargo build --release -p ramdir-snapshot --example publish_cost >&2
 fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
 SO=$ROOT/target/release/libpostfix_ramdir.so
 COST=$ROOT/target/release/examples/publish_cost
 for f in "$RAMDIR" "$LOAD" "$SO" "$COST"; do [ -e "$f" ] || die "$f missing"; done
@@ -127,7 +124,7 @@ mode = "0666"
 directory = "$TMP/map"
 EOF
 log "starting ramdir"
-"$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+"$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
 RAMDIR_PID=$!
 "$LOAD" wait --socket "$TMP/ramdir.sock" --timeout 300 >/dev/null \
     || { cat "$TMP/ramdir.log" >&2; die "ramdir did not answer"; }

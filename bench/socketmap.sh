@@ -31,31 +31,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-OUT=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --out) OUT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+parse_args "$@"
 
 USERS=${USERS:-1000000}
 DOMAINS=${DOMAINS:-1000}
 ALIAS_EVERY=${ALIAS_EVERY:-10}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
-ROUNDS=${ROUNDS:-3}
 LOAD_RUNS=${LOAD_RUNS:-3}
-CONNS=${CONNS:-1 16}
-CLIENT_THREADS=${CLIENT_THREADS:-$(nproc)}
-PROFILE=${PROFILE:-0}
-LAT_PIN=${LAT_PIN:-1}
-LAT_CPU=${LAT_CPU:-0}
-NOISE_MAX=${NOISE_MAX:-0.10}
-RETRIES=${RETRIES:-2}
-SKIP_BUILD=${SKIP_BUILD:-0}
-KEEP_TMP=${KEEP_TMP:-0}
+bench_env
 
 # Goals (docs/benchmarks.md).
 GOAL_TPUT_RATIO=0.90   # ramdir/ceiling throughput at the highest connection count, at least
@@ -89,14 +71,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-cd "$ROOT"
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "building release (cargo build --release -p ramdir)"
-    cargo build --release -p ramdir >&2
-fi
-RAMDIR=$ROOT/target/release/ramdir
-LOAD=$ROOT/target/release/ramdir-load
-[ -x "$RAMDIR" ] && [ -x "$LOAD" ] || die "release binaries missing"
+build_release
 
 log "generating $USERS users over $DOMAINS domains"
 "$LOAD" gen-passwd --users "$USERS" --domains "$DOMAINS" --alias-every "$ALIAS_EVERY" \
@@ -122,7 +97,7 @@ LOGGED_TIMES=()
 for i in $(seq "$LOAD_RUNS"); do
     log "starting ramdir ($i/$LOAD_RUNS)"
     T0=$(date +%s%N)
-    "$RAMDIR" serve --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
+    "$RAMDIR" serve --allow-root --config "$TMP/ramdir.toml" 2>"$TMP/ramdir.log" &
     RAMDIR_PID=$!
     t=$("$LOAD" wait --socket "$TMP/ramdir.sock" --timeout 300 --since-unix-ns "$T0") \
         || { cat "$TMP/ramdir.log" >&2; die "ramdir did not answer"; }
@@ -147,31 +122,21 @@ CEIL_PID=$!
 mkdir -p "$TMP/runs"
 CLOW=${CONNS%% *}
 CHIGH=${CONNS##* }
-DISCARDED=0
+# The log line of each run (a jq string over its JSON).
+SUMMARY='"\(.connections) conn \(.socket|split("/")|last): \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, OK \(.replies.ok) NOTFOUND \(.replies.notfound)"'
 run_one() { # server conns round
-    local name=$1 c=$2 r=$3 sock pid mask="" pin=() attempt noise best="" best_noise=""
+    local name=$1 c=$2 r=$3 sock pid mask="" pin=()
     if [ "$name" = ramdir ]; then sock=$TMP/ramdir.sock pid=$RAMDIR_PID; else sock=$TMP/ceiling.sock pid=$CEIL_PID; fi
     if [ "$LAT_PIN" = 1 ] && [ "$c" = "$CLOW" ]; then
         mask=$(taskset -p "$pid" | awk '{print $NF}')
         taskset -a -p -c "$LAT_CPU" "$pid" >/dev/null
         pin=(taskset -c "$LAT_CPU")
     fi
-    for attempt in $(seq 0 "$RETRIES"); do
-        local f="$TMP/runs/try-$name-c$c-r$r-$attempt.json"
+    best_run "$name-c$c-r$r" "$SUMMARY" \
         "${pin[@]}" "$LOAD" socketmap --socket "$sock" --connections "$c" --threads "$CLIENT_THREADS" \
             --duration "$DURATION" --warmup "$WARMUP" --map mailboxes \
             --key-count "$USERS" --key-domains "$DOMAINS" --seed "$r" \
-            --server-pid "$pid" --json >"$f"
-        noise=$(jq '.other_cpu_s / .seconds' "$f")
-        log "$(jq -r '"\(.connections) conn \(.socket|split("/")|last): \(.rps|floor) req/s, p50 \(.latency_us.p50) µs, p99 \(.latency_us.p99) µs, server \(.server_cpu_us_per_req) µs CPU/req, OK \(.replies.ok) NOTFOUND \(.replies.notfound)"' "$f"), other processes $(fmt "$noise" 2) cores"
-        if [ -z "$best" ] || [ "$(calc "$noise < $best_noise")" = 1 ]; then best=$f best_noise=$noise; fi
-        [ "$(calc "$noise <= $NOISE_MAX")" = 1 ] && break
-        if [ "$attempt" -lt "$RETRIES" ]; then
-            log "noisy (other processes > $NOISE_MAX cores); repeating"
-            DISCARDED=$((DISCARDED + 1))
-        fi
-    done
-    cp "$best" "$TMP/runs/$name-c$c-r$r.json"
+            --server-pid "$pid" --json
     [ -n "$mask" ] && taskset -a -p "$mask" "$pid" >/dev/null
     return 0
 }
@@ -229,9 +194,6 @@ RSS0_MB=$(calc "$RSS0_KIB * 1024 / 1000000")
 HWM1_MB=$(calc "$HWM1_KIB * 1024 / 1000000")
 RSS1_MB=$(calc "$RSS1_KIB * 1024 / 1000000")
 OTHER_MAX=$(jq -s "map(.other_cpu_s / .seconds) | max" "$TMP"/runs/[rc]*.json)
-REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV="$REV (with uncommitted changes)"
-
 report() {
     echo "## socketmap benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo

@@ -1,7 +1,10 @@
 #!/bin/sh
 # Installs what ramdir's real-peer tests need: the Debian 12 packages Postfix
 # (socketmap/policy/milter peer), Dovecot (dict peer), slapd (LDAP source) and
-# miltertest, redis-server (shared quota usage), dovecot-dev and libclang-dev (bindgen for libauthdb_ramdir.so),
+# miltertest, redis-server (shared quota usage), dovecot-dev and libclang-dev
+# (bindgen for libauthdb_ramdir.so),
+# postfix-cdb, postfix-ldap and dovecot-ldap (the operator's own setups that
+# bench/e2e.sh and bench/postfix-map.sh compare ramdir with),
 # then the Debian 13 root with Postfix 3.10 and Dovecot 2.4
 # (scripts/trixie-root.sh; built once, cached). Idempotent and quiet; safe to
 # run on a developer machine because no package is allowed to start a daemon
@@ -10,7 +13,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="redis-server postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev"
+PKGS="redis-server postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev postfix-cdb postfix-ldap dovecot-ldap"
 
 missing=""
 for p in $PKGS; do

@@ -17,9 +17,19 @@
 #     kept, the daemon serves again;
 #     check_ramdir as user nagios (OK, CRITICAL, UNKNOWN, LDAP outage);
 #     [metrics] linted by promtool and scraped by Debian's prometheus;
-#  5. purges it: no file, directory, user or group of ramdir's is left.
-# Whatever happens, the trap stops the daemon and Postfix it started,
-# restores /etc/postfix/main.cf and purges the package.
+#  5. the Dovecot auth module package dovecot-ramdir: contents, lintian,
+#     Depends (the ABI of the headers it was built against); the Debian 12
+#     build installed with dpkg -i next to ramdir, Debian's own Dovecot 2.3
+#     (the system instance, /etc/dovecot) configured with README.Debian's
+#     lines, started and stopped by this script: doveadm auth test right,
+#     wrong and unknown, doveadm auth lookup, doveadm user; the Debian 13
+#     build installed with ramdir in the Debian 13 root (dpkg -i in the
+#     chroot), its Dovecot 2.4 configured with README.Debian's 2.4 lines,
+#     the same checks; both purged;
+#  6. purges ramdir: no file, directory, user or group of ramdir's is left.
+# Whatever happens, the trap stops the daemons and Postfix and Dovecot it
+# started, restores /etc/postfix/main.cf and Dovecot's 10-auth.conf (host
+# and root) and purges the packages.
 #
 # It changes the system (a package, a user, Postfix's main.cf for the
 # duration): run it as root on a test machine. `./scripts/test` runs it.
@@ -37,6 +47,13 @@ POSTFIX_STARTED=""
 MAINCF_SAVED=""
 CREATED_NAGIOS=""
 PROM_PID=""
+DOVECOT_STARTED=""
+DOVECOT_SAVED=""
+ROOT_DOVECOT_STARTED=""
+ROOT_DOVECOT_SAVED=""
+ROOT_DAEMON_PID=""
+ROOT_INSTALLED=""
+TRIXIE=${RAMDIR_TRIXIE_ROOT:-/var/tmp/ramdir-trixie}
 METRICS_PORT=9156
 PROM_PORT=9157
 FAILED=0
@@ -66,9 +83,46 @@ stop_daemon() {
     fi
 }
 
+# Stop the Dovecot master whose pid file is $1 (and wait for it).
+stop_dovecot() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Put back Dovecot's 10-auth.conf under $1 (/ or the root) and remove the
+# files this script added.
+restore_dovecot_conf() {
+    cp -p "$2" "$1/etc/dovecot/conf.d/10-auth.conf"
+    rm -f "$1/etc/dovecot/conf.d/auth-ramdir.conf.ext" "$1/etc/dovecot/conf.d/99-ramdir-package-test.conf" \
+        "$1/var/log/dovecot-ramdir-test.log"
+}
+
 cleanup() {
     local rc=$?
     if [ -n "$PROM_PID" ]; then kill "$PROM_PID" 2>/dev/null || true; wait "$PROM_PID" 2>/dev/null || true; fi
+    if [ $rc -ne 0 ] || [ $FAILED -ne 0 ]; then
+        for l in /var/log/dovecot-ramdir-test.log "$TRIXIE/var/log/dovecot-ramdir-test.log"; do
+            [ -f "$l" ] && { echo "== $l:" >&2; tail -n 30 "$l" >&2; }
+        done
+    fi
+    if [ -n "$DOVECOT_STARTED" ]; then stop_dovecot /run/dovecot/master.pid; fi
+    if [ -n "$DOVECOT_SAVED" ]; then restore_dovecot_conf "" "$WORK/10-auth.conf.orig"; fi
+    if [ -n "$ROOT_DOVECOT_STARTED" ]; then stop_dovecot "$TRIXIE/run/dovecot/master.pid"; fi
+    if [ -n "$ROOT_DOVECOT_SAVED" ]; then restore_dovecot_conf "$TRIXIE" "$WORK/10-auth.conf.root"; fi
+    if [ -n "$ROOT_DAEMON_PID" ]; then
+        kill -TERM "$ROOT_DAEMON_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$ROOT_DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$ROOT_DAEMON_PID" 2>/dev/null || true
+        wait "$ROOT_DAEMON_PID" 2>/dev/null || true
+    fi
+    if [ -n "$ROOT_INSTALLED" ]; then
+        rm -f "$TRIXIE/etc/ramdir/users.passwd" "$TRIXIE/etc/ramdir/aliases" "$TRIXIE/etc/ramdir/domains"
+        chroot "$TRIXIE" dpkg --purge dovecot-ramdir ramdir >/dev/null 2>&1 || true
+        rm -f "$TRIXIE"/tmp/ramdir_*.deb "$TRIXIE"/tmp/dovecot-ramdir_*.deb
+    fi
     stop_daemon
     if [ -n "$POSTFIX_STARTED" ]; then
         postsuper -d ALL >/dev/null 2>&1 || true
@@ -78,6 +132,9 @@ cleanup() {
         if [ -e "$WORK/main.cf.orig" ]; then cp -p "$WORK/main.cf.orig" /etc/postfix/main.cf; else rm -f /etc/postfix/main.cf; fi
     fi
     rm -f /etc/ramdir/users.passwd /etc/ramdir/aliases /etc/ramdir/domains
+    if dpkg-query -W -f='${Status}' dovecot-ramdir 2>/dev/null | grep -q "installed\|config-files\|half"; then
+        dpkg_retry --purge dovecot-ramdir >/dev/null || true
+    fi
     if dpkg-query -W -f='${Status}' ramdir 2>/dev/null | grep -q "installed\|config-files\|half"; then
         dpkg_retry --purge ramdir >/dev/null || true
     fi
@@ -108,7 +165,11 @@ if [ -n "$need" ]; then
 fi
 
 # A leftover from an interrupted run would make the "fresh install" a lie.
+if dpkg-query -W dovecot-ramdir >/dev/null 2>&1; then dpkg_retry --purge dovecot-ramdir >/dev/null; fi
 if dpkg-query -W ramdir >/dev/null 2>&1; then dpkg_retry --purge ramdir >/dev/null; fi
+[ -f "$TRIXIE/usr/include/dovecot/config.h" ] || fail "no Debian 13 root at $TRIXIE (scripts/trixie-root.sh): the Dovecot 2.4 package cannot be built or tested"
+if chroot "$TRIXIE" dpkg-query -W dovecot-ramdir >/dev/null 2>&1; then chroot "$TRIXIE" dpkg --purge dovecot-ramdir >/dev/null; fi
+if chroot "$TRIXIE" dpkg-query -W ramdir >/dev/null 2>&1; then chroot "$TRIXIE" dpkg --purge ramdir >/dev/null; fi
 
 # --- 1. build -------------------------------------------------------------
 say "building the packages"
@@ -117,7 +178,10 @@ VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 ./scripts/package.sh --output "$WORK/cur/" >/dev/null
 PREV=$(ls "$WORK"/prev/ramdir_*.deb)
 DEB=$(ls "$WORK"/cur/ramdir_*.deb)
-say "built $(basename "$PREV") and $(basename "$DEB")"
+./scripts/package.sh dovecot --output "$WORK/dovecot/" >/dev/null
+MOD23=$(ls "$WORK"/dovecot/dovecot-ramdir_*+deb12_*.deb)
+MOD24=$(ls "$WORK"/dovecot/dovecot-ramdir_*+deb13_*.deb)
+say "built $(basename "$PREV"), $(basename "$DEB"), $(basename "$MOD23") and $(basename "$MOD24")"
 
 # --- 2. contents, lintian, units ------------------------------------------
 say "dpkg -c / dpkg -e"
@@ -189,6 +253,52 @@ say "systemd-analyze security --offline=true"
 systemd-analyze security --offline=true --threshold=20 "$UNIT" >"$WORK/security" 2>&1 || { cat "$WORK/security" >&2; fail "exposure above 2.0"; }
 tail -n 1 "$WORK/security"
 
+say "dovecot-ramdir: dpkg -c / dpkg -e, Depends, lintian"
+# $1 the package, $2 the root whose Dovecot it is for ("" or the Debian 13
+# root): the module where Dovecot loads auth modules, stripped, exporting
+# what Dovecot's module loader looks for; Depends on the ABI the headers it
+# was built against name (as dovecot-core of that root provides it), on a
+# dovecot-core that root satisfies, and on the ramdir of this version.
+check_module_deb() {
+    local deb=$1 root=$2 abi depends installed
+    dpkg -c "$deb" | awk '{print $1, $2, $6}' >"$WORK/mcontents"
+    for f in "-rw-r--r-- 0/0 ./usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" \
+        "-rw-r--r-- 0/0 ./usr/share/doc/dovecot-ramdir/copyright" \
+        "-rw-r--r-- 0/0 ./usr/share/doc/dovecot-ramdir/changelog.Debian.gz"; do
+        grep -qxF -e "$f" "$WORK/mcontents" || { cat "$WORK/mcontents" >&2; fail "$(basename "$deb") lacks $f"; }
+    done
+    rm -rf "$WORK/mx"
+    mkdir "$WORK/mx"
+    dpkg -x "$deb" "$WORK/mx"
+    ! readelf -S "$WORK/mx/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" | grep -q '\.symtab' || fail "$deb: module not stripped"
+    nm -D --defined-only "$WORK/mx/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" | awk '{print $3}' >"$WORK/msyms"
+    for s in authdb_ramdir_init authdb_ramdir_deinit authdb_ramdir_version; do
+        grep -qx "$s" "$WORK/msyms" || fail "$deb: module does not export $s"
+    done
+    depends=$(dpkg-deb -f "$deb" Depends)
+    echo "   $(basename "$deb"): Depends: $depends"
+    abi="dovecot-abi-$(cat "$root/usr/share/dovecot/dovecot-abi")"
+    chroot "${root:-/}" dpkg-query -W -f='${Provides}\n' dovecot-core | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -qxF "$abi" \
+        || fail "dovecot-core in ${root:-/} does not provide $abi"
+    echo "$depends" | tr ',' '\n' | sed 's/^ *//' >"$WORK/mdeps"
+    grep -qxF "$abi" "$WORK/mdeps" || fail "$deb does not depend on $abi (the ABI of the headers it was built against)"
+    grep -qxF "ramdir (>= $VERSION)" "$WORK/mdeps" || fail "$deb does not depend on ramdir (>= $VERSION)"
+    grep -qF "ramdir (<< " "$WORK/mdeps" || fail "$deb does not depend on ramdir (<< the next version)"
+    installed=$(chroot "${root:-/}" dpkg-query -W -f='${Version}' dovecot-core)
+    min=$(sed -n 's/^dovecot-core (>= \(.*\))$/\1/p' "$WORK/mdeps")
+    [ -n "$min" ] || fail "$deb has no versioned Depends on dovecot-core"
+    dpkg --compare-versions "$installed" ge "$min" || fail "$deb wants dovecot-core >= $min, ${root:-/} has $installed"
+    rm -rf "$WORK/mctl"
+    dpkg -e "$deb" "$WORK/mctl"
+    grep -q "adduser --quiet ramdir dovecot" "$WORK/mctl/postinst" || fail "$deb: postinst does not add ramdir to group dovecot"
+    grep -q "deluser --quiet ramdir dovecot" "$WORK/mctl/postrm" || fail "$deb: postrm does not take ramdir out of group dovecot"
+    grep -qxF "adduser" "$WORK/mdeps" || fail "$deb: no Depends: adduser"
+    # Warning kept: initial-upload-closes-no-bugs (as for ramdir).
+    lintian --fail-on error --tag-display-limit 0 "$deb" || fail "lintian reports errors on $deb"
+}
+check_module_deb "$MOD23" ""
+check_module_deb "$MOD24" "$TRIXIE"
+
 # --- 3. install for real ----------------------------------------------------
 find /etc /usr /var /run -xdev \( -path /var/tmp -o -path /var/cache \) -prune -o -path '*ramdir*' -print 2>/dev/null | { grep -v "^$WORK" || true; } | sort >"$WORK/before"
 say "dpkg -i $(basename "$PREV") (fresh install)"
@@ -241,6 +351,15 @@ readme_block() { # the indented block after the heading line $1
         on && /^[^ ]/ && NF { if (seen) exit }
         on && /^  / { seen = 1; sub(/^  /, ""); print; next }
         on && seen && !NF { print }' /usr/share/doc/ramdir/README.Debian
+}
+# The first indented block after the line ending in $2, in the section $1.
+readme_block_after() {
+    awk -v h="$1" -v l="$2" '
+        $0 == h { sec = 1; next }
+        sec && !on && length($0) >= length(l) && substr($0, length($0) - length(l) + 1) == l { on = 1; next }
+        on && /^  / { seen = 1; sub(/^  /, ""); print; next }
+        on && seen && !NF { print; next }
+        on && seen { exit }' /usr/share/doc/ramdir/README.Debian
 }
 readme_block "Postfix: /etc/ramdir/ramdir.toml" >"$WORK/ramdir.toml"
 grep -q '^\[socketmap\]' "$WORK/ramdir.toml" || fail "README.Debian's ramdir.toml block not found"
@@ -416,7 +535,155 @@ start_daemon /var/spool/postfix/ramdir/socketmap
     || fail "after the upgrade: postmap -q through the socketmap"
 stop_daemon
 
-# --- 5. purge ---------------------------------------------------------------
+# --- 5. the Dovecot auth module ------------------------------------------
+# Configure the Dovecot under $1 ("" or the Debian 13 root) with the lines
+# of README.Debian's section $2: its 10-auth.conf includes
+# auth-ramdir.conf.ext in place of auth-system.conf.ext, and that file is
+# README.Debian's. The test's own additions (loopback only, a log file of
+# its own) go to a conf.d file removed afterwards.
+configure_dovecot() {
+    local root=$1 section=$2 include
+    include=$(readme_block_after "$section" '"!include auth-system.conf.ext":' | sed '/^$/d')
+    [ "$include" = "!include auth-ramdir.conf.ext" ] || fail "README.Debian's 10-auth.conf line in $section: $include"
+    grep -qx '!include auth-system.conf.ext' "$root/etc/dovecot/conf.d/10-auth.conf" || fail "$root/etc/dovecot/conf.d/10-auth.conf has no auth-system include"
+    sed -i "s|^!include auth-system.conf.ext\$|$include|" "$root/etc/dovecot/conf.d/10-auth.conf"
+    readme_block_after "$section" "/etc/dovecot/conf.d/auth-ramdir.conf.ext:" >"$root/etc/dovecot/conf.d/auth-ramdir.conf.ext"
+    grep -q "driver = ramdir" "$root/etc/dovecot/conf.d/auth-ramdir.conf.ext" || fail "README.Debian's auth-ramdir.conf.ext in $section"
+    cat >"$root/etc/dovecot/conf.d/99-ramdir-package-test.conf" <<'EOF'
+# scripts/test-package.sh: loopback only, a log of its own (removed afterwards).
+listen = 127.0.0.1
+log_path = /var/log/dovecot-ramdir-test.log
+EOF
+}
+
+# doveadm (in $1: "" or the root) through the module: right, wrong and
+# unknown passwords, the credentials lookup, userdb and its iteration.
+check_doveadm() {
+    local root=$1 out rc
+    da() { if [ -n "$root" ]; then chroot "$root" doveadm "$@"; else doveadm "$@"; fi; }
+    out=$(da auth test alice@example.org secret 2>&1) || fail "doveadm auth test right password: $out"
+    echo "$out" | grep -q "auth succeeded" || fail "right password: $out"
+    echo "   auth test alice@example.org (right): $(echo "$out" | head -n 1)"
+    rc=0; out=$(da auth test nobody@example.org secret 2>&1) || rc=$?
+    [ $rc -ne 0 ] && echo "$out" | grep -q "auth failed" && ! echo "$out" | grep -qi "temp_fail\|internal" || fail "unknown user: $out"
+    out=$(da auth lookup alice@example.org 2>&1) || fail "doveadm auth lookup: $out"
+    echo "$out" | grep -q "passdb: alice@example.org" || fail "doveadm auth lookup (passdb credentials): $out"
+    echo "   auth lookup alice@example.org: $(echo "$out" | tr -s ' \n' ' ')"
+    out=$(da user alice@example.org 2>&1) || fail "doveadm user: $out"
+    echo "$out" | grep -Eq "^[[:space:]]*uid[[:space:]]+5000$" || fail "doveadm user uid: $out"
+    echo "$out" | grep -Eq "^[[:space:]]*home[[:space:]]+/var/vmail/example.org/alice$" || fail "doveadm user home: $out"
+    echo "   doveadm user alice@example.org: $(echo "$out" | tr -s ' \n' ' ')"
+    out=$(da user small@example.org 2>&1) || fail "doveadm user small: $out"
+    echo "$out" | grep -Eq "quota_rule[[:space:]]+\*:storage=1024B|quota_storage_size[[:space:]]+1024B" || fail "doveadm user small quota: $out"
+    out=$(da user '*' 2>&1 | sort | tr '\n' ' ') || true
+    [ "$out" = "alice@example.org small@example.org " ] || fail "doveadm user '*': $out"
+    # Last: a failed login (Dovecot delays its answer by auth_failure_delay).
+    rc=0; out=$(da auth test alice@example.org wrong 2>&1) || rc=$?
+    [ $rc -ne 0 ] && echo "$out" | grep -q "auth failed" && ! echo "$out" | grep -qi "temp_fail\|internal" || fail "wrong password: $out"
+    echo "   auth test alice@example.org (wrong): $(echo "$out" | head -n 1)"
+}
+
+# Wait for file $1 (the map's control file, a socket) to appear.
+wait_file() {
+    for _ in $(seq 1 300); do [ -e "$1" ] && return 0; sleep 0.1; done
+    fail "$1 did not appear"
+}
+
+for port in 143 993; do
+    if ss -ltn | awk '{print $4}' | grep -qx "127.0.0.1:$port\|0.0.0.0:$port\|\*:$port\|\[::\]:$port"; then fail "port $port is busy"; fi
+done
+[ ! -e /run/dovecot/master.pid ] || ! kill -0 "$(cat /run/dovecot/master.pid)" 2>/dev/null || fail "Debian's Dovecot is already running"
+
+say "dovecot-ramdir for Dovecot 2.3: dpkg -i $(basename "$MOD23")"
+dpkg_retry -i "$MOD23" >/dev/null
+[ "$(stat -c '%U:%G %a' /usr/lib/dovecot/modules/auth/libauthdb_ramdir.so)" = "root:root 644" ] || fail "module mode"
+id -nG ramdir | tr ' ' '\n' | grep -qx dovecot || fail "postinst did not add ramdir to group dovecot: $(id -nG ramdir)"
+S23="Dovecot 2.3 (Debian 12): the auth module (package dovecot-ramdir)"
+readme_block_after "$S23" "ramdir.toml:" >"$WORK/dovecot_map.toml"
+grep -q '^\[dovecot_map\]' "$WORK/dovecot_map.toml" || fail "README.Debian's [dovecot_map] block not found"
+{ echo; cat "$WORK/dovecot_map.toml"; } >>/etc/ramdir/ramdir.toml
+setpriv --reuid=ramdir --regid=ramdir --init-groups ramdir check-config >/dev/null || fail "README.Debian's [dovecot_map] does not check"
+cp -p /etc/dovecot/conf.d/10-auth.conf "$WORK/10-auth.conf.orig"
+DOVECOT_SAVED=1
+configure_dovecot "" "$S23"
+start_daemon /var/spool/postfix/ramdir/socketmap
+wait_file /run/ramdir/dovecot/control
+[ "$(stat -c '%U:%G %a' /run/ramdir/dovecot)" = "ramdir:dovecot 2750" ] || fail "map directory: $(stat -c '%U:%G %a' /run/ramdir/dovecot)"
+for f in /run/ramdir/dovecot/*; do
+    [ "$(stat -c '%G %A' "$f")" = "dovecot -rw-r-----" ] || fail "$f: $(stat -c '%G %A' "$f")"
+done
+say "Debian's Dovecot 2.3 with README.Debian's lines"
+out=$(doveconf -n 2>&1) || fail "doveconf -n: $out"
+echo "$out" | grep -q "driver = ramdir" || fail "doveconf -n shows no driver = ramdir"
+DOVECOT_STARTED=1
+dovecot || fail "dovecot did not start"
+wait_file /run/dovecot/auth-client
+check_doveadm ""
+# The module is what answered: loaded in this Dovecot's auth process.
+AUTH_PID=$(pgrep -P "$(cat /run/dovecot/master.pid)" -x auth) || fail "no auth process"
+grep -q "/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" "/proc/$AUTH_PID/maps" || fail "auth $AUTH_PID has not loaded the module"
+if grep -E "Fatal|Panic|Error" /var/log/dovecot-ramdir-test.log; then fail "Dovecot logged errors"; fi
+stop_dovecot /run/dovecot/master.pid
+DOVECOT_STARTED=""
+stop_daemon
+restore_dovecot_conf "" "$WORK/10-auth.conf.orig"
+DOVECOT_SAVED=""
+say "dpkg --purge dovecot-ramdir"
+dpkg_retry --purge dovecot-ramdir >/dev/null
+[ ! -e /usr/lib/dovecot/modules/auth/libauthdb_ramdir.so ] || fail "purge left the module"
+! id -nG ramdir | tr ' ' '\n' | grep -qx dovecot || fail "postrm left ramdir in group dovecot"
+
+# Dovecot 2.4: the Debian 13 build, installed in the Debian 13 root with the
+# ramdir it depends on (dpkg -i in the chroot), run there with README.Debian's
+# 2.4 lines.
+say "dovecot-ramdir for Dovecot 2.4: dpkg -i in the Debian 13 root"
+cp "$DEB" "$MOD24" "$TRIXIE/tmp/"
+ROOT_INSTALLED=1
+chroot "$TRIXIE" dpkg -i "/tmp/$(basename "$DEB")" "/tmp/$(basename "$MOD24")" >"$WORK/root-dpkg.log" 2>&1 \
+    || { cat "$WORK/root-dpkg.log" >&2; fail "dpkg -i in the Debian 13 root"; }
+for p in ramdir dovecot-ramdir; do
+    chroot "$TRIXIE" dpkg-query -W -f='${Status}' "$p" | grep -qx "install ok installed" || fail "$p not installed in the root"
+done
+chroot "$TRIXIE" id -nG ramdir | tr ' ' '\n' | grep -qx dovecot || fail "root: ramdir not in group dovecot"
+S24="Dovecot 2.4 (Debian 13): the auth module (package dovecot-ramdir)"
+{
+    readme_block "Postfix: /etc/ramdir/ramdir.toml"
+    echo
+    readme_block_after "$S23" "ramdir.toml:"
+} >"$TRIXIE/etc/ramdir/ramdir.toml"
+cp /etc/ramdir/users.passwd /etc/ramdir/aliases /etc/ramdir/domains "$TRIXIE/etc/ramdir/"
+cp -p "$TRIXIE/etc/dovecot/conf.d/10-auth.conf" "$WORK/10-auth.conf.root"
+ROOT_DOVECOT_SAVED=1
+configure_dovecot "$TRIXIE" "$S24"
+install -d -o "$(chroot "$TRIXIE" id -u ramdir)" -g "$(chroot "$TRIXIE" id -g ramdir)" -m 0755 "$TRIXIE/run/ramdir"
+# shellcheck disable=SC2086
+(umask "$UNIT_UMASK"; exec chroot "$TRIXIE" setpriv --reuid=ramdir --regid=ramdir --init-groups \
+    --no-new-privs --inh-caps=-all --bounding-set=-all $EXECSTART) >>"$LOG" 2>&1 &
+ROOT_DAEMON_PID=$!
+wait_file "$TRIXIE/run/ramdir/dovecot/control"
+chroot "$TRIXIE" doveconf -n 2>&1 | grep -q "driver = ramdir" || fail "root: doveconf -n shows no driver = ramdir"
+say "Debian 13's Dovecot 2.4 with README.Debian's lines"
+ROOT_DOVECOT_STARTED=1
+chroot "$TRIXIE" dovecot || fail "root: dovecot did not start"
+wait_file "$TRIXIE/run/dovecot/auth-client"
+check_doveadm "$TRIXIE"
+AUTH_PID=$(pgrep -P "$(cat "$TRIXIE/run/dovecot/master.pid")" -x auth) || fail "root: no auth process"
+grep -q "/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" "/proc/$AUTH_PID/maps" || fail "root: auth $AUTH_PID has not loaded the module"
+if grep -E "Fatal|Panic|Error" "$TRIXIE/var/log/dovecot-ramdir-test.log"; then fail "root: Dovecot logged errors"; fi
+stop_dovecot "$TRIXIE/run/dovecot/master.pid"
+ROOT_DOVECOT_STARTED=""
+kill -TERM "$ROOT_DAEMON_PID"; wait "$ROOT_DAEMON_PID" 2>/dev/null || true; ROOT_DAEMON_PID=""
+restore_dovecot_conf "$TRIXIE" "$WORK/10-auth.conf.root"
+ROOT_DOVECOT_SAVED=""
+rm -f "$TRIXIE/etc/ramdir/users.passwd" "$TRIXIE/etc/ramdir/aliases" "$TRIXIE/etc/ramdir/domains"
+chroot "$TRIXIE" dpkg --purge dovecot-ramdir ramdir >"$WORK/root-dpkg.log" 2>&1 \
+    || { cat "$WORK/root-dpkg.log" >&2; fail "dpkg --purge in the Debian 13 root"; }
+rm -f "$TRIXIE/tmp/$(basename "$DEB")" "$TRIXIE/tmp/$(basename "$MOD24")"
+ROOT_INSTALLED=""
+[ ! -e "$TRIXIE/usr/lib/dovecot/modules/auth/libauthdb_ramdir.so" ] || fail "root: purge left the module"
+! chroot "$TRIXIE" getent passwd ramdir >/dev/null || fail "root: purge left the user"
+
+# --- 6. purge ---------------------------------------------------------------
 say "dpkg --purge ramdir"
 rm -f /etc/ramdir/users.passwd /etc/ramdir/aliases /etc/ramdir/domains
 if [ -e "$WORK/main.cf.orig" ]; then cp -p "$WORK/main.cf.orig" /etc/postfix/main.cf; else rm -f /etc/postfix/main.cf; fi

@@ -90,6 +90,14 @@ impl Sampler {
         Some(Instant::now())
     }
 
+    /// Call instead of [`Sampler::finish`] when there was no whole request
+    /// to answer after all, so that only requests count towards the
+    /// sampling.
+    #[inline]
+    pub fn undo(&mut self) {
+        self.n = self.n.wrapping_sub(1);
+    }
+
     /// Call when the request is answered.
     #[inline]
     pub fn finish(latency: &Latency, started: Option<Instant>) {

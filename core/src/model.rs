@@ -184,12 +184,21 @@ const F_MESSAGES: u8 = 16;
 const F_OWN_QUOTA: u8 = 32;
 const F_ORIGIN: u8 = 64;
 const F_GRACE: u8 = 128;
+/// Without [`F_OWN_QUOTA`] (where [`F_STORAGE`] is otherwise never set):
+/// the user's own limit equals the default it was packed with, so nothing
+/// is stored for it. A directory rebuilt with another default repacks its
+/// users from [`User::to_spec`], which gives this limit back as the user's
+/// own, so it is never mistaken for "follows the default".
+const F_OWN_DEFAULT: u8 = F_STORAGE;
 
 /// A user packed into one byte string (the login is the table key).
 ///
 /// Layout: flags, then the present numbers as LEB128 varints, then
 /// length-prefixed strings: password, home, mail, the folder rules and the
-/// extra fields. Sizes are bounded by the sources (lines of a file, LDAP
+/// extra fields. What the settings give (a home equal to the template, a
+/// limit equal to the default) is not stored. The bytes are one exact-size
+/// allocation (built in a reused buffer, then copied once), so a million
+/// users leave no half-used blocks behind in the allocator. Sizes are bounded by the sources (lines of a file, LDAP
 /// attributes), and a corrupt buffer can only come from a bug here, so
 /// decoding treats it as a broken invariant.
 #[derive(Clone, PartialEq, Eq)]
@@ -253,8 +262,21 @@ impl<'a> Reader<'a> {
 impl PackedUser {
     /// Pack a user. The home is dropped when it equals the template's.
     pub fn pack(spec: &UserSpec, settings: &Settings) -> PackedUser {
-        let mut out = Vec::with_capacity(64);
-        let q = spec.quota.unwrap_or_default();
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| {
+            let mut out = b.borrow_mut();
+            out.clear();
+            Self::pack_into(spec, settings, &mut out);
+            PackedUser(Box::from(&out[..]))
+        })
+    }
+
+    fn pack_into(spec: &UserSpec, settings: &Settings, out: &mut Vec<u8>) {
+        let own_default = spec.quota == Some(settings.default_quota);
+        let quota = spec.quota.filter(|_| !own_default);
+        let q = quota.unwrap_or_default();
         let mut flags = 0;
         if spec.enabled {
             flags |= F_ENABLED;
@@ -265,14 +287,16 @@ impl PackedUser {
         if spec.gid.is_some() {
             flags |= F_GID;
         }
-        if spec.quota.is_some() {
+        if quota.is_some() {
             flags |= F_OWN_QUOTA;
-        }
-        if q.storage.is_some() {
-            flags |= F_STORAGE;
-        }
-        if q.messages.is_some() {
-            flags |= F_MESSAGES;
+            if q.storage.is_some() {
+                flags |= F_STORAGE;
+            }
+            if q.messages.is_some() {
+                flags |= F_MESSAGES;
+            }
+        } else if own_default {
+            flags |= F_OWN_DEFAULT;
         }
         if spec.origin.is_some() {
             flags |= F_ORIGIN;
@@ -294,26 +318,25 @@ impl PackedUser {
         .into_iter()
         .flatten()
         {
-            put_varint(&mut out, n);
+            put_varint(out, n);
         }
-        put_str(&mut out, spec.password.as_deref().unwrap_or(""));
+        put_str(out, spec.password.as_deref().unwrap_or(""));
         let home = match (&spec.home, settings.expand_home(&spec.login)) {
             (Some(h), Some(t)) if *h == t => "",
             (Some(h), _) => h.as_str(),
             (None, _) => "",
         };
-        put_str(&mut out, home);
-        put_str(&mut out, spec.mail.as_deref().unwrap_or(""));
-        put_varint(&mut out, spec.quota_rules.len() as u64);
+        put_str(out, home);
+        put_str(out, spec.mail.as_deref().unwrap_or(""));
+        put_varint(out, spec.quota_rules.len() as u64);
         for r in &spec.quota_rules {
-            put_str(&mut out, &r.to_dovecot());
+            put_str(out, &r.to_dovecot());
         }
-        put_varint(&mut out, spec.extra.len() as u64);
+        put_varint(out, spec.extra.len() as u64);
         for (k, v) in &spec.extra {
-            put_str(&mut out, k);
-            put_str(&mut out, v);
+            put_str(out, k);
+            put_str(out, v);
         }
-        PackedUser(out.into_boxed_slice())
     }
 
     /// Bytes used by the packed form (for memory statistics).
@@ -341,8 +364,9 @@ impl PackedUser {
         if flags & F_GID != 0 {
             r.varint();
         }
-        let storage = (flags & F_STORAGE != 0).then(|| r.varint());
-        let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
+        let own = flags & F_OWN_QUOTA != 0;
+        let storage = (own && flags & F_STORAGE != 0).then(|| r.varint());
+        let messages = (own && flags & F_MESSAGES != 0).then(|| r.varint());
         let grace = (flags & F_GRACE != 0).then(|| r.varint());
         UserQuota {
             limit: if flags & F_OWN_QUOTA != 0 {
@@ -369,8 +393,9 @@ impl PackedUser {
         });
         let uid = (flags & F_UID != 0).then(|| r.varint() as u32);
         let gid = (flags & F_GID != 0).then(|| r.varint() as u32);
-        let storage = (flags & F_STORAGE != 0).then(|| r.varint());
-        let messages = (flags & F_MESSAGES != 0).then(|| r.varint());
+        let own = flags & F_OWN_QUOTA != 0;
+        let storage = (own && flags & F_STORAGE != 0).then(|| r.varint());
+        let messages = (own && flags & F_MESSAGES != 0).then(|| r.varint());
         let quota_grace = (flags & F_GRACE != 0).then(|| r.varint());
         let password = r.opt_str();
         let home = r.opt_str().map(Home::Own).or_else(|| {
@@ -384,10 +409,10 @@ impl PackedUser {
         let own_rules: Vec<&str> = (0..nrules).map(|_| r.str()).collect();
         let nextra = r.varint() as usize;
         let extra = (0..nextra).map(|_| (r.str(), r.str())).collect();
-        let (quota, own_quota) = if flags & F_OWN_QUOTA != 0 {
+        let (quota, own_quota) = if own {
             (QuotaLimit { storage, messages }, true)
         } else {
-            (settings.default_quota, false)
+            (settings.default_quota, flags & F_OWN_DEFAULT != 0)
         };
         let quota_rules = if own_rules.is_empty() {
             QuotaRules::Default(&settings.quota_rules)
@@ -672,6 +697,52 @@ mod tests {
             let back = view.to_spec(&settings);
             assert_eq!(PackedUser::pack(&back, &settings), packed, "{spec:?}");
         }
+    }
+
+    #[test]
+    fn a_limit_equal_to_the_default_is_stored_as_nothing_but_stays_own() {
+        let settings = Settings::default();
+        let spec = UserSpec {
+            login: "d@x.org".into(),
+            quota: Some(settings.default_quota),
+            quota_grace: Some(7),
+            ..UserSpec::default()
+        };
+        let packed = PackedUser::pack(&spec, &settings);
+        let plain = PackedUser::pack(
+            &UserSpec {
+                quota: None,
+                ..spec.clone()
+            },
+            &settings,
+        );
+        assert_eq!(packed.packed_len(), plain.packed_len());
+        let u = packed.view("d@x.org", &settings);
+        assert!(u.own_quota);
+        assert_eq!(u.quota, settings.default_quota);
+        assert_eq!(u.quota_grace, Some(7));
+        assert_eq!(
+            packed.quota(&settings),
+            UserQuota {
+                limit: settings.default_quota,
+                grace: Some(7)
+            }
+        );
+        // Carried into a directory with another default, the user keeps
+        // the limit it had.
+        let other = Settings {
+            default_quota: QuotaLimit {
+                storage: Some(1 << 20),
+                messages: None,
+            },
+            ..Settings::default()
+        };
+        let moved = PackedUser::pack(&u.to_spec(&settings), &other);
+        assert_eq!(moved.view("d@x.org", &other).quota, settings.default_quota);
+        assert_eq!(
+            plain.view("d@x.org", &settings).to_spec(&settings).quota,
+            None
+        );
     }
 
     #[test]

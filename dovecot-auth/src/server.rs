@@ -11,17 +11,15 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use ramdir_conn::{Close, Limits, Out, Protocol};
 use ramdir_core::DirectoryHandle;
 use ramdir_core::fallback::Fallback;
-use ramdir_core::usage::{CommitOutcome, UsageStore, Writer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, oneshot, watch};
-use tokio::task::JoinSet;
+use ramdir_core::usage::{CommitOutcome, Txn, UsageStore, Writer};
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
 
 use crate::codec::{self, Command, CommitResult, Reply};
 use crate::service::{Session, Settings, Step, source_question, source_unavailable};
@@ -36,16 +34,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// read for longer is gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default cap on concurrent connections: up to 30 auth workers plus one per
-/// imap/lmtp process using the quota dict.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent connections: see
+/// [`ramdir_conn::DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = ramdir_conn::DEFAULT_MAX_CONNECTIONS;
 
-/// Flush iteration rows to the socket in chunks of about this size, so
-/// iterating a million users does not build one huge buffer.
-const ITER_FLUSH: usize = 64 * 1024;
-
-/// How long shutdown waits for connections to finish their current command.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Free room made in the read buffer before each read: a lookup or a
+/// transaction's few commands fit, so they take one read.
+const READ_ROOM: usize = 1024;
 
 /// Tunables and shared state of one dict listener.
 #[derive(Debug, Clone)]
@@ -80,16 +75,9 @@ pub struct Usage {
     pub writer: Writer,
 }
 
-/// Counters for `stats` and tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Commands handled.
-    pub commands: AtomicU64,
-    /// Connections closed for a protocol error.
-    pub protocol_errors: AtomicU64,
-}
+/// Counters for `stats` and tests: the connection layer's (requests are
+/// commands).
+pub type Stats = ramdir_conn::Stats;
 
 /// Serve the dict protocol on `listener` until `shutdown` completes.
 ///
@@ -103,287 +91,148 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 103 | 105 | 12)) => {
-                    tracing::warn!(error = %e, "dict accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "dict listener failed");
-                    return Err(e);
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, usage, config, stats, stop) = (
-            directory.clone(),
-            usage.clone(),
-            config.clone(),
-            stats.clone(),
-            stop_rx.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let mut conn = Conn {
-                stream,
-                out: BytesMut::with_capacity(1024),
-            };
-            if let Err(why) = conn
-                .serve(&directory, usage.as_ref(), &config, &stats, stop)
-                .await
-            {
-                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %why, "closing dict connection");
-            }
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    Ok(())
+    let limits = Limits {
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        write_timeout: WRITE_TIMEOUT,
+        read_room: READ_ROOM,
+    };
+    let protocol = Dict {
+        directory,
+        usage,
+        config,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    ramdir_conn::serve(listener, Arc::new(protocol), limits, stats, shutdown).await
 }
 
-/// Commands counted locally before they are added to the shared counter (an
-/// atomic add per command would bounce its cache line between the CPUs).
-const COUNT_BATCH: u64 = 256;
-
-/// Free room made in the read buffer before each read. Parsing in place
-/// leaves the consumed front of the buffer unusable until it is reclaimed;
-/// without this, a request read into what was left could take two reads.
-const READ_ROOM: usize = 1024;
-
-/// A connection's command count, flushed in batches and when it ends.
-struct Counted<'a> {
-    stats: &'a Stats,
-    pending: u64,
+/// The dict protocol for the connection layer.
+struct Dict {
+    directory: Arc<DirectoryHandle>,
+    usage: Option<Usage>,
+    config: Config,
+    runtime: tokio::runtime::Handle,
 }
 
-impl Counted<'_> {
-    fn add(&mut self) {
-        self.pending += 1;
-        if self.pending >= COUNT_BATCH {
-            self.stats
-                .commands
-                .fetch_add(self.pending, Ordering::Relaxed);
-            self.pending = 0;
-        }
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.stats
-            .commands
-            .fetch_add(self.pending, Ordering::Relaxed);
-    }
-}
-
-struct Conn {
-    stream: UnixStream,
-    out: BytesMut,
-}
-
-/// A connection ends quietly (`Ok`) or for a protocol error (`Err`, logged).
-impl Conn {
-    async fn flush(&mut self) -> Result<(), String> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        // Most replies fit the socket buffer at once: try without a timer.
-        match self.stream.try_write(&self.out) {
-            Ok(n) => {
-                let _ = self.out.split_to(n);
-                if self.out.is_empty() {
-                    return Ok(());
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                self.out.clear();
-                return Err(format!("write failed: {e}"));
-            }
-        }
-        let r = tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.out)).await;
-        self.out.clear();
-        match r {
-            Ok(Ok(())) => Ok(()),
-            // The client went away: not a protocol error, but stop.
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err("client did not read its replies".into()),
-        }
-    }
-
-    async fn serve(
-        &mut self,
-        directory: &DirectoryHandle,
-        usage: Option<&Usage>,
-        config: &Config,
-        stats: &Stats,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let mut session = Session::new();
-        let mut buf = BytesMut::with_capacity(1024);
-        let store = usage.map(|u| &*u.store);
-        // One idle timer and one stop future per connection, re-armed when
-        // it fires if the connection was used (no timer work per command).
-        let idle = tokio::time::sleep(config.idle_timeout);
-        tokio::pin!(idle);
-        let stopping = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        tokio::pin!(stopping);
-        let (mut stopped, mut reads, mut reads_when_armed) = (false, 0u64, 0u64);
-        let mut commands = Counted { stats, pending: 0 };
-        loop {
-            loop {
-                // Parsed in place: the command borrows from `buf` until
-                // its line is dropped at the end of this iteration.
-                let n = match codec::frame(&buf) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = self.flush().await;
-                        return Err(e.to_string());
-                    }
-                };
-                let cmd = match Command::parse_bytes(&buf[..n]) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = self.flush().await;
-                        return Err(e.to_string());
-                    }
-                };
-                commands.add();
-                let dir = directory.current();
-                // Kept only to ask the source about a miss, which only a
-                // snapshot that is not authoritative can have.
-                let lookup = (!dir.authoritative() && matches!(cmd, Command::Lookup { .. }))
-                    .then(|| cmd.clone());
-                let mut step = session.handle(cmd, &dir, store, &config.settings);
-                // A miss in a snapshot that is not authoritative: ask the
-                // source, then answer from the snapshot it updated.
-                if let (Step::One(reply), Some(c)) = (&step, &lookup)
-                    && let Some((kind, key)) = source_question(&dir, c, reply)
-                {
-                    let reply = match &config.fallback {
-                        None => source_unavailable(&dir, None),
-                        Some(fb) => match fb.fetch(kind, &key).await {
-                            Ok(_) => match session.handle(
-                                c.clone(),
-                                &directory.snapshot(),
-                                store,
-                                &config.settings,
-                            ) {
-                                Step::One(r) => r,
-                                _ => source_unavailable(&dir, None),
-                            },
-                            Err(e) => source_unavailable(&dir, Some(&e)),
-                        },
-                    };
-                    step = Step::One(reply);
-                }
-                match step {
-                    Step::One(reply) => {
-                        reply.encode(&mut self.out);
-                        session.recycle(reply);
-                    }
-                    Step::Reply(replies) => {
-                        for r in replies {
-                            r.encode(&mut self.out);
-                        }
-                    }
-                    Step::Iterate(plan) => {
-                        for row in plan.rows(&dir) {
-                            row.encode(&mut self.out);
-                            if self.out.len() >= ITER_FLUSH {
-                                self.flush().await?;
-                            }
-                        }
-                        Reply::IterEnd.encode(&mut self.out);
-                    }
-                    Step::Commit {
-                        id,
-                        async_reply,
-                        txn,
-                    } => {
-                        let result = match usage {
-                            None => CommitResult::Fail("quota store is not configured".into()),
-                            Some(u) => {
-                                let (tx, rx) = oneshot::channel();
-                                u.writer.commit(
-                                    txn,
-                                    Box::new(move |r| {
-                                        let _ = tx.send(r);
-                                    }),
-                                );
-                                match rx.await {
-                                    Ok(Ok(CommitOutcome::Ok)) => CommitResult::Ok,
-                                    Ok(Ok(CommitOutcome::NotFound)) => CommitResult::NotFound,
-                                    Ok(Err(e)) => CommitResult::Fail(e.to_string()),
-                                    Err(_) => {
-                                        CommitResult::Fail("quota store writer is gone".into())
-                                    }
-                                }
-                            }
-                        };
-                        Reply::Commit {
-                            id,
-                            async_reply,
-                            result,
-                        }
-                        .encode(&mut self.out);
-                    }
-                    Step::Close(why) => {
-                        let _ = self.flush().await;
-                        return Err(why);
-                    }
-                }
-                buf.advance(n + 1);
-            }
-            if let Err(e) = self.flush().await {
-                tracing::debug!(error = %e, "dict client went away");
-                return Ok(());
-            }
-            if stopped {
-                return Ok(());
-            }
-            tokio::select! {
-                biased;
-                r = { buf.reserve(READ_ROOM); self.stream.read_buf(&mut buf) } => match r {
-                    Ok(0) | Err(_) => return Ok(()),
-                    Ok(_) => reads += 1,
+impl Dict {
+    /// Ask the source about a miss in `dir`, a snapshot that is not
+    /// authoritative, then answer from the snapshot it updated.
+    fn ask_source(
+        &self,
+        session: &mut Session,
+        dir: &ramdir_core::Directory,
+        cmd: &Command<'_>,
+        (kind, key): (ramdir_core::fallback::KeyKind, String),
+    ) -> Reply {
+        let store = self.usage.as_ref().map(|u| &*u.store);
+        match &self.config.fallback {
+            None => source_unavailable(dir, None),
+            Some(fb) => match self.runtime.block_on(fb.fetch(kind, &key)) {
+                Ok(_) => match session.handle(
+                    cmd.clone(),
+                    &self.directory.snapshot(),
+                    store,
+                    &self.config.settings,
+                ) {
+                    Step::One(r) => r,
+                    _ => source_unavailable(dir, None),
                 },
-                () = &mut idle => {
-                    if reads == reads_when_armed {
-                        return Ok(());
-                    }
-                    reads_when_armed = reads;
-                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
-                }
-                () = &mut stopping, if !stopped => {
-                    stopped = true;
-                    if buf.is_empty() {
-                        return Ok(());
-                    }
+                Err(e) => source_unavailable(dir, Some(&e)),
+            },
+        }
+    }
+
+    /// Make a transaction durable; the reply waits for the disk.
+    fn commit(&self, txn: Txn) -> CommitResult {
+        let Some(u) = &self.usage else {
+            return CommitResult::Fail("quota store is not configured".into());
+        };
+        let (tx, rx) = oneshot::channel();
+        u.writer.commit(
+            txn,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        match rx.blocking_recv() {
+            Ok(Ok(CommitOutcome::Ok)) => CommitResult::Ok,
+            Ok(Ok(CommitOutcome::NotFound)) => CommitResult::NotFound,
+            Ok(Err(e)) => CommitResult::Fail(e.to_string()),
+            Err(_) => CommitResult::Fail("quota store writer is gone".into()),
+        }
+    }
+}
+
+impl Protocol for Dict {
+    type Conn = Session;
+    const NAME: &'static str = "dict";
+
+    fn open(&self) -> Session {
+        Session::new()
+    }
+
+    fn answer(
+        &self,
+        session: &mut Session,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close> {
+        // Parsed in place: the command borrows from `buf` until its line is
+        // dropped at the end.
+        let n = match codec::frame(buf) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Close::Protocol(e.to_string())),
+        };
+        let cmd = Command::parse_bytes(&buf[..n]).map_err(|e| Close::Protocol(e.to_string()))?;
+        let dir = self.directory.current();
+        // Kept only to ask the source about a miss, which only a snapshot
+        // that is not authoritative can have.
+        let lookup =
+            (!dir.authoritative() && matches!(cmd, Command::Lookup { .. })).then(|| cmd.clone());
+        let store = self.usage.as_ref().map(|u| &*u.store);
+        let mut step = session.handle(cmd, &dir, store, &self.config.settings);
+        // A miss in a snapshot that is not authoritative: ask the source.
+        if let (Step::One(reply), Some(c)) = (&step, &lookup)
+            && let Some(question) = source_question(&dir, c, reply)
+        {
+            step = Step::One(self.ask_source(session, &dir, c, question));
+        }
+        match step {
+            Step::One(reply) => {
+                reply.encode(out.buf);
+                session.recycle(reply);
+            }
+            Step::Reply(replies) => {
+                for r in replies {
+                    r.encode(out.buf);
                 }
             }
+            Step::Iterate(plan) => {
+                for row in plan.rows(&dir) {
+                    row.encode(out.buf);
+                    out.flush_if_full()?;
+                }
+                Reply::IterEnd.encode(out.buf);
+            }
+            Step::Commit {
+                id,
+                async_reply,
+                txn,
+            } => {
+                drop(dir);
+                let result = self.commit(txn);
+                Reply::Commit {
+                    id,
+                    async_reply,
+                    result,
+                }
+                .encode(out.buf);
+            }
+            Step::Close(why) => return Err(Close::Protocol(why)),
         }
+        buf.advance(n + 1);
+        Ok(true)
     }
 }
 
@@ -391,6 +240,9 @@ impl Conn {
 mod tests {
     use super::*;
     use ramdir_core::{Directory, UserSpec};
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
 
     struct TestServer {
         path: std::path::PathBuf,

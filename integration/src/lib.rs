@@ -33,6 +33,7 @@
 
 pub mod dovecot;
 pub mod flavor;
+pub mod logs;
 pub mod postfix;
 pub mod postfix_map;
 pub mod quota;
@@ -142,6 +143,8 @@ impl Drop for StackDir {
     fn drop(&mut self) {
         // Unmount first: the files stay reachable at the host path.
         drop(self.mount.take());
+        // Kept for the check that no secret was logged (logs.rs).
+        logs::archive(&self.path);
         if std::thread::panicking() {
             dump_logs(&self.path);
             eprintln!(
@@ -275,7 +278,7 @@ fn dump_logs(root: &Path) {
     }
 }
 
-fn collect_logs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+pub(crate) fn collect_logs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };

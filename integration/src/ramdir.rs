@@ -140,17 +140,33 @@ pub struct Ramdir {
     config: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    /// `RLIMIT_NOFILE` to run it with (through `prlimit`), for the
+    /// fd-exhaustion test; `None`: inherited.
+    open_files: Option<u64>,
 }
 
 impl Ramdir {
     /// Start ramdir and wait (up to [`WAIT`]) until its socket exists and
     /// answers a query. Panics with its log if it exits or never answers.
     pub fn start(config: &Path, socket: &Path, log: &Path) -> Ramdir {
+        Ramdir::start_limited(config, socket, log, None)
+    }
+
+    /// [`start`](Self::start) with a limit on open files (`RLIMIT_NOFILE`,
+    /// soft and hard), set by util-linux's `prlimit`, which then execs
+    /// ramdir (so the process id is ramdir's).
+    pub fn start_limited(
+        config: &Path,
+        socket: &Path,
+        log: &Path,
+        open_files: Option<u64>,
+    ) -> Ramdir {
         let mut r = Ramdir {
             child: None,
             config: config.to_path_buf(),
             socket: socket.to_path_buf(),
             log: log.to_path_buf(),
+            open_files,
         };
         r.restart();
         r
@@ -167,8 +183,20 @@ impl Ramdir {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log.display()));
-        let child = Command::new(&bin)
+        // The suite runs as root (Postfix and Dovecot need it); ramdir
+        // refuses root unless told (tests/security.rs covers the refusal
+        // and the switch to `[server] user`).
+        let mut command = match self.open_files {
+            None => Command::new(&bin),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&bin);
+                c
+            }
+        };
+        let child = command
             .arg("serve")
+            .arg("--allow-root")
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -297,33 +297,90 @@ impl Slapd {
     /// (which must hold the suffix entry, e.g. from [`users_ldif`]), start
     /// slapd and wait (up to [`WAIT`]) until it answers over `ldapi://`.
     pub fn start(stack: &StackDir, ldif: &str) -> Slapd {
+        let mut s = Slapd::prepare(stack, "ld", free_port(), "", "");
+        s.slapadd(ldif, None);
+        s.start_again();
+        s
+    }
+
+    /// Two N-way multi-providers (`serverID` 1 and 2, `multiprovider on`,
+    /// each a `refreshAndPersist` syncrepl consumer of the other, bound as
+    /// the rootdn) in `<stack>/ld` and `<stack>/ld2`, as
+    /// `docs/notes/scale-out.md` §5 describes. `ldif` is `slapadd -S 1 -w`ed
+    /// into the first; its `slapcat` (same entryUUIDs and entryCSNs) into
+    /// the second, so both start with the same data and `contextCSN` and
+    /// neither has to pull the other's whole database.
+    pub fn start_multi_provider(stack: &StackDir, ldif: &str) -> [Slapd; 2] {
+        let ports = [free_port(), free_port()];
+        assert_ne!(ports[0], ports[1], "two free ports");
+        let [mut a, mut b] = [0usize, 1].map(|i| {
+            let other = ports[1 - i];
+            Slapd::prepare(
+                stack,
+                if i == 0 { "ld" } else { "ld2" },
+                ports[i],
+                &format!("serverID {}\n", i + 1),
+                &format!(
+                    "syncrepl rid=00{other_sid} provider=ldap://127.0.0.1:{other}\n\
+                     \tbindmethod=simple binddn=\"{ROOT_DN}\" credentials={ROOT_PW}\n\
+                     \tsearchbase=\"{SUFFIX}\" type=refreshAndPersist retry=\"1 +\" timeout=3\n\
+                     multiprovider on\n",
+                    other_sid = 2 - i,
+                ),
+            )
+        });
+        a.slapadd(ldif, Some(1));
+        let out = Command::new("/usr/sbin/slapcat")
+            .arg("-f")
+            .arg(&a.conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run slapcat: {e}"));
+        assert!(
+            out.status.success(),
+            "slapcat -f {} failed: {}",
+            a.conf.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b.slapadd(&String::from_utf8_lossy(&out.stdout), Some(1));
+        a.start_again();
+        b.start_again();
+        [a, b]
+    }
+
+    /// Write the configuration and schema of an instance in `<stack>/<name>`
+    /// listening on `port`; `global` and `database` are added to the
+    /// global and the database section.
+    fn prepare(stack: &StackDir, name: &str, port: u16, global: &str, database: &str) -> Slapd {
         require_slapd();
         sweep_stale_slapds();
-        let root = stack.join("ld");
+        let root = stack.join(name);
         let db = root.join("db");
         std::fs::create_dir_all(&db).unwrap_or_else(|e| panic!("mkdir {}: {e}", db.display()));
         set_mode(&root, 0o755);
         let schema = root.join("mailaccount.schema");
         write_atomic(&schema, MAILACCOUNT_SCHEMA);
         let conf = root.join("slapd.conf");
-        write_atomic(&conf, &slapd_conf(&root, &schema));
-        let mut s = Slapd {
+        write_atomic(&conf, &slapd_conf(&root, &schema, global, database));
+        Slapd {
             root,
             conf,
-            port: free_port(),
+            port,
             child: None,
-        };
-        s.slapadd(ldif);
-        s.start_again();
-        s
+        }
     }
 
-    /// Load `ldif` into the (stopped) database with `slapadd -q -w`.
-    fn slapadd(&self, ldif: &str) {
+    /// Load `ldif` into the (stopped) database with `slapadd -q -w`, with
+    /// `-S sid` when given.
+    fn slapadd(&self, ldif: &str, sid: Option<u32>) {
         let path = self.root.join("load.ldif");
         write_atomic(&path, ldif);
         let started = Instant::now();
-        let out = Command::new("/usr/sbin/slapadd")
+        let mut cmd = Command::new("/usr/sbin/slapadd");
+        if let Some(sid) = sid {
+            cmd.arg("-S").arg(sid.to_string());
+        }
+        let out = cmd
             .arg("-q")
             .arg("-w")
             .arg("-f")
@@ -466,6 +523,16 @@ impl Slapd {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kill slapd outright (SIGKILL, as a crash or the OOM killer would)
+    /// and reap it. Its ldapi socket and pid file stay behind; mdb keeps
+    /// every committed change.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -652,7 +719,7 @@ pub fn write_secret(path: &Path, password: &str, mode: u32) {
     set_mode(path, mode);
 }
 
-fn slapd_conf(root: &Path, schema: &Path) -> String {
+fn slapd_conf(root: &Path, schema: &Path, global: &str, database: &str) -> String {
     let mut s = String::from("# Generated by ramdir-integration (a private test instance).\n");
     for name in STOCK_SCHEMAS {
         s.push_str(&format!("include /etc/ldap/schema/{name}.schema\n"));
@@ -666,6 +733,7 @@ fn slapd_conf(root: &Path, schema: &Path) -> String {
          moduleload syncprov\n\
          sizelimit 1000\n\
          authz-regexp \"gidNumber=0.uidNumber=0,cn=peercred,cn=external,cn=auth\" \"{ROOT_DN}\"\n\
+         {global}\
          \n\
          database mdb\n\
          suffix \"{SUFFIX}\"\n\
@@ -682,6 +750,7 @@ fn slapd_conf(root: &Path, schema: &Path) -> String {
          \tby dn.exact=\"{SVC_DN}\" read\n\
          \tby * none\n\
          access to * by * read\n\
+         {database}\
          overlay syncprov\n\
          syncprov-checkpoint 100 10\n\
          syncprov-sessionlog 10000\n",
@@ -735,27 +804,30 @@ fn sweep_stale_slapds() {
             if owner == std::process::id() as i32 || process_alive(owner) {
                 continue;
             }
-            let root = e.path().join("ld");
-            let Some(pid) = std::fs::read_to_string(root.join("slapd.pid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let conf = root.join("slapd.conf");
-            let mine = String::from_utf8_lossy(&cmdline)
-                .split('\0')
-                .any(|a| Path::new(a) == conf);
-            if mine && process_alive(pid) {
-                eprintln!(
-                    "slapd harness: stopping leaked slapd {pid} of {}",
-                    root.display()
-                );
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+            // `ld2`: the second of a multi-provider pair.
+            for name in ["ld", "ld2"] {
+                let root = e.path().join(name);
+                let Some(pid) = std::fs::read_to_string(root.join("slapd.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let conf = root.join("slapd.conf");
+                let mine = String::from_utf8_lossy(&cmdline)
+                    .split('\0')
+                    .any(|a| Path::new(a) == conf);
+                if mine && process_alive(pid) {
+                    eprintln!(
+                        "slapd harness: stopping leaked slapd {pid} of {}",
+                        root.display()
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
             }
         }
     });

@@ -257,6 +257,39 @@ fn passdb_and_userdb_through_the_module(flavor: Flavor) {
         "unknown user's userdb"
     );
 
+    // passdb credentials lookup: `doveadm auth lookup` is auth-master's
+    // PASS request, which Dovecot answers with the passdb's
+    // lookup_credentials (auth-master-connection.c, master_input_pass), not
+    // verify_plain: found with the passdb's fields, unknown and disabled
+    // users not found (and not a tempfail).
+    let lookup = |user: &str| {
+        let out = d.doveadm(&["auth", "lookup", user]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = lookup("alice@example.org");
+    eprintln!("doveadm auth lookup alice@example.org:\n{text}");
+    assert!(
+        ok && text.contains("passdb: alice@example.org"),
+        "credentials lookup: {text}"
+    );
+    let (ok, text) = lookup("Alice@Example.ORG");
+    assert!(
+        ok && text.contains("passdb: alice@example.org"),
+        "credentials lookup, case: {text}"
+    );
+    for user in ["nobody@example.org", "dis@example.org"] {
+        let (ok, text) = lookup(user);
+        assert!(
+            !ok && !tempfailed(&text),
+            "credentials lookup of {user}: {text}"
+        );
+    }
+
     // doveadm user '*': every user, through the module's iteration.
     let mut all = d.list_users("*");
     all.sort();

@@ -129,6 +129,7 @@ impl Milter {
             Arc::new(DirectoryHandle::new(directory)),
             Arc::new(store),
             ramdir_milter::Config::default(),
+            Arc::default(),
             async move {
                 let _ = stopped.await;
             },

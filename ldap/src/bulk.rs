@@ -171,11 +171,11 @@ fn io(e: std::io::Error) -> LdapError {
     LdapError::Ldap(e.into())
 }
 
-/// Connect and bind as `s` says, if the URL is a plain transport
+/// Connect to `url` and bind as `s` says, if the URL is a plain transport
 /// (`ldapi://`, `ldap://` without StartTLS); `None` otherwise.
-pub async fn connect(s: &Settings) -> Result<Option<Conn>, LdapError> {
+pub async fn connect(s: &Settings, url: &str) -> Result<Option<Conn>, LdapError> {
     // A URL ldap3 rejects is reported by ldap3.
-    let Ok(url) = url::Url::parse(&s.url) else {
+    let Ok(url) = url::Url::parse(url) else {
         return Ok(None);
     };
     let stream = match url.scheme() {

@@ -73,13 +73,31 @@ pub fn read_password(path: &std::path::Path) -> Result<String, LdapError> {
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// Connect, optionally StartTLS, bind. The connection's driver runs on the
-/// current runtime until the handle is dropped or unbound.
+/// Connect to the first provider that answers, in the configured order
+/// (the fallback's and the DN look-ups' way: any replica will do).
 pub async fn connect(s: &Settings) -> Result<Ldap, LdapError> {
+    let mut last = None;
+    for url in s.urls() {
+        match connect_to(s, url).await {
+            Ok(l) => return Ok(l),
+            // A refused bind is the same everywhere: no use trying on.
+            Err(e @ (LdapError::Result { .. } | LdapError::Credentials(_))) => return Err(e),
+            Err(e) => {
+                tracing::debug!(%url, error = %e, "LDAP provider unreachable; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| LdapError::Protocol("no LDAP URL configured".into())))
+}
+
+/// Connect to `url`, optionally StartTLS, bind. The connection's driver
+/// runs on the current runtime until the handle is dropped or unbound.
+pub async fn connect_to(s: &Settings, url: &str) -> Result<Ldap, LdapError> {
     let conn_settings = LdapConnSettings::new()
         .set_conn_timeout(s.timeout)
         .set_starttls(s.starttls);
-    let fut = LdapConnAsync::with_settings(conn_settings, &s.url);
+    let fut = LdapConnAsync::with_settings(conn_settings, url);
     let (conn, mut ldap) = tokio::time::timeout(s.timeout, fut)
         .await
         .map_err(|_| LdapError::Timeout("connect"))??;

@@ -37,7 +37,10 @@ pub enum Scope {
 /// Everything the LDAP source needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// `ldap://host:port`, `ldaps://…` or `ldapi://%2Fpath%2Fto%2Fsocket`.
+    /// The providers, in order of preference: `ldap://host:port`,
+    /// `ldaps://…` or `ldapi://%2Fpath%2Fto%2Fsocket`, separated by
+    /// whitespace as in OpenLDAP's `ldap.conf` `URI` (see
+    /// [`Settings::urls`]). The sync fails over from one to the next.
     pub url: String,
     /// Search base.
     pub base: String,
@@ -71,7 +74,19 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings with ramdir's defaults for everything but the URL and base.
+    /// The providers in order: [`Settings::url`] split at whitespace.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split_whitespace()
+    }
+
+    /// The `i`-th provider, wrapping around (the sync's rotation).
+    pub fn url_at(&self, i: usize) -> &str {
+        let n = self.urls().count().max(1);
+        self.urls().nth(i % n).unwrap_or("")
+    }
+
+    /// Settings with ramdir's defaults for everything but the URL (one
+    /// provider, or several separated by whitespace) and base.
     pub fn new(url: &str, base: &str) -> Settings {
         Settings {
             url: url.into(),

@@ -19,6 +19,24 @@
 //!    keep serving. After `sync_lost_after` without sync the directory stops
 //!    being authoritative, so misses go to the fallback (or get "temporary")
 //!    instead of a wrong "not found".
+//! 5. **Failover** (several providers in `url`): a connection error, or a
+//!    provider refusing the cookie with result 53 ("consumer state is newer
+//!    than provider", i.e. it is behind, e.g. restored from a backup),
+//!    moves the sync to the next provider at once, **with the same cookie**:
+//!    an RFC 4533 cookie of one multi-provider is valid at the others
+//!    (measured, `docs/notes/scale-out.md` §4). Only when every provider
+//!    failed in a row does the backoff wait. If every provider answers 53,
+//!    the cookie is dropped and a full load follows, logged loudly. The
+//!    sync stays on the provider that works (no fail-back): moving costs a
+//!    refresh, staying costs nothing.
+//!
+//! Whatever a refresh phase sends (a few changes after a reconnect, or a
+//! whole directory when the provider cannot use the cookie: a new serverID
+//! in a multi-provider cluster, an expired session log) is held aside and
+//! applied with its deletions, its sweep of the entries not present and its
+//! cookie in **one** atomic update at refreshDone: readers never see a
+//! half-refreshed directory, nothing is briefly missing, and a refresh cut
+//! off half-way leaves the directory and the saved cookie as they were.
 //!
 //! An address two entries claim is ambiguous until one claim is left (see
 //! [`crate::index`]); each new conflict is logged once, with every
@@ -47,7 +65,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::bulk;
-use crate::conn::{LdapError, connect, scope};
+use crate::conn::{LdapError, connect, connect_to, scope};
 use crate::index::{Index, Uuid, format_uuid, parse_uuid};
 use crate::mapping::{EntryData, EntryView, MapError, Resolved};
 use crate::settings::Settings;
@@ -71,6 +89,10 @@ pub fn sync_state(ctrl: &ldap3::controls::RawControl) -> Result<SyncState, LdapE
 const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 /// `e-syncRefreshRequired` (RFC 4533): the cookie is too old.
 const SYNC_REFRESH_REQUIRED: u32 = 4096;
+/// `unwillingToPerform`: syncprov's answer to a cookie whose CSN for the
+/// provider's own serverID is newer than its own ("consumer state is newer
+/// than provider!"): that provider is behind the others.
+const UNWILLING_TO_PERFORM: u32 = 53;
 /// First reconnect delay.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest reconnect delay: LDAP back after an outage is noticed within a
@@ -115,6 +137,14 @@ pub struct Stats {
     pub fallback_searches: AtomicU64,
     /// Fallback lookups answered from the negative cache.
     pub fallback_cached: AtomicU64,
+    /// Moves of the sync to another provider.
+    pub failovers: AtomicU64,
+    /// Entries (adds, modifies and present notices) received in sync
+    /// refresh phases: a few after a reconnect with a good cookie, the
+    /// whole directory when the provider had to refresh it all.
+    pub refresh_entries: AtomicU64,
+    /// Refresh phases applied.
+    pub refreshes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +156,10 @@ struct State {
     lost_since: Option<Instant>,
     /// What the source is doing, for stats.
     phase: String,
+    /// Which provider of [`Settings::urls`] the sync uses (it wraps).
+    provider: usize,
+    /// Whether the current session's refresh has completed.
+    synced: bool,
 }
 
 /// The LDAP source, shared by the sync task, the fallback and reloads.
@@ -143,6 +177,8 @@ pub struct LdapSource {
 enum SessionEnd {
     Stopped,
     RefreshRequired,
+    /// Result 53: this provider is behind the cookie.
+    Behind(String),
     Failed(LdapError),
 }
 
@@ -210,6 +246,11 @@ impl LdapSource {
             "ambiguous": st.index.contested_len(),
             "ambiguous_addresses": ambiguous,
             "have_cookie": st.cookie.is_some(),
+            "cookie": st.cookie.as_deref().map(String::from_utf8_lossy),
+            "provider": self.settings.url_at(st.provider),
+            "failovers": self.stats.failovers.load(Ordering::Relaxed),
+            "refreshes": self.stats.refreshes.load(Ordering::Relaxed),
+            "refresh_entries": self.stats.refresh_entries.load(Ordering::Relaxed),
             "sync_lost_secs": st.lost_since.map(|t| t.elapsed().as_secs()),
             "entries_loaded": self.stats.entries_loaded.load(Ordering::Relaxed),
             "full_loads": self.stats.full_loads.load(Ordering::Relaxed),
@@ -387,9 +428,17 @@ impl LdapSource {
         let writer = tokio::spawn(self.clone().snapshot_loop(stop.clone()));
         let watchdog = tokio::spawn(self.clone().watchdog(stop.clone()));
         let mut backoff = BACKOFF_MIN;
+        let providers = self.settings.urls().count().max(1);
+        // Providers that failed since the last good session, and of those
+        // the ones that answered 53.
+        let (mut failed, mut behind) = (0usize, 0usize);
         loop {
             let started = Instant::now();
             let end = self.session(&mut stop).await;
+            if std::mem::take(&mut self.lock().synced) {
+                (failed, behind) = (0, 0);
+                backoff = BACKOFF_MIN;
+            }
             match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::RefreshRequired => {
@@ -399,13 +448,45 @@ impl LdapSource {
                     self.lock().cookie = None;
                     continue;
                 }
+                SessionEnd::Behind(text) => {
+                    behind += 1;
+                    failed += 1;
+                    let url = self.settings.url_at(self.lock().provider).to_string();
+                    if behind >= providers {
+                        tracing::error!(%url, %text,
+                            "LDAP's state is older than ramdir's sync cookie at every provider \
+                             (result 53: slapd killed before it saved its contextCSN, or restored \
+                             from a backup): full reload");
+                        self.lock().cookie = None;
+                        (failed, behind) = (0, 0);
+                        continue;
+                    }
+                    tracing::warn!(%url, %text, "LDAP provider is behind ramdir's sync state (result 53)");
+                    self.next_provider();
+                    continue;
+                }
                 SessionEnd::Failed(e) => {
+                    failed += 1;
                     {
                         let mut st = self.lock();
                         st.lost_since.get_or_insert_with(Instant::now);
                         st.phase = format!("disconnected: {e}");
                     }
-                    // A session that ran a while was healthy: start over.
+                    if providers > 1 {
+                        let url = self.settings.url_at(self.lock().provider).to_string();
+                        tracing::warn!(%url, error = %e, "LDAP provider lost; still serving");
+                        self.next_provider();
+                        // Another provider not yet tried in this round:
+                        // at once, the sync resumes there from its cookie.
+                        if !failed.is_multiple_of(providers) {
+                            continue;
+                        }
+                    }
+                    // A session that got in sync (reset above) or ran a while
+                    // was healthy: start over. Otherwise an LDAP server that
+                    // restarts every few seconds would push the delay to its
+                    // maximum, and each return would go unnoticed for up to
+                    // a minute (the flapping test in ldap_sync.rs).
                     if started.elapsed() > BACKOFF_MAX {
                         backoff = BACKOFF_MIN;
                     }
@@ -423,10 +504,19 @@ impl LdapSource {
         watchdog.abort();
     }
 
+    /// Move the sync to the next provider.
+    fn next_provider(&self) {
+        let mut st = self.lock();
+        st.provider = (st.provider + 1) % self.settings.urls().count().max(1);
+        self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(url = %self.settings.url_at(st.provider), "LDAP sync moves to the next provider");
+    }
+
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> SessionEnd {
         self.set_phase("connecting");
+        let url = self.settings.url_at(self.lock().provider).to_string();
         let mut ldap = tokio::select! {
-            r = connect(&self.settings) => match r {
+            r = connect_to(&self.settings, &url) => match r {
                 Ok(l) => l,
                 Err(e) => return SessionEnd::Failed(e),
             },
@@ -440,7 +530,7 @@ impl LdapSource {
                 Err(e) => return SessionEnd::Failed(e),
             };
             self.set_phase("full load");
-            let load = self.full_load(&mut ldap);
+            let load = self.full_load(&mut ldap, &url);
             tokio::pin!(load);
             tokio::select! {
                 r = &mut load => if let Err(e) = r { return SessionEnd::Failed(e) },
@@ -509,7 +599,7 @@ impl LdapSource {
     /// [`bulk`]'s (entries stay the bytes they came in); with TLS it is
     /// ldap3's search. Entries are built in the order they came; a failed
     /// search swaps nothing in.
-    async fn full_load(&self, ldap: &mut Ldap) -> Result<(), LdapError> {
+    async fn full_load(&self, ldap: &mut Ldap, url: &str) -> Result<(), LdapError> {
         let started = Instant::now();
         let s = &self.settings;
         let mut dir = Directory::clone(&self.handle.snapshot());
@@ -532,7 +622,7 @@ impl LdapSource {
         let builder = tokio::task::spawn_blocking(move || build(rx, dir, index, &mapping));
         // A plain transport is read in place (see `bulk`); TLS goes through
         // ldap3.
-        let received = match bulk::connect(s).await {
+        let received = match bulk::connect(s, url).await {
             Ok(Some(conn)) => {
                 // Reads block: on a thread of its own, told to stop if this
                 // load is dropped (the source is stopping).
@@ -641,8 +731,10 @@ impl LdapSource {
         self.set_phase("sync refresh");
         let normalizer = self.handle.snapshot().settings().normalizer.clone();
         let mapping = s.mapping.resolve();
-        let mut present: HashSet<Uuid> = HashSet::new();
-        let mut present_phase = false;
+        // The refresh phase, held aside until refreshDone (see the module
+        // docs): its changes in order, the entries it named present, and
+        // its newest cookie.
+        let mut refresh = Refresh::default();
         let mut refreshing = true;
         loop {
             let next = tokio::select! {
@@ -660,50 +752,50 @@ impl LdapSource {
                     Ok(i) => i,
                     Err(e) => return SessionEnd::Failed(e),
                 };
-                match info {
-                    SyncInfo::NewCookie(c) => self.set_cookie(Some(c)),
+                let (cookie, done) = match info {
+                    SyncInfo::NewCookie(c) => (Some(c), false),
                     SyncInfo::RefreshDelete {
                         cookie,
                         refresh_done,
-                    } => {
-                        self.set_cookie(cookie);
-                        if refresh_done && refreshing {
-                            refreshing = false;
-                            self.refresh_done(present_phase, &present);
-                        }
-                    }
+                    } => (cookie, refresh_done),
                     SyncInfo::RefreshPresent {
                         cookie,
                         refresh_done,
                     } => {
-                        present_phase = true;
-                        self.set_cookie(cookie);
-                        if refresh_done && refreshing {
-                            refreshing = false;
-                            self.refresh_done(true, &present);
-                        }
+                        refresh.present_phase = true;
+                        (cookie, refresh_done)
                     }
                     SyncInfo::SyncIdSet {
                         cookie,
                         refresh_deletes,
                         sync_uuids,
                     } => {
-                        let ids: Vec<Uuid> = sync_uuids
+                        let ids = sync_uuids
                             .into_iter()
-                            .filter_map(|u| Uuid::try_from(u.as_slice()).ok())
-                            .collect();
+                            .filter_map(|u| Uuid::try_from(u.as_slice()).ok());
                         if refresh_deletes {
-                            let n = self
-                                .apply(|idx, d| ids.iter().filter(|u| idx.delete(d, u)).count());
-                            self.stats
-                                .changes_applied
-                                .fetch_add(n as u64, Ordering::Relaxed);
+                            let ids: Vec<Uuid> = ids.collect();
+                            if refreshing {
+                                refresh.changes.extend(ids.into_iter().map(Held::Delete));
+                            } else {
+                                self.apply_changes(ids.into_iter().map(Held::Delete), cookie);
+                                continue;
+                            }
                         } else {
-                            present_phase = true;
-                            present.extend(ids);
+                            refresh.present_phase = true;
+                            refresh.present.extend(ids);
                         }
-                        self.set_cookie(cookie);
+                        (cookie, false)
                     }
+                };
+                if refreshing {
+                    refresh.cookie = cookie.or(refresh.cookie.take());
+                    if done {
+                        refreshing = false;
+                        self.refresh_done(std::mem::take(&mut refresh));
+                    }
+                } else {
+                    self.set_cookie(cookie);
                 }
                 continue;
             }
@@ -726,81 +818,131 @@ impl LdapSource {
                 tracing::warn!("sync entry with a malformed entryUUID; ignored");
                 continue;
             };
-            match ss.state {
-                EntryState::Present => {
-                    present.insert(uuid);
-                }
+            let change = match ss.state {
+                EntryState::Present => None,
                 EntryState::Add | EntryState::Modify => {
-                    present.insert(uuid);
                     let view = mapping.view(&re.0);
                     let dn = view.as_ref().map(EntryView::dn).unwrap_or_default();
-                    let mapped = view.and_then(|e| mapping.map(&e, &normalizer));
-                    match mapped {
+                    match view.and_then(|e| mapping.map(&e, &normalizer)) {
                         Ok(data) => {
                             tracing::debug!(%dn, uuid = %format_uuid(&uuid), "LDAP change");
-                            self.apply(|idx, d| idx.put(d, uuid, data, Some(&dn)));
-                            self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
+                            Some(Held::Put(uuid, data, dn.into_owned()))
                         }
                         Err(err) => {
                             tracing::warn!(%dn, error = %err, "changed entry cannot be mapped; removed");
-                            self.apply(|idx, d| idx.delete(d, &uuid));
+                            Some(Held::Delete(uuid))
                         }
                     }
                 }
-                EntryState::Delete => {
-                    if self.apply(|idx, d| idx.delete(d, &uuid)) {
-                        self.stats.changes_applied.fetch_add(1, Ordering::Relaxed);
-                    }
+                EntryState::Delete => Some(Held::Delete(uuid)),
+            };
+            if refreshing {
+                if !matches!(ss.state, EntryState::Delete) {
+                    refresh.present.insert(uuid);
+                    self.stats.refresh_entries.fetch_add(1, Ordering::Relaxed);
                 }
+                refresh.changes.extend(change);
+                refresh.cookie = ss.cookie.or(refresh.cookie.take());
+            } else {
+                self.apply_changes(change, ss.cookie);
             }
-            self.set_cookie(ss.cookie);
         }
         let res = search.finish().await;
-        if res.rc == SYNC_REFRESH_REQUIRED {
-            return SessionEnd::RefreshRequired;
+        match res.rc {
+            SYNC_REFRESH_REQUIRED => SessionEnd::RefreshRequired,
+            UNWILLING_TO_PERFORM => SessionEnd::Behind(res.text),
+            rc => SessionEnd::Failed(LdapError::Result {
+                op: "sync",
+                rc,
+                text: res.text,
+            }),
         }
-        SessionEnd::Failed(LdapError::Result {
-            op: "sync",
-            rc: res.rc,
-            text: res.text,
-        })
+    }
+
+    /// Apply sync changes and the cookie that covers them in one update.
+    fn apply_changes(&self, changes: impl IntoIterator<Item = Held>, cookie: Option<Vec<u8>>) {
+        let n = self.apply(|idx, d| {
+            changes
+                .into_iter()
+                .map(|c| c.apply(idx, d))
+                .filter(|&x| x)
+                .count()
+        });
+        self.stats
+            .changes_applied
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.set_cookie(cookie);
     }
 
     fn set_cookie(&self, cookie: Option<Vec<u8>>) {
         if let Some(c) = cookie {
             let mut st = self.lock();
-            st.cookie = Some(c);
+            st.cookie = Some(merge_cookie(st.cookie.as_deref(), c));
             st.dirty = true;
         }
     }
 
-    /// The refresh phase is over: sweep what was not present, and serve as
-    /// authoritative.
-    fn refresh_done(&self, present_phase: bool, present: &HashSet<Uuid>) {
-        let swept = if present_phase {
-            self.apply(|idx, d| {
-                let gone: Vec<Uuid> = idx
-                    .uuids()
-                    .filter(|u| !present.contains(*u))
-                    .copied()
-                    .collect();
-                for u in &gone {
-                    idx.delete(d, u);
-                }
-                gone.len()
-            })
-        } else {
-            0
-        };
-        {
+    /// The refresh phase is over: apply what it sent, sweep what was not
+    /// present (in a present phase) and serve as authoritative, all in one
+    /// update, with the refresh's cookie.
+    fn refresh_done(&self, refresh: Refresh) {
+        let Refresh {
+            changes,
+            present,
+            present_phase,
+            cookie,
+        } = refresh;
+        let received = changes.len();
+        let (applied, swept) = {
             let mut st = self.lock();
+            let st = &mut *st;
+            let r = self.handle.update(|d| {
+                let applied = changes
+                    .into_iter()
+                    .map(|c| c.apply(&mut st.index, d))
+                    .filter(|&x| x)
+                    .count();
+                let mut swept = 0;
+                if present_phase {
+                    let gone: Vec<Uuid> = st
+                        .index
+                        .uuids()
+                        .filter(|u| !present.contains(*u))
+                        .copied()
+                        .collect();
+                    for u in &gone {
+                        st.index.delete(d, u);
+                    }
+                    swept = gone.len();
+                }
+                d.set_authoritative(true, None);
+                (applied, swept)
+            });
+            if let Some(c) = cookie {
+                st.cookie = Some(merge_cookie(st.cookie.as_deref(), c));
+            }
+            st.dirty = true;
             st.lost_since = None;
+            st.synced = true;
             st.phase = "in sync".into();
+            r
+        };
+        if self.lock().index.has_unreported() {
+            self.report_conflicts();
         }
-        self.handle.update(|d| d.set_authoritative(true, None));
+        self.stats
+            .changes_applied
+            .fetch_add(applied as u64, Ordering::Relaxed);
+        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        let (entries, provider) = {
+            let st = self.lock();
+            (st.index.len(), st.provider)
+        };
         tracing::info!(
+            received,
             swept,
-            entries = self.lock().index.len(),
+            entries,
+            url = %self.settings.url_at(provider),
             "LDAP in sync; directory is authoritative"
         );
     }
@@ -910,6 +1052,101 @@ impl LdapSource {
         }
         result.map(|()| true)
     }
+}
+
+/// The cookie to keep after receiving `new`, given the one kept so far.
+///
+/// OpenLDAP's cookies are `rid=NNN[,sid=XXX],csn=CSN[;CSN…][,delcsn=…]`
+/// (`servers/slapd/ldapsync.c`), one CSN per serverID. A provider sends, with
+/// each persist-phase change, a cookie holding only **that change's** CSN:
+/// kept as it is, the cookie would lose the other serverIDs' CSNs, and the
+/// next provider (which tracks them all) would answer it with a full
+/// refresh ("consumer cookie is missing a csn we track", syncprov.c). So,
+/// as slapd's own consumer does (`syncrepl.c`, the cookie state per sid),
+/// the newest CSN of each serverID is kept. The provider's `sid=` is not
+/// sent back (a consumer's `sid` tells syncprov not to echo that server's
+/// own changes), nor is `delcsn`. A cookie that is not in this form is kept
+/// as it is.
+pub fn merge_cookie(old: Option<&[u8]>, new: Vec<u8>) -> Vec<u8> {
+    fn parse(c: &[u8]) -> Option<(&str, Vec<(&str, &str)>)> {
+        let text = std::str::from_utf8(c).ok()?;
+        let mut rid = None;
+        let mut csns = Vec::new();
+        for field in text.split(',') {
+            let (k, v) = field.split_once('=')?;
+            match k {
+                "rid" => rid = Some(v),
+                "csn" => {
+                    for csn in v.split(';').filter(|c| !c.is_empty()) {
+                        // 20261206153000.123456Z#000000#001#000000
+                        let sid = csn.split('#').nth(2)?;
+                        csns.push((sid, csn));
+                    }
+                }
+                "sid" | "delcsn" => {}
+                _ => return None,
+            }
+        }
+        Some((rid?, csns))
+    }
+    let Some((rid, fresh)) = parse(&new) else {
+        return new;
+    };
+    let mut by_sid: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    if let Some((_, kept)) = old.and_then(parse) {
+        by_sid.extend(kept);
+    }
+    for (sid, csn) in fresh {
+        let e = by_sid.entry(sid).or_insert(csn);
+        // CSNs of one serverID order as strings (fixed-width fields).
+        if csn > *e {
+            *e = csn;
+        }
+    }
+    if by_sid.is_empty() {
+        return format!("rid={rid}").into_bytes();
+    }
+    let csns: Vec<&str> = by_sid.into_values().collect();
+    format!("rid={rid},csn={}", csns.join(";")).into_bytes()
+}
+
+/// A change received in a refresh phase, held until refreshDone.
+// Nearly every held change is a put: boxing its data would cost an
+// allocation per entry to save room in the rare deletes.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Held {
+    /// An added or modified entry, with its DN.
+    Put(Uuid, EntryData, String),
+    /// A deleted entry (or one that no longer maps).
+    Delete(Uuid),
+}
+
+impl Held {
+    /// Apply to the index and directory; whether anything changed.
+    fn apply(self, idx: &mut Index, d: &mut Directory) -> bool {
+        match self {
+            Held::Put(uuid, data, dn) => {
+                idx.put(d, uuid, data, Some(&dn));
+                true
+            }
+            Held::Delete(uuid) => idx.delete(d, &uuid),
+        }
+    }
+}
+
+/// What a refresh phase sent, held aside until refreshDone.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// Changes, in the order they came.
+    changes: Vec<Held>,
+    /// Entries named present or changed (the sweep keeps these).
+    present: HashSet<Uuid>,
+    /// Whether the provider ran a present phase (then entries it did not
+    /// name are gone).
+    present_phase: bool,
+    /// The newest cookie of the phase.
+    cookie: Option<Vec<u8>>,
 }
 
 /// Log the full load's progress now and then.
@@ -1286,6 +1523,49 @@ mod tests {
         assert_eq!(d.user("u5@x.org").unwrap().password, Some("{X}a"));
         assert_eq!(d.alias("al5@x.org").unwrap()[0].as_ref(), "u5@x.org");
         assert_eq!(d.counts().ambiguous, 0);
+    }
+
+    #[test]
+    fn cookies_keep_the_newest_csn_of_every_server_id() {
+        let a1 = "20261206150000.000001Z#000000#001#000000";
+        let a2 = "20261206150500.000001Z#000000#001#000000";
+        let b1 = "20261206150100.000001Z#000000#002#000000";
+        let m = |old: Option<&str>, new: &str| {
+            String::from_utf8(merge_cookie(
+                old.map(str::as_bytes),
+                new.as_bytes().to_vec(),
+            ))
+            .unwrap()
+        };
+        // The full load's cookie, then a change of server 1 (with the
+        // provider's sid), then an old change of server 2 replicated.
+        let c = m(None, &format!("rid=000,csn={a1};{b1}"));
+        assert_eq!(c, format!("rid=000,csn={a1};{b1}"));
+        let c = m(Some(&c), &format!("rid=000,sid=001,csn={a2}"));
+        assert_eq!(c, format!("rid=000,csn={a2};{b1}"));
+        let c = m(Some(&c), &format!("rid=000,sid=002,csn={a1}"));
+        assert_eq!(c, format!("rid=000,csn={a2};{b1}"), "never goes back");
+        // delcsn is dropped; an unknown form is kept as it came.
+        assert_eq!(
+            m(Some(&c), &format!("rid=000,csn={b1},delcsn={b1}")),
+            format!("rid=000,csn={a2};{b1}")
+        );
+        assert_eq!(m(Some(&c), "opaque"), "opaque");
+    }
+
+    proptest::proptest! {
+        /// Whatever a server sends as a cookie, merging never panics, and
+        /// a cookie merged with itself is a fixed point.
+        #[test]
+        fn merging_any_cookie_never_panics(
+            old in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            new in "(rid=[0-9]{0,3}|sid=[0-9a-f]{0,3}|csn=[0-9.Z#;]{0,60}|delcsn=[0-9#]{0,9}|x)(,(rid|sid|csn)=[0-9.Z#;]{0,40}){0,3}",
+        ) {
+            let once = merge_cookie(Some(&old), new.clone().into_bytes());
+            let twice = merge_cookie(Some(&once), once.clone());
+            proptest::prop_assert_eq!(&twice, &once);
+            merge_cookie(None, old);
+        }
     }
 
     #[test]

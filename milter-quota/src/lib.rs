@@ -82,6 +82,12 @@ pub use config::{Config, DEFAULT_MAX_CONNECTIONS, MAX_TEXT_LEN, OverQuotaReply, 
 /// connection finishes the command it is processing, then closes; the
 /// future completes once they are gone.
 ///
+/// Counts go to `stats` (the connection layer's: connections accepted,
+/// checks made as requests, the time of each check as latency). Accept
+/// errors that a lack of resources causes (out of file descriptors) pause
+/// accepting for [`ramdir_conn::ACCEPT_BACKOFF`], as on every listener,
+/// instead of ending the milter.
+///
 /// # Errors
 /// - [`io::ErrorKind::InvalidInput`] at once when `config` is unusable
 ///   (`max_connections` of 0, or an over-quota reply Postfix would refuse).
@@ -92,7 +98,9 @@ pub async fn run(
     directory: Arc<DirectoryHandle>,
     usage: Arc<dyn UsageSource + Send + Sync>,
     config: Config,
+    stats: Arc<ramdir_conn::Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    server::serve(listener, directory, usage, config, shutdown).await
+    let listener = server::Accepting::new(listener, stats.clone());
+    server::serve(listener, directory, usage, config, stats, shutdown).await
 }

@@ -20,15 +20,21 @@
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
 use indymilter::{
     Actions, Callbacks, Context, EomContext, Listener, NegotiateContext, ProtoOpts, SetErrorReply,
     SmtpReply, Status,
 };
+use ramdir_conn::Stats;
 use ramdir_core::DirectoryHandle;
 use ramdir_core::check::{Grace, UsageSource, Verdict, check_message};
+use ramdir_core::latency::Sampler;
+use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::{Config, OverQuotaReply};
@@ -72,6 +78,55 @@ struct Shared {
     usage: Arc<dyn UsageSource + Send + Sync>,
     grace: Grace,
     over_quota: OverQuotaReply,
+    stats: Arc<Stats>,
+}
+
+/// The milter's listener as indymilter sees it, with the connection
+/// layer's conventions: accepted connections are counted, and an accept
+/// error from a lack of resources (out of file descriptors) pauses
+/// accepting for [`ramdir_conn::ACCEPT_BACKOFF`] instead of ending the
+/// milter (indymilter stops at any accept error).
+pub(crate) struct Accepting {
+    inner: UnixListener,
+    stats: Arc<Stats>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Accepting {
+    pub(crate) fn new(inner: UnixListener, stats: Arc<Stats>) -> Accepting {
+        Accepting {
+            inner,
+            stats,
+            backoff: None,
+        }
+    }
+}
+
+impl Listener for Accepting {
+    type Io = UnixStream;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<UnixStream>> {
+        loop {
+            if let Some(pause) = &mut self.backoff {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            match self.inner.poll_accept(cx) {
+                Poll::Ready(Ok((s, _))) => {
+                    self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Ok(s));
+                }
+                Poll::Ready(Err(e)) if ramdir_conn::is_transient(&e) => {
+                    warn!(listener = "milter", error = %e, "accept failed; retrying");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ramdir_conn::ACCEPT_BACKOFF)));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 /// Per-connection state: what was negotiated, and the message in progress.
@@ -85,6 +140,8 @@ pub(crate) struct Session {
     skip: bool,
     /// The message in progress.
     message: Message,
+    /// Which of the connection's checks to time.
+    sampler: Sampler,
 }
 
 /// The session state of a context. indymilter keeps `data` across
@@ -105,6 +162,7 @@ pub(crate) async fn serve(
     directory: Arc<DirectoryHandle>,
     usage: Arc<dyn UsageSource + Send + Sync>,
     config: Config,
+    stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     if config.max_connections == 0 {
@@ -127,6 +185,7 @@ pub(crate) async fn serve(
         usage,
         grace: config.grace,
         over_quota: config.over_quota,
+        stats,
     });
     let milter_config = indymilter::Config {
         max_connections: config.max_connections,
@@ -170,6 +229,7 @@ async fn on_negotiate(cx: &mut NegotiateContext<Session>, offered: ProtoOpts) ->
         leading_space: opts.contains(ProtoOpts::LEADING_SPACE),
         skip: opts.contains(ProtoOpts::SKIP),
         message: Message::default(),
+        sampler: Sampler::default(),
     });
     trace!(?opts, "negotiated");
     Status::Continue
@@ -188,8 +248,11 @@ async fn on_rcpt(shared: Arc<Shared>, cx: &mut Context<Session>, args: Vec<CStri
         return tempfail(&mut cx.reply);
     };
     let rcpt = recipient(arg);
-    let size = session(&mut cx.data).message.declared_size;
+    let s = session(&mut cx.data);
+    let size = s.message.declared_size;
+    let started = s.sampler.start(&shared.stats.latency);
     let verdict = check(&shared, vec![rcpt.clone()], size).await;
+    checked(&shared, started);
     match answer(&verdict) {
         Answer::Continue => {
             trace!(%rcpt, size, %verdict, "recipient let through");
@@ -232,13 +295,16 @@ async fn on_body(cx: &mut Context<Session>, chunk: Bytes) -> Status {
 
 async fn on_eom(shared: Arc<Shared>, cx: &mut EomContext<Session>) -> Status {
     // The message ends here whatever the answer; the next one starts at MAIL.
-    let message = std::mem::take(&mut session(&mut cx.data).message);
+    let s = session(&mut cx.data);
+    let message = std::mem::take(&mut s.message);
     if message.settled || message.recipients.is_empty() {
         return Status::Continue;
     }
     let size = message.counted_size();
     let rcpts = message.recipients;
+    let started = s.sampler.start(&shared.stats.latency);
     let verdict = check(&shared, rcpts.clone(), size).await;
+    checked(&shared, started);
     match answer(&verdict) {
         Answer::Continue => {
             trace!(?rcpts, size, %verdict, "message let through");
@@ -258,6 +324,14 @@ async fn on_eom(shared: Arc<Shared>, cx: &mut EomContext<Session>) -> Status {
 async fn on_abort(cx: &mut Context<Session>) -> Status {
     session(&mut cx.data).message = Message::default();
     Status::Continue
+}
+
+/// Count a check made (a milter "request"), and its time if sampled. The
+/// milter is far from the socketmap's request rates (a check is a task on
+/// the blocking pool), so one shared atomic add per check is nothing.
+fn checked(shared: &Shared, started: Option<std::time::Instant>) {
+    shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    Sampler::finish(&shared.stats.latency, started);
 }
 
 /// Run the quota check for a message of `size` bytes to `rcpts` (one
@@ -407,9 +481,16 @@ mod tests {
             let socket = dir.path().join("milter");
             let listener = UnixListener::bind(&socket).unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, directory(), usage, config, async move {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(serve(
+                listener,
+                directory(),
+                usage,
+                config,
+                Arc::default(),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
             Milter {
                 _dir: dir,
                 socket,
@@ -742,6 +823,7 @@ mod tests {
                 directory(),
                 Arc::new(usage_table()),
                 config,
+                Arc::default(),
                 async {},
             )
             .await
@@ -769,6 +851,7 @@ mod tests {
             directory(),
             Arc::new(store),
             Config::default(),
+            Arc::default(),
             async {
                 let _ = stopped.await;
             },

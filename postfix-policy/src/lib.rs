@@ -8,7 +8,8 @@
 //! Each protocol is split the same way: `codec` (pure bytes ↔ typed
 //! messages, says "need more data" explicitly), `service` (pure: request +
 //! directory snapshot → reply; the one place that maps outcomes to protocol
-//! answers) and `server` (sockets, timeouts, limits, shutdown).
+//! answers) and `server` (the protocol on the connection layer, `ramdir_conn`,
+//! which does the sockets, timeouts, limits and shutdown).
 //!
 //! # Logging policy
 //! `info` for listeners starting and stopping, `warn` for a peer that breaks
@@ -16,6 +17,5 @@
 //! no longer accept. Per-request detail is `debug`/`trace`. Keys are logged
 //! truncated; nothing from the directory besides addresses is logged.
 
-mod accept;
 pub mod policy;
 pub mod socketmap;

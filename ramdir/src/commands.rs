@@ -263,7 +263,59 @@ pub fn check_config(config: &Config) -> Result<String, CmdError> {
         )),
         None => out.push_str("quota store: off\n"),
     }
+    for w in permission_warnings(config) {
+        out.push_str(&format!("warning: {w}\n"));
+    }
     Ok(out)
+}
+
+/// What `check-config` warns about in file permissions: secrets others may
+/// read (the LDAP bind password file, passwd-files, which hold password
+/// hashes) and files others may change (the configuration and every source:
+/// whoever writes them decides where mail goes and who may log in). A file
+/// that cannot be examined is skipped: loading it has been checked already.
+pub fn permission_warnings(config: &Config) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o7777)
+    };
+    let writable = |p: &Path, what: &str| {
+        let m = mode(p).filter(|m| m & 0o022 != 0)?;
+        let who = if m & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
+        Some(format!(
+            "{}: {what} is writable by {who} (mode {m:04o}): whoever can write it \
+             controls mail routing and logins; chmod go-w",
+            p.display()
+        ))
+    };
+    let readable = |p: &Path, what: &str| {
+        let m = mode(p).filter(|m| m & 0o004 != 0)?;
+        Some(format!(
+            "{}: {what} is readable by everyone (mode {m:04o}); chmod o-r \
+             (and give it to ramdir's group)",
+            p.display()
+        ))
+    };
+    let mut out: Vec<Option<String>> = vec![writable(&config.path, "the configuration")];
+    for p in config.directory.sources.all() {
+        out.push(writable(p, "a source file"));
+    }
+    if let Some(l) = &config.ldap
+        && let ramdir_ldap::settings::Bind::Simple { password_file, .. } = &l.bind
+    {
+        out.push(readable(password_file, "the LDAP bind password file"));
+        out.push(writable(password_file, "the LDAP bind password file"));
+    }
+    for p in &config.directory.sources.passwd_files {
+        out.push(readable(p, "a passwd-file (password hashes)"));
+    }
+    out.into_iter().flatten().collect()
 }
 
 fn size_text(b: u64) -> String {
@@ -496,6 +548,53 @@ pub fn explain(dir: &Directory, key: &str, usage: UsageFn<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn check_config_warns_about_readable_secrets_and_writable_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let chmod = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::write(d.join("users"), "a@x.org:{PLAIN}pw:1:1::/h::\n").unwrap();
+        std::fs::write(d.join("aliases"), "b@x.org a@x.org\n").unwrap();
+        std::fs::write(d.join("bindpw"), "secret\n").unwrap();
+        let text = "[directory]\npasswd_files = [\"users\"]\nalias_files = [\"aliases\"]\n\
+                    [ldap]\nurl = \"ldap://127.0.0.1:1\"\nbase = \"dc=x\"\n\
+                    bind_dn = \"cn=r,dc=x\"\nbind_password_file = \"bindpw\"\n";
+        let cfg_path = d.join("ramdir.toml");
+        std::fs::write(&cfg_path, text).unwrap();
+        let config = crate::config::Config::load(&cfg_path).unwrap();
+        // Tight modes: nothing to say.
+        for (f, m) in [
+            ("users", 0o640),
+            ("aliases", 0o644),
+            ("bindpw", 0o640),
+            ("ramdir.toml", 0o644),
+        ] {
+            chmod(&d.join(f), m);
+        }
+        assert_eq!(super::permission_warnings(&config), Vec::<String>::new());
+        chmod(&d.join("users"), 0o644);
+        chmod(&d.join("bindpw"), 0o604);
+        chmod(&d.join("ramdir.toml"), 0o664);
+        chmod(&d.join("aliases"), 0o666);
+        let w = super::permission_warnings(&config);
+        let has = |file: &str, what: &str| {
+            w.iter()
+                .any(|l| l.contains(&format!("/{file}:")) && l.contains(what))
+        };
+        assert!(has("users", "readable by everyone"), "{w:#?}");
+        assert!(has("bindpw", "readable by everyone"), "{w:#?}");
+        assert!(has("ramdir.toml", "writable by its group"), "{w:#?}");
+        assert!(has("aliases", "writable by everyone"), "{w:#?}");
+        assert_eq!(w.len(), 4, "{w:#?}");
+        // The aliases' readability is no secret: only the passwd-file's
+        // and the bind password's are.
+        chmod(&d.join("aliases"), 0o644);
+        assert_eq!(super::permission_warnings(&config).len(), 3);
+    }
+
     use super::*;
 
     #[test]

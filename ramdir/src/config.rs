@@ -62,6 +62,13 @@ struct RawConfig {
     postfix_map: Option<RawPostfixMap>,
     dovecot_map: Option<RawDovecotMap>,
     metrics: Option<RawMetrics>,
+    server: Option<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,7 +83,7 @@ struct RawDovecotMap {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,10 +105,19 @@ struct RawStats {
     group: Option<String>,
 }
 
+/// `[ldap] url`: one provider, several separated by whitespace (as
+/// OpenLDAP's `ldap.conf` `URI`), or a list; the sync fails over in order.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLdap {
-    url: Spanned<String>,
+    url: Spanned<RawUrls>,
     base: String,
     filter: Option<String>,
     scope: Option<Spanned<String>>,
@@ -228,7 +244,20 @@ pub struct Config {
     pub dovecot_map: Option<DovecotMapConfig>,
     /// The Prometheus endpoint, if enabled.
     pub metrics: Option<MetricsConfig>,
+    /// `[server]`: the process itself.
+    pub server: ServerConfig,
 }
+
+/// `[server]`: how the process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Started as root, switch to this user (and its groups) once the
+    /// sockets are bound and the quota store is open.
+    pub user: Option<String>,
+}
+
+/// `[metrics]`'s address when `listen` is not set: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9156";
 
 /// `[dovecot_map]`: where ramdir publishes passdb and userdb answers for
 /// the in-process Dovecot auth module (docs/dovecot-module.md). The auth
@@ -512,17 +541,25 @@ impl Config {
             None => None,
             Some(l) => {
                 use ramdir_ldap::settings::{Bind, Scope, Settings as L};
-                let url = l.url.get_ref();
-                if !["ldap://", "ldaps://", "ldapi://"]
-                    .iter()
-                    .any(|p| url.starts_with(p))
-                {
-                    return Err(err(
-                        l.url.span(),
-                        format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
-                    ));
+                let urls: Vec<&str> = match l.url.get_ref() {
+                    RawUrls::One(u) => u.split_whitespace().collect(),
+                    RawUrls::Many(v) => v.iter().flat_map(|u| u.split_whitespace()).collect(),
+                };
+                if urls.is_empty() {
+                    return Err(err(l.url.span(), "url: no LDAP URL given".into()));
                 }
-                let mut st = L::new(url, &l.base);
+                for url in &urls {
+                    if !["ldap://", "ldaps://", "ldapi://"]
+                        .iter()
+                        .any(|p| url.starts_with(p))
+                    {
+                        return Err(err(
+                            l.url.span(),
+                            format!("url {url:?}: want ldap://, ldaps:// or ldapi://"),
+                        ));
+                    }
+                }
+                let mut st = L::new(&urls.join(" "), &l.base);
                 if let Some(f) = l.filter {
                     st.filter = f;
                 }
@@ -849,17 +886,32 @@ impl Config {
         let metrics = match raw.metrics {
             None => None,
             Some(m) => {
-                let listen = m.listen.get_ref().parse().map_err(|_| {
-                    err(
-                        m.listen.span(),
-                        format!(
-                            "listen = {:?}: want an address and port, e.g. \"127.0.0.1:9156\"",
-                            m.listen.get_ref()
-                        ),
-                    )
-                })?;
+                let listen = match &m.listen {
+                    None => DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+                    Some(l) => parse_tcp_listen(l.get_ref()).ok_or_else(|| {
+                        err(
+                            l.span(),
+                            format!(
+                                "listen = {:?}: want a port (loopback: \"9156\") or an \
+                                 address and port, e.g. \"127.0.0.1:9156\"",
+                                l.get_ref()
+                            ),
+                        )
+                    })?,
+                };
                 Some(MetricsConfig { listen })
             }
+        };
+        let server = match raw.server {
+            None => ServerConfig::default(),
+            Some(s) => ServerConfig {
+                user: match s.user {
+                    Some(u) if u.get_ref().is_empty() => {
+                        return Err(err(u.span(), "user: empty name".into()));
+                    }
+                    u => u.map(Spanned::into_inner),
+                },
+            },
         };
         for (section, on) in [
             ("[policy]", policy.is_some()),
@@ -891,8 +943,18 @@ impl Config {
             postfix_map,
             dovecot_map,
             metrics,
+            server,
         })
     }
+}
+
+/// A TCP listen address: `port` alone means loopback (`127.0.0.1:port`),
+/// as a listener is reachable from other hosts only when asked for.
+fn parse_tcp_listen(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().ok()
 }
 
 fn parse_grace(s: &str) -> Option<Grace> {
@@ -990,11 +1052,31 @@ idle_timeout_secs = 300
         );
         assert_eq!(l.mapping.quota_rule.as_deref(), Some("mailQuota"));
         assert_eq!(l.mapping.default_quota.storage, Some(1 << 30));
+        assert_eq!(l.urls().collect::<Vec<_>>(), ["ldap://127.0.0.1:3389"]);
+        // Several providers: a list, or OpenLDAP's space-separated URI.
+        for url in [
+            "[\"ldap://a:389\", \"ldap://b:389\"]",
+            "\"ldap://a:389  ldap://b:389\"",
+        ] {
+            let c = parse(&format!("[ldap]\nurl = {url}\nbase = \"dc=x\"\n")).unwrap();
+            let l = c.ldap.unwrap();
+            assert_eq!(
+                l.urls().collect::<Vec<_>>(),
+                ["ldap://a:389", "ldap://b:389"],
+                "{url}"
+            );
+            assert_eq!(l.url_at(3), "ldap://b:389");
+        }
         for (text, want) in [
             (
                 "[ldap]\nurl = \"http://x\"\nbase = \"dc=x\"\n",
                 "want ldap://",
             ),
+            (
+                "[ldap]\nurl = [\"ldap://a\", \"http://x\"]\nbase = \"dc=x\"\n",
+                "want ldap://",
+            ),
+            ("[ldap]\nurl = []\nbase = \"dc=x\"\n", "no LDAP URL"),
             (
                 "[ldap]\nurl = \"ldapi:///\"\nbase = \"dc=x\"\nscope = \"deep\"\n",
                 "scope",
@@ -1120,6 +1202,25 @@ idle_timeout_secs = 300
         let e = parse("[metrics]\nlisten = \"unix:/x\"\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("address and port"), "{e}");
+        // Loopback unless an address says otherwise.
+        let c = parse("[metrics]\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9156".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9200".parse().unwrap());
+        let c = parse("[metrics]\nlisten = \"[::]:9200\"\n").unwrap();
+        assert_eq!(c.metrics.unwrap().listen, "[::]:9200".parse().unwrap());
+        // No TCP listener unless configured.
+        assert!(parse("").unwrap().metrics.is_none());
+    }
+
+    #[test]
+    fn server_section() {
+        assert_eq!(parse("").unwrap().server.user, None);
+        let c = parse("[server]\nuser = \"ramdir\"\n").unwrap();
+        assert_eq!(c.server.user.as_deref(), Some("ramdir"));
+        let e = parse("[server]\nuser = \"\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(parse("[server]\ngroup = \"x\"\n").is_err());
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub fn open(
 /// failed start leaves no file behind for the next one to trip over.
 pub fn bind(cfg: &ListenerConfig) -> io::Result<UnixListener> {
     let path = &cfg.path;
+    check_directory(path)?;
     remove_stale(path)?;
     let listener = UnixListener::bind(path).map_err(|e| annotate(e, "bind", path))?;
     match set_permissions(cfg) {
@@ -121,6 +122,34 @@ fn set_permissions(cfg: &ListenerConfig) -> io::Result<()> {
             ),
         )
     })
+}
+
+/// Refuse a socket in a directory anyone may write to without the sticky
+/// bit: any local user could then remove ramdir's socket and put their own
+/// in its place, and Postfix or Dovecot would ask them (and send them
+/// passwords). A sticky directory such as `/tmp` only lets the owner
+/// remove the socket.
+pub fn check_directory(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| annotate(e, "stat", dir))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{}: the socket's directory {} is world-writable without the sticky bit \
+                 (mode {:04o}): anyone could replace the socket; use a directory only \
+                 ramdir can write (the package's /run/ramdir, /var/spool/postfix/ramdir)",
+                path.display(),
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -232,7 +261,7 @@ mod tests {
                 panic!("no user nobody");
             };
             let dir = tempfile::tempdir().unwrap();
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
             let p = dir.path().join("s");
             let out = std::process::Command::new("setpriv")
                 .args(["--reuid", &nobody.uid.to_string(), "--regid"])
@@ -265,6 +294,23 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("chown") && msg.contains("member"), "{msg}");
         assert!(std::fs::symlink_metadata(&p).is_err(), "socket left behind");
+    }
+
+    #[tokio::test]
+    async fn a_world_writable_directory_without_sticky_bit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = bind(&cfg(&p)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("world-writable"), "{e}");
+        assert!(std::fs::symlink_metadata(&p).is_err(), "socket created");
+        // Sticky (as /tmp): only the owner may remove the socket.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        drop(bind(&cfg(&p)).unwrap());
+        // Group-writable is the operator's choice (a shared group).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        drop(bind(&cfg(&p)).unwrap());
     }
 
     #[test]

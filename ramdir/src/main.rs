@@ -16,6 +16,7 @@ mod listener;
 mod man;
 mod metrics;
 mod postfix_map;
+mod privilege;
 mod serve;
 mod shared;
 mod stats;
@@ -50,6 +51,10 @@ enum Command {
         /// Folder for the demo files and sockets.
         #[arg(long, default_value = "ramdir-demo", requires = "demo")]
         demo_dir: PathBuf,
+        /// Run as root although `[server] user` is not set (ramdir
+        /// refuses to otherwise).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Look a key up in a table, as `postmap -q` would (exit 0 found,
     /// 1 not found, 75 temporary failure).
@@ -182,6 +187,7 @@ fn run(command: Command) -> Result<u8, serve::CmdError> {
             config,
             demo,
             demo_dir,
+            allow_root,
         } => {
             let path = if demo {
                 demo::prepare(&demo_dir)?
@@ -192,7 +198,7 @@ fn run(command: Command) -> Result<u8, serve::CmdError> {
             if demo {
                 eprintln!("{}", demo::hints(&demo_dir));
             }
-            serve::serve(config)?;
+            serve::serve(config, allow_root)?;
             Ok(0)
         }
         Command::Query {

@@ -147,30 +147,29 @@ pub fn encode(
         1,
     );
 
-    family(
+    // Every listener's connection-layer figures, in one order.
+    let listeners: [(&str, &ramdir_conn::Stats); 4] = [
+        ("socketmap", &c.socketmap.conn),
+        ("policy", &c.policy),
+        ("dict", &c.dict),
+        ("milter", &c.milter),
+    ];
+    let mut f = family(
         o,
         "ramdir_requests_total",
         "counter",
-        "Requests answered, per listener (dict: commands); counted per connection in batches and when it closes.",
-    )
-    .sample(
-        "ramdir_requests_total",
-        "listener=\"socketmap\"",
-        load(&c.socketmap.requests),
-    )
-    .sample(
-        "ramdir_requests_total",
-        "listener=\"policy\"",
-        load(&c.policy.requests),
-    )
-    .sample(
-        "ramdir_requests_total",
-        "listener=\"dict\"",
-        load(&c.dict.commands),
+        "Requests answered, per listener (dict: commands; milter: quota checks at RCPT and end of message); counted per connection in batches and when it closes.",
     );
+    for (name, st) in &listeners {
+        f.sample(
+            "ramdir_requests_total",
+            &format!("listener=\"{name}\""),
+            load(&st.requests),
+        );
+    }
     let sm = &c.socketmap;
     let (requests, found, temp, perm) = (
-        load(&sm.requests),
+        load(&sm.conn.requests),
         load(&sm.found),
         load(&sm.temp),
         load(&sm.perm),
@@ -210,13 +209,10 @@ pub fn encode(
             o,
             name,
             "histogram",
-            "Time to answer a request (decode, look up, encode), per listener; one request in 16 per connection is timed.",
+            "Time to answer a request (decode, look up, encode; milter: a quota check), per listener; one request in 16 per connection is timed.",
         );
-        for (listener, lat) in [
-            ("socketmap", &c.socketmap.latency),
-            ("policy", &c.policy.latency),
-        ] {
-            let snap = lat.snapshot();
+        for (listener, st) in &listeners {
+            let snap = st.latency.snapshot();
             for (le, n) in &snap.buckets {
                 let le = match le {
                     Some(us) => (*us as f64 / 1e6).to_string(),
@@ -237,48 +233,29 @@ pub fn encode(
             writeln!(o, "{name}_count{{listener=\"{listener}\"}} {}", snap.count).unwrap();
         }
     }
-    family(
-        o,
-        "ramdir_connections_total",
-        "counter",
-        "Connections accepted, per listener.",
-    )
-    .sample(
-        "ramdir_connections_total",
-        "listener=\"socketmap\"",
-        load(&c.socketmap.connections),
-    )
-    .sample(
-        "ramdir_connections_total",
-        "listener=\"policy\"",
-        load(&c.policy.connections),
-    )
-    .sample(
-        "ramdir_connections_total",
-        "listener=\"dict\"",
-        load(&c.dict.connections),
-    );
-    family(
-        o,
-        "ramdir_protocol_errors_total",
-        "counter",
-        "Connections closed for a protocol error, per listener.",
-    )
-    .sample(
-        "ramdir_protocol_errors_total",
-        "listener=\"socketmap\"",
-        load(&c.socketmap.protocol_errors),
-    )
-    .sample(
-        "ramdir_protocol_errors_total",
-        "listener=\"policy\"",
-        load(&c.policy.protocol_errors),
-    )
-    .sample(
-        "ramdir_protocol_errors_total",
-        "listener=\"dict\"",
-        load(&c.dict.protocol_errors),
-    );
+    for (metric, help, get) in [
+        (
+            "ramdir_connections_total",
+            "Connections accepted, per listener.",
+            (|s: &ramdir_conn::Stats| &s.connections)
+                as fn(&ramdir_conn::Stats) -> &std::sync::atomic::AtomicU64,
+        ),
+        (
+            "ramdir_protocol_errors_total",
+            "Connections closed for a protocol error, per listener (the milter's are indymilter's and not counted).",
+            |s| &s.protocol_errors,
+        ),
+        (
+            "ramdir_connections_refused_total",
+            "Connections closed at once because no thread could be started for them, per listener.",
+            |s| &s.refused,
+        ),
+    ] {
+        let mut f = family(o, metric, "counter", help);
+        for (name, st) in &listeners {
+            f.sample(metric, &format!("listener=\"{name}\""), load(get(st)));
+        }
+    }
 
     let d = handle.snapshot();
     let n = d.counts();
@@ -642,11 +619,13 @@ mod tests {
     fn exposition_is_well_formed_text_0_0_4() {
         let h = handle(3);
         let c = Counters::default();
-        c.socketmap.requests.store(42, Ordering::Relaxed);
+        c.socketmap.conn.requests.store(42, Ordering::Relaxed);
         c.socketmap.temp.store(2, Ordering::Relaxed);
         c.socketmap.found.store(30, Ordering::Relaxed);
-        c.socketmap.latency.observe(Duration::from_micros(40));
-        c.socketmap.latency.observe(Duration::from_millis(2));
+        c.socketmap.conn.latency.observe(Duration::from_micros(40));
+        c.socketmap.conn.latency.observe(Duration::from_millis(2));
+        c.dict.latency.observe(Duration::from_micros(70));
+        c.milter.latency.observe(Duration::from_millis(3));
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(ramdir_core::usage::UsageStore::open(&dir.path().join("q.redb")).unwrap());
@@ -670,6 +649,11 @@ mod tests {
             "ramdir_request_duration_seconds_bucket{listener=\"socketmap\",le=\"+Inf\"} 2\n",
             "ramdir_request_duration_seconds_sum{listener=\"socketmap\"} 0.00204\n",
             "ramdir_request_duration_seconds_count{listener=\"socketmap\"} 2\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"dict\",le=\"0.0001\"} 1\n",
+            "ramdir_request_duration_seconds_bucket{listener=\"milter\",le=\"0.0025\"} 0\n",
+            "ramdir_request_duration_seconds_count{listener=\"milter\"} 1\n",
+            "ramdir_request_duration_seconds_count{listener=\"policy\"} 0\n",
+            "ramdir_connections_total{listener=\"milter\"} 0\n",
             "# TYPE ramdir_request_duration_seconds histogram\n",
             "ramdir_quota_store_commits_total 0\n",
             "ramdir_postfix_map_generation 7\n",

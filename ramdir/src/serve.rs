@@ -68,7 +68,10 @@ enum Trigger {
 }
 
 /// Run the daemon. Returns when a termination signal has been handled.
-pub fn serve(config: Config) -> Result<(), CmdError> {
+/// As root it needs `[server] user` (switched to once the sockets are
+/// bound) or `allow_root` (`--allow-root`).
+pub fn serve(config: Config, allow_root: bool) -> Result<(), CmdError> {
+    let switch_to = crate::privilege::plan(&config, allow_root)?;
     let mail_off = config.socketmap.is_none()
         && config.dict.is_none()
         && config.policy.is_none()
@@ -102,7 +105,7 @@ pub fn serve(config: Config) -> Result<(), CmdError> {
         .enable_all()
         .thread_name("ramdir")
         .build()?;
-    runtime.block_on(run(config, dir, inherited))
+    runtime.block_on(run(config, dir, inherited, switch_to))
 }
 
 /// Attempts to open the usage store: a `ramdir query`/`explain` run while
@@ -133,6 +136,7 @@ async fn run(
     config: Config,
     dir: Directory,
     mut inherited: listener::Inherited,
+    switch_to: Option<crate::privilege::Target>,
 ) -> Result<(), CmdError> {
     // Before anything answers: a SIGTERM that arrives while listeners are
     // still starting must shut down cleanly (and run the shutdown steps).
@@ -155,11 +159,9 @@ async fn run(
         Some(src) if src.settings().fallback => Some(Arc::new(LdapFallback::new(src.clone()))),
         _ => None,
     };
-    let ldap_task = ldap.as_ref().map(|src| {
+    if let Some(src) = &ldap {
         src.warm_start();
-        tracing::info!(url = %src.settings().url, base = %src.settings().base, "LDAP source starting");
-        tokio::spawn(src.clone().run(stop_rx.clone()))
-    });
+    }
 
     // One usage store for every listener that needs it.
     let store = match &config.quota {
@@ -230,10 +232,11 @@ async fn run(
             grace: q.grace,
             over_quota,
         };
-        let (h, usage) = (handle.clone(), usage.clone());
+        let (h, usage, stats) = (handle.clone(), usage.clone(), counters.milter.clone());
         let stop = stopped(stop_rx.clone());
         tracing::info!(socket = %l.path.display(), "milter listening");
-        servers.spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stop).await });
+        servers
+            .spawn(async move { ramdir_milter::run(listener, h, usage, cfg, stats, stop).await });
     }
 
     if let Some(d) = &config.dict {
@@ -287,8 +290,14 @@ async fn run(
 
     if let Some(m) = &config.metrics {
         // Latency sampling costs the hot path a little: only when shown.
-        counters.socketmap.latency.enable();
-        counters.policy.latency.enable();
+        for stats in [
+            &counters.socketmap.conn,
+            &counters.policy,
+            &counters.dict,
+            &counters.milter,
+        ] {
+            stats.latency.enable();
+        }
         let listener = tokio::net::TcpListener::bind(m.listen)
             .await
             .map_err(|e| format!("[metrics] listen {}: {e}", m.listen))?;
@@ -300,8 +309,31 @@ async fn run(
         };
         let stop = stopped(stop_rx.clone());
         tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");
+        if !m.listen.ip().is_loopback() {
+            tracing::warn!(
+                address = %m.listen,
+                "[metrics] listens beyond loopback: anyone who reaches it sees the directory's \
+                 sizes and counters; firewall it or use a management network"
+            );
+        }
         servers.spawn(async move { crate::metrics::run(listener, h, c, src, extras, stop).await });
     }
+
+    // Everything privileged is done: sockets bound, store open, map
+    // directories made. The LDAP source (which writes its state_dir) starts
+    // after the switch.
+    if let Some(t) = &switch_to {
+        if let Some(q) = &config.quota {
+            let (uid, gid) = t.ids();
+            nix::unistd::chown(&q.store, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", q.store.display()))?;
+        }
+        t.switch()?;
+    }
+    let ldap_task = ldap.as_ref().map(|src| {
+        tracing::info!(url = %src.settings().url, base = %src.settings().base, "LDAP source starting");
+        tokio::spawn(src.clone().run(stop_rx.clone()))
+    });
 
     for p in inherited.unused() {
         tracing::warn!(socket = %p.display(), "systemd passed a socket no listener is configured for");
@@ -433,6 +465,7 @@ async fn reload(
         || new_cfg.postfix_map != config.postfix_map
         || new_cfg.dovecot_map != config.dovecot_map
         || new_cfg.metrics != config.metrics
+        || new_cfg.server != config.server
     {
         tracing::warn!(
             "listener, quota store or LDAP settings changed; they take effect after a restart"

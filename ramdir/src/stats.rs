@@ -31,6 +31,8 @@ pub struct Counters {
     pub policy: Arc<policy::server::Stats>,
     /// Dict.
     pub dict: Arc<dict::Stats>,
+    /// Milter (requests: quota checks made).
+    pub milter: Arc<ramdir_conn::Stats>,
 }
 
 /// The document.
@@ -58,10 +60,10 @@ pub fn document(
         },
         "ldap": ldap.map(LdapSource::status),
         "socketmap": {
-            "connections": load(&c.socketmap.connections),
-            "requests": load(&c.socketmap.requests),
+            "connections": load(&c.socketmap.conn.connections),
+            "requests": load(&c.socketmap.conn.requests),
             "temp": load(&c.socketmap.temp),
-            "protocol_errors": load(&c.socketmap.protocol_errors),
+            "protocol_errors": load(&c.socketmap.conn.protocol_errors),
         },
         "policy": {
             "connections": load(&c.policy.connections),
@@ -70,8 +72,12 @@ pub fn document(
         },
         "dict": {
             "connections": load(&c.dict.connections),
-            "commands": load(&c.dict.commands),
+            "commands": load(&c.dict.requests),
             "protocol_errors": load(&c.dict.protocol_errors),
+        },
+        "milter": {
+            "connections": load(&c.milter.connections),
+            "checks": load(&c.milter.requests),
         },
     })
 }

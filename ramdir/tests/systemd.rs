@@ -59,7 +59,7 @@ fn notifies_ready_status_reload_watchdog_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ramdir"))
-        .args(["serve", "--config"])
+        .args(["serve", "--allow-root", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &notify)
         // Half of 400 ms: a WATCHDOG=1 every 200 ms.
@@ -132,7 +132,7 @@ fn serves_a_socket_passed_by_systemd_and_leaves_it_in_place() {
         .arg("-l")
         .arg(&socket)
         .arg(env!("CARGO_BIN_EXE_ramdir"))
-        .args(["serve", "--config"])
+        .args(["serve", "--allow-root", "--config"])
         .arg(&config)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

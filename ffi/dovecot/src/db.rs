@@ -1,7 +1,8 @@
 //! What every Dovecot version's glue shares: the open snapshot directory
 //! and the one mapping of reader results to outcomes.
 
-use std::ffi::CString;
+use std::borrow::Cow;
+use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -11,7 +12,7 @@ use ramdir_snapshot::{AuthAnswer, Reader};
 /// Scheme of a stored password without a `{SCHEME}` prefix (ramdir
 /// writes the prefix; a bare hash from a source is taken as `crypt(3)`,
 /// as Dovecot's own passwd-file does).
-pub const DEFAULT_SCHEME: &str = "CRYPT";
+pub const DEFAULT_SCHEME: &CStr = c"CRYPT";
 
 /// A lookup's outcome (the only three Dovecot distinguishes for us).
 #[derive(Debug)]
@@ -94,15 +95,36 @@ impl Db {
     }
 }
 
-/// Split `{SCHEME}hash` into scheme and hash (Dovecot's
-/// `password_get_scheme`); no prefix → [`DEFAULT_SCHEME`].
-pub fn split_scheme(password: &str) -> (&str, &str) {
-    if let Some(rest) = password.strip_prefix('{')
-        && let Some(end) = rest.find('}')
+/// Schemes up to this length are copied on the stack
+/// ([`split_scheme`]); Dovecot's longest (`SCRAM-SHA-256`,
+/// `SHA512-CRYPT.HEX`) have under 20 characters, a longer one goes to the
+/// heap.
+pub const SCHEME_BUF: usize = 64;
+
+/// Split a stored `{SCHEME}hash` into scheme and hash as Dovecot's
+/// `password_get_scheme` does; no prefix → [`DEFAULT_SCHEME`]. No copy of
+/// the hash (it is the stored value's own NUL-terminated tail); the scheme
+/// is copied into `buf` (one lookup per login: no allocation).
+pub fn split_scheme<'a>(
+    password: &'a CStr,
+    buf: &'a mut [u8; SCHEME_BUF],
+) -> (Cow<'a, CStr>, &'a CStr) {
+    let bytes = password.to_bytes_with_nul();
+    if bytes.first() == Some(&b'{')
+        && let Some(end) = bytes.iter().position(|&b| b == b'}')
+        && let Ok(hash) = CStr::from_bytes_until_nul(&bytes[end + 1..])
     {
-        return (&rest[..end], &rest[end + 1..]);
+        let scheme = &bytes[1..end];
+        if scheme.len() < SCHEME_BUF {
+            buf[..scheme.len()].copy_from_slice(scheme);
+            buf[scheme.len()] = 0;
+            if let Ok(s) = CStr::from_bytes_until_nul(&buf[..]) {
+                return (Cow::Borrowed(s), hash);
+            }
+        }
+        return (Cow::Owned(CString::new(scheme).unwrap_or_default()), hash);
     }
-    (DEFAULT_SCHEME, password)
+    (Cow::Borrowed(DEFAULT_SCHEME), password)
 }
 
 /// A C string of `s`; a value with a NUL (the writer never stores one)

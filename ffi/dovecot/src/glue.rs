@@ -17,6 +17,7 @@
 //! per configured passdb/userdb and lives as long as the process (Dovecot
 //! keeps the pointer in its module list until exit).
 
+use std::borrow::Cow;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::{null, null_mut};
@@ -170,19 +171,20 @@ unsafe fn verify(
     }
 }
 
-/// The name Dovecot asks about.
+/// The name Dovecot asks about (borrowed from the request while it is
+/// UTF-8, as Dovecot's names are).
 ///
 /// # Safety
 /// `request` is a live auth request.
-unsafe fn user_of(request: *mut sys::auth_request) -> String {
+unsafe fn user_of<'a>(request: *mut sys::auth_request) -> Cow<'a, str> {
     // SAFETY: `fields.user` is NULL or a NUL-terminated string of the
-    // request's pool.
+    // request's pool, which outlives this call.
     let p = unsafe { (*request).fields.user };
     if p.is_null() {
-        return String::new();
+        return Cow::Borrowed("");
     }
     // SAFETY: as above.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(p) }.to_string_lossy()
 }
 
 /// # Safety
@@ -201,11 +203,12 @@ unsafe fn userdb_of<'a>(request: *mut sys::auth_request) -> &'a Db {
     unsafe { &(*((*(*request).userdb).userdb as *const Userdb)).db }
 }
 
-/// The passdb answer's fields into the request; returns the password.
+/// The passdb answer's fields into the request; returns the stored
+/// password (borrowed from the answer).
 ///
 /// # Safety
 /// `request` is a live auth request.
-unsafe fn set_passdb_fields(request: *mut sys::auth_request, a: &AuthAnswer) -> Option<String> {
+unsafe fn set_passdb_fields(request: *mut sys::auth_request, a: &AuthAnswer) -> Option<&CStr> {
     let mut password = None;
     if let Some(u) = &a.user {
         let v = c(u);
@@ -214,7 +217,7 @@ unsafe fn set_passdb_fields(request: *mut sys::auth_request, a: &AuthAnswer) -> 
     }
     for (k, v) in a.c_fields() {
         if k == c"password" {
-            password = Some(v.to_string_lossy().into_owned());
+            password = Some(v);
         }
         // SAFETY: as above; "password" is stored as `passdb_password`.
         unsafe {
@@ -379,10 +382,10 @@ unsafe extern "C" fn verify_plain(
             // No password (`nologin`): nobody logs in with one.
             return sys::passdb_result_PASSDB_RESULT_PASSWORD_MISMATCH;
         };
-        let (scheme, hash) = db::split_scheme(&stored);
-        let (scheme, hash) = (c(scheme), c(hash));
+        let mut buf = [0u8; db::SCHEME_BUF];
+        let (scheme, hash) = db::split_scheme(stored, &mut buf);
         // SAFETY: live request; the plain password is Dovecot's.
-        unsafe { verify(request, password, &hash, &scheme) }
+        unsafe { verify(request, password, hash, &scheme) }
     }));
     let result = r.unwrap_or(sys::passdb_result_PASSDB_RESULT_INTERNAL_FAILURE);
     if let Some(cb) = callback {
@@ -395,6 +398,10 @@ unsafe extern "C" fn lookup_credentials(
     request: *mut sys::auth_request,
     callback: sys::lookup_credentials_callback_t,
 ) {
+    // Whether Dovecot's helper has been called (with the credentials, from
+    // inside the closure, which borrows them from the answer); otherwise
+    // it is called below with the result and no credentials.
+    let mut answered = false;
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: Dovecot passes a live request for our passdb.
         let (db, name) = unsafe { (passdb_of(request), user_of(request)) };
@@ -402,23 +409,36 @@ unsafe extern "C" fn lookup_credentials(
         // SAFETY: live request.
         unsafe { log_outcome(request, &o) };
         let Outcome::Found(a) = &o else {
-            return (passdb_result_of(&o), None);
+            return passdb_result_of(&o);
         };
         // SAFETY: live request.
-        let stored = unsafe { set_passdb_fields(request, a) };
-        (sys::passdb_result_PASSDB_RESULT_OK, stored)
+        let Some(stored) = (unsafe { set_passdb_fields(request, a) }) else {
+            // OK with no credentials: Dovecot's "no password" case.
+            return sys::passdb_result_PASSDB_RESULT_OK;
+        };
+        let mut buf = [0u8; db::SCHEME_BUF];
+        let (scheme, hash) = db::split_scheme(stored, &mut buf);
+        answered = true;
+        // SAFETY: Dovecot's own helper turns the stored password into the
+        // wanted scheme (or "scheme not available") and calls `callback`;
+        // our strings outlive the call.
+        unsafe {
+            sys::passdb_handle_credentials(
+                sys::passdb_result_PASSDB_RESULT_OK,
+                hash.as_ptr(),
+                scheme.as_ptr(),
+                callback,
+                request,
+            )
+        };
+        sys::passdb_result_PASSDB_RESULT_OK
     }));
-    let (result, stored) = r.unwrap_or((sys::passdb_result_PASSDB_RESULT_INTERNAL_FAILURE, None));
-    let split = stored.as_deref().map(db::split_scheme);
-    let (scheme, hash) = match split {
-        Some((s, h)) => (Some(c(s)), Some(c(h))),
-        None => (None, None),
-    };
-    let ptr = |s: &Option<std::ffi::CString>| s.as_ref().map_or(null(), |s| s.as_ptr());
-    // SAFETY: Dovecot's own helper turns the stored password into the
-    // wanted scheme (or "scheme not available") and calls `callback`; a
-    // NULL password with OK is its "no credentials" case.
-    unsafe { sys::passdb_handle_credentials(result, ptr(&hash), ptr(&scheme), callback, request) };
+    if !answered {
+        let result = r.unwrap_or(sys::passdb_result_PASSDB_RESULT_INTERNAL_FAILURE);
+        // SAFETY: as above; a NULL password with OK is Dovecot's "no
+        // credentials" case, with another result its failure.
+        unsafe { sys::passdb_handle_credentials(result, null(), null(), callback, request) };
+    }
 }
 
 unsafe extern "C" fn userdb_lookup(

@@ -1,28 +1,26 @@
-//! Policy server: Unix-socket I/O, limits, timeouts, shutdown.
+//! Policy server: the policy delegation protocol on the connection layer
+//! ([`ramdir_conn`], which does the I/O, limits, timeouts and shutdown).
 //!
-//! One task per connection, one request at a time (smtpd never pipelines),
-//! one directory snapshot per request. A malformed request is logged and
-//! the connection closed without a reply; Postfix then retries and finally
-//! applies the service's `default_action`.
+//! One request at a time (smtpd never pipelines), one directory snapshot per
+//! request. A malformed request is logged and the connection closed without
+//! a reply; Postfix then retries and finally applies the service's
+//! `default_action`.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use ramdir_conn::{Close, Limits, Out, Protocol};
 use ramdir_core::DirectoryHandle;
 use ramdir_core::check::UsageSource;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::net::UnixListener;
 
-use super::codec::PolicyRequest;
+use super::codec::{Attr, PolicyRequest};
 use super::service::{SWEEP_EVERY, Settings, Tracker, Transactions, decide};
 
-/// Idle time after which ramdir closes a connection (between one and two of
-/// these after the last request: the timer re-arms itself when it fires).
-/// Postfix closes an idle policy connection after `smtpd_policy_service_max_idle` (300 s) and any
+/// Idle time after which ramdir closes a connection. Postfix closes an idle
+/// policy connection after `smtpd_policy_service_max_idle` (300 s) and any
 /// after `…_max_ttl` (1000 s); ramdir waits longer so it never closes first.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
 
@@ -30,19 +28,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
 /// (100 s).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(100);
 
-/// Requests counted locally before they are added to the shared counter (an
-/// atomic add per request would bounce its cache line between the CPUs).
-const COUNT_BATCH: u64 = 256;
-
-/// Free room made in the read buffer before each read. Parsing in place
-/// leaves the consumed front of the buffer unusable until it is reclaimed;
-/// without this, a request read into what was left took two reads (a
-/// 670-byte policy request after one that used most of a 1 KiB buffer).
+/// Free room made in the read buffer before each read: a whole request
+/// (Postfix 3.7 sends about 670 bytes at RCPT) fits, so it takes one read.
 const READ_ROOM: usize = 1024;
 
-/// Default cap on concurrent connections: one per smtpd process
-/// (`default_process_limit` 100), with room for several smtpd services.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent connections: see
+/// [`ramdir_conn::DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = ramdir_conn::DEFAULT_MAX_CONNECTIONS;
 
 /// Tunables of one policy listener.
 #[derive(Debug, Clone)]
@@ -65,18 +57,8 @@ impl Default for Config {
     }
 }
 
-/// Counters for `stats` and tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Requests answered.
-    pub requests: AtomicU64,
-    /// Connections closed for a protocol error.
-    pub protocol_errors: AtomicU64,
-    /// Time to decide a request, sampled, while metrics are on.
-    pub latency: ramdir_core::latency::Latency,
-}
+/// Counters for `stats` and tests: the connection layer's.
+pub type Stats = ramdir_conn::Stats;
 
 /// Serve policy requests on `listener` until `shutdown` completes.
 ///
@@ -103,138 +85,77 @@ pub async fn run(
             }
         })
     };
-    let max = config.max_connections;
-    let result = crate::accept::run("policy", listener, max, shutdown, move |stream, stop| {
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, usage, config, stats, tracker) = (
-            directory.clone(),
-            usage.clone(),
-            config.clone(),
-            stats.clone(),
-            tracker.clone(),
-        );
-        async move {
-            serve_connection(stream, &directory, &*usage, &tracker, &config, &stats, stop).await
-        }
-    })
-    .await;
+    let limits = Limits {
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        write_timeout: WRITE_TIMEOUT,
+        read_room: READ_ROOM,
+    };
+    let protocol = Policy {
+        directory,
+        usage,
+        tracker,
+        settings: config.settings,
+    };
+    let result = ramdir_conn::serve(listener, Arc::new(protocol), limits, stats, shutdown).await;
     sweeper.abort();
     result
 }
 
-async fn serve_connection(
-    mut stream: UnixStream,
-    directory: &DirectoryHandle,
-    usage: &(dyn UsageSource + Send + Sync),
-    tracker: &Tracker,
-    config: &Config,
-    stats: &Stats,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut buf = BytesMut::with_capacity(1024);
-    let mut out = BytesMut::with_capacity(128);
-    // The parsed attributes' vector, reused for every request.
-    let mut attrs = Vec::new();
-    // This connection's transaction; handed to `tracker` if the connection
-    // closes before its END-OF-MESSAGE.
-    let mut transactions = Transactions::new(tracker);
-    // As in the socketmap server: one idle timer and one stop future per
-    // connection, re-armed when it fires if the connection was used, so no
-    // timer or clock work is done per request.
-    let idle = tokio::time::sleep(config.idle_timeout);
-    tokio::pin!(idle);
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopping);
-    let (mut stopped, mut reads, mut reads_when_armed) = (false, 0u64, 0u64);
-    let mut answered = 0u64;
-    let mut sampler = ramdir_core::latency::Sampler::default();
-    let result = 'conn: loop {
-        loop {
-            // Parsed in place: the request borrows from `buf` until its
-            // bytes are dropped after the answer.
-            match PolicyRequest::parse_into(&buf, std::mem::take(&mut attrs)) {
-                Ok(Some((req, used))) => {
-                    let started = sampler.start(&stats.latency);
-                    let action = decide(
-                        &req,
-                        &directory.current(),
-                        usage,
-                        &mut transactions,
-                        &config.settings,
-                        Instant::now(),
-                    );
-                    action.encode(&mut out);
-                    ramdir_core::latency::Sampler::finish(&stats.latency, started);
-                    attrs = req.recycle();
-                    buf.advance(used);
-                    answered += 1;
-                    if answered >= COUNT_BATCH {
-                        stats.requests.fetch_add(answered, Ordering::Relaxed);
-                        answered = 0;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "closing policy connection");
-                    break 'conn Err(());
-                }
-            }
+/// The policy protocol for the connection layer.
+struct Policy {
+    directory: Arc<DirectoryHandle>,
+    usage: Arc<dyn UsageSource + Send + Sync>,
+    tracker: Arc<Tracker>,
+    settings: Settings,
+}
+
+/// A connection's state: its transaction (handed to the tracker if the
+/// connection closes before its END-OF-MESSAGE) and the parsed
+/// attributes' vector, reused for every request.
+struct Conn {
+    transactions: Transactions<Arc<Tracker>>,
+    attrs: Vec<Attr<'static>>,
+}
+
+impl Protocol for Policy {
+    type Conn = Conn;
+    const NAME: &'static str = "policy";
+
+    fn open(&self) -> Conn {
+        Conn {
+            transactions: Transactions::new(self.tracker.clone()),
+            attrs: Vec::new(),
         }
-        if !out.is_empty() {
-            match stream.try_write(&out) {
-                Ok(n) => {
-                    let _ = out.split_to(n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "policy client went away");
-                    break Err(());
-                }
+    }
+
+    fn answer(
+        &self,
+        conn: &mut Conn,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close> {
+        // Parsed in place: the request borrows from `buf` until its bytes
+        // are dropped after the answer.
+        match PolicyRequest::parse_into(buf, std::mem::take(&mut conn.attrs)) {
+            Ok(Some((req, used))) => {
+                let action = decide(
+                    &req,
+                    &self.directory.current(),
+                    &*self.usage,
+                    &mut conn.transactions,
+                    &self.settings,
+                    Instant::now(),
+                );
+                action.encode(out.buf);
+                conn.attrs = req.recycle();
+                buf.advance(used);
+                Ok(true)
             }
-            if !out.is_empty() {
-                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
-                    Ok(Ok(())) => out.clear(),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "policy client went away");
-                        break Err(());
-                    }
-                    Err(_) => {
-                        tracing::warn!("policy client did not read its reply; closing");
-                        break Err(());
-                    }
-                }
-            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(Close::Protocol(e.to_string())),
         }
-        if stopped {
-            break Ok(());
-        }
-        tokio::select! {
-            biased;
-            r = { buf.reserve(READ_ROOM); stream.read_buf(&mut buf) } => match r {
-                Ok(0) | Err(_) => break Ok(()),
-                Ok(_) => reads += 1,
-            },
-            () = &mut idle => {
-                if reads != reads_when_armed {
-                    reads_when_armed = reads;
-                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
-                    continue;
-                }
-                break Ok(());
-            }
-            () = &mut stopping, if !stopped => {
-                stopped = true;
-                if buf.is_empty() {
-                    break Ok(());
-                }
-            }
-        }
-    };
-    let _ = result;
-    stats.requests.fetch_add(answered, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +165,9 @@ mod tests {
     use ramdir_core::quota::QuotaLimit;
     use ramdir_core::usage::StoreError;
     use ramdir_core::{Directory, UserSpec};
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
 
     struct Full;
     impl UsageSource for Full {

@@ -23,6 +23,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -206,8 +207,9 @@ impl Tracker {
 /// connection closes goes to the shared [`Tracker`], where its
 /// END-OF-MESSAGE on a new connection finds it.
 #[derive(Debug)]
-pub struct Transactions<'t> {
-    shared: &'t Tracker,
+pub struct Transactions<S: Deref<Target = Tracker>> {
+    /// The shared tracker: borrowed, or an `Arc` a connection thread owns.
+    shared: S,
     /// Whether `instance` and `tracked` hold a live transaction; the
     /// buffers are kept when it ends, for the next one.
     live: bool,
@@ -215,9 +217,9 @@ pub struct Transactions<'t> {
     tracked: Tracked,
 }
 
-impl<'t> Transactions<'t> {
+impl<S: Deref<Target = Tracker>> Transactions<S> {
     /// A new connection's tracking, backed by the shared tracker.
-    pub fn new(shared: &'t Tracker) -> Transactions<'t> {
+    pub fn new(shared: S) -> Transactions<S> {
         Transactions {
             shared,
             live: false,
@@ -266,7 +268,7 @@ impl<'t> Transactions<'t> {
     }
 }
 
-impl Drop for Transactions<'_> {
+impl<S: Deref<Target = Tracker>> Drop for Transactions<S> {
     fn drop(&mut self) {
         if self.live && self.tracked.touched.elapsed() < INSTANCE_TTL {
             let tracked = Tracked {
@@ -337,7 +339,7 @@ pub fn decide(
     req: &PolicyRequest<'_>,
     dir: &Directory,
     usage: &dyn UsageSource,
-    tracker: &mut Transactions<'_>,
+    tracker: &mut Transactions<impl Deref<Target = Tracker>>,
     settings: &Settings,
     now: Instant,
 ) -> Action {

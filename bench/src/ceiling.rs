@@ -16,6 +16,13 @@
 //! The server is generic over the protocol ([`Answer`]); `dict-ceiling`
 //! and `policy-ceiling` are the same server with the dict and policy
 //! codecs.
+//!
+//! `--blocking` runs the same answer on a blocking thread per connection
+//! (std sockets, `read` into the same buffer, one `write` per reply): for
+//! one-request-at-a-time clients such as Postfix this is the limit of the
+//! machine's IPC, since a blocked `read` is woken directly by the peer's
+//! `write` with no readiness poll in between. The connection layer's model
+//! (`conn/`) was chosen against both.
 
 use std::path::{Path, PathBuf};
 
@@ -60,17 +67,27 @@ impl Answer for SocketmapAnswer {
 }
 
 /// Run the socketmap ceiling server on `socket` until SIGTERM or SIGINT.
-pub fn run(socket: &Path, reply: &str) -> std::io::Result<()> {
+pub fn run(socket: &Path, reply: &str, blocking: bool) -> std::io::Result<()> {
     run_answer(
         "ceiling",
         socket,
         SocketmapAnswer(Reply::Ok(reply.to_string())),
+        blocking,
     )
 }
 
 /// Run a constant-reply server for `answer` on `socket` until SIGTERM or
-/// SIGINT; `name` prefixes its messages.
-pub fn run_answer<A: Answer>(name: &'static str, socket: &Path, answer: A) -> std::io::Result<()> {
+/// SIGINT; `name` prefixes its messages. `blocking`: a thread per
+/// connection instead of tokio.
+pub fn run_answer<A: Answer>(
+    name: &'static str,
+    socket: &Path,
+    answer: A,
+    blocking: bool,
+) -> std::io::Result<()> {
+    if blocking {
+        return run_blocking(name, socket, answer);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(name)
@@ -128,6 +145,63 @@ async fn connection<A: Answer>(mut stream: UnixStream, mut answer: A) -> std::io
         // As ramdir's servers: room for a whole request before each read.
         buf.reserve(A::READ_BUF);
         if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The blocking variant: a thread per connection; SIGTERM's default action
+/// ends it (the socket file is replaced by the next run).
+fn run_blocking<A: Answer>(name: &str, socket: &Path, answer: A) -> std::io::Result<()> {
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    eprintln!("{name}: listening on {} (blocking)", socket.display());
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let answer = answer.clone();
+                std::thread::spawn(move || {
+                    let _ = blocking_connection(stream, answer);
+                });
+            }
+            Err(e) => {
+                eprintln!("{name}: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn blocking_connection<A: Answer>(
+    mut stream: std::os::unix::net::UnixStream,
+    mut answer: A,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = BytesMut::with_capacity(A::READ_BUF);
+    let mut out = BytesMut::with_capacity(A::WRITE_BUF);
+    loop {
+        loop {
+            out.clear();
+            match answer.step(&mut buf, &mut out) {
+                Ok(true) => {
+                    if !out.is_empty() {
+                        stream.write_all(&out)?;
+                    }
+                }
+                Ok(false) => break,
+                Err(()) => return Ok(()),
+            }
+        }
+        buf.reserve(A::READ_BUF);
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        let n = stream.read(&mut buf[start..])?;
+        buf.truncate(start + n);
+        if n == 0 {
             return Ok(());
         }
     }

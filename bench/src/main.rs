@@ -22,6 +22,10 @@
 //! - `auth`: userdb lookups through Dovecot's own auth-userdb socket (the
 //!   auth-master protocol LMTP speaks), whatever Dovecot's userdb
 //!   (`bench/auth.sh`).
+//! - `e2e`: the end-to-end mail benchmark, Postfix → LMTP → Dovecot with
+//!   each directory setup (`bench/e2e.sh`).
+//! - `soak`: slapd and ramdir under a long mixed load over every listener
+//!   while the sources change, every answer checked (`bench/soak.sh`).
 //! - `gen-ldif`, `ldap-search`, `watch`: LDAP entries shaped like
 //!   `gen-passwd`'s users, equality searches on an LDAP server, and the time
 //!   a change takes to show through ramdir (`bench/ldap.sh`).
@@ -44,6 +48,7 @@ mod auth;
 mod ceiling;
 mod client;
 mod dict;
+mod e2e;
 mod genpasswd;
 mod hist;
 mod keys;
@@ -51,6 +56,7 @@ mod ldapload;
 mod lookup;
 mod policy;
 mod procfs;
+mod soak;
 mod watch;
 
 use keys::{DEFAULT_PATTERN, KeyPattern, KeySet};
@@ -95,6 +101,12 @@ enum Command {
         /// random `{SSHA}` hashes.
         #[arg(long)]
         plain_passwords: bool,
+        /// Shaped like a real passwd-file: `{SHA512-CRYPT}` hashes (as
+        /// `doveadm pw -s SHA512-CRYPT` makes them, 106 characters after
+        /// the scheme) and `userdb_quota_rule=*:storage=10G` (ramdir's
+        /// default limit) on every user; `--quota-every` is then ignored.
+        #[arg(long)]
+        real: bool,
     },
     /// Run the constant-reply socketmap server (the ceiling) until SIGTERM/SIGINT.
     Ceiling {
@@ -104,6 +116,9 @@ enum Command {
         /// Data of the constant `OK <data>` reply.
         #[arg(long, default_value = "x")]
         reply: String,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a socketmap server and report throughput and latency.
     Socketmap {
@@ -137,6 +152,9 @@ enum Command {
         /// The constant value (default: a userdb answer as ramdir gives it).
         #[arg(long, default_value = dict::DEFAULT_DICT_REPLY)]
         reply: String,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a Dovecot dict server with lookups (`H` once per connection,
     /// then one `L` at a time) and report throughput and latency.
@@ -186,6 +204,9 @@ enum Command {
         /// Unix socket to listen on (an old socket file is replaced).
         #[arg(long)]
         socket: PathBuf,
+        /// A blocking thread per connection instead of tokio.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Load a Postfix policy server with RCPT-time requests as Postfix 3.7
     /// sends them and report throughput and latency.
@@ -377,6 +398,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End-to-end mail benchmark: Postfix → LMTP → Dovecot with each
+    /// directory setup (`bench/e2e.sh`, docs/benchmarks.md).
+    E2e {
+        /// Setups in order: a (ramdir socketmap + dict), a-mq (a with
+        /// Dovecot's maildir quota), b (postfix-ramdir.so
+        /// + dict), c (hash: + passwd-file), c-cdb, d (ldap: + Dovecot ldap).
+        #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
+        setups: Vec<String>,
+        /// Users in the directory.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// Messages per setup (at most --users).
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Parallel SMTP sessions.
+        #[arg(long, default_value_t = 10)]
+        sessions: u32,
+        /// Message body bytes.
+        #[arg(long, default_value_t = 2000)]
+        size: u32,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Soak: a real slapd and ramdir (started here, stopped at the end)
+    /// under a mixed load over every listener while the alias file and
+    /// LDAP entries change; every answer checked (`bench/soak.sh`).
+    Soak {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Concurrent connections over all listeners.
+        #[arg(long, default_value_t = 500)]
+        connections: usize,
+        /// Sampling window in seconds (RSS, fds, p99 latency).
+        #[arg(long, default_value_t = 60)]
+        sample_secs: u64,
+        /// LDAP users.
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Seed of the request mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// Settings every load subcommand shares.
@@ -499,6 +567,7 @@ fn run(cli: Cli) -> Result<(), String> {
             pattern,
             seed,
             plain_passwords,
+            real,
         } => {
             let opts = genpasswd::GenOptions {
                 users,
@@ -508,14 +577,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 alias_every,
                 seed,
                 plain_passwords,
+                real,
             };
             genpasswd::run(&opts, &out, aliases.as_deref()).map_err(|e| format!("gen-passwd: {e}"))
         }
-        Command::Ceiling { socket, reply } => {
+        Command::Ceiling {
+            socket,
+            reply,
+            blocking,
+        } => {
             if reply.is_empty() {
                 return Err("--reply must not be empty (Postfix rejects an empty OK)".into());
             }
-            ceiling::run(&socket, &reply).map_err(|e| format!("ceiling: {e}"))
+            ceiling::run(&socket, &reply, blocking).map_err(|e| format!("ceiling: {e}"))
         }
         Command::Socketmap {
             socket,
@@ -545,10 +619,17 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             report(&opts, target, load.json)
         }
-        Command::DictCeiling { socket, reply } => {
-            ceiling::run_answer("dict-ceiling", &socket, dict::DictAnswer::new(reply))
-                .map_err(|e| format!("dict-ceiling: {e}"))
-        }
+        Command::DictCeiling {
+            socket,
+            reply,
+            blocking,
+        } => ceiling::run_answer(
+            "dict-ceiling",
+            &socket,
+            dict::DictAnswer::new(reply),
+            blocking,
+        )
+        .map_err(|e| format!("dict-ceiling: {e}")),
         Command::Dict {
             socket,
             load,
@@ -584,10 +665,13 @@ fn run(cli: Cli) -> Result<(), String> {
             connections,
             seed,
         }),
-        Command::PolicyCeiling { socket } => {
-            ceiling::run_answer("policy-ceiling", &socket, policy::PolicyAnswer::default())
-                .map_err(|e| format!("policy-ceiling: {e}"))
-        }
+        Command::PolicyCeiling { socket, blocking } => ceiling::run_answer(
+            "policy-ceiling",
+            &socket,
+            policy::PolicyAnswer::default(),
+            blocking,
+        )
+        .map_err(|e| format!("policy-ceiling: {e}")),
         Command::Policy {
             socket,
             load,
@@ -755,6 +839,36 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Rss { pid, json } => procfs::run(pid, json).map_err(|e| format!("pid {pid}: {e}")),
+        Command::E2e {
+            setups,
+            users,
+            messages,
+            sessions,
+            size,
+            json,
+        } => e2e::run(&e2e::E2eOptions {
+            setups,
+            users,
+            messages,
+            sessions,
+            size,
+            json,
+        }),
+        Command::Soak {
+            secs,
+            connections,
+            sample_secs,
+            users,
+            seed,
+            json,
+        } => soak::run(&soak::SoakOptions {
+            duration: Duration::from_secs(secs),
+            connections,
+            sample: Duration::from_secs(sample_secs.max(1)),
+            users,
+            seed,
+            json,
+        }),
     }
 }
 

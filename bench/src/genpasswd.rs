@@ -26,6 +26,9 @@ pub struct GenOptions {
     /// Passwords `{PLAIN}<address>` instead of random `{SSHA}` hashes: a
     /// login load (`auth --plain`) can then log every user in.
     pub plain_passwords: bool,
+    /// `{SHA512-CRYPT}` hashes and the default limit as a quota rule on
+    /// every user (see [`push_sha512_crypt`]).
+    pub real: bool,
 }
 
 /// What was written.
@@ -59,6 +62,24 @@ pub fn push_ssha(rng: &mut XorShift, out: &mut Vec<u8>) {
             out.push(B64[((n >> shift) & 63) as usize]);
         }
     }
+}
+
+/// crypt(3)'s base64 alphabet.
+const CRYPT64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// `{SHA512-CRYPT}$6$<16 salt characters>$<86 hash characters>`: the shape
+/// (and length: 106 characters after the scheme) `doveadm pw -s
+/// SHA512-CRYPT` makes, with pseudo-random characters.
+pub fn push_sha512_crypt(rng: &mut XorShift, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{SHA512-CRYPT}$6$");
+    let mut push = |n: usize, out: &mut Vec<u8>| {
+        for _ in 0..n {
+            out.push(CRYPT64[rng.below(64) as usize]);
+        }
+    };
+    push(16, out);
+    out.push(b'$');
+    push(86, out);
 }
 
 /// Write the passwd-file (and, with `aliases`, the alias file). Lines look
@@ -96,6 +117,8 @@ pub fn generate(
         if opts.plain_passwords {
             line.extend_from_slice(b"{PLAIN}");
             line.extend_from_slice(&addr);
+        } else if opts.real {
+            push_sha512_crypt(&mut rng, &mut line);
         } else {
             push_ssha(&mut rng, &mut line);
         }
@@ -104,7 +127,10 @@ pub fn generate(
         line.push(b'/');
         line.extend_from_slice(local);
         line.extend_from_slice(b"::");
-        if opts.quota_every > 0 && i % opts.quota_every == 0 {
+        if opts.real {
+            line.extend_from_slice(b"userdb_quota_rule=*:storage=10G");
+            report.with_quota += 1;
+        } else if opts.quota_every > 0 && i % opts.quota_every == 0 {
             let mb = quota_sizes[(rng.below(quota_sizes.len() as u64)) as usize];
             line.extend_from_slice(format!("userdb_quota_rule=*:storage={mb}M").as_bytes());
             report.with_quota += 1;
@@ -180,7 +206,32 @@ mod tests {
             alias_every: 5,
             seed: 1,
             plain_passwords: false,
+            real: false,
         };
+        let real = dir.path().join("real");
+        let r = generate(
+            &GenOptions {
+                real: true,
+                ..opts.clone()
+            },
+            &real,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.with_quota, 10);
+        for line in std::fs::read_to_string(&real).unwrap().lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            let hash = f[1].strip_prefix("{SHA512-CRYPT}").unwrap();
+            assert_eq!(hash.len(), 106, "{hash}");
+            assert!(
+                hash.starts_with("$6$") && hash.as_bytes()[19] == b'$',
+                "{hash}"
+            );
+            assert!(
+                line.ends_with("::userdb_quota_rule=*:storage=10G"),
+                "{line}"
+            );
+        }
         let r = generate(&opts, &pw, Some(&al)).unwrap();
         assert_eq!((r.users, r.with_quota, r.aliases), (10, 3, 2));
         let text = std::fs::read_to_string(&pw).unwrap();

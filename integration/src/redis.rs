@@ -76,6 +76,11 @@ impl Redis {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// The URL ramdir's `[quota] shared` takes.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)

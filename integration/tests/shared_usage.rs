@@ -17,10 +17,10 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ramdir_integration::dovecot::{MailStack, MailStackOptions, message};
+use ramdir_integration::dovecot::{DictClient, MailStack, MailStackOptions, message};
 use ramdir_integration::ramdir::{Ramdir, write_config};
 use ramdir_integration::redis::Redis;
-use ramdir_integration::{DirectoryContent, StackDir, write_atomic};
+use ramdir_integration::{DirectoryContent, StackDir, WAIT, wait_for, write_atomic};
 
 /// Every user's limit is 50K (51,200 bytes; Dovecot's grace adds 10%).
 const USERS: &str = "\
@@ -52,7 +52,7 @@ fn content() -> DirectoryContent {
 
 fn shared_keys(redis: &Redis, host: &str) -> String {
     format!(
-        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 2\n",
+        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 3\n",
         redis.url()
     )
 }
@@ -73,27 +73,41 @@ fn store_host(redis: &Redis) -> MailStack {
 struct Mx {
     ramdir: Ramdir,
     policy: PathBuf,
+    dict: PathBuf,
     _dir: StackDir,
 }
 
 fn mx_host(redis: &Redis, store: &MailStack) -> Mx {
+    other_host(redis, store, "mx")
+}
+
+/// A second host named `host` (policy and dict listeners, its own store).
+fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
     let dir = StackDir::new();
     let socketmap = dir.join("socketmap.sock");
     let policy = dir.join("policy.sock");
+    let dict = dir.join("dict.sock");
     let config = dir.join("ramdir.toml");
     write_config(&config, &store.files, &socketmap, DIRECTORY_EXTRA);
     let mut text = std::fs::read_to_string(&config).expect("read config");
     text.push_str(&format!(
-        "\n[policy]\nlisten = {:?}\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
+        "\n[policy]\nlisten = {:?}\n\n[dict]\nlisten = {:?}\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
         format!("unix:{}", policy.display()),
+        format!("unix:{}", dict.display()),
         dir.join("quota.redb").display().to_string(),
-        shared_keys(redis, "mx"),
+        shared_keys(redis, host),
     ));
     write_atomic(&config, &text);
     let ramdir = Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"));
+    // The socketmap comes up first; wait for the other two listeners.
+    wait_for(WAIT, "the policy and dict sockets", || {
+        (UnixStream::connect(&policy).is_ok() && DictClient::connect(&dict, "quota").is_ok())
+            .then_some(())
+    });
     Mx {
         ramdir,
         policy,
+        dict,
         _dir: dir,
     }
 }
@@ -200,7 +214,7 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     assert_eq!(mx.rcpt(bob), "DUNNO");
 
     // 2. Redis dies: the store host goes on committing; the MX's answers
-    //    for other hosts' users turn into deferrals once stale (2 s).
+    //    for other hosts' users turn into deferrals once stale (3 s).
     redis.kill();
     deliver(&s, bob, "b1");
     deliver(&s, bob, "b2");
@@ -276,6 +290,8 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
     // `O` must be in redb after the restart, and Redis must equal redb.
     let socket = s.dict_socket.clone();
     let users2 = users.clone();
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total2 = total.clone();
     let writer = std::thread::spawn(move || {
         let mut acked = vec![0i64; users2.len()];
         let mut in_flight = vec![0i64; users2.len()];
@@ -291,6 +307,7 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
             ) {
                 Ok(r) if r.starts_with('O') => {
                     acked[i] += 1;
+                    total2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     in_flight[i] -= 1;
                 }
                 _ => break,
@@ -298,11 +315,14 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
         }
         (acked, in_flight)
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Kill once commits (and so publishing) are well under way.
+    wait_for(WAIT, "30 acknowledged commits", || {
+        (total.load(std::sync::atomic::Ordering::Relaxed) >= 30).then_some(())
+    });
     s.kill_ramdir();
     let (acked, in_flight) = writer.join().unwrap();
     assert!(
-        acked.iter().sum::<i64>() > 10,
+        acked.iter().sum::<i64>() >= 30,
         "too few commits before the kill: {acked:?}"
     );
     s.restart_ramdir();
@@ -319,4 +339,55 @@ fn kill_9_of_the_store_mid_publishing_loses_and_doubles_nothing() {
         wait_redis_equals_store(&redis, &s, u, "after kill -9 and restart");
     }
     println!("acknowledged before kill -9: {acked:?}; Redis equals redb for every user");
+}
+
+#[test]
+fn a_user_moved_to_another_host_is_recalculated_not_incremented() {
+    let rdir = StackDir::new();
+    let redis = Redis::start(&rdir.join("redis"));
+    let s = store_host(&redis);
+    let old = other_host(&redis, &s, "old");
+    let alice = "alice@example.org";
+    let tx = |socket: &PathBuf, ops: &[&str]| {
+        DictClient::connect(socket, "quota")
+            .and_then(|mut d| d.transaction(alice, ops))
+            .unwrap_or_else(|e| panic!("dict {}: {e}", socket.display()))
+    };
+    // alice lived on "old" (10,000 bytes there) ...
+    let r = tx(
+        &old.dict,
+        &["S\tpriv/quota/storage\t10000", "S\tpriv/quota/messages\t1"],
+    );
+    assert!(r.starts_with('O'), "{r}");
+    // ... then moved to "store", whose Dovecot wrote her real usage.
+    let r = tx(
+        &s.dict_socket,
+        &["S\tpriv/quota/storage\t60000", "S\tpriv/quota/messages\t4"],
+    );
+    assert!(r.starts_with('O'), "{r}");
+    // Once "old" sees the newer value (its policy refuses her) ...
+    old.wait_rcpt(alice, "old host sees the move", is_refusal);
+    // ... an increment there must not apply to its stale 10,000: N, so
+    // Dovecot recalculates.
+    let r = tx(
+        &old.dict,
+        &["A\tpriv/quota/storage\t500", "A\tpriv/quota/messages\t1"],
+    );
+    assert!(r.starts_with('N'), "increment on a moved user: {r}");
+    wait_redis_equals_store(&redis, &s, alice, "the store host still owns her");
+    // The recalculation's absolute value makes "old" the owner again.
+    let r = tx(
+        &old.dict,
+        &["S\tpriv/quota/storage\t61000", "S\tpriv/quota/messages\t5"],
+    );
+    assert!(r.starts_with('O'), "{r}");
+    let start = Instant::now();
+    while in_redis(&redis, alice) != Some((61000, 5, "old".into())) {
+        assert!(
+            start.elapsed() < CAP,
+            "Redis: {:?}",
+            in_redis(&redis, alice)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

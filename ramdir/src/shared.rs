@@ -667,12 +667,33 @@ impl Feed {
     }
 
     fn apply_fields(&self, fields: &[String]) {
-        let mut h = HashMap::new();
+        let (mut u, mut b, mut m, mut v, mut h) = (None, None, None, None, None);
         for kv in fields.chunks_exact(2) {
-            h.insert(kv[0].clone(), kv[1].clone());
+            let slot = match kv[0].as_str() {
+                "u" => &mut u,
+                "b" => &mut b,
+                "m" => &mut m,
+                "v" => &mut v,
+                "h" => &mut h,
+                _ => continue,
+            };
+            *slot = Some(&kv[1]);
         }
-        if let Some(user) = h.get("u").cloned() {
-            self.apply_hash(&user, &h);
+        let (Some(user), Some(v), Some(host)) = (u, v.and_then(|v| v.parse().ok()), h) else {
+            return;
+        };
+        // This host's own values reached its mirror at commit time.
+        if host.as_str() == &**self.mirror.host() {
+            return;
         }
+        self.mirror.apply(
+            user,
+            Entry {
+                storage: parse_counter(b),
+                messages: parse_counter(m),
+                version: v,
+                host: host.as_str().into(),
+            },
+        );
     }
 }

@@ -164,6 +164,20 @@ fn throughput(socket: &Path, conns: usize, secs: f64, base: usize) -> f64 {
     n as f64 / el
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the
+    // 12th, stime the 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -191,7 +205,7 @@ fn main() {
     let shared = |host: &str| format!("shared = {:?}\nhost_id = {host:?}\n", redis.url());
     let store_dir = dir.join("store");
     let store_dict = store_dir.join("dict.sock");
-    let _store = ramdir(
+    let store = ramdir(
         &store_dir,
         &files,
         &format!(
@@ -203,7 +217,7 @@ fn main() {
     );
     let plain_dir = dir.join("plain");
     let plain_dict = plain_dir.join("dict.sock");
-    let _plain = ramdir(
+    let plain = ramdir(
         &plain_dir,
         &files,
         &format!(
@@ -214,7 +228,7 @@ fn main() {
     );
     let mx_dir = dir.join("mx");
     let mx_policy = mx_dir.join("policy.sock");
-    let _mx = ramdir(
+    let mx = ramdir(
         &mx_dir,
         &files,
         &format!(
@@ -226,7 +240,9 @@ fn main() {
     );
     let mut d = wait_dict(&store_dict);
     wait_dict(&plain_dict);
-    let s = UnixStream::connect(&mx_policy).expect("policy connect");
+    let s = ramdir_integration::wait_for(Duration::from_secs(30), "the MX's policy socket", || {
+        UnixStream::connect(&mx_policy).ok()
+    });
     let mut policy = (BufReader::new(s.try_clone().expect("dup")), s);
 
     // 1. Propagation.
@@ -257,9 +273,15 @@ fn main() {
     samples.sort();
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1000.0);
 
-    // 2. Throughput, ABBA.
+    // 2. Throughput, ABBA, with the CPU each process spent per commit.
+    let pid = |r: &Ramdir| r.pid().expect("ramdir running");
+    let (store_pid, plain_pid, mx_pid) = (pid(&store), pid(&plain), pid(&mx));
+    let redis_pid = redis.pid().expect("redis running");
     let mut on = Vec::new();
     let mut off = Vec::new();
+    // CPU µs per commit: [dict ramdir, redis, mx], publishing on and off.
+    let mut cpu_on = vec![Vec::new(); 3];
+    let mut cpu_off = vec![Vec::new(); 3];
     for r in 0..a.rounds {
         let order: [bool; 2] = if r % 2 == 0 {
             [true, false]
@@ -268,7 +290,19 @@ fn main() {
         };
         for publish in order {
             let sock = if publish { &store_dict } else { &plain_dict };
+            let server = if publish { store_pid } else { plain_pid };
+            let pids = [server, redis_pid, mx_pid];
+            let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
             let tput = throughput(sock, a.conns, a.duration, r * 1000);
+            let commits = tput * a.duration;
+            for (i, p) in pids.iter().enumerate() {
+                let us = (cpu_secs(*p) - before[i]) * 1e6 / commits.max(1.0);
+                if publish {
+                    cpu_on[i].push(us)
+                } else {
+                    cpu_off[i].push(us)
+                }
+            }
             eprintln!(
                 "round {}: publishing {}: {tput:.0} commits/s",
                 r + 1,
@@ -320,6 +354,17 @@ fn main() {
         median(off),
         median(on),
         ratio
+    );
+    println!();
+    let cm = |v: &Vec<f64>| median(v.clone());
+    println!(
+        "| CPU µs per commit (median; /proc, 10 ms ticks) | dict ramdir | redis-server | MX ramdir |\n|---|---:|---:|---:|\n| publishing off (\"plain\") | {:.1} | {:.1} | {:.1} |\n| publishing on (\"store\") | {:.1} | {:.1} | {:.1} |",
+        cm(&cpu_off[0]),
+        cm(&cpu_off[1]),
+        cm(&cpu_off[2]),
+        cm(&cpu_on[0]),
+        cm(&cpu_on[1]),
+        cm(&cpu_on[2]),
     );
     println!();
     println!(

@@ -27,7 +27,10 @@
 //!
 //! The kernel does the timekeeping: the idle timeout is the socket's
 //! receive timeout (`SO_RCVTIMEO`), the write timeout its send timeout
-//! (`SO_SNDTIMEO`); no timer is touched per request. Shutdown shuts every
+//! (`SO_SNDTIMEO`); no timer is touched per request. Only while a partial
+//! request waits for its rest is the receive timeout shortened to what is
+//! left of [`REQUEST_TIMEOUT`], so a client trickling bytes cannot hold a
+//! connection slot for long. Shutdown shuts every
 //! connection's reading side, which wakes the blocked `read`s: requests
 //! that had arrived are answered, then the threads end.
 
@@ -36,7 +39,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ramdir_core::latency::{Latency, Sampler};
@@ -77,6 +80,14 @@ pub const THREAD_STACK: usize = 256 * 1024;
 /// being answered (a dict iteration over a million users): the memory a
 /// connection holds for its output stays bounded.
 pub const OUT_FLUSH: usize = 64 * 1024;
+
+/// Time a request may take to arrive once its first byte has. Postfix
+/// and Dovecot write each request with one `write`, which a Unix socket
+/// delivers whole, so a request that trickles in (a byte a second) is a
+/// broken or hostile client holding a connection slot; the idle timeout
+/// alone would let it hold the slot for as long as each byte comes before
+/// the idle timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The I/O settings of one listener.
 #[derive(Debug, Clone)]
@@ -343,6 +354,10 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
     let mut out = BytesMut::with_capacity(limits.read_room);
     let mut counted = Counted { stats, pending: 0 };
     let mut sampler = Sampler::default();
+    // While a partial request waits for its rest: when it began, and the
+    // receive timeout is then the rest of REQUEST_TIMEOUT instead of the
+    // idle timeout (one clock read and one setsockopt per read, only then).
+    let mut partial: Option<Instant> = None;
     loop {
         // Answer every whole request already read.
         loop {
@@ -377,6 +392,29 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
         {
             log_io(P::NAME, &e);
             return;
+        }
+        match (&partial, buf.is_empty()) {
+            (None, false) => {
+                partial = Some(Instant::now());
+                let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT.min(limits.idle_timeout)));
+            }
+            (Some(since), false) => {
+                let left = REQUEST_TIMEOUT.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    tracing::debug!(
+                        listener = P::NAME,
+                        pending = buf.len(),
+                        "request not complete within the request timeout; closing"
+                    );
+                    return;
+                }
+                let _ = stream.set_read_timeout(Some(left.min(limits.idle_timeout)));
+            }
+            (Some(_), true) => {
+                partial = None;
+                let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+            }
+            (None, true) => {}
         }
         match read_some(stream, &mut buf, limits.read_room) {
             Ok(0) => {
@@ -594,6 +632,35 @@ mod tests {
             let mut rest = String::new();
             c.read_to_string(&mut rest).unwrap();
             assert_eq!(rest, "");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_trickles_in_is_cut_off() {
+        let srv = spawn(limits()).await;
+        let path = srv.path.clone();
+        blocking(move || {
+            let mut c = BufReader::new(UnixStream::connect(&path).unwrap());
+            assert_eq!(ask(&mut c, "a\n"), "A\n");
+            // A partial request, then one byte now and then, for longer
+            // than REQUEST_TIMEOUT (though each comes well within the idle
+            // timeout): ramdir closes the connection.
+            let started = Instant::now();
+            let mut closed = false;
+            while started.elapsed() < REQUEST_TIMEOUT * 3 {
+                if c.get_mut().write_all(b"x").is_err() {
+                    closed = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            assert!(
+                closed,
+                "a request trickling in for {:?} was not cut off",
+                started.elapsed()
+            );
+            assert!(started.elapsed() >= REQUEST_TIMEOUT);
         })
         .await;
     }

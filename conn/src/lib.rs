@@ -17,13 +17,16 @@
 //! `read` that finds the socket empty and an `epoll_wait` on top, and a
 //! cross-thread wake-up; measured on the 2-CPU test machine, a tokio
 //! constant-reply server reaches about 0.7 of a blocking one at 16
-//! connections (docs/benchmarks.md, "Connection layer", has the figures at
+//! connections (docs/benchmarks.md, "The connection layer", has the figures at
 //! 16, 100 and 500 connections). So connections are served by threads;
 //! accepting stays on the tokio runtime (it is not per request, and there
 //! the runtime gives the back-off timer and the shutdown signal), and the
 //! few asynchronous steps a protocol has (an LDAP fallback lookup, waiting
 //! for a durable commit) block their connection's thread on the runtime
 //! ([`Protocol`] implementations hold a [`tokio::runtime::Handle`]).
+//! Threads are reused from connection to connection ([`THREAD_IDLE`]), so
+//! a client that connects per request (Dovecot's dict client without
+//! `idle_msecs`) does not pay for a thread start each time.
 //!
 //! The kernel does the timekeeping: the idle timeout is the socket's
 //! receive timeout (`SO_RCVTIMEO`), the write timeout its send timeout
@@ -34,11 +37,12 @@
 //! connection's reading side, which wakes the blocked `read`s: requests
 //! that had arrived are answered, then the threads end.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -215,6 +219,7 @@ pub async fn serve<P: Protocol>(
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let limit = Arc::new(Semaphore::new(max));
     let registry = Arc::new(Mutex::new(Registry::default()));
+    let pool = Arc::new(Pool::default());
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     let result = loop {
@@ -238,7 +243,7 @@ pub async fn serve<P: Protocol>(
             () = &mut shutdown => break Ok(()),
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = start(&protocol, stream, &limits, &stats, &registry, permit) {
+        if let Err(e) = start(&pool, &protocol, stream, &limits, &stats, &registry, permit) {
             // Out of threads or memory: the client is closed (it retries),
             // and accepting pauses as for any resource shortage.
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +270,7 @@ pub fn is_transient(e: &io::Error) -> bool {
 
 /// Hand an accepted connection to a thread of its own.
 fn start<P: Protocol>(
+    pool: &Arc<Pool>,
     protocol: &Arc<P>,
     stream: tokio::net::UnixStream,
     limits: &Arc<Limits>,
@@ -292,15 +298,98 @@ fn start<P: Protocol>(
         _permit: permit,
     };
     let (protocol, limits, stats) = (protocol.clone(), limits.clone(), stats.clone());
-    let spawned = std::thread::Builder::new()
-        .name(P::NAME.into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
+    // On failure the job (and the guard, and the stream) is dropped.
+    pool.run(
+        P::NAME,
+        Box::new(move || {
             let _guard = guard;
             connection(&*protocol, &stream, &limits, &stats);
-        });
-    // On failure the closure (and the guard, and the stream) is dropped.
-    spawned.map(drop)
+        }),
+    )
+}
+
+/// How long a connection thread whose connection ended waits for the next
+/// one before it ends. Dovecot's dict client without `idle_msecs` connects
+/// once per lookup (protocols.md G11): starting a thread for each of those
+/// connections halved the rate a dict served them; a thread that waits a
+/// little is reused instead. Idle threads hold no connection slot.
+pub const THREAD_IDLE: Duration = Duration::from_secs(10);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A listener's connection threads: reused while connections come and go,
+/// started when none is free, ended after [`THREAD_IDLE`] without work.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Jobs handed to idle threads and not yet taken.
+    jobs: VecDeque<Job>,
+    /// Threads waiting for a job and not yet handed one.
+    idle: usize,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A poisoned lock only means a panic elsewhere; the queue is intact
+        // (jobs run outside the lock).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `job` on an idle thread, or on a new one.
+    fn run(self: &Arc<Self>, name: &str, job: Job) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            if st.idle > 0 {
+                st.idle -= 1;
+                st.jobs.push_back(job);
+                drop(st);
+                self.ready.notify_one();
+                return Ok(());
+            }
+        }
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                job();
+                pool.work();
+            })
+            .map(drop)
+    }
+
+    /// An idle thread's life: take jobs until none comes for THREAD_IDLE.
+    fn work(&self) {
+        let mut st = self.lock();
+        st.idle += 1;
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                drop(st);
+                // A panic ends this connection (its guard frees the slot)
+                // and this thread, not the pool.
+                job();
+                st = self.lock();
+                st.idle += 1;
+                continue;
+            }
+            let (guard, waited) = self
+                .ready
+                .wait_timeout(st, THREAD_IDLE)
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            // Timed out with nothing queued: this thread's idle unit is
+            // not reserved (reserved ones have a job queued), so it leaves.
+            if waited.timed_out() && st.jobs.is_empty() && st.idle > 0 {
+                st.idle -= 1;
+                return;
+            }
+        }
+    }
 }
 
 struct Guard {
@@ -501,6 +590,57 @@ mod tests {
             out.buf.extend_from_slice(&line.to_ascii_uppercase());
             Ok(true)
         }
+    }
+
+    /// [`Upper`], noting which threads served its connections (thread
+    /// ids are never reused within a process).
+    #[derive(Default)]
+    struct Churn(Mutex<std::collections::HashSet<std::thread::ThreadId>>);
+
+    impl Protocol for Churn {
+        type Conn = ();
+        const NAME: &'static str = "churn";
+        fn open(&self) {
+            self.0.lock().unwrap().insert(std::thread::current().id());
+        }
+        fn answer(&self, c: &mut (), buf: &mut BytesMut, out: &mut Out<'_>) -> Result<bool, Close> {
+            Upper.answer(c, buf, out)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threads_are_reused_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let churn = Arc::new(Churn::default());
+        let task = tokio::spawn(serve(
+            listener,
+            churn.clone(),
+            limits(),
+            Arc::new(Stats::default()),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        blocking(move || {
+            // One connection per request, one after the other.
+            for i in 0..300 {
+                let mut c = BufReader::new(UnixStream::connect(&path).unwrap());
+                assert_eq!(ask(&mut c, &format!("r{i}\n")), format!("R{i}\n"));
+            }
+        })
+        .await;
+        // A thread per connection would be 300 threads; reused, a handful
+        // (a connection may arrive before the last one's thread is idle).
+        let threads = churn.0.lock().unwrap().len();
+        assert!(
+            threads <= 16,
+            "{threads} threads served 300 connections made one at a time"
+        );
+        tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     struct Server {

@@ -17,26 +17,33 @@
 //! `read` that finds the socket empty and an `epoll_wait` on top, and a
 //! cross-thread wake-up; measured on the 2-CPU test machine, a tokio
 //! constant-reply server reaches about 0.7 of a blocking one at 16
-//! connections (docs/benchmarks.md, "Connection layer", has the figures at
+//! connections (docs/benchmarks.md, "The connection layer", has the figures at
 //! 16, 100 and 500 connections). So connections are served by threads;
 //! accepting stays on the tokio runtime (it is not per request, and there
 //! the runtime gives the back-off timer and the shutdown signal), and the
 //! few asynchronous steps a protocol has (an LDAP fallback lookup, waiting
 //! for a durable commit) block their connection's thread on the runtime
 //! ([`Protocol`] implementations hold a [`tokio::runtime::Handle`]).
+//! Threads are reused from connection to connection ([`THREAD_IDLE`]), so
+//! a client that connects per request (Dovecot's dict client without
+//! `idle_msecs`) does not pay for a thread start each time.
 //!
 //! The kernel does the timekeeping: the idle timeout is the socket's
 //! receive timeout (`SO_RCVTIMEO`), the write timeout its send timeout
-//! (`SO_SNDTIMEO`); no timer is touched per request. Shutdown shuts every
+//! (`SO_SNDTIMEO`); no timer is touched per request. Only while a partial
+//! request waits for its rest is the receive timeout shortened to what is
+//! left of [`REQUEST_TIMEOUT`], so a client trickling bytes cannot hold a
+//! connection slot for long. Shutdown shuts every
 //! connection's reading side, which wakes the blocked `read`s: requests
 //! that had arrived are answered, then the threads end.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use ramdir_core::latency::{Latency, Sampler};
@@ -77,6 +84,14 @@ pub const THREAD_STACK: usize = 256 * 1024;
 /// being answered (a dict iteration over a million users): the memory a
 /// connection holds for its output stays bounded.
 pub const OUT_FLUSH: usize = 64 * 1024;
+
+/// Time a request may take to arrive once its first byte has. Postfix
+/// and Dovecot write each request with one `write`, which a Unix socket
+/// delivers whole, so a request that trickles in (a byte a second) is a
+/// broken or hostile client holding a connection slot; the idle timeout
+/// alone would let it hold the slot for as long as each byte comes before
+/// the idle timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The I/O settings of one listener.
 #[derive(Debug, Clone)]
@@ -204,6 +219,7 @@ pub async fn serve<P: Protocol>(
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let limit = Arc::new(Semaphore::new(max));
     let registry = Arc::new(Mutex::new(Registry::default()));
+    let pool = Arc::new(Pool::default());
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     let result = loop {
@@ -227,7 +243,7 @@ pub async fn serve<P: Protocol>(
             () = &mut shutdown => break Ok(()),
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = start(&protocol, stream, &limits, &stats, &registry, permit) {
+        if let Err(e) = start(&pool, &protocol, stream, &limits, &stats, &registry, permit) {
             // Out of threads or memory: the client is closed (it retries),
             // and accepting pauses as for any resource shortage.
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -254,6 +270,7 @@ pub fn is_transient(e: &io::Error) -> bool {
 
 /// Hand an accepted connection to a thread of its own.
 fn start<P: Protocol>(
+    pool: &Arc<Pool>,
     protocol: &Arc<P>,
     stream: tokio::net::UnixStream,
     limits: &Arc<Limits>,
@@ -281,15 +298,98 @@ fn start<P: Protocol>(
         _permit: permit,
     };
     let (protocol, limits, stats) = (protocol.clone(), limits.clone(), stats.clone());
-    let spawned = std::thread::Builder::new()
-        .name(P::NAME.into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
+    // On failure the job (and the guard, and the stream) is dropped.
+    pool.run(
+        P::NAME,
+        Box::new(move || {
             let _guard = guard;
             connection(&*protocol, &stream, &limits, &stats);
-        });
-    // On failure the closure (and the guard, and the stream) is dropped.
-    spawned.map(drop)
+        }),
+    )
+}
+
+/// How long a connection thread whose connection ended waits for the next
+/// one before it ends. Dovecot's dict client without `idle_msecs` connects
+/// once per lookup (protocols.md G11): starting a thread for each of those
+/// connections halved the rate a dict served them; a thread that waits a
+/// little is reused instead. Idle threads hold no connection slot.
+pub const THREAD_IDLE: Duration = Duration::from_secs(10);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A listener's connection threads: reused while connections come and go,
+/// started when none is free, ended after [`THREAD_IDLE`] without work.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Jobs handed to idle threads and not yet taken.
+    jobs: VecDeque<Job>,
+    /// Threads waiting for a job and not yet handed one.
+    idle: usize,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A poisoned lock only means a panic elsewhere; the queue is intact
+        // (jobs run outside the lock).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `job` on an idle thread, or on a new one.
+    fn run(self: &Arc<Self>, name: &str, job: Job) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            if st.idle > 0 {
+                st.idle -= 1;
+                st.jobs.push_back(job);
+                drop(st);
+                self.ready.notify_one();
+                return Ok(());
+            }
+        }
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                job();
+                pool.work();
+            })
+            .map(drop)
+    }
+
+    /// An idle thread's life: take jobs until none comes for THREAD_IDLE.
+    fn work(&self) {
+        let mut st = self.lock();
+        st.idle += 1;
+        loop {
+            if let Some(job) = st.jobs.pop_front() {
+                drop(st);
+                // A panic ends this connection (its guard frees the slot)
+                // and this thread, not the pool.
+                job();
+                st = self.lock();
+                st.idle += 1;
+                continue;
+            }
+            let (guard, waited) = self
+                .ready
+                .wait_timeout(st, THREAD_IDLE)
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            // Timed out with nothing queued: this thread's idle unit is
+            // not reserved (reserved ones have a job queued), so it leaves.
+            if waited.timed_out() && st.jobs.is_empty() && st.idle > 0 {
+                st.idle -= 1;
+                return;
+            }
+        }
+    }
 }
 
 struct Guard {
@@ -343,6 +443,10 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
     let mut out = BytesMut::with_capacity(limits.read_room);
     let mut counted = Counted { stats, pending: 0 };
     let mut sampler = Sampler::default();
+    // While a partial request waits for its rest: when it began, and the
+    // receive timeout is then the rest of REQUEST_TIMEOUT instead of the
+    // idle timeout (one clock read and one setsockopt per read, only then).
+    let mut partial: Option<Instant> = None;
     loop {
         // Answer every whole request already read.
         loop {
@@ -377,6 +481,29 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
         {
             log_io(P::NAME, &e);
             return;
+        }
+        match (&partial, buf.is_empty()) {
+            (None, false) => {
+                partial = Some(Instant::now());
+                let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT.min(limits.idle_timeout)));
+            }
+            (Some(since), false) => {
+                let left = REQUEST_TIMEOUT.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    tracing::debug!(
+                        listener = P::NAME,
+                        pending = buf.len(),
+                        "request not complete within the request timeout; closing"
+                    );
+                    return;
+                }
+                let _ = stream.set_read_timeout(Some(left.min(limits.idle_timeout)));
+            }
+            (Some(_), true) => {
+                partial = None;
+                let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+            }
+            (None, true) => {}
         }
         match read_some(stream, &mut buf, limits.read_room) {
             Ok(0) => {
@@ -463,6 +590,57 @@ mod tests {
             out.buf.extend_from_slice(&line.to_ascii_uppercase());
             Ok(true)
         }
+    }
+
+    /// [`Upper`], noting which threads served its connections (thread
+    /// ids are never reused within a process).
+    #[derive(Default)]
+    struct Churn(Mutex<std::collections::HashSet<std::thread::ThreadId>>);
+
+    impl Protocol for Churn {
+        type Conn = ();
+        const NAME: &'static str = "churn";
+        fn open(&self) {
+            self.0.lock().unwrap().insert(std::thread::current().id());
+        }
+        fn answer(&self, c: &mut (), buf: &mut BytesMut, out: &mut Out<'_>) -> Result<bool, Close> {
+            Upper.answer(c, buf, out)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn threads_are_reused_across_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let churn = Arc::new(Churn::default());
+        let task = tokio::spawn(serve(
+            listener,
+            churn.clone(),
+            limits(),
+            Arc::new(Stats::default()),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        blocking(move || {
+            // One connection per request, one after the other.
+            for i in 0..300 {
+                let mut c = BufReader::new(UnixStream::connect(&path).unwrap());
+                assert_eq!(ask(&mut c, &format!("r{i}\n")), format!("R{i}\n"));
+            }
+        })
+        .await;
+        // A thread per connection would be 300 threads; reused, a handful
+        // (a connection may arrive before the last one's thread is idle).
+        let threads = churn.0.lock().unwrap().len();
+        assert!(
+            threads <= 16,
+            "{threads} threads served 300 connections made one at a time"
+        );
+        tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     struct Server {
@@ -594,6 +772,35 @@ mod tests {
             let mut rest = String::new();
             c.read_to_string(&mut rest).unwrap();
             assert_eq!(rest, "");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_trickles_in_is_cut_off() {
+        let srv = spawn(limits()).await;
+        let path = srv.path.clone();
+        blocking(move || {
+            let mut c = BufReader::new(UnixStream::connect(&path).unwrap());
+            assert_eq!(ask(&mut c, "a\n"), "A\n");
+            // A partial request, then one byte now and then, for longer
+            // than REQUEST_TIMEOUT (though each comes well within the idle
+            // timeout): ramdir closes the connection.
+            let started = Instant::now();
+            let mut closed = false;
+            while started.elapsed() < REQUEST_TIMEOUT * 3 {
+                if c.get_mut().write_all(b"x").is_err() {
+                    closed = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            assert!(
+                closed,
+                "a request trickling in for {:?} was not cut off",
+                started.elapsed()
+            );
+            assert!(started.elapsed() >= REQUEST_TIMEOUT);
         })
         .await;
     }

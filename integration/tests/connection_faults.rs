@@ -6,8 +6,9 @@
 //!   request, then silence; or requests whose replies are never read) and a
 //!   flood of connections beyond `max_connections`: a client connected
 //!   before keeps getting every answer while they hold, ramdir's memory
-//!   stays bounded, and the connections that waited in the backlog are
-//!   served once the flood lets go.
+//!   stays bounded, the connections that waited in the backlog are served
+//!   once the flood lets go, and the slow clients are cut off when their
+//!   request has taken `REQUEST_TIMEOUT` to arrive.
 //! - File descriptor exhaustion (ramdir run with a low `RLIMIT_NOFILE`):
 //!   accepting backs off instead of spinning (ramdir's CPU time stays low
 //!   while clients keep knocking), no listener dies (the milter's included),
@@ -137,18 +138,17 @@ fn slow_half_open_and_flooding_clients_do_not_starve_the_others() {
                     "{}:mailboxes user{i}@example.org,",
                     26 + i.to_string().len()
                 );
-                let mut sent = 0;
+                // Whether ramdir closed the connection (the write fails).
                 for b in req.bytes().cycle() {
                     if stop.load(Ordering::Relaxed) {
-                        break;
+                        return false;
                     }
                     if c.write_all(&[b]).is_err() {
-                        break;
+                        return true;
                     }
-                    sent += 1;
                     std::thread::sleep(Duration::from_secs(1));
                 }
-                sent
+                unreachable!()
             })
         })
         .collect();
@@ -204,9 +204,17 @@ fn slow_half_open_and_flooding_clients_do_not_starve_the_others() {
     last.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b"20:OK user2@example.org,");
     ask(&mut SocketmapClient::connect(&socket).unwrap(), 3);
+    // The slow clients are cut off once their request has taken
+    // REQUEST_TIMEOUT (10 s) to arrive, far sooner than their bytes would
+    // ever complete it.
+    wait_for(WAIT, "the slow clients to be cut off", || {
+        slow.iter()
+            .all(std::thread::JoinHandle::is_finished)
+            .then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     for s in slow {
-        assert!(s.join().unwrap() > 0);
+        assert!(s.join().unwrap(), "a slow client was not cut off");
     }
     ask(&mut good, 7);
 }

@@ -42,7 +42,7 @@ PATTERN='user%07d@domain%d.test'
 GOAL_16=0.85 # ramdir / blocking ceiling at 16 connections, at least
 
 for t in jq bc; do command -v "$t" >/dev/null || die "needs $t"; done
-[ "$SKIP_BUILD" = 1 ] || (cd "$ROOT" && cargo build --release --locked -p ramdir >&2)
+[ "$SKIP_BUILD" = 1 ] || (cd "$ROOT" && cargo build --release --locked -p ramdir -p ramdir-bench >&2)
 RAMDIR=$ROOT/target/release/ramdir
 LOAD=$ROOT/target/release/ramdir-load
 TMP=$(mktemp -d /tmp/ramdir-bench-conn.XXXXXX)

@@ -180,7 +180,7 @@ impl<V: Clone> History<V> {
         }
     }
 
-    /// Record the start of a change; returns its index for [`done`].
+    /// Record the start of a change; returns its index for [`done`](Self::done).
     fn begin(&mut self, value: V) -> usize {
         self.changes.push(Change {
             start: Instant::now(),

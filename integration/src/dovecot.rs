@@ -876,8 +876,10 @@ impl ModuleInstall {
     }
 
     /// Install `so` as the module of `flavor`'s Dovecot (a test of a
-    /// module built for another ABI; such a test runs in a test binary of
-    /// its own, so no other test of the process uses the module then).
+    /// module built for another ABI). While any stack of the process holds
+    /// the file, a second call keeps that file: tests installing different
+    /// files must not overlap (dovecot_module_abi.rs runs them one at a
+    /// time).
     pub fn file(flavor: Flavor, so: &Path) -> ModuleInstall {
         let dir = flavor.host_path_unchecked(Path::new(AUTH_MODULE_DIR));
         let target = dir.join("libauthdb_ramdir.so");

@@ -29,7 +29,13 @@ fn refused(flavor: Flavor, other: Flavor, expect_in_log: &str) {
     refused_module(flavor, &module_so(other), other.name(), expect_in_log);
 }
 
+/// One refusal test at a time: each installs its own `.so` as the one
+/// module file of its Dovecot, and [`ModuleInstall`] shares an installed
+/// file between the stacks of a process instead of replacing it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn refused_module(flavor: Flavor, so: &Path, what: &str, expect_in_log: &str) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     require_dovecot_on(flavor);
     let dir = StackDir::for_flavor(flavor);
     let map = dir.join("run/dovecot-map");

@@ -89,7 +89,7 @@ listen = "unix:$d/policy.sock"
 mode = "0666"
 max_connections = 4096
 EOF
-    "$bin" serve --config "$d/ramdir.toml" 2>"$d/ramdir.log" &
+    "$bin" serve --allow-root --config "$d/ramdir.toml" 2>"$d/ramdir.log" &
     PIDS+=($!)
     eval "PID_$name=$!"
     "$LOAD" wait --socket "$d/socketmap.sock" --timeout 300 >/dev/null || { cat "$d/ramdir.log" >&2; die "$name did not answer"; }

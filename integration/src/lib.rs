@@ -33,6 +33,7 @@
 
 pub mod dovecot;
 pub mod flavor;
+pub mod hosts;
 pub mod logs;
 pub mod postfix;
 pub mod postfix_map;

@@ -12,12 +12,12 @@
 //! Needs root and the packages from `scripts/install-test-deps.sh`
 //! (Dovecot, redis-server) and `cargo build -p ramdir`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{DictClient, MailStack, MailStackOptions, message};
+use ramdir_integration::hosts::{in_redis, policy_action, shared_quota_keys};
 use ramdir_integration::ramdir::{Ramdir, write_config};
 use ramdir_integration::redis::Redis;
 use ramdir_integration::{DirectoryContent, StackDir, WAIT, wait_for, write_atomic};
@@ -51,10 +51,7 @@ fn content() -> DirectoryContent {
 }
 
 fn shared_keys(redis: &Redis, host: &str) -> String {
-    format!(
-        "shared = {:?}\nhost_id = {host:?}\nstale_after_secs = 3\n",
-        redis.url()
-    )
+    shared_quota_keys(redis, host, 3)
 }
 
 fn store_host(redis: &Redis) -> MailStack {
@@ -116,22 +113,7 @@ impl Mx {
     /// Ask the policy service about RCPT TO `rcpt` (1,000 bytes) as
     /// Postfix's smtpd does; the action.
     fn rcpt(&self, rcpt: &str) -> String {
-        let mut s = UnixStream::connect(&self.policy)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.policy.display()));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
-             instance=1.{rcpt}\nsender=someone@outside.test\nrecipient={rcpt}\nsize=1000\n\n"
-        )
-        .unwrap();
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).expect("policy reply");
-        line.trim_end()
-            .strip_prefix("action=")
-            .unwrap_or_else(|| panic!("policy reply {line:?}"))
-            .to_string()
+        policy_action(&self.policy, rcpt)
     }
 
     /// Poll until the action for `rcpt` satisfies `want`; how long it took.
@@ -154,13 +136,6 @@ impl Mx {
 
 fn deliver(s: &MailStack, rcpt: &str, token: &str) {
     s.lmtp_deliver_ok(rcpt, &message(token, MESSAGE));
-}
-
-/// Redis's copy of `user`: (bytes, messages, host).
-fn in_redis(redis: &Redis, user: &str) -> Option<(i64, i64, String)> {
-    let h = redis.hgetall(&format!("ramdir:u:{user}"));
-    let get = |k: &str| h.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
-    Some((get("b")?.parse().ok()?, get("m")?.parse().ok()?, get("h")?))
 }
 
 fn wait_redis_equals_store(redis: &Redis, s: &MailStack, user: &str, what: &str) {

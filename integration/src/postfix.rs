@@ -64,9 +64,13 @@ impl Postfix {
         Postfix::prepare_on(stack, main_cf_extra, Ipv4Addr::LOCALHOST)
     }
 
-    /// [`prepare`](Self::prepare) with smtpd (and `inet_interfaces`) on
-    /// the loopback address `addr`, e.g. 127.0.0.2 for a second "host"
-    /// (Linux routes all of 127.0.0.0/8 to `lo`).
+    /// [`prepare`](Self::prepare) with smtpd on the loopback address
+    /// `addr`, e.g. 127.0.0.2 for a second "host" (Linux routes all of
+    /// 127.0.0.0/8 to `lo`). The address goes on the `master.cf` listener
+    /// (`127.0.0.2:port inet … smtpd`), not in `inet_interfaces`: Postfix
+    /// wants every `inet_interfaces` address on an interface ("no local
+    /// interface found for 127.0.0.2"), and `lo` carries only 127.0.0.1/8,
+    /// while a `master.cf` address is simply bound.
     pub fn prepare_on(stack: &StackDir, main_cf_extra: &str, addr: Ipv4Addr) -> Postfix {
         assert!(addr.is_loopback(), "test traffic stays on loopback: {addr}");
         let flavor = stack.flavor();
@@ -98,7 +102,6 @@ impl Postfix {
                 &data,
                 &maillog,
                 &hostname,
-                addr,
                 main_cf_extra,
             ),
         );
@@ -417,7 +420,6 @@ fn main_cf(
     data: &Path,
     maillog: &Path,
     hostname: &str,
-    addr: Ipv4Addr,
     extra: &str,
 ) -> String {
     format!(
@@ -433,7 +435,7 @@ setgid_group = postdrop
 myhostname = {hostname}
 mydomain = stack.test
 myorigin = $myhostname
-inet_interfaces = {addr}
+inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 mydestination =
@@ -641,7 +643,6 @@ fn template_spool(flavor: Flavor) -> Option<PathBuf> {
                 &build_inner.join("data"),
                 &build_inner.join("maillog"),
                 "template.stack.test",
-                Ipv4Addr::LOCALHOST,
                 "",
             ),
         );

@@ -94,6 +94,25 @@ impl Redis {
         }
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open and every
+    /// command sent meanwhile waits unanswered, as with a server stuck
+    /// mid-call. [`resume`](Self::resume) lets it go on; dropping it kills
+    /// it either way.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Let a [`pause`](Self::pause)d server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.pid().expect("redis-server is not running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+    }
+
     /// Start again on the same port (empty).
     pub fn restart(&mut self) {
         self.kill();

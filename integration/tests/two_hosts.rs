@@ -504,7 +504,8 @@ fn two_hosts_share_usage_through_redis_and_fail_over_between_ldap_providers() {
     );
 
     // 3. kill -9 of the store's ramdir while a dict client (Dovecot's
-    //    protocol) commits increments and the publisher sends them.
+    //    protocol) commits increments and the publisher is in the middle
+    //    of sending them.
     {
         let mut d = DictClient::connect(&h.store.dict, "quota").expect("dict");
         for u in WRITTEN {
@@ -544,11 +545,31 @@ fn two_hosts_share_usage_through_redis_and_fail_over_between_ldap_providers() {
     };
     // Round robin: after 60 acknowledged commits each user has 20
     // (60,000 bytes, over the limit).
-    ramdir_integration::wait_for(WAIT, "60 acknowledged commits", || {
-        (total.load(Ordering::Relaxed) >= 60).then_some(())
-    });
+    let acks = |n: u64, what: &str| {
+        ramdir_integration::wait_for(WAIT, what, || {
+            (total.load(Ordering::Relaxed) >= n).then_some(())
+        })
+    };
+    acks(60, "60 acknowledged commits");
+    // Redis freezes with a publish in flight (the publisher awaits each
+    // call): the commits go on (Redis is never the commit point) and queue
+    // behind it. The owner dies with both a call in flight and a queue.
+    h.redis.pause();
+    let paused_at = total.load(Ordering::Relaxed);
+    acks(paused_at + 30, "30 commits more while Redis is frozen");
     h.store.ramdir.kill();
+    h.redis.resume();
     let (acked, in_flight) = writer.join().expect("writer thread");
+    // What Redis holds with the owner dead: at most the call that was in
+    // flight when it froze, so less than was acknowledged.
+    let at_kill: Vec<i64> = WRITTEN
+        .iter()
+        .map(|u| in_redis(&h.redis, &mail(u)).map_or(0, |r| r.1))
+        .collect();
+    assert!(
+        at_kill.iter().sum::<i64>() < acked.iter().sum::<i64>(),
+        "the kill must come with commits not yet in Redis: Redis {at_kill:?}, acknowledged {acked:?}"
+    );
     h.store.ramdir.restart();
     h.store.wait_sockets();
     for (i, u) in WRITTEN.iter().enumerate() {
@@ -569,8 +590,9 @@ fn two_hosts_share_usage_through_redis_and_fail_over_between_ldap_providers() {
         h.wait_rcpt(u, "the MX after the store's kill -9", is_refusal);
     }
     println!(
-        "3. kill -9 of the store's ramdir after {acked:?} acknowledged commits: \
-         redb holds them, Redis equals redb, the MX refuses all three"
+        "3. kill -9 of the store's ramdir after {acked:?} acknowledged commits \
+         (Redis then held {at_kill:?}): redb holds them, Redis equals redb after the \
+         restart, the MX refuses all three"
     );
 
     // 4. LDAP. Both providers write first, so that the cookies hold both

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what ramdir's real-peer tests need: the Debian 12 packages Postfix
 # (socketmap/policy/milter peer), Dovecot (dict peer), slapd (LDAP source) and
-# miltertest, redis-server (shared quota usage), dovecot-dev and libclang-dev
+# miltertest, redis-server (shared quota usage), prometheus (promtool lints
+# the [metrics] document), dovecot-dev and libclang-dev
 # (bindgen for libauthdb_ramdir.so),
 # postfix-cdb, postfix-ldap and dovecot-ldap (the operator's own setups that
 # bench/e2e.sh and bench/postfix-map.sh compare ramdir with),
@@ -13,7 +14,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="redis-server postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev postfix-cdb postfix-ldap dovecot-ldap"
+PKGS="redis-server prometheus postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev postfix-cdb postfix-ldap dovecot-ldap"
 
 missing=""
 for p in $PKGS; do

@@ -20,11 +20,11 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::check::{Usage, UsageSource};
-use crate::usage::StoreError;
+use crate::usage::{StoreError, UsageStore};
 
 /// Shards of the map: an update locks one shard, so readers of other users
 /// never wait for it.
@@ -53,6 +53,8 @@ pub struct Mirror {
     /// Milliseconds after `start` of the last refresh, plus one (0: never).
     fresh_at: AtomicU64,
     stale_after: Duration,
+    /// See [`Mirror::set_local_store`].
+    local: OnceLock<Arc<UsageStore>>,
 }
 
 impl Mirror {
@@ -66,6 +68,7 @@ impl Mirror {
             start: Instant::now(),
             fresh_at: AtomicU64::new(0),
             stale_after,
+            local: OnceLock::new(),
         }
     }
 
@@ -136,6 +139,27 @@ impl Mirror {
             <= u64::try_from(self.stale_after.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// When the feed last heard from the shared store (`None`: never).
+    pub fn refreshed(&self) -> Option<std::time::SystemTime> {
+        self.age()
+            .and_then(|a| std::time::SystemTime::now().checked_sub(a))
+    }
+
+    /// The store whose users this host owns: while it fails (a full disk),
+    /// the values this host published for its own users may lag behind
+    /// what Dovecot counted, so they are answered "temporary" like the
+    /// single-host path does, not from the mirror. Set once at start.
+    pub fn set_local_store(&self, store: Arc<UsageStore>) {
+        let _ = self.local.set(store);
+    }
+
+    /// Whether `entry` (the mirror's value for a user, if any) must come
+    /// from the local store's health: the user is owned here, or unknown
+    /// (its first commit here may be the one that failed).
+    fn local_user(&self, entry: Option<&Entry>) -> bool {
+        entry.is_none_or(|e| e.host == self.host)
+    }
+
     /// How long since the last refresh (`None`: never refreshed).
     pub fn age(&self) -> Option<Duration> {
         let at = self.fresh_at.load(Ordering::Acquire);
@@ -149,15 +173,25 @@ impl Mirror {
 
 impl UsageSource for Mirror {
     fn usage(&self, login: &str) -> Result<Usage, StoreError> {
-        Ok(self.peek(login).unwrap_or_default())
+        let (usage, local) = {
+            let s = self.shard(login).read().unwrap_or_else(|e| e.into_inner());
+            let e = s.get(login);
+            (usage_of(e), self.local_user(e))
+        };
+        // Outside the shard lock: a failing store's probe writes.
+        if let (true, Some(store)) = (local, self.local.get()) {
+            store.healthy()?;
+        }
+        Ok(usage)
     }
 
     fn peek(&self, login: &str) -> Option<Usage> {
         let s = self.shard(login).read().unwrap_or_else(|e| e.into_inner());
-        Some(s.get(login).map_or_else(Usage::default, |e| Usage {
-            storage: e.storage,
-            messages: e.messages,
-        }))
+        let e = s.get(login);
+        if self.local_user(e) && self.local.get().is_some_and(|st| st.is_failing()) {
+            return None;
+        }
+        Some(usage_of(e))
     }
 
     fn stale(&self, login: &str) -> bool {
@@ -167,6 +201,13 @@ impl UsageSource for Mirror {
         let s = self.shard(login).read().unwrap_or_else(|e| e.into_inner());
         s.get(login).is_none_or(|e| e.host != self.host)
     }
+}
+
+fn usage_of(e: Option<&Entry>) -> Usage {
+    e.map_or_else(Usage::default, |e| Usage {
+        storage: e.storage,
+        messages: e.messages,
+    })
 }
 
 #[cfg(test)]

@@ -575,6 +575,20 @@ impl UsageStore {
         )))
     }
 
+    /// Whether the store can be trusted for reads: an error while the last
+    /// write failed (a full disk), unless a probe (at most once per
+    /// [`REOPEN_PAUSE`]) finds it writable again. Readers that keep their
+    /// own copy of this store's values (the shared usage mirror) ask this
+    /// before they answer for a user this store owns.
+    pub fn healthy(&self) -> Result<(), StoreError> {
+        self.check_healthy()
+    }
+
+    /// Whether the last write failed (no probe; see [`UsageStore::healthy`]).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
     /// Turn versions on (shared usage): from now on every commit stamps its
     /// users with a version and `hook` is told about it once durable. Call
     /// before the first commit; a second call is refused.
@@ -777,6 +791,11 @@ impl UsageStore {
                     }
                     _ => false,
                 };
+                // What this transaction left in the published counters
+                // ([`CACHED_KEYS`] order; `None`: not touched), so that
+                // publishing reads back only the ones it did not write.
+                let mut known: [Option<Option<i64>>; 2] = [None, None];
+                let slot = |k: &str| CACHED_KEYS.iter().position(|c| *c == k);
                 for op in &txn.ops {
                     // The version is ramdir's own, never a client's to set.
                     if matches!(op, Op::Set(k, _) | Op::Unset(k) | Op::Inc(k, _) if k == VERSION_KEY)
@@ -787,10 +806,16 @@ impl UsageStore {
                         Op::Set(k, v) => {
                             t.insert((txn.user.as_str(), k.as_str()), *v)
                                 .map_err(db_err)?;
+                            if let Some(i) = slot(k) {
+                                known[i] = Some(Some(*v));
+                            }
                             changed = true;
                         }
                         Op::Unset(k) => {
                             t.remove((txn.user.as_str(), k.as_str())).map_err(db_err)?;
+                            if let Some(i) = slot(k) {
+                                known[i] = Some(None);
+                            }
                             changed = true;
                         }
                         Op::Inc(_, _) if foreign => outcome = CommitOutcome::NotFound,
@@ -801,11 +826,20 @@ impl UsageStore {
                                 .map(|v| v.value());
                             match cur {
                                 Some(v) => {
-                                    t.insert((txn.user.as_str(), k.as_str()), v.saturating_add(*d))
+                                    let v = v.saturating_add(*d);
+                                    t.insert((txn.user.as_str(), k.as_str()), v)
                                         .map_err(db_err)?;
+                                    if let Some(i) = slot(k) {
+                                        known[i] = Some(Some(v));
+                                    }
                                     changed = true;
                                 }
-                                None => outcome = CommitOutcome::NotFound,
+                                None => {
+                                    if let Some(i) = slot(k) {
+                                        known[i] = Some(None);
+                                    }
+                                    outcome = CommitOutcome::NotFound;
+                                }
                             }
                         }
                     }
@@ -819,15 +853,19 @@ impl UsageStore {
                     let v = i64::try_from(last).map_err(db_err)?;
                     t.insert((txn.user.as_str(), VERSION_KEY), v)
                         .map_err(db_err)?;
-                    let get = |k: &str| -> Result<Option<i64>, StoreError> {
-                        Ok(t.get((txn.user.as_str(), k))
-                            .map_err(db_err)?
-                            .map(|v| v.value()))
+                    let get = |i: usize| -> Result<Option<i64>, StoreError> {
+                        match known[i] {
+                            Some(v) => Ok(v),
+                            None => Ok(t
+                                .get((txn.user.as_str(), CACHED_KEYS[i]))
+                                .map_err(db_err)?
+                                .map(|v| v.value())),
+                        }
                     };
                     published.push(Published {
                         user: txn.user.clone(),
-                        storage: get(CACHED_KEYS[0])?,
-                        messages: get(CACHED_KEYS[1])?,
+                        storage: get(0)?,
+                        messages: get(1)?,
                         version: last,
                     });
                 }

@@ -329,6 +329,70 @@ fn disk_full_under_the_quota_store_fails_commits_defers_and_loses_nothing() {
     drop(tmpfs);
 }
 
+/// The same full disk under a host that shares usage through Redis
+/// (`[quota] shared`): its policy service reads the mirror, which holds
+/// this host's own users' last published values. While the local store
+/// fails those may lag behind what Dovecot counted, so the check for a
+/// user this host owns answers `DEFER_IF_PERMIT`, as on a single host,
+/// until the store can write again.
+#[test]
+fn disk_full_under_a_shared_usage_owner_defers_its_own_users() {
+    let dir = StackDir::new();
+    let redis = ramdir_integration::redis::Redis::start(&dir.join("redis"));
+    let mnt = dir.join("quota");
+    let tmpfs = Tmpfs::mount(&mnt, "4m");
+    let store = mnt.join("usage.redb");
+    let config = write_files(dir.path(), &store);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "shared = {:?}\nhost_id = \"store\"\n",
+        redis.url()
+    ));
+    write_atomic(&config, &text);
+    let ramdir = Ramdir::start(&config, &dir.join("socketmap"), &dir.join("ramdir.log"));
+    wait_listening(dir.path());
+    let (dict, policy_sock) = (dir.join("dict"), dir.join("policy"));
+    let mut d = Dict::connect(&dict).unwrap();
+    assert_eq!(d.set("alice@example.org", 1000, 1).unwrap(), "O1");
+    assert_eq!(
+        policy(&policy_sock, "alice@example.org", 100),
+        "action=DUNNO"
+    );
+
+    fill(&mnt.join("filler"));
+    let mut failed = false;
+    for i in 0..200_000 {
+        let user = format!("{}-{i:06}@example.org", "x".repeat(120));
+        let r = d.set(&user, i, 1).unwrap();
+        if !r.starts_with('O') {
+            assert!(r.starts_with('F'), "{user}: unexpected commit reply {r:?}");
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "no commit failed on a full file system");
+    // alice is owned here: her mirrored value is not trusted now.
+    let action = policy(&policy_sock, "alice@example.org", 100);
+    assert!(
+        action.starts_with("action=DEFER_IF_PERMIT "),
+        "policy for an owned user while the store cannot write: {action}"
+    );
+    // A user nobody has published yet (its first commit may be what
+    // failed) is not known to fit either.
+    let action = policy(&policy_sock, "bob@example.org", 100);
+    assert!(
+        action.starts_with("action=DEFER_IF_PERMIT "),
+        "policy for an unknown user while the store cannot write: {action}"
+    );
+
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    wait_for("the policy check answering after space returned", || {
+        (policy(&policy_sock, "alice@example.org", 100) == "action=DUNNO").then_some(())
+    });
+    drop(ramdir);
+    drop(tmpfs);
+}
+
 /// Run `ramdir serve` on `config` and expect it to exit (not serve);
 /// returns (exit code, stderr).
 fn start_fails(config: &Path) -> (i32, String) {

@@ -12,6 +12,8 @@
 //! Needs root and the packages from `scripts/install-test-deps.sh`
 //! (Dovecot, redis-server) and `cargo build -p ramdir`.
 
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -55,11 +57,23 @@ fn shared_keys(redis: &Redis, host: &str) -> String {
 }
 
 fn store_host(redis: &Redis) -> MailStack {
+    store_host_with(redis, String::new())
+}
+
+/// The store host with `[metrics]` on the address returned.
+fn store_host_with_metrics(redis: &Redis) -> (MailStack, SocketAddr) {
+    let addr = metrics_addr();
+    // `quota_extra` is the end of the store's config: a section may follow.
+    let s = store_host_with(redis, format!("\n[metrics]\nlisten = \"{addr}\"\n"));
+    (s, addr)
+}
+
+fn store_host_with(redis: &Redis, extra: String) -> MailStack {
     MailStack::start(
         &content(),
         &MailStackOptions {
             directory_extra: DIRECTORY_EXTRA.into(),
-            quota_extra: shared_keys(redis, "store"),
+            quota_extra: shared_keys(redis, "store") + &extra,
             ..Default::default()
         },
     )
@@ -71,6 +85,8 @@ struct Mx {
     ramdir: Ramdir,
     policy: PathBuf,
     dict: PathBuf,
+    /// Its `[metrics]` listener.
+    metrics: SocketAddr,
     _dir: StackDir,
 }
 
@@ -85,10 +101,11 @@ fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
     let policy = dir.join("policy.sock");
     let dict = dir.join("dict.sock");
     let config = dir.join("ramdir.toml");
+    let metrics = metrics_addr();
     write_config(&config, &store.files, &socketmap, DIRECTORY_EXTRA);
     let mut text = std::fs::read_to_string(&config).expect("read config");
     text.push_str(&format!(
-        "\n[policy]\nlisten = {:?}\n\n[dict]\nlisten = {:?}\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
+        "\n[policy]\nlisten = {:?}\n\n[dict]\nlisten = {:?}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
         format!("unix:{}", policy.display()),
         format!("unix:{}", dict.display()),
         dir.join("quota.redb").display().to_string(),
@@ -105,6 +122,7 @@ fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
         ramdir,
         policy,
         dict,
+        metrics,
         _dir: dir,
     }
 }
@@ -131,6 +149,88 @@ impl Mx {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// A free loopback port for `[metrics]` (Prometheus scrapes TCP only).
+fn metrics_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// The ramdir whose `[metrics]` listen on an address.
+trait Scraped {
+    fn metrics_addr(&self) -> SocketAddr;
+
+    /// `GET /metrics` as Prometheus scrapes it, checked by Debian's
+    /// `promtool check metrics`; the document.
+    fn scrape(&self) -> String {
+        use std::io::Read;
+        let addr = self.metrics_addr();
+        let mut s =
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("metrics reply");
+        let (head, body) = reply.split_once("\r\n\r\n").expect("HTTP reply");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        let mut lint = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (package prometheus, scripts/install-test-deps.sh)");
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = lint.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{body}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        body.to_string()
+    }
+
+    /// The value of the sample `series` (name and labels as written).
+    fn metric(&self, series: &str) -> f64 {
+        let doc = self.scrape();
+        doc.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{doc}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Wait until `series` has the value `want`.
+    fn wait_metric(&self, series: &str, want: f64) {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(series);
+            if v == want {
+                return;
+            }
+            assert!(start.elapsed() < CAP, "{series} is {v}, not {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Scraped for Mx {
+    fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+}
+
+impl Scraped for SocketAddr {
+    fn metrics_addr(&self) -> SocketAddr {
+        *self
     }
 }
 
@@ -171,7 +271,7 @@ fn is_defer(a: &str) -> bool {
 fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     let rdir = StackDir::new();
     let mut redis = Redis::start(&rdir.join("redis"));
-    let s = store_host(&redis);
+    let (s, store_metrics) = store_host_with_metrics(&redis);
     let mx = mx_host(&redis, &s);
     let (alice, bob, carol) = ("alice@example.org", "bob@example.org", "carol@example.org");
     assert_eq!(mx.rcpt(alice), "DUNNO");
@@ -187,6 +287,14 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     println!("propagation: store LMTP delivery -> MX policy refuses: {took:?}");
     wait_redis_equals_store(&redis, &s, alice, "after the deliveries");
     assert_eq!(mx.rcpt(bob), "DUNNO");
+    // The MX's metrics: connected, fresh, alice mirrored; it publishes
+    // nothing of its own.
+    mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 1.0);
+    mx.wait_metric("ramdir_shared_redis_connected{part=\"publisher\"}", 1.0);
+    assert_eq!(mx.metric("ramdir_shared_mirror_fresh"), 1.0);
+    assert!(mx.metric("ramdir_shared_mirror_users") >= 1.0);
+    assert_eq!(mx.metric("ramdir_shared_published_total"), 0.0);
+    assert_eq!(mx.metric("ramdir_shared_queued_users"), 0.0);
 
     // 2. Redis dies: the store host goes on committing; the MX's answers
     //    for other hosts' users turn into deferrals once stale (3 s).
@@ -200,6 +308,9 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
         Some(3),
         "the store committed while Redis was down"
     );
+    // The store's metrics: bob waits in the queue, publishing failed.
+    store_metrics.wait_metric("ramdir_shared_redis_connected{part=\"publisher\"}", 0.0);
+    store_metrics.wait_metric("ramdir_shared_queued_users", 1.0);
     let took = mx.wait_rcpt(alice, "stale after Redis died", |a| a != REFUSE);
     let a = mx.rcpt(alice);
     assert!(
@@ -214,6 +325,9 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     }
     // bob's last known value (none) fits: accepted.
     assert_eq!(mx.rcpt(bob), "DUNNO");
+    // The metrics say so.
+    mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 0.0);
+    assert_eq!(mx.metric("ramdir_shared_mirror_fresh"), 0.0);
 
     // 3. Redis comes back empty: the store republishes, the MX rescans;
     //    both converge without a restart.
@@ -221,8 +335,13 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     let took = mx.wait_rcpt(bob, "bob after Redis came back", is_refusal);
     println!("MX converged {took:?} after Redis came back empty");
     assert_eq!(mx.rcpt(alice), REFUSE, "fresh again");
+    mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 1.0);
+    assert!(mx.metric("ramdir_shared_rescans_total") >= 2.0, "rescanned");
     wait_redis_equals_store(&redis, &s, alice, "republished after the restart");
     wait_redis_equals_store(&redis, &s, bob, "queued while Redis was down");
+    store_metrics.wait_metric("ramdir_shared_queued_users", 0.0);
+    assert!(store_metrics.metric("ramdir_shared_published_total") >= 2.0);
+    assert!(store_metrics.metric("ramdir_shared_republishes_total") >= 2.0);
 
     // 4. FLUSHALL: the owner notices the missing epoch and republishes;
     //    the MX keeps answering from its mirror meanwhile.

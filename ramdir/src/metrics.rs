@@ -45,31 +45,48 @@ pub struct Extras {
     pub map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The generation `[dovecot_map]` last published.
     pub dovecot_map_generation: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Shared usage (`[quota] shared`): its counters and the mirror.
+    pub shared: Option<(Arc<crate::shared::Stats>, Arc<ramdir_core::mirror::Mirror>)>,
 }
 
 /// The content type of the text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// One metric family: HELP, TYPE, then the samples.
+/// One metric family: HELP and TYPE once, then its samples. The one
+/// writer of the document's lines: a sample always carries the family's
+/// name (histograms add their `_bucket`/`_sum`/`_count` suffix).
 struct Family<'a> {
     out: &'a mut String,
+    name: &'a str,
 }
 
 impl Family<'_> {
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) -> &mut Self {
+    /// A sample of the family itself (`labels` may be empty).
+    fn sample(&mut self, labels: &str, value: impl std::fmt::Display) -> &mut Self {
+        self.sample_of("", labels, value)
+    }
+
+    /// A sample of the family's `suffix` series (a histogram's parts).
+    fn sample_of(
+        &mut self,
+        suffix: &str,
+        labels: &str,
+        value: impl std::fmt::Display,
+    ) -> &mut Self {
+        let name = self.name;
         if labels.is_empty() {
-            writeln!(self.out, "{name} {value}").unwrap();
+            writeln!(self.out, "{name}{suffix} {value}").unwrap();
         } else {
-            writeln!(self.out, "{name}{{{labels}}} {value}").unwrap();
+            writeln!(self.out, "{name}{suffix}{{{labels}}} {value}").unwrap();
         }
         self
     }
 }
 
-fn family<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+fn family<'a>(out: &'a mut String, name: &'a str, kind: &str, help: &str) -> Family<'a> {
     writeln!(out, "# HELP {name} {help}").unwrap();
     writeln!(out, "# TYPE {name} {kind}").unwrap();
-    Family { out }
+    Family { out, name }
 }
 
 /// Escape a label value.
@@ -142,7 +159,6 @@ pub fn encode(
         "ramdir's version; always 1.",
     )
     .sample(
-        "ramdir_build_info",
         &format!("version=\"{}\"", label(env!("CARGO_PKG_VERSION"))),
         1,
     );
@@ -161,11 +177,7 @@ pub fn encode(
         "Requests answered, per listener (dict: commands; milter: quota checks at RCPT and end of message); counted per connection in batches and when it closes.",
     );
     for (name, st) in &listeners {
-        f.sample(
-            "ramdir_requests_total",
-            &format!("listener=\"{name}\""),
-            load(&st.requests),
-        );
+        f.sample(&format!("listener=\"{name}\""), load(&st.requests));
     }
     let sm = &c.socketmap;
     let (requests, found, temp, perm) = (
@@ -183,31 +195,22 @@ pub fn encode(
         "counter",
         "Socketmap replies by kind: found (OK), notfound, temp (TEMP/TIMEOUT: Postfix defers), perm.",
     )
-    .sample(
-        "ramdir_replies_total",
-        "listener=\"socketmap\",kind=\"found\"",
+    .sample("listener=\"socketmap\",kind=\"found\"",
         found,
     )
-    .sample(
-        "ramdir_replies_total",
-        "listener=\"socketmap\",kind=\"notfound\"",
+    .sample("listener=\"socketmap\",kind=\"notfound\"",
         notfound,
     )
-    .sample(
-        "ramdir_replies_total",
-        "listener=\"socketmap\",kind=\"temp\"",
+    .sample("listener=\"socketmap\",kind=\"temp\"",
         temp,
     )
-    .sample(
-        "ramdir_replies_total",
-        "listener=\"socketmap\",kind=\"perm\"",
+    .sample("listener=\"socketmap\",kind=\"perm\"",
         perm,
     );
     {
-        let name = "ramdir_request_duration_seconds";
-        family(
+        let mut f = family(
             o,
-            name,
+            "ramdir_request_duration_seconds",
             "histogram",
             "Time to answer a request (decode, look up, encode; milter: a quota check), per listener; one request in 16 per connection is timed.",
         );
@@ -218,19 +221,15 @@ pub fn encode(
                     Some(us) => (*us as f64 / 1e6).to_string(),
                     None => "+Inf".to_string(),
                 };
-                writeln!(
-                    o,
-                    "{name}_bucket{{listener=\"{listener}\",le=\"{le}\"}} {n}"
-                )
-                .unwrap();
+                f.sample_of(
+                    "_bucket",
+                    &format!("listener=\"{listener}\",le=\"{le}\""),
+                    n,
+                );
             }
-            writeln!(
-                o,
-                "{name}_sum{{listener=\"{listener}\"}} {}",
-                snap.sum_ns as f64 / 1e9
-            )
-            .unwrap();
-            writeln!(o, "{name}_count{{listener=\"{listener}\"}} {}", snap.count).unwrap();
+            let l = format!("listener=\"{listener}\"");
+            f.sample_of("_sum", &l, snap.sum_ns as f64 / 1e9)
+                .sample_of("_count", &l, snap.count);
         }
     }
     for (metric, help, get) in [
@@ -253,7 +252,7 @@ pub fn encode(
     ] {
         let mut f = family(o, metric, "counter", help);
         for (name, st) in &listeners {
-            f.sample(metric, &format!("listener=\"{name}\""), load(get(st)));
+            f.sample(&format!("listener=\"{name}\""), load(get(st)));
         }
     }
 
@@ -266,22 +265,18 @@ pub fn encode(
         "gauge",
         "Entries in the served directory, per kind.",
     )
-    .sample("ramdir_directory_entries", "kind=\"users\"", n.users)
-    .sample("ramdir_directory_entries", "kind=\"aliases\"", n.aliases)
-    .sample("ramdir_directory_entries", "kind=\"domains\"", n.domains)
-    .sample("ramdir_directory_entries", "kind=\"senders\"", n.senders)
-    .sample(
-        "ramdir_directory_entries",
-        "kind=\"ambiguous\"",
-        n.ambiguous,
-    );
+    .sample("kind=\"users\"", n.users)
+    .sample("kind=\"aliases\"", n.aliases)
+    .sample("kind=\"domains\"", n.domains)
+    .sample("kind=\"senders\"", n.senders)
+    .sample("kind=\"ambiguous\"", n.ambiguous);
     family(
         o,
         "ramdir_directory_generation",
         "gauge",
         "Generation of the served directory snapshot.",
     )
-    .sample("ramdir_directory_generation", "", m.generation);
+    .sample("", m.generation);
     let published = m
         .published
         .duration_since(UNIX_EPOCH)
@@ -293,22 +288,14 @@ pub fn encode(
         "gauge",
         "When the served snapshot was published (its age: time() minus this).",
     )
-    .sample(
-        "ramdir_directory_published_timestamp_seconds",
-        "",
-        published,
-    );
+    .sample("", published);
     family(
         o,
         "ramdir_directory_authoritative",
         "gauge",
         "1 while misses are final (NOTFOUND); 0 while they are TEMP or asked of LDAP.",
     )
-    .sample(
-        "ramdir_directory_authoritative",
-        "",
-        u8::from(m.authoritative),
-    );
+    .sample("", u8::from(m.authoritative));
 
     if let Some(src) = ldap {
         let st = src.status();
@@ -320,70 +307,50 @@ pub fn encode(
             "gauge",
             "1 while the LDAP sync runs.",
         )
-        .sample(
-            "ramdir_ldap_in_sync",
-            "",
-            u8::from(st["phase"] == "in sync"),
-        );
+        .sample("", u8::from(st["phase"] == "in sync"));
         family(
             o,
             "ramdir_ldap_sync_lost_seconds",
             "gauge",
             "Seconds since the LDAP sync was lost; 0 while in sync.",
         )
-        .sample("ramdir_ldap_sync_lost_seconds", "", lost.unwrap_or(0));
+        .sample("", lost.unwrap_or(0));
         family(
             o,
             "ramdir_ldap_connects_total",
             "counter",
             "Connections the LDAP sync made (more than one: reconnects).",
         )
-        .sample("ramdir_ldap_connects_total", "", load(&s.connects));
+        .sample("", load(&s.connects));
         family(
             o,
             "ramdir_ldap_full_loads_total",
             "counter",
             "Full LDAP loads.",
         )
-        .sample("ramdir_ldap_full_loads_total", "", load(&s.full_loads));
+        .sample("", load(&s.full_loads));
         family(
             o,
             "ramdir_ldap_entries_loaded_total",
             "counter",
             "Entries read by full LDAP loads.",
         )
-        .sample(
-            "ramdir_ldap_entries_loaded_total",
-            "",
-            load(&s.entries_loaded),
-        );
+        .sample("", load(&s.entries_loaded));
         family(
             o,
             "ramdir_ldap_changes_applied_total",
             "counter",
             "Adds, modifies and deletes applied from the LDAP sync.",
         )
-        .sample(
-            "ramdir_ldap_changes_applied_total",
-            "",
-            load(&s.changes_applied),
-        );
+        .sample("", load(&s.changes_applied));
         family(
             o,
             "ramdir_ldap_fallback_lookups_total",
             "counter",
             "Misses looked up in LDAP while not authoritative, by where the answer came from.",
         )
-        .sample(
-            "ramdir_ldap_fallback_lookups_total",
-            "result=\"searched\"",
-            load(&s.fallback_searches),
-        )
-        .sample(
-            "ramdir_ldap_fallback_lookups_total",
-            "result=\"negative_cache\"",
-            load(&s.fallback_cached),
-        );
+        .sample("result=\"searched\"", load(&s.fallback_searches))
+        .sample("result=\"negative_cache\"", load(&s.fallback_cached));
     }
 
     if let Some(store) = &extras.store {
@@ -394,29 +361,24 @@ pub fn encode(
             "counter",
             "Durable commits of the quota usage store (group commits).",
         )
-        .sample("ramdir_quota_store_commits_total", "", load(&st.commits));
+        .sample("", load(&st.commits));
         family(
             o,
             "ramdir_quota_store_transactions_total",
             "counter",
             "Usage transactions committed to the quota usage store.",
         )
-        .sample(
-            "ramdir_quota_store_transactions_total",
-            "",
-            load(&st.transactions),
-        );
+        .sample("", load(&st.transactions));
         family(
             o,
             "ramdir_quota_store_commit_failures_total",
             "counter",
             "Group commits of the quota usage store that failed.",
         )
-        .sample(
-            "ramdir_quota_store_commit_failures_total",
-            "",
-            load(&st.failures),
-        );
+        .sample("", load(&st.failures));
+    }
+    if let Some((st, mirror)) = &extras.shared {
+        shared(o, st, mirror);
     }
     if let Some(g) = &extras.map_generation {
         family(
@@ -425,7 +387,7 @@ pub fn encode(
             "gauge",
             "Directory generation last published for postfix-ramdir.so.",
         )
-        .sample("ramdir_postfix_map_generation", "", load(g));
+        .sample("", load(g));
     }
     if let Some(g) = &extras.dovecot_map_generation {
         family(
@@ -434,7 +396,7 @@ pub fn encode(
             "gauge",
             "Directory generation last published for the Dovecot module.",
         )
-        .sample("ramdir_dovecot_map_generation", "", load(g));
+        .sample("", load(g));
     }
 
     if let Some(p) = process() {
@@ -444,28 +406,28 @@ pub fn encode(
             "counter",
             "Total user and system CPU time spent in seconds.",
         )
-        .sample("process_cpu_seconds_total", "", p.cpu_seconds);
+        .sample("", p.cpu_seconds);
         family(
             o,
             "process_resident_memory_bytes",
             "gauge",
             "Resident memory size in bytes.",
         )
-        .sample("process_resident_memory_bytes", "", p.resident_bytes);
+        .sample("", p.resident_bytes);
         family(
             o,
             "process_virtual_memory_bytes",
             "gauge",
             "Virtual memory size in bytes.",
         )
-        .sample("process_virtual_memory_bytes", "", p.virtual_bytes);
+        .sample("", p.virtual_bytes);
         family(
             o,
             "process_open_fds",
             "gauge",
             "Number of open file descriptors.",
         )
-        .sample("process_open_fds", "", p.open_fds);
+        .sample("", p.open_fds);
         if let Some(max) = p.max_fds {
             family(
                 o,
@@ -473,7 +435,7 @@ pub fn encode(
                 "gauge",
                 "Maximum number of open file descriptors.",
             )
-            .sample("process_max_fds", "", max);
+            .sample("", max);
         }
         family(
             o,
@@ -481,9 +443,79 @@ pub fn encode(
             "gauge",
             "Start time of the process since unix epoch in seconds.",
         )
-        .sample("process_start_time_seconds", "", p.start_time_seconds);
+        .sample("", p.start_time_seconds);
     }
     out
+}
+
+/// The shared usage families (`[quota] shared`, docs/shared-usage.md).
+fn shared(o: &mut String, st: &crate::shared::Stats, mirror: &ramdir_core::mirror::Mirror) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let up = |a: &std::sync::atomic::AtomicBool| u8::from(a.load(Ordering::Relaxed));
+    family(
+        o,
+        "ramdir_shared_redis_connected",
+        "gauge",
+        "1 while the part (publisher: this host's commits to Redis; feed: Redis to the mirror) holds a working connection to Redis.",
+    )
+    .sample("part=\"publisher\"", up(&st.publisher_connected))
+    .sample("part=\"feed\"", up(&st.feed_connected));
+    family(
+        o,
+        "ramdir_shared_queued_users",
+        "gauge",
+        "Users committed here whose value is not yet in Redis (coalesced: one per user).",
+    )
+    .sample("", load(&st.queued));
+    for (name, help, v) in [
+        (
+            "ramdir_shared_published_total",
+            "User values this host applied in Redis (newer than what Redis held).",
+            &st.published,
+        ),
+        (
+            "ramdir_shared_publish_failures_total",
+            "Publishing calls to Redis that failed; their users stayed queued.",
+            &st.publish_failures,
+        ),
+        (
+            "ramdir_shared_republishes_total",
+            "Full republishes of every user owned here (start, reconnect, Redis lost its data, queue overflow).",
+            &st.republishes,
+        ),
+        (
+            "ramdir_shared_rescans_total",
+            "Full rescans of Redis into the mirror (start, reconnect, Redis lost its data).",
+            &st.rescans,
+        ),
+    ] {
+        family(o, name, "counter", help).sample("", load(v));
+    }
+    family(
+        o,
+        "ramdir_shared_mirror_users",
+        "gauge",
+        "Users in the mirror of shared usage.",
+    )
+    .sample("", mirror.len());
+    family(
+        o,
+        "ramdir_shared_mirror_fresh",
+        "gauge",
+        "1 while the mirror has heard from Redis within stale_after_secs; 0: other hosts' users are stale (over quota only defers).",
+    )
+    .sample("", u8::from(mirror.is_fresh()));
+    let refreshed = mirror
+        .refreshed()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    family(
+        o,
+        "ramdir_shared_mirror_refreshed_timestamp_seconds",
+        "gauge",
+        "When the mirror last heard from Redis (its age: time() minus this); 0: never.",
+    )
+    .sample("", refreshed);
 }
 
 /// The answer to one request head: status line and body.
@@ -629,12 +661,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(ramdir_core::usage::UsageStore::open(&dir.path().join("q.redb")).unwrap());
+        let shared_stats = Arc::new(crate::shared::Stats::default());
+        shared_stats.feed_connected.store(true, Ordering::Relaxed);
+        shared_stats.queued.store(3, Ordering::Relaxed);
+        shared_stats.published.store(5, Ordering::Relaxed);
+        let mirror = Arc::new(ramdir_core::mirror::Mirror::new(
+            "here",
+            Duration::from_secs(30),
+        ));
+        for (user, host) in [("a@x.org", "here"), ("b@x.org", "there")] {
+            mirror.apply(
+                user,
+                ramdir_core::mirror::Entry {
+                    storage: Some(1),
+                    messages: Some(1),
+                    version: 1,
+                    host: host.into(),
+                },
+            );
+        }
+        mirror.mark_fresh();
         let extras = Extras {
             store: Some(store),
             map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(7))),
             dovecot_map_generation: Some(Arc::new(std::sync::atomic::AtomicU64::new(8))),
+            shared: Some((shared_stats, mirror)),
         };
         let doc = encode(&h, &c, None, &extras);
+        // Shared usage: the feed connected and fresh, two users mirrored.
+        assert!(doc.contains("ramdir_shared_mirror_refreshed_timestamp_seconds 1"));
         assert!(doc.ends_with('\n'));
         for want in [
             "ramdir_requests_total{listener=\"socketmap\"} 42\n",
@@ -657,6 +712,14 @@ mod tests {
             "# TYPE ramdir_request_duration_seconds histogram\n",
             "ramdir_quota_store_commits_total 0\n",
             "ramdir_postfix_map_generation 7\n",
+            "ramdir_shared_redis_connected{part=\"publisher\"} 0\n",
+            "ramdir_shared_redis_connected{part=\"feed\"} 1\n",
+            "ramdir_shared_queued_users 3\n",
+            "ramdir_shared_published_total 5\n",
+            "ramdir_shared_publish_failures_total 0\n",
+            "ramdir_shared_mirror_users 2\n",
+            "ramdir_shared_mirror_fresh 1\n",
+            "# TYPE ramdir_shared_rescans_total counter\n",
             "ramdir_dovecot_map_generation 8\n",
             "# TYPE ramdir_requests_total counter\n",
             "# TYPE process_resident_memory_bytes gauge\n",

@@ -306,6 +306,9 @@ async fn run(
             store: store.clone(),
             map_generation: publisher.as_ref().map(|p| p.published.clone()),
             dovecot_map_generation: dovecot_publisher.as_ref().map(|p| p.published.clone()),
+            shared: shared
+                .as_ref()
+                .map(|sh| (sh.stats.clone(), sh.mirror.clone())),
         };
         let stop = stopped(stop_rx.clone());
         tracing::info!(address = %m.listen, "metrics listening (GET /metrics)");

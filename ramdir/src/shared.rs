@@ -15,9 +15,12 @@
 //!   then republish everything they own and mirrors rescan.
 //! - `u:<user>`: a hash `{b, m, v, h}`: bytes, messages (empty: no
 //!   counter), version, owning host.
-//! - `feed`: a stream of the same fields plus `u`, one entry per applied
-//!   change (`MAXLEN ~` [`FEED_MAXLEN`]), that mirrors follow with
-//!   `XREAD BLOCK`.
+//! - `feed`: a stream with one entry per applied change (`MAXLEN ~`
+//!   [`FEED_MAXLEN`]), that mirrors follow with `XREAD BLOCK`. An entry has
+//!   one field: the user, whose value is `<v>,<b>,<m>,<h>` (the hash's
+//!   fields, the host last so that it may hold any character). One field
+//!   instead of five: every mirror reads every entry (the owner its own
+//!   too), so each field costs Redis and every host once per change.
 //!
 //! Every write goes through one Lua script ([`PUT`]): it refuses a batch
 //! made for another epoch, and applies a user's value only if its version
@@ -34,6 +37,7 @@
 //! a crash or an outage left unsent.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,10 +67,14 @@ pub const FEED_MAXLEN: u64 = 100_000;
 const BLOCK_MS: u64 = 500;
 
 /// How long the publisher waits after a commit woke it, so that the
-/// commits of the next moment go to Redis in the same script call: at a
-/// high commit rate this is what keeps Redis's work (and the CPU it takes
-/// from the dict) per commit small. Small against the 1 s propagation goal.
-const GATHER: Duration = Duration::from_millis(5);
+/// commits of the next moment go to Redis in the same script call. Each
+/// round (the wake-up, the script call, and every mirror's feed waking for
+/// its entries, the owner's own included) costs about the same whatever
+/// the number of users in it, and on the owner that fixed cost was most
+/// of what publishing added to a commit (docs/benchmarks.md, "Shared
+/// usage on Redis"); 20 ms makes it a few rounds per second under load
+/// and stays far inside the 1 s propagation goal.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// How often an idle owner checks that Redis still holds its data (the
 /// epoch key), so a `FLUSHALL` heals within about this long.
@@ -100,22 +108,31 @@ for i = 3, #KEYS do
   if newer then
     redis.call('HSET', KEYS[i], 'b', b, 'm', m, 'v', v, 'h', ARGV[2])
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-      'u', user, 'b', b, 'm', m, 'v', v, 'h', ARGV[2])
+      user, v .. ',' .. b .. ',' .. m .. ',' .. ARGV[2])
     applied = applied + 1
   end
 end
 return applied
 "#;
 
-/// Counters of the shared usage (for logs and tests).
+/// Counters of the shared usage (for logs and `[metrics]`).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Users applied in Redis by this owner (newer than what it held).
-    pub published: std::sync::atomic::AtomicU64,
+    pub published: AtomicU64,
+    /// Script calls that failed (Redis down, timeout, lost data): their
+    /// users stay queued.
+    pub publish_failures: AtomicU64,
     /// Full republishes (start, reconnect, data loss, queue overflow).
-    pub republishes: std::sync::atomic::AtomicU64,
+    pub republishes: AtomicU64,
     /// Mirror full rescans.
-    pub rescans: std::sync::atomic::AtomicU64,
+    pub rescans: AtomicU64,
+    /// Users committed here and not yet published.
+    pub queued: AtomicU64,
+    /// The publisher holds a working connection to Redis.
+    pub publisher_connected: AtomicBool,
+    /// The mirror's feed holds a working connection to Redis.
+    pub feed_connected: AtomicBool,
 }
 
 /// The owner's queue: users committed but not yet published.
@@ -124,6 +141,7 @@ struct Outbox {
     mirror: Arc<Mirror>,
     pending: Mutex<Pending>,
     wake: Notify,
+    stats: Arc<Stats>,
 }
 
 #[derive(Debug, Default)]
@@ -162,6 +180,9 @@ impl CommitHook for Outbox {
                 self.mirror.apply(&u.user, entry(&u, self.mirror.host()));
                 p.add(u);
             }
+            self.stats
+                .queued
+                .store(p.users.len() as u64, Ordering::Relaxed);
         }
         self.wake.notify_one();
     }
@@ -203,10 +224,15 @@ pub fn start(
     let client =
         Client::open(cfg.url.as_str()).map_err(|e| format!("[quota] shared {:?}: {e}", cfg.url))?;
     let mirror = Arc::new(Mirror::new(&cfg.host_id, cfg.stale_after));
+    // While the local store fails, this host's own users are answered
+    // "temporary" (their published values may lag behind Dovecot's).
+    mirror.set_local_store(store.clone());
+    let stats = Arc::new(Stats::default());
     let outbox = Arc::new(Outbox {
         mirror: mirror.clone(),
         pending: Mutex::default(),
         wake: Notify::new(),
+        stats: stats.clone(),
     });
     store
         .enable_versions(outbox.clone())
@@ -216,7 +242,6 @@ pub fn start(
         mirror.apply(&p.user, entry(p, mirror.host()));
     }
     tracing::info!(url = %cfg.url, host = %cfg.host_id, owned = owned.len(), "shared quota usage on");
-    let stats = Arc::new(Stats::default());
     let keys = Keys::new(&cfg.prefix);
     let publisher = Publisher {
         client: client.clone(),
@@ -346,7 +371,11 @@ impl Publisher {
             if *stop.borrow() {
                 return;
             }
-            match self.session(&mut stop).await {
+            let r = self.session(&mut stop).await;
+            self.stats
+                .publisher_connected
+                .store(false, Ordering::Relaxed);
+            match r {
                 Ok(()) => return,
                 Err(Failure::Redis(e)) => {
                     tracing::warn!(error = %e, "shared usage: Redis unreachable; commits stay queued");
@@ -373,6 +402,9 @@ impl Publisher {
         let mut conn = connect(&self.client, Duration::ZERO).await?;
         let epoch = epoch(&mut conn, &self.keys, &self.host).await?;
         self.republish(&mut conn, &epoch).await?;
+        self.stats
+            .publisher_connected
+            .store(true, Ordering::Relaxed);
         loop {
             let woke = tokio::select! {
                 _ = self.outbox.wake.notified() => true,
@@ -431,9 +463,20 @@ impl Publisher {
                 for u in &users[i * BATCH..] {
                     p.add(u.clone());
                 }
+                self.stats
+                    .queued
+                    .store(p.users.len() as u64, Ordering::Relaxed);
                 return Err(e);
             }
         }
+        let p = self
+            .outbox
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.stats
+            .queued
+            .store(p.users.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -452,27 +495,19 @@ impl Publisher {
                 .unwrap_or_else(|e| e.into_inner());
             p.users.clear();
             p.overflow = false;
+            self.stats.queued.store(0, Ordering::Relaxed);
         }
         let store = self.store.clone();
         let owned = tokio::task::spawn_blocking(move || store.owned())
             .await
             .map_err(|e| Failure::Store(e.to_string()))?
             .map_err(|e| Failure::Store(e.to_string()))?;
-        let before = self
-            .stats
-            .published
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let before = self.stats.published.load(Ordering::Relaxed);
         for chunk in owned.chunks(BATCH) {
             self.put(conn, epoch, chunk).await?;
         }
-        self.stats
-            .republishes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let applied = self
-            .stats
-            .published
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - before;
+        self.stats.republishes.fetch_add(1, Ordering::Relaxed);
+        let applied = self.stats.published.load(Ordering::Relaxed) - before;
         tracing::info!(
             owned = owned.len(),
             applied,
@@ -497,10 +532,14 @@ impl Publisher {
                 .arg(counter(u.messages))
                 .arg(u.version);
         }
-        let applied: u64 = inv.invoke_async(conn).await?;
-        self.stats
-            .published
-            .fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
+        let applied: u64 = match inv.invoke_async(conn).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.stats.publish_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.stats.published.fetch_add(applied, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -535,6 +574,7 @@ impl Feed {
                 r = self.session() => r,
                 _ = stop.changed() => return,
             };
+            self.stats.feed_connected.store(false, Ordering::Relaxed);
             match r {
                 Failure::Epoch => {
                     backoff = BACKOFF_MIN;
@@ -579,10 +619,9 @@ impl Feed {
             .next()
             .map_or_else(|| "0-0".to_string(), |(id, _)| id);
         let n = self.rescan(&mut conn).await?;
-        self.stats
-            .rescans
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.rescans.fetch_add(1, Ordering::Relaxed);
         self.mirror.mark_fresh();
+        self.stats.feed_connected.store(true, Ordering::Relaxed);
         tracing::info!(
             users = n,
             mirror = self.mirror.len(),
@@ -666,33 +705,31 @@ impl Feed {
         true
     }
 
+    /// Apply one feed entry: `[user, "<v>,<b>,<m>,<h>"]`.
     fn apply_fields(&self, fields: &[String]) {
-        let (mut u, mut b, mut m, mut v, mut h) = (None, None, None, None, None);
-        for kv in fields.chunks_exact(2) {
-            let slot = match kv[0].as_str() {
-                "u" => &mut u,
-                "b" => &mut b,
-                "m" => &mut m,
-                "v" => &mut v,
-                "h" => &mut h,
-                _ => continue,
-            };
-            *slot = Some(&kv[1]);
-        }
-        let (Some(user), Some(v), Some(host)) = (u, v.and_then(|v| v.parse().ok()), h) else {
+        let [user, value] = fields else {
+            return;
+        };
+        let mut parts = value.splitn(4, ',');
+        let (Some(v), Some(b), Some(m), Some(host)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return;
         };
         // This host's own values reached its mirror at commit time.
-        if host.as_str() == &**self.mirror.host() {
+        if host == &**self.mirror.host() {
             return;
         }
+        let Ok(v) = v.parse() else {
+            return;
+        };
         self.mirror.apply(
             user,
             Entry {
-                storage: parse_counter(b),
-                messages: parse_counter(m),
+                storage: b.parse().ok(),
+                messages: m.parse().ok(),
                 version: v,
-                host: host.as_str().into(),
+                host: host.into(),
             },
         );
     }

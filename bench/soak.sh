@@ -6,10 +6,13 @@
 # real slapd. Every answer is checked against the directory as it was
 # around the request (`ramdir-load soak`, bench/src/soak.rs, says how).
 # Reports protocol errors, wrong and temporary answers (all must be 0),
-# ramdir's RSS and open fds each minute with their slope, and the p99
-# latency of each protocol per minute. See docs/reliability.md ("Soak").
+# ramdir's RSS, malloc heap (resident, and in use per its stats) and open
+# fds each minute with their slopes over the run and over its last 20
+# minutes, and the p99 latency of each protocol per minute. See
+# docs/reliability.md ("Soak").
 #
-# Usage: bench/soak.sh [--out FILE]      (as root: slapd runs from a temp dir)
+# Usage: bench/soak.sh [--out FILE.md]   (as root: slapd runs from a temp dir;
+#                                        the JSON report goes beside FILE.md)
 #
 # Environment (defaults in brackets):
 #   MINUTES [30]         length of the load
@@ -57,11 +60,22 @@ report() {
     echo "|---|---|---|---|---|---|---|---|"
     jq -r '.protocols | to_entries[] | "| \(.key) | \(.value.connections) | \(.value.requests) | \(.value.protocol_errors) | \(.value.wrong) | \(.value.temporary) | \(.value.p99_us | map(. / 1000 | floor) | join(" ")) | \(.value.p99_us | max / 1000 | floor) |"' "$JSON"
     echo
-    echo "- ramdir RSS: $(jq -r '"\(.samples[1].rss_kib) KiB after the first minute → \(.samples[-1].rss_kib) KiB at the end; slope \(.rss_slope_kib_per_min) KiB/min"' "$JSON")"
+    echo "- ramdir RSS: $(jq -r '"\(.samples[1].rss_kib) KiB after the first minute → \(.samples[-1].rss_kib) KiB at the end; slope \(.rss_slope_kib_per_min) KiB/min over the run"' "$JSON")"
+    echo "- from $(jq -r '.tail_from_secs / 60' "$JSON") min to the end: $(jq -r '"slopes RSS \(.tail_rss_slope_kib_per_min) KiB/min, malloc heap RSS \(.tail_heap_slope_kib_per_min) KiB/min, heap in use \(.tail_in_use_slope_kib_per_min) KiB/min, open fds \(.tail_fd_slope_per_min)/min"' "$JSON")"
     echo "- ramdir open fds: $(jq -r '"\(.samples[1].fds) → \(.samples[-1].fds); slope \(.fd_slope_per_min)/min; \(.after.fds) after every connection closed"' "$JSON")"
-    echo "- samples (s, RSS KiB, fds): $(jq -r '[.samples[] | "(\(.secs|floor), \(.rss_kib), \(.fds))"] | join(" ")' "$JSON")"
+    echo
+    echo "| minute | RSS (KiB) | malloc heap RSS (KiB) | heap in use (KiB) | open fds |"
+    echo "|---|---|---|---|---|"
+    jq -r '.samples[] | "| \(.secs / 60 | round) | \(.rss_kib) | \(.heap_kib) | \(.in_use_kib) | \(.fds) |"' "$JSON"
     echo "- exit status of \`ramdir-load soak\`: $RC (0: no protocol error, wrong or temporary answer)"
 }
-if [ -n "$OUT" ]; then report >"$OUT"; log "report: $OUT"; else report; fi
+if [ -n "$OUT" ]; then
+    # The JSON beside the report: the per-minute figures the report sums up.
+    cp "$JSON" "${OUT%.md}.json"
+    report >"$OUT"
+    log "report: $OUT (JSON: ${OUT%.md}.json)"
+else
+    report
+fi
 rm -f "$JSON.txt"
 exit "$RC"

@@ -449,14 +449,60 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<String>, String> {
     }
 }
 
-// --- socketmap ---------------------------------------------------------------
+// --- the connection worker ---------------------------------------------------
 
-async fn socketmap_conn(sh: Arc<Shared>, sock: PathBuf, seed: u64) {
-    let p = Proto::Socketmap;
-    let mut rng = XorShift::new(seed, 1);
-    let mut local = LocalHist::new();
+/// One protocol's client side: how a session opens and how one request is
+/// sent and its answer checked. [`worker`] does the rest, the same for
+/// every protocol: the loop until the soak ends, the pause between
+/// requests, counting a protocol error and opening a new session after it.
+trait Client: Sized + Send {
+    /// Open a session with ramdir (and greet it, where the protocol does).
+    /// `owner` is the user a quota-transaction connection owns (unused by
+    /// the others).
+    fn open(sock: &Path, owner: usize) -> impl Future<Output = Result<Self, String>> + Send;
+
+    /// Send one request and check its answer, recording each verdict (a
+    /// milter message may give two: RCPT and end-of-message; a quota round
+    /// two: the commit and the read-back). An error is a protocol error:
+    /// the session is dropped.
+    fn ask(
+        &mut self,
+        w: &World,
+        rng: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// End the session when the soak is over.
+    fn close(self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Where one connection's verdicts go: its protocol's tally and its local
+/// latency histogram.
+struct Recorder<'a> {
+    sh: &'a Shared,
+    p: Proto,
+    local: LocalHist,
+}
+
+impl Recorder<'_> {
+    /// Record one answer to a request sent at `t0` (its reply just came).
+    fn record(&mut self, t0: Instant, v: Verdict) {
+        account(self.sh, self.p, &mut self.local, t0, v);
+    }
+}
+
+/// One connection of protocol `p` for the whole soak.
+async fn worker<C: Client>(sh: Arc<Shared>, p: Proto, sock: PathBuf, owner: usize, seed: u64) {
+    let mut rng = XorShift::new(seed, p as u64 + 1);
+    let mut rec = Recorder {
+        sh: &sh,
+        p,
+        local: LocalHist::new(),
+    };
     while !sh.stop.load(Ordering::Relaxed) {
-        match socketmap_session(&sh, &sock, &mut rng, &mut local).await {
+        match session::<C>(&sh, &sock, owner, &mut rng, &mut rec).await {
             Ok(()) => break,
             Err(e) => {
                 protocol_error(&sh, p, e);
@@ -464,26 +510,55 @@ async fn socketmap_conn(sh: Arc<Shared>, sock: PathBuf, seed: u64) {
             }
         }
     }
-    local.flush(&sh, p);
+    rec.local.flush(&sh, p);
 }
 
-async fn socketmap_session(
+/// One session: requests one at a time, [`THINK`] apart, until the soak
+/// ends or a protocol error.
+async fn session<C: Client>(
     sh: &Shared,
     sock: &Path,
+    owner: usize,
     rng: &mut XorShift,
-    local: &mut LocalHist,
+    rec: &mut Recorder<'_>,
 ) -> Result<(), String> {
-    let mut c = Conn::open(sock).await?;
-    let w = &sh.world;
-    let mut out = BytesMut::with_capacity(128);
+    let mut c = C::open(sock, owner).await?;
     while !sh.stop.load(Ordering::Relaxed) {
+        c.ask(&sh.world, rng, rec).await?;
+        tokio::time::sleep(THINK).await;
+    }
+    c.close().await
+}
+
+// --- socketmap ---------------------------------------------------------------
+
+struct SocketmapClient {
+    c: Conn,
+    out: BytesMut,
+}
+
+impl Client for SocketmapClient {
+    async fn open(sock: &Path, _: usize) -> Result<Self, String> {
+        Ok(SocketmapClient {
+            c: Conn::open(sock).await?,
+            out: BytesMut::with_capacity(128),
+        })
+    }
+
+    async fn ask(
+        &mut self,
+        w: &World,
+        rng: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
         let ask = Ask::pick(w, rng);
         let (map, key) = ask.request();
-        out.clear();
-        Request::new(map, &key).encode(&mut out);
+        self.out.clear();
+        Request::new(map, &key).encode(&mut self.out);
         let t0 = Instant::now();
-        c.send(&out).await?;
-        let reply = c
+        self.c.send(&self.out).await?;
+        let reply = self
+            .c
             .recv(|b| Reply::decode(b).map_err(|e| format!("socketmap reply: {e:?}")))
             .await?;
         let t1 = Instant::now();
@@ -494,10 +569,9 @@ async fn socketmap_session(
             Reply::Perm(_) => Verdict::Wrong(format!("{map} {key}: {}", reply.payload())),
             _ => ask.judge(w, &reply, t0, t1),
         };
-        account(sh, Proto::Socketmap, local, t0, v);
-        tokio::time::sleep(THINK).await;
+        rec.record(t0, v);
+        Ok(())
     }
-    Ok(())
 }
 
 /// One socketmap question and what decides its answer.
@@ -600,43 +674,38 @@ fn judged(any: bool, r: &Reply, what: &str) -> Verdict {
 
 // --- policy ------------------------------------------------------------------
 
-async fn policy_conn(sh: Arc<Shared>, sock: PathBuf, seed: u64) {
-    let p = Proto::Policy;
-    let mut rng = XorShift::new(seed, 2);
-    let mut local = LocalHist::new();
-    while !sh.stop.load(Ordering::Relaxed) {
-        match policy_session(&sh, &sock, &mut rng, &mut local).await {
-            Ok(()) => break,
-            Err(e) => {
-                protocol_error(&sh, p, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    local.flush(&sh, p);
+struct PolicyClient {
+    c: Conn,
+    out: BytesMut,
 }
 
-async fn policy_session(
-    sh: &Shared,
-    sock: &Path,
-    rng: &mut XorShift,
-    local: &mut LocalHist,
-) -> Result<(), String> {
-    let mut c = Conn::open(sock).await?;
-    let mut out = BytesMut::with_capacity(1024);
-    while !sh.stop.load(Ordering::Relaxed) {
+impl Client for PolicyClient {
+    async fn open(sock: &Path, _: usize) -> Result<Self, String> {
+        Ok(PolicyClient {
+            c: Conn::open(sock).await?,
+            out: BytesMut::with_capacity(1024),
+        })
+    }
+
+    async fn ask(
+        &mut self,
+        w: &World,
+        rng: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
         let over = rng.below(4) == 0;
         let i = if over {
             CHANGING + 1 + rng.below(OVER as u64) as usize
         } else {
-            sh.world.stable_user(rng)
+            w.stable_user(rng)
         };
         let rcpt = user_mail(i);
-        out.clear();
-        rcpt_request(&rcpt, rng).encode(&mut out);
+        self.out.clear();
+        rcpt_request(&rcpt, rng).encode(&mut self.out);
         let t0 = Instant::now();
-        c.send(&out).await?;
-        let action = c
+        self.c.send(&self.out).await?;
+        let action = self
+            .c
             .recv(|b| Action::decode(b).map_err(|e| format!("policy reply: {e:?}")))
             .await?;
         let want = if over { FULL } else { "DUNNO" };
@@ -647,10 +716,9 @@ async fn policy_session(
         } else {
             Verdict::Wrong(format!("{rcpt}: {action:?}, want {want:?}"))
         };
-        account(sh, Proto::Policy, local, t0, v);
-        tokio::time::sleep(THINK).await;
+        rec.record(t0, v);
+        Ok(())
     }
-    Ok(())
 }
 
 // --- dict --------------------------------------------------------------------
@@ -667,84 +735,34 @@ fn dict_hello(dict: &str, out: &mut BytesMut) {
     .encode(out);
 }
 
-async fn dict_conn(sh: Arc<Shared>, sock: PathBuf, seed: u64, p: Proto, owner: usize) {
-    let mut rng = XorShift::new(seed, 3);
-    let mut local = LocalHist::new();
-    // The quota counter this connection owns: (bytes, messages) as last
-    // committed, `None` until the first commit of a session.
-    while !sh.stop.load(Ordering::Relaxed) {
-        let r = match p {
-            Proto::DictQuota => quota_session(&sh, &sock, owner, &mut local).await,
-            _ => dict_session(&sh, &sock, p, &mut rng, &mut local).await,
-        };
-        match r {
-            Ok(()) => break,
-            Err(e) => {
-                protocol_error(&sh, p, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    local.flush(&sh, p);
-}
-
-async fn dict_session(
-    sh: &Shared,
-    sock: &Path,
-    p: Proto,
-    rng: &mut XorShift,
-    local: &mut LocalHist,
-) -> Result<(), String> {
+/// A dict connection that said hello to `dict`.
+async fn dict_open(sock: &Path, dict: &str) -> Result<(Conn, BytesMut), String> {
     let mut c = Conn::open(sock).await?;
     let mut out = BytesMut::with_capacity(256);
-    dict_hello("auth", &mut out);
+    dict_hello(dict, &mut out);
     c.send(&out).await?;
-    let w = &sh.world;
-    while !sh.stop.load(Ordering::Relaxed) {
-        out.clear();
-        if p == Proto::DictIter {
-            DictCommand::Iterate {
-                flags: 0,
-                max_rows: 0,
-                path: "shared/userdb/".into(),
-                user: "".into(),
-            }
-            .encode(&mut out);
-            let t0 = Instant::now();
-            c.send(&out).await?;
-            let mut rows = 0usize;
-            let mut bad = None;
-            loop {
-                let line = c.recv(take_line).await?;
-                match line.as_bytes().first() {
-                    None => break,
-                    Some(b'O') => {
-                        rows += 1;
-                        let key = unescape(line[1..].split('\t').next().unwrap_or(""));
-                        if !key.starts_with("shared/userdb/") && bad.is_none() {
-                            bad = Some(format!("row key {key:?}"));
-                        }
-                    }
-                    Some(b'F') => {
-                        bad = Some(format!("iteration failed: {line:?}"));
-                        // A failed iteration ends with this line.
-                        break;
-                    }
-                    _ => return Err(format!("iteration reply {line:?}")),
-                }
-            }
-            let v = match bad {
-                Some(b) if b.starts_with("iteration failed") => Verdict::Temporary(b),
-                Some(b) => Verdict::Wrong(b),
-                None if rows == w.users => Verdict::Right,
-                None => Verdict::Wrong(format!("{rows} userdb rows, want {}", w.users)),
-            };
-            account(sh, p, local, t0, v);
-            tokio::time::sleep(THINK).await;
-            continue;
-        }
-        // A lookup: a changing user's userdb (its limit changes), a stable
-        // user's userdb or passdb.
+    Ok((c, out))
+}
+
+/// userdb and passdb lookups: a changing user's userdb (its limit
+/// changes), a stable user's userdb or passdb.
+struct DictLookupClient {
+    c: Conn,
+    out: BytesMut,
+}
+
+impl Client for DictLookupClient {
+    async fn open(sock: &Path, _: usize) -> Result<Self, String> {
+        let (c, out) = dict_open(sock, "auth").await?;
+        Ok(DictLookupClient { c, out })
+    }
+
+    async fn ask(
+        &mut self,
+        w: &World,
+        rng: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
         let pick = rng.below(100);
         let (db, i) = if pick < 40 {
             ("userdb", 1 + rng.below(CHANGING as u64) as usize)
@@ -755,14 +773,15 @@ async fn dict_session(
         };
         let user = user_mail(i);
         let key = format!("shared/{db}/{user}");
+        self.out.clear();
         DictCommand::Lookup {
             key: key.as_str().into(),
             user: user.as_str().into(),
         }
-        .encode(&mut out);
+        .encode(&mut self.out);
         let t0 = Instant::now();
-        c.send(&out).await?;
-        let line = c.recv(take_line).await?;
+        self.c.send(&self.out).await?;
+        let line = self.c.recv(take_line).await?;
         let t1 = Instant::now();
         let v = match line.as_bytes().first() {
             Some(b'O') => {
@@ -796,96 +815,172 @@ async fn dict_session(
             Some(b'F') => Verdict::Temporary(format!("{key}: {line}")),
             _ => return Err(format!("lookup reply {line:?}")),
         };
-        account(sh, p, local, t0, v);
-        tokio::time::sleep(THINK).await;
+        rec.record(t0, v);
+        Ok(())
     }
-    Ok(())
+}
+
+/// Iterations of `shared/userdb/`: every user, once each.
+struct DictIterClient {
+    c: Conn,
+    out: BytesMut,
+}
+
+impl Client for DictIterClient {
+    async fn open(sock: &Path, _: usize) -> Result<Self, String> {
+        let (c, out) = dict_open(sock, "auth").await?;
+        Ok(DictIterClient { c, out })
+    }
+
+    async fn ask(
+        &mut self,
+        w: &World,
+        _: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
+        self.out.clear();
+        DictCommand::Iterate {
+            flags: 0,
+            max_rows: 0,
+            path: "shared/userdb/".into(),
+            user: "".into(),
+        }
+        .encode(&mut self.out);
+        let t0 = Instant::now();
+        self.c.send(&self.out).await?;
+        let mut rows = 0usize;
+        let mut bad = None;
+        loop {
+            let line = self.c.recv(take_line).await?;
+            match line.as_bytes().first() {
+                None => break,
+                Some(b'O') => {
+                    rows += 1;
+                    let key = unescape(line[1..].split('\t').next().unwrap_or(""));
+                    if !key.starts_with("shared/userdb/") && bad.is_none() {
+                        bad = Some(format!("row key {key:?}"));
+                    }
+                }
+                Some(b'F') => {
+                    bad = Some(format!("iteration failed: {line:?}"));
+                    // A failed iteration ends with this line.
+                    break;
+                }
+                _ => return Err(format!("iteration reply {line:?}")),
+            }
+        }
+        let v = match bad {
+            Some(b) if b.starts_with("iteration failed") => Verdict::Temporary(b),
+            Some(b) => Verdict::Wrong(b),
+            None if rows == w.users => Verdict::Right,
+            None => Verdict::Wrong(format!("{rows} userdb rows, want {}", w.users)),
+        };
+        rec.record(t0, v);
+        Ok(())
+    }
 }
 
 /// A quota-transaction connection: set the owned user's counters, then
 /// add to them and read them back, as Dovecot 2.3's dict quota does; the
 /// value read must be exactly what this connection committed.
-async fn quota_session(
-    sh: &Shared,
-    sock: &Path,
-    owner: usize,
-    local: &mut LocalHist,
-) -> Result<(), String> {
-    let p = Proto::DictQuota;
-    let mut c = Conn::open(sock).await?;
-    let mut out = BytesMut::with_capacity(256);
-    dict_hello("quota", &mut out);
-    c.send(&out).await?;
-    let user = user_mail(owner);
-    let mut id = 0u32;
-    // Absolute values first (a new session does not know what a
-    // previous one committed before it failed).
-    let mut bytes: i64 = 1_000_000;
-    let mut messages: i64 = 10;
-    let mut first = true;
-    while !sh.stop.load(Ordering::Relaxed) {
-        id = id.wrapping_add(1);
-        out.clear();
+struct QuotaClient {
+    c: Conn,
+    out: BytesMut,
+    user: String,
+    /// Transaction id of the last round.
+    id: u32,
+    /// The counters as last committed in this session.
+    bytes: i64,
+    messages: i64,
+    /// Nothing committed yet in this session: the first commit sets
+    /// absolute values (a new session does not know what a previous one
+    /// committed before it failed).
+    first: bool,
+}
+
+impl Client for QuotaClient {
+    async fn open(sock: &Path, owner: usize) -> Result<Self, String> {
+        let (c, out) = dict_open(sock, "quota").await?;
+        Ok(QuotaClient {
+            c,
+            out,
+            user: user_mail(owner),
+            id: 0,
+            bytes: 1_000_000,
+            messages: 10,
+            first: true,
+        })
+    }
+
+    async fn ask(
+        &mut self,
+        _: &World,
+        _: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
+        self.id = self.id.wrapping_add(1);
+        let (id, user) = (self.id, self.user.as_str());
+        self.out.clear();
         DictCommand::Begin {
             id,
-            user: user.as_str().into(),
+            user: user.into(),
             expire_secs: None,
         }
-        .encode(&mut out);
+        .encode(&mut self.out);
         let (db, dm) = (4096 + i64::from(id % 7) * 1000, 1);
         for (key, set, diff) in [
-            ("priv/quota/storage", bytes, db),
-            ("priv/quota/messages", messages, dm),
+            ("priv/quota/storage", self.bytes, db),
+            ("priv/quota/messages", self.messages, dm),
         ] {
-            if first {
+            if self.first {
                 DictCommand::Set {
                     id,
                     key: key.into(),
                     value: set.to_string().into(),
                 }
-                .encode(&mut out);
+                .encode(&mut self.out);
             } else {
                 DictCommand::AtomicInc {
                     id,
                     key: key.into(),
                     diff,
                 }
-                .encode(&mut out);
+                .encode(&mut self.out);
             }
         }
         DictCommand::Commit {
             id,
             async_reply: false,
         }
-        .encode(&mut out);
+        .encode(&mut self.out);
         let t0 = Instant::now();
-        c.send(&out).await?;
-        let line = c.recv(take_line).await?;
-        let committed = line.as_bytes().first() == Some(&b'O');
-        let v = if committed {
-            if !first {
-                bytes += db;
-                messages += dm;
+        self.c.send(&self.out).await?;
+        let line = self.c.recv(take_line).await?;
+        let v = match line.as_bytes().first() {
+            Some(b'O') => {
+                if !self.first {
+                    self.bytes += db;
+                    self.messages += dm;
+                }
+                self.first = false;
+                Verdict::Right
             }
-            first = false;
-            Verdict::Right
-        } else if line.as_bytes().first() == Some(&b'F') {
             // Nothing written: the counters stay as they were.
-            Verdict::Temporary(format!("commit {user}: {line:?}"))
-        } else {
-            return Err(format!("commit reply {line:?} (a W, N or garbage)"));
+            Some(b'F') => Verdict::Temporary(format!("commit {user}: {line:?}")),
+            _ => return Err(format!("commit reply {line:?} (a W, N or garbage)")),
         };
-        account(sh, p, local, t0, v);
+        rec.record(t0, v);
 
-        out.clear();
+        self.out.clear();
         DictCommand::Lookup {
             key: "priv/quota/storage".into(),
-            user: user.as_str().into(),
+            user: user.into(),
         }
-        .encode(&mut out);
+        .encode(&mut self.out);
         let t0 = Instant::now();
-        c.send(&out).await?;
-        let line = c.recv(take_line).await?;
+        self.c.send(&self.out).await?;
+        let line = self.c.recv(take_line).await?;
+        let (first, bytes) = (self.first, self.bytes);
         let v = match line.as_bytes().first() {
             Some(b'O') if first => Verdict::Right,
             Some(b'O') if line[1..] == bytes.to_string() => Verdict::Right,
@@ -897,10 +992,9 @@ async fn quota_session(
             Some(b'N') if first => Verdict::Right,
             _ => Verdict::Wrong(format!("{user} storage: {line:?}, committed {bytes}")),
         };
-        account(sh, p, local, t0, v);
-        tokio::time::sleep(THINK).await;
+        rec.record(t0, v);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Set the over-quota users' usage before the load.
@@ -941,45 +1035,39 @@ async fn fill_over(sock: &Path) -> Result<(), String> {
 
 // --- milter ------------------------------------------------------------------
 
-async fn milter_conn(sh: Arc<Shared>, sock: PathBuf, seed: u64) {
-    let p = Proto::Milter;
-    let mut rng = XorShift::new(seed, 4);
-    let mut local = LocalHist::new();
-    while !sh.stop.load(Ordering::Relaxed) {
-        match milter_session(&sh, &sock, &mut rng, &mut local).await {
-            Ok(()) => break,
-            Err(e) => {
-                protocol_error(&sh, p, e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    local.flush(&sh, p);
-}
-
-/// One milter connection: messages one after another (MAIL with SIZE,
+/// A milter connection: messages one after another (MAIL with SIZE,
 /// RCPT; every 8th with a header, a body and end-of-message), each ended
 /// with an abort, as Postfix's smtpd reuses a milter connection.
-async fn milter_session(
-    sh: &Shared,
-    sock: &Path,
-    rng: &mut XorShift,
-    local: &mut LocalHist,
-) -> Result<(), String> {
-    let mut conn = TestConnection::configure()
-        .read_timeout(REQUEST_TIMEOUT)
-        .write_timeout(REQUEST_TIMEOUT)
-        .open_unix(sock)
-        .await
-        .map_err(|e| format!("milter negotiation: {e}"))?;
-    let mut n = 0u64;
-    while !sh.stop.load(Ordering::Relaxed) {
-        n += 1;
+struct MilterClient {
+    conn: TestConnection,
+    /// Messages sent in this session.
+    n: u64,
+}
+
+impl Client for MilterClient {
+    async fn open(sock: &Path, _: usize) -> Result<Self, String> {
+        let conn = TestConnection::configure()
+            .read_timeout(REQUEST_TIMEOUT)
+            .write_timeout(REQUEST_TIMEOUT)
+            .open_unix(sock)
+            .await
+            .map_err(|e| format!("milter negotiation: {e}"))?;
+        Ok(MilterClient { conn, n: 0 })
+    }
+
+    async fn ask(
+        &mut self,
+        w: &World,
+        rng: &mut XorShift,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(), String> {
+        let conn = &mut self.conn;
+        self.n += 1;
         let over = rng.below(4) == 0;
         let i = if over {
             CHANGING + 1 + rng.below(OVER as u64) as usize
         } else {
-            sh.world.stable_user(rng)
+            w.stable_user(rng)
         };
         let rcpt = format!("<{}>", user_mail(i));
         let t0 = Instant::now();
@@ -989,23 +1077,16 @@ async fn milter_session(
             .await
             .map_err(|e| format!("MAIL: {e}"))?;
         if st != MilterStatus::Continue {
-            account(
-                sh,
-                Proto::Milter,
-                local,
-                t0,
-                Verdict::Wrong(format!("MAIL: {st:?}")),
-            );
-            conn.abort().await.map_err(|e| format!("abort: {e}"))?;
-            continue;
+            rec.record(t0, Verdict::Wrong(format!("MAIL: {st:?}")));
+            return conn.abort().await.map_err(|e| format!("abort: {e}"));
         }
         let st = conn
             .rcpt([rcpt.as_str()])
             .await
             .map_err(|e| format!("RCPT: {e}"))?;
         let v = milter_verdict(&st, over, &rcpt);
-        let whole = !over && n.is_multiple_of(8) && matches!(v, Verdict::Right);
-        account(sh, Proto::Milter, local, t0, v);
+        let whole = !over && self.n.is_multiple_of(8) && matches!(v, Verdict::Right);
+        rec.record(t0, v);
         if whole {
             let t0 = Instant::now();
             let h = conn
@@ -1030,13 +1111,14 @@ async fn milter_session(
                     "{rcpt} message: header {h:?}, body {b:?}, eom {eom:?}"
                 ))
             };
-            account(sh, Proto::Milter, local, t0, v);
+            rec.record(t0, v);
         }
-        conn.abort().await.map_err(|e| format!("abort: {e}"))?;
-        tokio::time::sleep(THINK).await;
+        conn.abort().await.map_err(|e| format!("abort: {e}"))
     }
-    conn.close().await.map_err(|e| format!("close: {e}"))?;
-    Ok(())
+
+    async fn close(self) -> Result<(), String> {
+        self.conn.close().await.map_err(|e| format!("close: {e}"))
+    }
 }
 
 fn milter_verdict(st: &MilterStatus, over: bool, rcpt: &str) -> Verdict {
@@ -1105,18 +1187,136 @@ fn sleep_or_stop(sh: &Shared, d: Duration) -> bool {
 struct Sample {
     secs: f64,
     rss_kib: u64,
+    /// The part of `rss_kib` in malloc's heaps ([`malloc_heap_kib`]).
+    heap_kib: u64,
+    /// What of the heap ramdir uses (`malloc.heap_in_use_bytes` of its
+    /// stats, glibc's `mallinfo2`; 0 when it does not say): the rest of
+    /// `heap_kib` is free memory the allocator keeps.
+    in_use_kib: u64,
     fds: u64,
 }
 
-fn sample(pid: u32, started: Instant) -> Sample {
+fn sample(pid: u32, stats: &Path, started: Instant) -> Sample {
     let rss_kib = procfs::memory(pid).map(|m| m.rss_kib).unwrap_or(0);
+    let heap_kib = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map(|s| malloc_heap_kib(&s))
+        .unwrap_or(0);
+    let in_use_kib = ramdir_integration::slapd::RamdirStats::fetch(stats)
+        .ok()
+        .and_then(|s| s.field("heap_in_use_bytes")?.parse::<u64>().ok())
+        .map_or(0, |b| b / 1024);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count() as u64)
         .unwrap_or(0);
     Sample {
         secs: started.elapsed().as_secs_f64(),
         rss_kib,
+        heap_kib,
+        in_use_kib,
         fds,
+    }
+}
+
+/// Size and alignment of a glibc thread arena's heap on 64-bit Linux
+/// (`HEAP_MAX_SIZE` in glibc's `malloc/arena.c`: twice the largest mmap
+/// threshold, 32 MiB): each is reserved as one mapping of this size at an
+/// address aligned to it, read-write as far as it is in use and `---p`
+/// beyond.
+const ARENA_HEAP: u64 = 64 << 20;
+
+/// Resident KiB of glibc malloc's heaps in the text of `/proc/PID/smaps`:
+/// the main arena (`[heap]`) and every thread arena's heap (an anonymous
+/// read-write mapping at an [`ARENA_HEAP`]-aligned address, which with its
+/// `---p` rest spans exactly [`ARENA_HEAP`]). The rest of RSS is thread
+/// stacks, chunks malloc mapped on their own, and the mapped binary and
+/// libraries. Telling heap from the rest is what separates the allocator's
+/// growth from a thread or mapping leak.
+pub fn malloc_heap_kib(smaps: &str) -> u64 {
+    struct Map<'a> {
+        start: u64,
+        end: u64,
+        perms: &'a str,
+        anon: bool,
+        heap: bool,
+        rss: u64,
+    }
+    let mut maps: Vec<Map<'_>> = Vec::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let perms = f.next().unwrap_or("");
+            let inode = f.nth(2).unwrap_or("");
+            let path = f.next().unwrap_or("");
+            maps.push(Map {
+                start,
+                end,
+                perms,
+                anon: inode == "0" && path.is_empty(),
+                heap: path == "[heap]",
+                rss: 0,
+            });
+        } else if first == "Rss:"
+            && let Some(m) = maps.last_mut()
+        {
+            m.rss = f.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let mut kib = 0;
+    for (i, m) in maps.iter().enumerate() {
+        let arena = m.anon && m.perms.starts_with("rw") && m.start.is_multiple_of(ARENA_HEAP) && {
+            let rest = maps
+                .get(i + 1)
+                .filter(|n| n.anon && n.start == m.end && n.perms.starts_with("---"))
+                .map_or(0, |n| n.end - n.start);
+            m.end - m.start + rest == ARENA_HEAP
+        };
+        if m.heap || arena {
+            kib += m.rss;
+        }
+    }
+    kib
+}
+
+/// How long the tail of a run is, over which "flat" is judged: the issue's
+/// 30-minute soak less its first 10 minutes, the warm-up (threads started,
+/// per-connection caches and the allocator's arenas grown to their working
+/// size).
+pub const TAIL: Duration = Duration::from_secs(20 * 60);
+
+/// Where the tail of a run of `duration` starts: [`TAIL`] before its end,
+/// or, in a run shorter than 1.5 × [`TAIL`], its last two thirds.
+pub fn tail_from(duration: Duration) -> Duration {
+    duration - TAIL.min(duration * 2 / 3)
+}
+
+/// Least-squares slopes per minute of RSS, malloc heap and heap in use
+/// (KiB) and open fds over some samples.
+#[derive(Debug, Clone, Copy)]
+struct Slopes {
+    rss: f64,
+    heap: f64,
+    in_use: f64,
+    fds: f64,
+}
+
+impl Slopes {
+    fn of<'a>(samples: impl Iterator<Item = &'a Sample> + Clone) -> Slopes {
+        let per_min = |f: fn(&Sample) -> u64| {
+            let pts: Vec<(f64, f64)> = samples
+                .clone()
+                .map(|s| (s.secs / 60.0, f(s) as f64))
+                .collect();
+            slope(&pts)
+        };
+        Slopes {
+            rss: per_min(|s| s.rss_kib),
+            heap: per_min(|s| s.heap_kib),
+            in_use: per_min(|s| s.in_use_kib),
+            fds: per_min(|s| s.fds),
+        }
     }
 }
 
@@ -1272,20 +1472,31 @@ pub fn run(o: &SoakOptions) -> Result<(), String> {
             seq += 1;
             let seed = o.seed.wrapping_mul(1_000_003).wrapping_add(seq);
             let sh = sh.clone();
+            let owner = if p == Proto::DictQuota {
+                owner += 1;
+                owner - 1
+            } else {
+                0
+            };
+            let sock = match p {
+                Proto::Socketmap => &sockets.socketmap,
+                Proto::Policy => &sockets.policy,
+                Proto::Milter => &sockets.milter,
+                Proto::DictLookup | Proto::DictIter | Proto::DictQuota => &sockets.dict,
+            }
+            .clone();
             tasks.push(match p {
-                Proto::Socketmap => rt.spawn(socketmap_conn(sh, sockets.socketmap.clone(), seed)),
-                Proto::Policy => rt.spawn(policy_conn(sh, sockets.policy.clone(), seed)),
-                Proto::Milter => rt.spawn(milter_conn(sh, sockets.milter.clone(), seed)),
-                Proto::DictQuota => {
-                    owner += 1;
-                    rt.spawn(dict_conn(sh, sockets.dict.clone(), seed, p, owner - 1))
-                }
-                _ => rt.spawn(dict_conn(sh, sockets.dict.clone(), seed, p, 0)),
+                Proto::Socketmap => rt.spawn(worker::<SocketmapClient>(sh, p, sock, owner, seed)),
+                Proto::Policy => rt.spawn(worker::<PolicyClient>(sh, p, sock, owner, seed)),
+                Proto::DictLookup => rt.spawn(worker::<DictLookupClient>(sh, p, sock, owner, seed)),
+                Proto::DictIter => rt.spawn(worker::<DictIterClient>(sh, p, sock, owner, seed)),
+                Proto::DictQuota => rt.spawn(worker::<QuotaClient>(sh, p, sock, owner, seed)),
+                Proto::Milter => rt.spawn(worker::<MilterClient>(sh, p, sock, owner, seed)),
             });
         }
     }
 
-    let mut samples = vec![sample(pid, sh.started)];
+    let mut samples = vec![sample(pid, &sockets.stats, sh.started)];
     let (files_changed, ldap_changed) = std::thread::scope(|s| {
         let f = s.spawn(|| file_changer(&sh, &aliases));
         let l = s.spawn(|| ldap_changer(&sh, &slapd));
@@ -1294,11 +1505,13 @@ pub fn run(o: &SoakOptions) -> Result<(), String> {
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
             if Instant::now() >= next {
-                let smp = sample(pid, sh.started);
+                let smp = sample(pid, &sockets.stats, sh.started);
                 eprintln!(
-                    "soak: {:>5.0} s  RSS {} KiB  fds {}  requests {}  problems {}",
+                    "soak: {:>5.0} s  RSS {} KiB  malloc heap {} KiB (in use {} KiB)  fds {}  requests {}  problems {}",
                     smp.secs,
                     smp.rss_kib,
+                    smp.heap_kib,
+                    smp.in_use_kib,
                     smp.fds,
                     sh.tallies
                         .values()
@@ -1326,7 +1539,7 @@ pub fn run(o: &SoakOptions) -> Result<(), String> {
             let _ = t.await;
         }
     });
-    let after = sample(pid, sh.started);
+    let after = sample(pid, &sockets.stats, sh.started);
     let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
     drop(rt);
 
@@ -1382,17 +1595,17 @@ impl Report<'_> {
         self.count(|t| &t.protocol_errors) + self.count(|t| &t.wrong) + self.count(|t| &t.temporary)
     }
 
-    /// RSS (KiB per minute) and fd (per minute) slopes.
-    fn slopes(&self) -> (f64, f64) {
-        // From the first full window on: the first samples include the
-        // connections being opened.
-        let pts: Vec<&Sample> = self.samples.iter().skip(1).collect();
-        let rss: Vec<(f64, f64)> = pts
-            .iter()
-            .map(|s| (s.secs / 60.0, s.rss_kib as f64))
-            .collect();
-        let fds: Vec<(f64, f64)> = pts.iter().map(|s| (s.secs / 60.0, s.fds as f64)).collect();
-        (slope(&rss), slope(&fds))
+    /// The slopes over the whole run, from the first full window on (the
+    /// first samples include the connections being opened).
+    fn slopes(&self) -> Slopes {
+        Slopes::of(self.samples.iter().skip(1))
+    }
+
+    /// The slopes over the run's tail ([`tail_from`]).
+    fn tail_slopes(&self) -> Slopes {
+        let from = tail_from(self.o.duration).as_secs_f64();
+        // A sample a little early (the sampler's 100 ms tick) still counts.
+        Slopes::of(self.samples.iter().filter(|s| s.secs + 1.0 >= from))
     }
 
     /// p99 in µs per window and protocol.
@@ -1441,7 +1654,7 @@ impl Report<'_> {
                 t.temporary.load(Ordering::Relaxed)
             );
         }
-        let (rs, fs) = self.slopes();
+        let (all, tail) = (self.slopes(), self.tail_slopes());
         let first = self
             .samples
             .first()
@@ -1455,7 +1668,16 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "ramdir RSS {} → {} KiB (slope {:+.1} KiB/min), open fds {} → {} (slope {:+.2}/min)",
-            first.0, last.0, rs, first.1, last.1, fs
+            first.0, last.0, all.rss, first.1, last.1, all.fds
+        );
+        let _ = writeln!(
+            s,
+            "from {:.0} s to the end: slopes RSS {:+.1} KiB/min, malloc heap {:+.1} KiB/min, heap in use {:+.1} KiB/min, fds {:+.2}/min",
+            tail_from(self.o.duration).as_secs_f64(),
+            tail.rss,
+            tail.heap,
+            tail.in_use,
+            tail.fds
         );
         let _ = writeln!(
             s,
@@ -1464,10 +1686,15 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "samples (s, RSS KiB, fds): {}",
+            "samples (s, RSS KiB, malloc heap KiB, heap in use KiB, fds): {}",
             self.samples
                 .iter()
-                .map(|x| format!("({:.0}, {}, {})", x.secs, x.rss_kib, x.fds))
+                .map(|x| {
+                    format!(
+                        "({:.0}, {}, {}, {}, {})",
+                        x.secs, x.rss_kib, x.heap_kib, x.in_use_kib, x.fds
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         );
@@ -1493,15 +1720,24 @@ impl Report<'_> {
     }
 
     fn json(&self) -> String {
-        let (rs, fs) = self.slopes();
+        let (all, tail) = (self.slopes(), self.tail_slopes());
         let mut s = format!(
-            "{{\"seconds\":{},\"connections\":{},\"users\":{},\"file_generations\":{},\"ldap_changes\":{},\"alive\":{},\"rss_slope_kib_per_min\":{rs:.3},\"fd_slope_per_min\":{fs:.3},\"after\":{{\"rss_kib\":{},\"fds\":{}}},\"samples\":[",
+            "{{\"seconds\":{},\"connections\":{},\"users\":{},\"file_generations\":{},\"ldap_changes\":{},\"alive\":{},\"rss_slope_kib_per_min\":{:.3},\"heap_slope_kib_per_min\":{:.3},\"in_use_slope_kib_per_min\":{:.3},\"fd_slope_per_min\":{:.3},\"tail_from_secs\":{},\"tail_rss_slope_kib_per_min\":{:.3},\"tail_heap_slope_kib_per_min\":{:.3},\"tail_in_use_slope_kib_per_min\":{:.3},\"tail_fd_slope_per_min\":{:.3},\"after\":{{\"rss_kib\":{},\"fds\":{}}},\"samples\":[",
             self.o.duration.as_secs(),
             self.o.connections,
             self.o.users,
             self.files_changed,
             self.ldap_changed,
             self.alive,
+            all.rss,
+            all.heap,
+            all.in_use,
+            all.fds,
+            tail_from(self.o.duration).as_secs(),
+            tail.rss,
+            tail.heap,
+            tail.in_use,
+            tail.fds,
             self.after.rss_kib,
             self.after.fds
         );
@@ -1510,8 +1746,8 @@ impl Report<'_> {
             .iter()
             .map(|x| {
                 format!(
-                    "{{\"secs\":{:.1},\"rss_kib\":{},\"fds\":{}}}",
-                    x.secs, x.rss_kib, x.fds
+                    "{{\"secs\":{:.1},\"rss_kib\":{},\"heap_kib\":{},\"in_use_kib\":{},\"fds\":{}}}",
+                    x.secs, x.rss_kib, x.heap_kib, x.in_use_kib, x.fds
                 )
             })
             .collect();
@@ -1571,6 +1807,62 @@ mod tests {
         let flat: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 5.0)).collect();
         assert_eq!(slope(&flat), 0.0);
         assert_eq!(slope(&[(1.0, 2.0)]), 0.0);
+    }
+
+    #[test]
+    fn the_tail_is_the_last_twenty_minutes_or_two_thirds() {
+        assert_eq!(
+            tail_from(Duration::from_secs(1800)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(tail_from(Duration::from_secs(60)), Duration::from_secs(20));
+        assert_eq!(
+            tail_from(Duration::from_secs(3600)),
+            Duration::from_secs(2400)
+        );
+    }
+
+    /// Mappings as `/proc/PID/smaps` shows them (abridged): the main
+    /// arena, a thread arena (64 MiB-aligned, read-write part plus `---p`
+    /// rest), a thread stack with its guard page, a chunk malloc mapped on
+    /// its own, the binary.
+    const SMAPS: &str = "\
+55d0c0a00000-55d0c0c00000 rw-p 00000000 00:00 0                          [heap]
+Size:               2048 kB
+Rss:                1500 kB
+7f1c64000000-7f1c64400000 rw-p 00000000 00:00 0 
+Size:               4096 kB
+Rss:                3000 kB
+7f1c64400000-7f1c68000000 ---p 00000000 00:00 0 
+Size:              61440 kB
+Rss:                   0 kB
+7f1c6c000000-7f1c6c021000 rw-p 00000000 00:00 0 
+Size:                132 kB
+Rss:                 100 kB
+7f1c6c021000-7f1c70000000 ---p 00000000 00:00 0 
+Size:              65404 kB
+Rss:                   0 kB
+7f1c70000000-7f1c70001000 ---p 00000000 00:00 0 
+Size:                  4 kB
+Rss:                   0 kB
+7f1c70001000-7f1c70041000 rw-p 00000000 00:00 0 
+Size:                256 kB
+Rss:                  20 kB
+7f1c74000000-7f1c74400000 rw-p 00000000 00:00 0 
+Size:               4096 kB
+Rss:                4096 kB
+55d0bf000000-55d0bf800000 r-xp 00000000 fd:01 1234                       /usr/sbin/ramdir
+Size:               8192 kB
+Rss:                6000 kB
+";
+
+    #[test]
+    fn malloc_heap_counts_the_main_and_thread_arenas_only() {
+        // [heap] 1500 + two thread arenas 3000 + 100; not the stack (20),
+        // the 4 MiB chunk mapped on its own (aligned, but not followed by
+        // the rest of an arena), or the binary.
+        assert_eq!(malloc_heap_kib(SMAPS), 4600);
+        assert_eq!(malloc_heap_kib(""), 0);
     }
 
     #[test]

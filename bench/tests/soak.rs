@@ -73,4 +73,13 @@ fn soak_short_run_has_no_error_and_no_wrong_answer() {
         "{report}"
     );
     assert_eq!(report["alive"], true);
+    // The memory figures are there: RSS, the malloc heaps' part of it
+    // (smaps) and the heap in use (ramdir's stats, glibc's mallinfo2).
+    let last = report["samples"]
+        .as_array()
+        .and_then(|s| s.last())
+        .unwrap_or_else(|| panic!("no samples: {report}"));
+    for field in ["rss_kib", "heap_kib", "in_use_kib", "fds"] {
+        assert!(last[field].as_u64().unwrap_or(0) > 0, "{field}: {last}");
+    }
 }

@@ -60,6 +60,21 @@ pub fn load_directory(config: &Config) -> Result<Directory, CmdError> {
     Ok(dir)
 }
 
+/// malloc arenas per CPU (glibc's default is 8). Connections run on a
+/// thread each, so the daemon has hundreds of threads; with the default,
+/// memory freed in one arena is kept for that arena's threads and RSS
+/// keeps creeping up under a steady load (the soak, docs/reliability.md:
+/// +400 KiB/min after 5 minutes with 16 arenas on 2 CPUs, flat with 2, the
+/// bytes in use the same). At most as many threads run at once as there
+/// are CPUs, so one arena each keeps lock waits rare.
+pub const MALLOC_ARENAS_PER_CPU: usize = 1;
+
+/// The arena cap: [`MALLOC_ARENAS_PER_CPU`] times the CPUs ramdir may use.
+fn malloc_arenas() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    MALLOC_ARENAS_PER_CPU * cpus
+}
+
 /// Why a reload was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -98,8 +113,10 @@ pub fn serve(config: Config, allow_root: bool) -> Result<(), CmdError> {
     if config.dict.is_some() && config.quota.is_none() {
         tracing::warn!("[dict] without [quota]: the quota dict is off (auth dict only)");
     }
-    // Before any thread exists: taking the fds clears LISTEN_FDS.
+    // Before any thread exists: taking the fds clears LISTEN_FDS, and
+    // malloc's arena cap applies to arenas not yet created.
     let inherited = listener::Inherited::from_env();
+    ramdir_malloc::limit_arenas(malloc_arenas());
     let dir = load_directory(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

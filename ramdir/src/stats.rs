@@ -79,6 +79,12 @@ pub fn document(
             "connections": load(&c.milter.connections),
             "checks": load(&c.milter.requests),
         },
+        // What malloc holds: in use by ramdir, and taken from the system
+        // (the rest is free memory the allocator keeps); absent off glibc.
+        "malloc": ramdir_malloc::heap().map(|h| serde_json::json!({
+            "heap_in_use_bytes": h.in_use,
+            "heap_from_system_bytes": h.from_system,
+        })),
     })
 }
 

@@ -143,14 +143,38 @@ impl From<io::Error> for Close {
     }
 }
 
+/// A reply that waits for something asynchronous (a durable commit): its
+/// bytes are written after the replies before it and before any later
+/// request is answered.
+pub type Later = std::pin::Pin<Box<dyn std::future::Future<Output = BytesMut> + Send>>;
+
+/// Where a connection's replies go.
+#[derive(Debug, Clone, Copy)]
+enum Sink<'a> {
+    /// A blocking socket on the connection's own thread.
+    Thread(&'a UnixStream),
+    /// A non-blocking socket served by a runtime task, with the write
+    /// timeout.
+    Task(&'a tokio::net::UnixStream, Duration),
+}
+
 /// A connection's reply buffer. Replies are appended to [`Out::buf`] and
 /// written when the requests at hand are answered; a long answer (an
 /// iteration) calls [`Out::flush_if_full`] as it goes.
-#[derive(Debug)]
 pub struct Out<'a> {
     /// The replies not written yet.
     pub buf: &'a mut BytesMut,
-    stream: &'a UnixStream,
+    sink: Sink<'a>,
+    later: Option<Later>,
+}
+
+impl std::fmt::Debug for Out<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out")
+            .field("buf", &self.buf.len())
+            .field("later", &self.later.is_some())
+            .finish()
+    }
 }
 
 impl Out<'_> {
@@ -160,14 +184,80 @@ impl Out<'_> {
     /// When the client went away or did not read within the write timeout.
     pub fn flush_if_full(&mut self) -> io::Result<()> {
         if self.buf.len() >= OUT_FLUSH {
-            write_out(self.stream, self.buf)?;
+            match self.sink {
+                Sink::Thread(s) => write_out(s, self.buf)?,
+                Sink::Task(s, t) => {
+                    let buf = &mut *self.buf;
+                    tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(write_task(s, buf, t))
+                    })?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Run `f`, which may block its thread for long (wait on the runtime
+    /// with `Handle::block_on`, walk a whole directory): on a connection
+    /// thread it simply runs; on a runtime task the worker thread is first
+    /// handed over ([`tokio::task::block_in_place`]) so that the other
+    /// connections go on being served.
+    pub fn blocking<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        match self.sink {
+            Sink::Thread(_) => f(self),
+            Sink::Task(..) => tokio::task::block_in_place(|| f(self)),
+        }
+    }
+
+    /// Make `reply` this request's reply, written once it completes (after
+    /// the replies before it, before any later request is answered). For
+    /// a wait with nothing to compute (a durable commit): no thread waits.
+    pub fn later(&mut self, reply: Later) {
+        self.later = Some(reply);
     }
 }
 
 fn write_out(mut stream: &UnixStream, out: &mut BytesMut) -> io::Result<()> {
     let r = stream.write_all(out);
+    out.clear();
+    r
+}
+
+/// Write `out` whole on a runtime task within `timeout`, and empty it.
+async fn write_task(
+    stream: &tokio::net::UnixStream,
+    out: &mut BytesMut,
+    timeout: Duration,
+) -> io::Result<()> {
+    use bytes::Buf;
+    // A reply nearly always fits the socket buffer: one write, no timer.
+    match stream.try_write(out) {
+        Ok(n) => out.advance(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => {
+            out.clear();
+            return Err(e);
+        }
+    }
+    if out.is_empty() {
+        out.clear();
+        return Ok(());
+    }
+    let rest = async {
+        while !out.is_empty() {
+            stream.writable().await?;
+            match stream.try_write(out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    let r = match tokio::time::timeout(timeout, rest).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    };
     out.clear();
     r
 }
@@ -221,6 +311,9 @@ pub async fn serve<P: Protocol>(
     let registry = Arc::new(Mutex::new(Registry::default()));
     let pool = Arc::new(Pool::default());
     let limits = Arc::new(limits);
+    let runtime = tokio::runtime::Handle::current();
+    // Temporary, for bench/conn.sh's comparison of the two models.
+    let tasks = std::env::var("RAMDIR_CONN_MODEL").is_ok_and(|m| m == "task");
     tokio::pin!(shutdown);
     let result = loop {
         let permit = tokio::select! {
@@ -243,7 +336,14 @@ pub async fn serve<P: Protocol>(
             () = &mut shutdown => break Ok(()),
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = start(&pool, &protocol, stream, &limits, &stats, &registry, permit) {
+        let started = if tasks {
+            start_task(&protocol, stream, &limits, &stats, &registry, permit)
+        } else {
+            start(
+                &pool, &runtime, &protocol, stream, &limits, &stats, &registry, permit,
+            )
+        };
+        if let Err(e) = started {
             // Out of threads or memory: the client is closed (it retries),
             // and accepting pauses as for any resource shortage.
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -269,8 +369,10 @@ pub fn is_transient(e: &io::Error) -> bool {
 }
 
 /// Hand an accepted connection to a thread of its own.
+#[allow(clippy::too_many_arguments)]
 fn start<P: Protocol>(
     pool: &Arc<Pool>,
+    runtime: &tokio::runtime::Handle,
     protocol: &Arc<P>,
     stream: tokio::net::UnixStream,
     limits: &Arc<Limits>,
@@ -298,14 +400,48 @@ fn start<P: Protocol>(
         _permit: permit,
     };
     let (protocol, limits, stats) = (protocol.clone(), limits.clone(), stats.clone());
+    let runtime = runtime.clone();
     // On failure the job (and the guard, and the stream) is dropped.
     pool.run(
         P::NAME,
         Box::new(move || {
             let _guard = guard;
-            connection(&*protocol, &stream, &limits, &stats);
+            connection(&*protocol, &runtime, &stream, &limits, &stats);
         }),
     )
+}
+
+/// Hand an accepted connection to a runtime task of its own.
+fn start_task<P: Protocol>(
+    protocol: &Arc<P>,
+    stream: tokio::net::UnixStream,
+    limits: &Arc<Limits>,
+    stats: &Arc<Stats>,
+    registry: &Arc<Mutex<Registry>>,
+    permit: OwnedSemaphorePermit,
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    // A second descriptor of the same socket, for shutdown to wake the
+    // task (`shutdown` acts on the socket, not the descriptor).
+    let waker = Arc::new(UnixStream::from(stream.as_fd().try_clone_to_owned()?));
+    let id = {
+        let mut r = registry.lock().expect("registry");
+        let id = r.next;
+        r.next += 1;
+        r.live.insert(id, waker);
+        id
+    };
+    let guard = Guard {
+        registry: registry.clone(),
+        id,
+        _permit: permit,
+    };
+    let (protocol, limits, stats) = (protocol.clone(), limits.clone(), stats.clone());
+    tokio::spawn(async move {
+        let _guard = guard;
+        task_connection(&*protocol, stream, &limits, &stats).await;
+    });
+    Ok(())
 }
 
 /// How long a connection thread whose connection ended waits for the next
@@ -437,7 +573,13 @@ impl Drop for Counted<'_> {
 
 /// Serve one connection until the client closes, goes idle, breaks the
 /// protocol or shutdown wakes it.
-fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, stats: &Stats) {
+fn connection<P: Protocol>(
+    protocol: &P,
+    runtime: &tokio::runtime::Handle,
+    stream: &UnixStream,
+    limits: &Limits,
+    stats: &Stats,
+) {
     let mut conn = protocol.open();
     let mut buf = BytesMut::with_capacity(limits.read_room);
     let mut out = BytesMut::with_capacity(limits.read_room);
@@ -453,10 +595,16 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
             let started = sampler.start(&stats.latency);
             let mut o = Out {
                 buf: &mut out,
-                stream,
+                sink: Sink::Thread(stream),
+                later: None,
             };
-            match protocol.answer(&mut conn, &mut buf, &mut o) {
+            let answered = protocol.answer(&mut conn, &mut buf, &mut o);
+            let later = o.later.take();
+            match answered {
                 Ok(true) => {
+                    if let Some(later) = later {
+                        out.extend_from_slice(&runtime.block_on(later));
+                    }
                     counted.add();
                     Sampler::finish(&stats.latency, started);
                 }
@@ -526,6 +674,119 @@ fn connection<P: Protocol>(protocol: &P, stream: &UnixStream, limits: &Limits, s
                 tracing::debug!(listener = P::NAME, "connection idle; closing");
                 return;
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(listener = P::NAME, error = %e, "read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Serve one connection on a runtime task: the same loop as
+/// [`connection`], with readiness instead of blocking reads and one timer
+/// per connection instead of the socket's timeouts.
+async fn task_connection<P: Protocol>(
+    protocol: &P,
+    mut stream: tokio::net::UnixStream,
+    limits: &Limits,
+    stats: &Stats,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut conn = protocol.open();
+    let mut buf = BytesMut::with_capacity(limits.read_room);
+    let mut out = BytesMut::with_capacity(limits.read_room);
+    let mut counted = Counted { stats, pending: 0 };
+    let mut sampler = Sampler::default();
+    let mut partial: Option<Instant> = None;
+    // The last time bytes arrived; the timer is moved only when it fires
+    // early (no timer work per request).
+    let mut active = Instant::now();
+    let timer = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(timer);
+    loop {
+        loop {
+            let started = sampler.start(&stats.latency);
+            let mut o = Out {
+                buf: &mut out,
+                sink: Sink::Task(&stream, limits.write_timeout),
+                later: None,
+            };
+            let answered = protocol.answer(&mut conn, &mut buf, &mut o);
+            let later = o.later.take();
+            match answered {
+                Ok(true) => {
+                    if let Some(later) = later {
+                        out.extend_from_slice(&later.await);
+                    }
+                    counted.add();
+                    Sampler::finish(&stats.latency, started);
+                }
+                Ok(false) => {
+                    sampler.undo();
+                    break;
+                }
+                Err(Close::Protocol(why)) => {
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(listener = P::NAME, error = %why, "closing connection");
+                    let _ = write_task(&stream, &mut out, limits.write_timeout).await;
+                    return;
+                }
+                Err(Close::Io(e)) => {
+                    log_io(P::NAME, &e);
+                    return;
+                }
+            }
+        }
+        if !out.is_empty()
+            && let Err(e) = write_task(&stream, &mut out, limits.write_timeout).await
+        {
+            log_io(P::NAME, &e);
+            return;
+        }
+        match (&partial, buf.is_empty()) {
+            (None, false) => partial = Some(Instant::now()),
+            (Some(_), true) => partial = None,
+            _ => {}
+        }
+        let deadline = match partial {
+            Some(since) => (since + REQUEST_TIMEOUT).min(active + limits.idle_timeout),
+            None => active + limits.idle_timeout,
+        };
+        // Only a partial request brings the deadline forward.
+        if tokio::time::Instant::from(deadline) < timer.deadline() {
+            timer.as_mut().reset(deadline.into());
+        }
+        buf.reserve(limits.read_room);
+        let read = loop {
+            tokio::select! {
+                biased;
+                r = stream.read_buf(&mut buf) => break r,
+                () = &mut timer => {
+                    if Instant::now() >= deadline {
+                        tracing::debug!(
+                            listener = P::NAME,
+                            pending = buf.len(),
+                            "connection idle or request not complete in time; closing"
+                        );
+                        return;
+                    }
+                    timer.as_mut().reset(deadline.into());
+                }
+            }
+        };
+        match read {
+            Ok(0) => {
+                if !buf.is_empty() {
+                    tracing::debug!(
+                        listener = P::NAME,
+                        pending = buf.len(),
+                        "client closed mid-request"
+                    );
+                }
+                return;
+            }
+            Ok(_) => active = Instant::now(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::debug!(listener = P::NAME, error = %e, "read failed");

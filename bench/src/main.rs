@@ -46,6 +46,7 @@ use ramdir_postfix::socketmap::codec::Request;
 
 mod auth;
 mod ceiling;
+mod churn;
 mod client;
 mod dict;
 mod e2e;
@@ -155,6 +156,34 @@ enum Command {
         /// A blocking thread per connection instead of tokio.
         #[arg(long)]
         blocking: bool,
+    },
+    /// Connection churn on a Dovecot dict server: connect, `H`, one `L`,
+    /// close, over and over (Dovecot without `idle_msecs`); prints JSON.
+    DictChurn {
+        /// Unix socket of the server.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Dict name sent in `H`.
+        #[arg(long, default_value = "auth")]
+        dict: String,
+        /// Client threads, one connection at a time each.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 4)]
+        duration: u64,
+        /// Key pattern.
+        #[arg(long)]
+        key_pattern: String,
+        /// Items of the pattern.
+        #[arg(long)]
+        key_count: u64,
+        /// Domains of the pattern.
+        #[arg(long, default_value_t = 100)]
+        key_domains: u64,
+        /// The server's pid (for its CPU time per connection).
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Load a Dovecot dict server with lookups (`H` once per connection,
     /// then one `L` at a time) and report throughput and latency.
@@ -630,6 +659,25 @@ fn run(cli: Cli) -> Result<(), String> {
             blocking,
         )
         .map_err(|e| format!("dict-ceiling: {e}")),
+        Command::DictChurn {
+            socket,
+            dict: name,
+            threads,
+            duration,
+            key_pattern,
+            key_count,
+            key_domains,
+            server_pid,
+        } => churn::run(&churn::ChurnOptions {
+            socket,
+            dict: name,
+            threads,
+            duration: std::time::Duration::from_secs(duration),
+            pattern: KeyPattern::parse(&key_pattern)?,
+            count: key_count,
+            domains: key_domains,
+            server_pid,
+        }),
         Command::Dict {
             socket,
             load,

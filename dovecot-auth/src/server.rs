@@ -142,23 +142,29 @@ impl Dict {
         }
     }
 
-    /// Make a transaction durable; the reply waits for the disk.
-    fn commit(&self, txn: Txn) -> CommitResult {
-        let Some(u) = &self.usage else {
-            return CommitResult::Fail("quota store is not configured".into());
-        };
-        let (tx, rx) = oneshot::channel();
-        u.writer.commit(
-            txn,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        match rx.blocking_recv() {
-            Ok(Ok(CommitOutcome::Ok)) => CommitResult::Ok,
-            Ok(Ok(CommitOutcome::NotFound)) => CommitResult::NotFound,
-            Ok(Err(e)) => CommitResult::Fail(e.to_string()),
-            Err(_) => CommitResult::Fail("quota store writer is gone".into()),
+    /// Hand a transaction to the group-commit writer; the result comes
+    /// once it is durable.
+    fn commit(&self, txn: Txn) -> impl Future<Output = CommitResult> + Send + 'static {
+        let rx = self.usage.as_ref().map(|u| {
+            let (tx, rx) = oneshot::channel();
+            u.writer.commit(
+                txn,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx
+        });
+        async move {
+            let Some(rx) = rx else {
+                return CommitResult::Fail("quota store is not configured".into());
+            };
+            match rx.await {
+                Ok(Ok(CommitOutcome::Ok)) => CommitResult::Ok,
+                Ok(Ok(CommitOutcome::NotFound)) => CommitResult::NotFound,
+                Ok(Err(e)) => CommitResult::Fail(e.to_string()),
+                Err(_) => CommitResult::Fail("quota store writer is gone".into()),
+            }
         }
     }
 }
@@ -196,7 +202,8 @@ impl Protocol for Dict {
         if let (Step::One(reply), Some(c)) = (&step, &lookup)
             && let Some(question) = source_question(&dir, c, reply)
         {
-            step = Step::One(self.ask_source(session, &dir, c, question));
+            // Waits for the source: off the runtime's workers.
+            step = Step::One(out.blocking(|_| self.ask_source(session, &dir, c, question)));
         }
         match step {
             Step::One(reply) => {
@@ -208,26 +215,34 @@ impl Protocol for Dict {
                     r.encode(out.buf);
                 }
             }
-            Step::Iterate(plan) => {
+            // A walk over the whole directory may take long: off the
+            // runtime's workers.
+            Step::Iterate(plan) => out.blocking(|out| -> Result<(), Close> {
                 for row in plan.rows(&dir) {
                     row.encode(out.buf);
                     out.flush_if_full()?;
                 }
                 Reply::IterEnd.encode(out.buf);
-            }
+                Ok(())
+            })?,
             Step::Commit {
                 id,
                 async_reply,
                 txn,
             } => {
                 drop(dir);
+                // The reply waits for the group commit; nothing else does.
                 let result = self.commit(txn);
-                Reply::Commit {
-                    id,
-                    async_reply,
-                    result,
-                }
-                .encode(out.buf);
+                out.later(Box::pin(async move {
+                    let mut reply = BytesMut::new();
+                    Reply::Commit {
+                        id,
+                        async_reply,
+                        result: result.await,
+                    }
+                    .encode(&mut reply);
+                    reply
+                }));
             }
             Step::Close(why) => return Err(Close::Protocol(why)),
         }
@@ -307,7 +322,7 @@ mod tests {
         got
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replies_come_in_command_order_across_a_commit() {
         let srv = spawn().await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
@@ -330,7 +345,7 @@ mod tests {
     /// `H4` auth connection) over the socket: `B` with its third field and
     /// `V` take no reply, the commit answers, and the userdb answer uses
     /// 2.4's names.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn protocol_4_clients_are_served() {
         let srv = spawn().await;
         // This thread (where the policy service or milter would read)
@@ -362,7 +377,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn iteration_streams_all_users_then_an_empty_line() {
         let srv = spawn().await;
         let mut c = UnixStream::connect(&srv.path).await.unwrap();
@@ -381,7 +396,7 @@ mod tests {
         assert_eq!(got[301], "O{\"password\":\"{PLAIN}pw\"}");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_input_closes_that_connection_only() {
         let srv = spawn().await;
         let mut good = UnixStream::connect(&srv.path).await.unwrap();
@@ -408,7 +423,7 @@ mod tests {
         assert_eq!(srv.stats.protocol_errors.load(Ordering::Relaxed), 4);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn heavy_connect_disconnect_churn() {
         let srv = spawn().await;
         let mut tasks = Vec::new();

@@ -244,11 +244,6 @@ pub fn encode(
             "Connections closed for a protocol error, per listener (the milter's are indymilter's and not counted).",
             |s| &s.protocol_errors,
         ),
-        (
-            "ramdir_connections_refused_total",
-            "Connections closed at once because no thread could be started for them, per listener.",
-            |s| &s.refused,
-        ),
     ] {
         let mut f = family(o, metric, "counter", help);
         for (name, st) in &listeners {

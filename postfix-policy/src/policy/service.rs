@@ -208,7 +208,7 @@ impl Tracker {
 /// END-OF-MESSAGE on a new connection finds it.
 #[derive(Debug)]
 pub struct Transactions<S: Deref<Target = Tracker>> {
-    /// The shared tracker: borrowed, or an `Arc` a connection thread owns.
+    /// The shared tracker: borrowed, or an `Arc` a connection owns.
     shared: S,
     /// Whether `instance` and `tracked` hold a live transaction; the
     /// buffers are kept when it ends, for the next one.

@@ -186,7 +186,8 @@ impl Protocol for Socketmap {
         buf: &mut BytesMut,
         out: &mut Out<'_>,
     ) -> Result<bool, Close> {
-        let out = &mut *out.buf;
+        let ctx = out;
+        let out = &mut *ctx.buf;
         let dir = self.directory.current();
         // Answer in place from the snapshot; only a miss the source must
         // settle copies the request out of the buffer.
@@ -221,9 +222,12 @@ impl Protocol for Socketmap {
             }
             Ok(Some(Err(req))) => {
                 drop(dir);
-                let reply = answer_request(&self.directory, &self.config, &self.runtime, &req);
+                // Waits for the source: off the runtime's workers.
+                let reply = ctx.blocking(|_| {
+                    answer_request(&self.directory, &self.config, &self.runtime, &req)
+                });
                 count_rare(&self.stats, &reply);
-                reply.encode(out);
+                reply.encode(ctx.buf);
                 matches!(reply, Reply::Ok(_))
             }
             Ok(None) => return Ok(false),

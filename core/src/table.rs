@@ -24,7 +24,7 @@ const RESERVE_SLACK: usize = 8;
 
 /// Fixed seed of the key hash: stable within a process, which is all that
 /// matters since tables are never persisted. One hash per lookup picks the
-/// shard (top bits) and probes it (all bits).
+/// shard ([`shard_of`]) and probes it (all bits).
 const SEED: u64 = 0x7261_6d64_6972_0001;
 
 /// Longest key stored inline in its slot. Most addresses are shorter, so a
@@ -212,8 +212,14 @@ fn hash(key: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(SEED).hash_one(key)
 }
 
+/// The shard of a key hash: bits 32 to 39. Not the top bits: hashbrown
+/// tags each bucket with the hash's top seven bits (compared before any
+/// key), so with the shard taken from the top bits every key of a shard
+/// carried the same tag and each probe compared the key of every full
+/// bucket in its group (a cache miss each). Not the low bits either: they
+/// pick the bucket within the shard (a shard has far fewer than 2^32).
 fn shard_of(h: u64) -> usize {
-    (h >> 56) as usize % SHARDS
+    (h >> 32) as usize % SHARDS
 }
 
 impl<V: Clone> Table<V> {

@@ -853,6 +853,77 @@ mod tests {
         }
     }
 
+    /// The line-by-line reader this one replaced (`BufRead::read_until`
+    /// per line), as the reference for [`read_lines`].
+    fn read_lines_one_by_one(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>, String> {
+        let mut r = io::BufReader::new(bytes);
+        let (mut buf, mut line, mut out) = (Vec::new(), 0, Vec::new());
+        loop {
+            buf.clear();
+            let n = io::BufRead::read_until(
+                &mut Read::take(&mut r, MAX_LINE_LEN as u64 + 1),
+                b'\n',
+                &mut buf,
+            )
+            .unwrap();
+            if n == 0 {
+                return Ok(out);
+            }
+            line += 1;
+            if buf.len() > MAX_LINE_LEN {
+                return Err(too_long(path, line).to_string());
+            }
+            let text = std::str::from_utf8(&buf)
+                .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()).to_string())?;
+            if text.contains('\0') {
+                return Err(syntax(path, line, "line contains a NUL byte".into()).to_string());
+            }
+            let text = text.trim_end_matches(['\n', '\r']);
+            let t = text.trim_start();
+            if !(t.is_empty() || t.starts_with('#')) {
+                out.push((line, text.to_string()));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn read_lines_gives_what_reading_line_by_line_gave(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"\n".to_vec()),
+                    proptest::strategy::Just(b"\r".to_vec()),
+                    proptest::strategy::Just(b"# ".to_vec()),
+                    proptest::strategy::Just(b" ".to_vec()),
+                    proptest::strategy::Just(b"\0".to_vec()),
+                    proptest::strategy::Just(vec![0xc3]),
+                    proptest::strategy::Just("é".as_bytes().to_vec()),
+                    proptest::strategy::Just(b"a@x.org:{PLAIN}p".to_vec()),
+                    proptest::strategy::Just(vec![b'z'; MAX_LINE_LEN / 2]),
+                ],
+                0..40,
+            )
+        ) {
+            let bytes = pieces.concat();
+            let tmp = tempfile::tempdir().unwrap();
+            let p = tmp.path().join("f");
+            std::fs::write(&p, &bytes).unwrap();
+            let mut got = Vec::new();
+            let r = read_lines(&p, |line, text| {
+                got.push((line, text.to_string()));
+                Ok(())
+            });
+            let want = read_lines_one_by_one(&p, &bytes);
+            match want {
+                Ok(w) => {
+                    proptest::prop_assert!(r.is_ok());
+                    proptest::prop_assert_eq!(got, w);
+                }
+                Err(e) => proptest::prop_assert_eq!(r.unwrap_err().to_string(), e),
+            }
+        }
+    }
+
     #[test]
     fn continuation_without_a_first_line_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();

@@ -234,9 +234,15 @@ impl Directory {
     /// load finds duplicates this way, with one probe of the table).
     pub fn insert_new_user(&mut self, spec: &UserSpec) -> bool {
         let packed = PackedUser::pack(spec, &self.settings);
-        let new = self.users.insert(&spec.login, packed).is_none();
+        self.insert_new_packed(&spec.login, packed)
+    }
+
+    /// [`Directory::insert_new_user`] for a user already packed with this
+    /// directory's settings (a file load packs on several threads).
+    pub fn insert_new_packed(&mut self, login: &str, packed: PackedUser) -> bool {
+        let new = self.users.insert(login, packed).is_none();
         if new {
-            self.domain_ref(&spec.login, 1);
+            self.domain_ref(login, 1);
         }
         new
     }

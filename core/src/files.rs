@@ -23,11 +23,11 @@
 //! on reload the caller keeps serving the previous snapshot.
 
 use std::fmt;
-use std::io::{self, BufRead, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::directory::Directory;
-use crate::model::{Settings, UserSpec};
+use crate::model::{PackedUser, Settings, UserSpec};
 use crate::quota::{QuotaFields, split_v24_folder_key};
 
 /// Longest line read from a source file. Real lines are far shorter; the
@@ -127,22 +127,7 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     // every login would cost about 100 MB at a million users. Only on the
     // (rare) error path are the files read again to say where the first one is.
     for p in &sources.passwd_files {
-        read_lines(p, |line, text| {
-            let spec = parse_passwd_line(text, dir.settings()).map_err(|m| syntax(p, line, m))?;
-            // The load fails on a duplicate, so the directory it has just
-            // overwritten the first definition in is thrown away.
-            if !dir.insert_new_user(&spec) {
-                let first = first_definition(&sources.passwd_files, dir.settings(), &spec.login)
-                    .map(|(f, l)| format!(", first at {}:{l}", f.display()))
-                    .unwrap_or_default();
-                return Err(syntax(
-                    p,
-                    line,
-                    format!("duplicate user {}{first}", spec.login),
-                ));
-            }
-            Ok(())
-        })?;
+        load_passwd_file(&mut dir, p, &sources.passwd_files)?;
     }
     for p in &sources.alias_files {
         read_map(p, |line, key, value| {
@@ -174,6 +159,91 @@ pub fn load(sources: &FileSources, settings: Settings) -> Result<Directory, Load
     let n = sources.all().count();
     dir.set_source(&format!("{n} file{}", if n == 1 { "" } else { "s" }));
     Ok(dir)
+}
+
+/// Lines that two threads share: one thread parses and packs a block's
+/// first half while another does the second, and the loading thread then
+/// inserts both halves in file order. The first error in file order is
+/// the one returned, as if one thread had read the file line by line:
+/// a half's users up to its first bad line are inserted before its error
+/// is returned, and the second half only counts once the first is clean.
+fn load_passwd_file(dir: &mut Directory, p: &Path, all: &[PathBuf]) -> Result<(), LoadError> {
+    read_blocks(p, |first_line, block| {
+        let settings = dir.settings();
+        let (a, b) = split_block(block);
+        let b_first_line = first_line + memchr::memchr_iter(b'\n', a).count();
+        let (a, b) = if a.is_empty() || b.is_empty() {
+            (parse_passwd_block(p, first_line, block, settings), None)
+        } else {
+            std::thread::scope(|s| {
+                let b = s.spawn(|| parse_passwd_block(p, b_first_line, b, settings));
+                let a = parse_passwd_block(p, first_line, a, settings);
+                (a, Some(b.join().expect("a passwd-file parser panicked")))
+            })
+        };
+        for half in std::iter::once(a).chain(b) {
+            for (line, login, packed) in half.users {
+                let login = &half.logins[login];
+                // The load fails on a duplicate, so the directory it has
+                // just overwritten the first definition in is thrown away.
+                if !dir.insert_new_packed(login, packed) {
+                    let first = first_definition(all, dir.settings(), login)
+                        .map(|(f, l)| format!(", first at {}:{l}", f.display()))
+                        .unwrap_or_default();
+                    return Err(syntax(p, line, format!("duplicate user {login}{first}")));
+                }
+            }
+            if let Some(e) = half.error {
+                return Err(e);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One half-block of a passwd-file, parsed and packed.
+struct ParsedBlock {
+    /// The logins, one after another (one buffer, not a `String` each).
+    logins: String,
+    /// Line number, login (a range of `logins`) and packed user, in order.
+    users: Vec<(usize, std::ops::Range<usize>, PackedUser)>,
+    /// The first bad line, after which nothing was parsed.
+    error: Option<LoadError>,
+}
+
+fn parse_passwd_block(
+    path: &Path,
+    first_line: usize,
+    block: &[u8],
+    settings: &Settings,
+) -> ParsedBlock {
+    let mut out = ParsedBlock {
+        logins: String::with_capacity(block.len() / 4),
+        users: Vec::with_capacity(block.len() / 64),
+        error: None,
+    };
+    let mut spec = UserSpec::default();
+    let r = for_each_line(path, first_line, block, |line, text| {
+        parse_passwd_line_into(text, settings, &mut spec).map_err(|m| syntax(path, line, m))?;
+        let start = out.logins.len();
+        out.logins.push_str(&spec.login);
+        out.users.push((
+            line,
+            start..out.logins.len(),
+            PackedUser::pack(&spec, settings),
+        ));
+        Ok(())
+    });
+    out.error = r.err();
+    out
+}
+
+/// Split a block of whole lines in two near its middle, after a newline.
+fn split_block(block: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b'\n', &block[block.len() / 2..]) {
+        Some(i) => block.split_at(block.len() / 2 + i + 1),
+        None => (block, &[]),
+    }
 }
 
 /// Where `login` is first defined in the passwd-files (for the duplicate
@@ -239,59 +309,112 @@ fn count_lines(path: &Path) -> Result<usize, LoadError> {
         if got == 0 {
             return Ok(n + usize::from(last != b'\n'));
         }
-        n += buf[..got].iter().filter(|&&b| b == b'\n').count();
+        n += memchr::memchr_iter(b'\n', &buf[..got]).count();
         last = buf[got - 1];
     }
 }
 
+/// Bytes read from a source file at a time: many lines per read (and per
+/// thread, for passwd-files), and always more than the longest line.
+const READ_BLOCK: usize = 1 << 20;
+const _: () = assert!(READ_BLOCK > MAX_LINE_LEN + 1);
+
 /// Call `f(line_number, line)` for each line, with `#` comment lines and
-/// blank lines skipped. Lines are read one by one so a million-user file
-/// never sits in memory whole.
+/// blank lines skipped. The file is read a block at a time so a
+/// million-user file never sits in memory whole.
 fn read_lines(
     path: &Path,
     mut f: impl FnMut(usize, &str) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    read_blocks(path, |first_line, block| {
+        for_each_line(path, first_line, block, &mut f)
+    })
+}
+
+/// Read `path` in blocks of whole lines, calling `f(number of the block's
+/// first line, block)`; every block but the file's last ends with a
+/// newline. A line that does not fit in a block is longer than
+/// [`MAX_LINE_LEN`]: the error is returned once the lines before it are
+/// done, as [`for_each_line`] would return it.
+fn read_blocks(
+    path: &Path,
+    mut f: impl FnMut(usize, &[u8]) -> Result<(), LoadError>,
 ) -> Result<(), LoadError> {
     let io_err = |e| LoadError {
         path: path.to_path_buf(),
         line: None,
         kind: LoadErrorKind::Io(e),
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
-    let mut r = io::BufReader::with_capacity(1 << 16, file);
-    let mut buf = Vec::with_capacity(256);
-    let mut line = 0;
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let mut buf = vec![0u8; READ_BLOCK];
+    let (mut have, mut line, mut eof) = (0, 1, false);
     loop {
-        buf.clear();
-        let n = (&mut r)
-            .take(MAX_LINE_LEN as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io_err)?;
-        if n == 0 {
+        while !eof && have < buf.len() {
+            match file.read(&mut buf[have..]) {
+                Ok(0) => eof = true,
+                Ok(n) => have += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        if have == 0 {
             return Ok(());
         }
-        line += 1;
-        if buf.len() > MAX_LINE_LEN {
-            return Err(syntax(
-                path,
-                line,
-                format!("line longer than {MAX_LINE_LEN} bytes"),
-            ));
+        let end = match memchr::memrchr(b'\n', &buf[..have]) {
+            _ if eof => have,
+            Some(i) => i + 1,
+            None => return Err(too_long(path, line)),
+        };
+        f(line, &buf[..end])?;
+        line += memchr::memchr_iter(b'\n', &buf[..end]).count();
+        buf.copy_within(end..have, 0);
+        have -= end;
+    }
+}
+
+fn too_long(path: &Path, line: usize) -> LoadError {
+    syntax(path, line, format!("line longer than {MAX_LINE_LEN} bytes"))
+}
+
+/// Call `f(line_number, line)` for each line of `block` (whole lines, the
+/// first numbered `first_line`), with `#` comment lines and blank lines
+/// skipped. A line is at most [`MAX_LINE_LEN`] bytes with its newline,
+/// valid UTF-8 and free of NUL bytes; the first that is not is an error.
+fn for_each_line(
+    path: &Path,
+    first_line: usize,
+    block: &[u8],
+    mut f: impl FnMut(usize, &str) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    // Postfix reads its tables as C strings, and the plugin's snapshot
+    // separates list items with NUL: a NUL would make the socketmap and
+    // the plugin answer differently (found by fuzzing). Looked for per
+    // line only in a block that has one.
+    let has_nul = memchr::memchr(0, block).is_some();
+    let mut rest = block;
+    let mut line = first_line;
+    while !rest.is_empty() {
+        let raw = match memchr::memchr(b'\n', rest) {
+            Some(i) => &rest[..=i],
+            None => rest,
+        };
+        rest = &rest[raw.len()..];
+        if raw.len() > MAX_LINE_LEN {
+            return Err(too_long(path, line));
         }
-        let text = std::str::from_utf8(&buf)
+        let text = std::str::from_utf8(raw)
             .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()))?;
-        // Postfix reads its tables as C strings, and the plugin's snapshot
-        // separates list items with NUL: a NUL would make the socketmap and
-        // the plugin answer differently (found by fuzzing).
-        if text.contains('\0') {
+        if has_nul && text.contains('\0') {
             return Err(syntax(path, line, "line contains a NUL byte".into()));
         }
         let text = text.trim_end_matches(['\n', '\r']);
         let t = text.trim_start();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
+        if !(t.is_empty() || t.starts_with('#')) {
+            f(line, text)?;
         }
-        f(line, text)?;
+        line += 1;
     }
+    Ok(())
 }
 
 /// Read a postmap source: logical lines (continuations joined), then
@@ -336,6 +459,30 @@ fn read_map(
 
 /// Parse one passwd-file line into a user.
 pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, String> {
+    let mut spec = UserSpec::default();
+    parse_passwd_line_into(line, settings, &mut spec)?;
+    Ok(spec)
+}
+
+/// Set an optional string, reusing the buffer it already holds.
+fn set_opt(slot: &mut Option<String>, v: Option<&str>) {
+    match (slot.as_mut(), v) {
+        (Some(s), Some(v)) => {
+            s.clear();
+            s.push_str(v);
+        }
+        (_, v) => *slot = v.map(str::to_string),
+    }
+}
+
+/// [`parse_passwd_line`] into `spec`, every field of it replaced, its
+/// string buffers reused: a load parses a million lines, and a fresh
+/// `UserSpec` per line cost an allocation and a free per field.
+pub fn parse_passwd_line_into(
+    line: &str,
+    settings: &Settings,
+    spec: &mut UserSpec,
+) -> Result<(), String> {
     let mut parts = line.splitn(8, ':');
     let user = parts.next().unwrap_or("");
     let password = parts.next().unwrap_or("");
@@ -346,13 +493,20 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
     let _shell = parts.next();
     let extra = parts.next().unwrap_or("");
 
-    let addr = settings
-        .normalizer
-        .address(user)
-        .ok_or_else(|| format!("user {user:?} is not an address (user@domain)"))?;
     // The login is stored as written (folded); a login that contains the
-    // delimiter stays reachable by its full key.
-    let login = addr.full();
+    // delimiter stays reachable by its full key. A login already in its
+    // normal form (nearly all of them) is copied as it is: `address`
+    // would give it back unchanged (`Normalizer::is_normal_form`).
+    spec.login.clear();
+    if settings.normalizer.is_normal_form(user) {
+        spec.login.push_str(user);
+    } else {
+        let addr = settings
+            .normalizer
+            .address(user)
+            .ok_or_else(|| format!("user {user:?} is not an address (user@domain)"))?;
+        spec.login = addr.full();
+    }
     let num = |what: &str, v: &str| -> Result<Option<u32>, String> {
         if v.is_empty() {
             return Ok(None);
@@ -361,15 +515,17 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
             .map(Some)
             .map_err(|_| format!("{what} {v:?} is not a number"))
     };
-    let mut spec = UserSpec {
-        login,
-        password: (!password.is_empty()).then(|| password.to_string()),
-        uid: num("uid", uid)?,
-        gid: num("gid", gid)?,
-        home: (!home.is_empty()).then(|| home.to_string()),
-        enabled: true,
-        ..UserSpec::default()
-    };
+    set_opt(&mut spec.password, Some(password).filter(|p| !p.is_empty()));
+    spec.uid = num("uid", uid)?;
+    spec.gid = num("gid", gid)?;
+    set_opt(&mut spec.home, Some(home).filter(|h| !h.is_empty()));
+    spec.mail = None;
+    spec.quota = None;
+    spec.quota_grace = None;
+    spec.quota_rules.clear();
+    spec.enabled = true;
+    spec.extra.clear();
+    spec.origin = None;
     let mut quota = QuotaFields::new();
     for field in extra.split_whitespace() {
         let (k, v) = field.split_once('=').unwrap_or((field, ""));
@@ -382,8 +538,8 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
             (_, "quota_storage_size") => quota.storage_size(k, v)?,
             (_, "quota_message_count") => quota.message_count(k, v)?,
             (_, "quota_storage_grace" | "quota_grace") => quota.grace(k, v)?,
-            ("userdb_mail", _) => spec.mail = Some(v.to_string()),
-            ("userdb_home", _) => spec.home = Some(v.to_string()),
+            ("userdb_mail", _) => set_opt(&mut spec.mail, Some(v)),
+            ("userdb_home", _) => set_opt(&mut spec.home, Some(v)),
             ("userdb_uid", _) => spec.uid = num("userdb_uid", v)?,
             ("userdb_gid", _) => spec.gid = num("userdb_gid", v)?,
             _ if k.starts_with("userdb_quota_rule") => {
@@ -405,7 +561,7 @@ pub fn parse_passwd_line(line: &str, settings: &Settings) -> Result<UserSpec, St
     }
     spec.quota_grace = quota.own_grace();
     (spec.quota, spec.quota_rules) = quota.finish(settings.default_quota);
-    Ok(spec)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -619,6 +775,153 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.line, Some(1));
+    }
+
+    /// Lines across read blocks and across the two halves a block is
+    /// parsed in: every user loaded, and each error is the first in file
+    /// order, at its own line, whichever half or block it falls in.
+    #[test]
+    fn a_file_of_many_blocks_loads_whole_and_errors_name_their_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let n = 3 * READ_BLOCK / 60;
+        let line = |i: usize| {
+            format!(
+                "user{i:07}@domain{}.test:{{PLAIN}}x:5000:5000::/h::\n",
+                i % 7
+            )
+        };
+        let mut text: String = (0..n).map(line).collect();
+        let p = write(tmp.path(), "big", &text);
+        let sources = FileSources {
+            passwd_files: vec![p],
+            ..Default::default()
+        };
+        assert_eq!(count_lines(&sources.passwd_files[0]).unwrap(), n);
+        let dir = load(&sources, Settings::default()).unwrap();
+        assert_eq!(dir.counts().users, n);
+        assert_eq!(dir.counts().domains, 7);
+        for i in [0, 1, n / 2, n - 1] {
+            let login = format!("user{i:07}@domain{}.test", i % 7);
+            assert_eq!(dir.user(&login).unwrap().password, Some("{PLAIN}x"));
+        }
+
+        // A bad line late in the file, and a duplicate before it: the
+        // duplicate is the error (it comes first), then the bad line.
+        let bad_at = n - 3;
+        let dup_at = n / 2 + 5;
+        let mut lines: Vec<String> = (0..n).map(line).collect();
+        lines[bad_at - 1] = "no address here\n".into();
+        lines[dup_at - 1] = line(3);
+        text = lines.concat();
+        std::fs::write(&sources.passwd_files[0], &text).unwrap();
+        let e = load(&sources, Settings::default()).unwrap_err();
+        assert_eq!(e.line, Some(dup_at), "{e}");
+        assert!(e.to_string().contains(":4"), "first definition: {e}");
+        lines[dup_at - 1] = line(dup_at - 1);
+        std::fs::write(&sources.passwd_files[0], lines.concat()).unwrap();
+        let e = load(&sources, Settings::default()).unwrap_err();
+        assert_eq!(e.line, Some(bad_at), "{e}");
+        assert!(e.to_string().contains("not an address"), "{e}");
+    }
+
+    #[test]
+    fn line_length_limit_counts_the_newline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let load_one = |text: String| {
+            let p = write(tmp.path(), "a", &text);
+            load(
+                &FileSources {
+                    alias_files: vec![p],
+                    ..Default::default()
+                },
+                Settings::default(),
+            )
+        };
+        let fill = |len: usize| format!("a@x.org {}", "b".repeat(len - 8));
+        // MAX_LINE_LEN bytes with the newline: fine, alone or after others.
+        assert!(load_one(format!("{}\n", fill(MAX_LINE_LEN - 1))).is_ok());
+        assert!(load_one(fill(MAX_LINE_LEN)).is_ok());
+        // One more is too long, with or without a newline, at any line.
+        for text in [
+            format!("{}\n", fill(MAX_LINE_LEN)),
+            fill(MAX_LINE_LEN + 1),
+            format!("# c\n\n{}", "b".repeat(3 * READ_BLOCK)),
+        ] {
+            let e = load_one(text.clone()).unwrap_err();
+            assert!(e.to_string().contains("longer than"), "{e}");
+            assert_eq!(e.line, Some(if text.starts_with('#') { 3 } else { 1 }));
+        }
+    }
+
+    /// The line-by-line reader this one replaced (`BufRead::read_until`
+    /// per line), as the reference for [`read_lines`].
+    fn read_lines_one_by_one(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>, String> {
+        let mut r = io::BufReader::new(bytes);
+        let (mut buf, mut line, mut out) = (Vec::new(), 0, Vec::new());
+        loop {
+            buf.clear();
+            let n = io::BufRead::read_until(
+                &mut Read::take(&mut r, MAX_LINE_LEN as u64 + 1),
+                b'\n',
+                &mut buf,
+            )
+            .unwrap();
+            if n == 0 {
+                return Ok(out);
+            }
+            line += 1;
+            if buf.len() > MAX_LINE_LEN {
+                return Err(too_long(path, line).to_string());
+            }
+            let text = std::str::from_utf8(&buf)
+                .map_err(|_| syntax(path, line, "line is not valid UTF-8".into()).to_string())?;
+            if text.contains('\0') {
+                return Err(syntax(path, line, "line contains a NUL byte".into()).to_string());
+            }
+            let text = text.trim_end_matches(['\n', '\r']);
+            let t = text.trim_start();
+            if !(t.is_empty() || t.starts_with('#')) {
+                out.push((line, text.to_string()));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn read_lines_gives_what_reading_line_by_line_gave(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"\n".to_vec()),
+                    proptest::strategy::Just(b"\r".to_vec()),
+                    proptest::strategy::Just(b"# ".to_vec()),
+                    proptest::strategy::Just(b" ".to_vec()),
+                    proptest::strategy::Just(b"\0".to_vec()),
+                    proptest::strategy::Just(vec![0xc3]),
+                    proptest::strategy::Just("é".as_bytes().to_vec()),
+                    proptest::strategy::Just(b"a@x.org:{PLAIN}p".to_vec()),
+                    proptest::strategy::Just(vec![b'z'; MAX_LINE_LEN / 2]),
+                ],
+                0..40,
+            )
+        ) {
+            let bytes = pieces.concat();
+            let tmp = tempfile::tempdir().unwrap();
+            let p = tmp.path().join("f");
+            std::fs::write(&p, &bytes).unwrap();
+            let mut got = Vec::new();
+            let r = read_lines(&p, |line, text| {
+                got.push((line, text.to_string()));
+                Ok(())
+            });
+            let want = read_lines_one_by_one(&p, &bytes);
+            match want {
+                Ok(w) => {
+                    proptest::prop_assert!(r.is_ok());
+                    proptest::prop_assert_eq!(got, w);
+                }
+                Err(e) => proptest::prop_assert_eq!(r.unwrap_err().to_string(), e),
+            }
+        }
     }
 
     #[test]

@@ -459,7 +459,9 @@ struct Given<T> {
 fn give<T: PartialEq>(
     slot: &mut Option<Given<T>>,
     value: T,
-    field: &str,
+    // Written out only when kept or in an error (a file load gives a
+    // million main rules).
+    field: &dyn std::fmt::Display,
     what: &str,
 ) -> Result<(), String> {
     match slot {
@@ -547,13 +549,22 @@ impl QuotaFields {
     /// `quota_rule` (2.3): `*:storage=…[:messages=…]` or a size.
     pub fn main_rule(&mut self, field: &str, value: &str) -> Result<(), String> {
         let (storage, messages) = parse_main_rule_parts(value).map_err(|e| e.to_string())?;
-        let f = format!("{field}={value}");
         self.rule = true;
         if let Some(v) = storage {
-            give(&mut self.storage, v, &f, STORAGE)?;
+            give(
+                &mut self.storage,
+                v,
+                &format_args!("{field}={value}"),
+                STORAGE,
+            )?;
         }
         if let Some(v) = messages {
-            give(&mut self.messages, v, &f, MESSAGES)?;
+            give(
+                &mut self.messages,
+                v,
+                &format_args!("{field}={value}"),
+                MESSAGES,
+            )?;
         }
         Ok(())
     }
@@ -561,13 +572,23 @@ impl QuotaFields {
     /// `quota_storage_size` (2.4): a size; `0`/`unlimited` is no limit.
     pub fn storage_size(&mut self, field: &str, value: &str) -> Result<(), String> {
         let v = parse_size_limit(value).map_err(|e| e.to_string())?;
-        give(&mut self.storage, v, &format!("{field}={value}"), STORAGE)
+        give(
+            &mut self.storage,
+            v,
+            &format_args!("{field}={value}"),
+            STORAGE,
+        )
     }
 
     /// `quota_message_count` (2.4): a count; `0`/`unlimited` is no limit.
     pub fn message_count(&mut self, field: &str, value: &str) -> Result<(), String> {
         let v = parse_count_limit(value).map_err(|e| e.to_string())?;
-        give(&mut self.messages, v, &format!("{field}={value}"), MESSAGES)
+        give(
+            &mut self.messages,
+            v,
+            &format_args!("{field}={value}"),
+            MESSAGES,
+        )
     }
 
     fn folder(&mut self, mailbox: &str, order: u32) -> &mut Folder {

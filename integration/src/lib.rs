@@ -33,6 +33,7 @@
 
 pub mod dovecot;
 pub mod flavor;
+pub mod leftovers;
 pub mod logs;
 pub mod postfix;
 pub mod postfix_map;
@@ -96,7 +97,7 @@ impl StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
-            sweep_stale_stacks();
+            let _ = sweep_stale_stacks();
         }
         let path = PathBuf::from(format!("/tmp/rdi-{}-{n}", std::process::id()));
         if path.exists() {
@@ -165,15 +166,22 @@ impl Drop for StackDir {
     }
 }
 
-/// Stop the Postfix and Dovecot masters and ramdir processes of stacks
-/// whose test process is gone (a run killed by Ctrl-C or a timeout never
-/// reaches the `Drop`s), then remove those stacks' bind mounts in the
+/// Stop every process (Postfix, Dovecot, slapd, redis-server, ramdir, …)
+/// of stacks whose test process is gone (a run killed by Ctrl-C, a
+/// timeout or SIGKILL never reaches the `Drop`s; see [`leftovers`]), then
+/// remove those stacks' bind mounts in the
 /// Debian 13 root. A process is only signalled when it provably belongs
 /// to that stack: the master's working directory is the stack's spool
 /// (seen from the host, or through the root), Dovecot's and ramdir's
 /// command lines name the stack's config. The directories are left for
-/// inspection.
-fn sweep_stale_stacks() {
+/// inspection. [`StackDir::for_flavor`] calls it once per process; public
+/// for `tests/harness_cleanup.rs` and the `leftover-daemons` binary.
+/// Returns the processes it found that way.
+pub fn sweep_stale_stacks() -> Vec<leftovers::StackProcess> {
+    // Every process of a stack whose test is gone, whatever the daemon
+    // (slapd and redis-server included), recorded for
+    // scripts/test-under-load.sh; then what only the stack's files show.
+    let found = leftovers::stop_leaked();
     sweep_stale_processes();
     dovecot::sweep_leaked_masters();
     let me = std::process::id() as i32;
@@ -186,6 +194,7 @@ fn sweep_stale_stacks() {
             flavor::unmount(&point);
         }
     }
+    found
 }
 
 fn sweep_stale_processes() {

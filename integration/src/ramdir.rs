@@ -199,6 +199,10 @@ impl Ramdir {
             .arg("--allow-root")
             .arg("--config")
             .arg(&self.config)
+            .env(
+                crate::leftovers::STACK_ENV,
+                self.config.parent().unwrap_or(&self.config),
+            )
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup log fd"))
             .stderr(stderr)

@@ -2,6 +2,8 @@
 
 use std::cell::Cell;
 
+use bytes::BytesMut;
+
 /// Inputs up to this length are also fed one byte at a time (every byte a
 /// split point); longer ones are fed in chunks whose sizes come from the
 /// input, so a target's cost stays linear in the input's length.
@@ -23,6 +25,43 @@ pub fn chunks(data: &[u8]) -> Vec<usize> {
         i += 7;
     }
     out
+}
+
+/// What decoding an input gave: the messages, the error that stopped it
+/// (if any) and how many bytes were left unread.
+pub type Decoded<T, E> = (Vec<T>, Option<E>, usize);
+
+/// Decode `data` in one buffer with `drain`, which takes messages off the
+/// buffer until it needs more data (`None`) or fails (`Some(error)`).
+pub fn whole<T, E>(
+    data: &[u8],
+    mut drain: impl FnMut(&mut BytesMut, &mut Vec<T>) -> Option<E>,
+) -> Decoded<T, E> {
+    let mut buf = BytesMut::from(data);
+    let mut out = Vec::new();
+    let err = drain(&mut buf, &mut out);
+    (out, err, buf.len())
+}
+
+/// Decode `data` with `drain` as it would arrive over a socket: fed in
+/// [`chunks`] (every byte a split point for short inputs), draining after
+/// each. Must equal [`whole`]; the codecs' split-at-every-byte reference.
+pub fn split<T, E>(
+    data: &[u8],
+    mut drain: impl FnMut(&mut BytesMut, &mut Vec<T>) -> Option<E>,
+) -> Decoded<T, E> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for n in chunks(data) {
+        buf.extend_from_slice(&data[pos..pos + n]);
+        pos += n;
+        if let Some(e) = drain(&mut buf, &mut out) {
+            // The rest was never read by the server: count it as left over.
+            return (out, Some(e), buf.len() + data.len() - pos);
+        }
+    }
+    (out, None, buf.len())
 }
 
 thread_local! {
@@ -55,3 +94,4 @@ pub fn expecting_panics<R>(f: impl FnOnce() -> R) -> R {
 pub fn pieces(data: &[u8], sep: u8, n: usize) -> Vec<&[u8]> {
     data.splitn(n, |&b| b == sep).collect()
 }
+

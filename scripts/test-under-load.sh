@@ -68,7 +68,8 @@ sleep 5
 echo "== cargo test --workspace under load"
 start=$(date +%s)
 status=0
-cargo test --workspace --locked || status=$?
+# Every test binary, also after a failure: the outcome of the whole suite.
+cargo test --workspace --locked --no-fail-fast || status=$?
 end=$(date +%s)
 stop_load
 

@@ -169,17 +169,22 @@ pub fn of_owner(owner: i32) -> Vec<StackProcess> {
 const TERM_GRACE: Duration = Duration::from_secs(10);
 
 /// Stop every process of a stack whose owner no longer runs: SIGTERM, then
-/// SIGKILL for any still alive after [`TERM_GRACE`]. Returns what it found
-/// (each line is also appended to `swept-daemons.txt` in
-/// [`crate::logs::archive_dir`], so that a sweep inside a test run, which
-/// hides an earlier test's leak, is still seen by
-/// `scripts/test-under-load.sh`). Never panics.
-pub fn stop_leaked() -> Vec<StackProcess> {
+/// SIGKILL for any still alive after [`TERM_GRACE`]. Returns what it found.
+/// With `record`, each one is also appended to `swept-daemons.txt` in
+/// [`crate::logs::archive_dir`] (the start-up sweep does that, so that a
+/// sweep inside a test run, which hides an earlier test's leak, is still
+/// seen by `scripts/test-under-load.sh`). Never panics.
+pub fn stop_leaked(record: bool) -> Vec<StackProcess> {
     let found = leaked();
     if found.is_empty() {
         return found;
     }
-    record_sweep(&found);
+    for p in &found {
+        eprintln!("ramdir-integration: stopping leftover {p}");
+    }
+    if record {
+        record_sweep(&found);
+    }
     for p in &found {
         let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
     }
@@ -214,7 +219,6 @@ fn record_sweep(found: &[StackProcess]) {
         return;
     };
     for p in found {
-        eprintln!("ramdir-integration: stopping leftover {p}");
         let _ = writeln!(f, "{p}");
     }
 }

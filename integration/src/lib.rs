@@ -97,7 +97,7 @@ impl StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
-            let _ = sweep_stale_stacks();
+            let _ = sweep(true);
         }
         let path = PathBuf::from(format!("/tmp/rdi-{}-{n}", std::process::id()));
         if path.exists() {
@@ -176,12 +176,18 @@ impl Drop for StackDir {
 /// command lines name the stack's config. The directories are left for
 /// inspection. [`StackDir::for_flavor`] calls it once per process; public
 /// for `tests/harness_cleanup.rs` and the `leftover-daemons` binary.
-/// Returns the processes it found that way.
+/// Returns the processes it found that way. Only the start-up sweep
+/// records what it stopped ([`leftovers::stop_leaked`]): a sweep called
+/// on purpose cleans up what its caller expected to find.
 pub fn sweep_stale_stacks() -> Vec<leftovers::StackProcess> {
+    sweep(false)
+}
+
+fn sweep(record: bool) -> Vec<leftovers::StackProcess> {
     // Every process of a stack whose test is gone, whatever the daemon
-    // (slapd and redis-server included), recorded for
-    // scripts/test-under-load.sh; then what only the stack's files show.
-    let found = leftovers::stop_leaked();
+    // (slapd and redis-server included); then what only the stack's
+    // files show.
+    let found = leftovers::stop_leaked(record);
     sweep_stale_processes();
     dovecot::sweep_leaked_masters();
     let me = std::process::id() as i32;

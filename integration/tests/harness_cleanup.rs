@@ -68,14 +68,18 @@ struct Running {
     stderr: PathBuf,
 }
 
-fn start_child(flavor: Flavor) -> Running {
+/// One scenario at a time: a child's start-up sweep would stop another
+/// scenario's killed stack before that scenario's own sweep.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start_child(flavor: Flavor, scenario: &str) -> Running {
     ramdir_integration::require_root();
     let tag = match flavor {
         Flavor::Debian12 => "debian12",
         Flavor::Debian13 => "debian13",
     };
     let stderr = std::env::temp_dir().join(format!(
-        "ramdir-stack-then-fail-{}-{tag}.stderr",
+        "ramdir-stack-then-fail-{}-{tag}-{scenario}.stderr",
         std::process::id()
     ));
     let mut child = Command::new(env!("CARGO_BIN_EXE_stack-then-fail"))
@@ -100,7 +104,7 @@ fn start_child(flavor: Flavor) -> Running {
         let _ = child.kill();
         let _ = child.wait();
         let owner = child.id() as i32;
-        ramdir_integration::sweep_stale_stacks();
+        let _ = ramdir_integration::sweep_stale_stacks();
         remove_stack_dirs(owner);
         panic!(
             "the child did not start its stack within {START_WAIT:?}; its stderr:\n{}",
@@ -155,7 +159,8 @@ fn remove_stack_dirs(owner: i32) {
 }
 
 fn panic_stops_every_daemon(flavor: Flavor) {
-    let mut c = start_child(flavor);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = start_child(flavor, "panic");
     let owner = c.child.id() as i32;
     assert_whole_stack_seen(owner);
     {
@@ -174,7 +179,7 @@ fn panic_stops_every_daemon(flavor: Flavor) {
     let left = leftovers::of_owner(owner);
     // Stop them anyway, so that a failure here leaves nothing either.
     if !left.is_empty() {
-        leftovers::stop_leaked();
+        let _ = ramdir_integration::sweep_stale_stacks();
     }
     remove_stack_dirs(owner);
     assert!(
@@ -185,7 +190,8 @@ fn panic_stops_every_daemon(flavor: Flavor) {
 }
 
 fn sigkill_leaves_daemons_the_next_sweep_stops(flavor: Flavor) {
-    let mut c = start_child(flavor);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = start_child(flavor, "sigkill");
     let owner = c.child.id() as i32;
     assert_whole_stack_seen(owner);
     c.child.kill().expect("SIGKILL the child");
@@ -201,13 +207,10 @@ fn sigkill_leaves_daemons_the_next_sweep_stops(flavor: Flavor) {
         !left.is_empty(),
         "nothing of the killed test's stack is left: the check or this test is wrong"
     );
-    // What the next test run does first.
-    let swept = ramdir_integration::sweep_stale_stacks();
-    assert!(
-        swept.iter().any(|p| p.owner == owner),
-        "the sweep found none of the killed test's daemons:\n{}",
-        list(&left)
-    );
+    // What the next test run does first. (A test run elsewhere on the
+    // machine may get there first, with the same sweep: what counts is
+    // that nothing is left after it.)
+    let _ = ramdir_integration::sweep_stale_stacks();
     // SIGKILL after TERM_GRACE is immediate, but the kernel may take a
     // moment to tear a process down on a busy machine.
     let start = Instant::now();

@@ -12,7 +12,6 @@ use libfuzzer_sys::fuzz_target;
 use ramdir_dovecot::codec::{CodecError, Command, escape, put_escaped, unescape};
 use ramdir_fuzz::{split, whole};
 
-
 /// Decode lines until more data is needed. A bad line is reported and
 /// dropped by `decode` (the server closes the connection on it; here the
 /// following lines are decoded too, to go on fuzzing the framing).

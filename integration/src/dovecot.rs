@@ -927,6 +927,32 @@ pub fn documented_24_block() -> String {
     body
 }
 
+/// The README's `dovecot.conf` snippet says nothing the tested block
+/// does not: in the README section under `heading` (up to the next
+/// heading that starts with `until`), the first code block with `needle`
+/// has only lines (comments and indentation aside) of `documented`, the
+/// block of docs/dovecot.md the harness runs.
+pub fn assert_readme_snippet_tested(heading: &str, until: &str, needle: &str, documented: &str) {
+    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
+    let documented: Vec<String> = documented.lines().map(strip).collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let section = readme
+        .split_once(heading)
+        .map(|(_, r)| r.split(until).next().unwrap_or(r))
+        .unwrap_or_else(|| panic!("README has no {heading:?} section"));
+    let block = code_block(section, needle)
+        .unwrap_or_else(|| panic!("no block with {needle:?} in the README's {heading:?}"));
+    let missing: Vec<&str> = block
+        .lines()
+        .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README lines ({heading:?}) not in docs/dovecot.md's tested block: {missing:?}"
+    );
+}
+
 /// The first unlabelled fenced code block (a line ```` ``` ```` … ```` ``` ````)
 /// of Markdown `text` that contains `needle`, with a final newline.
 pub fn code_block(text: &str, needle: &str) -> Option<String> {
@@ -1845,6 +1871,27 @@ impl MailStack {
                 u.storage.is_some().then_some(u)
             },
         )
+    }
+
+    /// Wait (up to [`WAIT`]) until ramdir's counters for `user` equal what
+    /// the Maildir holds ([`maildir_usage`](Self::maildir_usage); Dovecot
+    /// commits its quota updates asynchronously), then check that Dovecot
+    /// reports the same (`doveadm quota get`: KiB rounded up, and the
+    /// message count). Returns the counters; panics naming `what`.
+    pub fn assert_quota_agrees(&self, user: &str, what: &str) -> Usage {
+        let want = self.maildir_usage(user);
+        self.wait_usage(user, want, what);
+        let q = self.dovecot.quota_get(user);
+        let bytes = want.storage.unwrap_or_default() as u64;
+        assert_eq!(
+            (q.storage_kib, q.messages),
+            (
+                bytes.div_ceil(1024),
+                want.messages.unwrap_or_default() as u64
+            ),
+            "{what}: doveadm quota get -u {user} disagrees with ramdir's counters {want}"
+        );
+        want
     }
 
     /// What Dovecot's quota must count for `user`'s Maildir (template

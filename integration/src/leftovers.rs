@@ -166,7 +166,7 @@ pub fn of_owner(owner: i32) -> Vec<StackProcess> {
 
 /// How long a leftover gets to exit after SIGTERM before SIGKILL: slapd
 /// and ramdir flush on TERM, which a busy machine may slow down.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+pub const TERM_GRACE: Duration = Duration::from_secs(10);
 
 /// Stop every process of a stack whose owner no longer runs: SIGTERM, then
 /// SIGKILL for any still alive after [`TERM_GRACE`]. Returns what it found.

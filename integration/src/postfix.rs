@@ -133,7 +133,16 @@ impl Postfix {
             }
             let in_use = format!("bind 127.0.0.1 port {}: Address already in use", self.port);
             if !self.maillog_text().contains(&in_use) {
-                break; // run_ok below reports it
+                // On a saturated machine `postfix start` can fail without
+                // a word in the maillog ("mail system startup failed":
+                // postlogd not up yet, a fork refused for a moment). Try
+                // again unless a master runs; run_ok below reports a
+                // failure that persists.
+                if self.master_pid().is_some_and(process_alive) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
             }
             self.port = free_port();
             write_atomic(&self.etc.join("master.cf"), &master_cf(self.port));

@@ -31,7 +31,7 @@ use ramdir_integration::{Flavor, WAIT, process_alive};
 
 /// How long the child may take to start its whole stack: five daemons on
 /// a machine that may be saturated.
-const START_WAIT: Duration = Duration::from_secs(300);
+const START_WAIT: Duration = Duration::from_secs(600);
 
 /// The kinds of daemon a whole stack runs, as its processes show them.
 const KINDS: [&str; 5] = ["postfix", "dovecot", "ramdir", "slapd", "redis"];

@@ -6,6 +6,7 @@
 # (bindgen for libauthdb_ramdir.so),
 # postfix-cdb, postfix-ldap and dovecot-ldap (the operator's own setups that
 # bench/e2e.sh and bench/postfix-map.sh compare ramdir with),
+# stress-ng (the unrelated CPU load of scripts/test-under-load.sh),
 # then the Debian 13 root with Postfix 3.10 and Dovecot 2.4
 # (scripts/trixie-root.sh; built once, cached). Idempotent and quiet; safe to
 # run on a developer machine because no package is allowed to start a daemon
@@ -14,7 +15,7 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS="redis-server prometheus postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev postfix-cdb postfix-ldap dovecot-ldap"
+PKGS="redis-server prometheus postfix dovecot-core dovecot-imapd dovecot-lmtpd slapd ldap-utils miltertest swaks netcat-openbsd procps util-linux debootstrap dovecot-dev libclang-dev postfix-cdb postfix-ldap dovecot-ldap stress-ng"
 
 missing=""
 for p in $PKGS; do

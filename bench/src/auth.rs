@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use bytes::{Buf, BytesMut};
 use ramdir_dovecot::codec::escape;
 
-use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
+use crate::client::{Kind, Outcome, Stream, Target, connect_hello, read_reply};
 use crate::keys::{KeyPattern, KeySet};
 
 /// Default user pattern: the users `gen-passwd` writes.
@@ -141,11 +141,7 @@ impl Target for AuthTarget {
     }
 
     async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
-        let mut s = connect_unix(&self.socket).await?;
-        s.write_all(HANDSHAKE)
-            .await
-            .map_err(|e| format!("write handshake: {e}"))?;
-        let mut buf = BytesMut::with_capacity(4096);
+        let (mut s, mut buf) = connect_hello(&self.socket, HANDSHAKE).await?;
         // The server's VERSION and SPID lines.
         let version = read_reply(&mut s, &mut buf, take_line).await?;
         let mut v = version.split(|&b| b == b'\t');
@@ -292,12 +288,8 @@ impl Target for PlainTarget {
     }
 
     async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
-        let mut s = connect_unix(&self.socket).await?;
         let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
-        s.write_all(hello.as_bytes())
-            .await
-            .map_err(|e| format!("write handshake: {e}"))?;
-        let mut buf = BytesMut::with_capacity(4096);
+        let (mut s, mut buf) = connect_hello(&self.socket, hello.as_bytes()).await?;
         loop {
             let line = read_reply(&mut s, &mut buf, take_line).await?;
             if line == b"DONE" {

@@ -180,6 +180,25 @@ pub async fn connect_unix(socket: &std::path::Path) -> Result<Stream, String> {
     Ok(Stream { fd })
 }
 
+/// Bytes every connection's read buffer starts with room for.
+pub const READ_BUF: usize = 4096;
+
+/// Connect ([`connect_unix`]) and send the protocol's opening lines
+/// (`hello`; nothing when empty): the stream and its read buffer, as
+/// every target's `connect` starts.
+pub async fn connect_hello(
+    socket: &std::path::Path,
+    hello: &[u8],
+) -> Result<(Stream, BytesMut), String> {
+    let mut s = connect_unix(socket).await?;
+    if !hello.is_empty() {
+        s.write_all(hello)
+            .await
+            .map_err(|e| format!("write the hello to {}: {e}", socket.display()))?;
+    }
+    Ok((s, BytesMut::with_capacity(READ_BUF)))
+}
+
 /// The socketmap protocol: pre-encoded netstring requests, replies read
 /// with the project's codec.
 pub struct SocketmapTarget {
@@ -207,10 +226,7 @@ impl Target for SocketmapTarget {
     }
 
     async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
-        Ok((
-            connect_unix(&self.socket).await?,
-            BytesMut::with_capacity(4096),
-        ))
+        connect_hello(&self.socket, b"").await
     }
 
     async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String> {

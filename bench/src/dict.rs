@@ -24,7 +24,7 @@ use bytes::{Buf, BytesMut};
 use ramdir_dovecot::codec::{self, Command, CommitResult, Reply};
 
 use crate::ceiling::Answer;
-use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
+use crate::client::{Kind, Outcome, Stream, Target, connect_hello, read_reply};
 use crate::keys::{KeyPattern, KeySet, XorShift};
 
 /// Default key pattern of the `dict` client: userdb lookups of the users
@@ -204,11 +204,7 @@ impl Target for DictTarget {
     }
 
     async fn connect(&self, _id: usize) -> Result<Self::Conn, String> {
-        let mut s = connect_unix(&self.socket).await?;
-        s.write_all(&self.hello)
-            .await
-            .map_err(|e| format!("write hello: {e}"))?;
-        Ok((s, BytesMut::with_capacity(4096)))
+        connect_hello(&self.socket, &self.hello).await
     }
 
     async fn call(&self, conn: &mut Self::Conn, i: usize) -> Result<Outcome, String> {
@@ -323,12 +319,8 @@ pub fn fill_quota(o: &FillOptions) -> Result<(), String> {
 /// One connection's share (users `c`, `c + n`, …), one transaction at a
 /// time; returns the commits not answered `O`.
 async fn fill_connection(o: &FillOptions, c: usize, n: usize) -> Result<u64, String> {
-    let mut s = connect_unix(&o.socket).await?;
-    s.write_all(&hello(&o.dict))
-        .await
-        .map_err(|e| format!("write: {e}"))?;
+    let (mut s, mut buf) = connect_hello(&o.socket, &hello(&o.dict)).await?;
     let mut out = BytesMut::with_capacity(512);
-    let mut buf = BytesMut::with_capacity(512);
     let mut failed = 0;
     let mut id = 0u32;
     for i in (c as u64..o.count).step_by(n) {

@@ -44,8 +44,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::Dovecot;
-use ramdir_integration::postfix::{Postfix, age_config};
-use ramdir_integration::postfix_map::{install_plugin, main_cf as ramdir_map_main_cf};
+use ramdir_integration::postfix::Postfix;
+use ramdir_integration::postfix_map::{
+    drop_socketmap_tables, install_plugin, main_cf as ramdir_map_main_cf,
+};
 use ramdir_integration::slapd::{
     PEOPLE, RamdirStats, SVC_DN, SVC_PW, Slapd, base_ldif, ssha, write_secret,
 };
@@ -181,19 +183,6 @@ plugin {
   quota_grace = 10%%
 }
 ";
-
-/// Remove the harness's socketmap table lines (the setup sets its own).
-fn drop_socketmap_tables(etc: &Path) {
-    let path = etc.join("main.cf");
-    let text = std::fs::read_to_string(&path).expect("read main.cf");
-    let out: String = text
-        .lines()
-        .filter(|l| !l.contains("= socketmap:"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(&path, &out);
-    age_config(etc);
-}
 
 /// Run `postmap TYPE:FILE` with the instance's configuration.
 fn postmap(pf: &Postfix, map: &str) -> Result<(), String> {

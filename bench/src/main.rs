@@ -111,15 +111,11 @@ enum Command {
     },
     /// Run the constant-reply socketmap server (the ceiling) until SIGTERM/SIGINT.
     Ceiling {
-        /// Unix socket to listen on (an old socket file is replaced).
-        #[arg(long)]
-        socket: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// Data of the constant `OK <data>` reply.
         #[arg(long, default_value = "x")]
         reply: String,
-        /// A blocking thread per connection instead of tokio.
-        #[arg(long)]
-        blocking: bool,
     },
     /// Load a socketmap server and report throughput and latency.
     Socketmap {
@@ -147,15 +143,11 @@ enum Command {
     /// Run a constant-reply Dovecot dict server (the dict ceiling) until
     /// SIGTERM/SIGINT: every `L` gets the same `O<value>`.
     DictCeiling {
-        /// Unix socket to listen on (an old socket file is replaced).
-        #[arg(long)]
-        socket: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
         /// The constant value (default: a userdb answer as ramdir gives it).
         #[arg(long, default_value = dict::DEFAULT_DICT_REPLY)]
         reply: String,
-        /// A blocking thread per connection instead of tokio.
-        #[arg(long)]
-        blocking: bool,
     },
     /// Connection churn on a Dovecot dict server: connect, `H`, one `L`,
     /// close, over and over (Dovecot without `idle_msecs`); prints JSON.
@@ -208,15 +200,9 @@ enum Command {
         /// Quota dict name.
         #[arg(long, default_value = "quota")]
         dict: String,
-        /// User pattern (as gen-passwd's --pattern).
-        #[arg(long, default_value = DEFAULT_PATTERN)]
-        key_pattern: String,
-        /// Users 0..N.
-        #[arg(long)]
-        key_count: u64,
-        /// Domains of the pattern.
-        #[arg(long, default_value_t = 100)]
-        key_domains: u64,
+        /// The users.
+        #[command(flatten)]
+        keys: PatternKeys,
         /// Largest usage in bytes.
         #[arg(long, default_value_t = 200_000_000)]
         max_bytes: u64,
@@ -230,12 +216,8 @@ enum Command {
     /// Run a constant-reply policy server (the policy ceiling) until
     /// SIGTERM/SIGINT: every request gets `action=DUNNO`.
     PolicyCeiling {
-        /// Unix socket to listen on (an old socket file is replaced).
-        #[arg(long)]
-        socket: PathBuf,
-        /// A blocking thread per connection instead of tokio.
-        #[arg(long)]
-        blocking: bool,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Load a Postfix policy server with RCPT-time requests as Postfix 3.7
     /// sends them and report throughput and latency.
@@ -245,15 +227,9 @@ enum Command {
         socket: PathBuf,
         #[command(flatten)]
         load: LoadArgs,
-        /// Recipient pattern (as gen-passwd's --pattern).
-        #[arg(long, default_value = DEFAULT_PATTERN)]
-        key_pattern: String,
-        /// Recipients 0..N.
-        #[arg(long)]
-        key_count: u64,
-        /// Domains of the pattern.
-        #[arg(long, default_value_t = 100)]
-        key_domains: u64,
+        /// The recipients.
+        #[command(flatten)]
+        keys: PatternKeys,
         /// Requests per mail transaction (`instance`) on a connection.
         #[arg(long, default_value_t = 1)]
         rcpts_per_mail: u64,
@@ -384,15 +360,8 @@ enum Command {
         /// Table.
         #[arg(long, default_value = "mailboxes")]
         map: String,
-        /// Key pattern (as gen-passwd's --pattern).
-        #[arg(long, default_value = DEFAULT_PATTERN)]
-        key_pattern: String,
-        /// Number of keys from the pattern (items 0..N).
-        #[arg(long)]
-        key_count: u64,
-        /// Domains for the pattern's second number.
-        #[arg(long, default_value_t = 100)]
-        key_domains: u64,
+        #[command(flatten)]
+        keys: PatternKeys,
         /// Lookups to time.
         #[arg(long, default_value_t = 2_000_000)]
         requests: u64,
@@ -542,6 +511,33 @@ impl LoadArgs {
     }
 }
 
+/// Where a constant-reply server (a ceiling) listens, and its model.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Unix socket to listen on (an old socket file is replaced).
+    #[arg(long)]
+    socket: PathBuf,
+    /// A blocking thread per connection instead of tokio.
+    #[arg(long)]
+    blocking: bool,
+}
+
+/// Keys (addresses) numbered 0..N by a pattern, as gen-passwd writes
+/// them.
+#[derive(Debug, clap::Args)]
+struct PatternKeys {
+    /// Key pattern (as gen-passwd's --pattern): first %d the item, second
+    /// its domain.
+    #[arg(long, default_value = DEFAULT_PATTERN)]
+    key_pattern: String,
+    /// Number of keys from the pattern (items 0..N).
+    #[arg(long)]
+    key_count: u64,
+    /// Domains for the pattern's second number (as gen-passwd's --domains).
+    #[arg(long, default_value_t = 100)]
+    key_domains: u64,
+}
+
 /// The keys of the `dict` subcommand.
 #[derive(Debug, clap::Args)]
 struct DictKeys {
@@ -610,15 +606,11 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             genpasswd::run(&opts, &out, aliases.as_deref()).map_err(|e| format!("gen-passwd: {e}"))
         }
-        Command::Ceiling {
-            socket,
-            reply,
-            blocking,
-        } => {
+        Command::Ceiling { serve, reply } => {
             if reply.is_empty() {
                 return Err("--reply must not be empty (Postfix rejects an empty OK)".into());
             }
-            ceiling::run(&socket, &reply, blocking).map_err(|e| format!("ceiling: {e}"))
+            ceiling::run(&serve.socket, &reply, serve.blocking).map_err(|e| format!("ceiling: {e}"))
         }
         Command::Socketmap {
             socket,
@@ -648,15 +640,11 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             report(&opts, target, load.json)
         }
-        Command::DictCeiling {
-            socket,
-            reply,
-            blocking,
-        } => ceiling::run_answer(
+        Command::DictCeiling { serve, reply } => ceiling::run_answer(
             "dict-ceiling",
-            &socket,
+            &serve.socket,
             dict::DictAnswer::new(reply),
-            blocking,
+            serve.blocking,
         )
         .map_err(|e| format!("dict-ceiling: {e}")),
         Command::DictChurn {
@@ -697,43 +685,39 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::QuotaFill {
             socket,
             dict: name,
-            key_pattern,
-            key_count,
-            key_domains,
+            keys,
             max_bytes,
             connections,
             seed,
         } => dict::fill_quota(&dict::FillOptions {
             socket,
             dict: name,
-            pattern: KeyPattern::parse(&key_pattern)?,
-            domains: key_domains,
-            count: key_count,
+            pattern: KeyPattern::parse(&keys.key_pattern)?,
+            domains: keys.key_domains,
+            count: keys.key_count,
             max_bytes,
             connections,
             seed,
         }),
-        Command::PolicyCeiling { socket, blocking } => ceiling::run_answer(
+        Command::PolicyCeiling { serve } => ceiling::run_answer(
             "policy-ceiling",
-            &socket,
+            &serve.socket,
             policy::PolicyAnswer::default(),
-            blocking,
+            serve.blocking,
         )
         .map_err(|e| format!("policy-ceiling: {e}")),
         Command::Policy {
             socket,
             load,
-            key_pattern,
-            key_count,
-            key_domains,
+            keys,
             rcpts_per_mail,
         } => {
             let opts = load.options(socket)?;
             let target = policy::PolicyTarget::new(
                 opts.socket.clone(),
-                &KeyPattern::parse(&key_pattern)?,
-                key_domains,
-                key_count,
+                &KeyPattern::parse(&keys.key_pattern)?,
+                keys.key_domains,
+                keys.key_count,
                 rcpts_per_mail,
                 load.seed,
             )?;
@@ -848,18 +832,16 @@ fn run(cli: Cli) -> Result<(), String> {
             passwd,
             aliases,
             map,
-            key_pattern,
-            key_count,
-            key_domains,
+            keys,
             requests,
             seed,
         } => lookup::run(&lookup::LookupOptions {
             passwd,
             aliases,
             map,
-            pattern: KeyPattern::parse(&key_pattern)?,
-            key_count,
-            key_domains,
+            pattern: KeyPattern::parse(&keys.key_pattern)?,
+            key_count: keys.key_count,
+            key_domains: keys.key_domains,
             requests,
             seed,
         }),

@@ -18,7 +18,7 @@ use bytes::{Buf, BytesMut};
 use ramdir_postfix::policy::codec::{Action, Attr, PolicyRequest};
 
 use crate::ceiling::Answer;
-use crate::client::{Kind, Outcome, Stream, Target, connect_unix, read_reply};
+use crate::client::{Kind, Outcome, Stream, Target, connect_hello, read_reply};
 use crate::keys::{KeyPattern, KeySet, XorShift};
 
 /// Hex digits of the part of `instance` that changes per transaction.
@@ -217,9 +217,10 @@ impl Target for PolicyTarget {
     }
 
     async fn connect(&self, id: usize) -> Result<Self::Conn, String> {
+        let (stream, buf) = connect_hello(&self.socket, b"").await?;
         Ok(PolicyConn {
-            stream: connect_unix(&self.socket).await?,
-            buf: BytesMut::with_capacity(1024),
+            stream,
+            buf,
             out: Vec::with_capacity(1024),
             id,
             sent: 0,

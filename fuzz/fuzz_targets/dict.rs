@@ -10,13 +10,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use ramdir_dovecot::codec::{CodecError, Command, escape, put_escaped, unescape};
-use ramdir_fuzz::chunks;
-
-type Decoded = (
-    Vec<Result<Command<'static>, CodecError>>,
-    Option<CodecError>,
-    usize,
-);
+use ramdir_fuzz::{split, whole};
 
 /// Decode lines until more data is needed. A bad line is reported and
 /// dropped by `decode` (the server closes the connection on it; here the
@@ -36,30 +30,9 @@ fn drain(
     }
 }
 
-fn whole(data: &[u8]) -> Decoded {
-    let mut buf = BytesMut::from(data);
-    let mut out = Vec::new();
-    let err = drain(&mut buf, &mut out);
-    (out, err, buf.len())
-}
-
-fn split(data: &[u8]) -> Decoded {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    for n in chunks(data) {
-        buf.extend_from_slice(&data[pos..pos + n]);
-        pos += n;
-        if let Some(e) = drain(&mut buf, &mut out) {
-            return (out, Some(e), buf.len() + data.len() - pos);
-        }
-    }
-    (out, None, buf.len())
-}
-
 fuzz_target!(|data: &[u8]| {
-    let w = whole(data);
-    let s = split(data);
+    let w = whole(data, drain);
+    let s = split(data, drain);
     assert_eq!(w, s, "whole and split differ");
     for c in w.0.iter().flatten() {
         let mut b = BytesMut::new();

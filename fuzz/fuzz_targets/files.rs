@@ -13,56 +13,17 @@
 //! the map sources is then looked up in every table (no panic).
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
-use ramdir_core::Settings;
-use ramdir_core::files::{FileSources, load, parse_passwd_line};
+use ramdir_core::files::{load, parse_passwd_line};
 use ramdir_core::maps::{self, Table};
-use ramdir_fuzz::pieces;
-
-fn dir() -> &'static PathBuf {
-    static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("ramdir-fuzz-files-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("temp dir");
-        d
-    })
-}
-
-fn settings(b: u8) -> Settings {
-    let mut s = Settings::default();
-    s.normalizer.recipient_delimiter = match b & 3 {
-        0 => String::new(),
-        1 => "+".into(),
-        2 => "+-".into(),
-        _ => "ä.".into(),
-    };
-    s.normalizer.fold_local_part = b & 4 != 0;
-    s.propagate_extension = b & 8 != 0;
-    s.implicit_sender_logins = b & 16 != 0;
-    s
-}
+use ramdir_fuzz::{pieces, settings, temp_dir, write_sources};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
     let parts = pieces(rest, 0xff, 4);
-    let names = ["domains", "passwd", "aliases", "senders"];
-    let mut paths = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let p = dir().join(name);
-        std::fs::write(&p, parts.get(i).copied().unwrap_or(b"")).expect("write");
-        paths.push(p);
-    }
-    let sources = FileSources {
-        domain_files: vec![paths[0].clone()],
-        passwd_files: vec![paths[1].clone()],
-        alias_files: vec![paths[2].clone()],
-        sender_login_files: vec![paths[3].clone()],
-    };
+    let sources = write_sources(temp_dir("files"), &parts);
     let s = settings(first);
     let Ok(d) = load(&sources, s.clone()) else {
         return;

@@ -9,10 +9,8 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ramdir_fuzz::chunks;
+use ramdir_fuzz::{split, whole};
 use ramdir_postfix::policy::codec::{CodecError, PolicyRequest};
-
-type Decoded = (Vec<PolicyRequest<'static>>, Option<CodecError>, usize);
 
 fn drain(buf: &mut BytesMut, out: &mut Vec<PolicyRequest<'static>>) -> Option<CodecError> {
     loop {
@@ -24,30 +22,9 @@ fn drain(buf: &mut BytesMut, out: &mut Vec<PolicyRequest<'static>>) -> Option<Co
     }
 }
 
-fn whole(data: &[u8]) -> Decoded {
-    let mut buf = BytesMut::from(data);
-    let mut out = Vec::new();
-    let err = drain(&mut buf, &mut out);
-    (out, err, buf.len())
-}
-
-fn split(data: &[u8]) -> Decoded {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    for n in chunks(data) {
-        buf.extend_from_slice(&data[pos..pos + n]);
-        pos += n;
-        if let Some(e) = drain(&mut buf, &mut out) {
-            return (out, Some(e), buf.len() + data.len() - pos);
-        }
-    }
-    (out, None, buf.len())
-}
-
 fuzz_target!(|data: &[u8]| {
-    let w = whole(data);
-    let s = split(data);
+    let w = whole(data, drain);
+    let s = split(data, drain);
     assert_eq!(w, s, "whole and split differ");
     for r in &w.0 {
         let mut b = BytesMut::new();

@@ -20,13 +20,13 @@
 #![no_main]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use ramdir_core::files::{FileSources, load};
+use ramdir_core::files::load;
 use ramdir_core::maps::{self, Outcome, Table};
 use ramdir_core::{Directory, Settings};
-use ramdir_fuzz::pieces;
+use ramdir_fuzz::{pieces, settings, temp_dir, write_sources};
 use ramdir_snapshot::format::{CONTROL_LEN, CONTROL_MAGIC, HEADER_LEN, MAGIC, VERSION, checksum};
 use ramdir_snapshot::{Limits, Publisher, Reader};
 
@@ -37,52 +37,16 @@ const TABLES: [Table; 4] = [
     Table::Senders,
 ];
 
-fn root() -> &'static PathBuf {
-    static D: OnceLock<PathBuf> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("ramdir-fuzz-snap-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("temp dir");
-        d
-    })
-}
-
 /// A fresh, empty directory under the root.
 fn fresh(name: &str) -> PathBuf {
-    let d = root().join(name);
+    let d = temp_dir("snap").join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("dir");
     d
 }
 
-fn settings(b: u8) -> Settings {
-    let mut s = Settings::default();
-    s.normalizer.recipient_delimiter = match b & 3 {
-        0 => String::new(),
-        1 => "+".into(),
-        2 => "+-".into(),
-        _ => "ä.".into(),
-    };
-    s.normalizer.fold_local_part = b & 4 != 0;
-    s.propagate_extension = b & 8 != 0;
-    s.implicit_sender_logins = b & 16 != 0;
-    s
-}
-
 fn directory(src: &Path, parts: &[&[u8]], s: &Settings) -> Option<Directory> {
-    let names = ["domains", "passwd", "aliases", "senders"];
-    let mut p = Vec::new();
-    for (i, n) in names.iter().enumerate() {
-        let f = src.join(n);
-        std::fs::write(&f, parts.get(i).copied().unwrap_or(b"")).expect("write");
-        p.push(f);
-    }
-    let sources = FileSources {
-        domain_files: vec![p[0].clone()],
-        passwd_files: vec![p[1].clone()],
-        alias_files: vec![p[2].clone()],
-        sender_login_files: vec![p[3].clone()],
-    };
-    load(&sources, s.clone()).ok()
+    load(&write_sources(src, parts), s.clone()).ok()
 }
 
 /// Keys to look up: every word of the sources, and variants of each.

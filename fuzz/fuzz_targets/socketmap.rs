@@ -9,18 +9,15 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use ramdir_fuzz::chunks;
+use ramdir_fuzz::{split, whole};
 use ramdir_postfix::socketmap::codec::{CodecError, Reply, Request, encode_netstring};
 
-type Decoded<T> = (Vec<T>, Option<CodecError>, usize);
-
-/// Decode messages off `buf` until it needs more data or fails.
+/// A drain for [`whole`] and [`split`]: decode messages with `dec` off
+/// `buf` until it needs more data or fails.
 fn drain<T>(
-    buf: &mut BytesMut,
-    out: &mut Vec<T>,
     dec: fn(&mut BytesMut) -> Result<Option<T>, CodecError>,
-) -> Option<CodecError> {
-    loop {
+) -> impl FnMut(&mut BytesMut, &mut Vec<T>) -> Option<CodecError> {
+    move |buf, out| loop {
         match dec(buf) {
             Ok(Some(m)) => out.push(m),
             Ok(None) => return None,
@@ -29,31 +26,9 @@ fn drain<T>(
     }
 }
 
-fn whole<T>(data: &[u8], dec: fn(&mut BytesMut) -> Result<Option<T>, CodecError>) -> Decoded<T> {
-    let mut buf = BytesMut::from(data);
-    let mut out = Vec::new();
-    let err = drain(&mut buf, &mut out, dec);
-    (out, err, buf.len())
-}
-
-fn split<T>(data: &[u8], dec: fn(&mut BytesMut) -> Result<Option<T>, CodecError>) -> Decoded<T> {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    for n in chunks(data) {
-        buf.extend_from_slice(&data[pos..pos + n]);
-        pos += n;
-        if let Some(e) = drain(&mut buf, &mut out, dec) {
-            // The rest was never read by the server: count it as left over.
-            return (out, Some(e), buf.len() + data.len() - pos);
-        }
-    }
-    (out, None, buf.len())
-}
-
 fuzz_target!(|data: &[u8]| {
-    let w = whole(data, Request::decode);
-    let s = split(data, Request::decode);
+    let w = whole(data, drain(Request::decode));
+    let s = split(data, drain(Request::decode));
     assert_eq!(w, s, "requests: whole and split differ");
     for r in &w.0 {
         let mut b = BytesMut::new();
@@ -63,8 +38,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(b.is_empty());
     }
 
-    let w = whole(data, Reply::decode);
-    let s = split(data, Reply::decode);
+    let w = whole(data, drain(Reply::decode));
+    let s = split(data, drain(Reply::decode));
     assert_eq!(w, s, "replies: whole and split differ");
     for r in &w.0 {
         let mut b = BytesMut::new();

@@ -227,7 +227,7 @@ pub(crate) fn unmount(target: &Path) {
 /// Mount points inside the Debian 13 root that belong to stack
 /// directories (`<root>/tmp/rdi-<pid>-<n>`), with the owning test
 /// process's pid, from the kernel's mount table.
-pub(crate) fn stack_mounts() -> Vec<(PathBuf, i32)> {
+pub fn stack_mounts() -> Vec<(PathBuf, i32)> {
     let root = trixie_root_path();
     let prefix = root.join("tmp/rdi-");
     let prefix = prefix.to_string_lossy().into_owned();

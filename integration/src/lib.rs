@@ -34,6 +34,7 @@
 pub mod dovecot;
 pub mod flavor;
 pub mod hosts;
+pub mod leftovers;
 pub mod logs;
 pub mod postfix;
 pub mod postfix_map;
@@ -60,7 +61,10 @@ pub use socketmap::SocketmapClient;
 /// How long the harness waits for anything to come up or show up. Generous
 /// on purpose: the suite shares two cores with other builds, and a daemon
 /// that is merely slow must not fail a test (a stuck one still does).
-pub const WAIT: Duration = Duration::from_secs(30);
+/// 30 s was not enough with both CPUs saturated and a load average of
+/// 25–50 (docs/reliability.md, "The suite under load": Postfix in the
+/// Debian 13 root took longer to answer `MAIL FROM` and to deliver).
+pub const WAIT: Duration = Duration::from_secs(90);
 
 /// A temporary directory with a short path (`/tmp/rdi-<pid>-<n>`), because
 /// Unix socket paths inside it must fit in `sun_path` (107 bytes, trap 18).
@@ -97,7 +101,7 @@ impl StackDir {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         if n == 0 {
-            sweep_stale_stacks();
+            let _ = sweep(true);
         }
         let path = PathBuf::from(format!("/tmp/rdi-{}-{n}", std::process::id()));
         if path.exists() {
@@ -166,15 +170,28 @@ impl Drop for StackDir {
     }
 }
 
-/// Stop the Postfix and Dovecot masters and ramdir processes of stacks
-/// whose test process is gone (a run killed by Ctrl-C or a timeout never
-/// reaches the `Drop`s), then remove those stacks' bind mounts in the
+/// Stop every process (Postfix, Dovecot, slapd, redis-server, ramdir, …)
+/// of stacks whose test process is gone (a run killed by Ctrl-C, a
+/// timeout or SIGKILL never reaches the `Drop`s; see [`leftovers`]), then
+/// remove those stacks' bind mounts in the
 /// Debian 13 root. A process is only signalled when it provably belongs
 /// to that stack: the master's working directory is the stack's spool
 /// (seen from the host, or through the root), Dovecot's and ramdir's
 /// command lines name the stack's config. The directories are left for
-/// inspection.
-fn sweep_stale_stacks() {
+/// inspection. [`StackDir::for_flavor`] calls it once per process; public
+/// for `tests/harness_cleanup.rs` and the `leftover-daemons` binary.
+/// Returns the processes it found that way. Only the start-up sweep
+/// records what it stopped ([`leftovers::stop_leaked`]): a sweep called
+/// on purpose cleans up what its caller expected to find.
+pub fn sweep_stale_stacks() -> Vec<leftovers::StackProcess> {
+    sweep(false)
+}
+
+fn sweep(record: bool) -> Vec<leftovers::StackProcess> {
+    // Every process of a stack whose test is gone, whatever the daemon
+    // (slapd and redis-server included); then what only the stack's
+    // files show.
+    let found = leftovers::stop_leaked(record);
     sweep_stale_processes();
     dovecot::sweep_leaked_masters();
     let me = std::process::id() as i32;
@@ -187,6 +204,7 @@ fn sweep_stale_stacks() {
             flavor::unmount(&point);
         }
     }
+    found
 }
 
 fn sweep_stale_processes() {

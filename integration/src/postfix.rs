@@ -151,7 +151,16 @@ impl Postfix {
                 self.addr, self.port
             );
             if !self.maillog_text().contains(&in_use) {
-                break; // run_ok below reports it
+                // On a saturated machine `postfix start` can fail without
+                // a word in the maillog ("mail system startup failed":
+                // postlogd not up yet, a fork refused for a moment). Try
+                // again unless a master runs; run_ok below reports a
+                // failure that persists.
+                if self.master_pid().is_some_and(process_alive) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
             }
             self.port = free_port(self.addr);
             write_atomic(

@@ -284,8 +284,9 @@ fn write_map_config(
 }
 
 /// Remove the harness's socketmap lines for the tables `main_cf` sets
-/// (Postfix warns about every overridden entry, on every command).
-fn drop_socketmap_tables(etc: &Path) {
+/// (Postfix warns about every overridden entry, on every command), for a
+/// stack whose tables are something else (`bench/src/e2e.rs`'s setups).
+pub fn drop_socketmap_tables(etc: &Path) {
     let path = etc.join("main.cf");
     let text = std::fs::read_to_string(&path).expect("read main.cf");
     let out: String = text

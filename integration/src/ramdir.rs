@@ -199,6 +199,10 @@ impl Ramdir {
             .arg("--allow-root")
             .arg("--config")
             .arg(&self.config)
+            .env(
+                crate::leftovers::STACK_ENV,
+                self.config.parent().unwrap_or(&self.config),
+            )
             .stdin(Stdio::null())
             .stdout(stderr.try_clone().expect("dup log fd"))
             .stderr(stderr)
@@ -388,4 +392,96 @@ impl Drop for Ramdir {
             }
         }
     }
+}
+
+/// The configuration of a ramdir on its own in `dir` (no Postfix or
+/// Dovecot in front), as the fault and security tests run it: `head`
+/// first (e.g. a `[server]` section), then `[directory]` with `directory`
+/// lines and `watch_files = false` (the tests reload by signal), then
+/// each of `listeners` (`socketmap`, `dict`, `policy`) on the Unix socket
+/// `<dir>/<name>`, then `[quota]` with its store at `store`.
+pub fn standalone_config(
+    dir: &Path,
+    head: &str,
+    directory: &str,
+    listeners: &[&str],
+    store: &Path,
+) -> String {
+    let mut text = format!("{head}\n[directory]\n{directory}watch_files = false\n");
+    for l in listeners {
+        text.push_str(&format!(
+            "[{l}]\nlisten = \"unix:{}\"\n",
+            dir.join(l).display()
+        ));
+    }
+    text.push_str(&format!("[quota]\nstore = \"{}\"\n", store.display()));
+    text
+}
+
+/// Start a ramdir configured by [`standalone_config`] (its log at
+/// `<dir>/ramdir.log`) and wait (up to [`WAIT`] each) until every one of
+/// `listeners` accepts connections: [`Ramdir::start`] waits for the
+/// socketmap, the others are bound a moment later.
+pub fn start_standalone(dir: &Path, config: &Path, listeners: &[&str]) -> Ramdir {
+    let ramdir = Ramdir::start(config, &dir.join("socketmap"), &dir.join("ramdir.log"));
+    wait_listening(dir, listeners);
+    ramdir
+}
+
+/// Wait (up to [`WAIT`] each) until the sockets `<dir>/<name>` accept
+/// connections.
+pub fn wait_listening(dir: &Path, listeners: &[&str]) {
+    for l in listeners {
+        let path = dir.join(l);
+        let start = Instant::now();
+        while crate::connect_unix(&path).is_err() {
+            assert!(
+                start.elapsed() < WAIT,
+                "{} does not accept connections within {WAIT:?}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Run `ramdir serve <args> --config <config>` where it must refuse to
+/// start; returns its exit code and stderr. Panics (after killing it) if
+/// it is still running after [`WAIT`].
+pub fn serve_refused(args: &[&str], config: &Path) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(ramdir_bin())
+        .arg("serve")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env(
+            crate::leftovers::STACK_ENV,
+            config.parent().unwrap_or(config),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", ramdir_bin().display()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for ramdir") {
+            break s;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ramdir serve {args:?} kept running on {} (it should have refused to start)",
+                config.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code().unwrap_or(-1), err)
 }

@@ -61,6 +61,7 @@ impl Redis {
             .arg(&self.dir)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "yes"])
+            .env(crate::leftovers::STACK_ENV, &self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -466,6 +466,7 @@ impl Slapd {
             .arg(&self.conf)
             .arg("-h")
             .arg(format!("{}/ {}", self.url(), self.ldapi_url()))
+            .env(crate::leftovers::STACK_ENV, &self.root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)

@@ -31,8 +31,7 @@
 use std::collections::BTreeMap;
 
 use ramdir_integration::dovecot::{
-    DovecotQuota, Imap, MailStack, MailStackOptions, MaildirUsage, Usage, message, send_message,
-    wait_for_mail,
+    Imap, MailStack, MailStackOptions, MaildirUsage, Usage, message, send_message, wait_for_mail,
 };
 use ramdir_integration::quota::{
     Attempt, Checker, attempt, delete_queue, enable_quota_listeners, queue, use_checker,
@@ -102,19 +101,7 @@ fn start(postfix: bool) -> MailStack {
 /// (`doveadm quota get`, KiB rounded up, and messages) and what the
 /// Maildir holds; waits for quota_clone's asynchronous write.
 fn assert_mirror_matches(s: &MailStack, user: &str, what: &str) -> Usage {
-    let want = s.maildir_usage(user);
-    s.wait_usage(user, want, what);
-    let q: DovecotQuota = s.dovecot.quota_get(user);
-    let bytes = want.storage.unwrap_or_default() as u64;
-    assert_eq!(
-        (q.storage_kib, q.messages),
-        (
-            bytes.div_ceil(1024),
-            want.messages.unwrap_or_default() as u64
-        ),
-        "{what}: doveadm quota get -u {user} disagrees with ramdir's mirror {want}"
-    );
-    want
+    s.assert_quota_agrees(user, what)
 }
 
 /// `doveadm auth test` as raw text and exit code (for the failures that
@@ -581,26 +568,10 @@ fn a_full_user_is_refused_but_can_still_move_mail_to_trash() {
 /// aside) is a line of that block.
 #[test]
 fn the_readme_snippet_is_part_of_the_tested_configuration() {
-    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
-    let documented: Vec<String> = ramdir_integration::dovecot::documented_24_block()
-        .lines()
-        .map(strip)
-        .collect();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(&path).expect("read README.md");
-    let section = readme
-        .split_once("### Dovecot 2.4 (Debian 13)")
-        .map(|(_, r)| r.split("\n## ").next().unwrap_or(r))
-        .expect("README has a \"### Dovecot 2.4 (Debian 13)\" section");
-    let block = ramdir_integration::dovecot::code_block(section, "driver = lua")
-        .expect("a dovecot.conf block with `driver = lua` in the README's 2.4 section");
-    let snippet: Vec<&str> = block.lines().collect();
-    let missing: Vec<&&str> = snippet
-        .iter()
-        .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "README lines not in docs/dovecot.md's tested 2.4 block: {missing:?}"
+    ramdir_integration::dovecot::assert_readme_snippet_tested(
+        "### Dovecot 2.4 (Debian 13)",
+        "\n## ",
+        "driver = lua",
+        &ramdir_integration::dovecot::documented_24_block(),
     );
 }

@@ -66,29 +66,14 @@ fn start() -> MailStack {
 
 /// ramdir's counters must equal what the Maildir holds.
 fn expected(s: &MailStack, user: &str) -> Usage {
-    let m = MaildirUsage::of(&s.maildir(user));
-    Usage {
-        storage: Some(m.bytes),
-        messages: Some(m.messages),
-    }
+    s.maildir_usage(user)
 }
 
 /// Wait until ramdir's counters equal the Maildir's content, then check
-/// that Dovecot reports the same through the dict (`doveadm quota get`:
-/// KiB rounded up, and the message count).
+/// that Dovecot reports the same through the dict, and that reading them
+/// did not change them.
 fn assert_counters_match(s: &MailStack, user: &str, what: &str) -> Usage {
-    let want = expected(s, user);
-    s.wait_usage(user, want, what);
-    let q = s.dovecot.quota_get(user);
-    let bytes = want.storage.unwrap_or_default() as u64;
-    assert_eq!(
-        (q.storage_kib, q.messages),
-        (
-            bytes.div_ceil(1024),
-            want.messages.unwrap_or_default() as u64
-        ),
-        "{what}: doveadm quota get -u {user} disagrees with ramdir's counters {want}"
-    );
+    let want = s.assert_quota_agrees(user, what);
     // doveadm read the counters without changing them.
     assert_eq!(
         s.usage(user),
@@ -647,29 +632,13 @@ fn full_mailbox_can_still_move_mail_to_trash() {
 /// aside) is a line of the block the harness runs.
 #[test]
 fn the_readme_snippets_are_part_of_the_tested_configuration() {
-    use ramdir_integration::dovecot::{code_block, documented_block};
-    let strip = |l: &str| l.split('#').next().unwrap_or("").trim().to_string();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let readme = std::fs::read_to_string(&path).expect("read README.md");
-    let section = readme
-        .split_once("### Dovecot 2.3 (Debian 12)")
-        .map(|(_, r)| r.split("\n### ").next().unwrap_or(r))
-        .expect("README has a \"### Dovecot 2.3 (Debian 12)\" section");
+    use ramdir_integration::dovecot::{assert_readme_snippet_tested, documented_block};
     for needle in ["driver = dict", "password_key"] {
-        let documented: Vec<String> =
-            documented_block("## dovecot.conf (Dovecot 2.3, Debian 12)", needle)
-                .lines()
-                .map(strip)
-                .collect();
-        let snippet = code_block(section, needle)
-            .unwrap_or_else(|| panic!("no block with {needle:?} in the README's 2.3 section"));
-        let missing: Vec<&str> = snippet
-            .lines()
-            .filter(|l| !strip(l).is_empty() && !documented.contains(&strip(l)))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "README lines not in docs/dovecot.md's tested 2.3 block: {missing:?}"
+        assert_readme_snippet_tested(
+            "### Dovecot 2.3 (Debian 12)",
+            "\n### ",
+            needle,
+            &documented_block("## dovecot.conf (Dovecot 2.3, Debian 12)", needle),
         );
     }
 }

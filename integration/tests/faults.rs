@@ -14,12 +14,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ramdir_integration::ramdir::ramdir_bin;
+use ramdir_integration::ramdir::{serve_refused, standalone_config, start_standalone};
 use ramdir_integration::{Ramdir, StackDir, WAIT, write_atomic};
 
 /// Users of the directory: the policy test's recipient has a limit.
@@ -36,50 +35,37 @@ struct Daemon {
     policy: PathBuf,
 }
 
-fn config_text(dir: &Path, store: &Path) -> String {
-    format!(
-        "[directory]\n\
-         passwd_files = [\"{users}\"]\n\
-         alias_files = [\"{aliases}\"]\n\
-         watch_files = false\n\
-         [socketmap]\nlisten = \"unix:{d}/socketmap\"\n\
-         [dict]\nlisten = \"unix:{d}/dict\"\n\
-         [policy]\nlisten = \"unix:{d}/policy\"\n\
-         [quota]\nstore = \"{store}\"\n",
-        users = dir.join("users").display(),
-        aliases = dir.join("aliases").display(),
-        d = dir.display(),
-        store = store.display(),
-    )
-}
+/// The listeners every test here runs.
+const LISTENERS: [&str; 3] = ["socketmap", "dict", "policy"];
 
 fn write_files(dir: &Path, store: &Path) -> PathBuf {
     write_atomic(&dir.join("users"), USERS);
     write_atomic(&dir.join("aliases"), "info@example.org alice@example.org\n");
     let config = dir.join("ramdir.toml");
-    write_atomic(&config, &config_text(dir, store));
+    let directory = format!(
+        "passwd_files = [\"{}\"]\nalias_files = [\"{}\"]\n",
+        dir.join("users").display(),
+        dir.join("aliases").display()
+    );
+    write_atomic(
+        &config,
+        &standalone_config(dir, "", &directory, &LISTENERS, store),
+    );
     config
 }
 
 fn start(dir: &StackDir, store: &Path) -> Daemon {
     let config = write_files(dir.path(), store);
-    let ramdir = Ramdir::start(&config, &dir.join("socketmap"), &dir.join("ramdir.log"));
-    wait_listening(dir.path());
     Daemon {
-        ramdir,
+        ramdir: start_standalone(dir.path(), &config, &LISTENERS),
         dict: dir.join("dict"),
         policy: dir.join("policy"),
     }
 }
 
-/// The harness waits for the socketmap; the dict and policy sockets are
-/// bound a moment later.
+/// ramdir's own start waits for the socketmap only.
 fn wait_listening(dir: &Path) {
-    for s in ["dict", "policy"] {
-        wait_for(&format!("the {s} socket"), || {
-            UnixStream::connect(dir.join(s)).ok().map(drop)
-        });
-    }
+    ramdir_integration::ramdir::wait_listening(dir, &LISTENERS);
 }
 
 /// A dict connection on the quota dict, protocol 3 (Dovecot 2.3's
@@ -396,35 +382,7 @@ fn disk_full_under_a_shared_usage_owner_defers_its_own_users() {
 /// Run `ramdir serve` on `config` and expect it to exit (not serve);
 /// returns (exit code, stderr).
 fn start_fails(config: &Path) -> (i32, String) {
-    let mut child = Command::new(ramdir_bin())
-        .args(["serve", "--allow-root", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ramdir kept running on {}", config.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-1), err)
+    serve_refused(&["--allow-root"], config)
 }
 
 /// A damaged, truncated or emptied quota store stops the start with an

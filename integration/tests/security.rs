@@ -5,12 +5,10 @@
 //! Needs root (the suite does anyway) and the binary (`cargo build -p
 //! ramdir`).
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ramdir_integration::ramdir::ramdir_bin;
+use ramdir_integration::ramdir::{serve_refused, standalone_config};
 use ramdir_integration::{Ramdir, StackDir, WAIT, write_atomic};
 
 fn require_root() {
@@ -28,13 +26,12 @@ fn write_config(dir: &StackDir, server: &str) -> std::path::PathBuf {
     let config = dir.join("ramdir.toml");
     write_atomic(
         &config,
-        &format!(
-            "{server}\n\
-             [directory]\npasswd_files = [\"{d}/users\"]\nwatch_files = false\n\
-             [socketmap]\nlisten = \"unix:{d}/socketmap\"\n\
-             [dict]\nlisten = \"unix:{d}/dict\"\n\
-             [quota]\nstore = \"{d}/usage.redb\"\n",
-            d = dir.path().display()
+        &standalone_config(
+            dir.path(),
+            server,
+            &format!("passwd_files = [\"{}/users\"]\n", dir.path().display()),
+            &["socketmap", "dict"],
+            &dir.join("usage.redb"),
         ),
     );
     config
@@ -43,34 +40,7 @@ fn write_config(dir: &StackDir, server: &str) -> std::path::PathBuf {
 /// `ramdir serve` without `--allow-root`; expects an exit, returns (code,
 /// stderr).
 fn serve_without_flag(config: &Path) -> (i32, String) {
-    let mut child = Command::new(ramdir_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ramdir serve kept running as root without --allow-root");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-1), err)
+    serve_refused(&[], config)
 }
 
 /// Started by root without `[server] user` and without `--allow-root`:

@@ -89,6 +89,8 @@ rm -f long/STOP
 
 running=0
 for t in $targets; do
+    # A stop (the STOP file, or the trap above) ends the launching too.
+    [ -f long/STOP ] && break
     [ -x "$BIN/$t" ] || { echo "no $BIN/$t: run scripts/fuzz-smoke.sh first" >&2; exit 2; }
     run_one "$t" &
     running=$((running + 1))

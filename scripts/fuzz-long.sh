@@ -39,9 +39,10 @@ cpu_of() { # utime+stime of a pid in seconds, or nothing once it is gone
 
 run_one() {
     local t=$1
-    # Ctrl-C reaches the fuzzers themselves (same process group); this
+    # Ctrl-C reaches the fuzzers themselves (same process group), and
+    # `pkill -f fuzz-long.sh` these subshells too (same command line); this
     # loop must live on to record what they did.
-    trap '' INT
+    trap '' INT TERM
     read -r cpu execs crashes segs < <(read_state "$t")
     if [ "$cpu" -ge "$BUDGET" ]; then return; fi
     mkdir -p "corpus/$t" "artifacts/$t"

@@ -1825,24 +1825,7 @@ impl MailStack {
     /// `user`'s counters read directly over the dict protocol (`L` on
     /// `priv/quota/{storage,messages}`).
     pub fn usage_raw(&self, user: &str) -> Usage {
-        let mut d = self.quota_dict();
-        let mut get = |key: &str| -> Option<i64> {
-            let r = d
-                .lookup(key, user)
-                .unwrap_or_else(|e| panic!("dict lookup {key}: {e}"));
-            match r.strip_prefix('O') {
-                Some(v) => Some(
-                    v.parse()
-                        .unwrap_or_else(|_| panic!("dict lookup {key}: {r:?}")),
-                ),
-                None if r == "N" => None,
-                None => panic!("dict lookup {key} for {user}: {r:?}"),
-            }
-        };
-        Usage {
-            storage: get("priv/quota/storage"),
-            messages: get("priv/quota/messages"),
-        }
+        crate::hosts::dict_usage(&self.dict_socket, user)
     }
 
     /// Wait (up to [`WAIT`]) until ramdir's counters for `user` equal `want`

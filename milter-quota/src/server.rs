@@ -7,15 +7,18 @@
 //! [`Session::message`] starts afresh at every MAIL and is dropped on abort
 //! and at end of message.
 //!
-//! Every quota check takes exactly one directory snapshot and runs on
-//! tokio's blocking pool: reading the usage store is a redb read that can
-//! wait on the disk, and the milter shares its runtime with ramdir's other
-//! listeners. The blocking task is also the panic boundary: should the
-//! check panic, the join error becomes a tempfail for that one command, the
-//! connection and the milter go on. (An indymilter callback that panicked
-//! would end its session task and drop the MTA connection, so Postfix
-//! would apply `default_action`; the callbacks here do nothing that can
-//! panic on input, and the check runs behind the boundary.)
+//! Every quota check takes exactly one directory snapshot and runs in the
+//! session's own task, as the policy service's check does: the usage comes
+//! from the per-thread copy or the store's cache, and the rare redb read
+//! behind them is a page-cache read. (It ran on tokio's blocking pool
+//! before; each burst of checks then grew that pool by up to hundreds of
+//! threads, each with its own usage copy, and the 30-minute soak's RSS
+//! crept up with them, docs/reliability.md.) The check is wrapped in a
+//! panic boundary: should it panic, that one command is answered tempfail,
+//! the connection and the milter go on. (An indymilter callback that
+//! panicked would end its session task and drop the MTA connection, so
+//! Postfix would apply `default_action`; the callbacks here do nothing
+//! that can panic on input, and the check runs behind the boundary.)
 
 use std::ffi::CString;
 use std::future::Future;
@@ -251,7 +254,7 @@ async fn on_rcpt(shared: Arc<Shared>, cx: &mut Context<Session>, args: Vec<CStri
     let s = session(&mut cx.data);
     let size = s.message.declared_size;
     let started = s.sampler.start(&shared.stats.latency);
-    let verdict = check(&shared, vec![rcpt.clone()], size).await;
+    let verdict = check(&shared, std::slice::from_ref(&rcpt), size);
     checked(&shared, started);
     match answer(&verdict) {
         Answer::Continue => {
@@ -303,7 +306,7 @@ async fn on_eom(shared: Arc<Shared>, cx: &mut EomContext<Session>) -> Status {
     let size = message.counted_size();
     let rcpts = message.recipients;
     let started = s.sampler.start(&shared.stats.latency);
-    let verdict = check(&shared, rcpts.clone(), size).await;
+    let verdict = check(&shared, &rcpts, size);
     checked(&shared, started);
     match answer(&verdict) {
         Answer::Continue => {
@@ -327,29 +330,27 @@ async fn on_abort(cx: &mut Context<Session>) -> Status {
 }
 
 /// Count a check made (a milter "request"), and its time if sampled. The
-/// milter is far from the socketmap's request rates (a check is a task on
-/// the blocking pool), so one shared atomic add per check is nothing.
+/// milter is far from the socketmap's request rates (one check per
+/// recipient and per message), so one shared atomic add per check is
+/// nothing.
 fn checked(shared: &Shared, started: Option<std::time::Instant>) {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     Sampler::finish(&shared.stats.latency, started);
 }
 
 /// Run the quota check for a message of `size` bytes to `rcpts` (one
-/// recipient at RCPT, those let through at end of message) on the blocking
-/// pool, with one directory snapshot. A panic or a cancelled task becomes
-/// [`Verdict::Trouble`].
-async fn check(shared: &Arc<Shared>, rcpts: Vec<String>, size: u64) -> Verdict {
-    let shared = shared.clone();
-    let task = tokio::task::spawn_blocking(move || {
+/// recipient at RCPT, those let through at end of message) with one
+/// directory snapshot. A panic becomes [`Verdict::Trouble`].
+fn check(shared: &Shared, rcpts: &[String], size: u64) -> Verdict {
+    let run = std::panic::AssertUnwindSafe(|| {
         let dir = shared.directory.snapshot();
         let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
         check_message(&dir, &*shared.usage, shared.grace, &rcpts, size)
     });
-    match task.await {
-        Ok(verdict) => verdict,
-        Err(e) if e.is_panic() => Verdict::Trouble("the quota check panicked".into()),
-        Err(e) => Verdict::Trouble(format!("the quota check did not run: {e}")),
-    }
+    // AssertUnwindSafe: nothing the check touches is left half-changed by
+    // a panic (the snapshot is immutable, the usage source is only read).
+    std::panic::catch_unwind(run)
+        .unwrap_or_else(|_| Verdict::Trouble("the quota check panicked".into()))
 }
 
 /// Answer with the over-quota reply: a 4xx tempfails, a 5xx rejects. At

@@ -287,6 +287,25 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     println!("propagation: store LMTP delivery -> MX policy refuses: {took:?}");
     wait_redis_equals_store(&redis, &s, alice, "after the deliveries");
     assert_eq!(mx.rcpt(bob), "DUNNO");
+    // `ramdir query quota` on the MX shows the value its policy decides
+    // on: the store host's, with its owner; on the store host, its own.
+    let on_store = s.usage(alice);
+    let (rc, out) = mx.ramdir.query_cli("quota", alice);
+    assert_eq!(rc, 0, "MX query quota: {out:?}");
+    assert!(
+        out.starts_with(&format!(
+            "OK storage={} messages={} owner=store ",
+            on_store.storage.unwrap(),
+            on_store.messages.unwrap()
+        )) && out.contains("this host's store: storage=unknown messages=unknown"),
+        "MX query quota shows the store host's usage: {out:?}"
+    );
+    let (rc, out) = s.ramdir.query_cli("quota", alice);
+    assert_eq!(rc, 0, "store query quota: {out:?}");
+    assert!(
+        out.contains("owner=store (this host; Redis holds version "),
+        "store query quota: {out:?}"
+    );
     // The MX's metrics: connected, fresh, alice mirrored; it publishes
     // nothing of its own.
     mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 1.0);
@@ -325,6 +344,13 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
     }
     // bob's last known value (none) fits: accepted.
     assert_eq!(mx.rcpt(bob), "DUNNO");
+    // The MX's own store knows nothing of alice, Redis cannot be read:
+    // `ramdir query quota` says so (TEMP, exit 75), it never shows 0.
+    let (rc, out) = mx.ramdir.query_cli("quota", alice);
+    assert!(
+        rc == 75 && out.contains("other hosts' cannot be read"),
+        "MX query quota with Redis down: exit {rc}, {out:?}"
+    );
     // The metrics say so.
     mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 0.0);
     assert_eq!(mx.metric("ramdir_shared_mirror_fresh"), 0.0);

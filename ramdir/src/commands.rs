@@ -50,20 +50,58 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
                 other => Reply::Temp(format!("{other:?}")),
             }
         }
-        "quota" => match usage(config, key) {
-            Ok((storage, messages)) => {
-                let show =
-                    |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
-                Reply::Ok(format!(
-                    "storage={} messages={}",
-                    show(storage),
-                    show(messages)
-                ))
-            }
-            Err(e) => Reply::Temp(e.to_string()),
-        },
+        "quota" => quota_reply(config, key),
         _ => service::answer(&dir, &Request::new(table, key)),
     })
+}
+
+/// `ramdir query quota USER`: the usage this host's policy service and
+/// milter decide on. Without `[quota] shared` that is the local store's.
+/// With it, a user another host owns is decided on the value that host
+/// published to Redis (which the running daemon's mirror follows), so
+/// that value is shown, with its owner and version; a user this host owns,
+/// or that nobody published, shows the local store's value. With Redis
+/// unreachable only a value in the local store can be shown (the daemon's
+/// mirror keeps other hosts' last values, which a separate process cannot
+/// read), and an unknown one answers TEMP.
+fn quota_reply(config: &Config, key: &str) -> Reply {
+    let show = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+    let local = match usage(config, key) {
+        Ok(u) => u,
+        Err(e) => return Reply::Temp(e.to_string()),
+    };
+    let text = |(storage, messages): (Option<i64>, Option<i64>)| {
+        format!("storage={} messages={}", show(storage), show(messages))
+    };
+    let Some(shared) = config.quota.as_ref().and_then(|q| q.shared.as_ref()) else {
+        return Reply::Ok(text(local));
+    };
+    let here = &shared.host_id;
+    match crate::shared::read_entry(shared, &key.to_lowercase()) {
+        Ok(Some(e)) if *e.host != **here => Reply::Ok(format!(
+            "{} owner={} version={} (shared usage from Redis; this host's store: {})",
+            text((e.storage, e.messages)),
+            e.host,
+            e.version,
+            text(local),
+        )),
+        Ok(Some(e)) => Reply::Ok(format!(
+            "{} owner={here} (this host; Redis holds version {})",
+            text(local),
+            e.version
+        )),
+        Ok(None) => Reply::Ok(format!(
+            "{} (this host's store; no host published this user to Redis)",
+            text(local)
+        )),
+        Err(e) if local.0.is_some() || local.1.is_some() => Reply::Ok(format!(
+            "{} (this host's store; another host's newer value cannot be read: {e})",
+            text(local)
+        )),
+        Err(e) => Reply::Temp(format!(
+            "this host's store has no usage for this user, and other hosts' cannot be read: {e}"
+        )),
+    }
 }
 
 /// Answer an auth dict lookup exactly as the dict socket would.

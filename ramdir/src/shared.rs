@@ -544,6 +544,44 @@ impl Publisher {
     }
 }
 
+/// A user's hash `{b, m, v, h}` as a mirror entry; `None` when it lacks
+/// a version or an owner (not written by [`PUT`]).
+fn entry_of_hash(h: &HashMap<String, String>) -> Option<Entry> {
+    let (Some(v), Some(host)) = (h.get("v").and_then(|v| v.parse().ok()), h.get("h")) else {
+        return None;
+    };
+    Some(Entry {
+        storage: parse_counter(h.get("b")),
+        messages: parse_counter(h.get("m")),
+        version: v,
+        host: host.as_str().into(),
+    })
+}
+
+/// The value Redis holds for `user`, which every host's mirror converges
+/// to (`ramdir query quota`); `Ok(None)` when no host published the user.
+/// One short-lived connection, with the daemon's timeouts.
+///
+/// # Errors
+/// Redis unreachable or failing, in words for the operator.
+pub fn read_entry(cfg: &SharedConfig, user: &str) -> Result<Option<Entry>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        let fail = |e: redis::RedisError| format!("Redis {}: {e}", cfg.url);
+        let client = Client::open(cfg.url.as_str()).map_err(fail)?;
+        let mut conn = connect(&client, Duration::ZERO).await.map_err(fail)?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(Keys::new(&cfg.prefix).user(user))
+            .query_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        Ok(entry_of_hash(&h))
+    })
+}
+
 /// A counter as stored in Redis: empty when it does not exist.
 fn counter(v: Option<i64>) -> String {
     v.map_or_else(String::new, |v| v.to_string())
@@ -690,18 +728,10 @@ impl Feed {
     }
 
     fn apply_hash(&self, user: &str, h: &HashMap<String, String>) -> bool {
-        let (Some(v), Some(host)) = (h.get("v").and_then(|v| v.parse().ok()), h.get("h")) else {
+        let Some(e) = entry_of_hash(h) else {
             return false;
         };
-        self.mirror.apply(
-            user,
-            Entry {
-                storage: parse_counter(h.get("b")),
-                messages: parse_counter(h.get("m")),
-                version: v,
-                host: host.as_str().into(),
-            },
-        );
+        self.mirror.apply(user, e);
         true
     }
 

@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::dovecot::{DictClient, Usage};
 use crate::redis::Redis;
@@ -33,6 +33,37 @@ pub fn in_redis(redis: &Redis, user: &str) -> Option<(i64, i64, String)> {
     let h = redis.hgetall(&format!("ramdir:u:{user}"));
     let get = |k: &str| h.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
     Some((get("b")?.parse().ok()?, get("m")?.parse().ok()?, get("h")?))
+}
+
+/// Wait (up to `cap`) until Redis holds exactly `committed()` for `user`,
+/// owned by `owner`: the owner has published its last commit. `what` names
+/// the moment in the failure message.
+pub fn wait_redis_equals(
+    redis: &Redis,
+    user: &str,
+    owner: &str,
+    cap: Duration,
+    what: &str,
+    committed: impl Fn() -> Usage,
+) {
+    let start = Instant::now();
+    loop {
+        let u = committed();
+        let want = (
+            u.storage.unwrap_or(-1),
+            u.messages.unwrap_or(-1),
+            owner.to_string(),
+        );
+        let got = in_redis(redis, user);
+        if got.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < cap,
+            "{what}: Redis holds {got:?} for {user}, the owner {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `user`'s counters as Dovecot reads them from the ramdir whose quota dict

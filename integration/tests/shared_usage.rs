@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{DictClient, MailStack, MailStackOptions, message};
-use ramdir_integration::hosts::{in_redis, policy_action, shared_quota_keys};
+use ramdir_integration::hosts::{in_redis, policy_action, shared_quota_keys, wait_redis_equals};
 use ramdir_integration::ramdir::{Ramdir, write_config};
 use ramdir_integration::redis::Redis;
 use ramdir_integration::{DirectoryContent, StackDir, WAIT, wait_for, write_atomic};
@@ -239,24 +239,7 @@ fn deliver(s: &MailStack, rcpt: &str, token: &str) {
 }
 
 fn wait_redis_equals_store(redis: &Redis, s: &MailStack, user: &str, what: &str) {
-    let start = Instant::now();
-    loop {
-        let u = s.usage(user);
-        let want = (
-            u.storage.unwrap_or(-1),
-            u.messages.unwrap_or(-1),
-            "store".to_string(),
-        );
-        let got = in_redis(redis, user);
-        if got.as_ref() == Some(&want) {
-            return;
-        }
-        assert!(
-            start.elapsed() < CAP,
-            "{what}: Redis holds {got:?} for {user}, the store {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_redis_equals(redis, user, "store", CAP, what, || s.usage(user));
 }
 
 fn is_refusal(a: &str) -> bool {

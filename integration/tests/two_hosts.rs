@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ramdir_integration::dovecot::{DictClient, Dovecot, Usage, message};
-use ramdir_integration::hosts::{dict_usage, in_redis, shared_quota_keys};
+use ramdir_integration::hosts::{dict_usage, in_redis, shared_quota_keys, wait_redis_equals};
 use ramdir_integration::redis::Redis;
 use ramdir_integration::slapd::{
     PEOPLE, RamdirStats, SVC_PW, Slapd, ssha, users_ldif, write_secret,
@@ -370,24 +370,9 @@ impl TwoHosts {
     /// Wait (up to [`CAP`]) until Redis holds exactly the store's
     /// committed usage of `user`, owned by the store.
     fn wait_redis_equals_store(&self, user: &str, what: &str) {
-        let start = Instant::now();
-        loop {
-            let u = self.committed(user);
-            let want = (
-                u.storage.unwrap_or(-1),
-                u.messages.unwrap_or(-1),
-                "store".to_string(),
-            );
-            let got = in_redis(&self.redis, &mail(user));
-            if got.as_ref() == Some(&want) {
-                return;
-            }
-            assert!(
-                start.elapsed() < CAP,
-                "{what}: Redis holds {got:?} for {user}, the store {want:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_redis_equals(&self.redis, &mail(user), "store", CAP, what, || {
+            self.committed(user)
+        });
     }
 }
 

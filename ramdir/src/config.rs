@@ -803,35 +803,14 @@ impl Config {
         let dovecot_map = match raw.dovecot_map {
             None => None,
             Some(m) => {
-                let mode = match &m.mode {
-                    None => 0o640,
-                    Some(v) => u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
-                        .ok()
-                        .filter(|m| *m <= 0o777 && m & 0o027 == 0)
-                        .ok_or_else(|| {
-                            err(
-                                v.span(),
-                                format!(
-                                    "mode {:?}: want octal, not group-writable, nothing for \
-                                     others (the files hold password hashes)",
-                                    v.get_ref()
-                                ),
-                            )
-                        })?,
-                };
-                let unavailable_on_stop = match &m.on_stop {
-                    None => false,
-                    Some(v) => match v.get_ref().as_str() {
-                        "keep" => false,
-                        "unavailable" => true,
-                        other => {
-                            return Err(err(
-                                v.span(),
-                                format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
-                            ));
-                        }
-                    },
-                };
+                let mode = map_mode(
+                    &m.mode,
+                    0o027,
+                    "not group-writable, nothing for others (the files hold password hashes)",
+                )
+                .map_err(|(span, msg)| err(span, msg))?;
+                let unavailable_on_stop =
+                    map_on_stop(&m.on_stop).map_err(|(span, msg)| err(span, msg))?;
                 Some(DovecotMapConfig {
                     directory: abs(m.directory.into_inner()),
                     mode,
@@ -843,34 +822,10 @@ impl Config {
         let postfix_map = match raw.postfix_map {
             None => None,
             Some(m) => {
-                let mode = match &m.mode {
-                    None => 0o640,
-                    Some(v) => u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
-                        .ok()
-                        .filter(|m| *m <= 0o777 && m & 0o022 == 0)
-                        .ok_or_else(|| {
-                            err(
-                                v.span(),
-                                format!(
-                                    "mode {:?}: want octal, not group- or world-writable",
-                                    v.get_ref()
-                                ),
-                            )
-                        })?,
-                };
-                let unavailable_on_stop = match &m.on_stop {
-                    None => false,
-                    Some(v) => match v.get_ref().as_str() {
-                        "keep" => false,
-                        "unavailable" => true,
-                        other => {
-                            return Err(err(
-                                v.span(),
-                                format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
-                            ));
-                        }
-                    },
-                };
+                let mode = map_mode(&m.mode, 0o022, "not group- or world-writable")
+                    .map_err(|(span, msg)| err(span, msg))?;
+                let unavailable_on_stop =
+                    map_on_stop(&m.on_stop).map_err(|(span, msg)| err(span, msg))?;
                 Some(PostfixMapConfig {
                     directory: abs(m.directory.into_inner()),
                     mode,
@@ -950,6 +905,41 @@ impl Config {
 
 /// A TCP listen address: `port` alone means loopback (`127.0.0.1:port`),
 /// as a listener is reachable from other hosts only when asked for.
+/// A snapshot directory's `mode` (`[dovecot_map]`, `[postfix_map]`):
+/// octal, 0640 when unset, with none of the `forbidden` bits (`why` says
+/// which in the error).
+fn map_mode(
+    v: &Option<Spanned<String>>,
+    forbidden: u32,
+    why: &str,
+) -> Result<u32, (std::ops::Range<usize>, String)> {
+    let Some(v) = v else {
+        return Ok(0o640);
+    };
+    u32::from_str_radix(v.get_ref().trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && m & forbidden == 0)
+        .ok_or_else(|| {
+            (
+                v.span(),
+                format!("mode {:?}: want octal, {why}", v.get_ref()),
+            )
+        })
+}
+
+/// A snapshot directory's `on_stop`: `"keep"` (the default, false) or
+/// `"unavailable"` (true).
+fn map_on_stop(v: &Option<Spanned<String>>) -> Result<bool, (std::ops::Range<usize>, String)> {
+    match v.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "keep")) => Ok(false),
+        Some((_, "unavailable")) => Ok(true),
+        Some((v, other)) => Err((
+            v.span(),
+            format!("on_stop {other:?}: want \"keep\" or \"unavailable\""),
+        )),
+    }
+}
+
 fn parse_tcp_listen(s: &str) -> Option<std::net::SocketAddr> {
     if let Ok(port) = s.trim().parse::<u16>() {
         return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));

@@ -77,18 +77,9 @@ mode = "0666"
 EOF
 
 # A dict probe that ramdir and the ceiling both answer: hello, then one
-# lookup. `wait` speaks socketmap, so readiness is polled with a dict
-# lookup through the load client itself.
+# lookup, through the load client itself.
 dict_ready() { # socket
-    local i
-    for i in $(seq 600); do
-        if [ -S "$1" ] && "$LOAD" dict --socket "$1" --duration 0.01 --warmup 0 --max-requests 1 \
-            --key-pattern "$KEY_PATTERN" --key-count 1 --key-domains "$DOMAINS" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
+    load_ready 600 dict "$1" --key-pattern "$KEY_PATTERN" --key-domains "$DOMAINS"
 }
 
 log "starting ramdir"
@@ -142,35 +133,17 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-PROFILE_TXT=""
-if [ "$PROFILE" = 1 ]; then
-    if command -v perf >/dev/null; then
-        log "profiling ramdir under $CHIGH connections"
-        perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &
-        PERF_PID=$!
-        sleep 0.5
-        "$LOAD" dict --socket "$TMP/dict.sock" --connections "$CHIGH" --threads "$CLIENT_THREADS" \
-            --duration "$DURATION" --warmup 0 --key-pattern "$KEY_PATTERN" --key-count "$USERS" \
-            --key-domains "$DOMAINS" >/dev/null
-        kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
-        PROFILE_TXT=$(perf report -i "$TMP/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -25 | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' || true)
-    else
-        log "perf not installed; no profile"
-    fi
-fi
+profile_under "$CHIGH connections" "$LOAD" dict --socket "$TMP/dict.sock" --connections "$CHIGH" \
+    --threads "$CLIENT_THREADS" --duration "$DURATION" --warmup 0 --key-pattern "$KEY_PATTERN" \
+    --key-count "$USERS" --key-domains "$DOMAINS"
 
 # --- report -----------------------------------------------------------------
 
-declare -A RPS P50 P99 P999 SCPU OK NF
+run_medians "ramdir ceiling" "$CONNS"
+declare -A OK NF
 for s in ramdir ceiling; do
     for c in $CONNS; do
         f="$TMP/runs/$s-c$c-r*.json"
-        RPS[$s$c]=$(median "$f" .rps)
-        P50[$s$c]=$(median "$f" .latency_us.p50)
-        P99[$s$c]=$(median "$f" .latency_us.p99)
-        P999[$s$c]=$(median "$f" .latency_us.p999)
-        SCPU[$s$c]=$(median "$f" .server_cpu_us_per_req)
         OK[$s$c]=$(jq -s 'map(.replies.ok) | add' $f)
         NF[$s$c]=$(jq -s 'map(.replies.notfound + .replies.temp + .replies.other) | add' $f)
     done

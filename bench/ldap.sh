@@ -275,8 +275,7 @@ ramdir_load() { # round
     R_OTHER=$(calc "($(busy_s) - $busy0 - $R_SLAPD - $R_CPU) / $R_WALL")
     if [ -n "$PERF_PID" ]; then
         kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
-        PROFILE_TXT=$(perf report -i "$TMP/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -30 | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' || true)
+        PROFILE_TXT=$(perf_top "$TMP/perf.data" dso,symbol 30)
     fi
     R_MS=$(grep -o 'LDAP full load done.*' "$TMP/ramdir-$r.log" | grep -o 'elapsed_ms=[0-9]*' | head -1 | cut -d= -f2)
     [ -n "$R_MS" ] || die "no 'LDAP full load done' line in ramdir's log"

@@ -102,3 +102,59 @@ best_run() { # name summary cmd...
     done
     cp "$best" "$TMP/runs/$name.json"
 }
+
+# Wait (up to TENTHS tenths of a second) until `ramdir-load SUBCOMMAND`
+# gets one answer from SOCKET; the further arguments pick the key (as in
+# the measured runs). A server's readiness is its first real answer.
+load_ready() { # tenths subcommand socket [load args...]
+    local tenths=$1 sub=$2 socket=$3 i
+    shift 3
+    for i in $(seq "$tenths"); do
+        if [ -S "$socket" ] && "$LOAD" "$sub" --socket "$socket" --duration 0.01 --warmup 0 \
+            --max-requests 1 --key-count 1 "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# PROFILE=1: `perf record` ramdir (RAMDIR_PID) while CMD runs, and set
+# PROFILE_TXT to the top 25 symbols; else PROFILE_TXT is empty.
+profile_under() { # what cmd...
+    PROFILE_TXT=""
+    [ "$PROFILE" = 1 ] || return 0
+    command -v perf >/dev/null || { log "perf not installed; no profile"; return 0; }
+    log "profiling ramdir under $1"
+    shift
+    perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &
+    PERF_PID=$!
+    sleep 0.5
+    "$@" >/dev/null
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
+    PROFILE_TXT=$(perf_top "$TMP/perf.data" symbol 25)
+}
+
+# The top N lines of a perf report, sorted by SORT (`symbol`, `dso,symbol`).
+perf_top() { # perf.data sort n
+    perf report -i "$1" --no-children --sort "$2" --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | head -"$3" | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' || true
+}
+
+# The medians of every measured run ($TMP/runs/SERVER-cC-r*.json) per
+# server and connection count, into the global arrays RPS, P50, P99, P999
+# and SCPU (server CPU µs per request), keyed "$server$conns".
+run_medians() { # "servers" "conns"
+    local s c f
+    declare -gA RPS P50 P99 P999 SCPU
+    for s in $1; do
+        for c in $2; do
+            f="$TMP/runs/$s-c$c-r*.json"
+            RPS[$s$c]=$(median "$f" .rps)
+            P50[$s$c]=$(median "$f" .latency_us.p50)
+            P99[$s$c]=$(median "$f" .latency_us.p99)
+            P999[$s$c]=$(median "$f" .latency_us.p999)
+            SCPU[$s$c]=$(median "$f" .server_cpu_us_per_req)
+        done
+    done
+}

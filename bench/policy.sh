@@ -112,15 +112,7 @@ mode = "0666"
 EOF
 
 policy_ready() { # socket
-    local i
-    for i in $(seq 300); do
-        if [ -S "$1" ] && "$LOAD" policy --socket "$1" --duration 0.01 --warmup 0 --max-requests 1 \
-            --key-pattern "$PATTERN" --key-count 1 --key-domains "$DOMAINS" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
+    load_ready 300 policy "$1" --key-pattern "$PATTERN" --key-domains "$DOMAINS"
 }
 
 log "starting ramdir"
@@ -255,36 +247,18 @@ for r in $(seq "$ROUNDS"); do
 done
 QS_PROCS=$(pgrep -c -f "^dovecot-rdpol-$$/quota-status" || true)
 
-PROFILE_TXT=""
-if [ "$PROFILE" = 1 ]; then
-    if command -v perf >/dev/null; then
-        log "profiling ramdir under $CHIGH connections"
-        perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &
-        PERF_PID=$!
-        sleep 0.5
-        "$LOAD" policy --socket "$TMP/policy.sock" --connections "$CHIGH" --threads "$CLIENT_THREADS" \
-            --duration "$DURATION" --warmup 0 --key-pattern "$PATTERN" --key-count "$USERS" \
-            --key-domains "$DOMAINS" --rcpts-per-mail "$RCPTS_PER_MAIL" >/dev/null
-        kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
-        PROFILE_TXT=$(perf report -i "$TMP/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -25 | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' || true)
-    else
-        log "perf not installed; no profile"
-    fi
-fi
+profile_under "$CHIGH connections" "$LOAD" policy --socket "$TMP/policy.sock" --connections "$CHIGH" \
+    --threads "$CLIENT_THREADS" --duration "$DURATION" --warmup 0 --key-pattern "$PATTERN" \
+    --key-count "$USERS" --key-domains "$DOMAINS" --rcpts-per-mail "$RCPTS_PER_MAIL"
 DV_TROUBLE=$(grep -cE ' (Error|Fatal|Panic): ' "$DV/dovecot.log" 2>/dev/null || true)
 
 # --- report -----------------------------------------------------------------
 
-declare -A RPS P50 P99 P999 SCPU DUNNO REFUSED TOTAL
+run_medians "$SERVERS" "$CONNS"
+declare -A DUNNO REFUSED TOTAL
 for s in $SERVERS; do
     for c in $CONNS; do
         f="$TMP/runs/$s-c$c-r*.json"
-        RPS[$s$c]=$(median "$f" .rps)
-        P50[$s$c]=$(median "$f" .latency_us.p50)
-        P99[$s$c]=$(median "$f" .latency_us.p99)
-        P999[$s$c]=$(median "$f" .latency_us.p999)
-        SCPU[$s$c]=$(median "$f" .server_cpu_us_per_req)
         DUNNO[$s$c]=$(jq -s 'map(.replies.ok) | add' $f)
         REFUSED[$s$c]=$(jq -s 'map(.replies.notfound + .replies.temp) | add' $f)
         TOTAL[$s$c]=$(jq -s 'map(.requests) | add' $f)

@@ -154,35 +154,18 @@ done
 
 read -r RSS1_KIB HWM1_KIB < <("$LOAD" rss --pid "$RAMDIR_PID" --json | jq -r '"\(.vm_rss_kib) \(.vm_hwm_kib)"')
 
-PROFILE_TXT=""
-if [ "$PROFILE" = 1 ]; then
-    if command -v perf >/dev/null; then
-        CMAX=${CONNS##* }
-        log "profiling ramdir under $CMAX connections"
-        perf record -F 999 -o "$TMP/perf.data" -p "$RAMDIR_PID" 2>"$TMP/perf.log" &
-        PERF_PID=$!
-        sleep 0.5
-        "$LOAD" socketmap --socket "$TMP/ramdir.sock" --connections "$CMAX" --threads "$CLIENT_THREADS" \
-            --duration "$DURATION" --warmup 0 --key-count "$USERS" --key-domains "$DOMAINS" >/dev/null
-        kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
-        PROFILE_TXT=$(perf report -i "$TMP/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -25 | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' || true)
-    else
-        log "perf not installed; no profile"
-    fi
-fi
+CMAX=${CONNS##* }
+profile_under "$CMAX connections" "$LOAD" socketmap --socket "$TMP/ramdir.sock" --connections "$CMAX" \
+    --threads "$CLIENT_THREADS" --duration "$DURATION" --warmup 0 --key-count "$USERS" \
+    --key-domains "$DOMAINS"
 
 # --- report -----------------------------------------------------------------
 
-declare -A RPS P50 P99 P999 SCPU OK NF
+run_medians "ramdir ceiling" "$CONNS"
+declare -A OK NF
 for s in ramdir ceiling; do
     for c in $CONNS; do
         f="$TMP/runs/$s-c$c-r*.json"
-        RPS[$s$c]=$(median "$f" .rps)
-        P50[$s$c]=$(median "$f" .latency_us.p50)
-        P99[$s$c]=$(median "$f" .latency_us.p99)
-        P999[$s$c]=$(median "$f" .latency_us.p999)
-        SCPU[$s$c]=$(median "$f" .server_cpu_us_per_req)
         OK[$s$c]=$(jq -s 'map(.replies.ok) | add' $f)
         NF[$s$c]=$(jq -s 'map(.replies.notfound + .replies.temp + .replies.other) | add' $f)
     done

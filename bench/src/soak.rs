@@ -395,6 +395,8 @@ struct Sockets {
 struct Conn {
     s: UnixStream,
     buf: BytesMut,
+    /// The request being sent (kept between requests: no allocation each).
+    out: BytesMut,
 }
 
 impl Conn {
@@ -405,14 +407,21 @@ impl Conn {
         Ok(Conn {
             s,
             buf: BytesMut::with_capacity(4096),
+            out: BytesMut::with_capacity(1024),
         })
     }
 
-    async fn send(&mut self, out: &[u8]) -> Result<(), String> {
+    /// Send what `encode` writes (one request, or a transaction's
+    /// commands); when it was sent, for the latency.
+    async fn request(&mut self, encode: impl FnOnce(&mut BytesMut)) -> Result<Instant, String> {
+        self.out.clear();
+        encode(&mut self.out);
+        let t0 = Instant::now();
         self.s
-            .write_all(out)
+            .write_all(&self.out)
             .await
-            .map_err(|e| format!("write: {e}"))
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(t0)
     }
 
     /// Read until `take` yields a message.
@@ -534,14 +543,12 @@ async fn session<C: Client>(
 
 struct SocketmapClient {
     c: Conn,
-    out: BytesMut,
 }
 
 impl Client for SocketmapClient {
     async fn open(sock: &Path, _: usize) -> Result<Self, String> {
         Ok(SocketmapClient {
             c: Conn::open(sock).await?,
-            out: BytesMut::with_capacity(128),
         })
     }
 
@@ -553,10 +560,10 @@ impl Client for SocketmapClient {
     ) -> Result<(), String> {
         let ask = Ask::pick(w, rng);
         let (map, key) = ask.request();
-        self.out.clear();
-        Request::new(map, &key).encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+        let t0 = self
+            .c
+            .request(|o| Request::new(map, &key).encode(o))
+            .await?;
         let reply = self
             .c
             .recv(|b| Reply::decode(b).map_err(|e| format!("socketmap reply: {e:?}")))
@@ -676,14 +683,12 @@ fn judged(any: bool, r: &Reply, what: &str) -> Verdict {
 
 struct PolicyClient {
     c: Conn,
-    out: BytesMut,
 }
 
 impl Client for PolicyClient {
     async fn open(sock: &Path, _: usize) -> Result<Self, String> {
         Ok(PolicyClient {
             c: Conn::open(sock).await?,
-            out: BytesMut::with_capacity(1024),
         })
     }
 
@@ -700,10 +705,8 @@ impl Client for PolicyClient {
             w.stable_user(rng)
         };
         let rcpt = user_mail(i);
-        self.out.clear();
-        rcpt_request(&rcpt, rng).encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+        let request = rcpt_request(&rcpt, rng);
+        let t0 = self.c.request(|o| request.encode(o)).await?;
         let action = self
             .c
             .recv(|b| Action::decode(b).map_err(|e| format!("policy reply: {e:?}")))
@@ -736,25 +739,23 @@ fn dict_hello(dict: &str, out: &mut BytesMut) {
 }
 
 /// A dict connection that said hello to `dict`.
-async fn dict_open(sock: &Path, dict: &str) -> Result<(Conn, BytesMut), String> {
+async fn dict_open(sock: &Path, dict: &str) -> Result<Conn, String> {
     let mut c = Conn::open(sock).await?;
-    let mut out = BytesMut::with_capacity(256);
-    dict_hello(dict, &mut out);
-    c.send(&out).await?;
-    Ok((c, out))
+    c.request(|o| dict_hello(dict, o)).await?;
+    Ok(c)
 }
 
 /// userdb and passdb lookups: a changing user's userdb (its limit
 /// changes), a stable user's userdb or passdb.
 struct DictLookupClient {
     c: Conn,
-    out: BytesMut,
 }
 
 impl Client for DictLookupClient {
     async fn open(sock: &Path, _: usize) -> Result<Self, String> {
-        let (c, out) = dict_open(sock, "auth").await?;
-        Ok(DictLookupClient { c, out })
+        Ok(DictLookupClient {
+            c: dict_open(sock, "auth").await?,
+        })
     }
 
     async fn ask(
@@ -773,14 +774,16 @@ impl Client for DictLookupClient {
         };
         let user = user_mail(i);
         let key = format!("shared/{db}/{user}");
-        self.out.clear();
-        DictCommand::Lookup {
-            key: key.as_str().into(),
-            user: user.as_str().into(),
-        }
-        .encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+        let t0 = self
+            .c
+            .request(|o| {
+                DictCommand::Lookup {
+                    key: key.as_str().into(),
+                    user: user.as_str().into(),
+                }
+                .encode(o)
+            })
+            .await?;
         let line = self.c.recv(take_line).await?;
         let t1 = Instant::now();
         let v = match line.as_bytes().first() {
@@ -823,13 +826,13 @@ impl Client for DictLookupClient {
 /// Iterations of `shared/userdb/`: every user, once each.
 struct DictIterClient {
     c: Conn,
-    out: BytesMut,
 }
 
 impl Client for DictIterClient {
     async fn open(sock: &Path, _: usize) -> Result<Self, String> {
-        let (c, out) = dict_open(sock, "auth").await?;
-        Ok(DictIterClient { c, out })
+        Ok(DictIterClient {
+            c: dict_open(sock, "auth").await?,
+        })
     }
 
     async fn ask(
@@ -838,16 +841,18 @@ impl Client for DictIterClient {
         _: &mut XorShift,
         rec: &mut Recorder<'_>,
     ) -> Result<(), String> {
-        self.out.clear();
-        DictCommand::Iterate {
-            flags: 0,
-            max_rows: 0,
-            path: "shared/userdb/".into(),
-            user: "".into(),
-        }
-        .encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+        let t0 = self
+            .c
+            .request(|o| {
+                DictCommand::Iterate {
+                    flags: 0,
+                    max_rows: 0,
+                    path: "shared/userdb/".into(),
+                    user: "".into(),
+                }
+                .encode(o)
+            })
+            .await?;
         let mut rows = 0usize;
         let mut bad = None;
         loop {
@@ -885,7 +890,6 @@ impl Client for DictIterClient {
 /// value read must be exactly what this connection committed.
 struct QuotaClient {
     c: Conn,
-    out: BytesMut,
     user: String,
     /// Transaction id of the last round.
     id: u32,
@@ -900,10 +904,8 @@ struct QuotaClient {
 
 impl Client for QuotaClient {
     async fn open(sock: &Path, owner: usize) -> Result<Self, String> {
-        let (c, out) = dict_open(sock, "quota").await?;
         Ok(QuotaClient {
-            c,
-            out,
+            c: dict_open(sock, "quota").await?,
             user: user_mail(owner),
             id: 0,
             bytes: 1_000_000,
@@ -920,41 +922,44 @@ impl Client for QuotaClient {
     ) -> Result<(), String> {
         self.id = self.id.wrapping_add(1);
         let (id, user) = (self.id, self.user.as_str());
-        self.out.clear();
-        DictCommand::Begin {
-            id,
-            user: user.into(),
-            expire_secs: None,
-        }
-        .encode(&mut self.out);
         let (db, dm) = (4096 + i64::from(id % 7) * 1000, 1);
-        for (key, set, diff) in [
-            ("priv/quota/storage", self.bytes, db),
-            ("priv/quota/messages", self.messages, dm),
-        ] {
-            if self.first {
-                DictCommand::Set {
+        let (first, bytes, messages) = (self.first, self.bytes, self.messages);
+        let t0 = self
+            .c
+            .request(|o| {
+                DictCommand::Begin {
                     id,
-                    key: key.into(),
-                    value: set.to_string().into(),
+                    user: user.into(),
+                    expire_secs: None,
                 }
-                .encode(&mut self.out);
-            } else {
-                DictCommand::AtomicInc {
+                .encode(o);
+                for (key, set, diff) in [
+                    ("priv/quota/storage", bytes, db),
+                    ("priv/quota/messages", messages, dm),
+                ] {
+                    if first {
+                        DictCommand::Set {
+                            id,
+                            key: key.into(),
+                            value: set.to_string().into(),
+                        }
+                        .encode(o);
+                    } else {
+                        DictCommand::AtomicInc {
+                            id,
+                            key: key.into(),
+                            diff,
+                        }
+                        .encode(o);
+                    }
+                }
+                DictCommand::Commit {
                     id,
-                    key: key.into(),
-                    diff,
+                    async_reply: false,
                 }
-                .encode(&mut self.out);
-            }
-        }
-        DictCommand::Commit {
-            id,
-            async_reply: false,
-        }
-        .encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+                .encode(o);
+            })
+            .await?;
         let line = self.c.recv(take_line).await?;
         let v = match line.as_bytes().first() {
             Some(b'O') => {
@@ -971,14 +976,16 @@ impl Client for QuotaClient {
         };
         rec.record(t0, v);
 
-        self.out.clear();
-        DictCommand::Lookup {
-            key: "priv/quota/storage".into(),
-            user: user.into(),
-        }
-        .encode(&mut self.out);
-        let t0 = Instant::now();
-        self.c.send(&self.out).await?;
+        let t0 = self
+            .c
+            .request(|o| {
+                DictCommand::Lookup {
+                    key: "priv/quota/storage".into(),
+                    user: user.into(),
+                }
+                .encode(o)
+            })
+            .await?;
         let line = self.c.recv(take_line).await?;
         let (first, bytes) = (self.first, self.bytes);
         let v = match line.as_bytes().first() {
@@ -1000,30 +1007,31 @@ impl Client for QuotaClient {
 /// Set the over-quota users' usage before the load.
 async fn fill_over(sock: &Path) -> Result<(), String> {
     let mut c = Conn::open(sock).await?;
-    let mut out = BytesMut::new();
-    dict_hello("quota", &mut out);
-    for (n, i) in (CHANGING + 1..=CHANGING + OVER).enumerate() {
-        let id = n as u32 + 1;
-        let user = user_mail(i);
-        DictCommand::Begin {
-            id,
-            user: user.as_str().into(),
-            expire_secs: None,
+    c.request(|out| {
+        dict_hello("quota", out);
+        for (n, i) in (CHANGING + 1..=CHANGING + OVER).enumerate() {
+            let id = n as u32 + 1;
+            let user = user_mail(i);
+            DictCommand::Begin {
+                id,
+                user: user.as_str().into(),
+                expire_secs: None,
+            }
+            .encode(out);
+            DictCommand::Set {
+                id,
+                key: "priv/quota/storage".into(),
+                value: OVER_USAGE.to_string().into(),
+            }
+            .encode(out);
+            DictCommand::Commit {
+                id,
+                async_reply: false,
+            }
+            .encode(out);
         }
-        .encode(&mut out);
-        DictCommand::Set {
-            id,
-            key: "priv/quota/storage".into(),
-            value: OVER_USAGE.to_string().into(),
-        }
-        .encode(&mut out);
-        DictCommand::Commit {
-            id,
-            async_reply: false,
-        }
-        .encode(&mut out);
-    }
-    c.send(&out).await?;
+    })
+    .await?;
     for _ in 0..OVER {
         let line = c.recv(take_line).await?;
         if !line.starts_with('O') {

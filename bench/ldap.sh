@@ -20,7 +20,8 @@
 #
 # slapd is set up as the integration harness does (integration/src/slapd.rs:
 # mdb, syncprov, eq indexes, `limits` for the service account), with
-# maxsize 4 GB, loaded with `slapadd -q -w`.
+# maxsize 4 GB (more for over 1.5M entries: about 1.1 kB each, twice
+# over), loaded with `slapadd -q -w`.
 #
 # Usage: bench/ldap.sh [--out FILE]
 #
@@ -121,8 +122,11 @@ PORT=$(( 20000 + RANDOM % 30000 ))
 while ss -ltn "sport = :$PORT" 2>/dev/null | grep -q LISTEN; do PORT=$(( 20000 + RANDOM % 30000 )); done
 LDAPI="ldapi://${LD//\//%2F}%2Fldapi"
 if [ "$TRANSPORT" = ldapi ]; then URL=$LDAPI; else URL="ldap://127.0.0.1:$PORT"; fi
+# mdb's map size: the 1M-entry database is 1,054 MB; room for twice that
+# per entry, and never less than 4 GB.
+MDB_MAXSIZE=$(( ENTRIES * 2200 > 4294967296 ? ENTRIES * 2200 : 4294967296 ))
 cat >"$LD/slapd.conf" <<EOF
-# As integration/src/slapd.rs, with maxsize 4 GB and no logging.
+# As integration/src/slapd.rs, with a larger maxsize and no logging.
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
@@ -142,7 +146,7 @@ suffix "$SUFFIX"
 rootdn "$ROOT_DN"
 rootpw $ROOT_PW
 directory $LD/db
-maxsize 4294967296
+maxsize $MDB_MAXSIZE
 index objectClass eq
 index uid,mail,mailLocalAddress eq
 index entryCSN,entryUUID eq

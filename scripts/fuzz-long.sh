@@ -13,6 +13,11 @@
 # SIGSTOP instead would make libFuzzer report a false hang on resume: its
 # per-input timeout is wall time.)
 #
+# The fuzzers run at nice FUZZ_NICE (default 19): they take only the CPU
+# nothing else wants, so a benchmark or a build beside them is barely
+# disturbed (a benchmark still reports the CPU they took), and their CPU
+# budget is the same, only spread over more wall time.
+#
 # Needs the binaries of one scripts/fuzz-smoke.sh run (or FUZZ_BIN=dir).
 # Prints one table row per target for docs/reliability.md at the end.
 #
@@ -21,6 +26,7 @@ set -u
 cd "$(dirname "$0")/../fuzz"
 BUDGET=${FUZZ_CPU_SECS:-1800}
 JOBS=${FUZZ_JOBS:-2}
+NICE=${FUZZ_NICE:-19}
 BIN=${FUZZ_BIN:-target/x86_64-unknown-linux-gnu/release}
 # How often the CPU time is read: the overshoot is at most this.
 POLL_SECS=5
@@ -49,7 +55,7 @@ run_one() {
     local log="long/$t.$((segs + 1)).log" work
     work=$(mktemp -d)
     # Targets that write files do so under TMPDIR.
-    TMPDIR=$work "$BIN/$t" "corpus/$t" "seeds/$t" -use_value_profile=1 -timeout=10 \
+    TMPDIR=$work nice -n "$NICE" "$BIN/$t" "corpus/$t" "seeds/$t" -use_value_profile=1 -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="artifacts/$t/" -print_final_stats=1 \
         >"$log" 2>&1 &
     local pid=$! used=0 now

@@ -6,7 +6,9 @@
 # shared machine still gives each target its 30 minutes of fuzzing.
 #
 # Resumable: a run can be stopped (Ctrl-C, SIGTERM) and started again; each
-# target resumes from its corpus (fuzz/corpus/<target>) and its CPU time,
+# target resumes from its corpus (fuzz/corpus/<target>, started from the
+# committed seeds and kept inputs; scripts/fuzz-keep.sh keeps it small in
+# the repository afterwards) and its CPU time,
 # executions and findings add up in fuzz/long/<target>.state. That is also
 # how a benchmark gets a quiet machine in the middle of a long run: stop
 # this script, benchmark, start it again. (Stopping the fuzzers with
@@ -51,11 +53,11 @@ run_one() {
     trap '' INT TERM
     read -r cpu execs crashes segs < <(read_state "$t")
     if [ "$cpu" -ge "$BUDGET" ]; then return; fi
-    mkdir -p "corpus/$t" "artifacts/$t"
+    mkdir -p "corpus/$t" "artifacts/$t" "kept/$t"
     local log="long/$t.$((segs + 1)).log" work
     work=$(mktemp -d)
     # Targets that write files do so under TMPDIR.
-    TMPDIR=$work nice -n "$NICE" "$BIN/$t" "corpus/$t" "seeds/$t" -use_value_profile=1 -timeout=10 \
+    TMPDIR=$work nice -n "$NICE" "$BIN/$t" "corpus/$t" "seeds/$t" "kept/$t" -use_value_profile=1 -timeout=10 \
         -rss_limit_mb=2048 -artifact_prefix="artifacts/$t/" -print_final_stats=1 \
         >"$log" 2>&1 &
     local pid=$! used=0 now

@@ -3,7 +3,8 @@
 # "Fuzzing"): one build of all targets with libFuzzer's coverage flags on
 # stable Rust (what `cargo fuzz build -s none` does, without installing
 # cargo-fuzz), then each target for FUZZ_SECS seconds (default 10) from its
-# committed seeds, with a fixed seed. A crash, a failed check or a hang
+# committed seeds and kept corpus (fuzz/kept, scripts/fuzz-keep.sh), with a
+# fixed seed. A crash, a failed check or a hang
 # fails the run; the log shows the input (`Base64:`).
 #
 # Usage: scripts/fuzz-smoke.sh [target...]   (default: every target)
@@ -29,8 +30,12 @@ fail=0
 for t in $targets; do
     mkdir -p "$work/$t/corpus"
     # New inputs go to the temporary corpus (first directory); the committed
-    # seeds are read only. Targets that write files do so under TMPDIR.
-    if TMPDIR="$work/$t" "target/$T/release/$t" "$work/$t/corpus" "seeds/$t" \
+    # seeds and kept inputs are read only. Targets that write files do so
+    # under TMPDIR.
+    kept=""
+    [ -d "kept/$t" ] && kept="kept/$t"
+    # shellcheck disable=SC2086 # $kept: one directory or nothing
+    if TMPDIR="$work/$t" "target/$T/release/$t" "$work/$t/corpus" "seeds/$t" $kept \
         -seed=1 -max_total_time="$SECS" -timeout=10 -rss_limit_mb=1024 \
         -use_value_profile=1 -artifact_prefix="$work/$t/" >"$work/$t/log" 2>&1; then
         echo "fuzz $t: clean ($(grep -Eo '^#[0-9]+' "$work/$t/log" | tail -n 1 | tr -d '#') execs in ${SECS} s)"

@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use crate::flavor::Flavor;
 use crate::postfix::Postfix;
 use crate::ramdir::{DirectoryContent, DirectoryFiles, Ramdir, write_config};
-use crate::smtp::Reply;
+use crate::smtp::{Reply, Smtp};
 use crate::{StackDir, WAIT, process_alive, require_root, set_mode, write_atomic};
 
 /// uid and gid that own the mail (`mail_uid`, `first_valid_uid`, and the
@@ -1102,33 +1102,17 @@ impl fmt::Display for LmtpOutcome {
 
 /// An LMTP session over a unix socket.
 #[derive(Debug)]
-pub struct Lmtp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    /// The greeting.
-    pub banner: Reply,
-}
+pub struct Lmtp(Smtp<UnixStream>);
 
 impl Lmtp {
     /// Connect and read the greeting ([`WAIT`] timeouts).
     pub fn connect(path: &Path) -> io::Result<Lmtp> {
-        let s = crate::connect_unix(path)?;
-        s.set_read_timeout(Some(crate::WAIT))?;
-        s.set_write_timeout(Some(crate::WAIT))?;
-        let mut reader = BufReader::new(s.try_clone()?);
-        let banner = read_reply(&mut reader)?;
-        Ok(Lmtp {
-            reader,
-            writer: s,
-            banner,
-        })
+        Ok(Lmtp(Smtp::over(crate::connect_unix(path)?)?))
     }
 
     /// Send one command line and read its reply.
     pub fn command(&mut self, line: &str) -> io::Result<Reply> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.writer.flush()?;
-        read_reply(&mut self.reader)
+        self.0.command(line)
     }
 
     /// One transaction: `MAIL FROM`, a `RCPT TO` per recipient, and when
@@ -1160,62 +1144,13 @@ impl Lmtp {
             out.data = Some(go);
             return Ok(out);
         }
-        self.writer.write_all(dot_stuff(message).as_bytes())?;
-        self.writer.flush()?;
-        for _ in 0..accepted {
-            out.per_rcpt.push(read_reply(&mut self.reader)?);
-        }
+        out.per_rcpt = self.0.message(message, accepted)?;
         Ok(out)
     }
 
     /// `QUIT`.
     pub fn quit(mut self) -> io::Result<Reply> {
         self.command("QUIT")
-    }
-}
-
-/// The message with CRLF line ends, dot-stuffed, and the final `.` line.
-fn dot_stuff(message: &str) -> String {
-    let mut body = String::with_capacity(message.len() + 64);
-    for line in message.lines() {
-        if line.starts_with('.') {
-            body.push('.');
-        }
-        body.push_str(line);
-        body.push_str("\r\n");
-    }
-    body.push_str(".\r\n");
-    body
-}
-
-/// Read one (possibly multi-line) SMTP/LMTP reply.
-fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
-    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-    let mut text = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            ));
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        let code = line
-            .get(..3)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| bad(format!("bad reply line {line:?}")))?;
-        text.push(line.get(4..).unwrap_or("").to_string());
-        match line.as_bytes().get(3) {
-            Some(b'-') => continue,
-            Some(b' ') | None => {
-                return Ok(Reply {
-                    code,
-                    text: text.join("\n"),
-                });
-            }
-            Some(_) => return Err(bad(format!("bad reply line {line:?}"))),
-        }
     }
 }
 
@@ -2028,6 +1963,5 @@ mod tests {
         let m = message("tok", 5000);
         assert!(m.len() <= 5000 && m.len() > 5000 - 80, "{}", m.len());
         assert!(m.contains("Subject: test tok\r\n"));
-        assert_eq!(dot_stuff(".a\r\nb\r\n"), "..a\r\nb\r\n.\r\n");
     }
 }

@@ -1,9 +1,14 @@
-//! A tiny SMTP client over a plain `TcpStream`: enough to drive smtpd step
-//! by step and see each reply.
+//! A tiny SMTP (and LMTP) client over a plain stream: enough to drive
+//! smtpd or Dovecot's LMTP step by step and see each reply. One
+//! implementation of the reply reader, the dot-stuffing and the command
+//! loop for both: [`Smtp`] over TCP, [`crate::dovecot::Lmtp`] over a Unix
+//! socket.
 
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 /// One SMTP reply; multi-line replies are joined with `\n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +39,39 @@ impl fmt::Display for Reply {
     }
 }
 
-/// An SMTP session.
+/// A stream a session runs on: TCP (SMTP) or a Unix socket (LMTP).
+pub trait Stream: Read + Write + Sized {
+    /// A second handle on the same connection (one reads, one writes).
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Read and write timeouts.
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Stream for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+/// An SMTP session (over TCP unless said otherwise).
 #[derive(Debug)]
-pub struct Smtp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+pub struct Smtp<S = TcpStream> {
+    reader: BufReader<S>,
+    writer: S,
     /// The greeting.
     pub banner: Reply,
 }
@@ -46,9 +79,15 @@ pub struct Smtp {
 impl Smtp {
     /// Connect and read the greeting ([`crate::WAIT`] timeouts on every read/write).
     pub fn connect(addr: SocketAddr) -> io::Result<Smtp> {
-        let s = crate::connect_tcp(addr)?;
-        s.set_read_timeout(Some(crate::WAIT))?;
-        s.set_write_timeout(Some(crate::WAIT))?;
+        Smtp::over(crate::connect_tcp(addr)?)
+    }
+}
+
+impl<S: Stream> Smtp<S> {
+    /// Start a session on a connected stream: read the greeting
+    /// ([`crate::WAIT`] timeouts on every read/write).
+    pub fn over(s: S) -> io::Result<Smtp<S>> {
+        s.set_timeouts(crate::WAIT)?;
         let mut reader = BufReader::new(s.try_clone()?);
         let banner = read_reply(&mut reader)?;
         Ok(Smtp {
@@ -63,6 +102,15 @@ impl Smtp {
         self.writer.write_all(format!("{line}\r\n").as_bytes())?;
         self.writer.flush()?;
         read_reply(&mut self.reader)
+    }
+
+    /// Send `message` (dot-stuffed, CRLF line ends, the final `.`) after a
+    /// 354, and read `replies` replies (one for SMTP, one per accepted
+    /// recipient for LMTP).
+    pub fn message(&mut self, message: &str, replies: usize) -> io::Result<Vec<Reply>> {
+        self.writer.write_all(dot_stuff(message).as_bytes())?;
+        self.writer.flush()?;
+        (0..replies).map(|_| read_reply(&mut self.reader)).collect()
     }
 
     /// `EHLO name`.
@@ -88,18 +136,8 @@ impl Smtp {
         if go.code != 354 {
             return Ok(go);
         }
-        let mut body = String::new();
-        for line in message.lines() {
-            if line.starts_with('.') {
-                body.push('.');
-            }
-            body.push_str(line);
-            body.push_str("\r\n");
-        }
-        body.push_str(".\r\n");
-        self.writer.write_all(body.as_bytes())?;
-        self.writer.flush()?;
-        read_reply(&mut self.reader)
+        let mut r = self.message(message, 1)?;
+        Ok(r.remove(0))
     }
 
     /// `AUTH PLAIN` with an initial response.
@@ -115,6 +153,20 @@ impl Smtp {
     pub fn quit(mut self) -> io::Result<Reply> {
         self.command("QUIT")
     }
+}
+
+/// The message with CRLF line ends, dot-stuffed, and the final `.` line.
+fn dot_stuff(message: &str) -> String {
+    let mut body = String::with_capacity(message.len() + 64);
+    for line in message.lines() {
+        if line.starts_with('.') {
+            body.push('.');
+        }
+        body.push_str(line);
+        body.push_str("\r\n");
+    }
+    body.push_str(".\r\n");
+    body
 }
 
 /// Read one (possibly multi-line) reply: `250-…` lines until `250 …`.
@@ -168,6 +220,12 @@ mod tests {
             }
         );
         assert!(read_reply(&mut r).is_err());
+    }
+
+    #[test]
+    fn messages_are_dot_stuffed() {
+        assert_eq!(dot_stuff(".a\r\nb\r\n"), "..a\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff("a\nb"), "a\r\nb\r\n.\r\n");
     }
 
     #[test]

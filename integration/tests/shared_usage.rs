@@ -96,6 +96,12 @@ fn mx_host(redis: &Redis, store: &MailStack) -> Mx {
 
 /// A second host named `host` (policy and dict listeners, its own store).
 fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
+    host_with(redis, store, host, true)
+}
+
+/// A second host named `host`: a policy listener, its own store, and a
+/// dict listener if `dict` (an MX without Dovecot has none).
+fn host_with(redis: &Redis, store: &MailStack, host: &str, with_dict: bool) -> Mx {
     let dir = StackDir::new();
     let socketmap = dir.join("socketmap.sock");
     let policy = dir.join("policy.sock");
@@ -104,19 +110,22 @@ fn other_host(redis: &Redis, store: &MailStack, host: &str) -> Mx {
     let metrics = metrics_addr();
     write_config(&config, &store.files, &socketmap, DIRECTORY_EXTRA);
     let mut text = std::fs::read_to_string(&config).expect("read config");
+    if with_dict {
+        text.push_str(&format!("\n[dict]\nlisten = \"unix:{}\"\n", dict.display()));
+    }
     text.push_str(&format!(
-        "\n[policy]\nlisten = {:?}\n\n[dict]\nlisten = {:?}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
+        "\n[policy]\nlisten = {:?}\n\n[metrics]\nlisten = \"{metrics}\"\n\n[quota]\nstore = {:?}\nover_quota_reply = {REFUSE:?}\n{}",
         format!("unix:{}", policy.display()),
-        format!("unix:{}", dict.display()),
         dir.join("quota.redb").display().to_string(),
         shared_keys(redis, host),
     ));
     write_atomic(&config, &text);
     let ramdir = Ramdir::start(&config, &socketmap, &dir.join("ramdir.log"));
-    // The socketmap comes up first; wait for the other two listeners.
+    // The socketmap comes up first; wait for the other listeners.
     wait_for(WAIT, "the policy and dict sockets", || {
-        (UnixStream::connect(&policy).is_ok() && DictClient::connect(&dict, "quota").is_ok())
-            .then_some(())
+        (UnixStream::connect(&policy).is_ok()
+            && (!with_dict || DictClient::connect(&dict, "quota").is_ok()))
+        .then_some(())
     });
     Mx {
         ramdir,
@@ -289,6 +298,21 @@ fn usage_from_the_store_host_reaches_the_mx_and_survives_redis_loss() {
         out.contains("owner=store (this host; Redis holds version "),
         "store query quota: {out:?}"
     );
+    // An MX without Dovecot has no dict listener, and its running daemon
+    // holds its store's lock: the shared value is still shown.
+    let bare = host_with(&redis, &s, "mx2", false);
+    let (rc, out) = bare.ramdir.query_cli("quota", alice);
+    assert!(
+        rc == 0
+            && out.starts_with(&format!(
+                "OK storage={} messages={} owner=store ",
+                on_store.storage.unwrap(),
+                on_store.messages.unwrap()
+            ))
+            && out.contains("this host's store: unreadable: "),
+        "query quota on an MX without [dict]: exit {rc}, {out:?}"
+    );
+    drop(bare);
     // The MX's metrics: connected, fresh, alice mirrored; it publishes
     // nothing of its own.
     mx.wait_metric("ramdir_shared_redis_connected{part=\"feed\"}", 1.0);

@@ -59,46 +59,53 @@ pub fn query_config(config: &Config, table: &str, key: &str) -> Result<Reply, Cm
 /// milter decide on. Without `[quota] shared` that is the local store's.
 /// With it, a user another host owns is decided on the value that host
 /// published to Redis (which the running daemon's mirror follows), so
-/// that value is shown, with its owner and version; a user this host owns,
-/// or that nobody published, shows the local store's value. With Redis
-/// unreachable only a value in the local store can be shown (the daemon's
-/// mirror keeps other hosts' last values, which a separate process cannot
-/// read), and an unknown one answers TEMP.
+/// that value is shown, with its owner and version, even where the local
+/// store cannot be read (an MX without `[dict]`, whose running daemon holds
+/// the store's lock); a user this host owns, or that nobody published,
+/// shows the local store's value. With Redis unreachable only a value in
+/// the local store can be shown (the daemon's mirror keeps other hosts'
+/// last values, which a separate process cannot read), and an unknown one
+/// answers TEMP.
 fn quota_reply(config: &Config, key: &str) -> Reply {
     let show = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
-    let local = match usage(config, key) {
-        Ok(u) => u,
-        Err(e) => return Reply::Temp(e.to_string()),
-    };
     let text = |(storage, messages): (Option<i64>, Option<i64>)| {
         format!("storage={} messages={}", show(storage), show(messages))
     };
+    let local = usage(config, key).map_err(|e| e.to_string());
     let Some(shared) = config.quota.as_ref().and_then(|q| q.shared.as_ref()) else {
-        return Reply::Ok(text(local));
+        return match local {
+            Ok(u) => Reply::Ok(text(u)),
+            Err(e) => Reply::Temp(e),
+        };
     };
     let here = &shared.host_id;
-    match crate::shared::read_entry(shared, &key.to_lowercase()) {
-        Ok(Some(e)) if *e.host != **here => Reply::Ok(format!(
+    match (
+        crate::shared::read_entry(shared, &key.to_lowercase()),
+        local,
+    ) {
+        (Ok(Some(e)), local) if *e.host != **here => Reply::Ok(format!(
             "{} owner={} version={} (shared usage from Redis; this host's store: {})",
             text((e.storage, e.messages)),
             e.host,
             e.version,
-            text(local),
+            local.map_or_else(|e| format!("unreadable: {e}"), text),
         )),
-        Ok(Some(e)) => Reply::Ok(format!(
+        (Err(re), Err(e)) => Reply::Temp(format!("{e}; other hosts' usage: {re}")),
+        (Ok(_), Err(e)) => Reply::Temp(e),
+        (Ok(Some(e)), Ok(u)) => Reply::Ok(format!(
             "{} owner={here} (this host; Redis holds version {})",
-            text(local),
+            text(u),
             e.version
         )),
-        Ok(None) => Reply::Ok(format!(
+        (Ok(None), Ok(u)) => Reply::Ok(format!(
             "{} (this host's store; no host published this user to Redis)",
-            text(local)
+            text(u)
         )),
-        Err(e) if local.0.is_some() || local.1.is_some() => Reply::Ok(format!(
+        (Err(e), Ok(u)) if u.0.is_some() || u.1.is_some() => Reply::Ok(format!(
             "{} (this host's store; another host's newer value cannot be read: {e})",
-            text(local)
+            text(u)
         )),
-        Err(e) => Reply::Temp(format!(
+        (Err(e), Ok(_)) => Reply::Temp(format!(
             "this host's store has no usage for this user, and other hosts' cannot be read: {e}"
         )),
     }

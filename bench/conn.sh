@@ -96,7 +96,10 @@ listen = "unix:$d/policy.sock"
 mode = "0666"
 max_connections = 4096
 EOF
-    "$bin" serve --allow-root --config "$d/ramdir.toml" 2>"$d/ramdir.log" &
+    # Binaries from before the root check (#13) do not know --allow-root.
+    local root=()
+    "$bin" serve --help 2>/dev/null | grep -q -- --allow-root && root=(--allow-root)
+    "$bin" serve "${root[@]}" --config "$d/ramdir.toml" 2>"$d/ramdir.log" &
     PIDS+=($!)
     eval "PID_$name=$!"
     "$LOAD" wait --socket "$d/socketmap.sock" --timeout 300 >/dev/null || { cat "$d/ramdir.log" >&2; die "$name did not answer"; }

@@ -47,25 +47,22 @@ pub trait Stream: Read + Write + Sized {
     fn set_timeouts(&self, t: Duration) -> io::Result<()>;
 }
 
-impl Stream for TcpStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        TcpStream::try_clone(self)
-    }
-    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
+/// The same two calls on both stream types (their inherent methods).
+macro_rules! stream {
+    ($t:ty) => {
+        impl Stream for $t {
+            fn try_clone(&self) -> io::Result<Self> {
+                <$t>::try_clone(self)
+            }
+            fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+                self.set_read_timeout(Some(t))?;
+                self.set_write_timeout(Some(t))
+            }
+        }
+    };
 }
-
-impl Stream for UnixStream {
-    fn try_clone(&self) -> io::Result<Self> {
-        UnixStream::try_clone(self)
-    }
-    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(t))?;
-        self.set_write_timeout(Some(t))
-    }
-}
+stream!(TcpStream);
+stream!(UnixStream);
 
 /// An SMTP session (over TCP unless said otherwise).
 #[derive(Debug)]

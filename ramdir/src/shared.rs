@@ -15,12 +15,16 @@
 //!   then republish everything they own and mirrors rescan.
 //! - `u:<user>`: a hash `{b, m, v, h}`: bytes, messages (empty: no
 //!   counter), version, owning host.
-//! - `feed`: a stream with one entry per applied change (`MAXLEN ~`
-//!   [`FEED_MAXLEN`]), that mirrors follow with `XREAD BLOCK`. An entry has
-//!   one field: the user, whose value is `<v>,<b>,<m>,<h>` (the hash's
-//!   fields, the host last so that it may hold any character). One field
-//!   instead of five: every mirror reads every entry (the owner its own
-//!   too), so each field costs Redis and every host once per change.
+//! - `hosts`: the set of owners that published (added by [`PUT`]), and
+//!   `owners`: a stream with one entry per owner added to it, so that a
+//!   following mirror starts reading a new owner's stream at once.
+//! - `feed:<host>`: one stream per owner, one entry per change it applied
+//!   (`MAXLEN ~` [`FEED_MAXLEN`]), that the other hosts' mirrors follow
+//!   with one `XREAD BLOCK` over all of them. An entry has one field: the
+//!   user, whose value is `<v>,<b>,<m>` (the hash's fields; the owner is
+//!   the stream's). One stream per owner, so an owner never reads back its
+//!   own changes (its mirror has them from the commit), and one field
+//!   instead of four: every entry costs Redis and every other host once.
 //!
 //! Every write goes through one Lua script ([`PUT`]): it refuses a batch
 //! made for another epoch, and applies a user's value only if its version
@@ -87,17 +91,18 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The publishing script (see the module docs). KEYS: epoch, feed, then
-/// one hash per user; ARGV: epoch, host, feed length, then user, bytes,
-/// messages, version per user. Versions are microseconds (< 2^53, exact
-/// as Lua numbers). Returns how many users were applied.
+/// The publishing script (see the module docs). KEYS: epoch, this
+/// owner's feed, the hosts set, the owners stream, then one hash per user; ARGV: epoch, host,
+/// feed length, then user, bytes, messages, version per user. Versions are
+/// microseconds (< 2^53, exact as Lua numbers). Returns how many users
+/// were applied.
 const PUT: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('EPOCH the shared store lost its data')
 end
 local applied = 0
-for i = 3, #KEYS do
-  local j = 4 + (i - 3) * 4
+for i = 5, #KEYS do
+  local j = 4 + (i - 5) * 4
   local user, b, m, v = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3]
   local cur = redis.call('HMGET', KEYS[i], 'v', 'h')
   local newer = true
@@ -108,9 +113,12 @@ for i = 3, #KEYS do
   if newer then
     redis.call('HSET', KEYS[i], 'b', b, 'm', m, 'v', v, 'h', ARGV[2])
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-      user, v .. ',' .. b .. ',' .. m .. ',' .. ARGV[2])
+      user, v .. ',' .. b .. ',' .. m)
     applied = applied + 1
   end
+end
+if applied > 0 and redis.call('SADD', KEYS[3], ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'h', ARGV[2])
 end
 return applied
 "#;
@@ -247,6 +255,7 @@ pub fn start(
         client: client.clone(),
         keys: keys.clone(),
         host: cfg.host_id.clone(),
+        feed: keys.feed(&cfg.host_id),
         store,
         outbox,
         stats: stats.clone(),
@@ -273,7 +282,8 @@ pub fn start(
 struct Keys {
     prefix: String,
     epoch: String,
-    feed: String,
+    hosts: String,
+    owners: String,
 }
 
 impl Keys {
@@ -281,12 +291,18 @@ impl Keys {
         Keys {
             prefix: prefix.into(),
             epoch: format!("{prefix}epoch"),
-            feed: format!("{prefix}feed"),
+            hosts: format!("{prefix}hosts"),
+            owners: format!("{prefix}owners"),
         }
     }
 
     fn user(&self, user: &str) -> String {
         format!("{}u:{user}", self.prefix)
+    }
+
+    /// The change stream of the owner `host`.
+    fn feed(&self, host: &str) -> String {
+        format!("{}feed:{host}", self.prefix)
     }
 }
 
@@ -347,6 +363,22 @@ async fn epoch(
     })
 }
 
+/// The id of the last entry of stream `key` (`0-0` when empty or missing).
+async fn tip(conn: &mut MultiplexedConnection, key: &str) -> Result<String, Failure> {
+    let tip: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(tip
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_string(), |(id, _)| id))
+}
+
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
@@ -358,6 +390,8 @@ struct Publisher {
     client: Client,
     keys: Keys,
     host: String,
+    /// This owner's stream (`Keys::feed`).
+    feed: String,
     store: Arc<UsageStore>,
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
@@ -523,7 +557,10 @@ impl Publisher {
         users: &[Published],
     ) -> Result<(), Failure> {
         let mut inv = self.script.prepare_invoke();
-        inv.key(&self.keys.epoch).key(&self.keys.feed);
+        inv.key(&self.keys.epoch)
+            .key(&self.feed)
+            .key(&self.keys.hosts)
+            .key(&self.keys.owners);
         inv.arg(epoch).arg(&self.host).arg(FEED_MAXLEN);
         for u in users {
             inv.key(self.keys.user(&u.user));
@@ -598,6 +635,16 @@ struct Feed {
     stats: Arc<Stats>,
 }
 
+/// An owner's stream that a mirror follows.
+struct Followed {
+    /// `Keys::feed` of the owner.
+    key: String,
+    /// The owner, shared by the entries its stream brings.
+    host: Arc<str>,
+    /// The last entry read (`0-0`: none yet).
+    last: String,
+}
+
 /// `XREAD` reply: per stream, its entries (id, field/value list).
 type XRead = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
 
@@ -642,20 +689,22 @@ impl Feed {
     async fn follow(&self) -> Result<std::convert::Infallible, Failure> {
         let mut conn = connect(&self.client, Duration::from_millis(BLOCK_MS)).await?;
         let epoch = epoch(&mut conn, &self.keys, self.mirror.host()).await?;
-        // The stream's tip before the scan: whatever changes during the
-        // scan is read from the feed afterwards (applying twice is harmless).
-        let tip: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
-            .arg(&self.keys.feed)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
+        // The streams' tips before the scan: whatever changes during the
+        // scan is read from the feeds afterwards (applying twice is
+        // harmless). The owners stream first, so that an owner added
+        // during the scan is followed from its stream's start.
+        let mut owners_last = tip(&mut conn, &self.keys.owners).await?;
+        let hosts: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&self.keys.hosts)
             .query_async(&mut conn)
             .await?;
-        let mut last = tip
-            .into_iter()
-            .next()
-            .map_or_else(|| "0-0".to_string(), |(id, _)| id);
+        let mut streams = Vec::new();
+        for host in hosts {
+            if let Some(s) = self.stream(&host) {
+                let last = tip(&mut conn, &s.key).await?;
+                streams.push(Followed { last, ..s });
+            }
+        }
         let n = self.rescan(&mut conn).await?;
         self.stats.rescans.fetch_add(1, Ordering::Relaxed);
         self.mirror.mark_fresh();
@@ -663,34 +712,62 @@ impl Feed {
         tracing::info!(
             users = n,
             mirror = self.mirror.len(),
+            owners = streams.len(),
             "shared usage: mirror rescanned"
         );
         loop {
-            let (cur, read): (Option<String>, XRead) = redis::pipe()
-                .cmd("GET")
-                .arg(&self.keys.epoch)
-                .cmd("XREAD")
+            let mut p = redis::pipe();
+            p.cmd("GET").arg(&self.keys.epoch);
+            p.cmd("XREAD")
                 .arg("COUNT")
                 .arg(1000)
                 .arg("BLOCK")
                 .arg(BLOCK_MS)
                 .arg("STREAMS")
-                .arg(&self.keys.feed)
-                .arg(&last)
-                .query_async(&mut conn)
-                .await?;
+                .arg(&self.keys.owners);
+            for s in &streams {
+                p.arg(&s.key);
+            }
+            p.arg(&owners_last);
+            for s in &streams {
+                p.arg(&s.last);
+            }
+            let (cur, read): (Option<String>, XRead) = p.query_async(&mut conn).await?;
             if cur.as_deref() != Some(epoch.as_str()) {
                 tracing::warn!("shared usage: Redis lost its data; rescanning");
                 return Err(Failure::Epoch);
             }
-            for (_, entries) in read.into_iter().flatten() {
-                for (id, fields) in entries {
-                    self.apply_fields(&fields);
-                    last = id;
+            for (key, entries) in read.into_iter().flatten() {
+                if key == self.keys.owners {
+                    // A new owner: all its stream is new here.
+                    for (id, fields) in entries {
+                        if let [_, host] = &fields[..]
+                            && !streams.iter().any(|s| *s.host == **host)
+                            && let Some(s) = self.stream(host)
+                        {
+                            streams.push(s);
+                        }
+                        owners_last = id;
+                    }
+                } else if let Some(s) = streams.iter_mut().find(|s| s.key == key) {
+                    for (id, fields) in entries {
+                        self.apply_fields(&fields, &s.host);
+                        s.last = id;
+                    }
                 }
             }
             self.mirror.mark_fresh();
         }
+    }
+
+    /// The stream to follow for owner `host`, from its start; `None` for
+    /// this host (its own changes reach its mirror at commit time).
+    fn stream(&self, host: &str) -> Option<Followed> {
+        (host != &**self.mirror.host()).then(|| Followed {
+            key: self.keys.feed(host),
+            host: host.into(),
+            last: "0-0".into(),
+        })
     }
 
     /// Read every user's hash into the mirror (newer versions win).
@@ -735,21 +812,15 @@ impl Feed {
         true
     }
 
-    /// Apply one feed entry: `[user, "<v>,<b>,<m>,<h>"]`.
-    fn apply_fields(&self, fields: &[String]) {
+    /// Apply one entry of `host`'s feed: `[user, "<v>,<b>,<m>"]`.
+    fn apply_fields(&self, fields: &[String], host: &Arc<str>) {
         let [user, value] = fields else {
             return;
         };
-        let mut parts = value.splitn(4, ',');
-        let (Some(v), Some(b), Some(m), Some(host)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let mut parts = value.splitn(3, ',');
+        let (Some(v), Some(b), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
             return;
         };
-        // This host's own values reached its mirror at commit time.
-        if host == &**self.mirror.host() {
-            return;
-        }
         let Ok(v) = v.parse() else {
             return;
         };
@@ -759,7 +830,7 @@ impl Feed {
                 storage: b.parse().ok(),
                 messages: m.parse().ok(),
                 version: v,
-                host: host.into(),
+                host: host.clone(),
             },
         );
     }

@@ -170,26 +170,36 @@ pub struct UserSpec {
     pub origin: Option<[u8; 16]>,
 }
 
-impl fmt::Debug for UserSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserSpec")
-            .field("login", &self.login)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("uid", &self.uid)
-            .field("gid", &self.gid)
-            .field("home", &self.home)
-            .field("mail", &self.mail)
-            .field("quota", &self.quota)
-            .field("quota_grace", &self.quota_grace)
-            .field("quota_rules", &self.quota_rules)
-            .field("enabled", &self.enabled)
-            .field(
-                "extra",
-                &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
+/// `Debug` for a user type that never shows its secrets: the password
+/// as `<redacted>` and only the names of the extra fields (they may hold
+/// credentials too). One body for [`UserSpec`] and [`User`], whose fields
+/// have the same names.
+macro_rules! redacted_debug {
+    ($ty:ty, $name:literal) => {
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct($name)
+                    .field("login", &self.login)
+                    .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+                    .field("uid", &self.uid)
+                    .field("gid", &self.gid)
+                    .field("home", &self.home)
+                    .field("mail", &self.mail)
+                    .field("quota", &self.quota)
+                    .field("quota_grace", &self.quota_grace)
+                    .field("quota_rules", &self.quota_rules)
+                    .field("enabled", &self.enabled)
+                    .field(
+                        "extra",
+                        &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                    )
+                    .finish()
+            }
+        }
+    };
 }
+
+redacted_debug!(UserSpec, "UserSpec");
 
 const F_ENABLED: u8 = 1;
 const F_UID: u8 = 2;
@@ -549,26 +559,7 @@ impl User<'_> {
     }
 }
 
-impl fmt::Debug for User<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("User")
-            .field("login", &self.login)
-            .field("password", &self.password.map(|_| "<redacted>"))
-            .field("uid", &self.uid)
-            .field("gid", &self.gid)
-            .field("home", &self.home)
-            .field("mail", &self.mail)
-            .field("quota", &self.quota)
-            .field("quota_grace", &self.quota_grace)
-            .field("quota_rules", &self.quota_rules)
-            .field("enabled", &self.enabled)
-            .field(
-                "extra",
-                &self.extra.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
+redacted_debug!(User<'_>, "User");
 
 #[cfg(test)]
 mod tests {
@@ -638,6 +629,17 @@ mod tests {
         assert_eq!(u.extra, [("userdb_foo", "bar")]);
         // The home equal to the template is not stored.
         assert!(packed.packed_len() < 60, "{}", packed.packed_len());
+        // Neither form shows the hash or an extra field's value.
+        for shown in [format!("{spec:?}"), format!("{u:?}")] {
+            assert!(
+                shown.contains("a@x.org") && shown.contains("<redacted>"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains("$6$abc") && !shown.contains("bar"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -328,17 +328,14 @@ unsafe extern "C" fn passdb_preinit(
     module_r: *mut *mut sys::passdb_module,
     error_r: *mut *const c_char,
 ) -> c_int {
-    match catch_unwind(|| new_passdb(&map_dir())) {
-        Ok(m) => {
-            // SAFETY: Dovecot's out-pointer.
-            unsafe { *module_r = m };
-            0
-        }
-        Err(_) => {
-            // SAFETY: Dovecot's out-pointer; a static string.
-            unsafe { *error_r = c"ramdir: passdb preinit failed".as_ptr() };
-            -1
-        }
+    // SAFETY: Dovecot's out-pointers, passed on.
+    unsafe {
+        preinit24(
+            || new_passdb(&map_dir()),
+            module_r,
+            error_r,
+            c"ramdir: passdb preinit failed",
+        )
     }
 }
 
@@ -349,15 +346,39 @@ unsafe extern "C" fn userdb_preinit(
     module_r: *mut *mut sys::userdb_module,
     error_r: *mut *const c_char,
 ) -> c_int {
-    match catch_unwind(|| new_userdb(&map_dir())) {
+    // SAFETY: Dovecot's out-pointers, passed on.
+    unsafe {
+        preinit24(
+            || new_userdb(&map_dir()),
+            module_r,
+            error_r,
+            c"ramdir: userdb preinit failed",
+        )
+    }
+}
+
+/// Dovecot 2.4's preinit contract, for both module kinds: the module
+/// through `module_r` and 0, or (on a panic) a static message through
+/// `error_r` and -1.
+///
+/// # Safety
+/// `module_r` and `error_r` are Dovecot's valid out-pointers.
+#[cfg(dovecot_abi = "2.4")]
+unsafe fn preinit24<M>(
+    new: impl FnOnce() -> *mut M + std::panic::UnwindSafe,
+    module_r: *mut *mut M,
+    error_r: *mut *const c_char,
+    error: &'static CStr,
+) -> c_int {
+    match catch_unwind(new) {
         Ok(m) => {
-            // SAFETY: Dovecot's out-pointer.
+            // SAFETY: Dovecot's out-pointer (the caller's contract).
             unsafe { *module_r = m };
             0
         }
         Err(_) => {
             // SAFETY: Dovecot's out-pointer; a static string.
-            unsafe { *error_r = c"ramdir: userdb preinit failed".as_ptr() };
+            unsafe { *error_r = error.as_ptr() };
             -1
         }
     }

@@ -40,6 +40,8 @@ pub mod mirror;
 pub mod model;
 pub mod quota;
 pub mod table;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod usage;
 
 pub use directory::{Directory, DirectoryHandle};

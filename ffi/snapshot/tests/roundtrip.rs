@@ -7,59 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ramdir_core::maps::{self, Outcome, Table};
-use ramdir_core::{Directory, Settings, UserSpec};
+use ramdir_core::testing::sample_directory as directory;
+use ramdir_core::{Directory, UserSpec};
 use ramdir_snapshot::format::{CONTROL_WORD, FileKind, STATE_OK, file_name};
 use ramdir_snapshot::{Error, Limits, Publisher, Reader};
-
-fn directory() -> Directory {
-    let mut d = Directory::new(Settings::default());
-    for login in [
-        "alice@example.org",
-        "bob@example.org",
-        "carol@example.org",
-        "real@catch.test",
-        "tagged+x@example.org",
-    ] {
-        d.insert_user(&UserSpec {
-            login: login.into(),
-            enabled: true,
-            password: Some("{PLAIN}secret".into()),
-            ..Default::default()
-        });
-    }
-    d.add_domain("empty.test");
-    let alias = |d: &mut Directory, k: &str, t: &[&str]| {
-        d.set_alias(k, t.iter().map(|s| s.to_string()).collect())
-    };
-    alias(&mut d, "info@example.org", &["alice@example.org"]);
-    alias(
-        &mut d,
-        "team@example.org",
-        &["info@example.org", "bob@example.org", "ext@remote.test"],
-    );
-    alias(
-        &mut d,
-        "copy@example.org",
-        &["copy@example.org", "carol@example.org"],
-    );
-    alias(
-        &mut d,
-        "alice@example.org",
-        &["alice@example.org", "archive@remote.test"],
-    );
-    alias(&mut d, "loop1@example.org", &["loop2@example.org"]);
-    alias(&mut d, "loop2@example.org", &["loop1@example.org"]);
-    alias(
-        &mut d,
-        "half@example.org",
-        &["loop1@example.org", "bob@example.org"],
-    );
-    alias(&mut d, "@catch.test", &["bob@example.org"]);
-    alias(&mut d, "@alias.test", &["@example.org"]);
-    d.set_sender_logins("boss@example.org", vec!["alice@example.org".into()]);
-    d.set_sender_logins("@example.org", vec!["admin@example.org".into()]);
-    d
-}
 
 const KEYS: &[&str] = &[
     "example.org",

@@ -153,57 +153,9 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ramdir_core::{Settings, UserSpec};
+    use ramdir_core::UserSpec;
 
-    /// A small directory exercising every rule.
-    fn directory() -> Directory {
-        let mut d = Directory::new(Settings::default());
-        for login in [
-            "alice@example.org",
-            "bob@example.org",
-            "carol@example.org",
-            "real@catch.test",
-        ] {
-            d.insert_user(&UserSpec {
-                login: login.into(),
-                enabled: true,
-                ..Default::default()
-            });
-        }
-        d.add_domain("empty.test");
-        let alias = |d: &mut Directory, k: &str, t: &[&str]| {
-            d.set_alias(k, t.iter().map(|s| s.to_string()).collect())
-        };
-        alias(&mut d, "info@example.org", &["alice@example.org"]);
-        alias(
-            &mut d,
-            "team@example.org",
-            &["info@example.org", "bob@example.org", "ext@remote.test"],
-        );
-        alias(
-            &mut d,
-            "copy@example.org",
-            &["copy@example.org", "carol@example.org"],
-        );
-        alias(
-            &mut d,
-            "alice@example.org",
-            &["alice@example.org", "archive@remote.test"],
-        );
-        alias(&mut d, "loop1@example.org", &["loop2@example.org"]);
-        alias(&mut d, "loop2@example.org", &["loop1@example.org"]);
-        alias(
-            &mut d,
-            "half@example.org",
-            &["loop1@example.org", "bob@example.org"],
-        );
-        alias(&mut d, "@catch.test", &["bob@example.org"]);
-        alias(&mut d, "@alias.test", &["@example.org"]);
-        alias(&mut d, "tagged+x@example.org", &["carol@example.org"]);
-        d.set_sender_logins("boss@example.org", vec!["alice@example.org".into()]);
-        d.set_sender_logins("@example.org", vec!["admin@example.org".into()]);
-        d
-    }
+    use ramdir_core::testing::sample_directory as directory;
 
     fn ask(d: &Directory, table: &str, key: &str) -> Reply {
         answer(d, &Request::new(table, key))

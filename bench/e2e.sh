@@ -73,7 +73,7 @@ report() {
     echo "### End to end, $(date -u +%Y-%m-%d), ramdir $REV"
     echo
     echo "- $USERS users, $MESSAGES messages of $SIZE bytes per setup and round, $SESSIONS SMTP sessions; $ROUNDS round(s), median per setup"
-    echo "- machine: $(nproc) cores, load average at start $LOADAVG0, at end $(cut -d' ' -f1-3 /proc/loadavg) (other work was running)"
+    echo "- machine: $(nproc) cores, load average at start $LOADAVG0, at end $(cut -d' ' -f1-3 /proc/loadavg) (the stack's own processes count in it: 10 SMTP sessions, their deliveries and fsyncs)"
     echo
     # Medians over the rounds of each setup.
     jq -s -r --arg setups "$SETUPS" '

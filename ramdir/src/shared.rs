@@ -92,10 +92,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The publishing script (see the module docs). KEYS: epoch, this
-/// owner's feed, the hosts set, the owners stream, then one hash per user; ARGV: epoch, host,
-/// feed length, then user, bytes, messages, version per user. Versions are
-/// microseconds (< 2^53, exact as Lua numbers). Returns how many users
-/// were applied.
+/// owner's feed, the hosts set, the owners stream, then one hash per
+/// user; ARGV: epoch, host, feed length, then user, bytes, messages,
+/// version per user. Versions are microseconds (< 2^53, exact as Lua
+/// numbers). Returns how many users were applied.
 const PUT: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('EPOCH the shared store lost its data')

@@ -592,6 +592,7 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
             tail(&s.postfix.maillog_text(), 20)
         ));
     }
+    settle_disk();
     let roots = Roots {
         postfix: s.postfix.master_pid().ok_or("no Postfix master pid")? as u32,
         dovecot: s.dovecot.master_pid().ok_or("no Dovecot master pid")? as u32,
@@ -645,6 +646,19 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
     );
     drop(s);
     Ok(out)
+}
+
+/// Before a measured run: write back every dirty page (the previous
+/// setup's mail and the removal of its temp dir, this setup's start and
+/// warm-up) and wait for it, so that no setup pays for another's
+/// writeback (without it, the same setup's rate moved by up to a third
+/// between rounds, docs/benchmarks.md "End to end").
+fn settle_disk() {
+    let t = std::time::Instant::now();
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("e2e: sync: {e}");
+    }
+    eprintln!("e2e: sync took {:.1} s", t.elapsed().as_secs_f64());
 }
 
 fn slapd_pid(s: &Slapd) -> Option<u32> {

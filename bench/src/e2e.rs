@@ -651,8 +651,8 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
 /// Before a measured run: write back every dirty page (the previous
 /// setup's mail and the removal of its temp dir, this setup's start and
 /// warm-up) and wait for it, so that no setup pays for another's
-/// writeback (without it, the same setup's rate moved by up to a third
-/// between rounds, docs/benchmarks.md "End to end").
+/// writeback. (Here it takes 0.1–0.2 s: the spread between rounds in
+/// docs/benchmarks.md, "End to end", has another cause.)
 fn settle_disk() {
     let t = std::time::Instant::now();
     if let Err(e) = std::process::Command::new("sync").status() {

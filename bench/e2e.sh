@@ -26,6 +26,9 @@
 #   SETUPS [a a-mq b c d]  which setups, in this order in round 1
 #   ROUNDS [1]           rounds; the setups' order turns each round, the
 #                        median of each setup is reported
+#   PREFILL [0]          1: deliver once to every measured recipient first
+#                        (unmeasured): the measured run then goes to mailboxes
+#                        that exist, as on a host in service
 #   SKIP_BUILD [0]       1: use the existing target/release binaries
 #
 # Everything runs from temp dirs on loopback and Unix sockets and is
@@ -43,7 +46,10 @@ SESSIONS=${SESSIONS:-10}
 SIZE=${SIZE:-2000}
 SETUPS=${SETUPS:-a a-mq b c d}
 ROUNDS=${ROUNDS:-1}
+PREFILL=${PREFILL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
+EXTRA=()
+[ "$PREFILL" = 1 ] && EXTRA+=(--prefill)
 
 [ "$(id -u)" = 0 ] || die "run as root (Postfix, Dovecot and slapd run from temp dirs)"
 for t in jq smtp-source postmap slapd dovecot; do
@@ -65,7 +71,8 @@ for r in $(seq "$ROUNDS"); do
     for i in "${!ORDER[@]}"; do setups+=("${ORDER[$(( (i + r - 1) % ${#ORDER[@]} ))]}"); done
     log "round $r/$ROUNDS: ${setups[*]}"
     RAMDIR_BIN=$RAMDIR "$LOAD" e2e --setups "$(IFS=,; echo "${setups[*]}")" --users "$USERS" \
-        --messages "$MESSAGES" --sessions "$SESSIONS" --size "$SIZE" --json "$TMP/r$r.json" >"$TMP/r$r.md"
+        --messages "$MESSAGES" --sessions "$SESSIONS" --size "$SIZE" --json "$TMP/r$r.json" \
+        "${EXTRA[@]}" >"$TMP/r$r.md"
     cat "$TMP/r$r.md" >&2
 done
 
@@ -98,6 +105,6 @@ report() {
             "| \(.setup) | " + ($cols | map(($s.cpu[.] // null) | if . == null then "—" else (. * 1000 / $s.msgs * 100 | floor) / 100 | tostring end) | join(" | ")) + " | \(([$s.cpu | to_entries[] | select(.key | startswith("smtp-source") | not) | .value] | add) * 1000 / $s.msgs * 100 | floor / 100) |")
     ' "$TMP"/r*.json
     echo
-    echo "Command: \`USERS=$USERS MESSAGES=$MESSAGES SESSIONS=$SESSIONS SIZE=$SIZE SETUPS=\"$SETUPS\" ROUNDS=$ROUNDS bench/e2e.sh\`"
+    echo "Command: \`USERS=$USERS MESSAGES=$MESSAGES SESSIONS=$SESSIONS SIZE=$SIZE SETUPS=\"$SETUPS\" ROUNDS=$ROUNDS PREFILL=$PREFILL bench/e2e.sh\`"
 }
 if [ -n "$OUT" ]; then report >"$OUT"; log "report: $OUT"; else report; fi

@@ -81,6 +81,11 @@ pub struct E2eOptions {
     pub sessions: u32,
     /// Message body bytes (`smtp-source -l`).
     pub size: u32,
+    /// Deliver to every measured recipient once before the measured run,
+    /// so that it goes to existing mailboxes with their quota usage known
+    /// (a host in service) instead of to first deliveries, where Dovecot
+    /// creates the Maildir and recalculates the quota.
+    pub prefill: bool,
     /// Also write the results as JSON here.
     pub json: Option<PathBuf>,
 }
@@ -592,6 +597,18 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
             tail(&s.postfix.maillog_text(), 20)
         ));
     }
+    if o.prefill {
+        eprintln!(
+            "e2e: setup {name}: prefill ({} messages, one per measured recipient)",
+            o.messages
+        );
+        let (_, bad) = inject(&s, o, o.messages)?;
+        if bad > 0 {
+            return Err(format!(
+                "setup {name}: {bad} prefill messages not delivered"
+            ));
+        }
+    }
     settle_disk();
     let roots = Roots {
         postfix: s.postfix.master_pid().ok_or("no Postfix master pid")? as u32,
@@ -725,8 +742,18 @@ fn report(o: &E2eOptions, rs: &[Outcome]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{} users, {} messages of {} bytes per setup, {} SMTP sessions (smtp-source -N -d -s {} -l {})\n",
-        o.users, o.messages, o.size, o.sessions, o.sessions, o.size
+        "{} users, {} messages of {} bytes per setup, {} SMTP sessions (smtp-source -N -d -s {} -l {}), {}\n",
+        o.users,
+        o.messages,
+        o.size,
+        o.sessions,
+        o.sessions,
+        o.size,
+        if o.prefill {
+            "to mailboxes that exist (--prefill)"
+        } else {
+            "each a user's first delivery"
+        }
     );
     let base = rs.iter().find(|r| r.setup == "c").map(Outcome::rate);
     let ldap = rs.iter().find(|r| r.setup == "d").map(Outcome::rate);

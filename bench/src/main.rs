@@ -416,6 +416,12 @@ enum Command {
         /// Message body bytes.
         #[arg(long, default_value_t = 2000)]
         size: u32,
+        /// Deliver one message to every measured recipient first
+        /// (unmeasured), so that the measured run delivers to mailboxes
+        /// that exist and hold their quota usage, as on a host in
+        /// service, rather than to first deliveries.
+        #[arg(long)]
+        prefill: bool,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -875,6 +881,7 @@ fn run(cli: Cli) -> Result<(), String> {
             messages,
             sessions,
             size,
+            prefill,
             json,
         } => e2e::run(&e2e::E2eOptions {
             setups,
@@ -882,6 +889,7 @@ fn run(cli: Cli) -> Result<(), String> {
             messages,
             sessions,
             size,
+            prefill,
             json,
         }),
         Command::Soak {

@@ -8,6 +8,8 @@
 #          passdb/userdb and quota (docs/dovecot.md)
 #   a-mq   as a, Dovecot's own maildir quota (as c and d)
 #   b      as a, Postfix tables in-process (postfix-ramdir.so)
+#   b-mod  ramdir in-process on both sides: as b for Postfix, Dovecot's
+#          auth module (libauthdb_ramdir.so), Dovecot's own maildir quota
 #   c      hash: tables (postmap) + Dovecot passwd-file (c-cdb: cdb:)
 #   d      ldap: tables + Dovecot ldap passdb/userdb against slapd
 #
@@ -61,7 +63,7 @@ for p in postfix-cdb postfix-ldap dovecot-ldap; do
 done
 
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
-build_release -p postfix-ramdir
+build_release -p postfix-ramdir -p dovecot-ramdir
 TMP=$(mktemp -d /tmp/ramdir-e2e.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 

@@ -7,6 +7,11 @@
 //!   configuration);
 //! - `b`: as `a`, with Postfix's tables in-process (`postfix-ramdir.so`,
 //!   docs/postfix-map.md);
+//! - `b-mod`: ramdir in-process on both sides: Postfix's tables as in
+//!   `b`, Dovecot's passdb/userdb through the auth module
+//!   (`libauthdb_ramdir.so`, docs/dovecot-module.md), and Dovecot's own
+//!   `maildir` quota as in `c`: the same shape as the text files, with
+//!   ramdir's directory;
 //! - `a-mq`: as `a`, but Dovecot keeps its quota itself (`maildir`, as in
 //!   `c` and `d`): ramdir answers the lookups only, so `a-mq` against `c`
 //!   compares the directories alone;
@@ -43,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ramdir_integration::dovecot::Dovecot;
+use ramdir_integration::dovecot::{Dovecot, ModuleInstall, dovecot_gid};
 use ramdir_integration::postfix::Postfix;
 use ramdir_integration::postfix_map::{
     drop_socketmap_tables, install_plugin, main_cf as ramdir_map_main_cf,
@@ -221,6 +226,8 @@ struct Setup {
     dovecot: Dovecot,
     ramdir: Option<Ramdir>,
     slapd: Option<Slapd>,
+    /// Dovecot's auth module, installed while the setup runs (b-mod).
+    _module: Option<ModuleInstall>,
     _dir: StackDir,
 }
 
@@ -233,7 +240,7 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
     let lmtp = dir.join("dv/run/lmtp");
     let dict_socket = run.join("dict.sock");
     let stats_socket = run.join("stats.sock");
-    let uses_ldap = matches!(name, "a" | "a-mq" | "b" | "d");
+    let uses_ldap = matches!(name, "a" | "a-mq" | "b" | "b-mod" | "d");
     let slapd = if uses_ldap {
         Some(Slapd::start(&dir, &ldif(users)))
     } else {
@@ -245,11 +252,13 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
 
     // Postfix's tables.
     let mut extra = format!("virtual_transport = lmtp:unix:{}\n", lmtp.display());
-    let meta = (name == "b").then(|| install_plugin(&dir));
+    let meta = name.starts_with('b').then(|| install_plugin(&dir));
+    // b-mod: ramdir's Dovecot map, read by the in-process auth module.
+    let dovecot_map = (name == "b-mod").then(|| run.join("dovecot-map"));
     let map_dir = dir.join("map");
     match name {
         "a" | "a-mq" => {}
-        "b" => {
+        "b" | "b-mod" => {
             let meta = meta.as_ref().expect("meta");
             let _ = write!(
                 extra,
@@ -288,7 +297,11 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
                  smtpd_sender_login_maps = ldap:{d}/mailboxes.cf\n"
             );
         }
-        other => return Err(format!("unknown setup {other:?} (a, a-mq, b, c, c-cdb, d)")),
+        other => {
+            return Err(format!(
+                "unknown setup {other:?} (a, a-mq, b, b-mod, c, c-cdb, d)"
+            ));
+        }
     }
     let mut postfix = Postfix::prepare(&dir, &extra);
     if !name.starts_with('a') {
@@ -312,7 +325,7 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
     }
 
     // ramdir (a, b).
-    let ramdir = if matches!(name, "a" | "a-mq" | "b") {
+    let ramdir = if matches!(name, "a" | "a-mq" | "b" | "b-mod") {
         let slapd = slapd.as_ref().expect("slapd");
         let secret = dir.join("ldap.secret");
         write_secret(&secret, SVC_PW, 0o600);
@@ -335,6 +348,14 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
                 "[postfix_map]\ndirectory = \"{}\"\ngroup = \"{gid}\"\npostfix_config_directory = \"{}\"\n\n",
                 map_dir.display(),
                 meta.dir.display()
+            );
+        }
+        if let Some(map) = &dovecot_map {
+            let _ = write!(
+                text,
+                "[dovecot_map]\ndirectory = \"{}\"\ngroup = \"{}\"\n\n",
+                map.display(),
+                dovecot_gid(postfix.flavor())
             );
         }
         text.push_str(&slapd.ramdir_section(
@@ -365,8 +386,23 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
     };
 
     // Dovecot.
-    let mut dovecot = Dovecot::prepare(&dir, &dict_socket, "");
+    let module = dovecot_map
+        .as_ref()
+        .map(|_| ModuleInstall::new(postfix.flavor()));
+    let mut dovecot = Dovecot::prepare_with(&dir, &dict_socket, "", dovecot_map.as_deref());
     match name {
+        "b-mod" => {
+            // The module's passdb/userdb (docs/dovecot-module.md, put in
+            // by the harness) with Dovecot's own quota, as in c.
+            let text = std::fs::read_to_string(dovecot.conf()).map_err(|e| e.to_string())?;
+            let (start, end) = ("# ---- docs/dovecot-module.md ----\n", "# ---- end ----\n");
+            let block = text
+                .find(start)
+                .and_then(|a| text[a..].find(end).map(|b| &text[a..a + b + end.len()]))
+                .ok_or("dovecot.conf: no auth module block")?
+                .to_string();
+            replace_dovecot_auth(dovecot.conf(), &format!("{block}{OWN_QUOTA}"));
+        }
         "a-mq" => {
             let ext = dovecot.root().join("dovecot-dict-auth.conf.ext");
             replace_dovecot_auth(
@@ -426,6 +462,7 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
         dovecot,
         ramdir,
         slapd,
+        _module: module,
         _dir: dir,
     })
 }

@@ -380,6 +380,19 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        // The published maps answer only from their first generation on
+        // (before it, every lookup is a temporary failure).
+        for map in [meta.as_ref().map(|_| &map_dir), dovecot_map.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            while !map_published(map) {
+                if Instant::now() > end {
+                    return Err(format!("{} was never published", map.display()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         Some(r)
     } else {
         None
@@ -630,8 +643,8 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
     let (_, bad) = inject(&s, o, WARMUP_MESSAGES)?;
     if bad > 0 {
         return Err(format!(
-            "setup {name}: {bad} warm-up messages not delivered; maillog:\n{}",
-            tail(&s.postfix.maillog_text(), 20)
+            "setup {name}: {bad} warm-up messages not delivered; maillog (what was not sent):\n{}",
+            tail(&not_sent(&s.postfix.maillog_text()), 20)
         ));
     }
     if o.prefill {
@@ -702,6 +715,29 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
     Ok(out)
 }
 
+/// Whether ramdir published an authoritative generation in the map
+/// directory `dir` (ffi/snapshot/src/format.rs): the control file's word
+/// (at byte 16, little-endian, `generation << 8 | state`) has a
+/// generation and state 0, and that generation's file has the
+/// authoritative flag (bit 0 of the header's flags at byte 72). Before
+/// that, a lookup that misses is a temporary failure.
+fn map_published(dir: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let word = |path: PathBuf, at: u64| -> Option<u64> {
+        let f = std::fs::File::open(path).ok()?;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, at).ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let Some(w) = word(dir.join("control"), 16) else {
+        return false;
+    };
+    let generation = w >> 8;
+    generation > 0
+        && w & 0xff == 0
+        && word(dir.join(format!("snap-{generation:016x}")), 72).is_some_and(|f| f & 1 == 1)
+}
+
 /// Before a measured run: write back every dirty page (the previous
 /// setup's mail and the removal of its temp dir, this setup's start and
 /// warm-up) and wait for it, so that no setup pays for another's
@@ -732,6 +768,15 @@ fn slapd_pid(s: &Slapd) -> Option<u32> {
         }
     }
     None
+}
+
+/// The log lines of deliveries that did not succeed.
+fn not_sent(maillog: &str) -> String {
+    maillog
+        .lines()
+        .filter(|l| l.contains(" status=") && !l.contains(" status=sent"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -716,26 +716,12 @@ fn run_setup(name: &str, o: &E2eOptions) -> Result<Outcome, String> {
 }
 
 /// Whether ramdir published an authoritative generation in the map
-/// directory `dir` (ffi/snapshot/src/format.rs): the control file's word
-/// (at byte 16, little-endian, `generation << 8 | state`) has a
-/// generation and state 0, and that generation's file has the
-/// authoritative flag (bit 0 of the header's flags at byte 72). Before
-/// that, a lookup that misses is a temporary failure.
+/// directory `dir`, as the in-process readers see it. Before that, a
+/// lookup that misses is a temporary failure.
 fn map_published(dir: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
-    let word = |path: PathBuf, at: u64| -> Option<u64> {
-        let f = std::fs::File::open(path).ok()?;
-        let mut b = [0u8; 8];
-        f.read_exact_at(&mut b, at).ok()?;
-        Some(u64::from_le_bytes(b))
-    };
-    let Some(w) = word(dir.join("control"), 16) else {
-        return false;
-    };
-    let generation = w >> 8;
-    generation > 0
-        && w & 0xff == 0
-        && word(dir.join(format!("snap-{generation:016x}")), 72).is_some_and(|f| f & 1 == 1)
+    ramdir_snapshot::Reader::open(dir)
+        .and_then(|mut r| r.refresh().map(|()| r.authoritative()))
+        .is_ok_and(|a| a == Some(true))
 }
 
 /// Before a measured run: write back every dirty page (the previous

@@ -194,6 +194,12 @@ impl Reader {
         self.current.as_ref().map(|c| c.generation)
     }
 
+    /// Whether the generation currently mapped is authoritative (a miss is
+    /// a real "not found"); `None` before the first generation is mapped.
+    pub fn authoritative(&self) -> Option<bool> {
+        self.current.as_ref().map(|c| c.authoritative)
+    }
+
     /// Bring the mapping up to the published generation: one atomic load
     /// when nothing changed.
     pub fn refresh(&mut self) -> Result<(), Error> {

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ramdir_integration::dovecot::{Dovecot, ModuleInstall, dovecot_gid};
+use ramdir_integration::dovecot::{Dovecot, ModuleInstall, auth_module_block, dovecot_gid};
 use ramdir_integration::postfix::Postfix;
 use ramdir_integration::postfix_map::{
     drop_socketmap_tables, install_plugin, main_cf as ramdir_map_main_cf,
@@ -402,18 +402,13 @@ fn start_setup(name: &str, users: u64) -> Result<Setup, String> {
     let module = dovecot_map
         .as_ref()
         .map(|_| ModuleInstall::new(postfix.flavor()));
-    let mut dovecot = Dovecot::prepare_with(&dir, &dict_socket, "", dovecot_map.as_deref());
+    let mut dovecot = Dovecot::prepare(&dir, &dict_socket, "");
     match name {
         "b-mod" => {
-            // The module's passdb/userdb (docs/dovecot-module.md, put in
-            // by the harness) with Dovecot's own quota, as in c.
-            let text = std::fs::read_to_string(dovecot.conf()).map_err(|e| e.to_string())?;
-            let (start, end) = ("# ---- docs/dovecot-module.md ----\n", "# ---- end ----\n");
-            let block = text
-                .find(start)
-                .and_then(|a| text[a..].find(end).map(|b| &text[a..a + b + end.len()]))
-                .ok_or("dovecot.conf: no auth module block")?
-                .to_string();
+            // The module's passdb/userdb (docs/dovecot-module.md) with
+            // Dovecot's own quota, as in c.
+            let map = dovecot_map.as_deref().expect("b-mod has a map");
+            let block = auth_module_block(map, postfix.flavor().dovecot_24());
             replace_dovecot_auth(dovecot.conf(), &format!("{block}{OWN_QUOTA}"));
         }
         "a-mq" => {
@@ -730,8 +725,8 @@ fn map_published(dir: &Path) -> bool {
 /// writeback. (Here it takes 0.1–0.2 s: the spread between rounds in
 /// docs/benchmarks.md, "End to end", has another cause.)
 fn settle_disk() {
-    let t = std::time::Instant::now();
-    if let Err(e) = std::process::Command::new("sync").status() {
+    let t = Instant::now();
+    if let Err(e) = Command::new("sync").status() {
         eprintln!("e2e: sync: {e}");
     }
     eprintln!("e2e: sync took {:.1} s", t.elapsed().as_secs_f64());

@@ -765,10 +765,10 @@ const DOC_MODULE_23_HEADING: &str = "## dovecot.conf (Dovecot 2.3, Debian 12)";
 /// docs/dovecot-module.md's 2.4 section.
 const DOC_MODULE_24_HEADING: &str = "## dovecot.conf (Dovecot 2.4, Debian 13)";
 
-/// `conf` with its `passdb … { }` and `userdb … { }` sections replaced by
-/// the module's, exactly as docs/dovecot-module.md gives them for the
-/// version (map directory replaced by `map`).
-fn with_auth_module(conf: &str, map: &Path, v24: bool) -> String {
+/// The module's `passdb` and `userdb` sections exactly as
+/// docs/dovecot-module.md gives them for the version, with its map
+/// directory replaced by `map`.
+pub fn auth_module_block(map: &Path, v24: bool) -> String {
     let heading = if v24 {
         DOC_MODULE_24_HEADING
     } else {
@@ -779,7 +779,13 @@ fn with_auth_module(conf: &str, map: &Path, v24: bool) -> String {
         module.contains(DOC_MODULE_MAP),
         "docs/dovecot-module.md's {heading:?} block no longer names {DOC_MODULE_MAP}"
     );
-    let module = module.replace(DOC_MODULE_MAP, &map.display().to_string());
+    module.replace(DOC_MODULE_MAP, &map.display().to_string())
+}
+
+/// `conf` with its `passdb … { }` and `userdb … { }` sections replaced by
+/// the module's ([`auth_module_block`]).
+fn with_auth_module(conf: &str, map: &Path, v24: bool) -> String {
+    let module = auth_module_block(map, v24);
     let mut out = String::new();
     // Brace depth inside a skipped section (0: not skipping).
     let mut depth = 0usize;
